@@ -1,0 +1,21 @@
+//! The semikv wire protocol: every message any two semikv processes exchange,
+//! and the checksummed, length-prefixed frame that carries it.
+//!
+//! Layers, bottom up:
+//! - [`frame`]: `len u32 BE | crc32 u32 BE | payload` around one postcard value,
+//!   shared by the network codec and the server's write-ahead log.
+//! - [`message`]: the message families (handshake, client ops, replies,
+//!   replication, admin). Enums only ever grow at the end; golden vectors in
+//!   `tests/golden.rs` freeze their encoding.
+//! - [`codec`]: a `tokio_util` codec of [`Message`]s over a byte stream.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod message;
+
+pub use codec::MessageCodec;
+pub use error::ProtocolError;
+pub use ids::{Epoch, LogIndex, ReplicaId, RequestId};
+pub use message::*;
