@@ -235,6 +235,10 @@ pub enum Op {
     Promote(Promote),
     /// Admin (balancer only): follow a leader at an epoch.
     Follow(Follow),
+    /// Admin (balancer only): move to a new epoch and stop accepting the old
+    /// leader's stream, before the balancer reads the log positions it will
+    /// elect from. Answered with the replica's status after the fence.
+    Fence(Fence),
 }
 
 impl Op {
@@ -248,12 +252,13 @@ impl Op {
             Op::Status => "status",
             Op::Promote(_) => "promote",
             Op::Follow(_) => "follow",
+            Op::Fence(_) => "fence",
         }
     }
 
     /// Whether only a balancer connection may send this op.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Op::Promote(_) | Op::Follow(_))
+        matches!(self, Op::Promote(_) | Op::Follow(_) | Op::Fence(_))
     }
 
     /// Whether this op changes data (and so must go to the leader).
@@ -278,7 +283,7 @@ impl Op {
                 }
                 Ok(())
             }
-            Op::Ping | Op::Status | Op::Promote(_) | Op::Follow(_) => Ok(()),
+            Op::Ping | Op::Status | Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => Ok(()),
         }
     }
 }
@@ -324,6 +329,19 @@ pub struct Follow {
     pub leader: ReplicaId,
     /// Where the leader accepts replica connections.
     pub leader_addr: String,
+}
+
+/// Admin: fence.
+///
+/// The replica persists `epoch` and from then on rejects every stream, entry
+/// and ack of a lower epoch. A leader that is fenced steps down. After the
+/// answer, the replica's reported last index can only grow by entries of
+/// `epoch` or later: this is what makes the balancer's choice of the most
+/// up-to-date replica safe while the old leader may still be running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The new epoch; must be at least the replica's current epoch.
+    pub epoch: Epoch,
 }
 
 /// The answer to a [`Request`].
