@@ -1,1 +1,3 @@
-//! placeholder
+//! semikv replica server.
+
+pub mod storage;

@@ -1,1 +1,3 @@
+//! `semikv-server` (being built; see issue #3).
+
 fn main() {}

@@ -1,0 +1,130 @@
+//! The persisted epoch: the highest epoch this replica has been fenced,
+//! promoted or told to follow at. It must never go backwards, so it is
+//! replaced atomically and a damaged file is an error, never epoch 0.
+//!
+//! Layout of `<data_dir>/epoch`: one frame (`len u32 BE | crc32 u32 BE |
+//! postcard(Epoch)`), nothing after it.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::Path;
+
+use bytes::BytesMut;
+use semikv_protocol::frame::{self, Header, HEADER_LEN};
+use semikv_protocol::Epoch;
+
+use super::error::{io_err, StorageError};
+
+/// File name of the epoch inside the data directory.
+pub const EPOCH_FILE: &str = "epoch";
+
+/// Largest payload the epoch file may announce (a postcard u64 is at most 10).
+const MAX_EPOCH_PAYLOAD: usize = 16;
+
+/// Reads the persisted epoch; `Epoch(0)` if none was ever stored.
+///
+/// # Errors
+/// [`StorageError::Io`] if the file exists but cannot be read;
+/// [`StorageError::Corrupt`] if it does not hold exactly one valid frame.
+pub fn load_epoch(data_dir: &Path) -> Result<Epoch, StorageError> {
+    let path = data_dir.join(EPOCH_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Epoch(0)),
+        Err(e) => return Err(io_err("reading", &path)(e)),
+    };
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        reason,
+    };
+    let header = Header::parse(&bytes)
+        .ok_or_else(|| corrupt(format!("{} bytes, shorter than a header", bytes.len())))?;
+    frame::check_len(header, MAX_EPOCH_PAYLOAD).map_err(|e| corrupt(e.to_string()))?;
+    if header.frame_len() != bytes.len() {
+        return Err(corrupt(format!(
+            "file has {} bytes but its frame needs {}",
+            bytes.len(),
+            header.frame_len()
+        )));
+    }
+    frame::decode_payload::<Epoch>(header, &bytes[HEADER_LEN..]).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Durably replaces the persisted epoch: writes a temp file, fsyncs it,
+/// renames it over the old one and fsyncs the directory. Callers serialize
+/// their calls; the last one to return wins.
+///
+/// # Errors
+/// [`StorageError::Io`] if any step fails; the old epoch is then still in
+/// place (or the new one, if only the final directory fsync failed).
+pub fn store_epoch(data_dir: &Path, epoch: Epoch) -> Result<(), StorageError> {
+    fs::create_dir_all(data_dir).map_err(io_err("creating directory", data_dir))?;
+    let path = data_dir.join(EPOCH_FILE);
+    let tmp = super::temp_path(data_dir, EPOCH_FILE);
+    let mut buf = BytesMut::new();
+    frame::encode(&epoch, MAX_EPOCH_PAYLOAD, &mut buf).map_err(|e| StorageError::Unencodable {
+        reason: e.to_string(),
+    })?;
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&buf)?;
+            f.sync_all()
+        })
+        .map_err(io_err("writing", &tmp));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("renaming", &tmp)(e));
+    }
+    super::sync_dir(data_dir)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_is_zero_and_store_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(0));
+        store_epoch(dir.path(), Epoch(7)).unwrap();
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(7));
+        store_epoch(dir.path(), Epoch(u64::MAX)).unwrap();
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(u64::MAX));
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file left behind");
+    }
+
+    #[test]
+    fn corrupt_file_is_refused_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        store_epoch(dir.path(), Epoch(5)).unwrap();
+        let path = dir.path().join(EPOCH_FILE);
+        let good = fs::read(&path).unwrap();
+        let mut cases: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            good[..3].to_vec(),
+            good[..good.len() - 1].to_vec(),
+        ];
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 0x10;
+        cases.push(flipped);
+        let mut longer = good.clone();
+        longer.push(0);
+        cases.push(longer);
+        for bytes in cases {
+            fs::write(&path, &bytes).unwrap();
+            let err = load_epoch(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, StorageError::Corrupt { .. }),
+                "{bytes:?}: {err}"
+            );
+            assert!(err.to_string().contains("epoch"));
+        }
+    }
+}
