@@ -1,3 +1,214 @@
-//! semikv replica server.
+//! semikv replica server: an in-memory map made durable by a write-ahead log,
+//! replicated semi-synchronously from a leader to its followers.
+//!
+//! [`run`] serves one replica on a bound listener until its shutdown token is
+//! cancelled; the `semikv-server` binary only parses arguments around it
+//! ([`cli`]). Tests run it in-process on `127.0.0.1:0`.
 
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod node;
+pub mod replica;
+pub mod replication;
+pub mod service;
 pub mod storage;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, FsyncPolicy};
+
+use crate::log::MemLog;
+use crate::node::{Node, Recovered, Signals};
+use crate::replica::{Replica, Watches};
+use crate::writer::WriterStats;
+
+/// How long open connections get to finish at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves a replica on `listener` until `shutdown` is cancelled (or the disk
+/// fails, which cancels it too). Recovers the data directory first; writes
+/// the ready file once connections are accepted; flushes the log last.
+///
+/// # Errors
+/// Recovery failures (corrupt log or snapshot, unreadable data directory),
+/// and a write-ahead log failure while running.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let dir = config.data_dir.clone();
+    let wal_options = storage::wal::WalOptions {
+        segment_bytes: config.segment_bytes,
+        max_record_len: config.max_frame_len,
+    };
+    let opened = tokio::task::spawn_blocking(move || storage::open(&dir, wal_options))
+        .await
+        .context("recovery task")?
+        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
+    let (base_index, base_epoch, history) = match &opened.snapshot {
+        Some(meta) => (meta.last_index, meta.last_epoch, meta.history.clone()),
+        None => Default::default(),
+    };
+    let mut log = MemLog::new(base_index, base_epoch, history);
+    for entry in opened.entries {
+        log.append(entry)
+            .context("write-ahead log entries do not follow the snapshot")?;
+    }
+    tracing::info!(
+        replica = %config.id,
+        epoch = %opened.epoch,
+        snapshot = %base_index,
+        last_index = %log.last_index(),
+        commit = %opened.commit_index,
+        "recovered data directory"
+    );
+    let signals = Signals::new();
+    let watches = Watches::of(&signals);
+    let node = Node::new(
+        config.id,
+        addr.to_string(),
+        Recovered {
+            epoch: opened.epoch,
+            log,
+            store: opened.store,
+            commit: opened.commit_index,
+        },
+        signals,
+    );
+    let replica = Arc::new(Replica::new(
+        node,
+        watches,
+        config.clone(),
+        addr.to_string(),
+        shutdown.clone(),
+    ));
+
+    let stats = Arc::new(WriterStats::default());
+    let writer = {
+        let replica = replica.clone();
+        let stats = stats.clone();
+        let wal = opened.wal;
+        let policy = config.fsync;
+        std::thread::Builder::new()
+            .name(format!("wal-writer-{}", config.id))
+            .spawn(move || writer::run(replica, wal, policy, stats))
+            .context("starting the WAL writer thread")?
+    };
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(replication::follow_loop(replica.clone()));
+    tasks.spawn(snapshotter(replica.clone()));
+
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, &addr.to_string())
+            .with_context(|| format!("writing ready file {}", path.display()))?;
+    }
+    tracing::info!(replica = %config.id, addr = %addr, "serving");
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tasks.spawn(service::serve(replica.clone(), stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(replica = %config.id, "shutting down");
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DRAIN, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+    replica.wake_writer();
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("joining the WAL writer")?;
+    let fsyncs = stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+    let entries = stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(fsyncs, entries, "write-ahead log closed");
+    match written {
+        Ok(result) => result.map(|()| Summary { fsyncs, entries }),
+        Err(_) => Err(anyhow::anyhow!("the WAL writer thread panicked")),
+    }
+}
+
+/// What a replica did over its run, for benchmarks and operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// fsync calls on the write-ahead log.
+    pub fsyncs: u64,
+    /// Log entries written; `entries / fsyncs` is the group-commit factor.
+    pub entries: u64,
+}
+
+/// Takes snapshots when the log since the last one grows past the threshold.
+async fn snapshotter(replica: Arc<Replica>) {
+    let mut progress = replica.watch.progress.clone();
+    loop {
+        tokio::select! {
+            changed = progress.changed() => if changed.is_err() { return },
+            () = replica.shutdown.cancelled() => return,
+        }
+        let Some(job) = replica.with(|n| n.snapshot_job(replica.config.snapshot_bytes)) else {
+            continue;
+        };
+        let dir = replica.config.data_dir.clone();
+        let index = job.last_index;
+        let written = tokio::task::spawn_blocking(move || {
+            let meta = storage::snapshot::SnapshotMeta {
+                last_index: job.last_index,
+                last_epoch: job.last_epoch,
+                history: job.history,
+            };
+            storage::snapshot::write(&dir, &meta, job.store.iter())
+        })
+        .await;
+        match written {
+            Ok(Ok(_)) => {
+                tracing::info!(index = %index, "snapshot written");
+                replica.with(|n| n.snapshot_done(Some(index)));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+                replica.with(|n| n.snapshot_done(None));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot task failed");
+                replica.with(|n| n.snapshot_done(None));
+            }
+        }
+    }
+}
+
+/// Writes `addr` and a newline to `path` atomically, so a reader never sees
+/// half an address.
+///
+/// # Errors
+/// Any I/O failure writing or renaming the file.
+pub fn write_ready_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}

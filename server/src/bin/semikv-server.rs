@@ -1,3 +1,5 @@
-//! `semikv-server` (being built; see issue #3).
+//! `semikv-server ID`: one replica process; see [`semikv_server::cli`].
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    semikv_server::cli::main(std::env::args_os().collect())
+}

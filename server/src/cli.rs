@@ -1,0 +1,155 @@
+//! The `semikv-server` command line: arguments, logging, runtime, signals.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+use semikv_protocol::ReplicaId;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FsyncPolicy, DEFAULT_SNAPSHOT_BYTES};
+
+/// Port of replica 0; replica N listens on `BASE_PORT + N` by default.
+pub const BASE_PORT: u16 = 8080;
+
+/// One semikv replica.
+#[derive(Debug, Parser)]
+#[command(
+    name = "semikv-server",
+    version,
+    about = "semikv replica: in-memory map, write-ahead log, semi-synchronous replication"
+)]
+pub struct Args {
+    /// Replica id; the default port is 8080 + ID.
+    pub id: u16,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./data/replica-ID].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// WAL fsync policy: always, interval:MS or never.
+    #[arg(long, default_value = "always", value_name = "POLICY")]
+    pub fsync: FsyncPolicy,
+    /// Write the bound address to FILE once serving.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
+    pub max_frame: usize,
+    /// Log bytes since the last snapshot that trigger a new snapshot.
+    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_BYTES, value_name = "BYTES")]
+    pub snapshot_bytes: usize,
+}
+
+impl Args {
+    /// The configuration and listen address these arguments describe.
+    ///
+    /// # Errors
+    /// An id whose default port would not fit in a port number.
+    pub fn into_config(self) -> anyhow::Result<(Config, SocketAddr)> {
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => {
+                let port = BASE_PORT.checked_add(self.id).with_context(|| {
+                    format!(
+                        "replica id {} gives no valid default port; pass --listen",
+                        self.id
+                    )
+                })?;
+                SocketAddr::from(([127, 0, 0, 1], port))
+            }
+        };
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("./data/replica-{}", self.id)));
+        let mut config = Config::new(ReplicaId(u32::from(self.id)), data_dir);
+        config.fsync = self.fsync;
+        config.max_frame_len = self.max_frame;
+        config.snapshot_bytes = self.snapshot_bytes;
+        config.ready_file = self.ready_file;
+        Ok((config, listen))
+    }
+}
+
+/// Sets up tracing to stderr: info by default, `RUST_LOG` overrides.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only help a human at a terminal; log files stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("signal received; shutting down");
+        token.cancel();
+    });
+}
+
+/// Runs `semikv-server` with `args` (`args[0]` is the program name).
+/// Exit codes: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
+/// arguments.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    init_tracing();
+    match run_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "semikv-server failed");
+            eprintln!("semikv-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_main(args: Args) -> anyhow::Result<()> {
+    let (config, listen) = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        crate::run(config, listener, shutdown).await.map(|_| ())
+    })
+}

@@ -1,0 +1,1275 @@
+//! The replica's state machine: role, epoch, log, commit index and map, and
+//! every rule that changes them. No I/O happens here: disk writes are queued
+//! in an outbox that the WAL writer thread drains (one batch per fsync, which
+//! is what makes group commit), and network tasks call in with events.
+//!
+//! Invariants:
+//! - only entries up to `commit` are applied to the map, so no read ever sees
+//!   a value a failover can take back;
+//! - a leader commits an index only when it is durable locally, at least
+//!   `sync_replicas` followers of its epoch acknowledged it, and the entry at
+//!   that index is of the leader's own epoch (earlier entries commit with it);
+//! - after the epoch moves on (promote, follow, fence), nothing of an older
+//!   epoch is appended or acknowledged any more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use semikv_protocol::{
+    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeRole, NodeStatus,
+    ReplicaId, WriteOp,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::log::MemLog;
+use crate::storage::store::Store;
+use crate::storage::wal::Record;
+
+/// What a write's waiter is told.
+pub type WriteOutcome = Result<LogIndex, ErrorReply>;
+
+/// The leader a follower pulls from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowTarget {
+    /// Epoch of the leadership.
+    pub epoch: Epoch,
+    /// Leader's id.
+    pub leader: ReplicaId,
+    /// Leader's address.
+    pub addr: String,
+    /// Role generation this target belongs to; stream events of another
+    /// generation are refused.
+    pub role_gen: u64,
+}
+
+/// Work for the WAL writer thread, in the order it must happen on disk.
+#[derive(Debug)]
+pub enum WalCmd {
+    /// Append records.
+    Append(Vec<Record>),
+    /// Drop entries after an index.
+    TruncateAfter(LogIndex),
+    /// Delete segments covered by a snapshot at this index.
+    Compact(LogIndex),
+    /// Throw the whole log away: a snapshot at this index replaced it.
+    Reset(LogIndex),
+}
+
+/// Leader-only state.
+#[derive(Debug)]
+struct LeaderState {
+    sync_replicas: u32,
+    sync_timeout: Duration,
+    async_fallback: bool,
+    followers: HashMap<ReplicaId, Progress>,
+    waiters: BTreeMap<LogIndex, oneshot::Sender<WriteOutcome>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    match_index: LogIndex,
+    streams: u32,
+}
+
+#[derive(Debug)]
+enum Role {
+    Idle,
+    Leader(LeaderState),
+    Follower(FollowTarget),
+}
+
+/// Settings of a leadership, from `Promote`.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderSettings {
+    /// Followers whose acknowledgement a commit needs.
+    pub sync_replicas: u32,
+    /// How long a write waits for them.
+    pub sync_timeout: Duration,
+    /// Whether to commit without them after the timeout.
+    pub async_fallback: bool,
+}
+
+/// Why a replication event was refused; the stream is closed on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The role or epoch changed since the stream started.
+    #[error("stream superseded by a newer role or epoch")]
+    Superseded,
+    /// The peer sent something inconsistent with our log.
+    #[error("inconsistent stream: {0}")]
+    Inconsistent(String),
+}
+
+/// How a leader starts a follower's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPlan {
+    /// Send `StreamStart { prefix }` and entries after it.
+    FromPrefix {
+        /// Common prefix of both logs.
+        prefix: LogIndex,
+    },
+    /// The follower needs entries that only the snapshot holds.
+    Snapshot,
+}
+
+/// Everything a new snapshot needs, taken under the lock.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    /// Last index covered.
+    pub last_index: LogIndex,
+    /// Epoch of that index.
+    pub last_epoch: Epoch,
+    /// History up to it.
+    pub history: Vec<EpochStart>,
+    /// The map at that index.
+    pub store: Store,
+}
+
+/// Channels that wake the async tasks when the node changes.
+#[derive(Debug)]
+pub struct Signals {
+    /// Bumped whenever entries are appended or the commit index moves.
+    pub progress: watch::Sender<u64>,
+    /// The durable last index (followers acknowledge it).
+    pub durable: watch::Sender<LogIndex>,
+    /// The leader to follow, if any.
+    pub target: watch::Sender<Option<FollowTarget>>,
+    /// Bumped when the outbox has work for the writer.
+    pub outbox: watch::Sender<u64>,
+}
+
+impl Signals {
+    /// Fresh channels.
+    pub fn new() -> Signals {
+        Signals {
+            progress: watch::Sender::new(0),
+            durable: watch::Sender::new(LogIndex(0)),
+            target: watch::Sender::new(None),
+            outbox: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
+    }
+}
+
+/// The replica state machine. Callers hold it behind a mutex that is never
+/// held across an `.await`.
+#[derive(Debug)]
+pub struct Node {
+    id: ReplicaId,
+    addr: String,
+    epoch: Epoch,
+    role: Role,
+    role_gen: u64,
+    log: MemLog,
+    commit: LogIndex,
+    applied: LogIndex,
+    store: Store,
+    durable: LogIndex,
+    generation: u64,
+    outbox: Vec<WalCmd>,
+    recorded_commit: LogIndex,
+    failed: Option<String>,
+    snapshot_running: bool,
+    signals: Signals,
+}
+
+/// What recovery found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Persisted epoch.
+    pub epoch: Epoch,
+    /// The log (after the snapshot base).
+    pub log: MemLog,
+    /// Map as of the snapshot.
+    pub store: Store,
+    /// Commit index recorded in the log.
+    pub commit: LogIndex,
+}
+
+impl Node {
+    /// A node over recovered state. Entries up to the recorded commit index
+    /// are applied; the rest is a tentative tail that a leader will either
+    /// confirm or truncate.
+    pub fn new(id: ReplicaId, addr: String, recovered: Recovered, signals: Signals) -> Node {
+        let base = recovered.log.base_index();
+        let last = recovered.log.last_index();
+        let mut node = Node {
+            id,
+            addr,
+            epoch: recovered.epoch,
+            role: Role::Idle,
+            role_gen: 0,
+            commit: base,
+            applied: base,
+            store: recovered.store,
+            durable: last,
+            generation: 0,
+            outbox: Vec::new(),
+            recorded_commit: recovered.commit,
+            failed: None,
+            snapshot_running: false,
+            log: recovered.log,
+            signals,
+        };
+        let commit = recovered.commit.min(last).max(base);
+        node.set_commit(commit);
+        node.signals.durable.send_replace(last);
+        node
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The committed value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.store.get(key)
+    }
+
+    /// This replica's status report.
+    pub fn status(&self) -> NodeStatus {
+        let (role, leader, followers) = match &self.role {
+            Role::Idle => (NodeRole::Idle, None, Vec::new()),
+            Role::Follower(t) => (NodeRole::Follower, Some(t.addr.clone()), Vec::new()),
+            Role::Leader(l) => {
+                let mut followers: Vec<_> = l
+                    .followers
+                    .iter()
+                    .map(|(id, p)| FollowerProgress {
+                        id: *id,
+                        match_index: p.match_index,
+                        connected: p.streams > 0,
+                    })
+                    .collect();
+                followers.sort_by_key(|f| f.id);
+                (NodeRole::Leader, Some(self.addr.clone()), followers)
+            }
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            epoch: self.epoch,
+            last_index: self.log.last_index(),
+            last_epoch: self.log.last_epoch(),
+            commit_index: self.commit,
+            applied_index: self.applied,
+            leader,
+            followers,
+        }
+    }
+
+    /// The error a non-leader answers writes with.
+    fn not_leader(&self) -> ErrorReply {
+        let leader = match &self.role {
+            Role::Follower(t) => Some(t.addr.clone()),
+            Role::Leader(_) => Some(self.addr.clone()),
+            Role::Idle => None,
+        };
+        ErrorReply::NotLeader { leader }
+    }
+
+    /// Whether this node leads, and with which sync timeout.
+    pub fn leader_timeout(&self) -> Option<Duration> {
+        match &self.role {
+            Role::Leader(l) => Some(l.sync_timeout),
+            _ => None,
+        }
+    }
+
+    /// Appends a write to the log as leader; the receiver resolves when it
+    /// commits (or fails).
+    ///
+    /// # Errors
+    /// `NotLeader` on a non-leader; `Storage` once the disk has failed.
+    pub fn propose(
+        &mut self,
+        op: WriteOp,
+    ) -> Result<(LogIndex, oneshot::Receiver<WriteOutcome>), ErrorReply> {
+        if let Some(reason) = &self.failed {
+            return Err(ErrorReply::Storage {
+                reason: reason.clone(),
+            });
+        }
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        let index = self.append_local(op);
+        let (tx, rx) = oneshot::channel();
+        if let Role::Leader(l) = &mut self.role {
+            l.waiters.insert(index, tx);
+        }
+        self.advance_commit();
+        Ok((index, rx))
+    }
+
+    fn append_local(&mut self, op: WriteOp) -> LogIndex {
+        let entry = Entry {
+            index: self.log.last_index().next(),
+            epoch: self.epoch,
+            op,
+        };
+        let index = entry.index;
+        // Cannot fail: the index is the next one and the epoch is ours, which
+        // is at least the last entry's.
+        let appended = self.log.append(entry.clone());
+        debug_assert!(appended.is_ok());
+        self.push_wal(WalCmd::Append(vec![Record::Entry(entry)]));
+        self.signals.progress.send_modify(|p| *p += 1);
+        index
+    }
+
+    fn push_wal(&mut self, cmd: WalCmd) {
+        match (self.outbox.last_mut(), cmd) {
+            (Some(WalCmd::Append(records)), WalCmd::Append(more)) => records.extend(more),
+            (_, cmd) => self.outbox.push(cmd),
+        }
+        self.signals.outbox.send_modify(|n| *n += 1);
+    }
+
+    /// Gives the writer everything queued, plus the generation and last index
+    /// the disk will match once it is written.
+    pub fn take_outbox(&mut self) -> (Vec<WalCmd>, u64, LogIndex) {
+        let mut cmds = std::mem::take(&mut self.outbox);
+        if !cmds.is_empty() && self.commit > self.recorded_commit {
+            cmds.push(WalCmd::Append(vec![Record::Commit(self.commit)]));
+            self.recorded_commit = self.commit;
+        }
+        (cmds, self.generation, self.log.last_index())
+    }
+
+    /// Whether the writer has work.
+    pub fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    /// The writer made the log durable up to `index` as of `generation`.
+    pub fn on_durable(&mut self, generation: u64, index: LogIndex) {
+        if generation != self.generation {
+            return;
+        }
+        let index = index.min(self.log.last_index());
+        if index > self.durable {
+            self.durable = index;
+            self.signals.durable.send_replace(index);
+            self.advance_commit();
+        }
+    }
+
+    /// The disk failed: stop acknowledging anything and fail every waiter.
+    pub fn on_storage_failure(&mut self, reason: String) {
+        if let Role::Leader(l) = &mut self.role {
+            for (_, tx) in std::mem::take(&mut l.waiters) {
+                let _ = tx.send(Err(ErrorReply::Storage {
+                    reason: reason.clone(),
+                }));
+            }
+        }
+        self.failed = Some(reason);
+    }
+
+    /// A follower of this leader acknowledged `match_index` at `epoch`.
+    pub fn on_ack(&mut self, follower: ReplicaId, epoch: Epoch, match_index: LogIndex) {
+        if epoch != self.epoch {
+            return;
+        }
+        let last = self.log.last_index();
+        if let Role::Leader(l) = &mut self.role {
+            let p = l.followers.entry(follower).or_default();
+            p.match_index = p.match_index.max(match_index.min(last));
+        }
+        self.advance_commit();
+    }
+
+    /// A follower's stream opened (`+1`) or closed (`-1`).
+    pub fn on_follower_stream(&mut self, follower: ReplicaId, opened: bool) {
+        if let Role::Leader(l) = &mut self.role {
+            let p = l.followers.entry(follower).or_default();
+            if opened {
+                p.streams += 1;
+            } else {
+                p.streams = p.streams.saturating_sub(1);
+            }
+        }
+    }
+
+    fn advance_commit(&mut self) {
+        let Role::Leader(l) = &self.role else {
+            return;
+        };
+        let k = l.sync_replicas as usize;
+        let candidate = if k == 0 {
+            self.durable
+        } else {
+            let mut matches: Vec<LogIndex> = l.followers.values().map(|p| p.match_index).collect();
+            if matches.len() < k {
+                return;
+            }
+            matches.sort_unstable_by(|a, b| b.cmp(a));
+            matches[k - 1].min(self.durable)
+        };
+        if candidate > self.commit && self.log.epoch_at(candidate) == Some(self.epoch) {
+            self.set_commit(candidate);
+        }
+    }
+
+    /// After a sync timeout with asynchronous fallback on: commit what is
+    /// durable here without the followers.
+    pub fn force_commit(&mut self, index: LogIndex) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return false;
+        };
+        if !l.async_fallback {
+            return false;
+        }
+        let candidate = index.min(self.durable);
+        if candidate > self.commit && self.log.epoch_at(candidate) == Some(self.epoch) {
+            self.set_commit(candidate);
+        }
+        self.commit >= index
+    }
+
+    /// Acknowledged followers and required ones, for `NotEnoughReplicas`.
+    pub fn ack_count(&self, index: LogIndex) -> (u32, u32) {
+        match &self.role {
+            Role::Leader(l) => {
+                let acked = l
+                    .followers
+                    .values()
+                    .filter(|p| p.match_index >= index)
+                    .count();
+                (u32::try_from(acked).unwrap_or(u32::MAX), l.sync_replicas)
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// Drops the waiter of a write that timed out.
+    pub fn forget_waiter(&mut self, index: LogIndex) {
+        if let Role::Leader(l) = &mut self.role {
+            l.waiters.remove(&index);
+        }
+    }
+
+    fn set_commit(&mut self, commit: LogIndex) {
+        if commit <= self.commit {
+            return;
+        }
+        self.commit = commit;
+        while self.applied < self.commit {
+            let next = self.applied.next();
+            match self.log.get(next) {
+                Some(entry) => self.store.apply(&entry.op),
+                None => break,
+            }
+            self.applied = next;
+        }
+        if let Role::Leader(l) = &mut self.role {
+            while let Some(entry) = l.waiters.first_entry() {
+                if *entry.key() > commit {
+                    break;
+                }
+                let (index, tx) = entry.remove_entry();
+                let _ = tx.send(Ok(index));
+            }
+        }
+        self.signals.progress.send_modify(|p| *p += 1);
+    }
+
+    /// Checks that an admin message at `epoch` may be acted on, without
+    /// changing anything (the epoch is persisted between check and apply).
+    ///
+    /// # Errors
+    /// `StaleEpoch` if `epoch` is below the current one.
+    pub fn check_epoch(&self, epoch: Epoch) -> Result<(), ErrorReply> {
+        if epoch < self.epoch {
+            return Err(ErrorReply::StaleEpoch {
+                got: epoch,
+                current: self.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    fn enter_epoch(&mut self, epoch: Epoch, role: Role, reason: &str) {
+        if let Role::Leader(l) = &mut self.role {
+            for (_, tx) in std::mem::take(&mut l.waiters) {
+                let _ = tx.send(Err(ErrorReply::Indeterminate {
+                    reason: format!("leader stepped down: {reason}"),
+                }));
+            }
+        }
+        self.epoch = epoch;
+        self.role = role;
+        self.role_gen += 1;
+        let target = match &mut self.role {
+            Role::Follower(t) => {
+                t.role_gen = self.role_gen;
+                Some(t.clone())
+            }
+            _ => None,
+        };
+        self.signals.target.send_replace(target);
+        self.signals.progress.send_modify(|p| *p += 1);
+    }
+
+    /// Becomes leader at `epoch` (already persisted). Appends a no-op of the
+    /// new epoch so the inherited tail can commit.
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch, or for this epoch once it already
+    /// follows someone in it.
+    pub fn promote(&mut self, epoch: Epoch, settings: LeaderSettings) -> Result<(), ErrorReply> {
+        self.check_epoch(epoch)?;
+        if epoch == self.epoch {
+            match &mut self.role {
+                Role::Leader(l) => {
+                    l.sync_replicas = settings.sync_replicas;
+                    l.sync_timeout = settings.sync_timeout;
+                    l.async_fallback = settings.async_fallback;
+                    return Ok(());
+                }
+                Role::Follower(_) => {
+                    return Err(ErrorReply::StaleEpoch {
+                        got: epoch,
+                        current: self.epoch,
+                    })
+                }
+                Role::Idle => {}
+            }
+        }
+        let state = LeaderState {
+            sync_replicas: settings.sync_replicas,
+            sync_timeout: settings.sync_timeout,
+            async_fallback: settings.async_fallback,
+            followers: HashMap::new(),
+            waiters: BTreeMap::new(),
+        };
+        self.enter_epoch(epoch, Role::Leader(state), "promoted again");
+        self.append_local(WriteOp::Noop);
+        self.advance_commit();
+        Ok(())
+    }
+
+    /// Follows `leader` at `epoch` (already persisted).
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch, or for this epoch when this node
+    /// leads it.
+    pub fn follow(
+        &mut self,
+        epoch: Epoch,
+        leader: ReplicaId,
+        addr: String,
+    ) -> Result<(), ErrorReply> {
+        self.check_epoch(epoch)?;
+        if epoch == self.epoch {
+            match &self.role {
+                Role::Leader(_) => {
+                    return Err(ErrorReply::StaleEpoch {
+                        got: epoch,
+                        current: self.epoch,
+                    })
+                }
+                Role::Follower(t) if t.leader == leader && t.addr == addr => return Ok(()),
+                _ => {}
+            }
+        }
+        let target = FollowTarget {
+            epoch,
+            leader,
+            addr,
+            role_gen: 0,
+        };
+        self.enter_epoch(epoch, Role::Follower(target), "told to follow");
+        Ok(())
+    }
+
+    /// Moves to `epoch` (already persisted) and stops leading or following.
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch.
+    pub fn fence(&mut self, epoch: Epoch) -> Result<(), ErrorReply> {
+        self.check_epoch(epoch)?;
+        if epoch > self.epoch {
+            self.enter_epoch(epoch, Role::Idle, "fenced");
+        }
+        Ok(())
+    }
+
+    /// What a follower subscribes with: its epoch, last index and epoch, and
+    /// history, for the target it follows now.
+    pub fn subscribe_info(&self) -> (Epoch, LogIndex, Epoch, Vec<EpochStart>) {
+        (
+            self.epoch,
+            self.log.last_index(),
+            self.log.last_epoch(),
+            self.log.history().to_vec(),
+        )
+    }
+
+    fn check_follower(&self, role_gen: u64, epoch: Epoch) -> Result<(), StreamError> {
+        match &self.role {
+            Role::Follower(t)
+                if self.role_gen == role_gen && t.epoch == epoch && self.epoch == epoch =>
+            {
+                Ok(())
+            }
+            _ => Err(StreamError::Superseded),
+        }
+    }
+
+    /// The leader says the logs agree up to `prefix`: drop everything after.
+    ///
+    /// # Errors
+    /// `Superseded` if the role moved on; `Inconsistent` if `prefix` is past
+    /// our log or would cut a committed entry.
+    pub fn on_stream_start(
+        &mut self,
+        role_gen: u64,
+        epoch: Epoch,
+        prefix: LogIndex,
+    ) -> Result<(), StreamError> {
+        self.check_follower(role_gen, epoch)?;
+        if prefix > self.log.last_index() {
+            return Err(StreamError::Inconsistent(format!(
+                "prefix {prefix} is past our last index {}",
+                self.log.last_index()
+            )));
+        }
+        if prefix < self.commit {
+            return Err(StreamError::Inconsistent(format!(
+                "leader would truncate committed entries: prefix {prefix} < commit {}",
+                self.commit
+            )));
+        }
+        if prefix < self.log.last_index() {
+            self.log.truncate_after(prefix);
+            self.generation += 1;
+            self.durable = self.durable.min(prefix);
+            self.signals.durable.send_replace(self.durable);
+            self.push_wal(WalCmd::TruncateAfter(prefix));
+        }
+        Ok(())
+    }
+
+    /// A batch from the leader.
+    ///
+    /// # Errors
+    /// `Superseded` if the role moved on; `Inconsistent` if the batch does not
+    /// continue our log.
+    pub fn on_entries(
+        &mut self,
+        role_gen: u64,
+        epoch: Epoch,
+        prev_index: LogIndex,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) -> Result<(), StreamError> {
+        self.check_follower(role_gen, epoch)?;
+        if prev_index != self.log.last_index() {
+            return Err(StreamError::Inconsistent(format!(
+                "batch after {prev_index} but our log ends at {}",
+                self.log.last_index()
+            )));
+        }
+        if !entries.is_empty() {
+            let mut records = Vec::with_capacity(entries.len());
+            for entry in entries {
+                if entry.epoch > epoch {
+                    return Err(StreamError::Inconsistent(format!(
+                        "entry of epoch {} from a leader of epoch {epoch}",
+                        entry.epoch
+                    )));
+                }
+                self.log
+                    .append(entry.clone())
+                    .map_err(|e| StreamError::Inconsistent(e.to_string()))?;
+                records.push(Record::Entry(entry));
+            }
+            self.push_wal(WalCmd::Append(records));
+            self.signals.progress.send_modify(|p| *p += 1);
+        }
+        let commit = leader_commit.min(self.log.last_index());
+        self.set_commit(commit);
+        Ok(())
+    }
+
+    /// The durable index a follower may acknowledge for `role_gen`/`epoch`.
+    ///
+    /// # Errors
+    /// `Superseded` if the role moved on.
+    pub fn ackable(&self, role_gen: u64, epoch: Epoch) -> Result<LogIndex, StreamError> {
+        self.check_follower(role_gen, epoch)?;
+        Ok(self.durable)
+    }
+
+    /// A snapshot from the leader replaced our state (already durable on disk).
+    ///
+    /// # Errors
+    /// `Superseded` if the role moved on meanwhile.
+    pub fn on_snapshot_installed(
+        &mut self,
+        role_gen: u64,
+        epoch: Epoch,
+        last_index: LogIndex,
+        last_epoch: Epoch,
+        history: Vec<EpochStart>,
+        store: Store,
+    ) -> Result<(), StreamError> {
+        self.check_follower(role_gen, epoch)?;
+        self.log.reset(last_index, last_epoch, history);
+        self.store = store;
+        self.commit = last_index;
+        self.applied = last_index;
+        self.recorded_commit = last_index;
+        self.generation += 1;
+        self.durable = last_index;
+        self.signals.durable.send_replace(last_index);
+        self.push_wal(WalCmd::Reset(last_index));
+        self.signals.progress.send_modify(|p| *p += 1);
+        Ok(())
+    }
+
+    /// As leader: how to start the stream of a follower that subscribed.
+    ///
+    /// # Errors
+    /// `NotLeader` or `StaleEpoch` when this node does not lead at `epoch`.
+    pub fn plan_stream(
+        &self,
+        epoch: Epoch,
+        their_last: LogIndex,
+        their_history: &[EpochStart],
+    ) -> Result<(StreamPlan, u64), ErrorReply> {
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        if epoch != self.epoch {
+            return Err(ErrorReply::StaleEpoch {
+                got: epoch,
+                current: self.epoch,
+            });
+        }
+        let prefix = self.log.common_prefix(their_last, their_history);
+        let plan = if prefix < self.log.base_index() {
+            StreamPlan::Snapshot
+        } else {
+            StreamPlan::FromPrefix { prefix }
+        };
+        Ok((plan, self.role_gen))
+    }
+
+    /// As leader of `role_gen`: entries from `next` on and the commit index;
+    /// `Ok(None)` when they were compacted away (the follower must resubscribe).
+    ///
+    /// # Errors
+    /// `Superseded` when this node no longer leads that generation.
+    pub fn entries_for(
+        &self,
+        role_gen: u64,
+        next: LogIndex,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<Entry>, LogIndex)>, StreamError> {
+        if self.role_gen != role_gen || !matches!(self.role, Role::Leader(_)) {
+            return Err(StreamError::Superseded);
+        }
+        Ok(self
+            .log
+            .entries_from(next, max_count, max_bytes)
+            .map(|e| (e, self.commit)))
+    }
+
+    /// The snapshot base and the epoch it was written in.
+    pub fn base(&self) -> (LogIndex, Epoch) {
+        let base = self.log.base_index();
+        (base, self.log.epoch_at(base).unwrap_or_default())
+    }
+
+    /// Starts a snapshot if the log holds more than `threshold` bytes since the
+    /// last one and none is running.
+    pub fn snapshot_job(&mut self, threshold: usize) -> Option<SnapshotJob> {
+        if self.snapshot_running
+            || self.log.bytes() < threshold
+            || self.applied <= self.log.base_index()
+        {
+            return None;
+        }
+        self.snapshot_running = true;
+        Some(SnapshotJob {
+            last_index: self.applied,
+            last_epoch: self.log.epoch_at(self.applied).unwrap_or_default(),
+            history: self.log.history_upto(self.applied),
+            store: self.store.clone(),
+        })
+    }
+
+    /// A snapshot finished (or failed, with `None`): compact what it covers.
+    pub fn snapshot_done(&mut self, covered: Option<LogIndex>) {
+        self.snapshot_running = false;
+        if let Some(index) = covered {
+            if index > self.log.base_index() && index <= self.applied {
+                self.log.compact(index);
+                self.push_wal(WalCmd::Compact(index));
+            }
+        }
+    }
+
+    /// Whether a storage failure happened.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Durable last index.
+    pub fn durable(&self) -> LogIndex {
+        self.durable
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: LeaderSettings = LeaderSettings {
+        sync_replicas: 1,
+        sync_timeout: Duration::from_secs(1),
+        async_fallback: false,
+    };
+
+    fn fresh(id: u32) -> Node {
+        Node::new(
+            ReplicaId(id),
+            format!("127.0.0.1:{}", 9000 + id),
+            Recovered {
+                epoch: Epoch(0),
+                log: MemLog::new(LogIndex(0), Epoch(0), Vec::new()),
+                store: Store::default(),
+                commit: LogIndex(0),
+            },
+            Signals::new(),
+        )
+    }
+
+    fn set(key: &str, value: &str) -> WriteOp {
+        WriteOp::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    fn entry(index: u64, epoch: u64, op: WriteOp) -> Entry {
+        Entry {
+            index: LogIndex(index),
+            epoch: Epoch(epoch),
+            op,
+        }
+    }
+
+    /// Plays the writer thread: everything queued becomes durable.
+    fn flush(node: &mut Node) -> Vec<WalCmd> {
+        let (cmds, generation, last) = node.take_outbox();
+        node.on_durable(generation, last);
+        cmds
+    }
+
+    fn value(node: &Node, key: &str) -> Option<Bytes> {
+        node.get(key.as_bytes())
+    }
+
+    #[test]
+    fn a_write_commits_only_when_durable_and_acknowledged_by_k_followers() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        assert_eq!(n.log.last_index(), LogIndex(1), "promotion appends a no-op");
+        let (index, mut rx) = n.propose(set("a", "1")).unwrap();
+        assert_eq!(index, LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        assert_eq!(
+            n.commit_index(),
+            LogIndex(0),
+            "not durable on the leader yet"
+        );
+        assert!(rx.try_recv().is_err());
+        flush(&mut n);
+        assert_eq!(n.commit_index(), LogIndex(2));
+        assert_eq!(rx.try_recv().unwrap(), Ok(LogIndex(2)));
+        assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+    }
+
+    #[test]
+    fn without_enough_acknowledgements_nothing_commits_or_is_visible() {
+        let mut n = fresh(1);
+        n.promote(
+            Epoch(1),
+            LeaderSettings {
+                sync_replicas: 2,
+                ..SETTINGS
+            },
+        )
+        .unwrap();
+        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        assert_eq!(n.commit_index(), LogIndex(0));
+        assert_eq!(value(&n, "a"), None, "uncommitted writes are never read");
+        assert_eq!(n.ack_count(LogIndex(2)), (1, 2));
+        assert!(!n.force_commit(LogIndex(2)), "async fallback is off");
+        n.on_ack(ReplicaId(3), Epoch(1), LogIndex(2));
+        assert_eq!(rx.try_recv().unwrap(), Ok(LogIndex(2)));
+    }
+
+    #[test]
+    fn acks_of_another_epoch_are_ignored() {
+        let mut n = fresh(1);
+        n.promote(Epoch(2), SETTINGS).unwrap();
+        n.propose(set("a", "1")).unwrap();
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        assert_eq!(n.commit_index(), LogIndex(0));
+    }
+
+    #[test]
+    fn async_fallback_commits_without_followers_only_when_enabled() {
+        let mut n = fresh(1);
+        n.promote(
+            Epoch(1),
+            LeaderSettings {
+                async_fallback: true,
+                ..SETTINGS
+            },
+        )
+        .unwrap();
+        let (index, _rx) = n.propose(set("a", "1")).unwrap();
+        assert!(!n.force_commit(index), "not durable yet");
+        flush(&mut n);
+        assert!(n.force_commit(index));
+        assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+    }
+
+    #[test]
+    fn an_inherited_tail_commits_only_with_an_entry_of_the_new_epoch() {
+        // A replica that led epoch 1 and holds an unacknowledged tail.
+        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        log.append(entry(1, 1, set("a", "old"))).unwrap();
+        let mut n = Node::new(
+            ReplicaId(1),
+            "127.0.0.1:9001".to_string(),
+            Recovered {
+                epoch: Epoch(1),
+                log,
+                store: Store::default(),
+                commit: LogIndex(0),
+            },
+            Signals::new(),
+        );
+        assert_eq!(value(&n, "a"), None, "the tail is tentative after restart");
+        n.promote(Epoch(2), SETTINGS).unwrap();
+        flush(&mut n);
+        // A follower holding only the old entry does not commit it.
+        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(1));
+        assert_eq!(n.commit_index(), LogIndex(0));
+        // Once it holds the new epoch's no-op, both commit.
+        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(2));
+        assert_eq!(n.commit_index(), LogIndex(2));
+        assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"old")));
+    }
+
+    #[test]
+    fn recovery_applies_up_to_the_recorded_commit_index_only() {
+        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        log.append(entry(1, 1, set("a", "1"))).unwrap();
+        log.append(entry(2, 1, set("b", "2"))).unwrap();
+        let n = Node::new(
+            ReplicaId(1),
+            "127.0.0.1:9001".to_string(),
+            Recovered {
+                epoch: Epoch(1),
+                log,
+                store: Store::default(),
+                commit: LogIndex(1),
+            },
+            Signals::new(),
+        );
+        assert_eq!(n.commit_index(), LogIndex(1));
+        assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+        assert_eq!(value(&n, "b"), None);
+        assert_eq!(n.durable(), LogIndex(2));
+    }
+
+    #[test]
+    fn a_follower_refuses_writes_naming_its_leader() {
+        let mut n = fresh(2);
+        assert_eq!(
+            n.propose(set("a", "1")).unwrap_err(),
+            ErrorReply::NotLeader { leader: None }
+        );
+        n.follow(Epoch(1), ReplicaId(1), "127.0.0.1:9001".to_string())
+            .unwrap();
+        assert_eq!(
+            n.propose(set("a", "1")).unwrap_err(),
+            ErrorReply::NotLeader {
+                leader: Some("127.0.0.1:9001".to_string())
+            }
+        );
+    }
+
+    #[test]
+    fn stale_epochs_are_refused_everywhere() {
+        let mut n = fresh(1);
+        n.fence(Epoch(3)).unwrap();
+        let stale = ErrorReply::StaleEpoch {
+            got: Epoch(2),
+            current: Epoch(3),
+        };
+        assert_eq!(n.promote(Epoch(2), SETTINGS).unwrap_err(), stale);
+        assert_eq!(
+            n.follow(Epoch(2), ReplicaId(2), "x".to_string())
+                .unwrap_err(),
+            stale
+        );
+        assert_eq!(n.fence(Epoch(2)).unwrap_err(), stale);
+        // The fenced epoch itself is accepted for the election that follows.
+        n.promote(Epoch(3), SETTINGS).unwrap();
+        assert_eq!(n.status().role, NodeRole::Leader);
+        // A leader of an epoch cannot be told to follow in that same epoch.
+        assert!(n.follow(Epoch(3), ReplicaId(2), "x".to_string()).is_err());
+    }
+
+    #[test]
+    fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        n.fence(Epoch(2)).unwrap();
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(ErrorReply::Indeterminate { .. })
+        ));
+        assert_eq!(n.status().role, NodeRole::Idle);
+        assert!(n.propose(set("b", "2")).is_err());
+        // Late acks of the old epoch commit nothing.
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        assert_eq!(n.commit_index(), LogIndex(0));
+    }
+
+    #[test]
+    fn a_follower_applies_only_what_the_leader_committed() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let gen = n.role_gen;
+        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(0),
+            vec![entry(1, 1, WriteOp::Noop), entry(2, 1, set("a", "1"))],
+            LogIndex(1),
+        )
+        .unwrap();
+        assert_eq!(value(&n, "a"), None);
+        assert_eq!(n.ackable(gen, Epoch(1)).unwrap(), LogIndex(0));
+        flush(&mut n);
+        assert_eq!(n.ackable(gen, Epoch(1)).unwrap(), LogIndex(2));
+        n.on_entries(gen, Epoch(1), LogIndex(2), Vec::new(), LogIndex(2))
+            .unwrap();
+        assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+        // The commit index is recorded in the log with the next write.
+        n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(2),
+            vec![entry(3, 1, WriteOp::Noop)],
+            LogIndex(2),
+        )
+        .unwrap();
+        let cmds = flush(&mut n);
+        assert!(cmds.iter().any(|c| matches!(
+            c,
+            WalCmd::Append(r) if r.contains(&Record::Commit(LogIndex(2)))
+        )));
+    }
+
+    #[test]
+    fn a_batch_that_does_not_continue_the_log_is_refused() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let gen = n.role_gen;
+        let gap = n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(5),
+            vec![entry(6, 1, WriteOp::Noop)],
+            LogIndex(0),
+        );
+        assert!(matches!(gap, Err(StreamError::Inconsistent(_))));
+        let future_epoch = n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(0),
+            vec![entry(1, 2, WriteOp::Noop)],
+            LogIndex(0),
+        );
+        assert!(matches!(future_epoch, Err(StreamError::Inconsistent(_))));
+    }
+
+    #[test]
+    fn a_deposed_leader_truncates_its_unacknowledged_tail() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.propose(set("lost", "x")).unwrap();
+        flush(&mut n);
+        assert_eq!(n.log.last_index(), LogIndex(2));
+        n.follow(Epoch(2), ReplicaId(2), "l2".to_string()).unwrap();
+        let gen = n.role_gen;
+        // The new leader shares only the no-op.
+        n.on_stream_start(gen, Epoch(2), LogIndex(1)).unwrap();
+        assert_eq!(n.log.last_index(), LogIndex(1));
+        assert_eq!(n.durable(), LogIndex(1));
+        let cmds = flush(&mut n);
+        assert!(matches!(
+            cmds.first(),
+            Some(WalCmd::TruncateAfter(LogIndex(1)))
+        ));
+        n.on_entries(
+            gen,
+            Epoch(2),
+            LogIndex(1),
+            vec![entry(2, 2, set("kept", "y"))],
+            LogIndex(2),
+        )
+        .unwrap();
+        assert_eq!(value(&n, "lost"), None);
+        assert_eq!(value(&n, "kept"), Some(Bytes::from_static(b"y")));
+    }
+
+    #[test]
+    fn a_stream_may_never_cut_committed_entries() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let gen = n.role_gen;
+        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(0),
+            vec![entry(1, 1, WriteOp::Noop)],
+            LogIndex(1),
+        )
+        .unwrap();
+        assert!(matches!(
+            n.on_stream_start(gen, Epoch(1), LogIndex(0)),
+            Err(StreamError::Inconsistent(_))
+        ));
+    }
+
+    #[test]
+    fn stream_events_of_an_old_role_are_superseded() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let old = n.role_gen;
+        n.follow(Epoch(2), ReplicaId(3), "l3".to_string()).unwrap();
+        assert_eq!(
+            n.on_stream_start(old, Epoch(1), LogIndex(0)),
+            Err(StreamError::Superseded)
+        );
+        assert_eq!(n.ackable(old, Epoch(1)), Err(StreamError::Superseded));
+    }
+
+    #[test]
+    fn durability_reports_of_an_older_generation_are_ignored() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let gen = n.role_gen;
+        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        n.on_entries(
+            gen,
+            Epoch(1),
+            LogIndex(0),
+            vec![entry(1, 1, WriteOp::Noop), entry(2, 1, WriteOp::Noop)],
+            LogIndex(0),
+        )
+        .unwrap();
+        let (_, old_generation, last) = n.take_outbox();
+        // Before the writer reports, the leader truncates back to 1.
+        n.on_stream_start(gen, Epoch(1), LogIndex(1)).unwrap();
+        n.on_durable(old_generation, last);
+        assert_eq!(
+            n.durable(),
+            LogIndex(0),
+            "a stale report must not vouch for a cut entry"
+        );
+    }
+
+    #[test]
+    fn a_follower_behind_the_snapshot_gets_a_snapshot() {
+        let mut n = fresh(1);
+        n.promote(
+            Epoch(1),
+            LeaderSettings {
+                sync_replicas: 0,
+                ..SETTINGS
+            },
+        )
+        .unwrap();
+        for i in 0..10 {
+            n.propose(set(&format!("k{i}"), "v")).unwrap();
+        }
+        flush(&mut n);
+        assert_eq!(n.commit_index(), LogIndex(11));
+        let job = n.snapshot_job(0).unwrap();
+        assert_eq!(job.last_index, LogIndex(11));
+        assert_eq!(job.store.len(), 10);
+        assert!(n.snapshot_job(0).is_none(), "one snapshot at a time");
+        n.snapshot_done(Some(job.last_index));
+        assert!(n
+            .take_outbox()
+            .0
+            .iter()
+            .any(|c| matches!(c, WalCmd::Compact(LogIndex(11)))));
+        let (plan, _) = n.plan_stream(Epoch(1), LogIndex(0), &[]).unwrap();
+        assert_eq!(plan, StreamPlan::Snapshot);
+        let (plan, _) = n
+            .plan_stream(Epoch(1), LogIndex(11), n.log.history())
+            .unwrap();
+        assert_eq!(
+            plan,
+            StreamPlan::FromPrefix {
+                prefix: LogIndex(11)
+            }
+        );
+        assert!(n.plan_stream(Epoch(2), LogIndex(0), &[]).is_err());
+    }
+
+    #[test]
+    fn a_storage_failure_fails_pending_and_new_writes() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        n.on_storage_failure("disk full".to_string());
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(ErrorReply::Storage { .. })
+        ));
+        assert!(matches!(
+            n.propose(set("b", "2")).unwrap_err(),
+            ErrorReply::Storage { .. }
+        ));
+    }
+}

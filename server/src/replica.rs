@@ -1,0 +1,106 @@
+//! The running replica: the node state machine behind its lock, the signal
+//! that wakes the WAL writer, and what every task shares.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::node::{Node, Signals};
+
+/// Shared by every task of one replica.
+#[derive(Debug)]
+pub struct Replica {
+    node: Mutex<Node>,
+    writer_wake: Condvar,
+    /// The replica's configuration.
+    pub config: Config,
+    /// The address this replica serves on (for leader hints).
+    pub addr: String,
+    /// Cancelled on shutdown, or when the disk fails.
+    pub shutdown: CancellationToken,
+    /// Serialises admin operations, so epochs are persisted in order.
+    pub admin: tokio::sync::Mutex<()>,
+    /// Receivers of the node's signals are cloned from these.
+    pub watch: Watches,
+}
+
+/// Receivers for the node's signals.
+#[derive(Debug, Clone)]
+pub struct Watches {
+    /// Appends and commit moves.
+    pub progress: tokio::sync::watch::Receiver<u64>,
+    /// Durable last index.
+    pub durable: tokio::sync::watch::Receiver<semikv_protocol::LogIndex>,
+    /// Leader to follow.
+    pub target: tokio::sync::watch::Receiver<Option<crate::node::FollowTarget>>,
+}
+
+impl Watches {
+    /// Subscribes to `signals`.
+    pub fn of(signals: &Signals) -> Watches {
+        Watches {
+            progress: signals.progress.subscribe(),
+            durable: signals.durable.subscribe(),
+            target: signals.target.subscribe(),
+        }
+    }
+}
+
+impl Replica {
+    /// Wraps a node.
+    pub fn new(
+        node: Node,
+        watch: Watches,
+        config: Config,
+        addr: String,
+        shutdown: CancellationToken,
+    ) -> Replica {
+        Replica {
+            node: Mutex::new(node),
+            writer_wake: Condvar::new(),
+            config,
+            addr,
+            shutdown,
+            admin: tokio::sync::Mutex::new(()),
+            watch,
+        }
+    }
+
+    /// Locks the node. A poisoned lock means a task panicked mid-change; the
+    /// state is still the last consistent one every rule left it in, because
+    /// node methods validate before they mutate.
+    pub fn lock(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the node and wakes the WAL writer if it queued disk work.
+    /// Never call it across an `.await`.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
+        let mut node = self.lock();
+        let r = f(&mut node);
+        let wake = !node.outbox_is_empty();
+        drop(node);
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        r
+    }
+
+    /// For the writer: waits on the node lock until woken or `timeout`.
+    pub fn wait_for_work<'a>(
+        &'a self,
+        guard: MutexGuard<'a, Node>,
+        timeout: std::time::Duration,
+    ) -> MutexGuard<'a, Node> {
+        match self.writer_wake.wait_timeout(guard, timeout) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    /// Wakes the writer (at shutdown).
+    pub fn wake_writer(&self) {
+        self.writer_wake.notify_all();
+    }
+}

@@ -1,0 +1,470 @@
+//! Log shipping between replicas. Followers pull: a follower connects to its
+//! leader, subscribes with its log position and history, and the leader
+//! answers with the common prefix (or a snapshot) and then streams entries
+//! without waiting for acks, with its commit index on every batch and on idle
+//! heartbeats. Followers ack their durable index as it grows and on every
+//! heartbeat tick, which doubles as their liveness signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use semikv_protocol::{
+    Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
+    StreamStart, Subscribe, WireError,
+};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::node::{FollowTarget, StreamError, StreamPlan};
+use crate::replica::Replica;
+use crate::storage;
+
+/// Interval of leader heartbeats and follower acks on an idle stream.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+/// A stream silent for this long is considered dead.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on connecting to a leader and on its handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one write to a peer that does not read.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most entries in one batch.
+const BATCH_ENTRIES: usize = 1024;
+/// About the most bytes in one batch.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Bytes of snapshot per chunk.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+type Conn = Framed<TcpStream, MessageCodec>;
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// Framing or decoding failed.
+    #[error("protocol: {0}")]
+    Protocol(#[from] semikv_protocol::ProtocolError),
+    /// The peer sent nothing for too long, or did not read.
+    #[error("peer timed out")]
+    Timeout,
+    /// The peer closed the stream.
+    #[error("peer closed the stream")]
+    Closed,
+    /// The peer rejected us.
+    #[error("peer rejected the stream: {0}")]
+    Rejected(String),
+    /// Our role or epoch moved on, or the logs disagree.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The peer sent a message that has no place here.
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    /// Reading or installing a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+async fn send(conn: &mut Conn, msg: Message) -> Result<(), ReplicationError> {
+    timeout(SEND_TIMEOUT, conn.send(msg))
+        .await
+        .map_err(|_| ReplicationError::Timeout)??;
+    Ok(())
+}
+
+async fn recv(conn: &mut Conn) -> Result<Message, ReplicationError> {
+    match timeout(SILENCE_TIMEOUT, conn.next()).await {
+        Err(_) => Err(ReplicationError::Timeout),
+        Ok(None) => Err(ReplicationError::Closed),
+        Ok(Some(msg)) => Ok(msg?),
+    }
+}
+
+/// Leader side: serves one follower's stream on an accepted replica-role
+/// connection, until it breaks or this node stops leading.
+pub async fn serve_follower(replica: Arc<Replica>, mut conn: Conn, peer: Option<ReplicaId>) {
+    let sub = match recv(&mut conn).await {
+        Ok(Message::Subscribe(sub)) => sub,
+        Ok(other) => {
+            let what = format!("{other:?}").chars().take(40).collect();
+            let _ = send(&mut conn, Message::Reject(WireError::Unexpected { what })).await;
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "replica connection ended before subscribing");
+            return;
+        }
+    };
+    if peer.is_some_and(|p| p != sub.follower) {
+        tracing::warn!(hello = ?peer, subscribe = %sub.follower, "follower id mismatch");
+    }
+    let follower = sub.follower;
+    replica.with(|n| n.on_follower_stream(follower, true));
+    let result = stream_to(&replica, &mut conn, &sub).await;
+    replica.with(|n| n.on_follower_stream(follower, false));
+    match result {
+        Ok(()) | Err(ReplicationError::Stream(StreamError::Superseded)) => {
+            tracing::info!(follower = %follower, "follower stream closed: no longer leading");
+        }
+        Err(e) => tracing::info!(follower = %follower, error = %e, "follower stream ended"),
+    }
+}
+
+async fn stream_to(
+    replica: &Arc<Replica>,
+    conn: &mut Conn,
+    sub: &Subscribe,
+) -> Result<(), ReplicationError> {
+    let planned = replica.with(|n| n.plan_stream(sub.epoch, sub.last_index, &sub.history));
+    let (plan, role_gen) = match planned {
+        Ok(p) => p,
+        Err(reply) => {
+            let what = reply.to_string();
+            send(
+                conn,
+                Message::Reject(WireError::Unexpected { what: what.clone() }),
+            )
+            .await?;
+            return Err(ReplicationError::Rejected(what));
+        }
+    };
+    let epoch = sub.epoch;
+    let mut next = match plan {
+        StreamPlan::FromPrefix { prefix } => {
+            tracing::info!(follower = %sub.follower, prefix = %prefix, their_last = %sub.last_index, "streaming log to follower");
+            send(conn, Message::StreamStart(StreamStart { epoch, prefix })).await?;
+            prefix.next()
+        }
+        StreamPlan::Snapshot => send_snapshot(replica, conn, epoch, sub.follower)
+            .await?
+            .next(),
+    };
+    let (mut sink, mut stream) = conn.split();
+    let follower = sub.follower;
+    let acks = async {
+        loop {
+            let msg = match timeout(SILENCE_TIMEOUT, stream.next()).await {
+                Err(_) => return ReplicationError::Timeout,
+                Ok(None) => return ReplicationError::Closed,
+                Ok(Some(Err(e))) => return e.into(),
+                Ok(Some(Ok(msg))) => msg,
+            };
+            match msg {
+                Message::Ack(Ack { epoch, match_index }) => {
+                    replica.with(|n| n.on_ack(follower, epoch, match_index));
+                }
+                other => {
+                    return ReplicationError::Unexpected(
+                        format!("{other:?}").chars().take(40).collect(),
+                    )
+                }
+            }
+        }
+    };
+    let mut progress = replica.watch.progress.clone();
+    let ship = async {
+        let mut sent_commit = LogIndex(0);
+        loop {
+            progress.borrow_and_update();
+            loop {
+                let batch =
+                    replica
+                        .lock()
+                        .entries_for(role_gen, next, BATCH_ENTRIES, BATCH_BYTES)?;
+                let Some((entries, commit)) = batch else {
+                    // Compacted under us: the follower resubscribes and gets a snapshot.
+                    return Ok::<(), ReplicationError>(());
+                };
+                if entries.is_empty() && commit == sent_commit {
+                    break;
+                }
+                let prev_index = next.prev();
+                next = LogIndex(next.0 + entries.len() as u64);
+                let last_batch = entries.is_empty();
+                sent_commit = commit;
+                timeout(
+                    SEND_TIMEOUT,
+                    sink.feed(Message::Entries(Entries {
+                        epoch,
+                        prev_index,
+                        entries,
+                        commit_index: commit,
+                    })),
+                )
+                .await
+                .map_err(|_| ReplicationError::Timeout)??;
+                if last_batch {
+                    break;
+                }
+            }
+            timeout(SEND_TIMEOUT, sink.flush())
+                .await
+                .map_err(|_| ReplicationError::Timeout)??;
+            tokio::select! {
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    // Force a heartbeat on the next round.
+                    sent_commit = LogIndex(u64::MAX);
+                }
+                () = replica.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    };
+    tokio::select! {
+        e = acks => Err(e),
+        r = ship => r,
+    }
+}
+
+async fn send_snapshot(
+    replica: &Arc<Replica>,
+    conn: &mut Conn,
+    epoch: Epoch,
+    follower: ReplicaId,
+) -> Result<LogIndex, ReplicationError> {
+    let dir = replica.config.data_dir.clone();
+    let loaded = tokio::task::spawn_blocking(move || storage::snapshot::read_latest(&dir))
+        .await
+        .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
+        .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+    let Some((meta, bytes)) = loaded else {
+        return Err(ReplicationError::Snapshot(
+            "follower needs a snapshot but none exists".to_string(),
+        ));
+    };
+    tracing::info!(follower = %follower, index = %meta.last_index, bytes = bytes.len(), "sending snapshot to follower");
+    let bytes = bytes::Bytes::from(bytes);
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + SNAPSHOT_CHUNK).min(bytes.len());
+        let done = end == bytes.len();
+        send(
+            conn,
+            Message::Snapshot(SnapshotChunk {
+                epoch,
+                last_index: meta.last_index,
+                last_epoch: meta.last_epoch,
+                history: if offset == 0 {
+                    meta.history.clone()
+                } else {
+                    Vec::new()
+                },
+                offset: offset as u64,
+                data: bytes.slice(offset..end),
+                done,
+            }),
+        )
+        .await?;
+        if done {
+            return Ok(meta.last_index);
+        }
+        offset = end;
+    }
+}
+
+/// Follower side: follows whatever leader the node is told to, reconnecting
+/// with backoff, until shutdown.
+pub async fn follow_loop(replica: Arc<Replica>) {
+    let mut target_rx = replica.watch.target.clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let target = target_rx.borrow_and_update().clone();
+        let Some(target) = target else {
+            tokio::select! {
+                changed = target_rx.changed() => if changed.is_err() { return },
+                () = replica.shutdown.cancelled() => return,
+            }
+            continue;
+        };
+        tokio::select! {
+            result = follow_once(&replica, &target) => {
+                match result {
+                    Err(ReplicationError::Stream(StreamError::Superseded)) => {}
+                    Err(e) => {
+                        tracing::info!(leader = %target.addr, epoch = %target.epoch, error = %e, "replication stream from leader ended; reconnecting");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = target_rx.changed() => {}
+                            () = replica.shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    Ok(()) => {}
+                }
+            }
+            changed = target_rx.changed() => if changed.is_err() { return },
+            () = replica.shutdown.cancelled() => return,
+        }
+        backoff = BACKOFF_MIN;
+    }
+}
+
+async fn follow_once(
+    replica: &Arc<Replica>,
+    target: &FollowTarget,
+) -> Result<(), ReplicationError> {
+    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.addr))
+        .await
+        .map_err(|_| ReplicationError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
+    let id = replica.config.id;
+    send(
+        &mut conn,
+        Message::Hello(Hello::new(Role::Replica, Some(id))),
+    )
+    .await?;
+    match timeout(CONNECT_TIMEOUT, conn.next()).await {
+        Err(_) => return Err(ReplicationError::Timeout),
+        Ok(None) => return Err(ReplicationError::Closed),
+        Ok(Some(Ok(Message::Welcome(_)))) => {}
+        Ok(Some(Ok(Message::Reject(e)))) => return Err(ReplicationError::Rejected(e.to_string())),
+        Ok(Some(Ok(other))) => {
+            return Err(ReplicationError::Unexpected(
+                format!("{other:?}").chars().take(40).collect(),
+            ))
+        }
+        Ok(Some(Err(e))) => return Err(e.into()),
+    }
+    let (epoch, last_index, last_epoch, history) = replica.lock().subscribe_info();
+    if epoch != target.epoch {
+        return Err(StreamError::Superseded.into());
+    }
+    send(
+        &mut conn,
+        Message::Subscribe(Subscribe {
+            epoch,
+            follower: id,
+            last_index,
+            last_epoch,
+            history,
+        }),
+    )
+    .await?;
+    let role_gen = target.role_gen;
+    // Until the leader has told us where our logs agree, our durable index
+    // may cover a divergent tail: no ack may be sent before that.
+    let mut snapshot: Vec<u8> = Vec::new();
+    loop {
+        match recv(&mut conn).await? {
+            Message::StreamStart(StreamStart { epoch, prefix }) => {
+                replica.with(|n| n.on_stream_start(role_gen, epoch, prefix))?;
+                tracing::info!(leader = %target.addr, epoch = %epoch, prefix = %prefix, "following leader");
+                break;
+            }
+            Message::Snapshot(chunk) => {
+                if chunk.offset != snapshot.len() as u64 {
+                    return Err(ReplicationError::Snapshot(format!(
+                        "chunk at offset {} but {} bytes received",
+                        chunk.offset,
+                        snapshot.len()
+                    )));
+                }
+                snapshot.extend_from_slice(&chunk.data);
+                if chunk.done {
+                    install_snapshot(replica, role_gen, &chunk, std::mem::take(&mut snapshot))
+                        .await?;
+                    tracing::info!(leader = %target.addr, index = %chunk.last_index, "installed snapshot from leader");
+                    break;
+                }
+            }
+            Message::Reject(e) => return Err(ReplicationError::Rejected(e.to_string())),
+            other => {
+                return Err(ReplicationError::Unexpected(
+                    format!("{other:?}").chars().take(40).collect(),
+                ))
+            }
+        }
+    }
+    let (mut sink, mut stream) = conn.split();
+    let receive = async {
+        loop {
+            let msg = match timeout(SILENCE_TIMEOUT, stream.next()).await {
+                Err(_) => return ReplicationError::Timeout,
+                Ok(None) => return ReplicationError::Closed,
+                Ok(Some(Err(e))) => return e.into(),
+                Ok(Some(Ok(msg))) => msg,
+            };
+            let applied = match msg {
+                Message::Entries(Entries {
+                    epoch,
+                    prev_index,
+                    entries,
+                    commit_index,
+                }) => replica
+                    .with(|n| n.on_entries(role_gen, epoch, prev_index, entries, commit_index)),
+                Message::Reject(e) => return ReplicationError::Rejected(e.to_string()),
+                other => {
+                    return ReplicationError::Unexpected(
+                        format!("{other:?}").chars().take(40).collect(),
+                    )
+                }
+            };
+            if let Err(e) = applied {
+                return e.into();
+            }
+        }
+    };
+    let mut durable = replica.watch.durable.clone();
+    let epoch = target.epoch;
+    let ack = async {
+        loop {
+            let match_index = replica.lock().ackable(role_gen, epoch)?;
+            timeout(
+                SEND_TIMEOUT,
+                sink.send(Message::Ack(Ack { epoch, match_index })),
+            )
+            .await
+            .map_err(|_| ReplicationError::Timeout)??;
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { return Ok::<(), ReplicationError>(()) },
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    };
+    tokio::select! {
+        e = receive => Err(e),
+        r = ack => r,
+    }
+}
+
+async fn install_snapshot(
+    replica: &Arc<Replica>,
+    role_gen: u64,
+    last: &SnapshotChunk,
+    bytes: Vec<u8>,
+) -> Result<(), ReplicationError> {
+    let dir = replica.config.data_dir.clone();
+    let (meta, store) =
+        tokio::task::spawn_blocking(move || storage::snapshot::install(&dir, &bytes))
+            .await
+            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
+            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+    if meta.last_index != last.last_index {
+        return Err(ReplicationError::Snapshot(format!(
+            "snapshot covers {} but the leader announced {}",
+            meta.last_index, last.last_index
+        )));
+    }
+    replica.with(|n| {
+        n.on_snapshot_installed(
+            role_gen,
+            last.epoch,
+            meta.last_index,
+            meta.last_epoch,
+            meta.history,
+            store,
+        )
+    })?;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Client, balancer and replica connections: handshake, role checks, and
+//! pipelined request handling. One bad peer costs only its own connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use semikv_protocol::{
+    ErrorReply, Message, MessageCodec, Op, Reply, Request, Response, Role, Welcome, WireError,
+    WriteOp, PROTOCOL_VERSION,
+};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::node::LeaderSettings;
+use crate::replica::Replica;
+use crate::{replication, storage};
+
+/// How long a new connection may take to say Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests one connection may have in flight; past it we stop reading.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long in-flight requests get to finish when a connection closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on writing one response batch to a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Conn = Framed<TcpStream, MessageCodec>;
+
+/// Serves one accepted connection to its end.
+pub async fn serve(replica: Arc<Replica>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
+    let hello = match timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
+        Err(_) | Ok(None) => return,
+        Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
+        Ok(Some(Ok(Message::Hello(hello)))) => hello,
+        Ok(Some(Ok(_))) => return reject(&mut conn, WireError::HandshakeRequired).await,
+    };
+    if let Err(e) = hello.check() {
+        return reject(&mut conn, e).await;
+    }
+    let welcome = Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        node: Some(replica.config.id),
+    });
+    if timeout(SEND_TIMEOUT, conn.send(welcome)).await.is_err() {
+        return;
+    }
+    match hello.role {
+        Role::Replica => replication::serve_follower(replica, conn, hello.node).await,
+        Role::Client | Role::Balancer => serve_requests(replica, conn, hello.role).await,
+    }
+}
+
+async fn reject(conn: &mut Conn, error: WireError) {
+    tracing::debug!(error = %error, "rejecting connection");
+    let _ = timeout(Duration::from_secs(1), conn.send(Message::Reject(error))).await;
+}
+
+async fn reject_protocol(conn: &mut Conn, error: &semikv_protocol::ProtocolError) {
+    tracing::info!(error = %error, "protocol error from peer; closing its connection");
+    if let Some(wire) = error.to_wire() {
+        reject(conn, wire).await;
+    }
+}
+
+async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
+    let (mut sink, mut stream) = conn.split();
+    let mut in_flight = FuturesUnordered::new();
+    let mut closing: Option<WireError> = None;
+    loop {
+        tokio::select! {
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut batch = vec![response];
+                while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    batch.push(more);
+                }
+                if send_batch(&mut sink, batch).await.is_err() {
+                    return;
+                }
+            }
+            msg = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                match msg {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "protocol error from peer; closing its connection");
+                        closing = e.to_wire();
+                        break;
+                    }
+                    Some(Ok(Message::Request(request))) => {
+                        if request.op.is_admin() && role != Role::Balancer {
+                            closing = Some(WireError::WrongRole { role, what: request.op.name().to_string() });
+                            break;
+                        }
+                        in_flight.push(handle(replica.clone(), request));
+                    }
+                    Some(Ok(other)) => {
+                        closing = Some(WireError::Unexpected { what: message_name(&other).to_string() });
+                        break;
+                    }
+                }
+            }
+            () = replica.shutdown.cancelled() => break,
+        }
+    }
+    // Answer what was already accepted, within a bound, then say why we close.
+    let drain = async {
+        while let Some(response) = in_flight.next().await {
+            if send_batch(&mut sink, vec![response]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = timeout(DRAIN_TIMEOUT, drain).await;
+    if let Some(error) = closing {
+        tracing::debug!(error = %error, "rejecting connection");
+        let _ = timeout(Duration::from_secs(1), sink.send(Message::Reject(error))).await;
+    }
+}
+
+async fn send_batch<S>(sink: &mut S, batch: Vec<Response>) -> Result<(), ()>
+where
+    S: futures::Sink<Message, Error = semikv_protocol::ProtocolError> + Unpin,
+{
+    let write = async {
+        for response in batch {
+            sink.feed(Message::Response(response)).await?;
+        }
+        sink.flush().await
+    };
+    match timeout(SEND_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn message_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Reject(_) => "Reject",
+        Message::Request(_) => "Request",
+        Message::Response(_) => "Response",
+        Message::Subscribe(_) => "Subscribe",
+        Message::StreamStart(_) => "StreamStart",
+        Message::Entries(_) => "Entries",
+        Message::Ack(_) => "Ack",
+        Message::Snapshot(_) => "Snapshot",
+    }
+}
+
+async fn handle(replica: Arc<Replica>, request: Request) -> Response {
+    let reply = match request.op.validate(replica.config.max_value_len) {
+        Err(reason) => Reply::Error(ErrorReply::Invalid { reason }),
+        Ok(()) => match request.op {
+            Op::Get { key } => Reply::Value(replica.lock().get(&key)),
+            Op::Set { key, value } => write(&replica, WriteOp::Set { key, value }).await,
+            Op::Delete { key } => write(&replica, WriteOp::Delete { key }).await,
+            Op::Ping => Reply::Pong,
+            Op::Status => Reply::Node(replica.lock().status()),
+            op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => admin(&replica, op).await,
+        },
+    };
+    Response {
+        id: request.id,
+        reply,
+    }
+}
+
+async fn write(replica: &Replica, op: WriteOp) -> Reply {
+    let proposed = replica.with(|n| {
+        let wait = n.leader_timeout();
+        n.propose(op).map(|(index, rx)| (index, rx, wait))
+    });
+    let (index, rx, wait) = match proposed {
+        Ok((index, rx, Some(wait))) => (index, rx, wait),
+        Ok((_, _, None)) => return unreachable_leader(),
+        Err(e) => return Reply::Error(e),
+    };
+    match timeout(wait, rx).await {
+        Ok(Ok(Ok(index))) => Reply::Written { index },
+        Ok(Ok(Err(e))) => Reply::Error(e),
+        Ok(Err(_)) => Reply::Error(ErrorReply::Indeterminate {
+            reason: "the leader dropped the write while stepping down".to_string(),
+        }),
+        Err(_) => {
+            let outcome = replica.with(|n| {
+                if n.force_commit(index) {
+                    return Ok(());
+                }
+                let counts = n.ack_count(index);
+                n.forget_waiter(index);
+                Err(counts)
+            });
+            match outcome {
+                Ok(()) => {
+                    tracing::warn!(index = %index, "sync replicas did not acknowledge in time; committed asynchronously (async fallback is on)");
+                    Reply::Written { index }
+                }
+                Err((acked, required)) => {
+                    Reply::Error(ErrorReply::NotEnoughReplicas { acked, required })
+                }
+            }
+        }
+    }
+}
+
+/// `propose` succeeded, so this node leads and has a timeout; this is the
+/// error for the impossible other case, kept non-panicking.
+fn unreachable_leader() -> Reply {
+    Reply::Error(ErrorReply::Indeterminate {
+        reason: "leadership changed while proposing".to_string(),
+    })
+}
+
+async fn admin(replica: &Replica, op: Op) -> Reply {
+    let _serial = replica.admin.lock().await;
+    let epoch = match &op {
+        Op::Promote(p) => p.epoch,
+        Op::Follow(f) => f.epoch,
+        Op::Fence(f) => f.epoch,
+        _ => {
+            return Reply::Error(ErrorReply::Invalid {
+                reason: "not an admin op".to_string(),
+            })
+        }
+    };
+    let current = {
+        let node = replica.lock();
+        if let Err(e) = node.check_epoch(epoch) {
+            return Reply::Error(e);
+        }
+        node.epoch()
+    };
+    if epoch > current {
+        let dir = replica.config.data_dir.clone();
+        let persisted =
+            tokio::task::spawn_blocking(move || storage::meta::store_epoch(&dir, epoch)).await;
+        match persisted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, epoch = %epoch, "could not persist the epoch");
+                return Reply::Error(ErrorReply::Storage {
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                return Reply::Error(ErrorReply::Storage {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    let result = replica.with(|n| {
+        match op {
+            Op::Promote(p) => n.promote(
+                p.epoch,
+                LeaderSettings {
+                    sync_replicas: p.sync_replicas,
+                    sync_timeout: Duration::from_millis(p.sync_timeout_ms),
+                    async_fallback: p.async_fallback,
+                },
+            ),
+            Op::Follow(f) => n.follow(f.epoch, f.leader, f.leader_addr),
+            Op::Fence(f) => n.fence(f.epoch),
+            _ => Ok(()),
+        }
+        .map(|()| n.status())
+    });
+    match result {
+        Ok(status) => {
+            tracing::info!(epoch = %status.epoch, role = %status.role, last_index = %status.last_index, "role changed by the balancer");
+            Reply::Node(status)
+        }
+        Err(e) => Reply::Error(e),
+    }
+}
