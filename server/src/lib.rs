@@ -52,23 +52,14 @@ pub async fn run(
         segment_bytes: config.segment_bytes,
         max_record_len: config.max_frame_len,
     };
-    let opened = tokio::task::spawn_blocking(move || storage::open(&dir, wal_options))
+    let (opened, log) = tokio::task::spawn_blocking(move || recover(&dir, wal_options))
         .await
         .context("recovery task")?
         .with_context(|| format!("recovering {}", config.data_dir.display()))?;
-    let (base_index, base_epoch, history) = match &opened.snapshot {
-        Some(meta) => (meta.last_index, meta.last_epoch, meta.history.clone()),
-        None => Default::default(),
-    };
-    let mut log = MemLog::new(base_index, base_epoch, history);
-    for entry in opened.entries {
-        log.append(entry)
-            .context("write-ahead log entries do not follow the snapshot")?;
-    }
     tracing::info!(
         replica = %config.id,
         epoch = %opened.epoch,
-        snapshot = %base_index,
+        snapshot = %log.base_index(),
         last_index = %log.last_index(),
         commit = %opened.commit_index,
         "recovered data directory"
@@ -151,6 +142,40 @@ pub async fn run(
         Ok(result) => result.map(|()| Summary { fsyncs, entries }),
         Err(_) => Err(anyhow::anyhow!("the WAL writer thread panicked")),
     }
+}
+
+/// Opens the data directory and rebuilds the in-memory log from the
+/// snapshot and the WAL after it.
+///
+/// A tail that cannot follow the snapshot (a crash between installing a
+/// leader's snapshot and resetting the log leaves the old, possibly
+/// divergent entries behind) is cut if it lies past the recovered commit
+/// index, where it is tentative by definition; inside it, it is corruption.
+fn recover(
+    dir: &Path,
+    options: storage::wal::WalOptions,
+) -> anyhow::Result<(storage::Opened, MemLog)> {
+    let mut opened = storage::open(dir, options)?;
+    let (base_index, base_epoch, history) = match &opened.snapshot {
+        Some(meta) => (meta.last_index, meta.last_epoch, meta.history.clone()),
+        None => Default::default(),
+    };
+    let mut log = MemLog::new(base_index, base_epoch, history);
+    for entry in std::mem::take(&mut opened.entries) {
+        let index = entry.index;
+        if let Err(e) = log.append(entry) {
+            if index <= opened.commit_index {
+                return Err(anyhow::anyhow!(
+                    "committed log entry {index} does not follow the snapshot: {e}"
+                ));
+            }
+            tracing::warn!(index = %index, error = %e, "dropping an uncommitted log tail that does not follow the snapshot");
+            opened.wal.truncate_after(index.prev())?;
+            opened.wal.sync()?;
+            break;
+        }
+    }
+    Ok((opened, log))
 }
 
 /// What a replica did over its run, for benchmarks and operators.
