@@ -80,14 +80,19 @@ async fn run(name: &str, policy: FsyncPolicy, duration: Duration) {
         summaries.push(s.stop().await.unwrap());
     }
     let leader = summaries[0];
+    let per_fsync = if leader.fsyncs == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}", leader.entries as f64 / leader.fsyncs as f64)
+    };
     println!(
-        "{:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>13.1}",
+        "{:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>13}",
         name,
         writes as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
         pct(1.0),
         leader.fsyncs,
-        leader.entries as f64 / leader.fsyncs.max(1) as f64,
+        per_fsync,
     );
 }
