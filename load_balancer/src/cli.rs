@@ -1,0 +1,211 @@
+//! The `semikv-lb` command line: argument parsing, logging set-up, the tokio
+//! runtime, the ready file and signal handling around [`crate::run`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+
+/// `semikv-lb LISTEN REPLICA... [options]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "semikv-lb",
+    about = "semikv load balancer: leader election, routing, failover"
+)]
+pub struct Args {
+    /// Address to accept clients on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    pub listen: String,
+    /// Replica addresses, e.g. 127.0.0.1:8081 127.0.0.1:8082.
+    #[arg(required = true, num_args = 1..)]
+    pub replicas: Vec<String>,
+    /// Interval between health checks, in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: u64,
+    /// Missed health checks in a row after which a replica is down.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub down_after: u32,
+    /// Followers that must acknowledge a write (capped at the other replicas).
+    #[arg(long, default_value_t = 1)]
+    pub sync_replicas: u32,
+    /// How long a write waits for those acknowledgements, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub sync_timeout_ms: u64,
+    /// Once listening, write the bound address here (atomically).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The run-time configuration these arguments describe.
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(self.replicas.clone());
+        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        config.down_after = self.down_after;
+        config.sync_replicas = self.sync_replicas;
+        config.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
+        config.derive_waits();
+        config
+    }
+}
+
+/// Runs `semikv-lb` with `args` (`args[0]` is the program name) until SIGINT
+/// or SIGTERM. Bad arguments exit with code 2 and clap's message.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("semikv-lb: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "balancer failed");
+            eprintln!("semikv-lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("no local address")?;
+    info!(addr = %addr, "bound");
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &addr.to_string())
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        signals.cancel();
+    });
+    crate::run(args.config(), listener, shutdown).await
+}
+
+/// Writes `addr` and a newline to `path` via a temporary file and a rename,
+/// so readers never see a partial address.
+///
+/// # Errors
+/// The file system's.
+pub fn write_ready_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_usage_parses_with_defaults() {
+        let args = Args::try_parse_from([
+            "semikv-lb",
+            "127.0.0.1:0",
+            "127.0.0.1:8081",
+            "127.0.0.1:8082",
+        ])
+        .unwrap();
+        assert_eq!(args.replicas.len(), 2);
+        let c = args.config();
+        assert_eq!(c.heartbeat, Duration::from_millis(100));
+        assert_eq!(c.down_after, 3);
+        assert_eq!(c.sync_replicas, 1);
+        assert_eq!(c.sync_timeout, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn options_parse() {
+        let args = Args::try_parse_from([
+            "semikv-lb",
+            "127.0.0.1:0",
+            "a:1",
+            "--heartbeat-ms",
+            "20",
+            "--down-after",
+            "2",
+            "--sync-replicas",
+            "2",
+            "--sync-timeout-ms",
+            "500",
+            "--ready-file",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let c = args.config();
+        assert_eq!(c.heartbeat, Duration::from_millis(20));
+        assert_eq!(c.down_after, 2);
+        assert_eq!(c.sync_replicas, 2);
+        assert_eq!(args.ready_file, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn missing_replicas_is_a_usage_error() {
+        let err = Args::try_parse_from(["semikv-lb", "127.0.0.1:0"]).unwrap_err();
+        assert!(err.use_stderr());
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn ready_file_is_written_whole() {
+        let dir = std::env::temp_dir().join(format!("semikv-lb-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ready");
+        write_ready_file(&path, "127.0.0.1:1234").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1:1234\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

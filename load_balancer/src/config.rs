@@ -1,0 +1,70 @@
+//! The balancer's run-time configuration, independent of how it was parsed.
+
+use std::time::Duration;
+
+use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+
+/// Longest an election waits for one replica's answer to `Fence`.
+pub const MAX_ELECTION_WAIT: Duration = Duration::from_secs(3);
+
+/// Everything [`crate::run`] needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Replica addresses, in the order given; a replica's slot is its position.
+    /// The address is also what followers are told to connect to.
+    pub replicas: Vec<String>,
+    /// Interval between health checks; also the timeout of one check.
+    pub heartbeat: Duration,
+    /// Consecutive missed checks after which a replica is down.
+    pub down_after: u32,
+    /// Followers that must acknowledge a write (capped at the other replicas).
+    pub sync_replicas: u32,
+    /// How long the leader waits for those acknowledgements.
+    pub sync_timeout: Duration,
+    /// How long a write waits for a leader (during a failover) before it is
+    /// answered `Unavailable`.
+    pub write_wait: Duration,
+    /// How long an election waits for each replica's `Fence` answer.
+    pub election_wait: Duration,
+    /// Longest frame accepted from clients and replicas.
+    pub max_frame_len: usize,
+}
+
+impl Config {
+    /// The defaults of `semikv-lb` for these replicas: heartbeat 100 ms, down
+    /// after 3 misses, 1 sync replica, 2 s sync timeout.
+    pub fn new(replicas: Vec<String>) -> Config {
+        let mut config = Config {
+            replicas,
+            heartbeat: Duration::from_millis(100),
+            down_after: 3,
+            sync_replicas: 1,
+            sync_timeout: Duration::from_millis(2000),
+            write_wait: Duration::ZERO,
+            election_wait: Duration::ZERO,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        };
+        config.derive_waits();
+        config
+    }
+
+    /// Recomputes `election_wait` (2 × heartbeat × down_after, at most 3 s)
+    /// and `write_wait` (enough for one failover) from the other fields.
+    pub fn derive_waits(&mut self) {
+        let detect = self.heartbeat.saturating_mul(self.down_after.max(1));
+        self.election_wait = detect.saturating_mul(2).min(MAX_ELECTION_WAIT);
+        self.write_wait = (detect + self.election_wait.saturating_mul(2))
+            .max(Duration::from_secs(1))
+            .min(Duration::from_secs(5));
+    }
+
+    /// Timeout of a write sent to the leader: its sync timeout plus slack.
+    pub fn write_timeout(&self) -> Duration {
+        self.sync_timeout + Duration::from_secs(3)
+    }
+
+    /// Timeout of a read or admin request sent to a replica.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+}

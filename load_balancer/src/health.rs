@@ -1,0 +1,308 @@
+//! The health loop: checks every replica each heartbeat, reacts at once when a
+//! replica connection breaks, and carries out the [`crate::failover`] plan
+//! (adopt, elect with fencing, tell replicas to follow).
+//!
+//! It is the only writer of leadership in the [`Table`], and runs as one task,
+//! so elections never overlap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use semikv_protocol::{ErrorReply, Fence, Follow, Op, Promote, Reply};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::failover::{self, Plan, Seen};
+use crate::replica_conn::{ConnError, ReplicaLink};
+use crate::table::{Leader, Table};
+
+/// Shortest timeout of one health check, so a very short heartbeat does not
+/// declare a busy replica dead.
+const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The health and failover loop.
+pub struct HealthLoop {
+    config: Arc<Config>,
+    table: Arc<Table>,
+    links: Arc<Vec<Arc<ReplicaLink>>>,
+    broken_rx: mpsc::Receiver<usize>,
+    kick: Arc<Notify>,
+    /// When the current leader was first found missing.
+    lost_at: Option<Instant>,
+    /// The leader before it went missing, for the failover log line.
+    lost_leader: Option<Leader>,
+    /// Until when, at start-up, an election waits for every replica.
+    grace_until: Option<Instant>,
+}
+
+impl HealthLoop {
+    /// A loop over `links` (one per slot of `table`). `broken_rx` receives the
+    /// slots whose connection broke; `kick` requests an immediate round.
+    pub fn new(
+        config: Arc<Config>,
+        table: Arc<Table>,
+        links: Arc<Vec<Arc<ReplicaLink>>>,
+        broken_rx: mpsc::Receiver<usize>,
+        kick: Arc<Notify>,
+    ) -> HealthLoop {
+        HealthLoop {
+            config,
+            table,
+            links,
+            broken_rx,
+            kick,
+            lost_at: None,
+            lost_leader: None,
+            grace_until: None,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.grace_until = Some(Instant::now() + self.config.election_wait);
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.check_all().await,
+                _ = self.kick.notified() => self.check_all().await,
+                slot = self.broken_rx.recv() => {
+                    let Some(slot) = slot else { break };
+                    // Fast path: a crashed process closes its sockets at once;
+                    // one probe tells a crash (refused) from a hiccup.
+                    if self.table.leader().is_some_and(|l| l.slot == slot) {
+                        self.lost_at.get_or_insert_with(Instant::now);
+                    }
+                    let mut slots = vec![slot];
+                    while let Ok(more) = self.broken_rx.try_recv() {
+                        slots.push(more);
+                    }
+                    slots.sort_unstable();
+                    slots.dedup();
+                    join_all(slots.into_iter().map(|s| self.check(s))).await;
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.act().await;
+        }
+    }
+
+    async fn check_all(&self) {
+        join_all((0..self.links.len()).map(|slot| self.check(slot))).await;
+    }
+
+    async fn check(&self, slot: usize) {
+        let Some(link) = self.links.get(slot) else {
+            return;
+        };
+        let timeout = self.config.heartbeat.max(MIN_CHECK_TIMEOUT);
+        // The whole check, connect included, fits in one heartbeat: one
+        // unresponsive address must not slow down the checks of the others.
+        let answer = tokio::time::timeout(timeout, link.request(Op::Status, timeout))
+            .await
+            .unwrap_or(Err(ConnError::Timeout(timeout)));
+        match answer {
+            Ok(Reply::Node(status)) => {
+                if !self.table.is_healthy(slot) {
+                    info!(replica = %status.id, addr = %link.addr(), role = %status.role, epoch = %status.epoch, "replica is up");
+                }
+                self.table.record_ok(slot, status);
+            }
+            Err(ConnError::Refused) => {
+                if self.table.mark_down(slot) {
+                    warn!(addr = %link.addr(), "replica is down (connection refused)");
+                }
+            }
+            other => {
+                if let Err(e) = &other {
+                    debug!(slot, error = %e, "health check failed");
+                }
+                if self.table.record_miss(slot, self.config.down_after) {
+                    warn!(addr = %link.addr(), misses = self.config.down_after, "replica is down (missed health checks)");
+                }
+            }
+        }
+    }
+
+    async fn act(&mut self) {
+        let mut current = self.table.current();
+        // The grace ends for good with the first leader or its deadline.
+        if current.leader.is_some() || self.grace_until.is_some_and(|t| Instant::now() >= t) {
+            self.grace_until = None;
+        }
+        current.startup_grace = self.grace_until.is_some();
+        let plan = failover::plan(&self.table.observed(), current);
+        match plan {
+            Plan::Steady {
+                leader,
+                epoch,
+                follow,
+            } => {
+                self.follow(&follow, leader, epoch).await;
+            }
+            Plan::Adopt {
+                leader,
+                epoch,
+                follow,
+            } => {
+                let old = self.table.leader();
+                self.table.set_leader(Some(Leader {
+                    slot: leader,
+                    epoch,
+                }));
+                info!(
+                    leader = %self.addr(leader),
+                    old_leader = %old.map_or_else(|| "none".to_string(), |l| self.addr(l.slot)),
+                    epoch = %epoch,
+                    "adopted live leader"
+                );
+                self.lost_at = None;
+                self.lost_leader = None;
+                self.follow(&follow, leader, epoch).await;
+            }
+            Plan::Elect { epoch } => {
+                self.leader_lost();
+                self.elect(epoch).await;
+            }
+            Plan::Wait => {
+                self.leader_lost();
+            }
+        }
+    }
+
+    /// Stops routing writes to a leader that is no longer valid.
+    fn leader_lost(&mut self) {
+        if let Some(old) = self.table.leader() {
+            self.lost_at.get_or_insert_with(Instant::now);
+            self.lost_leader = Some(old);
+            self.table.set_leader(None);
+            warn!(leader = %self.addr(old.slot), epoch = %old.epoch, "leader lost; failing over");
+        }
+    }
+
+    async fn elect(&mut self, epoch: semikv_protocol::Epoch) {
+        let started = self.lost_at.unwrap_or_else(Instant::now);
+        self.table.raise_epoch(epoch);
+        // Fence everyone: a refused connection answers at once, so only slow
+        // replicas make the election wait, and at most election_wait.
+        let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
+        let answers = join_all(
+            self.links
+                .iter()
+                .enumerate()
+                .map(|(slot, link)| async move {
+                    (slot, link.request(Op::Fence(Fence { epoch }), wait).await)
+                }),
+        )
+        .await;
+        let mut fenced: Vec<(usize, Seen)> = Vec::new();
+        for (slot, answer) in answers {
+            match answer {
+                Ok(Reply::Node(status)) => {
+                    fenced.push((slot, Seen::from(&status)));
+                    self.table.record_ok(slot, status);
+                }
+                Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
+                    warn!(addr = %self.addr(slot), epoch = %epoch, current = %current, "fence refused: stale epoch");
+                    self.table.raise_epoch(current);
+                }
+                Ok(_) => warn!(addr = %self.addr(slot), "unexpected answer to fence"),
+                Err(ConnError::Refused) => {
+                    self.table.mark_down(slot);
+                }
+                Err(e) => debug!(slot, error = %e, "fence failed"),
+            }
+        }
+        let Some(winner) = failover::choose_leader(&fenced) else {
+            return;
+        };
+        let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
+        let promote = Op::Promote(Promote {
+            epoch,
+            sync_replicas: sync,
+            sync_timeout_ms: u64::try_from(self.config.sync_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            async_fallback: false,
+        });
+        let timeout = self.config.request_timeout();
+        match self.links[winner].request(promote, timeout).await {
+            Ok(Reply::Node(status)) => {
+                self.table.record_ok(winner, status);
+                self.table.set_leader(Some(Leader {
+                    slot: winner,
+                    epoch,
+                }));
+                let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let old = self.lost_leader.take();
+                info!(
+                    leader = %self.addr(winner),
+                    old_leader = %old.map_or_else(|| "none".to_string(), |l| self.addr(l.slot)),
+                    epoch = %epoch,
+                    sync_replicas = sync,
+                    elapsed_ms,
+                    "promoted new leader"
+                );
+                self.lost_at = None;
+                let others: Vec<usize> = fenced
+                    .iter()
+                    .map(|&(slot, _)| slot)
+                    .filter(|&slot| slot != winner)
+                    .collect();
+                self.follow(&others, winner, epoch).await;
+            }
+            Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
+                warn!(addr = %self.addr(winner), epoch = %epoch, current = %current, "promote refused: stale epoch");
+                self.table.raise_epoch(current);
+            }
+            Ok(_) => warn!(addr = %self.addr(winner), "unexpected answer to promote"),
+            Err(e) => warn!(addr = %self.addr(winner), error = %e, "promote failed"),
+        }
+    }
+
+    /// Tells `slots` to follow `leader` at `epoch`, in parallel; failures are
+    /// retried by later rounds.
+    async fn follow(&self, slots: &[usize], leader: usize, epoch: semikv_protocol::Epoch) {
+        if slots.is_empty() {
+            return;
+        }
+        let Some(leader_id) = self.table.status(leader).map(|s| s.id) else {
+            return;
+        };
+        let leader_addr = self.addr(leader);
+        let timeout = self.config.request_timeout();
+        let answers = join_all(slots.iter().map(|&slot| {
+            let op = Op::Follow(Follow {
+                epoch,
+                leader: leader_id,
+                leader_addr: leader_addr.clone(),
+            });
+            async move { (slot, self.links[slot].request(op, timeout).await) }
+        }))
+        .await;
+        for (slot, answer) in answers {
+            match answer {
+                Ok(Reply::Node(status)) => {
+                    info!(replica = %status.id, leader = %leader_addr, epoch = %epoch, "replica follows leader");
+                    self.table.record_ok(slot, status);
+                }
+                Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
+                    warn!(addr = %self.addr(slot), epoch = %epoch, current = %current, "follow refused: stale epoch");
+                    self.table.raise_epoch(current);
+                }
+                Ok(_) => warn!(addr = %self.addr(slot), "unexpected answer to follow"),
+                Err(e) => debug!(slot, error = %e, "follow failed"),
+            }
+        }
+    }
+
+    fn addr(&self, slot: usize) -> String {
+        self.table.addr(slot).unwrap_or_default()
+    }
+}

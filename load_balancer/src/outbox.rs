@@ -1,0 +1,57 @@
+//! The writing half of a connection: a task that drains a bounded queue of
+//! messages onto a socket, flushing once per batch instead of once per message
+//! (many pipelined requests then share one system call), with a write timeout
+//! so a peer that stops reading cannot hold the task forever.
+
+use std::time::Duration;
+
+use futures::stream::SplitSink;
+use futures::SinkExt;
+use semikv_protocol::{Message, MessageCodec};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Most messages written before a flush.
+const MAX_BATCH: usize = 256;
+
+/// The sink half of a framed connection.
+pub type Sink = SplitSink<Framed<TcpStream, MessageCodec>, Message>;
+
+/// Writes everything `rx` yields to `sink` until `rx` closes, `closed` is
+/// cancelled, a write fails or takes longer than `write_timeout`, or a
+/// [`Message::Reject`] has been written (the connection ends after it).
+/// Cancels `closed` when it stops.
+pub async fn run(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Message>,
+    closed: CancellationToken,
+    write_timeout: Duration,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = closed.cancelled() => break,
+            msg = rx.recv() => msg,
+        };
+        let Some(first) = first else { break };
+        let batch = async {
+            let mut last = matches!(first, Message::Reject(_));
+            sink.feed(first).await?;
+            let mut n = 1;
+            while !last && n < MAX_BATCH {
+                let Ok(more) = rx.try_recv() else { break };
+                last = matches!(more, Message::Reject(_));
+                sink.feed(more).await?;
+                n += 1;
+            }
+            sink.flush().await?;
+            Ok::<bool, semikv_protocol::ProtocolError>(last)
+        };
+        match tokio::time::timeout(write_timeout, batch).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) | Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    closed.cancel();
+}

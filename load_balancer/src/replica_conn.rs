@@ -1,0 +1,250 @@
+//! One long-lived, multiplexed connection from the balancer to a replica.
+//!
+//! The link connects on demand (handshake as `Role::Balancer`), gives every
+//! request its own id, and matches responses by id in a pending map, so many
+//! client requests share one connection with their pipelining intact. When the
+//! connection breaks, every request in flight is answered
+//! [`ConnError::Broken`] at once and the health loop is told (the fast path of
+//! failure detection); the next request reconnects.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Role, Welcome};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::outbox;
+
+/// Requests queued for one replica's socket before senders wait.
+const SEND_QUEUE: usize = 1024;
+
+/// Longest one batch of requests may take to write: a replica that stops
+/// reading for this long loses its connection (and is reconnected).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a request to a replica got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The replica refused the connection: it is not running.
+    #[error("connection refused")]
+    Refused,
+    /// No connection could be made (other than a refusal), or the handshake
+    /// failed. The request was never sent.
+    #[error("could not connect: {0}")]
+    Connect(String),
+    /// The connection broke after the request was handed to it: the replica
+    /// may or may not have executed it.
+    #[error("connection broke with the request in flight")]
+    Broken,
+    /// No reply within the timeout; the request may still be executed.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnError {
+    /// Whether the request certainly never reached the replica (safe to send
+    /// elsewhere, even for a write).
+    pub fn never_sent(&self) -> bool {
+        matches!(self, ConnError::Refused | ConnError::Connect(_))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    open: bool,
+    map: HashMap<u64, oneshot::Sender<Reply>>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::Sender<Message>,
+    pending: Arc<Mutex<Pending>>,
+    closed: CancellationToken,
+}
+
+fn lock(p: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // Updates are single map operations: a poisoned lock is still consistent.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The balancer's link to one replica; cheap to share.
+#[derive(Debug)]
+pub struct ReplicaLink {
+    slot: usize,
+    addr: String,
+    max_frame_len: usize,
+    connect_timeout: Duration,
+    write_timeout: Duration,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+    broken_tx: mpsc::Sender<usize>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ReplicaLink {
+    /// A link to `addr` (slot `slot`); it does not connect until used. When an
+    /// established connection breaks, `slot` is sent (without waiting) on
+    /// `broken_tx`.
+    pub fn new(
+        slot: usize,
+        addr: String,
+        max_frame_len: usize,
+        connect_timeout: Duration,
+        broken_tx: mpsc::Sender<usize>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> ReplicaLink {
+        ReplicaLink {
+            slot,
+            addr,
+            max_frame_len,
+            connect_timeout,
+            write_timeout: WRITE_TIMEOUT,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            broken_tx,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// The replica's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `op` and waits up to `timeout` for its reply, connecting first if
+    /// needed (the connect has its own timeout).
+    ///
+    /// # Errors
+    /// [`ConnError`]: see [`ConnError::never_sent`] for whether it may have run.
+    pub async fn request(&self, op: Op, timeout: Duration) -> Result<Reply, ConnError> {
+        let conn = self.connection().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = lock(&conn.pending);
+            if !pending.open {
+                return Err(ConnError::Connect("connection closed".into()));
+            }
+            pending.map.insert(id, reply_tx);
+        }
+        let message = Message::Request(Request {
+            id: RequestId(id),
+            op,
+        });
+        let outcome = tokio::time::timeout(timeout, async {
+            if conn.tx.send(message).await.is_err() {
+                return Err(ConnError::Broken);
+            }
+            reply_rx.await.map_err(|_| ConnError::Broken)
+        })
+        .await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                lock(&conn.pending).map.remove(&id);
+                Err(ConnError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, ConnError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if !conn.closed.is_cancelled() {
+                return Ok(conn.clone());
+            }
+        }
+        *guard = None;
+        let conn = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| ConnError::Connect("connect timed out".into()))??;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<Arc<Conn>, ConnError> {
+        let stream = TcpStream::connect(&self.addr).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                ConnError::Refused
+            } else {
+                ConnError::Connect(e.to_string())
+            }
+        })?;
+        // Latency matters more than packet count for small requests.
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
+        framed
+            .send(Message::Hello(Hello::new(Role::Balancer, None)))
+            .await
+            .map_err(|e| ConnError::Connect(e.to_string()))?;
+        match framed.next().await {
+            Some(Ok(Message::Welcome(Welcome { .. }))) => {}
+            Some(Ok(Message::Reject(e))) => {
+                return Err(ConnError::Connect(format!("handshake rejected: {e}")))
+            }
+            Some(Ok(_)) => return Err(ConnError::Connect("unexpected handshake answer".into())),
+            Some(Err(e)) => return Err(ConnError::Connect(e.to_string())),
+            None => return Err(ConnError::Connect("closed during handshake".into())),
+        }
+        let (sink, mut stream) = framed.split();
+        let (tx, rx) = mpsc::channel::<Message>(SEND_QUEUE);
+        let pending = Arc::new(Mutex::new(Pending {
+            open: true,
+            map: HashMap::new(),
+        }));
+        let closed = self.shutdown.child_token();
+
+        self.tasks
+            .spawn(outbox::run(sink, rx, closed.clone(), self.write_timeout));
+
+        let reader_pending = pending.clone();
+        let reader_closed = closed.clone();
+        let broken_tx = self.broken_tx.clone();
+        let slot = self.slot;
+        self.tasks.spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = reader_closed.cancelled() => break,
+                    frame = stream.next() => frame,
+                };
+                match frame {
+                    Some(Ok(Message::Response(resp))) => {
+                        let waiter = lock(&reader_pending).map.remove(&resp.id.0);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(resp.reply);
+                        }
+                    }
+                    Some(Ok(_)) | Some(Err(_)) | None => break,
+                }
+            }
+            reader_closed.cancel();
+            {
+                // Dropping the senders answers every waiter with Broken.
+                let mut p = lock(&reader_pending);
+                p.open = false;
+                p.map.clear();
+            }
+            debug!(slot, "replica connection closed");
+            // Best effort: a full queue means the health loop already knows.
+            let _ = broken_tx.try_send(slot);
+        });
+
+        Ok(Arc::new(Conn {
+            tx,
+            pending,
+            closed,
+        }))
+    }
+}

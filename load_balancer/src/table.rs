@@ -1,0 +1,314 @@
+//! The replica table: the balancer's in-memory view of every configured
+//! replica (health, last status) and of the leader it routes writes to.
+//!
+//! A std `Mutex` guards it: every method is short and none is held across an
+//! `.await`. Leader changes are also published on a `watch` channel so that
+//! writes waiting out a failover wake as soon as a leader exists.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
+use tokio::sync::watch;
+
+use crate::failover::{Current, Observed, Seen};
+
+/// The leader writes go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leader {
+    /// Its slot.
+    pub slot: usize,
+    /// The epoch it leads at.
+    pub epoch: Epoch,
+}
+
+#[derive(Debug)]
+struct Row {
+    addr: String,
+    healthy: bool,
+    misses: u32,
+    status: Option<NodeStatus>,
+    last_seen: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rows: Vec<Row>,
+    leader: Option<Leader>,
+    max_epoch: Epoch,
+    next_read: usize,
+}
+
+/// Shared replica table.
+#[derive(Debug)]
+pub struct Table {
+    inner: Mutex<Inner>,
+    leader_tx: watch::Sender<Option<Leader>>,
+}
+
+impl Table {
+    /// A table of these addresses, all unhealthy and unknown, no leader.
+    pub fn new(addrs: &[String]) -> Table {
+        let rows = addrs
+            .iter()
+            .map(|addr| Row {
+                addr: addr.clone(),
+                healthy: false,
+                misses: 0,
+                status: None,
+                last_seen: None,
+            })
+            .collect();
+        Table {
+            inner: Mutex::new(Inner {
+                rows,
+                leader: None,
+                max_epoch: Epoch(0),
+                next_read: 0,
+            }),
+            leader_tx: watch::channel(None).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the table inconsistent
+        // (every update is a plain field store), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of configured replicas.
+    pub fn len(&self) -> usize {
+        self.lock().rows.len()
+    }
+
+    /// Whether no replica is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configured address of `slot`.
+    pub fn addr(&self, slot: usize) -> Option<String> {
+        self.lock().rows.get(slot).map(|r| r.addr.clone())
+    }
+
+    /// The last status `slot` reported, if any.
+    pub fn status(&self, slot: usize) -> Option<NodeStatus> {
+        self.lock().rows.get(slot).and_then(|r| r.status.clone())
+    }
+
+    /// Whether `slot` is healthy now.
+    pub fn is_healthy(&self, slot: usize) -> bool {
+        self.lock().rows.get(slot).is_some_and(|r| r.healthy)
+    }
+
+    /// Records a successful check: healthy, misses reset, status stored, and
+    /// its epoch folded into the highest epoch seen.
+    pub fn record_ok(&self, slot: usize, status: NodeStatus) {
+        let mut inner = self.lock();
+        inner.max_epoch = inner.max_epoch.max(status.epoch);
+        if let Some(row) = inner.rows.get_mut(slot) {
+            row.healthy = true;
+            row.misses = 0;
+            row.status = Some(status);
+            row.last_seen = Some(Instant::now());
+        }
+    }
+
+    /// Records a missed check; returns whether `slot` just went down (its
+    /// `down_after`-th miss in a row).
+    pub fn record_miss(&self, slot: usize, down_after: u32) -> bool {
+        let mut inner = self.lock();
+        let Some(row) = inner.rows.get_mut(slot) else {
+            return false;
+        };
+        row.misses = row.misses.saturating_add(1);
+        if row.healthy && row.misses >= down_after.max(1) {
+            row.healthy = false;
+            return true;
+        }
+        false
+    }
+
+    /// Marks `slot` down at once (its connection was refused); returns whether
+    /// it was healthy before.
+    pub fn mark_down(&self, slot: usize) -> bool {
+        let mut inner = self.lock();
+        let Some(row) = inner.rows.get_mut(slot) else {
+            return false;
+        };
+        let was = row.healthy;
+        row.healthy = false;
+        row.misses = row.misses.max(1);
+        was
+    }
+
+    /// Raises the highest epoch seen (after fencing or a `StaleEpoch` answer).
+    pub fn raise_epoch(&self, epoch: Epoch) {
+        let mut inner = self.lock();
+        inner.max_epoch = inner.max_epoch.max(epoch);
+    }
+
+    /// The decision core's view of every slot.
+    pub fn observed(&self) -> Vec<Observed> {
+        self.lock()
+            .rows
+            .iter()
+            .map(|r| Observed {
+                healthy: r.healthy,
+                seen: r.status.as_ref().map(Seen::from),
+            })
+            .collect()
+    }
+
+    /// What the balancer remembers: its leader and the highest epoch seen.
+    pub fn current(&self) -> Current {
+        let inner = self.lock();
+        Current {
+            leader: inner.leader.map(|l| l.slot),
+            max_epoch: inner.max_epoch,
+            startup_grace: false,
+        }
+    }
+
+    /// The leader writes go to now.
+    pub fn leader(&self) -> Option<Leader> {
+        self.lock().leader
+    }
+
+    /// Sets (or clears) the leader and wakes every waiting write.
+    pub fn set_leader(&self, leader: Option<Leader>) {
+        {
+            let mut inner = self.lock();
+            if let Some(l) = leader {
+                inner.max_epoch = inner.max_epoch.max(l.epoch);
+            }
+            inner.leader = leader;
+        }
+        self.leader_tx.send_replace(leader);
+    }
+
+    /// A receiver of leader changes.
+    pub fn watch_leader(&self) -> watch::Receiver<Option<Leader>> {
+        self.leader_tx.subscribe()
+    }
+
+    /// The next healthy replica for a read, round-robin, leader included,
+    /// skipping `exclude`; `None` when no (other) replica is healthy.
+    pub fn next_reader(&self, exclude: Option<usize>) -> Option<usize> {
+        let mut inner = self.lock();
+        let n = inner.rows.len();
+        for step in 0..n {
+            let slot = (inner.next_read + step) % n;
+            if Some(slot) != exclude && inner.rows[slot].healthy {
+                inner.next_read = (slot + 1) % n;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// The cluster view answered to a client's `Status`.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let inner = self.lock();
+        let leader_row = inner.leader.and_then(|l| inner.rows.get(l.slot));
+        let leader_last = leader_row
+            .and_then(|r| r.status.as_ref())
+            .map_or(0, |s| s.last_index.0);
+        let replicas = inner
+            .rows
+            .iter()
+            .map(|r| {
+                let s = r.status.as_ref();
+                ReplicaView {
+                    id: s.map(|s| s.id),
+                    addr: r.addr.clone(),
+                    role: s.map_or(NodeRole::Idle, |s| s.role),
+                    healthy: r.healthy,
+                    epoch: s.map(|s| s.epoch).unwrap_or_default(),
+                    last_index: s.map(|s| s.last_index).unwrap_or_default(),
+                    commit_index: s.map(|s| s.commit_index).unwrap_or_default(),
+                    applied_index: s.map(|s| s.applied_index).unwrap_or_default(),
+                    lag: leader_last.saturating_sub(s.map_or(0, |s| s.last_index.0)),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            leader: leader_row.map(|r| r.addr.clone()),
+            epoch: inner.leader.map_or(inner.max_epoch, |l| l.epoch),
+            replicas,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use semikv_protocol::{LogIndex, ReplicaId};
+
+    fn status(id: u32, role: NodeRole, epoch: u64, last: u64) -> NodeStatus {
+        NodeStatus {
+            id: ReplicaId(id),
+            role,
+            epoch: Epoch(epoch),
+            last_index: LogIndex(last),
+            last_epoch: Epoch(epoch),
+            commit_index: LogIndex(last),
+            applied_index: LogIndex(last),
+            leader: None,
+            followers: vec![],
+        }
+    }
+
+    fn table3() -> Table {
+        Table::new(&["a:1".into(), "b:2".into(), "c:3".into()])
+    }
+
+    #[test]
+    fn down_after_consecutive_misses_only() {
+        let t = table3();
+        t.record_ok(0, status(1, NodeRole::Idle, 0, 0));
+        assert!(!t.record_miss(0, 3));
+        assert!(!t.record_miss(0, 3));
+        t.record_ok(0, status(1, NodeRole::Idle, 0, 0));
+        assert!(!t.record_miss(0, 3));
+        assert!(!t.record_miss(0, 3));
+        assert!(t.record_miss(0, 3));
+        assert!(!t.is_healthy(0));
+        assert!(!t.record_miss(0, 3), "went down only once");
+    }
+
+    #[test]
+    fn reads_rotate_over_healthy_replicas_only() {
+        let t = table3();
+        assert_eq!(t.next_reader(None), None);
+        t.record_ok(0, status(1, NodeRole::Leader, 1, 5));
+        t.record_ok(2, status(3, NodeRole::Follower, 1, 5));
+        let picks: Vec<_> = (0..4).map(|_| t.next_reader(None).unwrap()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2]);
+        assert_eq!(t.next_reader(Some(0)), Some(2));
+        t.mark_down(2);
+        assert_eq!(t.next_reader(Some(0)), None);
+        t.record_ok(1, status(2, NodeRole::Follower, 1, 5));
+        assert_eq!(t.next_reader(Some(0)), Some(1));
+    }
+
+    #[test]
+    fn cluster_status_reports_leader_and_lag() {
+        let t = table3();
+        t.record_ok(0, status(1, NodeRole::Leader, 2, 10));
+        t.record_ok(1, status(2, NodeRole::Follower, 2, 7));
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch(2),
+        }));
+        let c = t.cluster_status();
+        assert_eq!(c.leader.as_deref(), Some("a:1"));
+        assert_eq!(c.epoch, Epoch(2));
+        assert_eq!(c.replicas.len(), 3);
+        assert_eq!(c.replicas[1].lag, 3);
+        assert_eq!(c.replicas[1].id, Some(ReplicaId(2)));
+        assert!(!c.replicas[2].healthy);
+        assert_eq!(c.replicas[2].id, None);
+    }
+}

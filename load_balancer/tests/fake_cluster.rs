@@ -1,0 +1,969 @@
+//! The balancer against in-process fake replicas on 127.0.0.1:0: start-up
+//! election and adoption, routing, failover, indeterminate writes, bad input,
+//! and the cluster status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use semikv_lb::Config;
+use semikv_protocol::{
+    Epoch, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeRole, NodeStatus, Op, ReplicaId,
+    Reply, Request, RequestId, Response, Role, Welcome, WireError, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- fakes
+
+#[derive(Debug, Default)]
+struct FakeState {
+    id: u32,
+    role: Option<NodeRole>,
+    epoch: u64,
+    last_epoch: u64,
+    last_index: u64,
+    leader_addr: Option<String>,
+    map: HashMap<Bytes, Bytes>,
+    hang_writes: bool,
+    mute: bool,
+    sets_seen: u64,
+    gets_served: u64,
+    promotes: Vec<(u64, u32)>,
+    fences: u64,
+}
+
+impl FakeState {
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: ReplicaId(self.id),
+            role: self.role.unwrap_or(NodeRole::Idle),
+            epoch: Epoch(self.epoch),
+            last_index: LogIndex(self.last_index),
+            last_epoch: Epoch(self.last_epoch),
+            commit_index: LogIndex(self.last_index),
+            applied_index: LogIndex(self.last_index),
+            leader: self.leader_addr.clone(),
+            followers: vec![],
+        }
+    }
+
+    fn stale(&self, epoch: Epoch) -> Option<Reply> {
+        (epoch.0 < self.epoch).then(|| {
+            Reply::Error(ErrorReply::StaleEpoch {
+                got: epoch,
+                current: Epoch(self.epoch),
+            })
+        })
+    }
+
+    /// `None`: never answer (a write hanging on a leader about to die).
+    fn apply(&mut self, op: Op) -> Option<Reply> {
+        let role = self.role.unwrap_or(NodeRole::Idle);
+        Some(match op {
+            Op::Status => Reply::Node(self.status()),
+            Op::Ping => Reply::Pong,
+            Op::Fence(f) => {
+                if let Some(r) = self.stale(f.epoch) {
+                    return Some(r);
+                }
+                self.fences += 1;
+                self.epoch = f.epoch.0;
+                if role == NodeRole::Leader {
+                    self.role = Some(NodeRole::Follower);
+                }
+                Reply::Node(self.status())
+            }
+            Op::Promote(p) => {
+                if let Some(r) = self.stale(p.epoch) {
+                    return Some(r);
+                }
+                self.promotes.push((p.epoch.0, p.sync_replicas));
+                self.epoch = p.epoch.0;
+                self.role = Some(NodeRole::Leader);
+                self.leader_addr = None;
+                self.last_index += 1;
+                self.last_epoch = p.epoch.0;
+                Reply::Node(self.status())
+            }
+            Op::Follow(f) => {
+                if let Some(r) = self.stale(f.epoch) {
+                    return Some(r);
+                }
+                self.epoch = f.epoch.0;
+                self.role = Some(NodeRole::Follower);
+                self.leader_addr = Some(f.leader_addr);
+                Reply::Node(self.status())
+            }
+            Op::Set { key, value } => {
+                self.sets_seen += 1;
+                if role != NodeRole::Leader {
+                    return Some(Reply::Error(ErrorReply::NotLeader { leader: None }));
+                }
+                if self.hang_writes {
+                    return None;
+                }
+                self.map.insert(key, value);
+                self.last_index += 1;
+                self.last_epoch = self.epoch;
+                Reply::Written {
+                    index: LogIndex(self.last_index),
+                }
+            }
+            Op::Delete { key } => {
+                if role != NodeRole::Leader {
+                    return Some(Reply::Error(ErrorReply::NotLeader { leader: None }));
+                }
+                self.map.remove(&key);
+                self.last_index += 1;
+                Reply::Written {
+                    index: LogIndex(self.last_index),
+                }
+            }
+            Op::Get { key } => {
+                self.gets_served += 1;
+                Reply::Value(self.map.get(&key).cloned())
+            }
+        })
+    }
+}
+
+/// A fake replica: a tiny state machine behind the real protocol.
+struct Fake {
+    addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+    kill: CancellationToken,
+}
+
+impl Fake {
+    async fn start(id: u32, role: NodeRole, epoch: u64, last_index: u64) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let state = FakeState {
+            id,
+            role: Some(role),
+            epoch,
+            last_epoch: epoch,
+            last_index,
+            ..FakeState::default()
+        };
+        Fake::serve(listener, Arc::new(Mutex::new(state)))
+    }
+
+    /// Restarts a killed fake on its old address with `state`.
+    async fn restart(addr: SocketAddr, state: FakeState) -> Fake {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Fake::serve(listener, Arc::new(Mutex::new(state)))
+    }
+
+    fn serve(listener: TcpListener, state: Arc<Mutex<FakeState>>) -> Fake {
+        let addr = listener.local_addr().unwrap();
+        let kill = CancellationToken::new();
+        let (st, k) = (state.clone(), kill.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = k.cancelled() => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { break };
+                        tokio::spawn(fake_conn(stream, st.clone(), k.clone()));
+                    }
+                }
+            }
+        });
+        Fake { addr, state, kill }
+    }
+
+    /// Like kill -9: the listener and every connection close at once.
+    fn kill(&self) {
+        self.kill.cancel();
+    }
+
+    fn s(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+}
+
+async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: CancellationToken) {
+    let mut framed = Framed::new(stream, MessageCodec::default());
+    let id = state.lock().unwrap().id;
+    let hello = tokio::select! { _ = kill.cancelled() => return, m = framed.next() => m };
+    match hello {
+        Some(Ok(Message::Hello(h))) if h.role == Role::Balancer => {}
+        _ => return,
+    }
+    let welcome = Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        node: Some(ReplicaId(id)),
+    });
+    if framed.send(welcome).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! { _ = kill.cancelled() => return, m = framed.next() => m };
+        let Some(Ok(Message::Request(Request { id, op }))) = msg else {
+            return;
+        };
+        let reply = {
+            let mut s = state.lock().unwrap();
+            if s.mute {
+                None
+            } else {
+                s.apply(op)
+            }
+        };
+        if let Some(reply) = reply {
+            if framed
+                .send(Message::Response(Response { id, reply }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Balancer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Balancer {
+    async fn start(config: Config) -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(semikv_lb::run(config, listener, shutdown.clone()));
+        Balancer {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(T, self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
+fn config(fakes: &[&Fake]) -> Config {
+    let mut c = Config::new(fakes.iter().map(|f| f.addr.to_string()).collect());
+    c.heartbeat = Duration::from_millis(20);
+    c.down_after = 3;
+    c.derive_waits();
+    c
+}
+
+struct Client {
+    framed: Framed<TcpStream, MessageCodec>,
+    next: u64,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = timeout(T, TcpStream::connect(addr)).await.unwrap().unwrap();
+        let mut framed = Framed::new(stream, MessageCodec::default());
+        framed
+            .send(Message::Hello(Hello::new(Role::Client, None)))
+            .await
+            .unwrap();
+        match timeout(T, framed.next()).await.unwrap() {
+            Some(Ok(Message::Welcome(w))) => assert_eq!(w.node, None),
+            other => panic!("no welcome: {other:?}"),
+        }
+        Client { framed, next: 1 }
+    }
+
+    async fn send(&mut self, op: Op) -> RequestId {
+        let id = RequestId(self.next);
+        self.next += 1;
+        timeout(T, self.framed.send(Message::Request(Request { id, op })))
+            .await
+            .unwrap()
+            .unwrap();
+        id
+    }
+
+    async fn recv(&mut self) -> Response {
+        match timeout(T, self.framed.next()).await.unwrap() {
+            Some(Ok(Message::Response(r))) => r,
+            other => panic!("expected a response: {other:?}"),
+        }
+    }
+
+    async fn call(&mut self, op: Op) -> Reply {
+        let id = self.send(op).await;
+        let r = self.recv().await;
+        assert_eq!(r.id, id);
+        r.reply
+    }
+
+    async fn set(&mut self, k: &str, v: &str) -> Reply {
+        self.call(Op::Set {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        })
+        .await
+    }
+
+    async fn get(&mut self, k: &str) -> Reply {
+        self.call(Op::Get {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+        })
+        .await
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds or 10 s pass.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sets until one write is acknowledged (bounded).
+async fn set_until_written(c: &mut Client, k: &str, v: &str) -> Reply {
+    let deadline = Instant::now() + T;
+    loop {
+        let reply = c.set(k, v).await;
+        if matches!(reply, Reply::Written { .. }) {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never succeeded: {reply:?}"
+        );
+    }
+}
+
+fn is_leader_at(f: &Fake, epoch: u64) -> bool {
+    let s = f.s();
+    s.role == Some(NodeRole::Leader) && s.epoch == epoch
+}
+
+fn follows(f: &Fake, leader: &Fake, epoch: u64) -> bool {
+    let s = f.s();
+    s.role == Some(NodeRole::Follower)
+        && s.epoch == epoch
+        && s.leader_addr.as_deref() == Some(leader.addr.to_string().as_str())
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn startup_promotes_the_most_up_to_date_replica() {
+    let a = Fake::start(1, NodeRole::Idle, 2, 5).await;
+    let b = Fake::start(2, NodeRole::Idle, 2, 9).await;
+    let c = Fake::start(3, NodeRole::Idle, 1, 20).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("b leads at epoch 3", || is_leader_at(&b, 3)).await;
+    until("a and c follow b", || {
+        follows(&a, &b, 3) && follows(&c, &b, 3)
+    })
+    .await;
+    assert_eq!(b.s().promotes, vec![(3, 1)], "one promotion, sync capped");
+    assert!(
+        a.s().fences >= 1 && c.s().fences >= 1,
+        "everyone fenced first"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn single_replica_is_promoted_with_no_sync_replicas() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a])).await;
+    until("a leads", || is_leader_at(&a, 1)).await;
+    assert_eq!(a.s().promotes, vec![(1, 0)]);
+    let mut client = Client::connect(lb.addr).await;
+    assert!(matches!(
+        set_until_written(&mut client, "k", "v").await,
+        Reply::Written { .. }
+    ));
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn live_leader_is_adopted_without_a_new_epoch() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("idle c told to follow a at 4", || follows(&c, &a, 4)).await;
+    let mut client = Client::connect(lb.addr).await;
+    assert!(matches!(
+        set_until_written(&mut client, "k", "v").await,
+        Reply::Written { .. }
+    ));
+    assert_eq!(a.s().map.get(&b"k"[..]).map(|v| &v[..]), Some(&b"v"[..]));
+    assert!(is_leader_at(&a, 4));
+    assert!(a.s().promotes.is_empty() && b.s().promotes.is_empty());
+    assert_eq!(a.s().fences + b.s().fences + c.s().fences, 0, "no election");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn writes_go_to_the_leader_and_reads_rotate_over_healthy_replicas() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 3).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a leads", || is_leader_at(&a, 1)).await;
+    until("all follow", || follows(&b, &a, 1) && follows(&c, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    assert_eq!(a.s().map.len(), 1);
+    assert_eq!(b.s().map.len() + c.s().map.len(), 0);
+    for _ in 0..9 {
+        client.get("k").await;
+    }
+    for f in [&a, &b, &c] {
+        assert!(f.s().gets_served >= 1, "replica {} got no read", f.s().id);
+    }
+    // A down replica leaves the rotation.
+    c.kill();
+    let before = (a.s().gets_served, b.s().gets_served);
+    for _ in 0..6 {
+        assert!(matches!(client.get("k").await, Reply::Value(_)));
+    }
+    let after = (a.s().gets_served, b.s().gets_served);
+    assert_eq!(
+        after.0 - before.0 + after.1 - before.1,
+        6,
+        "every read answered by a live replica"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_by_id() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "warm", "up").await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let op = if i % 2 == 0 {
+            Op::Set {
+                key: Bytes::from(format!("k{i}")),
+                value: Bytes::from("v"),
+            }
+        } else {
+            Op::Get {
+                key: Bytes::from("warm"),
+            }
+        };
+        ids.push(client.send(op).await);
+    }
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        let r = client.recv().await;
+        assert!(
+            matches!(r.reply, Reply::Written { .. } | Reply::Value(_)),
+            "{r:?}"
+        );
+        got.push(r.id);
+    }
+    got.sort();
+    assert_eq!(got, ids);
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn killing_the_leader_fails_over_to_the_best_follower() {
+    let a = Fake::start(1, NodeRole::Leader, 3, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 3, 8).await;
+    let c = Fake::start(3, NodeRole::Follower, 3, 9).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v1").await;
+    assert!(is_leader_at(&a, 3));
+
+    a.kill();
+    until("c (most up to date) leads at epoch 4", || {
+        is_leader_at(&c, 4)
+    })
+    .await;
+    until("b follows c", || follows(&b, &c, 4)).await;
+    set_until_written(&mut client, "k", "v2").await;
+    assert_eq!(c.s().map.get(&b"k"[..]).map(|v| &v[..]), Some(&b"v2"[..]));
+    assert!(b.s().promotes.is_empty());
+
+    // The deposed leader returns, still claiming to lead at epoch 3.
+    let old = FakeState {
+        id: 1,
+        role: Some(NodeRole::Leader),
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 11,
+        ..FakeState::default()
+    };
+    let a2 = Fake::restart(a.addr, old).await;
+    until("deposed leader follows c", || follows(&a2, &c, 4)).await;
+    assert!(
+        is_leader_at(&c, 4),
+        "no new election for a returning replica"
+    );
+
+    let mut status_client = Client::connect(lb.addr).await;
+    let Reply::Cluster(cluster) = status_client.call(Op::Status).await else {
+        panic!("status is not a cluster view");
+    };
+    assert_eq!(cluster.leader, Some(c.addr.to_string()));
+    assert_eq!(cluster.epoch, Epoch(4));
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn write_in_flight_when_the_leader_dies_is_indeterminate() {
+    let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
+    let b = Fake::start(2, NodeRole::Follower, 1, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    a.s().hang_writes = true;
+    let id = client
+        .send(Op::Set {
+            key: Bytes::from("k"),
+            value: Bytes::from("lost?"),
+        })
+        .await;
+    until("leader received the write", || a.s().sets_seen >= 2).await;
+    a.kill();
+    let r = client.recv().await;
+    assert_eq!(r.id, id);
+    assert!(
+        matches!(r.reply, Reply::Error(ErrorReply::Indeterminate { .. })),
+        "{:?}",
+        r.reply
+    );
+    until("b takes over", || is_leader_at(&b, 2)).await;
+    set_until_written(&mut client, "k", "v3").await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn no_replica_means_unavailable_after_the_bound() {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    let mut c = Config::new(vec![addr.to_string()]);
+    c.heartbeat = Duration::from_millis(20);
+    c.derive_waits();
+    c.write_wait = Duration::from_millis(200);
+    let lb = Balancer::start(c).await;
+    let mut client = Client::connect(lb.addr).await;
+    for reply in [client.set("k", "v").await, client.get("k").await] {
+        match reply {
+            Reply::Error(ErrorReply::Unavailable { retry_after_ms, .. }) => {
+                assert!(retry_after_ms > 0)
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+    assert_eq!(client.call(Op::Ping).await, Reply::Pong);
+    lb.stop().await;
+}
+
+/// Reads from a raw socket until EOF; returns the bytes (bounded by time).
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    timeout(T, stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<Message> {
+    use tokio_util::codec::Decoder;
+    let mut codec = MessageCodec::default();
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = codec.decode(&mut buf) {
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_closed_while_others_keep_working() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a])).await;
+    until("a leads", || is_leader_at(&a, 1)).await;
+    let mut good = Client::connect(lb.addr).await;
+    set_until_written(&mut good, "k", "v").await;
+
+    // Garbage bytes instead of a frame: bad checksum.
+    let mut raw = TcpStream::connect(lb.addr).await.unwrap();
+    raw.write_all(b"\x00\x00\x00\x05garbage-garbage")
+        .await
+        .unwrap();
+    let got = decode_all(&read_to_close(&mut raw).await);
+    assert!(matches!(got.as_slice(), [Message::Reject(_)]), "{got:?}");
+
+    // A half-open connection that never finishes its frame does not stall
+    // the good client.
+    let mut stuck = TcpStream::connect(lb.addr).await.unwrap();
+    stuck.write_all(b"\x00\x00\x00\x10").await.unwrap();
+    assert!(matches!(good.get("k").await, Reply::Value(Some(_))));
+
+    // Wrong magic.
+    let mut bad = Framed::new(
+        TcpStream::connect(lb.addr).await.unwrap(),
+        MessageCodec::default(),
+    );
+    let mut hello = Hello::new(Role::Client, None);
+    hello.magic = 0xdead_beef;
+    bad.send(Message::Hello(hello)).await.unwrap();
+    match timeout(T, bad.next()).await.unwrap() {
+        Some(Ok(Message::Reject(WireError::BadMagic { got: 0xdead_beef }))) => {}
+        other => panic!("expected BadMagic: {other:?}"),
+    }
+    assert!(
+        timeout(T, bad.next()).await.unwrap().is_none(),
+        "closed after reject"
+    );
+
+    // Oversized frame after a good handshake.
+    let mut big = Client::connect(lb.addr).await;
+    let inner = big.framed.get_mut();
+    inner
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    match timeout(T, big.framed.next()).await.unwrap() {
+        Some(Ok(Message::Reject(WireError::FrameTooLarge { .. }))) => {}
+        other => panic!("expected FrameTooLarge: {other:?}"),
+    }
+    assert!(timeout(T, big.framed.next()).await.unwrap().is_none());
+
+    // A request before the handshake.
+    let mut early = Framed::new(
+        TcpStream::connect(lb.addr).await.unwrap(),
+        MessageCodec::default(),
+    );
+    early
+        .send(Message::Request(Request {
+            id: RequestId(1),
+            op: Op::Ping,
+        }))
+        .await
+        .unwrap();
+    match timeout(T, early.next()).await.unwrap() {
+        Some(Ok(Message::Reject(WireError::HandshakeRequired))) => {}
+        other => panic!("expected HandshakeRequired: {other:?}"),
+    }
+
+    // Admin ops from a client.
+    let mut admin = Client::connect(lb.addr).await;
+    admin
+        .send(Op::Fence(semikv_protocol::Fence { epoch: Epoch(99) }))
+        .await;
+    match timeout(T, admin.framed.next()).await.unwrap() {
+        Some(Ok(Message::Reject(WireError::WrongRole { .. }))) => {}
+        other => panic!("expected WrongRole: {other:?}"),
+    }
+    assert_eq!(a.s().epoch, 1, "the fence never reached the replica");
+
+    // Invalid request: a clear error, the connection stays.
+    assert!(matches!(
+        good.get("").await,
+        Reply::Error(ErrorReply::Invalid { .. })
+    ));
+    assert!(matches!(good.get("k").await, Reply::Value(Some(_))));
+    drop(stuck);
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn status_returns_the_cluster_view() {
+    let a = Fake::start(1, NodeRole::Leader, 2, 7).await;
+    let b = Fake::start(2, NodeRole::Follower, 2, 5).await;
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let mut c = config(&[&a, &b]);
+    c.replicas.push(gone_addr.to_string());
+    let lb = Balancer::start(c).await;
+    let mut client = Client::connect(lb.addr).await;
+    let deadline = Instant::now() + T;
+    let cluster = loop {
+        if let Reply::Cluster(cl) = client.call(Op::Status).await {
+            if cl.leader.is_some() && cl.replicas.iter().filter(|r| r.healthy).count() == 2 {
+                break cl;
+            }
+        }
+        assert!(Instant::now() < deadline, "no cluster view");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(cluster.leader, Some(a.addr.to_string()));
+    assert_eq!(cluster.epoch, Epoch(2));
+    assert_eq!(cluster.replicas.len(), 3);
+    let ra = &cluster.replicas[0];
+    assert_eq!(
+        (ra.id, ra.role, ra.healthy),
+        (Some(ReplicaId(1)), NodeRole::Leader, true)
+    );
+    let rb = &cluster.replicas[1];
+    assert_eq!(
+        (rb.id, rb.role, rb.lag),
+        (Some(ReplicaId(2)), NodeRole::Follower, 2)
+    );
+    assert_eq!(rb.last_index, LogIndex(5));
+    let rc = &cluster.replicas[2];
+    assert_eq!(
+        (rc.id, rc.healthy, rc.addr.clone()),
+        (None, false, gone_addr.to_string())
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn sync_replicas_is_capped_by_configured_not_healthy_replicas() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
+    b.kill();
+    c.kill();
+    let mut cfg = config(&[&a, &b, &c]);
+    cfg.sync_replicas = 5;
+    let lb = Balancer::start(cfg).await;
+    until("a leads alone", || is_leader_at(&a, 1)).await;
+    assert_eq!(
+        a.s().promotes,
+        vec![(1, 2)],
+        "capped at the 2 other configured replicas"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_answering_is_replaced_after_missed_checks() {
+    let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    // Hung, not crashed: its connections stay open.
+    a.s().mute = true;
+    until("b leads at epoch 3", || is_leader_at(&b, 3)).await;
+    set_until_written(&mut client, "k", "v2").await;
+    assert_eq!(b.s().map.get(&b"k"[..]).map(|v| &v[..]), Some(&b"v2"[..]));
+    // It wakes up still claiming to lead at epoch 2 and is told to follow.
+    a.s().mute = false;
+    until("a follows b", || follows(&a, &b, 3)).await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_comes_back_rejoins_the_read_rotation() {
+    let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
+    let b = Fake::start(2, NodeRole::Follower, 1, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    let addr = b.addr;
+    b.kill();
+    let mut status = Client::connect(lb.addr).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let Reply::Cluster(c) = status.call(Op::Status).await else {
+            panic!()
+        };
+        if !c.replicas[1].healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never marked down");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b2 = Fake::restart(
+        addr,
+        FakeState {
+            id: 2,
+            role: Some(NodeRole::Follower),
+            epoch: 1,
+            last_epoch: 1,
+            ..FakeState::default()
+        },
+    )
+    .await;
+    let deadline = Instant::now() + T;
+    while b2.s().gets_served == 0 {
+        assert!(Instant::now() < deadline, "b never served a read again");
+        assert!(matches!(client.get("k").await, Reply::Value(_)));
+    }
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn startup_waits_for_a_slow_replica_that_may_hold_newer_writes() {
+    let a = Fake::start(1, NodeRole::Follower, 3, 5).await;
+    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let mut cfg = config(&[&a]);
+    cfg.replicas.push(b_addr.to_string());
+    cfg.election_wait = Duration::from_secs(10);
+    let lb = Balancer::start(cfg).await;
+    let mut status = Client::connect(lb.addr).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let Reply::Cluster(c) = status.call(Op::Status).await else {
+            panic!()
+        };
+        if c.replicas[0].healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never healthy");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a.s().promotes.is_empty(), "elected before b could answer");
+    let b = Fake::restart(
+        b_addr,
+        FakeState {
+            id: 2,
+            role: Some(NodeRole::Follower),
+            epoch: 3,
+            last_epoch: 3,
+            last_index: 9,
+            ..FakeState::default()
+        },
+    )
+    .await;
+    until("b, the most up to date, leads", || is_leader_at(&b, 4)).await;
+    until("a follows b", || follows(&a, &b, 4)).await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn replica_link_reports_refusal_breakage_and_notifies() {
+    use semikv_lb::replica_conn::{ConnError, ReplicaLink};
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let (broken_tx, mut broken_rx) = tokio::sync::mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let refused = ReplicaLink::new(
+        0,
+        gone_addr.to_string(),
+        1 << 20,
+        Duration::from_secs(5),
+        broken_tx.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let err = refused.request(Op::Status, T).await.unwrap_err();
+    assert!(
+        matches!(err, ConnError::Refused) && err.never_sent(),
+        "{err:?}"
+    );
+
+    let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
+    let link = Arc::new(ReplicaLink::new(
+        7,
+        a.addr.to_string(),
+        1 << 20,
+        Duration::from_secs(5),
+        broken_tx,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    assert!(matches!(
+        link.request(Op::Ping, T).await.unwrap(),
+        Reply::Pong
+    ));
+    a.s().hang_writes = true;
+    let in_flight: Vec<_> = (0..5)
+        .map(|i| {
+            let link = link.clone();
+            tokio::spawn(async move {
+                link.request(
+                    Op::Set {
+                        key: Bytes::from(format!("k{i}")),
+                        value: Bytes::from("v"),
+                    },
+                    T,
+                )
+                .await
+            })
+        })
+        .collect();
+    until("all writes reached the replica", || a.s().sets_seen == 5).await;
+    a.kill();
+    for h in in_flight {
+        let err = timeout(T, h).await.unwrap().unwrap().unwrap_err();
+        assert!(
+            matches!(err, ConnError::Broken) && !err.never_sent(),
+            "{err:?}"
+        );
+    }
+    assert_eq!(timeout(T, broken_rx.recv()).await.unwrap(), Some(7));
+    let err = link.request(Op::Status, T).await.unwrap_err();
+    assert!(
+        err.never_sent(),
+        "reconnect to a dead replica is refused: {err:?}"
+    );
+    shutdown.cancel();
+    tasks.close();
+    timeout(T, tasks.wait()).await.unwrap();
+}
+
+#[tokio::test]
+async fn many_pipelining_clients_share_the_replica_connections() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut handles = Vec::new();
+    for c in 0..20 {
+        let addr = lb.addr;
+        handles.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            set_until_written(&mut client, &format!("c{c}"), "x").await;
+            let mut ids = Vec::new();
+            for i in 0..50 {
+                ids.push(
+                    client
+                        .send(Op::Set {
+                            key: Bytes::from(format!("c{c}-{i}")),
+                            value: Bytes::from("v"),
+                        })
+                        .await,
+                );
+            }
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                let r = client.recv().await;
+                assert!(matches!(r.reply, Reply::Written { .. }), "{r:?}");
+                got.push(r.id);
+            }
+            got.sort();
+            assert_eq!(got, ids);
+        }));
+    }
+    for h in handles {
+        timeout(T, h).await.unwrap().unwrap();
+    }
+    assert_eq!(a.s().map.len(), 20 * 51);
+    lb.stop().await;
+}
