@@ -1,1 +1,300 @@
-fn main() {}
+//! `semikv`: the semikv command-line client — a REPL on a terminal, a script
+//! runner on a pipe, a one-shot command with arguments, and with `--local` a
+//! whole local cluster to try it on.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use semikv_client::conn::ClientConfig;
+use semikv_client::local::{
+    self, LocalCluster, LocalOptions, Reaper, BALANCER_SUBCOMMAND, REPLICA_SUBCOMMAND,
+};
+use semikv_client::output::Style;
+use semikv_client::script::{run_once, run_script};
+use semikv_client::{repl, Session};
+
+/// Replicas `--local` starts when no N is given.
+const DEFAULT_LOCAL_REPLICAS: u32 = 3;
+
+/// The semikv client.
+///
+/// With no COMMAND on a terminal: an interactive REPL. With stdin not a
+/// terminal: one command per line, one result line each; exit code 1 if any
+/// failed. With a COMMAND: run it and exit (`semikv get foo`,
+/// `semikv set foo=bar`).
+///
+/// `--local [N]` starts N replicas (default 3) and a balancer on free ports,
+/// waits for a leader and runs against it; everything is stopped on exit. In
+/// local mode the REPL also has `kill ID` and `restart ID`.
+#[derive(Debug, Parser)]
+#[command(name = "semikv", version)]
+struct Cli {
+    /// Address of the balancer (or a replica).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Print `status` as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Start a local cluster of N replicas (default 3) and run against it.
+    #[arg(
+        long,
+        value_name = "N",
+        num_args = 0..=1,
+        default_missing_value = "3",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    local: Option<u32>,
+    /// With --local: keep data and logs here instead of a temporary directory.
+    #[arg(long, value_name = "DIR", requires = "local")]
+    data_dir: Option<PathBuf>,
+    /// The command to run (`get KEY`, `set KEY=VALUE`, ...), each word taken
+    /// literally.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Hidden subcommands: `--local` re-runs this executable as its children.
+    let sub = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+    if let Some(sub) = sub.filter(|s| s == REPLICA_SUBCOMMAND || s == BALANCER_SUBCOMMAND) {
+        return run_child(&sub, args);
+    }
+    let cli = Cli::parse_from(optional_local_count(args));
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("semikv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_child(sub: &str, args: Vec<OsString>) -> ExitCode {
+    local::die_with_parent();
+    let rest = args.into_iter().skip(2);
+    if sub == REPLICA_SUBCOMMAND {
+        let argv = std::iter::once(OsString::from("semikv-server")).chain(rest);
+        children::replica(argv.collect())
+    } else {
+        let argv = std::iter::once(OsString::from("semikv-lb")).chain(rest);
+        children::balancer(argv.collect())
+    }
+}
+
+mod children {
+    use std::ffi::OsString;
+    use std::process::ExitCode;
+
+    pub fn replica(args: Vec<OsString>) -> ExitCode {
+        semikv_server::cli::main(args)
+    }
+
+    pub fn balancer(args: Vec<OsString>) -> ExitCode {
+        semikv_lb::cli::main(args)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+enum Mode {
+    Repl,
+    Script,
+    OneShot(Vec<OsString>),
+}
+
+/// `--local` takes an optional N, so `semikv --local get k` must not read
+/// `get` as N: a `--local` not followed by a number becomes `--local=3`.
+fn optional_local_count(mut args: Vec<OsString>) -> Vec<OsString> {
+    let mut i = 1;
+    // Only options before the command are looked at: the command's own
+    // words are taken literally.
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        if arg == "--" || !arg.starts_with('-') {
+            break;
+        }
+        if arg == "--addr" || arg == "--data-dir" {
+            i += 2;
+            continue;
+        }
+        if arg == "--local" {
+            let has_count = args
+                .get(i + 1)
+                .and_then(|a| a.to_str())
+                .is_some_and(|a| a.parse::<u32>().is_ok());
+            if !has_count {
+                args[i] = OsString::from(format!("--local={DEFAULT_LOCAL_REPLICAS}"));
+            }
+        }
+        i += 1;
+    }
+    args
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    let mode = if !cli.command.is_empty() {
+        Mode::OneShot(std::mem::take(&mut cli.command))
+    } else if std::io::stdin().is_terminal() {
+        Mode::Repl
+    } else {
+        Mode::Script
+    };
+    let style = Style {
+        json: cli.json,
+        one_line: matches!(mode, Mode::Script),
+    };
+
+    let mut session = if let Some(replicas) = cli.local {
+        let mut options = LocalOptions::new(replicas).context("cannot find this executable")?;
+        options.data_dir = cli.data_dir.clone();
+        eprintln!("semikv: starting a local cluster of {replicas} replicas");
+        let watch_sigint = !matches!(mode, Mode::Repl);
+        let signals = {
+            let _runtime = runtime.enter();
+            StopSignals::register(watch_sigint).context("cannot watch signals")?
+        };
+        let cluster = runtime
+            .block_on(LocalCluster::start(options))
+            .context("cannot start the local cluster")?;
+        runtime.spawn(signals.reap_on_signal(cluster.reaper()));
+        eprintln!(
+            "semikv: balancer on {}; replicas {}; data and logs in {}",
+            cluster.balancer_addr(),
+            cluster
+                .replica_addrs()
+                .iter()
+                .map(|(id, addr)| format!("{id}={addr}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            cluster.dir().display()
+        );
+        Session::new(cluster.balancer_addr(), ClientConfig::default(), style).with_cluster(cluster)
+    } else {
+        Session::new(cli.addr.clone(), ClientConfig::default(), style)
+    };
+
+    let code = match mode {
+        Mode::OneShot(words) => {
+            let outcome = runtime.block_on(run_once(&mut session, words));
+            if let Some(text) = &outcome.text {
+                println!("{text}");
+            }
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Mode::Script => {
+            let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let mut stdout = std::io::stdout().lock();
+            let summary = runtime
+                .block_on(run_script(&mut session, stdin, &mut stdout))
+                .context("script i/o failed")?;
+            if summary.all_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Mode::Repl => {
+            repl::run(&mut session, &runtime).context("the REPL failed")?;
+            ExitCode::SUCCESS
+        }
+    };
+    // Stops the local cluster, if any, before the runtime goes away.
+    drop(session);
+    Ok(code)
+}
+
+/// Signals that stop the local cluster, registered before its address is
+/// announced so that no signal can slip in between.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn register(watch_sigint: bool) -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            int: if watch_sigint {
+                Some(signal(SignalKind::interrupt())?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Stops the local cluster's processes and exits on the first signal.
+    async fn reap_on_signal(mut self, reaper: Reaper) {
+        let sigint = async {
+            match &mut self.int {
+                Some(int) => {
+                    int.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let code = tokio::select! {
+            _ = self.term.recv() => 143,
+            _ = self.hup.recv() => 129,
+            () = sigint => 130,
+        };
+        eprintln!("semikv: stopping the local cluster");
+        reaper.reap();
+        std::process::exit(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let args = std::iter::once("semikv").chain(args.iter().copied());
+        Cli::try_parse_from(optional_local_count(args.map(OsString::from).collect())).unwrap()
+    }
+
+    #[test]
+    fn local_count_is_optional() {
+        let cli = parse(&["--local", "get", "k"]);
+        assert_eq!(cli.local, Some(3));
+        assert_eq!(cli.command, ["get", "k"]);
+        let cli = parse(&["--local", "5", "--data-dir", "/d", "set", "k=v"]);
+        assert_eq!(cli.local, Some(5));
+        assert_eq!(cli.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(cli.command, ["set", "k=v"]);
+        assert_eq!(parse(&["--local"]).local, Some(3));
+        assert_eq!(parse(&["get", "--local"]).command, ["get", "--local"]);
+        let cli = parse(&["--addr", "127.0.0.1:0", "--local", "ping"]);
+        assert_eq!(cli.local, Some(3));
+        assert_eq!(cli.command, ["ping"]);
+        let cli = parse(&["--json", "status"]);
+        assert_eq!(cli.local, None);
+        assert!(cli.json);
+        assert_eq!(cli.addr, "127.0.0.1:8080");
+    }
+}

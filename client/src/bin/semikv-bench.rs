@@ -1,0 +1,139 @@
+//! `semikv-bench`: a load generator for semikv — throughput, latency
+//! percentiles, read checking and availability, as text or JSON.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use semikv_client::bench::{self, BenchConfig, Stop};
+use semikv_client::conn::ClientConfig;
+
+/// Load-test a semikv cluster.
+///
+/// Every client is one connection with --pipeline requests in flight; every
+/// get is checked against what that client last wrote for the key: older
+/// values (follower lag) are counted as stale, values the key never held as
+/// wrong. Exit code 1 if any read was wrong.
+#[derive(Debug, Parser)]
+#[command(name = "semikv-bench", version)]
+struct Cli {
+    /// Balancer (or replica) address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    clients: u32,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: u32,
+    /// Stop after this many requests in total (default 100000).
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Mix of sets and gets, as SET:GET weights.
+    #[arg(long, default_value = "1:1", value_parser = parse_ratio)]
+    ratio: (u32, u32),
+    /// Keys per client.
+    #[arg(long, default_value_t = 10_000)]
+    keyspace: u64,
+    /// Bytes per value.
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    value_size: usize,
+    /// Seed of the key and operation choices (random when absent).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
+    let (set, get) = text
+        .split_once(':')
+        .ok_or_else(|| "expected SET:GET, e.g. 1:9".to_string())?;
+    let set = set
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad SET weight: {e}"))?;
+    let get = get
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad GET weight: {e}"))?;
+    Ok((set, get))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("semikv-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let stop = match (cli.requests, cli.duration) {
+        (_, Some(secs)) => {
+            anyhow::ensure!(
+                secs.is_finite() && secs > 0.0,
+                "--duration must be positive"
+            );
+            Stop::Duration(Duration::from_secs_f64(secs))
+        }
+        (Some(n), None) => Stop::Requests(n),
+        (None, None) => Stop::Requests(100_000),
+    };
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let config = BenchConfig {
+        addr: cli.addr,
+        clients: cli.clients,
+        pipeline: cli.pipeline,
+        stop,
+        set_weight: cli.ratio.0,
+        get_weight: cli.ratio.1,
+        keyspace: cli.keyspace,
+        value_size: cli.value_size,
+        seed,
+        client: ClientConfig {
+            request_timeout: Duration::from_millis(cli.timeout_ms),
+            max_in_flight: usize::try_from(cli.pipeline).unwrap_or(usize::MAX).max(1),
+            ..ClientConfig::default()
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(bench::run(config))?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).context("cannot render JSON")?
+        );
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(if report.wrong_values == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,738 @@
+//! [`Client`]: one handshaken connection to a semikv process (balancer or
+//! replica) that carries many requests at once.
+//!
+//! A writer task owns the socket's write half and a reader task its read
+//! half; callers hand requests to the writer through a bounded channel and
+//! wait for their response on a oneshot registered, under a fresh request id,
+//! in the pending map the reader completes. When the connection ends, for any
+//! reason, the reader records why, drops every pending sender (each waiter
+//! then reports [`ClientError::ConnectionLost`]) and later calls fail fast
+//! with [`ClientError::NotConnected`]. In-flight requests are bounded by a
+//! semaphore, and every wait (connect, handshake, permit, send, response)
+//! ends at a deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+use semikv_protocol::{
+    ClusterStatus, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
+    ProtocolError, ReplicaId, Reply, Request, RequestId, Role, WireError,
+};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Bound on TCP connect plus handshake.
+    pub connect_timeout: Duration,
+    /// Bound on one request, from the call to its response.
+    pub request_timeout: Duration,
+    /// Requests in flight at once on the connection; further callers wait
+    /// (within their request timeout) for a slot.
+    pub max_in_flight: usize,
+    /// Largest frame sent or accepted.
+    pub max_frame_len: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// What can go wrong talking to a semikv process.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connect or handshake took longer than the connect timeout.
+    #[error("connecting to {addr} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The address dialled.
+        addr: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The peer refused the handshake.
+    #[error("{addr} rejected the connection: {error}")]
+    Rejected {
+        /// The address dialled.
+        addr: String,
+        /// The peer's reason.
+        error: WireError,
+    },
+    /// The peer answered the handshake with something other than `Welcome`,
+    /// or closed the connection during it.
+    #[error("handshake with {addr} failed: {reason}")]
+    Handshake {
+        /// The address dialled.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The connection had already ended; the request was not sent.
+    #[error("not connected: {reason}")]
+    NotConnected {
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// The connection ended while the request was in flight: it may or may
+    /// not have been executed.
+    #[error("connection lost: {reason}")]
+    ConnectionLost {
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// No response within the request timeout: the request may or may not
+    /// have been executed.
+    #[error("no response within {after:?}")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+    },
+    /// The request could not be encoded (e.g. over the frame limit); nothing
+    /// was sent.
+    #[error("request does not encode: {0}")]
+    Encode(ProtocolError),
+    /// The server answered with an error (typed helpers only).
+    #[error("{0}")]
+    Server(ErrorReply),
+    /// The server answered with a reply of the wrong kind (typed helpers only).
+    #[error("unexpected reply to {op}: {reply:?}")]
+    UnexpectedReply {
+        /// The operation's name.
+        op: &'static str,
+        /// What came back.
+        reply: Box<Reply>,
+    },
+}
+
+impl ClientError {
+    /// Whether the request certainly did not reach the server, so that
+    /// sending it again on a new connection cannot execute it twice.
+    pub fn is_unsent(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectTimeout { .. }
+                | ClientError::Rejected { .. }
+                | ClientError::Handshake { .. }
+                | ClientError::NotConnected { .. }
+                | ClientError::Encode(_)
+        )
+    }
+
+    /// Whether the connection this error came from is unusable.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectTimeout { .. }
+                | ClientError::Rejected { .. }
+                | ClientError::Handshake { .. }
+                | ClientError::NotConnected { .. }
+                | ClientError::ConnectionLost { .. }
+        )
+    }
+}
+
+/// Waiters by request id, and why the connection ended once it has.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<RequestId, oneshot::Sender<Reply>>,
+    closed: Option<String>,
+}
+
+type SharedPending = Arc<Mutex<Pending>>;
+
+// The lock is only ever held for a map operation, never across an await, and
+// a panic while holding it leaves the map consistent; so poisoning is ignored.
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Marks the connection closed (keeping the first reason) and fails every
+/// waiter.
+fn close(pending: &Mutex<Pending>, reason: String) {
+    let waiters = {
+        let mut p = lock(pending);
+        if p.closed.is_none() {
+            p.closed = Some(reason);
+        }
+        std::mem::take(&mut p.waiters)
+    };
+    drop(waiters);
+}
+
+/// One connection to a semikv process. Cheap to clone; clones share the
+/// connection, and may be used from many tasks at once. The connection closes
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    node: Option<ReplicaId>,
+    config: ClientConfig,
+    next_id: AtomicU64,
+    to_writer: mpsc::Sender<Request>,
+    pending: SharedPending,
+    permits: Semaphore,
+    shutdown: CancellationToken,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a waiter from the pending map if its request is abandoned (timeout
+/// or the caller's future dropped), so the map never keeps dead entries.
+struct WaiterGuard<'a> {
+    pending: &'a Mutex<Pending>,
+    id: RequestId,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).waiters.remove(&self.id);
+    }
+}
+
+impl Client {
+    /// Connects to `addr` and handshakes as [`Role::Client`].
+    ///
+    /// Must be called within a tokio runtime; the connection's tasks run on it.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
+    /// [`ClientError::Rejected`] or [`ClientError::Handshake`].
+    pub async fn connect(addr: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        let timed_out = || ClientError::ConnectTimeout {
+            addr: addr.to_string(),
+            after: config.connect_timeout,
+        };
+        let deadline = Instant::now() + config.connect_timeout;
+        let stream = timeout_at(deadline, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        // Requests are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let codec = MessageCodec::new(config.max_frame_len);
+        let mut reader = FramedRead::new(read, codec);
+        let mut writer = FramedWrite::new(write, codec);
+        let handshake = async {
+            let hello = Message::Hello(Hello::new(Role::Client, None));
+            writer.send(hello).await.map_err(|e| e.to_string())?;
+            match reader.next().await {
+                Some(Ok(Message::Welcome(welcome))) => Ok(Ok(welcome)),
+                Some(Ok(Message::Reject(error))) => Ok(Err(error)),
+                Some(Ok(other)) => Err(format!("expected Welcome, got {}", kind(&other))),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("connection closed during the handshake".to_string()),
+            }
+        };
+        let welcome = timeout_at(deadline, handshake)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|reason| ClientError::Handshake {
+                addr: addr.to_string(),
+                reason,
+            })?
+            .map_err(|error| ClientError::Rejected {
+                addr: addr.to_string(),
+                error,
+            })?;
+
+        let pending: SharedPending = Arc::default();
+        let shutdown = CancellationToken::new();
+        let max_in_flight = config.max_in_flight.max(1);
+        let (to_writer, from_callers) = mpsc::channel(max_in_flight);
+        let write_task = tokio::spawn(write_loop(
+            writer,
+            from_callers,
+            pending.clone(),
+            shutdown.clone(),
+            config.request_timeout,
+        ));
+        let read_task = tokio::spawn(read_loop(reader, pending.clone(), shutdown.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                addr: addr.to_string(),
+                node: welcome.node,
+                config: config.clone(),
+                next_id: AtomicU64::new(1),
+                to_writer,
+                pending,
+                permits: Semaphore::new(max_in_flight),
+                shutdown,
+                tasks: [write_task, read_task],
+            }),
+        })
+    }
+
+    /// The address this client dialled.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The peer's replica id from its `Welcome` (`None` for the balancer).
+    pub fn peer_node(&self) -> Option<ReplicaId> {
+        self.inner.node
+    }
+
+    /// Whether the connection has ended; requests would fail with
+    /// [`ClientError::NotConnected`].
+    pub fn is_closed(&self) -> bool {
+        lock(&self.inner.pending).closed.is_some()
+    }
+
+    /// Sends `op` under a fresh request id and waits for its reply.
+    ///
+    /// Error replies from the server are `Ok(Reply::Error(..))`.
+    ///
+    /// # Errors
+    /// [`ClientError::NotConnected`] (not sent), [`ClientError::Encode`] (not
+    /// sent), [`ClientError::ConnectionLost`] or [`ClientError::Timeout`]
+    /// (outcome unknown).
+    pub async fn request(&self, op: Op) -> Result<Reply, ClientError> {
+        let inner = &*self.inner;
+        let after = inner.config.request_timeout;
+        let deadline = Instant::now() + after;
+        let _permit = timeout_at(deadline, inner.permits.acquire())
+            .await
+            .map_err(|_| ClientError::Timeout { after })?
+            .map_err(|_| ClientError::NotConnected {
+                reason: "client shut down".to_string(),
+            })?;
+        let request = Request {
+            id: RequestId(inner.next_id.fetch_add(1, Ordering::Relaxed)),
+            op,
+        };
+        let id = request.id;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&inner.pending);
+            if let Some(reason) = &p.closed {
+                return Err(ClientError::NotConnected {
+                    reason: reason.clone(),
+                });
+            }
+            p.waiters.insert(id, tx);
+        }
+        let _guard = WaiterGuard {
+            pending: &inner.pending,
+            id,
+        };
+        // Reject what cannot be framed here: past the writer, an encode error
+        // would look like a broken connection.
+        check_encodable(&request, inner.config.max_frame_len).map_err(ClientError::Encode)?;
+        match timeout_at(deadline, inner.to_writer.send(request)).await {
+            Err(_) => return Err(ClientError::Timeout { after }),
+            Ok(Err(_)) => {
+                return Err(ClientError::NotConnected {
+                    reason: self.close_reason(),
+                })
+            }
+            Ok(Ok(())) => {}
+        }
+        match timeout_at(deadline, rx).await {
+            Err(_) => Err(ClientError::Timeout { after }),
+            Ok(Err(_)) => Err(ClientError::ConnectionLost {
+                reason: self.close_reason(),
+            }),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    fn close_reason(&self) -> String {
+        lock(&self.inner.pending)
+            .closed
+            .clone()
+            .unwrap_or_else(|| "connection closed".to_string())
+    }
+
+    /// Reads `key`: its committed value or `None`.
+    ///
+    /// # Errors
+    /// As [`Client::request`], plus [`ClientError::Server`] and
+    /// [`ClientError::UnexpectedReply`].
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        match self.request(Op::Get { key: key.into() }).await? {
+            Reply::Value(v) => Ok(v),
+            other => Err(unexpected("get", other)),
+        }
+    }
+
+    /// Writes `key`; returns the write's log index once committed.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn set(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<LogIndex, ClientError> {
+        let op = Op::Set {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.request(op).await? {
+            Reply::Written { index } => Ok(index),
+            other => Err(unexpected("set", other)),
+        }
+    }
+
+    /// Deletes `key`; returns the write's log index once committed.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<LogIndex, ClientError> {
+        match self.request(Op::Delete { key: key.into() }).await? {
+            Reply::Written { index } => Ok(index),
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    /// Checks the peer answers.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(Op::Ping).await? {
+            Reply::Pong => Ok(()),
+            other => Err(unexpected("ping", other)),
+        }
+    }
+
+    /// The cluster status through a balancer.
+    ///
+    /// # Errors
+    /// As [`Client::get`]; a replica's [`Reply::Node`] is
+    /// [`ClientError::UnexpectedReply`].
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.request(Op::Status).await? {
+            Reply::Cluster(status) => Ok(status),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// A replica's own status.
+    ///
+    /// # Errors
+    /// As [`Client::get`]; a balancer's [`Reply::Cluster`] is
+    /// [`ClientError::UnexpectedReply`].
+    pub async fn node_status(&self) -> Result<NodeStatus, ClientError> {
+        match self.request(Op::Status).await? {
+            Reply::Node(status) => Ok(status),
+            other => Err(unexpected("status", other)),
+        }
+    }
+}
+
+fn unexpected(op: &'static str, reply: Reply) -> ClientError {
+    match reply {
+        Reply::Error(e) => ClientError::Server(e),
+        reply => ClientError::UnexpectedReply {
+            op,
+            reply: Box::new(reply),
+        },
+    }
+}
+
+/// Catches requests the codec would refuse, before they are queued.
+fn check_encodable(request: &Request, max_frame_len: usize) -> Result<(), ProtocolError> {
+    // Key and value dominate the size; only large requests pay for a trial
+    // encode.
+    let approx = match &request.op {
+        Op::Set { key, value } => key.len() + value.len(),
+        Op::Get { key } | Op::Delete { key } => key.len(),
+        _ => 0,
+    };
+    if approx + 64 < max_frame_len {
+        return Ok(());
+    }
+    let mut scratch = bytes::BytesMut::new();
+    semikv_protocol::frame::encode(
+        &Message::Request(request.clone()),
+        max_frame_len,
+        &mut scratch,
+    )
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Reject(_) => "Reject",
+        Message::Request(_) => "Request",
+        Message::Response(_) => "Response",
+        Message::Subscribe(_) => "Subscribe",
+        Message::StreamStart(_) => "StreamStart",
+        Message::Entries(_) => "Entries",
+        Message::Ack(_) => "Ack",
+        Message::Snapshot(_) => "Snapshot",
+    }
+}
+
+async fn write_loop(
+    mut writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    mut from_callers: mpsc::Receiver<Request>,
+    pending: SharedPending,
+    shutdown: CancellationToken,
+    write_timeout: Duration,
+) {
+    loop {
+        let request = tokio::select! {
+            () = shutdown.cancelled() => break,
+            request = from_callers.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        // Batch whatever else is queued into one flush.
+        let mut batch = vec![request];
+        while batch.len() < 256 {
+            match from_callers.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let send = async {
+            for request in batch {
+                writer.feed(Message::Request(request)).await?;
+            }
+            SinkExt::<Message>::flush(&mut writer).await
+        };
+        let failure = match timeout(write_timeout, send).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("write failed: {e}"),
+            Err(_) => format!("write blocked for {write_timeout:?}"),
+        };
+        tracing::debug!(reason = %failure, "client connection write side failed");
+        close(&pending, failure);
+        shutdown.cancel();
+        break;
+    }
+    // Dropping the write half here closes our side of the socket.
+}
+
+async fn read_loop(
+    mut reader: FramedRead<OwnedReadHalf, MessageCodec>,
+    pending: SharedPending,
+    shutdown: CancellationToken,
+) {
+    let reason = loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break "connection shut down".to_string(),
+            message = reader.next() => message,
+        };
+        match message {
+            Some(Ok(Message::Response(response))) => {
+                let waiter = lock(&pending).waiters.remove(&response.id);
+                if let Some(waiter) = waiter {
+                    // The caller may have given up; its loss.
+                    let _ = waiter.send(response.reply);
+                }
+            }
+            Some(Ok(Message::Reject(error))) => {
+                break format!("server rejected the connection: {error}")
+            }
+            Some(Ok(other)) => break format!("unexpected {} message from server", kind(&other)),
+            Some(Err(e)) => break format!("protocol error: {e}"),
+            None => break "server closed the connection".to_string(),
+        }
+    };
+    tracing::debug!(reason = %reason, "client connection closed");
+    close(&pending, reason);
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeServer;
+
+    fn fast() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn set_get_delete_against_fake_server() {
+        let server = FakeServer::start().await;
+        let client = Client::connect(&server.addr(), &fast()).await.unwrap();
+        assert_eq!(client.peer_node(), Some(ReplicaId(7)));
+        client.ping().await.unwrap();
+        assert_eq!(client.get("k").await.unwrap(), None);
+        let i1 = client.set("k", "v").await.unwrap();
+        assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        let i2 = client.delete("k").await.unwrap();
+        assert!(i2 > i1);
+        assert_eq!(client.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn many_requests_in_flight_from_many_tasks() {
+        let server = FakeServer::start().await;
+        let client = Client::connect(&server.addr(), &fast()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8u32 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for i in 0..50u32 {
+                    let key = format!("k{t}-{i}");
+                    client.set(key.clone(), format!("v{i}")).await.unwrap();
+                    let got = client.get(key).await.unwrap();
+                    assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()));
+                }
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap();
+        }
+        assert_eq!(lock(&client.inner.pending).waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn out_of_order_responses_are_matched_by_id() {
+        let server = FakeServer::start().await;
+        let client = Client::connect(&server.addr(), &fast()).await.unwrap();
+        client.set("fast", "1").await.unwrap();
+        // The fake delays answers to keys starting with "slow".
+        let slow = {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("slow").await })
+        };
+        // Wait until the slow request is registered before racing it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&client.inner.pending).waiters.is_empty() {
+            assert!(Instant::now() < deadline, "slow request never registered");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            client.get("fast").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(slow.await.unwrap().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn error_replies_are_typed() {
+        let server = FakeServer::start().await;
+        let client = Client::connect(&server.addr(), &fast()).await.unwrap();
+        let err = client.set("readonly", "x").await.unwrap_err();
+        assert!(matches!(
+            err,
+            ClientError::Server(ErrorReply::NotLeader { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn server_closing_fails_in_flight_and_later_requests() {
+        let server = FakeServer::start().await;
+        let client = Client::connect(&server.addr(), &fast()).await.unwrap();
+        // The fake drops the connection on this key without answering.
+        let err = client.get("hangup").await.unwrap_err();
+        assert!(matches!(err, ClientError::ConnectionLost { .. }), "{err:?}");
+        assert!(!err.is_unsent());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !client.is_closed() {
+            assert!(Instant::now() < deadline, "close never noticed");
+            tokio::task::yield_now().await;
+        }
+        let err = client.ping().await.unwrap_err();
+        assert!(matches!(err, ClientError::NotConnected { .. }), "{err:?}");
+        assert!(err.is_unsent());
+    }
+
+    #[tokio::test]
+    async fn request_times_out() {
+        let server = FakeServer::start().await;
+        let config = ClientConfig {
+            request_timeout: Duration::from_millis(200),
+            ..fast()
+        };
+        let client = Client::connect(&server.addr(), &config).await.unwrap();
+        let err = client.get("never").await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        assert_eq!(lock(&client.inner.pending).waiters.len(), 0);
+        // The connection itself is still fine.
+        client.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rejected_handshake_is_reported() {
+        let server = FakeServer::start_rejecting().await;
+        let err = Client::connect(&server.addr(), &fast()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Rejected { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_reported() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = Client::connect(&addr, &fast()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_request_is_refused_before_sending() {
+        let server = FakeServer::start().await;
+        let config = ClientConfig {
+            max_frame_len: 1024,
+            ..fast()
+        };
+        let client = Client::connect(&server.addr(), &config).await.unwrap();
+        let err = client.set("k", vec![0u8; 4096]).await.unwrap_err();
+        assert!(matches!(err, ClientError::Encode(_)), "{err:?}");
+        client.ping().await.unwrap();
+    }
+}

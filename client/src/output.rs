@@ -1,0 +1,403 @@
+//! How replies are shown to a user, in the style redis-cli users know: `OK`,
+//! the value, `(nil)`, `(error) ...`, and the cluster status as a table or as
+//! JSON.
+//!
+//! Values print as they are when they are non-empty text without control
+//! characters and cannot be mistaken for a marker (they do not start with `"`
+//! or `(`); anything else prints double-quoted with the escapes the command
+//! parser reads, so `get` output can be pasted back into `set`.
+
+use std::fmt::Write as _;
+
+use semikv_protocol::{ClusterStatus, NodeStatus, Reply};
+use serde_json::{json, Value};
+
+use crate::command::{quote_always, SYNOPSES};
+
+/// How results are rendered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Style {
+    /// `status` as a JSON object instead of a table.
+    pub json: bool,
+    /// Every result on exactly one line (script mode): `status` becomes
+    /// one-line JSON and `help` one line.
+    pub one_line: bool,
+}
+
+/// Renders a value for display (see the module docs for when it is quoted).
+pub fn value(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text)
+            if !text.is_empty()
+                && !text.starts_with('"')
+                && !text.starts_with('(')
+                && !text.chars().any(char::is_control) =>
+        {
+            text.to_string()
+        }
+        _ => quote_always(bytes),
+    }
+}
+
+/// The line shown for an error.
+pub fn error(message: impl std::fmt::Display) -> String {
+    format!("(error) {message}")
+}
+
+/// Renders a reply. The flag is false for [`Reply::Error`].
+pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
+    match reply {
+        Reply::Value(Some(v)) => (value(v), true),
+        Reply::Value(None) => ("(nil)".to_string(), true),
+        Reply::Written { .. } => ("OK".to_string(), true),
+        Reply::Pong => ("PONG".to_string(), true),
+        Reply::Node(status) => (node_status(status, style), true),
+        Reply::Cluster(status) => (cluster_status(status, style), true),
+        Reply::Error(e) => (error(e), false),
+    }
+}
+
+/// The cluster status as JSON:
+/// `{"leader": ADDR|null, "epoch": N, "replicas": [{"id", "addr", "role",
+/// "healthy", "epoch", "last_index", "commit_index", "applied_index", "lag"}]}`.
+pub fn cluster_status_json(status: &ClusterStatus) -> Value {
+    let replicas: Vec<Value> = status
+        .replicas
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id.map(|id| id.0),
+                "addr": r.addr,
+                "role": r.role.to_string(),
+                "healthy": r.healthy,
+                "epoch": r.epoch.0,
+                "last_index": r.last_index.0,
+                "commit_index": r.commit_index.0,
+                "applied_index": r.applied_index.0,
+                "lag": r.lag,
+            })
+        })
+        .collect();
+    json!({
+        "leader": status.leader,
+        "epoch": status.epoch.0,
+        "replicas": replicas,
+    })
+}
+
+/// One replica's own status as JSON (when connected to a replica directly).
+pub fn node_status_json(status: &NodeStatus) -> Value {
+    let followers: Vec<Value> = status
+        .followers
+        .iter()
+        .map(|f| {
+            json!({
+                "id": f.id.0,
+                "match_index": f.match_index.0,
+                "connected": f.connected,
+            })
+        })
+        .collect();
+    json!({
+        "id": status.id.0,
+        "role": status.role.to_string(),
+        "epoch": status.epoch.0,
+        "last_index": status.last_index.0,
+        "last_epoch": status.last_epoch.0,
+        "commit_index": status.commit_index.0,
+        "applied_index": status.applied_index.0,
+        "leader": status.leader,
+        "followers": followers,
+    })
+}
+
+fn render_json(value: &Value, style: Style) -> String {
+    let text = if style.one_line {
+        serde_json::to_string(value)
+    } else {
+        serde_json::to_string_pretty(value)
+    };
+    // Serialising a `Value` cannot fail (its map keys are strings).
+    text.unwrap_or_default()
+}
+
+/// The cluster status: a table, or JSON with `style.json` or `style.one_line`.
+pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
+    if style.json || style.one_line {
+        return render_json(&cluster_status_json(status), style);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "leader: {}  epoch: {}",
+        status.leader.as_deref().unwrap_or("(none)"),
+        status.epoch
+    );
+    let rows: Vec<Vec<String>> = status
+        .replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.map_or_else(|| "?".to_string(), |id| id.to_string()),
+                r.addr.clone(),
+                r.role.to_string(),
+                if r.healthy { "up" } else { "down" }.to_string(),
+                r.epoch.to_string(),
+                r.last_index.to_string(),
+                r.lag.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "id",
+            "address",
+            "role",
+            "health",
+            "epoch",
+            "last index",
+            "lag",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// A replica's own status: a small table, or JSON.
+pub fn node_status(status: &NodeStatus, style: Style) -> String {
+    if style.json || style.one_line {
+        return render_json(&node_status_json(status), style);
+    }
+    let row = vec![
+        status.id.to_string(),
+        status.role.to_string(),
+        status.epoch.to_string(),
+        status.last_index.to_string(),
+        status.commit_index.to_string(),
+        status.applied_index.to_string(),
+        status.leader.clone().unwrap_or_else(|| "-".to_string()),
+    ];
+    table(
+        &[
+            "id",
+            "role",
+            "epoch",
+            "last index",
+            "commit",
+            "applied",
+            "leader",
+        ],
+        &[row],
+    )
+}
+
+/// Left-aligned columns separated by two spaces; no trailing newline.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<w$}");
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    lines.join("\n")
+}
+
+/// The help text; `local` adds the local-cluster commands.
+pub fn help(style: Style, local: bool) -> String {
+    let visible = SYNOPSES
+        .iter()
+        .filter(|(name, _)| local || !matches!(*name, "kill" | "restart"));
+    if style.one_line {
+        let names: Vec<&str> = visible.map(|(name, _)| *name).collect();
+        return format!("commands: {}", names.join(" "));
+    }
+    let mut out = String::from("commands:\n");
+    for (name, usage) in visible {
+        let what = describe(name);
+        let synopsis = format!("{name} {usage}");
+        let _ = writeln!(out, "  {:<28} {what}", synopsis.trim_end());
+    }
+    out.push_str(
+        "keys and values may be double-quoted, with escapes \\n \\r \\t \\0 \\\\ \\\" \\xHH",
+    );
+    out
+}
+
+fn describe(name: &str) -> &'static str {
+    match name {
+        "set" => "write a key (splits at the first '=')",
+        "get" => "read a key",
+        "del" => "delete a key",
+        "ping" => "check the server answers",
+        "status" => "show the cluster (or replica) status",
+        "help" => "show this help",
+        "quit" | "exit" => "leave",
+        "kill" => "kill replica ID of the local cluster",
+        "restart" => "restart replica ID of the local cluster",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::command::split_words;
+    use crate::testing::sample_status;
+    use bytes::Bytes;
+    use semikv_protocol::{Epoch, ErrorReply, LogIndex, NodeRole, ReplicaId};
+
+    #[test]
+    fn simple_replies() {
+        let style = Style::default();
+        assert_eq!(reply(&Reply::Value(None), style), ("(nil)".into(), true));
+        assert_eq!(
+            reply(&Reply::Written { index: LogIndex(3) }, style),
+            ("OK".into(), true)
+        );
+        assert_eq!(reply(&Reply::Pong, style), ("PONG".into(), true));
+        assert_eq!(
+            reply(&Reply::Value(Some(Bytes::from_static(b"bar"))), style),
+            ("bar".into(), true)
+        );
+        let err = Reply::Error(ErrorReply::NotLeader {
+            leader: Some("127.0.0.1:1".into()),
+        });
+        assert_eq!(
+            reply(&err, style),
+            ("(error) NotLeader: leader is 127.0.0.1:1".into(), false)
+        );
+    }
+
+    #[test]
+    fn values_are_quoted_only_when_needed() {
+        assert_eq!(value(b"hello world"), "hello world");
+        assert_eq!(value(b"a=b"), "a=b");
+        assert_eq!(value(b""), r#""""#);
+        assert_eq!(value(b"(nil)"), r#""(nil)""#);
+        assert_eq!(value(b"\"x\""), r#""\"x\"""#);
+        assert_eq!(value(b"a\nb"), r#""a\nb""#);
+        assert_eq!(value(&[0, 0xff]), r#""\x00\xff""#);
+    }
+
+    #[test]
+    fn quoted_values_parse_back() {
+        for bytes in [&b"a\nb"[..], &[0, 0xff, b'"'], b"", b"(x"] {
+            let shown = value(bytes);
+            let words = split_words(shown.as_bytes()).unwrap();
+            assert_eq!(words.len(), 1, "{shown}");
+            assert_eq!(words[0].bytes, bytes);
+        }
+    }
+
+    #[test]
+    fn status_table_has_every_column() {
+        let text = cluster_status(&sample_status(), Style::default());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "leader: 127.0.0.1:9001  epoch: 3");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["id", "address", "role", "health", "epoch", "last", "index", "lag"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["1", "127.0.0.1:9001", "leader", "up", "3", "42", "0"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["?", "127.0.0.1:9002", "follower", "down", "2", "40", "2"]
+        );
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn status_json_shape() {
+        let style = Style {
+            json: true,
+            one_line: false,
+        };
+        let text = cluster_status(&sample_status(), style);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["leader"], "127.0.0.1:9001");
+        assert_eq!(v["epoch"], 3);
+        let r = &v["replicas"];
+        assert_eq!(r.as_array().unwrap().len(), 2);
+        assert_eq!(r[0]["id"], 1);
+        assert_eq!(r[0]["addr"], "127.0.0.1:9001");
+        assert_eq!(r[0]["role"], "leader");
+        assert_eq!(r[0]["healthy"], true);
+        assert_eq!(r[0]["epoch"], 3);
+        assert_eq!(r[0]["last_index"], 42);
+        assert_eq!(r[0]["commit_index"], 42);
+        assert_eq!(r[0]["applied_index"], 42);
+        assert_eq!(r[0]["lag"], 0);
+        assert_eq!(r[1]["id"], Value::Null);
+        assert_eq!(r[1]["commit_index"], 39);
+
+        let mut no_leader = sample_status();
+        no_leader.leader = None;
+        let one_line = Style {
+            json: false,
+            one_line: true,
+        };
+        let text = cluster_status(&no_leader, one_line);
+        assert!(!text.contains('\n'));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["leader"], Value::Null);
+    }
+
+    #[test]
+    fn node_status_renders() {
+        let status = NodeStatus {
+            id: ReplicaId(2),
+            role: NodeRole::Follower,
+            epoch: Epoch(4),
+            last_index: LogIndex(10),
+            last_epoch: Epoch(4),
+            commit_index: LogIndex(9),
+            applied_index: LogIndex(9),
+            leader: Some("127.0.0.1:1".into()),
+            followers: vec![],
+        };
+        let text = node_status(&status, Style::default());
+        assert!(text.lines().nth(1).unwrap().starts_with("2  "));
+        let json: Value = serde_json::from_str(&node_status(
+            &status,
+            Style {
+                json: true,
+                one_line: false,
+            },
+        ))
+        .unwrap();
+        assert_eq!(json["role"], "follower");
+        assert_eq!(json["commit_index"], 9);
+    }
+
+    #[test]
+    fn help_lists_commands() {
+        let text = help(Style::default(), false);
+        assert!(text.contains("set KEY=VALUE"));
+        assert!(!text.contains("kill"));
+        assert!(help(Style::default(), true).contains("restart ID"));
+        assert!(!help(
+            Style {
+                json: false,
+                one_line: true
+            },
+            true
+        )
+        .contains('\n'));
+    }
+}

@@ -1,0 +1,393 @@
+//! [`Session`]: what a user's commands act on — one server address, a
+//! connection to it that is re-opened with backoff when it is lost, and, in
+//! local mode, the [`LocalCluster`] that `kill` and `restart` act on.
+//!
+//! Retry rules: a request that certainly never reached the server (connect
+//! failures, a connection already known dead) is retried on a fresh
+//! connection; so is a read (`get`, `ping`, `status`) whose connection broke
+//! while it was in flight. A write whose connection broke in flight is not
+//! retried: it may have been applied, and the user is told so. Every retry is
+//! announced through the session's notice sink (stderr by default).
+
+use std::time::Duration;
+
+use semikv_protocol::{Op, Reply};
+
+use crate::command::{parse_line, Command};
+use crate::conn::{Client, ClientConfig, ClientError};
+use crate::local::LocalCluster;
+use crate::output::{self, Style};
+
+/// How lost connections are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Tries per command, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait before the first retry; doubled after each.
+    pub first_backoff: Duration,
+    /// Longest wait between two tries.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The result of one line or command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What to print on stdout; `None` for blank lines, comments and `quit`.
+    pub text: Option<String>,
+    /// False when the command failed (parse error, error reply, no
+    /// connection): script and one-shot modes then exit with code 1.
+    pub ok: bool,
+    /// The user asked to leave.
+    pub quit: bool,
+}
+
+impl Outcome {
+    fn shown(text: String, ok: bool) -> Outcome {
+        Outcome {
+            text: Some(text),
+            ok,
+            quit: false,
+        }
+    }
+
+    fn failed(message: impl std::fmt::Display) -> Outcome {
+        Outcome::shown(output::error(message), false)
+    }
+
+    fn nothing() -> Outcome {
+        Outcome {
+            text: None,
+            ok: true,
+            quit: false,
+        }
+    }
+}
+
+/// Where retry notices go.
+pub type NoticeSink = Box<dyn FnMut(&str) + Send>;
+
+/// A user's session against one address. Not shared: one front end drives
+/// it, one command at a time.
+pub struct Session {
+    addr: String,
+    config: ClientConfig,
+    retry: RetryPolicy,
+    style: Style,
+    client: Option<Client>,
+    cluster: Option<LocalCluster>,
+    notice: NoticeSink,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("addr", &self.addr)
+            .field("style", &self.style)
+            .field("connected", &self.client.is_some())
+            .field("local", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session against `addr`. Nothing is dialled until the first command
+    /// needs it.
+    pub fn new(addr: impl Into<String>, config: ClientConfig, style: Style) -> Session {
+        Session {
+            addr: addr.into(),
+            config,
+            retry: RetryPolicy::default(),
+            style,
+            client: None,
+            cluster: None,
+            notice: Box::new(|notice| eprintln!("semikv: {notice}")),
+        }
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Session {
+        self.retry = retry;
+        self
+    }
+
+    /// Replaces where retry notices go (stderr by default).
+    pub fn with_notice_sink(mut self, sink: NoticeSink) -> Session {
+        self.notice = sink;
+        self
+    }
+
+    /// Gives the session a local cluster: `kill` and `restart` then work, and
+    /// the cluster's processes stop when the session is dropped.
+    pub fn with_cluster(mut self, cluster: LocalCluster) -> Session {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The address commands go to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether this session runs a local cluster.
+    pub fn is_local(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The local cluster, if any.
+    pub fn cluster_mut(&mut self) -> Option<&mut LocalCluster> {
+        self.cluster.as_mut()
+    }
+
+    /// Parses and runs one line of text.
+    pub async fn run_line(&mut self, line: &[u8]) -> Outcome {
+        match parse_line(line) {
+            Ok(Some(command)) => self.execute(command).await,
+            Ok(None) => Outcome::nothing(),
+            Err(e) => Outcome::failed(e),
+        }
+    }
+
+    /// Runs one command.
+    pub async fn execute(&mut self, command: Command) -> Outcome {
+        let op = match command {
+            Command::Set { key, value } => Op::Set { key, value },
+            Command::Get { key } => Op::Get { key },
+            Command::Del { key } => Op::Delete { key },
+            Command::Ping => Op::Ping,
+            Command::Status => Op::Status,
+            Command::Help => {
+                return Outcome::shown(output::help(self.style, self.is_local()), true)
+            }
+            Command::Quit => {
+                return Outcome {
+                    text: None,
+                    ok: true,
+                    quit: true,
+                }
+            }
+            Command::Kill(id) => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return Outcome::failed("kill works only with --local");
+                };
+                return match cluster.kill(id) {
+                    Ok(()) => Outcome::shown(format!("OK (replica {id} killed)"), true),
+                    Err(e) => Outcome::failed(e),
+                };
+            }
+            Command::Restart(id) => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return Outcome::failed("restart works only with --local");
+                };
+                return match cluster.restart(id).await {
+                    Ok(addr) => Outcome::shown(format!("OK (replica {id} on {addr})"), true),
+                    Err(e) => Outcome::failed(e),
+                };
+            }
+        };
+        let is_write = op.is_write();
+        match self.request(op).await {
+            Ok(reply) => {
+                let (text, ok) = output::reply(&reply, self.style);
+                Outcome::shown(text, ok)
+            }
+            Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }))
+                if is_write =>
+            {
+                Outcome::failed(format!("{e} (the write may or may not have been applied)"))
+            }
+            Err(ClientError::Server(e)) => Outcome::failed(e),
+            Err(e) => Outcome::failed(e),
+        }
+    }
+
+    /// Sends `op`, re-opening the connection and retrying as the module docs
+    /// describe.
+    ///
+    /// # Errors
+    /// The last [`ClientError`] once retries are exhausted or not allowed.
+    pub async fn request(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let attempts = self.retry.attempts.max(1);
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            let result = match self.connection().await {
+                Ok(client) => client.request(op.clone()).await,
+                Err(e) => Err(e),
+            };
+            let error = match result {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            if error.is_connection_error() {
+                self.client = None;
+            }
+            if !retryable(&error, op.is_write()) || attempt >= attempts {
+                return Err(error);
+            }
+            attempt += 1;
+            (self.notice)(&format!(
+                "{error}; retrying in {backoff:?} (attempt {attempt}/{attempts})"
+            ));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.retry.max_backoff);
+        }
+    }
+
+    /// The open connection, dialling a new one if there is none or the old
+    /// one has ended.
+    async fn connection(&mut self) -> Result<Client, ClientError> {
+        if let Some(client) = &self.client {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+            (self.notice)(&format!(
+                "connection to {} was lost; reconnecting",
+                self.addr
+            ));
+            self.client = None;
+        }
+        let client = Client::connect(&self.addr, &self.config).await?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+}
+
+fn retryable(error: &ClientError, is_write: bool) -> bool {
+    match error {
+        ClientError::Connect { .. }
+        | ClientError::ConnectTimeout { .. }
+        | ClientError::Handshake { .. }
+        | ClientError::NotConnected { .. } => true,
+        ClientError::ConnectionLost { .. } => !is_write,
+        ClientError::Rejected { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::Encode(_)
+        | ClientError::Server(_)
+        | ClientError::UnexpectedReply { .. } => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeServer;
+    use std::sync::{Arc, Mutex};
+
+    fn quick_retry() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        }
+    }
+
+    fn session(addr: &str) -> (Session, Arc<Mutex<Vec<String>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let session = Session::new(addr, ClientConfig::default(), Style::default())
+            .with_retry(quick_retry())
+            .with_notice_sink(Box::new(move |n| sink.lock().unwrap().push(n.to_string())));
+        (session, notices)
+    }
+
+    async fn text(session: &mut Session, line: &str) -> (String, bool) {
+        let outcome = session.run_line(line.as_bytes()).await;
+        (outcome.text.unwrap_or_default(), outcome.ok)
+    }
+
+    #[tokio::test]
+    async fn commands_render_redis_style() {
+        let server = FakeServer::start().await;
+        let (mut s, _) = session(&server.addr());
+        assert_eq!(text(&mut s, "ping").await, ("PONG".into(), true));
+        assert_eq!(text(&mut s, "get foo").await, ("(nil)".into(), true));
+        assert_eq!(text(&mut s, "set foo=a=b").await, ("OK".into(), true));
+        assert_eq!(text(&mut s, "get foo").await, ("a=b".into(), true));
+        assert_eq!(
+            text(&mut s, r#"set bin "\x00\xff""#).await,
+            ("OK".into(), true)
+        );
+        assert_eq!(server.value(b"bin").as_deref(), Some(&[0u8, 0xff][..]));
+        assert_eq!(
+            text(&mut s, "get bin").await,
+            (r#""\x00\xff""#.into(), true)
+        );
+        assert_eq!(text(&mut s, "del foo").await, ("OK".into(), true));
+        assert_eq!(text(&mut s, "get foo").await, ("(nil)".into(), true));
+        assert_eq!(
+            text(&mut s, "set readonly=1").await,
+            ("(error) NotLeader: leader is 127.0.0.1:1".into(), false)
+        );
+        let (out, ok) = text(&mut s, "bogus").await;
+        assert!(out.starts_with("(error) unknown command"), "{out}");
+        assert!(!ok);
+        let (out, ok) = text(&mut s, "kill 1").await;
+        assert!(out.contains("--local") && !ok, "{out}");
+        assert_eq!(s.run_line(b"   ").await.text, None);
+        assert!(s.run_line(b"quit").await.quit);
+        assert_eq!(server.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_connection_is_retried_for_reads_and_announced() {
+        let server = FakeServer::start().await;
+        let (mut s, notices) = session(&server.addr());
+        assert_eq!(text(&mut s, "set a=1").await, ("OK".into(), true));
+        assert_eq!(
+            text(&mut s, "get hangup-once").await,
+            ("(nil)".into(), true)
+        );
+        assert_eq!(server.connections(), 2);
+        let notices = notices.lock().unwrap().clone();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("connection lost") && n.contains("retrying")),
+            "{notices:?}"
+        );
+        assert_eq!(text(&mut s, "get a").await, ("1".into(), true));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_fails_after_bounded_retries() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let (mut s, notices) = session(&addr);
+        let (out, ok) = text(&mut s, "ping").await;
+        assert!(out.starts_with("(error) cannot connect"), "{out}");
+        assert!(!ok);
+        assert_eq!(notices.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn status_renders_table_or_json() {
+        let server = FakeServer::start().await;
+        let (mut s, _) = session(&server.addr());
+        let (out, ok) = text(&mut s, "status").await;
+        assert!(ok);
+        assert!(out.starts_with("leader: 127.0.0.1:9001"), "{out}");
+        let mut s = Session::new(
+            server.addr(),
+            ClientConfig::default(),
+            Style {
+                json: true,
+                one_line: false,
+            },
+        );
+        let (out, _) = text(&mut s, "status").await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["epoch"], 3);
+    }
+}
