@@ -238,6 +238,24 @@ impl Node {
         self.store.get(key)
     }
 
+    /// The value of `key` for a client read, or `None` while this node leads
+    /// but has not yet committed an entry of its own epoch.
+    ///
+    /// A new leader may have recovered a commit index that lags what was
+    /// acknowledged (the index is recorded lazily), so until its promotion
+    /// no-op commits, its map can miss acknowledged writes; reading it then
+    /// would break read-your-writes through the leader (Raft holds reads for
+    /// the same reason). Followers answer at once: their reads may be stale
+    /// by design.
+    pub fn read(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        if matches!(self.role, Role::Leader(_))
+            && self.log.epoch_at(self.commit) != Some(self.epoch)
+        {
+            return None;
+        }
+        Some(self.store.get(key))
+    }
+
     /// This replica's status report.
     pub fn status(&self) -> NodeStatus {
         let (role, leader, followers) = match &self.role {
@@ -988,6 +1006,46 @@ mod tests {
         n.on_ack(ReplicaId(2), Epoch(2), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(2));
         assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"old")));
+    }
+
+    #[test]
+    fn a_new_leader_holds_reads_until_its_own_epoch_commits() {
+        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        log.append(entry(1, 1, set("a", "1"))).unwrap();
+        log.append(entry(
+            2,
+            1,
+            WriteOp::Delete {
+                key: Bytes::from_static(b"a"),
+            },
+        ))
+        .unwrap();
+        // The delete was acknowledged, but the recorded commit index lags.
+        let mut n = Node::new(
+            ReplicaId(1),
+            "127.0.0.1:9001".to_string(),
+            Recovered {
+                epoch: Epoch(1),
+                log,
+                store: Store::default(),
+                commit: LogIndex(1),
+            },
+            Signals::new(),
+        );
+        assert_eq!(
+            n.read(b"a"),
+            Some(Some(Bytes::from_static(b"1"))),
+            "idle: stale is allowed"
+        );
+        n.promote(Epoch(2), SETTINGS).unwrap();
+        assert_eq!(
+            n.read(b"a"),
+            None,
+            "a leader must not answer from a lagging map"
+        );
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(3));
+        assert_eq!(n.read(b"a"), Some(None));
     }
 
     #[test]

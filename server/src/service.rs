@@ -22,6 +22,8 @@ use crate::{replication, storage};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests one connection may have in flight; past it we stop reading.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Longest a read waits for a new leader to commit its first entry.
+const READ_HOLD: Duration = Duration::from_secs(2);
 /// How long in-flight requests get to finish when a connection closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on writing one response batch to a client that does not read.
@@ -156,7 +158,7 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
     let reply = match request.op.validate(replica.config.max_value_len) {
         Err(reason) => Reply::Error(ErrorReply::Invalid { reason }),
         Ok(()) => match request.op {
-            Op::Get { key } => Reply::Value(replica.lock().get(&key)),
+            Op::Get { key } => read(&replica, &key).await,
             Op::Set { key, value } => write(&replica, WriteOp::Set { key, value }).await,
             Op::Delete { key } => write(&replica, WriteOp::Delete { key }).await,
             Op::Ping => Reply::Pong,
@@ -167,6 +169,26 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
     Response {
         id: request.id,
         reply,
+    }
+}
+
+/// Answers a read, waiting (bounded) while a new leader commits its first
+/// entry; see [`crate::node::Node::read`].
+async fn read(replica: &Replica, key: &[u8]) -> Reply {
+    let mut progress = replica.watch.progress.clone();
+    let deadline = tokio::time::Instant::now() + READ_HOLD;
+    loop {
+        progress.borrow_and_update();
+        if let Some(value) = replica.lock().read(key) {
+            return Reply::Value(value);
+        }
+        let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Reply::Error(ErrorReply::Unavailable {
+                retry_after_ms: 100,
+                reason: "new leader has not committed its first entry yet".to_string(),
+            });
+        }
     }
 }
 
