@@ -1,0 +1,412 @@
+//! Test clients. [`Client`] speaks the protocol properly (handshake, request
+//! ids, timeouts); [`RawConn`] writes whatever bytes a hostile test wants and
+//! reads back whatever frames arrive.
+//!
+//! Every network wait is bounded by [`IO_TIMEOUT`] (or a given timeout).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use semikv_protocol::{
+    ClusterStatus, Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message, MessageCodec,
+    NodeStatus, Op, Promote, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::{Decoder, Framed};
+
+/// Bound on connecting, the handshake, and each request.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection that has completed the handshake.
+#[derive(Debug)]
+pub struct Client {
+    framed: Framed<TcpStream, MessageCodec>,
+    next_id: u64,
+    welcome: Welcome,
+}
+
+impl Client {
+    /// Connects to `addr` and handshakes as `role`.
+    ///
+    /// # Errors
+    /// Connecting or the handshake failed or timed out, or the peer rejected
+    /// it (the error names the [`semikv_protocol::WireError`]).
+    pub async fn connect(addr: SocketAddr, role: Role) -> anyhow::Result<Client> {
+        Client::connect_as(addr, Hello::new(role, None)).await
+    }
+
+    /// Connects and sends `hello` as given (e.g. a replica's id).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_as(addr: SocketAddr, hello: Hello) -> anyhow::Result<Client> {
+        let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut framed = Framed::new(stream, MessageCodec::default());
+        timeout(IO_TIMEOUT, framed.send(Message::Hello(hello)))
+            .await
+            .context("sending Hello timed out")??;
+        let welcome = match next(&mut framed, IO_TIMEOUT).await? {
+            Some(Message::Welcome(w)) => w,
+            Some(Message::Reject(e)) => bail!("{addr} rejected the handshake: {e}"),
+            Some(other) => bail!("{addr} answered Hello with {other:?}"),
+            None => bail!("{addr} closed the connection during the handshake"),
+        };
+        Ok(Client {
+            framed,
+            next_id: 1,
+            welcome,
+        })
+    }
+
+    /// What the peer said in its handshake answer.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends `op` without waiting for the answer (pipelining).
+    ///
+    /// # Errors
+    /// Writing failed or timed out.
+    pub async fn send(&mut self, op: Op) -> anyhow::Result<RequestId> {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        timeout(
+            IO_TIMEOUT,
+            self.framed.send(Message::Request(Request { id, op })),
+        )
+        .await
+        .context("sending a request timed out")??;
+        Ok(id)
+    }
+
+    /// Sends any message as it is (replication messages, or ones the peer
+    /// should refuse).
+    ///
+    /// # Errors
+    /// Writing failed or timed out.
+    pub async fn send_message(&mut self, message: Message) -> anyhow::Result<()> {
+        timeout(IO_TIMEOUT, self.framed.send(message))
+            .await
+            .context("sending a message timed out")??;
+        Ok(())
+    }
+
+    /// The next message from the peer, whatever it is; `None` at EOF.
+    ///
+    /// # Errors
+    /// A protocol error, or nothing arrived within `wait`.
+    pub async fn recv_message(&mut self, wait: Duration) -> anyhow::Result<Option<Message>> {
+        next(&mut self.framed, wait).await
+    }
+
+    /// The next response.
+    ///
+    /// # Errors
+    /// The peer sent a Reject (named in the error), another message, closed
+    /// the connection, or nothing arrived within [`IO_TIMEOUT`].
+    pub async fn recv(&mut self) -> anyhow::Result<Response> {
+        match next(&mut self.framed, IO_TIMEOUT).await? {
+            Some(Message::Response(r)) => Ok(r),
+            Some(Message::Reject(e)) => Err(anyhow!("peer rejected the connection: {e}")),
+            Some(other) => Err(anyhow!("expected a Response, got {other:?}")),
+            None => Err(anyhow!("peer closed the connection")),
+        }
+    }
+
+    /// Sends `op` and waits for its reply.
+    ///
+    /// # Errors
+    /// As [`Client::send`] and [`Client::recv`], or the response carried
+    /// another request's id.
+    pub async fn request(&mut self, op: Op) -> anyhow::Result<Reply> {
+        let id = self.send(op).await?;
+        let response = self.recv().await?;
+        if response.id != id {
+            bail!("sent request {id}, got the response to {}", response.id);
+        }
+        Ok(response.reply)
+    }
+
+    /// `Get key`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn get(&mut self, key: impl Into<Bytes>) -> anyhow::Result<Reply> {
+        self.request(Op::Get { key: key.into() }).await
+    }
+
+    /// `Set key value`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn set(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        self.request(Op::Set {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// `Delete key`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn del(&mut self, key: impl Into<Bytes>) -> anyhow::Result<Reply> {
+        self.request(Op::Delete { key: key.into() }).await
+    }
+
+    /// `Ping`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn ping(&mut self) -> anyhow::Result<Reply> {
+        self.request(Op::Ping).await
+    }
+
+    /// A replica's `Status`.
+    ///
+    /// # Errors
+    /// As [`Client::request`], or the answer is not [`Reply::Node`].
+    pub async fn status(&mut self) -> anyhow::Result<NodeStatus> {
+        match self.request(Op::Status).await? {
+            Reply::Node(status) => Ok(status),
+            other => bail!("Status answered {other:?}"),
+        }
+    }
+
+    /// The balancer's `Status`.
+    ///
+    /// # Errors
+    /// As [`Client::request`], or the answer is not [`Reply::Cluster`].
+    pub async fn cluster_status(&mut self) -> anyhow::Result<ClusterStatus> {
+        match self.request(Op::Status).await? {
+            Reply::Cluster(status) => Ok(status),
+            other => bail!("Status answered {other:?}"),
+        }
+    }
+
+    /// `Promote` at `epoch`, needing `sync_replicas` follower acks within
+    /// `sync_timeout_ms`, no async fallback.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn promote(
+        &mut self,
+        epoch: u64,
+        sync_replicas: u32,
+        sync_timeout_ms: u64,
+    ) -> anyhow::Result<Reply> {
+        self.request(Op::Promote(Promote {
+            epoch: Epoch(epoch),
+            sync_replicas,
+            sync_timeout_ms,
+            async_fallback: false,
+        }))
+        .await
+    }
+
+    /// `Follow` the leader `leader` at `leader_addr`, at `epoch`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn follow(
+        &mut self,
+        epoch: u64,
+        leader: u32,
+        leader_addr: SocketAddr,
+    ) -> anyhow::Result<Reply> {
+        self.request(Op::Follow(Follow {
+            epoch: Epoch(epoch),
+            leader: ReplicaId(leader),
+            leader_addr: leader_addr.to_string(),
+        }))
+        .await
+    }
+
+    /// `Fence` at `epoch`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn fence(&mut self, epoch: u64) -> anyhow::Result<Reply> {
+        self.request(Op::Fence(Fence {
+            epoch: Epoch(epoch),
+        }))
+        .await
+    }
+}
+
+async fn next(
+    framed: &mut Framed<TcpStream, MessageCodec>,
+    wait: Duration,
+) -> anyhow::Result<Option<Message>> {
+    match timeout(wait, framed.next()).await {
+        Err(_) => bail!("no message within {wait:?}"),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(anyhow!(e).context("reading a frame")),
+        Ok(Some(Ok(m))) => Ok(Some(m)),
+    }
+}
+
+/// The log index of a [`Reply::Written`].
+///
+/// # Errors
+/// Any other reply (the error shows it).
+pub fn written(reply: &Reply) -> anyhow::Result<LogIndex> {
+    match reply {
+        Reply::Written { index } => Ok(*index),
+        other => bail!("expected Written, got {other:?}"),
+    }
+}
+
+/// The value of a [`Reply::Value`].
+///
+/// # Errors
+/// Any other reply.
+pub fn value(reply: &Reply) -> anyhow::Result<Option<Bytes>> {
+    match reply {
+        Reply::Value(v) => Ok(v.clone()),
+        other => bail!("expected Value, got {other:?}"),
+    }
+}
+
+/// The status in a [`Reply::Node`].
+///
+/// # Errors
+/// Any other reply.
+pub fn node(reply: &Reply) -> anyhow::Result<NodeStatus> {
+    match reply {
+        Reply::Node(s) => Ok(s.clone()),
+        other => bail!("expected Node, got {other:?}"),
+    }
+}
+
+/// The error in a [`Reply::Error`].
+///
+/// # Errors
+/// Any other reply.
+pub fn error(reply: &Reply) -> anyhow::Result<ErrorReply> {
+    match reply {
+        Reply::Error(e) => Ok(e.clone()),
+        other => bail!("expected Error, got {other:?}"),
+    }
+}
+
+/// A TCP connection with no protocol manners: sends raw bytes or frames,
+/// reads frames back until the peer closes.
+#[derive(Debug)]
+pub struct RawConn {
+    stream: TcpStream,
+    codec: MessageCodec,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    /// Connecting failed or timed out.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<RawConn> {
+        let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        Ok(RawConn {
+            stream,
+            codec: MessageCodec::default(),
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Writes `bytes` as they are.
+    ///
+    /// # Errors
+    /// Writing failed or timed out.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        timeout(IO_TIMEOUT, self.stream.write_all(bytes))
+            .await
+            .context("writing timed out")??;
+        Ok(())
+    }
+
+    /// Writes `message` as one proper frame.
+    ///
+    /// # Errors
+    /// As [`RawConn::send_bytes`].
+    pub async fn send(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.send_bytes(&encode(message)?).await
+    }
+
+    /// Closes the write half: the peer sees EOF.
+    ///
+    /// # Errors
+    /// The shutdown failed.
+    pub async fn shutdown_write(&mut self) -> anyhow::Result<()> {
+        timeout(IO_TIMEOUT, self.stream.shutdown())
+            .await
+            .context("shutdown timed out")??;
+        Ok(())
+    }
+
+    /// The next frame; `None` if the peer closed (or reset) the connection.
+    ///
+    /// # Errors
+    /// Undecodable bytes from the peer, or nothing within [`IO_TIMEOUT`].
+    pub async fn recv(&mut self) -> anyhow::Result<Option<Message>> {
+        loop {
+            if let Some(m) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(m));
+            }
+            let read = timeout(IO_TIMEOUT, self.stream.read_buf(&mut self.buf))
+                .await
+                .with_context(|| format!("no frame within {IO_TIMEOUT:?}"))?;
+            match read {
+                Ok(0) => {
+                    return match self.codec.decode_eof(&mut self.buf)? {
+                        Some(m) => Ok(Some(m)),
+                        None => Ok(None),
+                    }
+                }
+                Ok(_) => {}
+                // A peer that closes with our bytes unread sends RST.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Every frame until the peer closes.
+    ///
+    /// # Errors
+    /// As [`RawConn::recv`]: in particular, a peer that never closes.
+    pub async fn recv_until_closed(&mut self) -> anyhow::Result<Vec<Message>> {
+        let mut out = Vec::new();
+        while let Some(m) = self.recv().await? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+}
+
+/// `message` as one frame.
+///
+/// # Errors
+/// It does not encode within the default limit.
+pub fn encode(message: &Message) -> anyhow::Result<BytesMut> {
+    use tokio_util::codec::Encoder;
+    let mut buf = BytesMut::new();
+    MessageCodec::default().encode(message, &mut buf)?;
+    Ok(buf)
+}

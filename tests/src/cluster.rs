@@ -1,0 +1,293 @@
+//! [`Cluster`]: N replicas (ids 1..=N, index i is id i+1), optionally a
+//! balancer in front, all in one temp dir that lives as long as the fixture.
+//! Dropping it kills every process.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use semikv_protocol::{LogIndex, NodeRole, NodeStatus, Role};
+use tempfile::TempDir;
+
+use crate::client::{node, Client};
+use crate::node::{start_balancer, start_replica, start_replica_at, Balancer, Replica};
+use crate::wait::Deadline;
+
+/// Bound on a cluster converging: followers connecting, catching up.
+pub const CONVERGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sync timeout the test-driven election gives the leader.
+pub const ELECT_SYNC_TIMEOUT_MS: u64 = 2000;
+
+/// Replicas (and a balancer) owned together.
+#[derive(Debug)]
+pub struct Cluster {
+    // Processes are declared before the dir so they die before it is removed.
+    replicas: Vec<Replica>,
+    balancer: Option<Balancer>,
+    replica_args: Vec<OsString>,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// `n` idle replicas and no balancer: the test plays the balancer.
+    ///
+    /// # Errors
+    /// A replica failed to start.
+    pub async fn replicas(n: usize, replica_args: &[&str]) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("semikv-it-")
+            .tempdir()
+            .context("creating the cluster's temp dir")?;
+        let replica_args: Vec<OsString> = replica_args.iter().map(OsString::from).collect();
+        let mut replicas = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = u32::try_from(i + 1)?;
+            let data_dir = dir.path().join(format!("replica-{id}"));
+            replicas.push(start_replica(id, &data_dir, &replica_args).await?);
+        }
+        Ok(Cluster {
+            replicas,
+            balancer: None,
+            replica_args,
+            dir,
+        })
+    }
+
+    /// `n` replicas and a balancer in front of them.
+    ///
+    /// # Errors
+    /// A process failed to start.
+    pub async fn with_balancer(
+        n: usize,
+        replica_args: &[&str],
+        balancer_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::replicas(n, replica_args).await?;
+        let addrs = cluster.replica_addrs();
+        cluster.balancer = Some(start_balancer(cluster.dir.path(), &addrs, balancer_args).await?);
+        Ok(cluster)
+    }
+
+    /// The temp dir everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Number of replicas.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Whether there are no replicas.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Replica `i` (id `i + 1`).
+    ///
+    /// # Panics
+    /// `i` is out of range (a bug in the test).
+    pub fn replica(&self, i: usize) -> &Replica {
+        &self.replicas[i]
+    }
+
+    /// Replica `i`, mutably (to signal its process).
+    ///
+    /// # Panics
+    /// `i` is out of range.
+    pub fn replica_mut(&mut self, i: usize) -> &mut Replica {
+        &mut self.replicas[i]
+    }
+
+    /// Every replica's address, in index order.
+    pub fn replica_addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.addr).collect()
+    }
+
+    /// The balancer's address.
+    ///
+    /// # Panics
+    /// The cluster was made without a balancer.
+    pub fn balancer_addr(&self) -> SocketAddr {
+        self.balancer
+            .as_ref()
+            .map(|b| b.addr)
+            .expect("cluster has no balancer")
+    }
+
+    /// The balancer, if any.
+    pub fn balancer_mut(&mut self) -> Option<&mut Balancer> {
+        self.balancer.as_mut()
+    }
+
+    /// SIGKILLs replica `i` and reaps it.
+    ///
+    /// # Errors
+    /// Signalling failed.
+    pub fn kill_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        self.replicas[i].proc.kill9()?;
+        Ok(())
+    }
+
+    /// Restarts replica `i` on its old address and data dir (killing it
+    /// first if it still runs).
+    ///
+    /// # Errors
+    /// It failed to start again.
+    pub async fn restart_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_replica_with(i, &[]).await
+    }
+
+    /// As [`Cluster::restart_replica`], with extra arguments after the
+    /// cluster's own.
+    ///
+    /// # Errors
+    /// It failed to start again.
+    pub async fn restart_replica_with(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let old = &mut self.replicas[i];
+        old.proc.kill9()?;
+        let (id, addr, data_dir) = (old.id, old.addr, old.data_dir.clone());
+        let mut args = self.replica_args.clone();
+        args.extend(extra.iter().map(OsString::from));
+        self.replicas[i] = start_replica_at(id, &data_dir, addr, &args).await?;
+        Ok(())
+    }
+
+    /// A client connection to replica `i` as `role`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect(&self, i: usize, role: Role) -> anyhow::Result<Client> {
+        Client::connect(self.replicas[i].addr, role).await
+    }
+
+    /// A client connection to the balancer.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_balancer(&self) -> anyhow::Result<Client> {
+        Client::connect(self.balancer_addr(), Role::Client).await
+    }
+
+    /// The index of the replica that says it leads at the highest epoch, or
+    /// `None` if no running replica leads. Replicas that do not answer are
+    /// skipped.
+    ///
+    /// # Errors
+    /// Two running replicas claim leadership at the same epoch.
+    pub async fn leader_index(&mut self) -> anyhow::Result<Option<usize>> {
+        let mut best: Option<(usize, u64)> = None;
+        for i in 0..self.replicas.len() {
+            if !self.replicas[i].proc.is_running() {
+                continue;
+            }
+            let Ok(mut c) = self.connect(i, Role::Client).await else {
+                continue;
+            };
+            let Ok(status) = c.status().await else {
+                continue;
+            };
+            if status.role != NodeRole::Leader {
+                continue;
+            }
+            match best {
+                Some((j, epoch)) if epoch == status.epoch.0 => {
+                    bail!("replicas {j} and {i} both lead at epoch {epoch}")
+                }
+                Some((_, epoch)) if epoch > status.epoch.0 => {}
+                _ => best = Some((i, status.epoch.0)),
+            }
+        }
+        Ok(best.map(|(i, _)| i))
+    }
+
+    /// Plays the balancer's election with every replica up: Fence{epoch} to
+    /// all, Promote{epoch, sync_replicas, [`ELECT_SYNC_TIMEOUT_MS`], no async
+    /// fallback} to `leader`, Follow{epoch} to the others; then waits until
+    /// the leader sees `sync_replicas` followers connected.
+    ///
+    /// # Errors
+    /// A replica refused or did not answer, or the followers did not connect
+    /// within [`CONVERGE_TIMEOUT`].
+    pub async fn elect(&self, leader: usize, epoch: u64, sync_replicas: u32) -> anyhow::Result<()> {
+        for i in 0..self.len() {
+            let mut admin = self.connect(i, Role::Balancer).await?;
+            node(&admin.fence(epoch).await?).with_context(|| format!("fencing replica {i}"))?;
+        }
+        let mut admin = self.connect(leader, Role::Balancer).await?;
+        let status = node(
+            &admin
+                .promote(epoch, sync_replicas, ELECT_SYNC_TIMEOUT_MS)
+                .await?,
+        )?;
+        anyhow::ensure!(
+            status.role == NodeRole::Leader,
+            "promote answered {status:?}"
+        );
+        let (leader_id, leader_addr) = (self.replica(leader).id, self.replica(leader).addr);
+        for i in (0..self.len()).filter(|&i| i != leader) {
+            let mut follower = self.connect(i, Role::Balancer).await?;
+            let status = node(&follower.follow(epoch, leader_id, leader_addr).await?)?;
+            anyhow::ensure!(
+                status.role == NodeRole::Follower,
+                "follow answered {status:?}"
+            );
+        }
+        let deadline = Deadline::new(CONVERGE_TIMEOUT, "followers to connect to the leader");
+        loop {
+            let status = admin.status().await?;
+            let connected = status.followers.iter().filter(|f| f.connected).count();
+            if connected >= sync_replicas as usize {
+                return Ok(());
+            }
+            deadline.tick().await?;
+        }
+    }
+
+    /// Waits until replica `i` reports `index` committed and applied.
+    ///
+    /// # Errors
+    /// It did not within [`CONVERGE_TIMEOUT`], or stopped answering.
+    pub async fn wait_applied(&self, i: usize, index: LogIndex) -> anyhow::Result<NodeStatus> {
+        let mut c = self.connect(i, Role::Client).await?;
+        let deadline = Deadline::new(CONVERGE_TIMEOUT, "a replica to commit and apply");
+        loop {
+            let status = c.status().await?;
+            if status.commit_index >= index && status.applied_index >= index {
+                return Ok(status);
+            }
+            deadline.tick().await?;
+        }
+    }
+
+    /// The stderr tails of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for r in &self.replicas {
+            out.push_str(&format!(
+                "==== replica {} ({})\n{}\n",
+                r.id,
+                r.addr,
+                r.proc.stderr_tail()
+            ));
+        }
+        if let Some(b) = &self.balancer {
+            out.push_str(&format!(
+                "==== balancer ({})\n{}\n",
+                b.addr,
+                b.proc.stderr_tail()
+            ));
+        }
+        out
+    }
+
+    /// Fails with every process's stderr tail appended when `result` failed.
+    ///
+    /// # Errors
+    /// `result`'s error, with the logs as context.
+    pub fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))
+    }
+}

@@ -1,0 +1,92 @@
+//! Command-line contract: bad arguments exit with status 2 and say why.
+
+use std::process::Command;
+use std::time::Duration;
+
+use semikv_tests::{bin, Proc};
+
+/// Runs `exe args` to completion (bounded) and returns (exit code, stderr).
+fn run(exe: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    let mut cmd = Command::new(exe);
+    cmd.args(args).current_dir(dir.path());
+    let mut proc = Proc::spawn("cli", cmd, &stderr).unwrap();
+    let status = proc.wait_exit(Duration::from_secs(30)).unwrap();
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    // Drop the harness's own marker line.
+    let text = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    (status.code(), text)
+}
+
+#[test]
+fn server_without_arguments_exits_2_with_usage() {
+    let exe = bin::server().unwrap();
+    let (code, stderr) = run(&exe, &[]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.to_lowercase().contains("usage"), "stderr: {stderr}");
+}
+
+#[test]
+fn server_with_bad_id_exits_2_naming_it() {
+    let exe = bin::server().unwrap();
+    let (code, stderr) = run(&exe, &["not-a-number"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("not-a-number"), "stderr: {stderr}");
+}
+
+#[test]
+fn server_with_bad_fsync_policy_exits_2_naming_it() {
+    let exe = bin::server().unwrap();
+    let (code, stderr) = run(
+        &exe,
+        &["1", "--listen", "127.0.0.1:0", "--fsync", "sometimes"],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("sometimes") || stderr.contains("fsync"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn server_with_bad_listen_address_exits_2() {
+    let exe = bin::server().unwrap();
+    let (code, stderr) = run(&exe, &["1", "--listen", "nowhere"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("nowhere"), "stderr: {stderr}");
+}
+
+#[test]
+fn server_with_unknown_flag_exits_2() {
+    let exe = bin::server().unwrap();
+    let (code, stderr) = run(&exe, &["1", "--frobnicate"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("frobnicate"), "stderr: {stderr}");
+}
+
+#[test]
+fn balancer_without_replicas_exits_2() {
+    let exe = bin::balancer().unwrap();
+    let (code, stderr) = run(&exe, &["127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(!stderr.trim().is_empty());
+}
+
+#[test]
+#[ignore = "semikv-lb takes replica addresses as free strings: one without a port is accepted and the balancer runs (reported to lb)"]
+fn balancer_with_bad_replica_address_exits_2() {
+    let exe = bin::balancer().unwrap();
+    let (code, stderr) = run(&exe, &["127.0.0.1:0", "not-an-address"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("not-an-address"), "stderr: {stderr}");
+}
+
+#[test]
+#[ignore = "semikv-lb parses LISTEN after clap and exits 1, not 2, for an unparsable address (reported to lb)"]
+fn balancer_with_bad_listen_address_exits_2() {
+    let exe = bin::balancer().unwrap();
+    let (code, stderr) = run(&exe, &["nowhere", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("nowhere"), "stderr: {stderr}");
+}

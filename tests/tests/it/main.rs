@@ -1,0 +1,34 @@
+//! semikv integration tests: the real `semikv-server` and `semikv-lb`
+//! binaries, run as child processes on 127.0.0.1 port 0, each test in its own
+//! temp dir. One test binary, one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod args;
+mod balancer;
+mod hostile;
+mod replication;
+mod single;
+
+use std::time::Duration;
+
+/// Bound on waiting for a cluster to converge (catch-up, failover).
+pub const CONVERGE: Duration = Duration::from_secs(30);
+
+/// A single replica promoted by the test acting as the balancer: Fence{1}
+/// then Promote{1, 0 sync replicas, 1 s sync timeout, no async fallback}.
+pub async fn promote_single(
+    addr: std::net::SocketAddr,
+    epoch: u64,
+) -> anyhow::Result<semikv_protocol::NodeStatus> {
+    use semikv_protocol::{NodeRole, Role};
+    let mut admin = semikv_tests::Client::connect(addr, Role::Balancer).await?;
+    let fenced = semikv_tests::client::node(&admin.fence(epoch).await?)?;
+    anyhow::ensure!(fenced.epoch.0 == epoch, "fence left epoch {}", fenced.epoch);
+    let status = semikv_tests::client::node(&admin.promote(epoch, 0, 1000).await?)?;
+    anyhow::ensure!(
+        status.role == NodeRole::Leader && status.epoch.0 == epoch,
+        "promote answered {status:?}"
+    );
+    Ok(status)
+}
