@@ -22,9 +22,10 @@ use crate::config::Config;
 )]
 pub struct Args {
     /// Address to accept clients on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    #[arg(value_parser = host_port)]
     pub listen: String,
     /// Replica addresses, e.g. 127.0.0.1:8081 127.0.0.1:8082.
-    #[arg(required = true, num_args = 1..)]
+    #[arg(required = true, num_args = 1.., value_parser = host_port)]
     pub replicas: Vec<String>,
     /// Interval between health checks, in milliseconds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
@@ -41,6 +42,22 @@ pub struct Args {
     /// Once listening, write the bound address here (atomically).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+/// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
+/// typo is a usage error at start-up rather than a replica that is forever
+/// down.
+fn host_port(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("missing host in {s:?}"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    Ok(s.to_string())
 }
 
 impl Args {
@@ -151,6 +168,17 @@ async fn wait_for_signal() {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_must_be_host_and_port() {
+        assert!(host_port("127.0.0.1:8081").is_ok());
+        assert!(host_port("localhost:0").is_ok());
+        assert!(host_port("[::1]:8081").is_ok());
+        assert!(host_port("not-an-address").is_err());
+        assert!(host_port(":8081").is_err());
+        assert!(host_port("127.0.0.1:99999").is_err());
+        assert!(Args::try_parse_from(["semikv-lb", "nowhere", "127.0.0.1:1"]).is_err());
+    }
 
     #[test]
     fn seed_usage_parses_with_defaults() {

@@ -74,7 +74,6 @@ fn balancer_without_replicas_exits_2() {
 }
 
 #[test]
-#[ignore = "semikv-lb takes replica addresses as free strings: one without a port is accepted and the balancer runs (reported to lb)"]
 fn balancer_with_bad_replica_address_exits_2() {
     let exe = bin::balancer().unwrap();
     let (code, stderr) = run(&exe, &["127.0.0.1:0", "not-an-address"]);
@@ -83,7 +82,6 @@ fn balancer_with_bad_replica_address_exits_2() {
 }
 
 #[test]
-#[ignore = "semikv-lb parses LISTEN after clap and exits 1, not 2, for an unparsable address (reported to lb)"]
 fn balancer_with_bad_listen_address_exits_2() {
     let exe = bin::balancer().unwrap();
     let (code, stderr) = run(&exe, &["nowhere", "127.0.0.1:1"]);
