@@ -97,6 +97,10 @@ pub enum ParseError {
     /// `set` with one word that has no unquoted `=`.
     #[error("set needs KEY=VALUE or KEY VALUE")]
     MissingEquals,
+    /// `set a=b c`: a `KEY=VALUE` word followed by more. Taking `a=b` as the
+    /// key would silently store under a key the user did not mean.
+    #[error("set KEY=VALUE takes one word: quote a value with spaces (set k=\"a b\") or a key with '=' (set \"a=b\" VALUE)")]
+    AmbiguousSet,
     /// An empty key.
     #[error("empty key")]
     EmptyKey,
@@ -223,6 +227,7 @@ fn one_id(name: &'static str, args: Vec<Word>) -> Result<ReplicaId, ParseError> 
 
 fn parse_set(args: Vec<Word>) -> Result<Command, ParseError> {
     match <[Word; 2]>::try_from(args) {
+        Ok([key, _]) if key.first_unquoted_eq.is_some() => Err(ParseError::AmbiguousSet),
         Ok([key, value]) => Ok(Command::Set {
             key: check_key(key.bytes)?,
             value: Bytes::from(value.bytes),
@@ -414,7 +419,9 @@ mod tests {
             parse("  SET\tfoo   bar  ").unwrap(),
             Some(set(b"foo", b"bar"))
         );
-        assert_eq!(parse("set a=b c").unwrap(), Some(set(b"a=b", b"c")));
+        // `set greeting=hello world` must not store "world" under "greeting=hello".
+        assert_eq!(parse("set a=b c"), Err(ParseError::AmbiguousSet));
+        assert_eq!(parse(r#"set "a=b" c"#).unwrap(), Some(set(b"a=b", b"c")));
     }
 
     #[test]
