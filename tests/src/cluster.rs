@@ -11,7 +11,9 @@ use semikv_protocol::{LogIndex, NodeRole, NodeStatus, Role};
 use tempfile::TempDir;
 
 use crate::client::{node, Client};
-use crate::node::{start_balancer, start_replica, start_replica_at, Balancer, Replica};
+use crate::node::{
+    start_balancer, start_balancer_at, start_replica, start_replica_at, Balancer, Replica,
+};
 use crate::wait::Deadline;
 
 /// Bound on a cluster converging: followers connecting, catching up.
@@ -120,6 +122,20 @@ impl Cluster {
     /// The balancer, if any.
     pub fn balancer_mut(&mut self) -> Option<&mut Balancer> {
         self.balancer.as_mut()
+    }
+
+    /// SIGKILLs the balancer and starts a new one on the same address, in
+    /// front of the same replicas, which keep running throughout.
+    ///
+    /// # Errors
+    /// There is no balancer, or the new one failed to start.
+    pub async fn restart_balancer(&mut self, balancer_args: &[&str]) -> anyhow::Result<()> {
+        let mut old = self.balancer.take().ok_or_else(|| anyhow!("no balancer"))?;
+        old.proc.kill9()?;
+        let addrs = self.replica_addrs();
+        self.balancer =
+            Some(start_balancer_at(self.dir.path(), old.addr, &addrs, balancer_args).await?);
+        Ok(())
     }
 
     /// SIGKILLs replica `i` and reaps it.

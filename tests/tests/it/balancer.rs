@@ -274,3 +274,106 @@ async fn a_frozen_leader_is_replaced_and_cannot_acknowledge_when_it_wakes() {
     let new = cluster.leader_index().await.unwrap().unwrap();
     assert_ne!(new, old);
 }
+
+#[tokio::test]
+async fn with_every_follower_down_writes_fail_and_reads_are_served() {
+    let cluster = Cluster::with_balancer(3, &[], &["--sync-timeout-ms", "300"])
+        .await
+        .unwrap();
+    let mut cluster = cluster;
+    let mut c = cluster.connect_balancer().await.unwrap();
+    let i = cluster
+        .explain(write_until_acked(&mut c, "k", "v").await)
+        .unwrap();
+    let leader = cluster.leader_index().await.unwrap().unwrap();
+    // The leader has the write applied; reads will only go to it.
+    cluster.wait_applied(leader, i).await.unwrap();
+    for f in (0..3).filter(|&f| f != leader) {
+        cluster.kill_replica(f).unwrap();
+    }
+    let deadline = Deadline::new(CONVERGE, "the balancer to mark both followers down");
+    loop {
+        let status = c.cluster_status().await.unwrap();
+        if status.replicas.iter().filter(|r| !r.healthy).count() == 2 {
+            break;
+        }
+        deadline.tick().await.unwrap();
+    }
+    let reply = c.set("lonely", "write").await.unwrap();
+    assert!(
+        matches!(
+            reply,
+            Reply::Error(ErrorReply::NotEnoughReplicas {
+                acked: 0,
+                required: 1
+            })
+        ),
+        "{reply:?}"
+    );
+    for _ in 0..6 {
+        assert_eq!(value(&c.get("k").await.unwrap()).unwrap(), Some("v".into()));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_follower_catches_up_and_serves_reads_again() {
+    let (mut cluster, mut c) = ready_cluster().await;
+    let leader = cluster.leader_index().await.unwrap().unwrap();
+    let follower = (leader + 1) % 3;
+    let addr = cluster.replica(follower).addr.to_string();
+    cluster.kill_replica(follower).unwrap();
+    let mut last = LogIndex(0);
+    for i in 0..100u32 {
+        last = written(&c.set(format!("k{i}"), format!("v{i}")).await.unwrap()).unwrap();
+    }
+    cluster.restart_replica(follower).await.unwrap();
+    let status = cluster
+        .explain(cluster.wait_applied(follower, last).await)
+        .unwrap();
+    assert_eq!(status.role, NodeRole::Follower);
+    // Back in the balancer's view as healthy, hence in the read rotation.
+    let deadline = Deadline::new(CONVERGE, "the balancer to see the follower up");
+    loop {
+        let status = c.cluster_status().await.unwrap();
+        if status.replicas.iter().any(|r| r.addr == addr && r.healthy) {
+            break;
+        }
+        deadline.tick().await.unwrap();
+    }
+    let mut fc = cluster.connect(follower, Role::Client).await.unwrap();
+    assert_eq!(
+        value(&fc.get("k99").await.unwrap()).unwrap(),
+        Some("v99".into())
+    );
+    // Every replica applied everything, so every read through the balancer,
+    // whichever replica it lands on, sees the last write.
+    for r in 0..3 {
+        cluster.wait_applied(r, last).await.unwrap();
+    }
+    for _ in 0..9 {
+        assert_eq!(
+            value(&c.get("k99").await.unwrap()).unwrap(),
+            Some("v99".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_balancer_adopts_the_running_leader() {
+    let (mut cluster, mut c) = ready_cluster().await;
+    let leader = cluster.leader_index().await.unwrap().unwrap();
+    let epoch = c.cluster_status().await.unwrap().epoch;
+    drop(c);
+    cluster.restart_balancer(&[]).await.unwrap();
+    let mut c = cluster.connect_balancer().await.unwrap();
+    cluster
+        .explain(write_until_acked(&mut c, "after", "restart").await)
+        .unwrap();
+    let status = c.cluster_status().await.unwrap();
+    assert_eq!(status.epoch, epoch, "no new election: {status:?}");
+    assert_eq!(
+        status.leader,
+        Some(cluster.replica(leader).addr.to_string())
+    );
+    assert_eq!(cluster.leader_index().await.unwrap(), Some(leader));
+}
