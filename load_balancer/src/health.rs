@@ -193,10 +193,28 @@ impl HealthLoop {
         // Fence everyone: a refused connection answers at once, so only slow
         // replicas make the election wait, and at most election_wait.
         let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
+        // The leader whose loss started this election, if the health checks
+        // marked it down, is fenced too but not waited for: it is the one
+        // replica known not to answer (SIGSTOP, a hung host), and waiting for
+        // it would only add `election_wait` to every silent failover. If it
+        // wakes up it meets the new epoch and steps down. A lost leader that
+        // still answers (restarted, or merely deposed) is waited for like
+        // everyone else: it may hold the longest log.
+        let silent = self
+            .lost_leader
+            .map(|l| l.slot)
+            .filter(|&slot| !self.table.is_healthy(slot));
+        if let Some(slot) = silent {
+            let link = self.links[slot].clone();
+            tokio::spawn(async move {
+                let _ = link.request(Op::Fence(Fence { epoch }), wait).await;
+            });
+        }
         let answers = join_all(
             self.links
                 .iter()
                 .enumerate()
+                .filter(|&(slot, _)| Some(slot) != silent)
                 .map(|(slot, link)| async move {
                     (slot, link.request(Op::Fence(Fence { epoch }), wait).await)
                 }),
