@@ -270,7 +270,7 @@ impl Client {
             match reader.next().await {
                 Some(Ok(Message::Welcome(welcome))) => Ok(Ok(welcome)),
                 Some(Ok(Message::Reject(error))) => Ok(Err(error)),
-                Some(Ok(other)) => Err(format!("expected Welcome, got {}", kind(&other))),
+                Some(Ok(other)) => Err(format!("expected Welcome, got {}", other.name())),
                 Some(Err(e)) => Err(e.to_string()),
                 None => Err("connection closed during the handshake".to_string()),
             }
@@ -503,21 +503,6 @@ fn check_encodable(request: &Request, max_frame_len: usize) -> Result<(), Protoc
     )
 }
 
-fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::Reject(_) => "Reject",
-        Message::Request(_) => "Request",
-        Message::Response(_) => "Response",
-        Message::Subscribe(_) => "Subscribe",
-        Message::StreamStart(_) => "StreamStart",
-        Message::Entries(_) => "Entries",
-        Message::Ack(_) => "Ack",
-        Message::Snapshot(_) => "Snapshot",
-    }
-}
-
 async fn write_loop(
     mut writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
     mut from_callers: mpsc::Receiver<Request>,
@@ -581,7 +566,7 @@ async fn read_loop(
             Some(Ok(Message::Reject(error))) => {
                 break format!("server rejected the connection: {error}")
             }
-            Some(Ok(other)) => break format!("unexpected {} message from server", kind(&other)),
+            Some(Ok(other)) => break format!("unexpected {} message from server", other.name()),
             Some(Err(e)) => break format!("protocol error: {e}"),
             None => break "server closed the connection".to_string(),
         }

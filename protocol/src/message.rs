@@ -88,6 +88,25 @@ pub struct Hello {
     pub node: Option<ReplicaId>,
 }
 
+impl Message {
+    /// The variant's name, for errors and logs: never the payload, which may
+    /// carry user data.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Reject(_) => "Reject",
+            Message::Request(_) => "Request",
+            Message::Response(_) => "Response",
+            Message::Subscribe(_) => "Subscribe",
+            Message::StreamStart(_) => "StreamStart",
+            Message::Entries(_) => "Entries",
+            Message::Ack(_) => "Ack",
+            Message::Snapshot(_) => "Snapshot",
+        }
+    }
+}
+
 impl Hello {
     /// A hello of this build's magic and version.
     pub fn new(role: Role, node: Option<ReplicaId>) -> Hello {

@@ -91,7 +91,7 @@ pub async fn serve_follower(replica: Arc<Replica>, mut conn: Conn, peer: Option<
     let sub = match recv(&mut conn).await {
         Ok(Message::Subscribe(sub)) => sub,
         Ok(other) => {
-            let what = format!("{other:?}").chars().take(40).collect();
+            let what = other.name().to_string();
             let _ = send(&mut conn, Message::Reject(WireError::Unexpected { what })).await;
             return;
         }
@@ -158,11 +158,7 @@ async fn stream_to(
                 Message::Ack(Ack { epoch, match_index }) => {
                     replica.with(|n| n.on_ack(follower, epoch, match_index));
                 }
-                other => {
-                    return ReplicationError::Unexpected(
-                        format!("{other:?}").chars().take(40).collect(),
-                    )
-                }
+                other => return ReplicationError::Unexpected(other.name().to_string()),
             }
         }
     };
@@ -329,11 +325,7 @@ async fn follow_once(
         Ok(None) => return Err(ReplicationError::Closed),
         Ok(Some(Ok(Message::Welcome(_)))) => {}
         Ok(Some(Ok(Message::Reject(e)))) => return Err(ReplicationError::Rejected(e.to_string())),
-        Ok(Some(Ok(other))) => {
-            return Err(ReplicationError::Unexpected(
-                format!("{other:?}").chars().take(40).collect(),
-            ))
-        }
+        Ok(Some(Ok(other))) => return Err(ReplicationError::Unexpected(other.name().to_string())),
         Ok(Some(Err(e))) => return Err(e.into()),
     }
     let (epoch, last_index, last_epoch, history) = replica.lock().subscribe_info();
@@ -379,11 +371,7 @@ async fn follow_once(
                 }
             }
             Message::Reject(e) => return Err(ReplicationError::Rejected(e.to_string())),
-            other => {
-                return Err(ReplicationError::Unexpected(
-                    format!("{other:?}").chars().take(40).collect(),
-                ))
-            }
+            other => return Err(ReplicationError::Unexpected(other.name().to_string())),
         }
     }
     let (mut sink, mut stream) = conn.split();
@@ -404,11 +392,7 @@ async fn follow_once(
                 }) => replica
                     .with(|n| n.on_entries(role_gen, epoch, prev_index, entries, commit_index)),
                 Message::Reject(e) => return ReplicationError::Rejected(e.to_string()),
-                other => {
-                    return ReplicationError::Unexpected(
-                        format!("{other:?}").chars().take(40).collect(),
-                    )
-                }
+                other => return ReplicationError::Unexpected(other.name().to_string()),
             };
             if let Err(e) = applied {
                 return e.into();

@@ -100,7 +100,7 @@ async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
                         in_flight.push(handle(replica.clone(), request));
                     }
                     Some(Ok(other)) => {
-                        closing = Some(WireError::Unexpected { what: message_name(&other).to_string() });
+                        closing = Some(WireError::Unexpected { what: other.name().to_string() });
                         break;
                     }
                 }
@@ -136,21 +136,6 @@ where
     match timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
-    }
-}
-
-fn message_name(msg: &Message) -> &'static str {
-    match msg {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::Reject(_) => "Reject",
-        Message::Request(_) => "Request",
-        Message::Response(_) => "Response",
-        Message::Subscribe(_) => "Subscribe",
-        Message::StreamStart(_) => "StreamStart",
-        Message::Entries(_) => "Entries",
-        Message::Ack(_) => "Ack",
-        Message::Snapshot(_) => "Snapshot",
     }
 }
 
