@@ -13,17 +13,21 @@
 //!   acknowledged.
 //!
 //! Per round: the time from the signal to the first write acknowledged through
-//! the balancer among the writes sent after the signal (a probe sends one every
-//! 20 ms during the failover, so the figure does not depend on how long the
-//! writers' in-flight writes take to fail), and the longest window in which
-//! none of the four writers got an acknowledgement. At the end every
-//! acknowledged key is read back through the balancer and directly from every
-//! replica, once each has applied the leader's commit index.
+//! the balancer among the writes sent once the failure was certain (process
+//! reaped, or seen stopped in /proc; a probe sends one every 20 ms during the
+//! failover, so the figure does not depend on how long the writers' in-flight
+//! writes take to fail), the longest window in which none of the four writers
+//! got an acknowledgement, and the balancer's own election time from its log.
+//! At the end every acknowledged key is read back through the balancer and
+//! directly from every replica, once each has applied the leader's commit
+//! index; every write answered with an error must be on all replicas or none.
 //!
 //! Exit code: 0 when all is well; 1 when an acknowledged write was lost or read
-//! back wrong, or a deposed leader acknowledged a write; 2 on bad arguments or
-//! when a round or the read-back could not complete (diagnostics and log tails
-//! are printed, and the logs are kept in the temp dir).
+//! back wrong, replicas diverged, a write answered `Unavailable` was applied,
+//! or a deposed leader acknowledged a write; 2 on bad arguments or when a
+//! round or the read-back could not complete (diagnostics and log tails are
+//! printed). Logs are kept in the temp dir on any failure, with `--keep-logs`,
+//! or when a round was an outlier.
 //!
 //! Figures (release build, from the workspace root; with `CARGO_TARGET_DIR`
 //! set, the binary is under that directory instead of `target/`):
@@ -32,8 +36,11 @@
 //! cargo build --release -p semikv-server && cargo run --release -p semikv-lb --example failover_timing -- target/release/semikv-server 10
 //! ```
 //!
-//! Usage: `failover_timing SERVER_BIN [ROUNDS] [--mode kill|stop|both]`
-//! (ROUNDS per mode, default 10; default mode `both`, kill rounds first).
+//! Usage: `failover_timing SERVER_BIN [ROUNDS] [--mode kill|stop|both]
+//! [--hold-ms MS] [--keep-logs]` (ROUNDS per mode, default 10; default mode
+//! `both`, kill rounds first; `--hold-ms` keeps a stopped leader stopped that
+//! much longer after the first write on the new leader, default 0, to show what
+//! the writers whose writes are stuck at it experience).
 //! Balancer logs go to `balancer.log` and each replica's stderr to
 //! `rN/server.log` in the temp dir; `RUST_LOG` sets the balancer's level.
 
@@ -83,6 +90,11 @@ const READ_WINDOW: usize = 256;
 
 /// Read-back passes over keys whose read failed (not a missing key: an error).
 const READ_PASSES: usize = 3;
+
+/// A round whose first write took this many times its mode's median (and at
+/// least [`SLOW_FLOOR`]) keeps the logs, so an outlier can be explained.
+const SLOW_FACTOR: u32 = 10;
+const SLOW_FLOOR: Duration = Duration::from_millis(50);
 
 /// Lines of each log printed when something fails.
 const LOG_TAIL: usize = 25;
@@ -193,6 +205,8 @@ struct Book {
     writers: [Tally; 4],
     probe: [Tally; 4],
     acks: Vec<Ack>,
+    /// Writes answered with an error: key, value, error kind.
+    failed: Vec<(String, String, &'static str)>,
 }
 
 /// What the writers and probes record, shared with the rounds.
@@ -235,7 +249,10 @@ impl Shared {
                     probe,
                 });
             }
-            Some(kind) => *tally.errors.entry(kind).or_default() += 1,
+            Some(kind) => {
+                *tally.errors.entry(kind).or_default() += 1;
+                book.failed.push((key, value, kind));
+            }
         }
     }
 
@@ -501,6 +518,76 @@ async fn read_back(addr: &str, acks: &[(String, String)]) -> anyhow::Result<Read
     Ok(result)
 }
 
+/// Where the writes answered with an error ended up, read from every replica
+/// once all have applied the leader's commit index.
+#[derive(Debug, Default)]
+struct Unacked {
+    total: usize,
+    /// On every replica, with the value written.
+    applied: usize,
+    /// On no replica.
+    absent: usize,
+    /// On some replicas only: a value visible that the others do not have.
+    diverged: Vec<String>,
+    /// Holding a value never written under that key.
+    foreign: Vec<String>,
+    /// Answered `Unavailable` (which promises "not applied") yet applied.
+    unavailable_applied: Vec<String>,
+    unreadable: usize,
+}
+
+async fn check_unacked(
+    replicas: &[String],
+    failed: &[(String, String, &'static str)],
+) -> anyhow::Result<Unacked> {
+    let keys: Vec<&str> = failed.iter().map(|f| f.0.as_str()).collect();
+    let mut answers = Vec::new();
+    for addr in replicas {
+        answers.push(get_many(addr, &keys).await?);
+    }
+    let mut result = Unacked {
+        total: failed.len(),
+        ..Unacked::default()
+    };
+    for (i, (key, value, kind)) in failed.iter().enumerate() {
+        let mut present = 0;
+        let mut readable = true;
+        let mut foreign = false;
+        for replica in &answers {
+            match replica.get(i) {
+                Some(Reply::Value(Some(v))) => {
+                    present += 1;
+                    foreign |= v.as_ref() != value.as_bytes();
+                }
+                Some(Reply::Value(None)) => {}
+                _ => readable = false,
+            }
+        }
+        if !readable {
+            result.unreadable += 1;
+        } else if foreign {
+            result.foreign.push(key.clone());
+        } else if present == 0 {
+            result.absent += 1;
+        } else if present < answers.len() {
+            result.diverged.push(key.clone());
+        } else if *kind == "unavailable" {
+            result.unavailable_applied.push(key.clone());
+        } else {
+            result.applied += 1;
+        }
+    }
+    Ok(result)
+}
+
+impl Unacked {
+    fn broken(&self) -> bool {
+        !self.diverged.is_empty()
+            || !self.foreign.is_empty()
+            || !self.unavailable_applied.is_empty()
+    }
+}
+
 fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
@@ -509,6 +596,39 @@ fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
         .context("run kill")?;
     anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
     Ok(())
+}
+
+/// Waits until the kernel reports `pid` stopped (state `T` in /proc).
+async fn wait_stopped(pid: u32) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 1..))
+            .and_then(|rest| rest.split_whitespace().next());
+        if state == Some("T") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("process {pid} not stopped within {WAIT:?} (state {state:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `elapsed_ms` of the balancer's last "promoted new leader" log line.
+fn last_election_ms(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("promoted new leader"))?;
+    let rest = &line[line.find("elapsed_ms=")? + "elapsed_ms=".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 fn log_tail(path: &Path) -> String {
@@ -536,6 +656,30 @@ fn spread(values: &[Duration]) -> Option<(f64, f64, f64)> {
         _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     };
     Some((median, v[0], v[n - 1]))
+}
+
+/// `mode round` of the rounds that were outliers (see [`SLOW_FACTOR`]).
+fn slow_rounds(results: &[RoundResult]) -> Vec<String> {
+    let mut slow = Vec::new();
+    for mode in [Mode::Kill, Mode::Stop] {
+        let firsts: Vec<Duration> = results
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.first_write)
+            .collect();
+        let Some((median, _, _)) = spread(&firsts) else {
+            continue;
+        };
+        let limit =
+            Duration::from_secs_f64(median / 1000.0 * f64::from(SLOW_FACTOR)).max(SLOW_FLOOR);
+        slow.extend(
+            results
+                .iter()
+                .filter(|r| r.mode == mode && r.first_write > limit)
+                .map(|r| format!("{} {}", mode.name(), r.round)),
+        );
+    }
+    slow
 }
 
 fn load_average() -> String {
@@ -619,6 +763,9 @@ struct RoundResult {
     first_write: Duration,
     gap: Duration,
     rejoin: Duration,
+    /// The balancer's own figure for the election ("promoted new leader"
+    /// `elapsed_ms`: from noticing the loss to the promotion), from its log.
+    elect_ms: Option<u64>,
     note: String,
 }
 
@@ -631,6 +778,8 @@ struct Harness {
     shared: Arc<Shared>,
     /// Direct writes a deposed leader acknowledged (must stay 0).
     fence_violations: Vec<String>,
+    /// See [`Options::hold`].
+    hold: Duration,
 }
 
 impl Harness {
@@ -690,7 +839,10 @@ impl Harness {
             .with_context(|| format!("leader {leader} is not one of the replicas"))?;
         let victim = self.replicas[slot].id;
         let (first_tx, first_rx) = oneshot::channel();
-        // The clock starts before the signal: the figure errs on the long side.
+        // The clock starts before the signal, so the figure errs on the long
+        // side; only writes sent once the failure is certain (the process
+        // reaped, or seen stopped) count, because the leader may still
+        // acknowledge writes until the signal lands.
         let failed_at = Instant::now();
         match mode {
             Mode::Kill => {
@@ -702,10 +854,13 @@ impl Harness {
                 let _ = child.wait();
             }
             Mode::Stop => {
-                send_signal(self.replicas[slot].pid()?, "STOP")?;
+                let pid = self.replicas[slot].pid()?;
+                send_signal(pid, "STOP")?;
                 self.replicas[slot].stopped = true;
+                wait_stopped(pid).await?;
             }
         }
+        let certain_at = Instant::now();
         let probe = tokio::spawn(probe(
             self.lb_addr.clone(),
             format!("p{}{round}", mode.name()),
@@ -732,6 +887,7 @@ impl Harness {
                 replica.start(&self.bin, &addr)?;
             }
             Mode::Stop => {
+                tokio::time::sleep(self.hold).await;
                 let replica = &mut self.replicas[slot];
                 send_signal(replica.pid()?, "CONT")?;
                 replica.stopped = false;
@@ -743,6 +899,7 @@ impl Harness {
         }
         self.steady().await?;
         let rejoin = recovering.elapsed();
+        let elect_ms = last_election_ms(&self.root.join("balancer.log"));
         if mode == Mode::Stop {
             let addr = self.replicas[slot].addr.clone();
             let after = self.fence_check(&addr, &format!("f{round}-rejoined")).await;
@@ -760,7 +917,7 @@ impl Harness {
         let first = book
             .acks
             .iter()
-            .filter(|a| a.sent >= failed_at)
+            .filter(|a| a.sent >= certain_at)
             .map(|a| a.at)
             .min()
             .unwrap_or(first_ack);
@@ -787,6 +944,7 @@ impl Harness {
             first_write: first.saturating_duration_since(failed_at),
             gap,
             rejoin,
+            elect_ms,
             note,
         })
     }
@@ -868,40 +1026,61 @@ struct Options {
     bin: PathBuf,
     rounds: usize,
     modes: Vec<Mode>,
+    /// How long a stopped leader stays stopped after the first write on the
+    /// new leader.
+    hold: Duration,
+    keep_logs: bool,
 }
 
+const USAGE: &str = "usage: failover_timing SERVER_BIN [ROUNDS] [--mode kill|stop|both] \
+                     [--hold-ms MS] [--keep-logs]";
+
 fn parse_args() -> Result<Options, String> {
-    let usage = "usage: failover_timing SERVER_BIN [ROUNDS] [--mode kill|stop|both]";
     let mut positional = Vec::new();
     let mut modes = vec![Mode::Kill, Mode::Stop];
+    let mut hold = Duration::ZERO;
+    let mut keep_logs = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mode = if arg == "--mode" {
-            Some(args.next().ok_or(usage)?)
-        } else {
-            arg.strip_prefix("--mode=").map(str::to_string)
-        };
-        match mode.as_deref() {
-            Some("kill") => modes = vec![Mode::Kill],
-            Some("stop") => modes = vec![Mode::Stop],
-            Some("both") => modes = vec![Mode::Kill, Mode::Stop],
-            Some(other) => return Err(format!("unknown mode {other:?}\n{usage}")),
-            None if arg.starts_with("--") => return Err(format!("unknown option {arg}\n{usage}")),
-            None => positional.push(arg),
+        match arg.as_str() {
+            "--mode" => {
+                modes = match args.next().as_deref() {
+                    Some("kill") => vec![Mode::Kill],
+                    Some("stop") => vec![Mode::Stop],
+                    Some("both") => vec![Mode::Kill, Mode::Stop],
+                    other => return Err(format!("bad --mode {other:?}\n{USAGE}")),
+                }
+            }
+            "--hold-ms" => {
+                let value = args.next().unwrap_or_default();
+                let ms = value
+                    .parse()
+                    .map_err(|_| format!("bad --hold-ms {value:?}\n{USAGE}"))?;
+                hold = Duration::from_millis(ms);
+            }
+            "--keep-logs" => keep_logs = true,
+            _ if arg.starts_with("--") => return Err(format!("unknown option {arg}\n{USAGE}")),
+            _ => positional.push(arg),
         }
     }
     let mut positional = positional.into_iter();
-    let bin = PathBuf::from(positional.next().ok_or(usage)?);
+    let bin = PathBuf::from(positional.next().ok_or(USAGE)?);
     let rounds = match positional.next() {
         Some(s) => s
             .parse()
-            .map_err(|_| format!("ROUNDS must be a number, not {s:?}\n{usage}"))?,
+            .map_err(|_| format!("ROUNDS must be a number, not {s:?}\n{USAGE}"))?,
         None => 10,
     };
     if positional.next().is_some() {
-        return Err(usage.into());
+        return Err(USAGE.into());
     }
-    Ok(Options { bin, rounds, modes })
+    Ok(Options {
+        bin,
+        rounds,
+        modes,
+        hold,
+        keep_logs,
+    })
 }
 
 #[tokio::main]
@@ -935,11 +1114,20 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
         )
         .try_init();
 
+    let defaults = semikv_lb::Config::new(Vec::new());
     println!(
-        "failover_timing: {REPLICAS} replicas ({}), balancer defaults (heartbeat 100 ms, down after 3, \
-         1 sync replica, sync timeout 2000 ms), {WRITERS} writers, {} rounds per mode",
+        "failover_timing: {REPLICAS} replicas ({}); balancer defaults: heartbeat {:?}, down after \
+         {}, sync replicas {}, sync timeout {:?}, election wait {:?}, write wait {:?}; \
+         {WRITERS} writers; {} rounds per mode; stopped leader held {:?} after the first new write",
         options.bin.display(),
-        options.rounds
+        defaults.heartbeat,
+        defaults.down_after,
+        defaults.sync_replicas,
+        defaults.sync_timeout,
+        defaults.election_wait,
+        defaults.write_wait,
+        options.rounds,
+        options.hold,
     );
     println!("load average at start: {}", load_average());
     println!("temp dir: {}", root.display());
@@ -973,6 +1161,7 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
         ctl,
         shared: shared.clone(),
         fence_violations: Vec::new(),
+        hold: options.hold,
     };
 
     let mut results: Vec<RoundResult> = Vec::new();
@@ -992,7 +1181,9 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
         })
         .collect();
     tokio::time::sleep(SETTLE).await;
-    println!("round  mode  victim  first-write-ms  longest-gap-ms  rejoin-ms  fencing");
+    println!(
+        "round  mode  victim  first-write-ms  longest-gap-ms  lb-elect-ms  rejoin-ms  fencing"
+    );
     'modes: for &mode in &options.modes {
         if failure.is_some() {
             break;
@@ -1002,12 +1193,14 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
             match h.round(mode, round).await {
                 Ok(r) => {
                     println!(
-                        "{:>5}  {:<4}  {:>6}  {:>14.1}  {:>14.1}  {:>9.1}  {}",
+                        "{:>5}  {:<4}  {:>6}  {:>14.1}  {:>14.1}  {:>11}  {:>9.1}  {}",
                         r.round,
                         r.mode.name(),
                         r.victim,
                         ms(r.first_write),
                         ms(r.gap),
+                        r.elect_ms
+                            .map_or_else(|| "?".to_string(), |e| e.to_string()),
                         ms(r.rejoin),
                         if r.note.is_empty() { "-" } else { &r.note }
                     );
@@ -1039,7 +1232,9 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|a| (a.key.clone(), a.value.clone()))
         .collect();
+    let failed = shared.book().failed.clone();
     let mut checks: Vec<(String, Readback)> = Vec::new();
+    let mut unacked = None;
     let verified = async {
         h.converge().await.context("convergence before read-back")?;
         checks.push(("balancer".into(), read_back(&lb_addr, &acks).await?));
@@ -1047,6 +1242,8 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
             let name = format!("replica {}", r.id);
             checks.push((name, read_back(&r.addr, &acks).await?));
         }
+        let addrs: Vec<String> = h.replicas.iter().map(|r| r.addr.clone()).collect();
+        unacked = Some(check_unacked(&addrs, &failed).await?);
         anyhow::Ok(())
     }
     .await;
@@ -1057,15 +1254,51 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
     }
 
     print_summary(&options, &results, &shared, &checks, &h.fence_violations);
+    if let Some(u) = &unacked {
+        println!(
+            "unacknowledged writes: {} (on every replica {}, on none {}, on some only {}, \
+             foreign value {}, applied despite Unavailable {}, unreadable {}){}",
+            u.total,
+            u.applied,
+            u.absent,
+            u.diverged.len(),
+            u.foreign.len(),
+            u.unavailable_applied.len(),
+            u.unreadable,
+            if u.broken() {
+                format!(
+                    " keys: {:?}",
+                    u.diverged
+                        .iter()
+                        .chain(&u.foreign)
+                        .chain(&u.unavailable_applied)
+                        .take(10)
+                        .collect::<Vec<_>>()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     println!("load average at end: {}", load_average());
 
     let lost: usize = checks.iter().map(|(_, c)| c.lost.len()).sum();
     let mismatched: usize = checks.iter().map(|(_, c)| c.mismatched.len()).sum();
     let unreadable: usize = checks.iter().map(|(_, c)| c.unreadable.len()).sum();
-    let broken = lost > 0 || mismatched > 0 || !h.fence_violations.is_empty();
+    let broken = lost > 0
+        || mismatched > 0
+        || !h.fence_violations.is_empty()
+        || unacked.as_ref().is_some_and(Unacked::broken);
     lb_shutdown.cancel();
     let _ = tokio::time::timeout(WAIT, lb).await;
-    let keep_logs = broken || failure.is_some() || unreadable > 0;
+    let slow = slow_rounds(&results);
+    if !slow.is_empty() {
+        println!(
+            "slow rounds (first write over {SLOW_FACTOR}x the mode's median): {slow:?}; logs kept"
+        );
+    }
+    let keep_logs =
+        options.keep_logs || broken || failure.is_some() || unreadable > 0 || !slow.is_empty();
     drop(h);
     if keep_logs {
         println!("logs kept in {}", root.display());
@@ -1073,7 +1306,10 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&root);
     }
     if broken {
-        println!("FAILED: acknowledged writes lost or wrong, or a deposed leader acknowledged");
+        println!(
+            "FAILED: acknowledged writes lost or wrong, replicas diverged, or a deposed leader \
+             acknowledged"
+        );
         return Ok(ExitCode::from(1));
     }
     if let Some(f) = failure {
