@@ -183,6 +183,11 @@ impl HealthLoop {
             self.lost_at.get_or_insert_with(Instant::now);
             self.lost_leader = Some(old);
             self.table.set_leader(None);
+            // Writes waiting on the old leader get Indeterminate now rather
+            // than after their timeout; in the background, because a connect
+            // in progress holds the link's lock.
+            let link = self.links[old.slot].clone();
+            tokio::spawn(async move { link.disconnect().await });
             warn!(leader = %self.addr(old.slot), epoch = %old.epoch, "leader lost; failing over");
         }
     }

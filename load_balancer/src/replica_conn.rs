@@ -159,6 +159,16 @@ impl ReplicaLink {
         }
     }
 
+    /// Drops the current connection, if any: every request in flight on it
+    /// is answered [`ConnError::Broken`] at once, and the next request
+    /// reconnects. Used when the replica is deposed, so writes waiting on a
+    /// silent leader do not sit out their whole timeout.
+    pub async fn disconnect(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            conn.closed.cancel();
+        }
+    }
+
     async fn connection(&self) -> Result<Arc<Conn>, ConnError> {
         let mut guard = self.conn.lock().await;
         if let Some(conn) = guard.as_ref() {
