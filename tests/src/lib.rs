@@ -9,17 +9,23 @@
 //! - [`cluster`]: N replicas (+ a balancer) in one temp dir.
 //! - [`client`]: an async test client and a raw-bytes connection.
 //! - [`wait`]: bounded polling.
+//! - [`workload`]: concurrent recorded clients for fault tests.
+//! - [`checker`]: the history checker behind guarantees 1-3.
+//! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
 //!
 //! Every wait is bounded; nothing here sleeps as synchronisation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bin;
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod node;
 pub mod process;
+pub mod proxy;
 pub mod wait;
+pub mod workload;
 
 pub use client::{Client, RawConn};
 pub use cluster::Cluster;
