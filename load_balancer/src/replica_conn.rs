@@ -84,7 +84,11 @@ pub struct ReplicaLink {
     max_frame_len: usize,
     connect_timeout: Duration,
     write_timeout: Duration,
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The open connection, read by every request: a std lock held for a
+    /// clone only (an async mutex here serialised every request).
+    current: Mutex<Option<Arc<Conn>>>,
+    /// Serialises (re)connecting, so one broken link makes one new connection.
+    connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     broken_tx: mpsc::Sender<usize>,
     shutdown: CancellationToken,
@@ -110,7 +114,8 @@ impl ReplicaLink {
             max_frame_len,
             connect_timeout,
             write_timeout: WRITE_TIMEOUT,
-            conn: tokio::sync::Mutex::new(None),
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             broken_tx,
             shutdown,
@@ -164,23 +169,38 @@ impl ReplicaLink {
     /// reconnects. Used when the replica is deposed, so writes waiting on a
     /// silent leader do not sit out their whole timeout.
     pub async fn disconnect(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
+        let _connecting = self.connecting.lock().await;
+        let taken = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(conn) = taken {
             conn.closed.cancel();
         }
     }
 
+    fn open_connection(&self) -> Option<Arc<Conn>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .filter(|conn| !conn.closed.is_cancelled())
+            .cloned()
+    }
+
     async fn connection(&self) -> Result<Arc<Conn>, ConnError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if !conn.closed.is_cancelled() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
         }
-        *guard = None;
+        let _connecting = self.connecting.lock().await;
+        // Someone else may have connected while we waited.
+        if let Some(conn) = self.open_connection() {
+            return Ok(conn);
+        }
         let conn = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| ConnError::Connect("connect timed out".into()))??;
-        *guard = Some(conn.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
 

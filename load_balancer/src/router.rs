@@ -2,25 +2,26 @@
 //! to a replica: writes to the leader, reads round-robin over healthy
 //! replicas, `Ping` and `Status` answered by the balancer itself.
 //!
-//! Each request runs as its own task, so a client's pipeline stays full and
-//! responses return as soon as they are ready, matched by the client's id (the
+//! Each request runs as its own future (polled by the connection's task), so
+//! a client's pipeline stays full and responses return as soon as they are
+//! ready, matched by the client's id (the
 //! replica links use their own ids). Bad input gets a `Reject` frame and
 //! closes that connection only.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::{
     ErrorReply, Message, MessageCodec, Op, Reply, Response, Role, Welcome, WireError,
     PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::Config;
@@ -114,62 +115,74 @@ impl Router {
         let conn_closed = shutdown.child_token();
         let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
 
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let tasks = TaskTracker::new();
+        // Requests run as futures of this task rather than one spawned task
+        // each: no spawn, no task tracker and no Arc clone per request, and
+        // the answers that complete together are queued together, so the
+        // outbox writes them with one system call.
+        let router = &*self;
+        let mut in_flight = FuturesUnordered::new();
         let role = hello.role;
         loop {
-            let frame = tokio::select! {
+            tokio::select! {
                 _ = conn_closed.cancelled() => break,
-                frame = stream.next() => frame,
-            };
-            let request = match frame {
-                Some(Ok(Message::Request(request))) => request,
-                Some(Ok(other)) => {
-                    let what = message_name(&other);
-                    let _ = tx
-                        .send(Message::Reject(WireError::Unexpected { what }))
-                        .await;
-                    break;
-                }
-                Some(Err(e)) => {
-                    if let Some(wire) = e.to_wire() {
-                        let _ = tx.send(Message::Reject(wire)).await;
+                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                    if tx.send(Message::Response(response)).await.is_err() {
+                        break;
                     }
-                    break;
+                    let mut gone = false;
+                    while let Some(Some(more)) = in_flight.next().now_or_never() {
+                        if tx.send(Message::Response(more)).await.is_err() {
+                            gone = true;
+                            break;
+                        }
+                    }
+                    if gone {
+                        break;
+                    }
                 }
-                None => break,
-            };
-            if request.op.is_admin() {
-                let what = request.op.name().to_string();
-                let _ = tx
-                    .send(Message::Reject(WireError::WrongRole { role, what }))
-                    .await;
-                break;
+                frame = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                    let request = match frame {
+                        Some(Ok(Message::Request(request))) => request,
+                        Some(Ok(other)) => {
+                            let what = other.name().to_string();
+                            let _ = tx
+                                .send(Message::Reject(WireError::Unexpected { what }))
+                                .await;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            if let Some(wire) = e.to_wire() {
+                                let _ = tx.send(Message::Reject(wire)).await;
+                            }
+                            break;
+                        }
+                        None => break,
+                    };
+                    if request.op.is_admin() {
+                        let what = request.op.name().to_string();
+                        let _ = tx
+                            .send(Message::Reject(WireError::WrongRole { role, what }))
+                            .await;
+                        break;
+                    }
+                    in_flight.push(async move {
+                        Response {
+                            id: request.id,
+                            reply: router.handle(request.op).await,
+                        }
+                    });
+                }
             }
-            let permit = tokio::select! {
-                _ = conn_closed.cancelled() => break,
-                permit = permits.clone().acquire_owned() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            let router = self.clone();
-            let tx = tx.clone();
-            tasks.spawn(async move {
-                let reply = router.handle(request.op).await;
-                let _ = tx
-                    .send(Message::Response(Response {
-                        id: request.id,
-                        reply,
-                    }))
-                    .await;
-                drop(permit);
-            });
         }
         // The socket closes once the writer also lets go of its half: at once
         // after a Reject, otherwise when the in-flight answers are written
         // (each request is bounded by its own timeouts).
         drop(stream);
-        tasks.close();
-        tasks.wait().await;
+        while let Some(response) = in_flight.next().await {
+            if tx.send(Message::Response(response)).await.is_err() {
+                break;
+            }
+        }
         drop(tx);
         let _ = writer.await;
     }
@@ -289,20 +302,4 @@ fn unavailable(reason: &str) -> Reply {
 async fn reject(mut framed: Framed<TcpStream, MessageCodec>, error: WireError) {
     debug!(error = %error, "rejecting client connection");
     let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Message::Reject(error))).await;
-}
-
-fn message_name(m: &Message) -> String {
-    match m {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::Reject(_) => "Reject",
-        Message::Request(_) => "Request",
-        Message::Response(_) => "Response",
-        Message::Subscribe(_) => "Subscribe",
-        Message::StreamStart(_) => "StreamStart",
-        Message::Entries(_) => "Entries",
-        Message::Ack(_) => "Ack",
-        Message::Snapshot(_) => "Snapshot",
-    }
-    .to_string()
 }
