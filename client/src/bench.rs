@@ -19,13 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use semikv_protocol::{ErrorReply, Op, Reply};
 use serde_json::{json, Value};
+use tokio::sync::{watch, Barrier};
 use tokio::time::Instant;
 
 use crate::conn::{Client, ClientConfig, ClientError};
@@ -36,6 +37,9 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// Wrong values kept as examples in the report.
 const MAX_EXAMPLES: usize = 5;
+/// Smallest `--value-size`: room for a `client:seq:` tag in any realistic
+/// run (a longer tag makes that value longer, never unparseable).
+const MIN_VALUE_SIZE: usize = 16;
 
 /// When a run stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,9 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Seed of the key and op choices.
     pub seed: u64,
+    /// Write every key once before the measured run, so gets read values
+    /// (not misses); those writes are neither timed nor counted.
+    pub prefill: bool,
     /// Connection settings.
     pub client: ClientConfig,
 }
@@ -106,8 +113,8 @@ impl BenchConfig {
         if self.keyspace < u64::from(self.pipeline) {
             return invalid("--keyspace must be at least --pipeline");
         }
-        if self.value_size < 24 {
-            return invalid("--value-size must be at least 24 (the value carries its tag)");
+        if self.value_size < MIN_VALUE_SIZE {
+            return invalid("--value-size must be at least 16 (the value carries its tag)");
         }
         match self.stop {
             Stop::Requests(0) => invalid("--requests must be at least 1"),
@@ -233,8 +240,8 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
 
 /// Results of one lane, merged into the [`Report`].
 struct Tally {
-    sets: Histogram<u64>,
-    gets: Histogram<u64>,
+    sets: Option<Histogram<u64>>,
+    gets: Option<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
     wrong_values: u64,
     stale_reads: u64,
@@ -244,8 +251,8 @@ struct Tally {
 impl Tally {
     fn new() -> Tally {
         Tally {
-            sets: histogram(),
-            gets: histogram(),
+            sets: None,
+            gets: None,
             errors: BTreeMap::new(),
             wrong_values: 0,
             stale_reads: 0,
@@ -255,8 +262,8 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         // Same bounds on both sides: addition cannot fail.
-        let _ = self.sets.add(&other.sets);
-        let _ = self.gets.add(&other.gets);
+        merge_histogram(&mut self.sets, other.sets);
+        merge_histogram(&mut self.gets, other.gets);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
@@ -265,6 +272,25 @@ impl Tally {
         let room = MAX_EXAMPLES.saturating_sub(self.examples.len());
         self.examples.extend(other.examples.into_iter().take(room));
     }
+}
+
+/// Adds `other` into `into`; both have the same bounds, so this cannot fail.
+fn merge_histogram(into: &mut Option<Histogram<u64>>, other: Option<Histogram<u64>>) {
+    match (into.as_mut(), other) {
+        (Some(into), Some(other)) => {
+            let _ = into.add(&other);
+        }
+        (None, other) => *into = other,
+        (Some(_), None) => {}
+    }
+}
+
+/// Records one latency, creating the histogram on first use: hundreds of
+/// lanes times two eagerly allocated histograms (~140 KB each) cost more in
+/// page faults and memset than a short run's requests.
+fn record(h: &mut Option<Histogram<u64>>, micros: u64) {
+    h.get_or_insert_with(histogram)
+        .saturating_record(micros.max(1));
 }
 
 // The bounds are constants that hdrhistogram accepts: this cannot fail.
@@ -345,6 +371,10 @@ impl Report {
             "stale_reads": self.stale_reads,
             "wrong_value_examples": self.examples,
             "throughput_ops": self.throughput(),
+            "ops_per_sec": self.throughput(),
+            "p50_us": self.all_latency_us[0],
+            "p99_us": self.all_latency_us[2],
+            "p999_us": self.all_latency_us[3],
             "longest_gap_ms": self.longest_gap.as_secs_f64() * 1000.0,
             "latency_us": {
                 "all": lat(&self.all_latency_us),
@@ -408,9 +438,18 @@ struct Shared {
     config: BenchConfig,
     run_id: u64,
     issued: AtomicU64,
-    deadline: Option<Instant>,
-    /// Last success and the longest gap between two.
-    gaps: Mutex<(Instant, Duration)>,
+    /// When the measured run began (after any prefill).
+    start: OnceLock<Instant>,
+    /// When a `--duration` run ends; unset until it begins.
+    deadline: OnceLock<Instant>,
+    /// Microseconds from `start` to the latest success.
+    last_success_us: AtomicU64,
+    /// The longest time between two successes, in microseconds.
+    longest_gap_us: AtomicU64,
+    /// Every lane and `run` meet here once prefill is done.
+    prefilled: Barrier,
+    /// Flips to true once `start` is set: the measured run begins.
+    go: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -418,17 +457,22 @@ impl Shared {
     fn claim(&self) -> bool {
         match self.config.stop {
             Stop::Requests(n) => self.issued.fetch_add(1, Ordering::Relaxed) < n,
-            Stop::Duration(_) => self.deadline.is_none_or(|d| Instant::now() < d),
+            Stop::Duration(_) => self.deadline.get().is_none_or(|d| Instant::now() < *d),
         }
     }
 
+    fn micros_since_start(&self) -> u64 {
+        let start = self.start.get().copied().unwrap_or_else(Instant::now);
+        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a success. Lock-free: with hundreds of lanes a mutex here
+    /// showed up as contention.
     fn succeeded(&self) {
-        let now = Instant::now();
-        // Held for two assignments, never across an await.
-        let mut gaps = self.gaps.lock().unwrap_or_else(PoisonError::into_inner);
-        let gap = now.saturating_duration_since(gaps.0);
-        gaps.1 = gaps.1.max(gap);
-        gaps.0 = now;
+        let now = self.micros_since_start();
+        let previous = self.last_success_us.fetch_max(now, Ordering::Relaxed);
+        self.longest_gap_us
+            .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
     }
 }
 
@@ -476,17 +520,19 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             addr: config.addr.clone(),
             error,
         })?;
-    let start = Instant::now();
     let run_id = Rng::new(config.seed ^ u64::from(std::process::id())).next_u64() & 0xff_ffff;
+    let lanes = usize::try_from(u64::from(config.clients) * u64::from(config.pipeline))
+        .map_err(|_| BenchError::Invalid("too many lanes".to_string()))?;
     let shared = Arc::new(Shared {
-        deadline: match config.stop {
-            Stop::Duration(d) => Some(start + d),
-            Stop::Requests(_) => None,
-        },
         config,
         run_id,
         issued: AtomicU64::new(0),
-        gaps: Mutex::new((start, Duration::ZERO)),
+        start: OnceLock::new(),
+        deadline: OnceLock::new(),
+        last_success_us: AtomicU64::new(0),
+        longest_gap_us: AtomicU64::new(0),
+        prefilled: Barrier::new(lanes + 1),
+        go: watch::channel(false).0,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..shared.config.clients {
@@ -499,6 +545,13 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             tasks.spawn(run_lane(shared.clone(), connection.clone(), client, lane));
         }
     }
+    shared.prefilled.wait().await;
+    let start = Instant::now();
+    let _ = shared.start.set(start);
+    if let Stop::Duration(d) = shared.config.stop {
+        let _ = shared.deadline.set(start + d);
+    }
+    shared.go.send_replace(true);
     let mut total = Tally::new();
     while let Some(result) = tasks.join_next().await {
         match result {
@@ -512,24 +565,30 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         }
     }
     let elapsed = start.elapsed();
-    let longest_gap = {
-        let gaps = shared.gaps.lock().unwrap_or_else(PoisonError::into_inner);
-        // A run that ends in an outage has its gap at the end.
-        gaps.1.max(Instant::now().saturating_duration_since(gaps.0))
-    };
-    let mut all = total.sets.clone();
-    let _ = all.add(&total.gets);
+    // A run that ends in an outage has its gap at the end.
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let last = shared.last_success_us.load(Ordering::Relaxed);
+    let longest_gap = Duration::from_micros(
+        shared
+            .longest_gap_us
+            .load(Ordering::Relaxed)
+            .max(elapsed_us.saturating_sub(last)),
+    );
+    let sets = total.sets.unwrap_or_else(histogram);
+    let gets = total.gets.unwrap_or_else(histogram);
+    let mut all = sets.clone();
+    let _ = all.add(&gets);
     Ok(Report {
         elapsed,
-        sets: total.sets.len(),
-        gets: total.gets.len(),
+        sets: sets.len(),
+        gets: gets.len(),
         errors: total.errors,
         wrong_values: total.wrong_values,
         stale_reads: total.stale_reads,
         examples: total.examples,
         longest_gap,
-        set_latency_us: percentiles(&total.sets),
-        get_latency_us: percentiles(&total.gets),
+        set_latency_us: percentiles(&sets),
+        get_latency_us: percentiles(&gets),
         all_latency_us: percentiles(&all),
         seed: shared.config.seed,
     })
@@ -571,6 +630,22 @@ fn error_kind(error: &ClientError) -> String {
     }
 }
 
+/// One lane's fixed view of the run: its keys and its client id.
+struct Lane {
+    client: u32,
+    /// The lane's keys, by lane-local number (the key is `lane + pipeline * i`);
+    /// built once so a request costs no formatting.
+    keys: Vec<Bytes>,
+    pipeline: u64,
+    lane: u64,
+}
+
+impl Lane {
+    fn key_number(&self, i: u64) -> u64 {
+        self.lane + self.pipeline * i
+    }
+}
+
 async fn run_lane(
     shared: Arc<Shared>,
     connection: Arc<Connection>,
@@ -586,80 +661,165 @@ async fn run_lane(
     );
     let pipeline = u64::from(config.pipeline);
     let lane_keys = (config.keyspace - u64::from(lane)).div_ceil(pipeline);
+    let this = Lane {
+        client,
+        keys: (0..lane_keys)
+            .map(|i| {
+                let k = u64::from(lane) + pipeline * i;
+                Bytes::from(format!("bench-{:06x}-{client}-{k}", shared.run_id))
+            })
+            .collect(),
+        pipeline,
+        lane: u64::from(lane),
+    };
     let weight = u64::from(config.set_weight) + u64::from(config.get_weight);
     let mut seq = 0u64;
-    while shared.claim() {
-        let Some(conn) = connection.get(&shared).await else {
-            break;
-        };
-        let k = u64::from(lane) + pipeline * rng.below(lane_keys);
-        let key = Bytes::from(format!("bench-{:06x}-{client}-{k}", shared.run_id));
-        let is_set = rng.below(weight) < u64::from(config.set_weight);
-        let op = if is_set {
+    // The lane's own handle on the connection: going through the shared slot
+    // (an async mutex) on every request cost more than the request.
+    let mut conn: Option<Client> = None;
+    if config.prefill {
+        // Untimed and uncounted, but modelled, so later reads are checked.
+        let mut scratch = Tally::new();
+        for i in 0..lane_keys {
             seq += 1;
-            Op::Set {
-                key,
-                value: make_value(client, seq, config.value_size),
-            }
-        } else {
-            Op::Get { key }
-        };
-        let started = Instant::now();
-        let result = match conn.request(op).await {
-            Ok(Reply::Error(e)) => Err(ClientError::Server(e)),
-            other => other,
-        };
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match result {
-            Ok(Reply::Written { .. }) if is_set => {
-                model.written(k, seq);
-                tally.sets.saturating_record(micros.max(1));
-                shared.succeeded();
-            }
-            Ok(Reply::Value(value)) if !is_set => {
-                tally.gets.saturating_record(micros.max(1));
-                shared.succeeded();
-                let got = value.as_deref().map(|v| parse_value(client, v));
-                let check = match got {
-                    None => model.read(k, None),
-                    Some(Some(s)) => model.read(k, Some(s)),
-                    // Not a value this client writes at all.
-                    Some(None) => ReadCheck::Wrong,
-                };
-                match check {
-                    ReadCheck::Fresh => {}
-                    ReadCheck::Stale => tally.stale_reads += 1,
-                    ReadCheck::Wrong => {
-                        tally.wrong_values += 1;
-                        if tally.examples.len() < MAX_EXAMPLES {
-                            tally
-                                .examples
-                                .push(format!("client {client} key {k}: read {:?}", got.flatten()));
-                        }
-                    }
-                }
-            }
-            Ok(other) => {
-                let e = ClientError::UnexpectedReply {
-                    op: if is_set { "set" } else { "get" },
-                    reply: Box::new(other),
-                };
-                *tally.errors.entry(error_kind(&e)).or_default() += 1;
-            }
-            Err(e) => {
-                if is_set && outcome_unknown(&e) {
-                    model.maybe_written(k, seq);
-                }
-                *tally.errors.entry(error_kind(&e)).or_default() += 1;
-                if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
-                    // Honour the balancer's hint instead of hammering it.
-                    let wait = Duration::from_millis((*retry_after_ms).min(1000));
-                    tokio::time::sleep(wait).await;
-                }
-            }
+            issue(
+                &shared,
+                &connection,
+                &mut conn,
+                &this,
+                &mut model,
+                &mut scratch,
+                i,
+                Some(seq),
+                false,
+            )
+            .await;
+        }
+    }
+    shared.prefilled.wait().await;
+    let _ = shared.go.subscribe().wait_for(|go| *go).await;
+    while shared.claim() {
+        let i = rng.below(lane_keys);
+        let is_set = rng.below(weight) < u64::from(config.set_weight);
+        let value = is_set.then(|| {
+            seq += 1;
+            seq
+        });
+        if !issue(
+            &shared,
+            &connection,
+            &mut conn,
+            &this,
+            &mut model,
+            &mut tally,
+            i,
+            value,
+            true,
+        )
+        .await
+        {
+            break;
         }
     }
     tally
+}
+
+/// Sends one request for the lane's key `i` — a set of value `set` when
+/// given, a get otherwise — and judges and records the answer. `false` when
+/// the run ended while waiting for a connection.
+#[allow(clippy::too_many_arguments)]
+async fn issue(
+    shared: &Shared,
+    connection: &Connection,
+    conn: &mut Option<Client>,
+    lane: &Lane,
+    model: &mut Model,
+    tally: &mut Tally,
+    i: u64,
+    set: Option<u64>,
+    timed: bool,
+) -> bool {
+    let config = &shared.config;
+    let client = lane.client;
+    let c = match conn {
+        Some(c) => c,
+        None => match connection.get(shared).await {
+            Some(c) => conn.insert(c),
+            None => return false,
+        },
+    };
+    let k = lane.key_number(i);
+    let key = lane.keys.get(i as usize).cloned().unwrap_or_default();
+    let is_set = set.is_some();
+    let op = match set {
+        Some(seq) => Op::Set {
+            key,
+            value: make_value(client, seq, config.value_size),
+        },
+        None => Op::Get { key },
+    };
+    let started = Instant::now();
+    let result = match c.request(op).await {
+        Ok(Reply::Error(e)) => Err(ClientError::Server(e)),
+        other => other,
+    };
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match result {
+        Ok(Reply::Written { .. }) if is_set => {
+            model.written(k, set.unwrap_or_default());
+            record(&mut tally.sets, micros);
+            if timed {
+                shared.succeeded();
+            }
+        }
+        Ok(Reply::Value(value)) if !is_set => {
+            record(&mut tally.gets, micros);
+            if timed {
+                shared.succeeded();
+            }
+            let got = value.as_deref().map(|v| parse_value(client, v));
+            let check = match got {
+                None => model.read(k, None),
+                Some(Some(s)) => model.read(k, Some(s)),
+                // Not a value this client writes at all.
+                Some(None) => ReadCheck::Wrong,
+            };
+            match check {
+                ReadCheck::Fresh => {}
+                ReadCheck::Stale => tally.stale_reads += 1,
+                ReadCheck::Wrong => {
+                    tally.wrong_values += 1;
+                    if tally.examples.len() < MAX_EXAMPLES {
+                        tally
+                            .examples
+                            .push(format!("client {client} key {k}: read {:?}", got.flatten()));
+                    }
+                }
+            }
+        }
+        Ok(other) => {
+            let e = ClientError::UnexpectedReply {
+                op: if is_set { "set" } else { "get" },
+                reply: Box::new(other),
+            };
+            *tally.errors.entry(error_kind(&e)).or_default() += 1;
+        }
+        Err(e) => {
+            if let (Some(seq), true) = (set, outcome_unknown(&e)) {
+                model.maybe_written(k, seq);
+            }
+            if e.is_connection_error() {
+                *conn = None;
+            }
+            *tally.errors.entry(error_kind(&e)).or_default() += 1;
+            if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
+                // Honour the balancer's hint instead of hammering it.
+                let wait = Duration::from_millis((*retry_after_ms).min(1000));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -726,6 +886,7 @@ mod tests {
             keyspace: 64,
             value_size: 32,
             seed: 1,
+            prefill: false,
             client: ClientConfig::default(),
         }
     }
@@ -791,6 +952,27 @@ mod tests {
         let report = run(cfg).await.unwrap();
         // Lost writes show up as reads of older values.
         assert!(report.stale_reads > 0, "lost writes went unnoticed");
+        assert_eq!(report.wrong_values, 0);
+    }
+
+    #[tokio::test]
+    async fn prefill_writes_every_key_before_the_measured_run() {
+        let server = FakeServer::start().await;
+        let cfg = BenchConfig {
+            set_weight: 0,
+            stop: Stop::Requests(400),
+            prefill: true,
+            ..config(server.addr())
+        };
+        // Every prefill write but the first is acknowledged and then
+        // forgotten: reads that come back empty prove the keys were written
+        // (and modelled) before the measured run.
+        server.forget_writes_after(1);
+        let report = run(cfg).await.unwrap();
+        assert_eq!(report.sets, 0, "prefill writes are not counted");
+        assert_eq!(report.gets, 400);
+        // At most the reads of the one remembered key are fresh.
+        assert!(report.stale_reads > 300, "{}", report.stale_reads);
         assert_eq!(report.wrong_values, 0);
     }
 

@@ -42,6 +42,10 @@ struct Cli {
     /// Bytes per value.
     #[arg(long, value_name = "B", default_value_t = 100)]
     value_size: usize,
+    /// Write every key once before the measured run (untimed), so that gets
+    /// read values instead of misses.
+    #[arg(long)]
+    prefill: bool,
     /// Seed of the key and operation choices (random when absent).
     #[arg(long)]
     seed: Option<u64>,
@@ -112,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         keyspace: cli.keyspace,
         value_size: cli.value_size,
         seed,
+        prefill: cli.prefill,
         client: ClientConfig {
             request_timeout: Duration::from_millis(cli.timeout_ms),
             max_in_flight: usize::try_from(cli.pipeline).unwrap_or(usize::MAX).max(1),
