@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# bench/compare.sh: semikv and Redis side by side, on this machine, in one run.
+#
+# Builds the release binaries, starts a semikv cluster (3 replicas + balancer,
+# semi-sync to one follower) once with `--fsync always` and once with
+# `--fsync interval:1000`, and Redis (primary + 1 replica, AOF everysec), runs
+# SET and GET with 50 clients at pipeline 1 and 16 with 16-byte values, and
+# prints one table. Everything it starts is killed on every exit path.
+#
+# Knobs (environment): DURATION (seconds per semikv workload, default 5),
+# REDIS_N1 / REDIS_N16 (redis-benchmark -n at pipeline 1 / 16, defaults
+# 200000 / 1000000), CLIENTS (50), VALUE_SIZE (16), KEEP=1 keeps the temp dir.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-5}
+REDIS_N1=${REDIS_N1:-200000}
+REDIS_N16=${REDIS_N16:-1000000}
+CLIENTS=${CLIENTS:-50}
+VALUE_SIZE=${VALUE_SIZE:-16}
+
+PIDS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-compare.XXXXXX")
+
+log() { echo "compare: $*" >&2; }
+
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+# run_bg CMD...: runs CMD in the background and waits for it, so that a
+# signal to this script interrupts the wait at once (bash defers traps while a
+# foreground child runs, and ignores SIGINT if that child does not die of it).
+run_bg() {
+    "$@" &
+    local pid=$! rc=0 p kept=()
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    # Forget it once reaped: its pid may be reused by someone else's process.
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$pid" ]] || kept+=("$p")
+    done
+    PIDS=("${kept[@]+"${kept[@]}"}")
+    return "$rc"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
+        log "logs and data kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for_file FILE SECONDS
+wait_for_file() {
+    local deadline=$((SECONDS + $2))
+    until [[ -s "$1" ]]; do
+        ((SECONDS < deadline)) || { log "timed out waiting for $1"; return 1; }
+        sleep 0.1
+    done
+}
+
+# ---- build -----------------------------------------------------------------
+log "building release binaries"
+run_bg cargo build --manifest-path "$ROOT/Cargo.toml" --release --quiet \
+    --bin semikv-server --bin semikv-lb --bin semikv-bench
+TARGET=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BIN="$TARGET/release"
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    log "installing Redis (redis-server, redis-tools)"
+    if [[ $(id -u) -ne 0 ]]; then
+        log "redis-server is missing and this is not root: install redis-server and redis-tools"
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >"$WORK/apt.log" 2>&1
+fi
+
+# ---- semikv ------------------------------------------------------------------
+# start_semikv FSYNC: three replicas and a balancer; sets LB_ADDR.
+# Both clusters and Redis run for the whole measurement (idle ones cost
+# only heartbeats), so that the three columns of one row are measured
+# minutes apart at most and a change in the machine's load skews them less.
+start_semikv() {
+    local fsync=$1 dir="$WORK/semikv-${1//[:]/-}" id addrs=()
+    mkdir -p "$dir"
+    for id in 1 2 3; do
+        "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$dir/data-$id" \
+            --fsync "$fsync" --ready-file "$dir/replica-$id.addr" 2>"$dir/replica-$id.log" &
+        PIDS+=($!)
+    done
+    for id in 1 2 3; do
+        wait_for_file "$dir/replica-$id.addr" 30
+        addrs+=("$(tr -d '\n' <"$dir/replica-$id.addr")")
+    done
+    "$BIN/semikv-lb" 127.0.0.1:0 "${addrs[@]}" --sync-replicas 1 \
+        --ready-file "$dir/lb.addr" 2>"$dir/lb.log" &
+    PIDS+=($!)
+    wait_for_file "$dir/lb.addr" 30
+    LB_ADDR=$(tr -d '\n' <"$dir/lb.addr")
+    # Ready once a leader is elected and a write commits through the balancer.
+    local deadline=$((SECONDS + 30))
+    until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
+        --value-size "$VALUE_SIZE" --timeout-ms 1000 --json 2>/dev/null |
+        python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["failed"] == 0 else 1)' 2>/dev/null; do
+        ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $dir)"; return 1; }
+        sleep 0.2
+    done
+}
+
+# semikv_ops ADDR PIPELINE RATIO: sets OPS to the ops/s of one semikv-bench
+# run against the balancer at ADDR.
+semikv_ops() {
+    local addr=$1
+    shift
+    run_bg "$BIN/semikv-bench" --addr "$addr" --clients "$CLIENTS" --pipeline "$1" \
+        --ratio "$2" --keyspace "$((16 * $1))" --value-size "$VALUE_SIZE" --prefill \
+        --duration "$DURATION" --json >"$WORK/run.json" 2>>"$WORK/bench.log"
+    cat "$WORK/run.json" >>"$WORK/bench.json"
+    OPS=$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+if r["failed"] or r["wrong_values"]:
+    print("semikv-bench: %d failed, %d wrong values: %s" % (r["failed"], r["wrong_values"], r["errors"]), file=sys.stderr)
+print("%.0f" % r["ops_per_sec"])' "$WORK/run.json")
+}
+
+declare -A RESULT LB
+for fsync in always interval:1000; do
+    log "starting semikv with --fsync $fsync"
+    start_semikv "$fsync"
+    LB[$fsync]=$LB_ADDR
+done
+
+log "starting Redis primary + replica, appendonly yes, appendfsync everysec"
+RP=$(free_port)
+RR=$(free_port)
+for role in primary replica; do
+    mkdir -p "$WORK/redis-$role"
+done
+redis-server --bind 127.0.0.1 --port "$RP" --dir "$WORK/redis-primary" --save "" \
+    --appendonly yes --appendfsync everysec --daemonize no \
+    --logfile "$WORK/redis-primary/redis.log" &
+PIDS+=($!)
+redis-server --bind 127.0.0.1 --port "$RR" --dir "$WORK/redis-replica" --save "" \
+    --appendonly yes --appendfsync everysec --daemonize no --replicaof 127.0.0.1 "$RP" \
+    --logfile "$WORK/redis-replica/redis.log" &
+PIDS+=($!)
+deadline=$((SECONDS + 30))
+until redis-cli -p "$RR" info replication 2>/dev/null | grep -q 'master_link_status:up'; do
+    ((SECONDS < deadline)) || { log "Redis replica never connected"; exit 1; }
+    sleep 0.2
+done
+
+# redis_ops TEST PIPELINE: sets OPS to redis-benchmark's requests/s.
+redis_ops() {
+    local n=$REDIS_N1
+    [[ $2 == 16 ]] && n=$REDIS_N16
+    run_bg redis-benchmark -h 127.0.0.1 -p "$RP" -t "${1,,}" -c "$CLIENTS" -P "$2" -d "$VALUE_SIZE" \
+        -n "$n" --csv >"$WORK/redis.csv" 2>>"$WORK/redis-bench.log"
+    cat "$WORK/redis.csv" >>"$WORK/redis-all.csv"
+    OPS=$(python3 -c '
+import csv, sys
+for row in csv.reader(open(sys.argv[1])):
+    if row and row[0] == sys.argv[2].upper():
+        print("%.0f" % float(row[1]))' "$WORK/redis.csv" "$1")
+}
+
+for p in 1 16; do
+    for op in SET GET; do
+        ratio=1:0
+        [[ $op == GET ]] && ratio=0:1
+        for fsync in always interval:1000; do
+            semikv_ops "${LB[$fsync]}" "$p" "$ratio"
+            RESULT[semikv-$fsync-$op-$p]=$OPS
+            log "$op -P $p semikv --fsync $fsync: $OPS ops/s"
+        done
+        redis_ops "$op" "$p"
+        RESULT[redis-$op-$p]=$OPS
+        log "$op -P $p Redis: $OPS ops/s"
+    done
+done
+stop_all
+
+# ---- table -------------------------------------------------------------------
+echo
+echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "semikv: 3 replicas + balancer, semi-sync to 1 follower; Redis: primary + 1 replica, AOF everysec"
+echo "$CLIENTS clients, $VALUE_SIZE-byte values, semikv $DURATION s per workload"
+echo
+python3 - "$(for k in "${!RESULT[@]}"; do echo "$k=${RESULT[$k]}"; done)" <<'EOF'
+import sys
+r = dict(line.split("=", 1) for line in sys.argv[1].splitlines() if "=" in line)
+def num(key):
+    try:
+        return float(r[key])
+    except (KeyError, ValueError):
+        return None
+def ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b else "-"
+def fmt(x):
+    return "%.0f" % x if x is not None else "-"
+head = ["workload", "semikv always", "semikv interval:1000", "redis everysec",
+        "always/redis", "interval/redis"]
+rows = []
+for op in ("SET", "GET"):
+    for p in ("1", "16"):
+        a = num("semikv-always-%s-%s" % (op, p))
+        i = num("semikv-interval:1000-%s-%s" % (op, p))
+        d = num("redis-%s-%s" % (op, p))
+        rows.append(["%s -P %s" % (op, p), fmt(a), fmt(i), fmt(d), ratio(a, d), ratio(i, d)])
+widths = [max(len(x[c]) for x in [head] + rows) for c in range(len(head))]
+print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for row in rows:
+    print("| " + " | ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths))) + " |")
+EOF
