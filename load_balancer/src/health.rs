@@ -126,6 +126,12 @@ impl HealthLoop {
                 }
                 if self.table.record_miss(slot, self.config.down_after) {
                     warn!(addr = %link.addr(), misses = self.config.down_after, "replica is down (missed health checks)");
+                    // A silent replica (paused, hung host) would otherwise hold
+                    // the reads already sent to it for their whole timeout;
+                    // dropping the link fails them now, and the router retries
+                    // them on another replica.
+                    let link = link.clone();
+                    tokio::spawn(async move { link.disconnect().await });
                 }
             }
         }
