@@ -160,6 +160,26 @@ impl Client {
         .await
     }
 
+    /// Sets `key` until the write is acknowledged, retrying on error replies
+    /// (a new leader may need a moment for its followers to connect).
+    ///
+    /// # Errors
+    /// As [`Client::request`], or no acknowledgement within `within`.
+    pub async fn set_until_acked(
+        &mut self,
+        key: &str,
+        value: &str,
+        within: Duration,
+    ) -> anyhow::Result<LogIndex> {
+        let deadline = crate::wait::Deadline::new(within, "a write to be acknowledged");
+        loop {
+            match self.set(key.to_string(), value.to_string()).await? {
+                Reply::Written { index } => return Ok(index),
+                _ => deadline.tick().await?,
+            }
+        }
+    }
+
     /// `Delete key`.
     ///
     /// # Errors

@@ -14,19 +14,9 @@ async fn ready_cluster() -> (Cluster, Client) {
     let cluster = Cluster::with_balancer(3, &[], &[]).await.unwrap();
     let mut c = cluster.connect_balancer().await.unwrap();
     assert_eq!(c.welcome().node, None, "the balancer has no replica id");
-    let r = write_until_acked(&mut c, "warmup", "1").await;
+    let r = c.set_until_acked("warmup", "1", CONVERGE).await;
     cluster.explain(r).unwrap();
     (cluster, c)
-}
-
-async fn write_until_acked(c: &mut Client, key: &str, val: &str) -> anyhow::Result<LogIndex> {
-    let deadline = Deadline::new(CONVERGE, "a write through the balancer");
-    loop {
-        match c.set(key.to_string(), val.to_string()).await? {
-            Reply::Written { index } => return Ok(index),
-            _ => deadline.tick().await?,
-        }
-    }
 }
 
 #[tokio::test]
@@ -115,7 +105,7 @@ async fn kill_9_of_the_leader_fails_over_without_losing_acked_writes() {
     let old_epoch = c.cluster_status().await.unwrap().epoch;
     cluster.kill_replica(old).unwrap();
 
-    let r = write_until_acked(&mut c, "after", "failover").await;
+    let r = c.set_until_acked("after", "failover", CONVERGE).await;
     cluster.explain(r).unwrap();
     let new = cluster.leader_index().await.unwrap().unwrap();
     assert_ne!(new, old);
@@ -218,7 +208,7 @@ async fn writes_in_flight_through_the_balancer_when_the_leader_dies() {
             other => panic!("unexpected reply to a write: {other:?}"),
         }
     }
-    let r = write_until_acked(&mut c, "after", "failover").await;
+    let r = c.set_until_acked("after", "failover", CONVERGE).await;
     cluster.explain(r).unwrap();
     let new = cluster.leader_index().await.unwrap().unwrap();
     let mut lc = cluster.connect(new, Role::Client).await.unwrap();
@@ -241,7 +231,7 @@ async fn a_frozen_leader_is_replaced_and_cannot_acknowledge_when_it_wakes() {
     let mut direct = cluster.connect(old, Role::Client).await.unwrap();
     cluster.replica_mut(old).proc.stop().unwrap();
 
-    let r = write_until_acked(&mut c, "k", "2").await;
+    let r = c.set_until_acked("k", "2", CONVERGE).await;
     cluster.explain(r).unwrap();
     cluster.replica_mut(old).proc.cont().unwrap();
 
@@ -283,7 +273,7 @@ async fn with_every_follower_down_writes_fail_and_reads_are_served() {
     let mut cluster = cluster;
     let mut c = cluster.connect_balancer().await.unwrap();
     let i = cluster
-        .explain(write_until_acked(&mut c, "k", "v").await)
+        .explain(c.set_until_acked("k", "v", CONVERGE).await)
         .unwrap();
     let leader = cluster.leader_index().await.unwrap().unwrap();
     // The leader has the write applied; reads will only go to it.
@@ -367,7 +357,7 @@ async fn a_restarted_balancer_adopts_the_running_leader() {
     cluster.restart_balancer(&[]).await.unwrap();
     let mut c = cluster.connect_balancer().await.unwrap();
     cluster
-        .explain(write_until_acked(&mut c, "after", "restart").await)
+        .explain(c.set_until_acked("after", "restart", CONVERGE).await)
         .unwrap();
     let status = c.cluster_status().await.unwrap();
     assert_eq!(status.epoch, epoch, "no new election: {status:?}");

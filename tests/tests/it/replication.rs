@@ -6,21 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use semikv_protocol::*;
 use semikv_tests::client::{error, node, value, written};
-use semikv_tests::{Client, Cluster, Deadline};
+use semikv_tests::Cluster;
 
 use crate::CONVERGE;
-
-/// Retries a write until it is acknowledged (a new leader may need a moment
-/// for its followers to connect).
-async fn write_until_acked(c: &mut Client, key: &str, val: &str) -> anyhow::Result<LogIndex> {
-    let deadline = Deadline::new(CONVERGE, "a write to be acknowledged");
-    loop {
-        match c.set(key.to_string(), val.to_string()).await? {
-            Reply::Written { index } => return Ok(index),
-            _ => deadline.tick().await?,
-        }
-    }
-}
 
 #[tokio::test]
 async fn acked_writes_are_readable_from_followers() {
@@ -151,7 +139,7 @@ async fn manual_failover_keeps_every_acknowledged_write() {
 
     let mut c = cluster.connect(new_leader, Role::Client).await.unwrap();
     let after = cluster
-        .explain(write_until_acked(&mut c, "after", "failover").await)
+        .explain(c.set_until_acked("after", "failover", CONVERGE).await)
         .unwrap();
     for i in &acked {
         assert_eq!(
@@ -223,7 +211,7 @@ async fn a_stopped_leader_is_fenced_and_cannot_acknowledge() {
     assert_eq!(value(&c.get("k").await.unwrap()).unwrap(), Some("1".into()));
     let mut nc = cluster.connect(1, Role::Client).await.unwrap();
     let i = cluster
-        .explain(write_until_acked(&mut nc, "k2", "x").await)
+        .explain(nc.set_until_acked("k2", "x", CONVERGE).await)
         .unwrap();
     assert_eq!(
         value(&nc.get("k").await.unwrap()).unwrap(),
@@ -362,7 +350,7 @@ async fn kill_9_with_writes_in_flight_loses_no_acknowledged_write() {
 
     let mut lc = cluster.connect(new_leader, Role::Client).await.unwrap();
     let after = cluster
-        .explain(write_until_acked(&mut lc, "after", "x").await)
+        .explain(lc.set_until_acked("after", "x", CONVERGE).await)
         .unwrap();
     cluster
         .explain(cluster.wait_applied(other, after).await)
