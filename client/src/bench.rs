@@ -15,7 +15,8 @@
 //! (`wrong_values`, exit code 1 in the binary).
 //!
 //! Availability: `longest_gap` is the longest time with no request
-//! succeeding anywhere, e.g. across a failover.
+//! succeeding anywhere, `longest_write_gap` the longest with no write
+//! succeeding (a failover's write outage, while reads may go on).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -318,6 +319,9 @@ pub struct Report {
     pub examples: Vec<String>,
     /// Longest time with no successful request anywhere.
     pub longest_gap: Duration,
+    /// Longest time with no successful write: the write outage a failover
+    /// causes (reads may keep succeeding on followers meanwhile).
+    pub longest_write_gap: Duration,
     /// Set latency percentiles (µs): p50, p90, p99, p99.9, max.
     pub set_latency_us: [u64; 5],
     /// Get latency percentiles (µs).
@@ -376,6 +380,7 @@ impl Report {
             "p99_us": self.all_latency_us[2],
             "p999_us": self.all_latency_us[3],
             "longest_gap_ms": self.longest_gap.as_secs_f64() * 1000.0,
+            "longest_write_gap_ms": self.longest_write_gap.as_secs_f64() * 1000.0,
             "latency_us": {
                 "all": lat(&self.all_latency_us),
                 "set": lat(&self.set_latency_us),
@@ -421,6 +426,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "longest gap without a successful write: {:.1} ms",
+            self.longest_write_gap.as_secs_f64() * 1000.0
+        );
+        let _ = writeln!(
+            out,
             "stale reads (older values, e.g. from a lagging follower): {}",
             self.stale_reads
         );
@@ -446,6 +456,10 @@ struct Shared {
     last_success_us: AtomicU64,
     /// The longest time between two successes, in microseconds.
     longest_gap_us: AtomicU64,
+    /// Microseconds from `start` to the latest successful write.
+    last_write_us: AtomicU64,
+    /// The longest time between two successful writes, in microseconds.
+    longest_write_gap_us: AtomicU64,
     /// Every lane and `run` meet here once prefill is done.
     prefilled: Barrier,
     /// Flips to true once `start` is set: the measured run begins.
@@ -468,11 +482,16 @@ impl Shared {
 
     /// Records a success. Lock-free: with hundreds of lanes a mutex here
     /// showed up as contention.
-    fn succeeded(&self) {
+    fn succeeded(&self, write: bool) {
         let now = self.micros_since_start();
         let previous = self.last_success_us.fetch_max(now, Ordering::Relaxed);
         self.longest_gap_us
             .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
+        if write {
+            let previous = self.last_write_us.fetch_max(now, Ordering::Relaxed);
+            self.longest_write_gap_us
+                .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
+        }
     }
 }
 
@@ -531,6 +550,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         deadline: OnceLock::new(),
         last_success_us: AtomicU64::new(0),
         longest_gap_us: AtomicU64::new(0),
+        last_write_us: AtomicU64::new(0),
+        longest_write_gap_us: AtomicU64::new(0),
         prefilled: Barrier::new(lanes + 1),
         go: watch::channel(false).0,
     });
@@ -574,6 +595,18 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             .load(Ordering::Relaxed)
             .max(elapsed_us.saturating_sub(last)),
     );
+    // Only meaningful when the run writes at all.
+    let longest_write_gap = if shared.config.set_weight == 0 {
+        Duration::ZERO
+    } else {
+        let last = shared.last_write_us.load(Ordering::Relaxed);
+        Duration::from_micros(
+            shared
+                .longest_write_gap_us
+                .load(Ordering::Relaxed)
+                .max(elapsed_us.saturating_sub(last)),
+        )
+    };
     let sets = total.sets.unwrap_or_else(histogram);
     let gets = total.gets.unwrap_or_else(histogram);
     let mut all = sets.clone();
@@ -587,6 +620,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         stale_reads: total.stale_reads,
         examples: total.examples,
         longest_gap,
+        longest_write_gap,
         set_latency_us: percentiles(&sets),
         get_latency_us: percentiles(&gets),
         all_latency_us: percentiles(&all),
@@ -769,13 +803,13 @@ async fn issue(
             model.written(k, set.unwrap_or_default());
             record(&mut tally.sets, micros);
             if timed {
-                shared.succeeded();
+                shared.succeeded(true);
             }
         }
         Ok(Reply::Value(value)) if !is_set => {
             record(&mut tally.gets, micros);
             if timed {
-                shared.succeeded();
+                shared.succeeded(false);
             }
             let got = value.as_deref().map(|v| parse_value(client, v));
             let check = match got {
@@ -820,6 +854,30 @@ async fn issue(
         }
     }
     true
+}
+
+impl Report {
+    /// The availability summary of `semikv-bench --failover`: the write
+    /// outage and the answers a failover produces.
+    pub fn availability(&self) -> String {
+        let count = |kind: &str| self.errors.get(kind).copied().unwrap_or(0);
+        format!(
+            "availability: longest window without a successful write {:.1} ms; \
+             Indeterminate {}, Unavailable {}, NotEnoughReplicas {}, connection or timeout {}",
+            self.longest_write_gap.as_secs_f64() * 1000.0,
+            count("Indeterminate"),
+            count("Unavailable"),
+            count("NotEnoughReplicas"),
+            self.errors
+                .iter()
+                .filter(|(k, _)| matches!(
+                    k.as_str(),
+                    "connection_lost" | "not_connected" | "timeout"
+                ))
+                .map(|(_, n)| n)
+                .sum::<u64>(),
+        )
+    }
 }
 
 #[cfg(test)]

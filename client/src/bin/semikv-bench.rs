@@ -55,6 +55,11 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Availability mode, to run while someone kills or pauses the leader:
+    /// lead the report with the longest window without a successful write
+    /// and the Indeterminate/Unavailable counts. Kills nothing itself.
+    #[arg(long)]
+    failover: bool,
 }
 
 fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
@@ -134,6 +139,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&report.to_json()).context("cannot render JSON")?
         );
     } else {
+        if cli.failover {
+            println!("{}", report.availability());
+        }
         println!("{}", report.to_text());
     }
     Ok(if report.wrong_values == 0 {
