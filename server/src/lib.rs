@@ -83,7 +83,6 @@ pub async fn run(
         node,
         watches,
         config.clone(),
-        addr.to_string(),
         shutdown.clone(),
     ));
 

@@ -223,19 +223,9 @@ impl Node {
         node
     }
 
-    /// This replica's id.
-    pub fn id(&self) -> ReplicaId {
-        self.id
-    }
-
     /// The current epoch.
     pub fn epoch(&self) -> Epoch {
         self.epoch
-    }
-
-    /// The committed value of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.store.get(key)
     }
 
     /// The value of `key` for a client read, or `None` while this node leads
@@ -809,12 +799,6 @@ impl Node {
             .map(|e| (e, self.commit)))
     }
 
-    /// The snapshot base and the epoch it was written in.
-    pub fn base(&self) -> (LogIndex, Epoch) {
-        let base = self.log.base_index();
-        (base, self.log.epoch_at(base).unwrap_or_default())
-    }
-
     /// Starts a snapshot if the log holds more than `threshold` bytes since the
     /// last one and none is running.
     pub fn snapshot_job(&mut self, threshold: usize) -> Option<SnapshotJob> {
@@ -842,11 +826,6 @@ impl Node {
                 self.push_wal(WalCmd::Compact(index));
             }
         }
-    }
-
-    /// Whether a storage failure happened.
-    pub fn failed(&self) -> Option<&str> {
-        self.failed.as_deref()
     }
 
     /// Durable last index.
@@ -907,7 +886,7 @@ mod tests {
     }
 
     fn value(node: &Node, key: &str) -> Option<Bytes> {
-        node.get(key.as_bytes())
+        node.store.get(key.as_bytes())
     }
 
     #[test]

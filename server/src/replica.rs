@@ -15,8 +15,6 @@ pub struct Replica {
     writer_wake: Condvar,
     /// The replica's configuration.
     pub config: Config,
-    /// The address this replica serves on (for leader hints).
-    pub addr: String,
     /// Cancelled on shutdown, or when the disk fails.
     pub shutdown: CancellationToken,
     /// Serialises admin operations, so epochs are persisted in order.
@@ -49,18 +47,11 @@ impl Watches {
 
 impl Replica {
     /// Wraps a node.
-    pub fn new(
-        node: Node,
-        watch: Watches,
-        config: Config,
-        addr: String,
-        shutdown: CancellationToken,
-    ) -> Replica {
+    pub fn new(node: Node, watch: Watches, config: Config, shutdown: CancellationToken) -> Replica {
         Replica {
             node: Mutex::new(node),
             writer_wake: Condvar::new(),
             config,
-            addr,
             shutdown,
             admin: tokio::sync::Mutex::new(()),
             watch,
