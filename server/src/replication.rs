@@ -77,7 +77,12 @@ async fn send(conn: &mut Conn, msg: Message) -> Result<(), ReplicationError> {
     Ok(())
 }
 
-async fn recv(conn: &mut Conn) -> Result<Message, ReplicationError> {
+/// The next message from a whole connection or its read half; silence for
+/// [`SILENCE_TIMEOUT`] is an error.
+async fn recv<S>(conn: &mut S) -> Result<Message, ReplicationError>
+where
+    S: futures::Stream<Item = Result<Message, semikv_protocol::ProtocolError>> + Unpin,
+{
     match timeout(SILENCE_TIMEOUT, conn.next()).await {
         Err(_) => Err(ReplicationError::Timeout),
         Ok(None) => Err(ReplicationError::Closed),
@@ -148,11 +153,9 @@ async fn stream_to(
     let follower = sub.follower;
     let acks = async {
         loop {
-            let msg = match timeout(SILENCE_TIMEOUT, stream.next()).await {
-                Err(_) => return ReplicationError::Timeout,
-                Ok(None) => return ReplicationError::Closed,
-                Ok(Some(Err(e))) => return e.into(),
-                Ok(Some(Ok(msg))) => msg,
+            let msg = match recv(&mut stream).await {
+                Ok(msg) => msg,
+                Err(e) => return e,
             };
             match msg {
                 Message::Ack(Ack { epoch, match_index }) => {
@@ -377,11 +380,9 @@ async fn follow_once(
     let (mut sink, mut stream) = conn.split();
     let receive = async {
         loop {
-            let msg = match timeout(SILENCE_TIMEOUT, stream.next()).await {
-                Err(_) => return ReplicationError::Timeout,
-                Ok(None) => return ReplicationError::Closed,
-                Ok(Some(Err(e))) => return e.into(),
-                Ok(Some(Ok(msg))) => msg,
+            let msg = match recv(&mut stream).await {
+                Ok(msg) => msg,
+                Err(e) => return e,
             };
             let applied = match msg {
                 Message::Entries(Entries {
