@@ -49,11 +49,6 @@ pub enum Command {
     Restart(ReplicaId),
 }
 
-/// Every command name, for help and completion.
-pub const COMMAND_NAMES: &[&str] = &[
-    "set", "get", "del", "ping", "status", "help", "quit", "exit", "kill", "restart",
-];
-
 /// The argument synopsis of each command, for help and hints.
 pub const SYNOPSES: &[(&str, &str)] = &[
     ("set", "KEY=VALUE | KEY VALUE"),
@@ -67,6 +62,14 @@ pub const SYNOPSES: &[(&str, &str)] = &[
     ("kill", "ID"),
     ("restart", "ID"),
 ];
+
+/// The synopses a user can use: `kill` and `restart` only with `--local`.
+pub fn synopses(local: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    SYNOPSES
+        .iter()
+        .copied()
+        .filter(move |(name, _)| local || !matches!(*name, "kill" | "restart"))
+}
 
 /// Why a line is not a valid command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

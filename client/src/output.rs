@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use semikv_protocol::{ClusterStatus, NodeStatus, Reply};
 use serde_json::{json, Value};
 
-use crate::command::{quote_always, SYNOPSES};
+use crate::command::quote_always;
 
 /// How results are rendered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -216,11 +216,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The help text; `local` adds the local-cluster commands.
 pub fn help(style: Style, local: bool) -> String {
-    let visible = SYNOPSES
-        .iter()
-        .filter(|(name, _)| local || !matches!(*name, "kill" | "restart"));
+    let visible = crate::command::synopses(local);
     if style.one_line {
-        let names: Vec<&str> = visible.map(|(name, _)| *name).collect();
+        let names: Vec<&str> = visible.map(|(name, _)| name).collect();
         return format!("commands: {}", names.join(" "));
     }
     let mut out = String::from("commands:\n");

@@ -14,7 +14,6 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Config, Context, Editor, Helper};
 
-use crate::command::SYNOPSES;
 use crate::session::Session;
 
 /// Name of the history file in the user's home directory.
@@ -40,10 +39,7 @@ pub struct CommandHelper {
 
 impl CommandHelper {
     fn names(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
-        SYNOPSES
-            .iter()
-            .copied()
-            .filter(|(name, _)| self.local || !matches!(*name, "kill" | "restart"))
+        crate::command::synopses(self.local)
     }
 
     /// Command names that start with `prefix` (case-insensitively).

@@ -84,16 +84,8 @@ pub async fn run_once(session: &mut Session, words: Vec<OsString>) -> Outcome {
         .collect();
     match parse_words(words) {
         Ok(Some(command)) => session.execute(command).await,
-        Ok(None) => Outcome {
-            text: None,
-            ok: true,
-            quit: false,
-        },
-        Err(e) => Outcome {
-            text: Some(crate::output::error(e)),
-            ok: false,
-            quit: false,
-        },
+        Ok(None) => Outcome::nothing(),
+        Err(e) => Outcome::failed(e),
     }
 }
 

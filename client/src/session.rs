@@ -60,11 +60,11 @@ impl Outcome {
         }
     }
 
-    fn failed(message: impl std::fmt::Display) -> Outcome {
+    pub(crate) fn failed(message: impl std::fmt::Display) -> Outcome {
         Outcome::shown(output::error(message), false)
     }
 
-    fn nothing() -> Outcome {
+    pub(crate) fn nothing() -> Outcome {
         Outcome {
             text: None,
             ok: true,
@@ -143,11 +143,6 @@ impl Session {
         self.cluster.is_some()
     }
 
-    /// The local cluster, if any.
-    pub fn cluster_mut(&mut self) -> Option<&mut LocalCluster> {
-        self.cluster.as_mut()
-    }
-
     /// Parses and runs one line of text.
     pub async fn run_line(&mut self, line: &[u8]) -> Outcome {
         match parse_line(line) {
@@ -205,7 +200,6 @@ impl Session {
             {
                 Outcome::failed(format!("{e} (the write may or may not have been applied)"))
             }
-            Err(ClientError::Server(e)) => Outcome::failed(e),
             Err(e) => Outcome::failed(e),
         }
     }

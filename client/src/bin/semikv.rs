@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         return run_child(&sub, args);
     }
     let cli = Cli::parse_from(optional_local_count(args));
-    init_tracing();
+    semikv_server::cli::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -80,33 +80,11 @@ fn run_child(sub: &str, args: Vec<OsString>) -> ExitCode {
     let rest = args.into_iter().skip(2);
     if sub == REPLICA_SUBCOMMAND {
         let argv = std::iter::once(OsString::from("semikv-server")).chain(rest);
-        children::replica(argv.collect())
+        semikv_server::cli::main(argv.collect())
     } else {
         let argv = std::iter::once(OsString::from("semikv-lb")).chain(rest);
-        children::balancer(argv.collect())
+        semikv_lb::cli::main(argv.collect())
     }
-}
-
-mod children {
-    use std::ffi::OsString;
-    use std::process::ExitCode;
-
-    pub fn replica(args: Vec<OsString>) -> ExitCode {
-        semikv_server::cli::main(args)
-    }
-
-    pub fn balancer(args: Vec<OsString>) -> ExitCode {
-        semikv_lb::cli::main(args)
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 enum Mode {
