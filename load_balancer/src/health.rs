@@ -165,7 +165,7 @@ impl HealthLoop {
                 }));
                 info!(
                     leader = %self.addr(leader),
-                    old_leader = %old.map_or_else(|| "none".to_string(), |l| self.addr(l.slot)),
+                    old_leader = %old.map_or("none", |l| self.addr(l.slot)),
                     epoch = %epoch,
                     "adopted live leader"
                 );
@@ -272,7 +272,7 @@ impl HealthLoop {
                 let old = self.lost_leader.take();
                 info!(
                     leader = %self.addr(winner),
-                    old_leader = %old.map_or_else(|| "none".to_string(), |l| self.addr(l.slot)),
+                    old_leader = %old.map_or("none", |l| self.addr(l.slot)),
                     epoch = %epoch,
                     sync_replicas = sync,
                     elapsed_ms,
@@ -310,7 +310,7 @@ impl HealthLoop {
             let op = Op::Follow(Follow {
                 epoch,
                 leader: leader_id,
-                leader_addr: leader_addr.clone(),
+                leader_addr: leader_addr.to_string(),
             });
             async move { (slot, self.links[slot].request(op, timeout).await) }
         }))
@@ -331,7 +331,7 @@ impl HealthLoop {
         }
     }
 
-    fn addr(&self, slot: usize) -> String {
-        self.table.addr(slot).unwrap_or_default()
+    fn addr(&self, slot: usize) -> &str {
+        self.links.get(slot).map_or("", |link| link.addr())
     }
 }

@@ -71,9 +71,27 @@ struct Conn {
     closed: CancellationToken,
 }
 
-fn lock(p: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+fn lock<T>(p: &Mutex<T>) -> MutexGuard<'_, T> {
     // Updates are single map operations: a poisoned lock is still consistent.
     p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a request's entry out of the pending map however the request ends
+/// without a reply: its own timeout, or the caller dropping the future (the
+/// health check wraps requests in a timeout that also covers the connect),
+/// so the map cannot grow on a live connection.
+struct Waiter<'a> {
+    pending: &'a Mutex<Pending>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.pending).map.remove(&self.id);
+        }
+    }
 }
 
 /// The balancer's link to one replica; cheap to share.
@@ -83,7 +101,6 @@ pub struct ReplicaLink {
     addr: String,
     max_frame_len: usize,
     connect_timeout: Duration,
-    write_timeout: Duration,
     /// The open connection, read by every request: a std lock held for a
     /// clone only (an async mutex here serialised every request).
     current: Mutex<Option<Arc<Conn>>>,
@@ -113,7 +130,6 @@ impl ReplicaLink {
             addr,
             max_frame_len,
             connect_timeout,
-            write_timeout: WRITE_TIMEOUT,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -144,6 +160,11 @@ impl ReplicaLink {
             }
             pending.map.insert(id, reply_tx);
         }
+        let mut waiter = Waiter {
+            pending: &conn.pending,
+            id,
+            armed: true,
+        };
         let message = Message::Request(Request {
             id: RequestId(id),
             op,
@@ -156,11 +177,12 @@ impl ReplicaLink {
         })
         .await;
         match outcome {
-            Ok(result) => result,
-            Err(_) => {
-                lock(&conn.pending).map.remove(&id);
-                Err(ConnError::Timeout(timeout))
+            Ok(result) => {
+                // The reader removed the entry when it delivered the reply.
+                waiter.armed = result.is_err();
+                result
             }
+            Err(_) => Err(ConnError::Timeout(timeout)),
         }
     }
 
@@ -170,18 +192,14 @@ impl ReplicaLink {
     /// silent leader do not sit out their whole timeout.
     pub async fn disconnect(&self) {
         let _connecting = self.connecting.lock().await;
-        let taken = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let taken = lock(&self.current).take();
         if let Some(conn) = taken {
             conn.closed.cancel();
         }
     }
 
     fn open_connection(&self) -> Option<Arc<Conn>> {
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let current = lock(&self.current);
         current
             .as_ref()
             .filter(|conn| !conn.closed.is_cancelled())
@@ -200,7 +218,7 @@ impl ReplicaLink {
         let conn = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| ConnError::Connect("connect timed out".into()))??;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        *lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -237,7 +255,7 @@ impl ReplicaLink {
         let closed = self.shutdown.child_token();
 
         self.tasks
-            .spawn(outbox::run(sink, rx, closed.clone(), self.write_timeout));
+            .spawn(outbox::run(sink, rx, closed.clone(), WRITE_TIMEOUT));
 
         let reader_pending = pending.clone();
         let reader_closed = closed.clone();

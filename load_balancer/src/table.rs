@@ -76,21 +76,6 @@ impl Table {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number of configured replicas.
-    pub fn len(&self) -> usize {
-        self.lock().rows.len()
-    }
-
-    /// Whether no replica is configured.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The configured address of `slot`.
-    pub fn addr(&self, slot: usize) -> Option<String> {
-        self.lock().rows.get(slot).map(|r| r.addr.clone())
-    }
-
     /// The last status `slot` reported, if any.
     pub fn status(&self, slot: usize) -> Option<NodeStatus> {
         self.lock().rows.get(slot).and_then(|r| r.status.clone())
