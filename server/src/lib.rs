@@ -207,14 +207,9 @@ async fn snapshotter(replica: Arc<Replica>) {
             continue;
         };
         let dir = replica.config.data_dir.clone();
-        let index = job.last_index;
+        let index = job.meta.last_index;
         let written = tokio::task::spawn_blocking(move || {
-            let meta = storage::snapshot::SnapshotMeta {
-                last_index: job.last_index,
-                last_epoch: job.last_epoch,
-                history: job.history,
-            };
-            storage::snapshot::write(&dir, &meta, job.store.iter())
+            storage::snapshot::write(&dir, &job.meta, job.store.iter())
         })
         .await;
         match written {

@@ -23,6 +23,7 @@ use semikv_protocol::{
 use tokio::sync::{oneshot, watch};
 
 use crate::log::MemLog;
+use crate::storage::snapshot::SnapshotMeta;
 use crate::storage::store::Store;
 use crate::storage::wal::Record;
 
@@ -116,12 +117,8 @@ pub enum StreamPlan {
 /// Everything a new snapshot needs, taken under the lock.
 #[derive(Debug)]
 pub struct SnapshotJob {
-    /// Last index covered.
-    pub last_index: LogIndex,
-    /// Epoch of that index.
-    pub last_epoch: Epoch,
-    /// History up to it.
-    pub history: Vec<EpochStart>,
+    /// Last index covered, its epoch and the history up to it.
+    pub meta: SnapshotMeta,
     /// The map at that index.
     pub store: Store,
 }
@@ -810,9 +807,11 @@ impl Node {
         }
         self.snapshot_running = true;
         Some(SnapshotJob {
-            last_index: self.applied,
-            last_epoch: self.log.epoch_at(self.applied).unwrap_or_default(),
-            history: self.log.history_upto(self.applied),
+            meta: SnapshotMeta {
+                last_index: self.applied,
+                last_epoch: self.log.epoch_at(self.applied).unwrap_or_default(),
+                history: self.log.history_upto(self.applied),
+            },
             store: self.store.clone(),
         })
     }
@@ -1271,10 +1270,10 @@ mod tests {
         flush(&mut n);
         assert_eq!(n.commit_index(), LogIndex(11));
         let job = n.snapshot_job(0).unwrap();
-        assert_eq!(job.last_index, LogIndex(11));
+        assert_eq!(job.meta.last_index, LogIndex(11));
         assert_eq!(job.store.len(), 10);
         assert!(n.snapshot_job(0).is_none(), "one snapshot at a time");
-        n.snapshot_done(Some(job.last_index));
+        n.snapshot_done(Some(job.meta.last_index));
         assert!(n
             .take_outbox()
             .0

@@ -62,7 +62,7 @@ fn write_loop(
                 if replica.shutdown.is_cancelled() {
                     drop(node);
                     if unsynced {
-                        wal.sync()?;
+                        fsync(wal, stats)?;
                     }
                     return Ok(());
                 }
@@ -74,10 +74,8 @@ fn write_loop(
                 };
                 if wait.is_zero() {
                     drop(node);
-                    wal.sync()?;
-                    stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    last_sync = fsync(wal, stats)?;
                     unsynced = false;
-                    last_sync = Instant::now();
                     node = replica.lock();
                     continue;
                 }
@@ -106,11 +104,16 @@ fn write_loop(
             FsyncPolicy::Never => false,
         };
         if sync_now {
-            wal.sync()?;
-            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            last_sync = fsync(wal, stats)?;
             unsynced = false;
-            last_sync = Instant::now();
         }
         replica.with(|n| n.on_durable(generation, last));
     }
+}
+
+/// Makes everything written durable, counts it, and says when.
+fn fsync(wal: &mut Wal, stats: &WriterStats) -> anyhow::Result<Instant> {
+    wal.sync()?;
+    stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    Ok(Instant::now())
 }

@@ -56,17 +56,6 @@ pub enum StorageError {
     },
 }
 
-impl StorageError {
-    /// Whether this error means the data directory cannot be trusted (as
-    /// opposed to a call that was refused before touching anything).
-    pub fn is_fatal(&self) -> bool {
-        !matches!(
-            self,
-            StorageError::OutOfOrder { .. } | StorageError::Unencodable { .. }
-        )
-    }
-}
-
 /// Builds a `map_err` closure that wraps an `io::Error` with `op` and `path`.
 pub(super) fn io_err(
     op: &'static str,

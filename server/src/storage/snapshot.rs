@@ -80,7 +80,7 @@ pub fn write<'a>(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    publish(&dir, &tmp, meta.last_index)
+    publish(&dir, &tmp, meta.last_index, |other| other < meta.last_index)
 }
 
 /// Reads and fully validates the current snapshot, returning its metadata and
@@ -90,13 +90,7 @@ pub fn write<'a>(
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
 pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
-        return Ok(None);
-    };
-    let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-    let meta = decode(&path, &bytes, |_, _| {})?;
-    check_name(&path, &meta, index)?;
-    Ok(Some((meta, bytes)))
+    read_current(data_dir, |_, _| {})
 }
 
 /// Loads the current snapshot into a [`Store`], or `None` if there is none.
@@ -105,14 +99,24 @@ pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
 pub fn load_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Store)>, StorageError> {
+    let mut store = Store::default();
+    let current = read_current(data_dir, |k, v| store.insert(k, v))?;
+    Ok(current.map(|(meta, _)| (meta, store)))
+}
+
+/// Reads and validates the current snapshot, handing each pair to
+/// `on_pair`; returns its metadata and raw bytes.
+fn read_current(
+    data_dir: &Path,
+    on_pair: impl FnMut(Bytes, Bytes),
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
         return Ok(None);
     };
     let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-    let mut store = Store::default();
-    let meta = decode(&path, &bytes, |k, v| store.insert(k, v))?;
+    let meta = decode(&path, &bytes, on_pair)?;
     check_name(&path, &meta, index)?;
-    Ok(Some((meta, store)))
+    Ok(Some((meta, bytes)))
 }
 
 /// Validates a snapshot received from a leader and, only if it is valid,
@@ -138,8 +142,9 @@ pub fn install(data_dir: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Store), S
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    publish(&dir, &tmp, meta.last_index)?;
-    remove_snapshots(&dir, |index| index != meta.last_index)?;
+    publish(&dir, &tmp, meta.last_index, |other| {
+        other != meta.last_index
+    })?;
     Ok((meta, store))
 }
 
@@ -191,15 +196,20 @@ fn write_temp<'a>(
 }
 
 /// Renames the fsynced `tmp` into place, fsyncs the directory, then deletes
-/// older snapshots.
-fn publish(dir: &Path, tmp: &Path, index: LogIndex) -> Result<PathBuf, StorageError> {
+/// the snapshots `doomed` picks.
+fn publish(
+    dir: &Path,
+    tmp: &Path,
+    index: LogIndex,
+    doomed: impl Fn(LogIndex) -> bool,
+) -> Result<PathBuf, StorageError> {
     let path = snapshot_path(dir, index);
     if let Err(e) = fs::rename(tmp, &path) {
         let _ = fs::remove_file(tmp);
         return Err(io_err("renaming", tmp)(e));
     }
     super::sync_dir(dir)?;
-    remove_snapshots(dir, |other| other < index)?;
+    remove_snapshots(dir, doomed)?;
     Ok(path)
 }
 

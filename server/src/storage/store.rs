@@ -54,11 +54,6 @@ impl Store {
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         self.map.iter()
     }
-
-    /// Removes every key.
-    pub fn clear(&mut self) {
-        self.map.clear();
-    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ impl Wal {
             let replayed = replay_segment(seg, after, i + 1 == count, opts, &mut entries)?;
             max_commit = max_commit.max(replayed.max_commit);
             if let Some(offset) = replayed.torn_at {
-                truncate_torn_tail(&seg.path, offset)?;
+                truncate_file(&seg.path, offset)?;
                 seg.len = offset;
                 truncated_tail = Some((seg.path.clone(), offset));
             }
@@ -385,25 +385,11 @@ impl Wal {
     fn truncate_inner(&mut self, index: LogIndex) -> Result<(), StorageError> {
         let keep = self.segments.iter().filter(|s| s.first <= index).count();
         if keep < self.segments.len() {
-            self.active = None;
-            while self.segments.len() > keep {
-                if let Some(seg) = self.segments.pop() {
-                    fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
-                }
-            }
-            super::sync_dir(&self.dir)?;
-            self.dir_dirty = false;
-            self.open_active()?;
+            self.drop_segments_from(keep)?;
         }
         if let Some(seg) = self.segments.last_mut() {
             if let Some(offset) = find_entry(seg, index.next(), self.opts)? {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_err("opening", &seg.path))?;
-                file.set_len(offset)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err("truncating", &seg.path))?;
+                truncate_file(&seg.path, offset)?;
                 seg.len = offset;
             }
         }
@@ -430,14 +416,23 @@ impl Wal {
     }
 
     fn reset_inner(&mut self, after: LogIndex) -> Result<(), StorageError> {
+        self.drop_segments_from(0)?;
+        self.next = after.next();
+        Ok(())
+    }
+
+    /// Deletes segments `keep..`, newest first so a crash leaves a prefix,
+    /// fsyncs the directory and reopens the last survivor (if any).
+    fn drop_segments_from(&mut self, keep: usize) -> Result<(), StorageError> {
         self.active = None;
-        while let Some(seg) = self.segments.pop() {
-            fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
+        while self.segments.len() > keep {
+            if let Some(seg) = self.segments.pop() {
+                fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
+            }
         }
         super::sync_dir(&self.dir)?;
         self.dir_dirty = false;
-        self.next = after.next();
-        Ok(())
+        self.open_active()
     }
 }
 
@@ -626,7 +621,8 @@ fn valid_record_after(rest: &[u8], max_len: usize) -> Option<usize> {
     })
 }
 
-fn truncate_torn_tail(path: &Path, offset: u64) -> Result<(), StorageError> {
+/// Cuts `path` to `offset` bytes, durably.
+fn truncate_file(path: &Path, offset: u64) -> Result<(), StorageError> {
     let file = OpenOptions::new()
         .write(true)
         .open(path)
