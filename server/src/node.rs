@@ -27,6 +27,10 @@ use crate::storage::snapshot::SnapshotMeta;
 use crate::storage::store::Store;
 use crate::storage::wal::Record;
 
+/// Overlay entries folded into the store at each snapshot check (every
+/// 100 ms), under the node lock: about a millisecond of work.
+const FOLD_PER_SNAPSHOT_CHECK: usize = 16_384;
+
 /// What a write's waiter is told.
 pub type WriteOutcome = Result<LogIndex, ErrorReply>;
 
@@ -799,7 +803,12 @@ impl Node {
     /// Starts a snapshot if the log holds more than `threshold` bytes since the
     /// last one and none is running.
     pub fn snapshot_job(&mut self, threshold: usize) -> Option<SnapshotJob> {
-        if self.snapshot_running
+        // Writes fold the overlay the last snapshot left; this covers a
+        // quiet replica. A new snapshot waits until it is gone, so its copy
+        // stays O(1).
+        let folded = self.store.fold(FOLD_PER_SNAPSHOT_CHECK);
+        if !folded
+            || self.snapshot_running
             || self.log.bytes() < threshold
             || self.applied <= self.log.base_index()
         {

@@ -1,0 +1,81 @@
+//! Criterion micro-benchmarks of the in-memory store: the copy a snapshot
+//! takes under the node lock (and, for comparison, what the same copy of a
+//! flat `std` hash map costs), and the per-write and per-read costs.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use semikv_protocol::WriteOp;
+use semikv_server::storage::store::Store;
+
+/// Keys in the big store: about 60 MB of keys and values, what a modest
+/// deployment holds.
+const KEYS: u64 = 1_000_000;
+
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("bench-abcdef-7-{i}"))
+}
+
+fn set(i: u64) -> WriteOp {
+    WriteOp::Set {
+        key: key(i),
+        value: Bytes::from_static(b"7:12345:xxxxxxxx"),
+    }
+}
+
+fn store(c: &mut Criterion) {
+    let mut big = Store::default();
+    let mut flat: HashMap<Bytes, Bytes> = HashMap::new();
+    for i in 0..KEYS {
+        big.apply(&set(i));
+        if let WriteOp::Set { key, value } = set(i) {
+            flat.insert(key, value);
+        }
+    }
+    let mut group = c.benchmark_group("store_1m_keys");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("snapshot_copy", |b| b.iter(|| black_box(big.clone())));
+    group.bench_function("snapshot_copy_flat_std_map", |b| {
+        b.iter(|| black_box(flat.clone()))
+    });
+    let mut i = 0u64;
+    group.bench_function("apply_set_flat_std_map", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            if let WriteOp::Set { key, value } = set(i) {
+                flat.insert(key, value);
+            }
+        })
+    });
+    drop(flat);
+    group.bench_function("apply_set", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            big.apply(&set(i));
+        })
+    });
+    group.bench_function("apply_set_while_a_snapshot_holds_a_copy", |b| {
+        let held = big.clone();
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            big.apply(&set(i));
+        });
+        drop(held);
+    });
+    let keys: Vec<Bytes> = (0..1024).map(|i| key(i * 977 % KEYS)).collect();
+    group.bench_function("get", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1024;
+            black_box(big.get(&keys[i as usize]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store);
+criterion_main!(benches);
