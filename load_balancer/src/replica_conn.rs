@@ -6,6 +6,11 @@
 //! connection breaks, every request in flight is answered
 //! [`ConnError::Broken`] at once and the health loop is told (the fast path of
 //! failure detection); the next request reconnects.
+//!
+//! Health checks and admin requests (`Status`, `Fence`, `Promote`, `Follow`)
+//! travel on a second connection of their own: on the data connection they
+//! queued behind thousands of pipelined writes, so a busy but healthy leader
+//! missed its checks and was failed over.
 
 use std::collections::HashMap;
 use std::io;
@@ -94,6 +99,34 @@ impl Drop for Waiter<'_> {
     }
 }
 
+/// One connection slot of a link.
+#[derive(Debug, Default)]
+struct Channel {
+    /// The open connection, read by every request: a std lock held for a
+    /// clone only (an async mutex here serialised every request).
+    current: Mutex<Option<Arc<Conn>>>,
+    /// Serialises (re)connecting, so one broken link makes one new connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Channel {
+    fn open_connection(&self) -> Option<Arc<Conn>> {
+        let current = lock(&self.current);
+        current
+            .as_ref()
+            .filter(|conn| !conn.closed.is_cancelled())
+            .cloned()
+    }
+
+    async fn disconnect(&self) {
+        let _connecting = self.connecting.lock().await;
+        let taken = lock(&self.current).take();
+        if let Some(conn) = taken {
+            conn.closed.cancel();
+        }
+    }
+}
+
 /// The balancer's link to one replica; cheap to share.
 #[derive(Debug)]
 pub struct ReplicaLink {
@@ -101,11 +134,10 @@ pub struct ReplicaLink {
     addr: String,
     max_frame_len: usize,
     connect_timeout: Duration,
-    /// The open connection, read by every request: a std lock held for a
-    /// clone only (an async mutex here serialised every request).
-    current: Mutex<Option<Arc<Conn>>>,
-    /// Serialises (re)connecting, so one broken link makes one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Client reads and writes.
+    data: Channel,
+    /// Health checks and admin requests.
+    control: Channel,
     next_id: AtomicU64,
     broken_tx: mpsc::Sender<usize>,
     shutdown: CancellationToken,
@@ -130,8 +162,8 @@ impl ReplicaLink {
             addr,
             max_frame_len,
             connect_timeout,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            data: Channel::default(),
+            control: Channel::default(),
             next_id: AtomicU64::new(1),
             broken_tx,
             shutdown,
@@ -150,7 +182,12 @@ impl ReplicaLink {
     /// # Errors
     /// [`ConnError`]: see [`ConnError::never_sent`] for whether it may have run.
     pub async fn request(&self, op: Op, timeout: Duration) -> Result<Reply, ConnError> {
-        let conn = self.connection().await?;
+        let channel = if op.is_admin() || matches!(op, Op::Status) {
+            &self.control
+        } else {
+            &self.data
+        };
+        let conn = self.connection(channel).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -186,39 +223,28 @@ impl ReplicaLink {
         }
     }
 
-    /// Drops the current connection, if any: every request in flight on it
-    /// is answered [`ConnError::Broken`] at once, and the next request
+    /// Drops the current connections, if any: every request in flight on
+    /// them is answered [`ConnError::Broken`] at once, and the next request
     /// reconnects. Used when the replica is deposed, so writes waiting on a
     /// silent leader do not sit out their whole timeout.
     pub async fn disconnect(&self) {
-        let _connecting = self.connecting.lock().await;
-        let taken = lock(&self.current).take();
-        if let Some(conn) = taken {
-            conn.closed.cancel();
-        }
+        self.data.disconnect().await;
+        self.control.disconnect().await;
     }
 
-    fn open_connection(&self) -> Option<Arc<Conn>> {
-        let current = lock(&self.current);
-        current
-            .as_ref()
-            .filter(|conn| !conn.closed.is_cancelled())
-            .cloned()
-    }
-
-    async fn connection(&self) -> Result<Arc<Conn>, ConnError> {
-        if let Some(conn) = self.open_connection() {
+    async fn connection(&self, channel: &Channel) -> Result<Arc<Conn>, ConnError> {
+        if let Some(conn) = channel.open_connection() {
             return Ok(conn);
         }
-        let _connecting = self.connecting.lock().await;
+        let _connecting = channel.connecting.lock().await;
         // Someone else may have connected while we waited.
-        if let Some(conn) = self.open_connection() {
+        if let Some(conn) = channel.open_connection() {
             return Ok(conn);
         }
         let conn = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| ConnError::Connect("connect timed out".into()))??;
-        *lock(&self.current) = Some(conn.clone());
+        *lock(&channel.current) = Some(conn.clone());
         Ok(conn)
     }
 

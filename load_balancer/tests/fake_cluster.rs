@@ -36,7 +36,11 @@ struct FakeState {
     leader_addr: Option<String>,
     map: HashMap<Bytes, Bytes>,
     hang_writes: bool,
+    /// A set stops its connection: nothing more is read from it (a replica
+    /// busy with a deep pipeline, as seen by what queues behind it).
+    wedge_on_set: bool,
     mute: bool,
+    statuses: u64,
     sets_seen: u64,
     gets_served: u64,
     promotes: Vec<(u64, u32)>,
@@ -71,7 +75,10 @@ impl FakeState {
     fn apply(&mut self, op: Op) -> Option<Reply> {
         let role = self.role.unwrap_or(NodeRole::Idle);
         Some(match op {
-            Op::Status => Reply::Node(self.status()),
+            Op::Status => {
+                self.statuses += 1;
+                Reply::Node(self.status())
+            }
             Op::Ping => Reply::Pong,
             Op::Fence(f) => {
                 if let Some(r) = self.stale(f.epoch) {
@@ -213,14 +220,16 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
         let Some(Ok(Message::Request(Request { id, op }))) = msg else {
             return;
         };
-        let reply = {
+        let is_set = matches!(op, Op::Set { .. });
+        let (reply, wedge) = {
             let mut s = state.lock().unwrap();
-            if s.mute {
-                None
-            } else {
-                s.apply(op)
-            }
+            let reply = if s.mute { None } else { s.apply(op) };
+            (reply, is_set && s.wedge_on_set)
         };
+        if wedge {
+            kill.cancelled().await;
+            return;
+        }
         if let Some(reply) = reply {
             if framed
                 .send(Message::Response(Response { id, reply }))
@@ -771,6 +780,35 @@ async fn a_leader_that_stops_answering_is_replaced_after_missed_checks() {
     // It wakes up still claiming to lead at epoch 2 and is told to follow.
     a.s().mute = false;
     until("a follows b", || follows(&a, &b, 3)).await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn health_checks_do_not_queue_behind_client_requests() {
+    let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    // The next set wedges the connection it arrives on, like a long queue
+    // of pipelined writes: whatever is sent after it there waits.
+    a.s().wedge_on_set = true;
+    client
+        .send(Op::Set {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v2"),
+        })
+        .await;
+    until("the set reached the leader", || a.s().sets_seen >= 2).await;
+    let seen = a.s().statuses;
+    // Many times down_after heartbeats of checks answered: the leader is
+    // busy, not dead, and keeps leading.
+    until("health checks keep being answered", || {
+        a.s().statuses >= seen + 20
+    })
+    .await;
+    assert!(is_leader_at(&a, 2), "the busy leader was deposed");
+    assert!(b.s().promotes.is_empty(), "the follower was promoted");
     lb.stop().await;
 }
 
