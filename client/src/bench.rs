@@ -17,8 +17,16 @@
 //! Availability: `longest_gap` is the longest time with no request
 //! succeeding anywhere, `longest_write_gap` the longest with no write
 //! succeeding (a failover's write outage, while reads may go on).
+//!
+//! Progress: every lane publishes its own totals on its own cache line
+//! (plain stores by the one lane that owns it: no shared counter for
+//! requests to contend on); [`run_with_progress`] sums them a few times a
+//! second and hands a [`Progress`] sample to its caller, and
+//! [`progress_line`] renders a sample as one terminal line of at most
+//! [`MAX_PROGRESS_WIDTH`] columns.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -244,6 +252,11 @@ struct Tally {
     sets: Option<Histogram<u64>>,
     gets: Option<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// Successful requests: a plain copy of the histograms' counts, kept for
+    /// the progress line.
+    ok: u64,
+    /// Failed requests: the sum of `errors`, kept for the progress line.
+    failed: u64,
     wrong_values: u64,
     stale_reads: u64,
     examples: Vec<String>,
@@ -255,6 +268,8 @@ impl Tally {
             sets: None,
             gets: None,
             errors: BTreeMap::new(),
+            ok: 0,
+            failed: 0,
             wrong_values: 0,
             stale_reads: 0,
             examples: Vec::new(),
@@ -268,6 +283,8 @@ impl Tally {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
+        self.ok += other.ok;
+        self.failed += other.failed;
         self.wrong_values += other.wrong_values;
         self.stale_reads += other.stale_reads;
         let room = MAX_EXAMPLES.saturating_sub(self.examples.len());
@@ -443,11 +460,240 @@ impl Report {
     }
 }
 
+/// How often the binary redraws its progress line: 5 times a second.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// The widest line [`progress_line`] renders, in columns.
+pub const MAX_PROGRESS_WIDTH: usize = 80;
+/// The narrowest bar worth drawing: below it the bar is left out.
+const MIN_BAR_WIDTH: usize = 5;
+/// The widest bar: the numbers matter more.
+const MAX_BAR_WIDTH: usize = 24;
+/// Gaps from this long on are shown in seconds rather than milliseconds.
+const GAP_IN_SECONDS: Duration = Duration::from_secs(10);
+
+/// Which part of a run a [`Progress`] sample describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `prefill` writing every key once before the measured run.
+    Prefill,
+    /// The measured run.
+    Run,
+}
+
+/// A sample of a run in progress, for the progress line. Counts cover the
+/// current phase only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// The phase sampled.
+    pub phase: Phase,
+    /// Time since the phase began.
+    pub elapsed: Duration,
+    /// When the phase ends; prefill always ends after
+    /// `Requests(keys in total)`.
+    pub stop: Stop,
+    /// Requests answered so far, failed ones included.
+    pub done: u64,
+    /// Successful requests per second since the previous sample.
+    pub ops_per_sec: f64,
+    /// Failed requests so far.
+    pub errors: u64,
+    /// The longest time without a successful write so far, the one going on
+    /// now included; `None` during the prefill and when the run does not
+    /// write (a caller that does not want it shown may also clear it).
+    pub write_gap: Option<Duration>,
+}
+
+/// Renders `progress` as one line of plain ASCII (so bytes are columns) of
+/// at most `width` columns, and never more than [`MAX_PROGRESS_WIDTH`]:
+/// `[####----] 12.0/30.0 s  40%  45210 ops/s  3 err  write gap 25 ms`.
+/// The bar shrinks or goes first when room is short; the line is cut
+/// last. Carries no control characters: drawing it is the caller's job.
+pub fn progress_line(progress: &Progress, width: usize) -> String {
+    let width = width.min(MAX_PROGRESS_WIDTH);
+    let (fraction, position) = match progress.stop {
+        Stop::Requests(total) => (
+            if total == 0 {
+                1.0
+            } else {
+                progress.done as f64 / total as f64
+            },
+            format!("{}/{total}", progress.done),
+        ),
+        Stop::Duration(total) => {
+            let (elapsed, total) = (progress.elapsed.as_secs_f64(), total.as_secs_f64());
+            (
+                if total > 0.0 { elapsed / total } else { 1.0 },
+                format!("{elapsed:.1}/{total:.1} s"),
+            )
+        }
+    };
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let ops = if progress.ops_per_sec.is_finite() {
+        progress.ops_per_sec.max(0.0)
+    } else {
+        0.0
+    };
+    let mut fields = Vec::with_capacity(5);
+    fields.push(match progress.phase {
+        Phase::Prefill => format!("prefill {position}"),
+        Phase::Run => position,
+    });
+    // Floor, so that 100% means finished.
+    fields.push(format!("{:>3}%", (fraction * 100.0).floor() as u64));
+    fields.push(format!("{ops:.0} ops/s"));
+    fields.push(format!("{} err", progress.errors));
+    if let Some(gap) = progress.write_gap {
+        fields.push(if gap >= GAP_IN_SECONDS {
+            format!("write gap {:.1} s", gap.as_secs_f64())
+        } else {
+            format!("write gap {:.0} ms", gap.as_secs_f64() * 1000.0)
+        });
+    }
+    let text = fields.join("  ");
+    // "[" + bar + "] " before the text.
+    let bar_width = width.saturating_sub(text.len() + 3).min(MAX_BAR_WIDTH);
+    let mut line = if bar_width >= MIN_BAR_WIDTH {
+        let filled = ((fraction * bar_width as f64).floor() as usize).min(bar_width);
+        format!(
+            "[{}{}] {text}",
+            "#".repeat(filled),
+            "-".repeat(bar_width - filled)
+        )
+    } else {
+        text
+    };
+    // Only a tiny width or absurd numbers leave the text itself too long;
+    // every byte is ASCII, so this cannot split a character.
+    line.truncate(width);
+    line
+}
+
+/// One lane's live totals, alone on its cache line (the alignment pads it)
+/// so that requests never contend: only the owning lane writes them, with
+/// plain stores of its own counts (no read-modify-write), and the progress
+/// sampler reads them a few times a second.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct LaneCounts {
+    prefill_ok: AtomicU64,
+    prefill_failed: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl LaneCounts {
+    /// Publishes `tally`'s totals as the lane's counts for `phase`.
+    fn publish(&self, phase: Phase, tally: &Tally) {
+        let (ok, failed) = match phase {
+            Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
+            Phase::Run => (&self.ok, &self.failed),
+        };
+        ok.store(tally.ok, Ordering::Relaxed);
+        failed.store(tally.failed, Ordering::Relaxed);
+    }
+
+    /// The lane's (successful, failed) counts for `phase`.
+    fn load(&self, phase: Phase) -> (u64, u64) {
+        let (ok, failed) = match phase {
+            Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
+            Phase::Run => (&self.ok, &self.failed),
+        };
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`run_with_progress`] hands its samples to.
+type Observer<'a> = &'a mut (dyn FnMut(&Progress) + Send);
+
+/// Samples the lanes' counts on every tick of its interval and hands the
+/// result to the observer.
+struct Sampler<'a> {
+    shared: Arc<Shared>,
+    interval: tokio::time::Interval,
+    observer: Observer<'a>,
+    /// When the prefill began (when the lanes were started).
+    began: Instant,
+    /// The phase, successful count and time of the previous sample, for the
+    /// current rate.
+    previous: Option<(Phase, u64, Instant)>,
+}
+
+impl Sampler<'_> {
+    /// Takes a sample as of `now`.
+    fn sample(&mut self, now: Instant) {
+        let config = &self.shared.config;
+        let (phase, phase_start, stop) = match self.shared.start.get() {
+            Some(start) => (Phase::Run, *start, config.stop),
+            // Without prefill the lanes are only connecting: nothing to show.
+            None if !config.prefill => return,
+            None => (
+                Phase::Prefill,
+                self.began,
+                Stop::Requests(config.keyspace.saturating_mul(u64::from(config.clients))),
+            ),
+        };
+        let (ok, failed) = self
+            .shared
+            .counts
+            .iter()
+            .map(|c| c.load(phase))
+            .fold((0u64, 0u64), |(ok, failed), (o, f)| {
+                (ok.saturating_add(o), failed.saturating_add(f))
+            });
+        let (since_ok, since) = match self.previous {
+            Some((p, ok, at)) if p == phase => (ok, at),
+            _ => (0, phase_start),
+        };
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        let ops_per_sec = if secs > 0.0 {
+            ok.saturating_sub(since_ok) as f64 / secs
+        } else {
+            0.0
+        };
+        self.previous = Some((phase, ok, now));
+        let elapsed = now.saturating_duration_since(phase_start);
+        let write_gap = (phase == Phase::Run && config.set_weight > 0).then(|| {
+            let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            self.shared.write_gap.longest(elapsed_us)
+        });
+        (self.observer)(&Progress {
+            phase,
+            elapsed,
+            stop,
+            done: ok.saturating_add(failed),
+            ops_per_sec,
+            errors: failed,
+            write_gap,
+        });
+    }
+}
+
+/// Awaits `future`, sampling progress meanwhile when there is a sampler.
+async fn sampled<T>(future: impl Future<Output = T>, sampler: &mut Option<Sampler<'_>>) -> T {
+    let Some(sampler) = sampler.as_mut() else {
+        return future.await;
+    };
+    let mut future = std::pin::pin!(future);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut future => return out,
+            _ = sampler.interval.tick() => sampler.sample(Instant::now()),
+        }
+    }
+}
+
 /// Shared run state.
 struct Shared {
     config: BenchConfig,
     run_id: u64,
     issued: AtomicU64,
+    /// Each lane's live counts, indexed `client * pipeline + lane`.
+    counts: Box<[LaneCounts]>,
     /// When the measured run began (after any prefill).
     start: OnceLock<Instant>,
     /// When a `--duration` run ends; unset until it begins.
@@ -463,6 +709,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: BenchConfig, run_id: u64, lanes: usize) -> Shared {
+        Shared {
+            config,
+            run_id,
+            issued: AtomicU64::new(0),
+            counts: (0..lanes).map(|_| LaneCounts::default()).collect(),
+            start: OnceLock::new(),
+            deadline: OnceLock::new(),
+            any_gap: Gap::default(),
+            write_gap: Gap::default(),
+            prefilled: Barrier::new(lanes + 1),
+            go: watch::channel(false).0,
+        }
+    }
+
     /// Claims the next request, or `false` when the run is over.
     fn claim(&self) -> bool {
         match self.config.stop {
@@ -546,6 +807,29 @@ impl Connection {
 /// when the first connection fails. Failures during the run are counted in
 /// the report, not returned.
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
+    run_sampled(config, None).await
+}
+
+/// Runs the benchmark like [`run`], calling `observer` with a [`Progress`]
+/// sample every `interval` (at least 1 ms) during the prefill, if any, and
+/// the measured run; never after the last request is answered, so the
+/// caller may clear what it drew once this returns. Sampling reads each
+/// lane's counts; requests themselves never touch shared progress state.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_progress(
+    config: BenchConfig,
+    interval: Duration,
+    observer: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Report, BenchError> {
+    run_sampled(config, Some((interval, observer))).await
+}
+
+async fn run_sampled(
+    config: BenchConfig,
+    observer: Option<(Duration, Observer<'_>)>,
+) -> Result<Report, BenchError> {
     config.validate()?;
     // Probe once so that a wrong address is an error, not a report of errors.
     Client::connect(&config.addr, &config.client)
@@ -557,17 +841,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let run_id = Rng::new(config.seed ^ u64::from(std::process::id())).next_u64() & 0xff_ffff;
     let lanes = usize::try_from(u64::from(config.clients) * u64::from(config.pipeline))
         .map_err(|_| BenchError::Invalid("too many lanes".to_string()))?;
-    let shared = Arc::new(Shared {
-        config,
-        run_id,
-        issued: AtomicU64::new(0),
-        start: OnceLock::new(),
-        deadline: OnceLock::new(),
-        any_gap: Gap::default(),
-        write_gap: Gap::default(),
-        prefilled: Barrier::new(lanes + 1),
-        go: watch::channel(false).0,
-    });
+    let shared = Arc::new(Shared::new(config, run_id, lanes));
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..shared.config.clients {
         let connection = Arc::new(Connection {
@@ -579,25 +853,44 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             tasks.spawn(run_lane(shared.clone(), connection.clone(), client, lane));
         }
     }
-    shared.prefilled.wait().await;
+    let mut sampler = observer.map(|(period, observer)| {
+        // A zero period would make tokio panic.
+        let period = period.max(Duration::from_millis(1));
+        let began = Instant::now();
+        let mut interval = tokio::time::interval_at(began + period, period);
+        // After a stall, one late sample beats a burst of catch-up redraws.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Sampler {
+            shared: shared.clone(),
+            interval,
+            observer,
+            began,
+            previous: None,
+        }
+    });
+    sampled(shared.prefilled.wait(), &mut sampler).await;
     let start = Instant::now();
     let _ = shared.start.set(start);
     if let Stop::Duration(d) = shared.config.stop {
         let _ = shared.deadline.set(start + d);
     }
     shared.go.send_replace(true);
-    let mut total = Tally::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
-            Ok(tally) => total.merge(tally),
-            Err(e) => {
-                *total
-                    .errors
-                    .entry(format!("lane crashed: {e}"))
-                    .or_default() += 1;
+    let collect = async {
+        let mut total = Tally::new();
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(tally) => total.merge(tally),
+                Err(e) => {
+                    *total
+                        .errors
+                        .entry(format!("lane crashed: {e}"))
+                        .or_default() += 1;
+                }
             }
         }
-    }
+        total
+    };
+    let total = sampled(collect, &mut sampler).await;
     let elapsed = start.elapsed();
     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let longest_gap = shared.any_gap.longest(elapsed_us);
@@ -711,6 +1004,10 @@ async fn run_lane(
     // The lane's own handle on the connection: going through the shared slot
     // (an async mutex) on every request cost more than the request.
     let mut conn: Option<Client> = None;
+    // Always present: `run` makes one per lane.
+    let counts = usize::try_from(u64::from(client) * pipeline + u64::from(lane))
+        .ok()
+        .and_then(|index| shared.counts.get(index));
     if config.prefill {
         // Untimed and uncounted, but modelled, so later reads are checked.
         let mut scratch = Tally::new();
@@ -728,6 +1025,9 @@ async fn run_lane(
                 false,
             )
             .await;
+            if let Some(counts) = counts {
+                counts.publish(Phase::Prefill, &scratch);
+            }
         }
     }
     shared.prefilled.wait().await;
@@ -753,6 +1053,9 @@ async fn run_lane(
         .await
         {
             break;
+        }
+        if let Some(counts) = counts {
+            counts.publish(Phase::Run, &tally);
         }
     }
     tally
@@ -802,12 +1105,14 @@ async fn issue(
         Ok(Reply::Written { .. }) if is_set => {
             model.written(k, set.unwrap_or_default());
             record(&mut tally.sets, micros);
+            tally.ok += 1;
             if timed {
                 shared.succeeded(true);
             }
         }
         Ok(Reply::Value(value)) if !is_set => {
             record(&mut tally.gets, micros);
+            tally.ok += 1;
             if timed {
                 shared.succeeded(false);
             }
@@ -836,6 +1141,7 @@ async fn issue(
                 .errors
                 .entry("unexpected_reply".to_string())
                 .or_default() += 1;
+            tally.failed += 1;
         }
         Err(e) => {
             if let (Some(seq), true) = (set, outcome_unknown(&e)) {
@@ -845,6 +1151,7 @@ async fn issue(
                 *conn = None;
             }
             *tally.errors.entry(error_kind(&e)).or_default() += 1;
+            tally.failed += 1;
             if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
                 // Honour the balancer's hint instead of hammering it.
                 let wait = Duration::from_millis((*retry_after_ms).min(1000));
@@ -1031,6 +1338,268 @@ mod tests {
         // At most the reads of the one remembered key are fresh.
         assert!(report.stale_reads > 300, "{}", report.stale_reads);
         assert_eq!(report.wrong_values, 0);
+    }
+
+    fn sample(stop: Stop, done: u64) -> Progress {
+        Progress {
+            phase: Phase::Run,
+            elapsed: Duration::from_secs(12),
+            stop,
+            done,
+            ops_per_sec: 45_210.4,
+            errors: 3,
+            write_gap: None,
+        }
+    }
+
+    /// The bar's cells: (filled, total).
+    fn bar(line: &str) -> (usize, usize) {
+        let inside = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.split_once(']'))
+            .map(|(bar, _)| bar)
+            .unwrap_or_else(|| panic!("no bar in {line:?}"));
+        (inside.matches('#').count(), inside.len())
+    }
+
+    #[test]
+    fn progress_line_in_requests_mode() {
+        let line = progress_line(&sample(Stop::Requests(100_000), 41_000), 80);
+        assert_eq!(
+            line,
+            "[#########---------------] 41000/100000   41%  45210 ops/s  3 err"
+        );
+        let (filled, cells) = bar(&line);
+        assert_eq!(filled, cells * 41 / 100);
+        // 100% only once every request is answered.
+        let almost = progress_line(&sample(Stop::Requests(100_000), 99_999), 80);
+        assert!(almost.contains(" 99%"), "{almost}");
+        assert_ne!(bar(&almost).0, bar(&almost).1);
+        let done = progress_line(&sample(Stop::Requests(100_000), 100_000), 80);
+        assert!(done.contains("100%"), "{done}");
+        assert_eq!(bar(&done).0, bar(&done).1);
+        let nothing = progress_line(&sample(Stop::Requests(100_000), 0), 80);
+        assert!(nothing.contains("  0%"), "{nothing}");
+        assert_eq!(bar(&nothing).0, 0);
+    }
+
+    #[test]
+    fn progress_line_in_duration_mode_with_the_write_gap() {
+        let mut p = sample(Stop::Duration(Duration::from_secs(30)), 541_000);
+        p.write_gap = Some(Duration::from_micros(25_400));
+        let line = progress_line(&p, 80);
+        assert_eq!(
+            line,
+            "[#########--------------] 12.0/30.0 s   40%  45210 ops/s  3 err  write gap 25 ms"
+        );
+        p.write_gap = Some(Duration::from_millis(12_345));
+        assert!(progress_line(&p, 80).ends_with("write gap 12.3 s"));
+        // Past the end (the last answers arrive after the deadline).
+        p.elapsed = Duration::from_secs(31);
+        let late = progress_line(&p, 80);
+        assert!(late.contains("31.0/30.0 s  100%"), "{late}");
+    }
+
+    #[test]
+    fn progress_line_names_the_prefill() {
+        let p = Progress {
+            phase: Phase::Prefill,
+            write_gap: None,
+            ..sample(Stop::Requests(500_000), 250_000)
+        };
+        let line = progress_line(&p, 80);
+        assert!(line.contains("] prefill 250000/500000   50%"), "{line}");
+    }
+
+    #[test]
+    fn progress_line_fits_narrow_widths_and_huge_numbers() {
+        let mut p = sample(Stop::Requests(100_000), 41_000);
+        // The bar shrinks first...
+        assert_eq!(
+            progress_line(&p, 46),
+            "[##---] 41000/100000   41%  45210 ops/s  3 err"
+        );
+        // ...then goes, and the numbers stay.
+        assert_eq!(
+            progress_line(&p, 45),
+            "41000/100000   41%  45210 ops/s  3 err"
+        );
+        // Narrower than the numbers: cut.
+        assert_eq!(progress_line(&p, 10), "41000/1000");
+        assert_eq!(progress_line(&p, 0), "");
+        // Never wider than 80, whatever the caller asks.
+        p.done = u64::MAX;
+        p.stop = Stop::Requests(u64::MAX);
+        p.errors = u64::MAX;
+        p.ops_per_sec = 1e300;
+        p.write_gap = Some(Duration::MAX);
+        for width in [80, 81, 200, usize::MAX] {
+            assert_eq!(progress_line(&p, width).len(), MAX_PROGRESS_WIDTH);
+        }
+    }
+
+    #[test]
+    fn progress_line_survives_nonsense_numbers() {
+        for ops in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -5.0] {
+            let mut p = sample(Stop::Requests(0), 7);
+            p.ops_per_sec = ops;
+            let line = progress_line(&p, 80);
+            assert!(line.contains("7/0  100%  0 ops/s"), "{line}");
+            p.stop = Stop::Duration(Duration::ZERO);
+            assert!(progress_line(&p, 80).contains("100%"));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn progress_line_is_one_short_plain_line(
+            done in proptest::prelude::any::<u64>(),
+            total in proptest::prelude::any::<u64>(),
+            by_time in proptest::prelude::any::<bool>(),
+            elapsed_ms in proptest::prelude::any::<u64>(),
+            ops in proptest::prelude::any::<f64>(),
+            errors in proptest::prelude::any::<u64>(),
+            gap_us in proptest::option::of(proptest::prelude::any::<u64>()),
+            prefill in proptest::prelude::any::<bool>(),
+            width in 0usize..300,
+        ) {
+            let p = Progress {
+                phase: if prefill { Phase::Prefill } else { Phase::Run },
+                elapsed: Duration::from_millis(elapsed_ms),
+                stop: if by_time {
+                    Stop::Duration(Duration::from_millis(total))
+                } else {
+                    Stop::Requests(total)
+                },
+                done,
+                ops_per_sec: ops,
+                errors,
+                write_gap: gap_us.map(Duration::from_micros),
+            };
+            let line = progress_line(&p, width);
+            proptest::prop_assert!(line.len() <= width.min(MAX_PROGRESS_WIDTH), "{line:?}");
+            proptest::prop_assert!(
+                line.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn sampler_sums_the_lanes_of_the_current_phase() {
+        let cfg = BenchConfig {
+            prefill: true,
+            stop: Stop::Duration(Duration::from_secs(30)),
+            ..config("x".into())
+        };
+        let shared = Arc::new(Shared::new(cfg, 1, 3));
+        let mut seen = Vec::new();
+        let mut observer = |p: &Progress| seen.push(*p);
+        let began = Instant::now();
+        let at = |ms| began + Duration::from_millis(ms);
+        let mut sampler = Sampler {
+            shared: shared.clone(),
+            interval: tokio::time::interval(PROGRESS_INTERVAL),
+            observer: &mut observer,
+            began,
+            previous: None,
+        };
+        let tally = |ok, failed| Tally {
+            ok,
+            failed,
+            ..Tally::new()
+        };
+        shared.counts[0].publish(Phase::Prefill, &tally(100, 1));
+        shared.counts[2].publish(Phase::Prefill, &tally(100, 0));
+        sampler.sample(at(1000));
+        // The measured run begins; its counts start from zero, and no write
+        // has succeeded yet: the write gap is the whole run so far.
+        shared.start.set(at(2000)).unwrap();
+        shared.counts[1].publish(Phase::Run, &tally(300, 2));
+        sampler.sample(at(4000));
+        shared.counts[1].publish(Phase::Run, &tally(500, 2));
+        shared.counts[2].publish(Phase::Run, &tally(100, 1));
+        sampler.sample(at(4500));
+        drop(sampler);
+        let keys = 64 * 4;
+        assert_eq!(
+            seen,
+            vec![
+                Progress {
+                    phase: Phase::Prefill,
+                    elapsed: Duration::from_secs(1),
+                    stop: Stop::Requests(keys),
+                    done: 201,
+                    ops_per_sec: 200.0,
+                    errors: 1,
+                    write_gap: None,
+                },
+                Progress {
+                    phase: Phase::Run,
+                    elapsed: Duration::from_secs(2),
+                    stop: Stop::Duration(Duration::from_secs(30)),
+                    done: 302,
+                    ops_per_sec: 150.0,
+                    errors: 2,
+                    write_gap: Some(Duration::from_secs(2)),
+                },
+                Progress {
+                    phase: Phase::Run,
+                    elapsed: Duration::from_millis(2500),
+                    stop: Stop::Duration(Duration::from_secs(30)),
+                    done: 603,
+                    ops_per_sec: 600.0,
+                    errors: 3,
+                    write_gap: Some(Duration::from_millis(2500)),
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn sampler_shows_nothing_before_a_run_without_prefill() {
+        let shared = Arc::new(Shared::new(config("x".into()), 1, 2));
+        let mut calls = 0;
+        let mut observer = |_: &Progress| calls += 1;
+        let mut sampler = Sampler {
+            shared,
+            interval: tokio::time::interval(PROGRESS_INTERVAL),
+            observer: &mut observer,
+            began: Instant::now(),
+            previous: None,
+        };
+        sampler.sample(Instant::now() + Duration::from_secs(1));
+        drop(sampler);
+        assert_eq!(calls, 0);
+    }
+
+    #[tokio::test]
+    async fn run_with_progress_reports_while_running() {
+        let server = FakeServer::start().await;
+        let cfg = BenchConfig {
+            stop: Stop::Duration(Duration::from_millis(400)),
+            ..config(server.addr())
+        };
+        let mut seen = Vec::new();
+        let mut observer = |p: &Progress| seen.push(*p);
+        let report = run_with_progress(cfg, Duration::from_millis(1), &mut observer)
+            .await
+            .unwrap();
+        // Not a timing assertion: the run cannot end before its deadline,
+        // hundreds of sampling periods after it began.
+        assert!(!seen.is_empty());
+        for pair in seen.windows(2) {
+            assert!(pair[0].done <= pair[1].done, "{pair:?}");
+            assert!(pair[0].elapsed <= pair[1].elapsed, "{pair:?}");
+        }
+        for p in &seen {
+            assert_eq!(p.phase, Phase::Run);
+            assert_eq!(p.errors, 0);
+            assert!(p.write_gap.is_some());
+        }
+        // Sampling stops once every request is answered.
+        let last = seen.last().unwrap();
+        assert!(last.done <= report.sets + report.gets, "{last:?}");
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
 //! `semikv-bench`: a load generator for semikv — throughput, latency
 //! percentiles, read checking and availability, as text or JSON.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use semikv_client::bench::{self, BenchConfig, Stop};
+use semikv_client::bench::{self, BenchConfig, Progress, Stop};
 use semikv_client::conn::ClientConfig;
 
 /// Load-test a semikv cluster.
@@ -60,6 +61,36 @@ struct Cli {
     /// and the Indeterminate/Unavailable counts. Kills nothing itself.
     #[arg(long)]
     failover: bool,
+    /// Do not draw the progress line (drawn on stderr, a few times a second,
+    /// only when stderr is a terminal and without --json).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Columns of the progress line: one short of 80, so that a terminal that
+/// wraps as soon as the last column is written does not scroll on every
+/// redraw.
+const PROGRESS_WIDTH: usize = bench::MAX_PROGRESS_WIDTH - 1;
+
+/// Redraws the progress line in place: carriage return, the line, then
+/// clear to the end of the line (what a longer previous line left).
+fn draw_progress(progress: &Progress, failover: bool) {
+    let mut progress = *progress;
+    if !failover {
+        progress.write_gap = None;
+    }
+    let line = bench::progress_line(&progress, PROGRESS_WIDTH);
+    let mut stderr = std::io::stderr().lock();
+    // A progress line that cannot be drawn is not worth failing the run.
+    let _ = write!(stderr, "\r{line}\x1b[K");
+    let _ = stderr.flush();
+}
+
+/// Erases the progress line, so the report starts on a clean line.
+fn clear_progress() {
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(stderr, "\r\x1b[K");
+    let _ = stderr.flush();
 }
 
 fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
@@ -127,7 +158,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(bench::run(config))?;
+    let progress = !cli.json && !cli.no_progress && std::io::stderr().is_terminal();
+    let report = if progress {
+        let failover = cli.failover;
+        let mut draw = |p: &Progress| draw_progress(p, failover);
+        let result = runtime.block_on(bench::run_with_progress(
+            config,
+            bench::PROGRESS_INTERVAL,
+            &mut draw,
+        ));
+        clear_progress();
+        result?
+    } else {
+        runtime.block_on(bench::run(config))?
+    };
     if cli.json {
         println!(
             "{}",
