@@ -26,9 +26,10 @@
 //! [`MAX_PROGRESS_WIDTH`] columns.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +43,9 @@ use crate::conn::{Client, ClientConfig, ClientError};
 
 /// Highest latency the histograms hold, in microseconds (60 s).
 const MAX_LATENCY_US: u64 = 60_000_000;
+/// Resolution of the availability gaps: successes closer than this to the
+/// last recorded one are not recorded.
+const GAP_RESOLUTION_US: u64 = 250;
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// Wrong values kept as examples in the report.
@@ -175,54 +179,76 @@ pub enum ReadCheck {
 }
 
 /// One key as a lane knows it. `None` stands for "no value".
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Kept inline, with no heap allocation until a key is written: a get that
+/// reads the settled value touches this struct only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KeyState {
-    /// The values a fresh read may return.
-    latest: Vec<Option<u64>>,
-    /// Every value the key may have held, oldest first.
-    history: Vec<Option<u64>>,
+    /// The value a fresh read returns unless one of `pending` landed.
+    settled: Option<u64>,
+    /// Writes after `settled` whose outcome is unknown, in write order: a
+    /// fresh read may return any of them.
+    pending: Vec<Option<u64>>,
+    /// Every value ever written or maybe written. The key began with no
+    /// value, so `None` is always an old value too.
+    history: Vec<u64>,
 }
 
-impl Default for KeyState {
-    fn default() -> Self {
-        KeyState {
-            latest: vec![None],
-            history: vec![None],
-        }
-    }
-}
-
-/// One lane's knowledge of its keys.
+/// One lane's knowledge of its keys, by lane-local key number.
+///
+/// A vector, not a tree: the bench checks every read, and with hundreds of
+/// lanes a tree lookup per request (cold nodes, pointer chasing) was the
+/// load generator's second-largest cost.
 #[derive(Debug, Default)]
 pub struct Model {
-    keys: BTreeMap<u64, KeyState>,
+    keys: Vec<KeyState>,
 }
 
 impl Model {
+    /// A model for keys `0..keys` (it grows if a larger key shows up).
+    pub fn with_keys(keys: usize) -> Model {
+        let mut keys_vec = Vec::new();
+        keys_vec.resize_with(keys, KeyState::default);
+        Model { keys: keys_vec }
+    }
+
+    fn state(&mut self, key: u64) -> &mut KeyState {
+        let at = usize::try_from(key).unwrap_or(usize::MAX);
+        if at >= self.keys.len() {
+            self.keys
+                .resize_with(at.saturating_add(1), KeyState::default);
+        }
+        &mut self.keys[at]
+    }
+
     /// A write of value `seq` to `key` was acknowledged.
     pub fn written(&mut self, key: u64, seq: u64) {
-        let state = self.keys.entry(key).or_default();
-        state.latest = vec![Some(seq)];
-        state.history.push(Some(seq));
+        let state = self.state(key);
+        state.settled = Some(seq);
+        state.pending.clear();
+        state.history.push(seq);
     }
 
     /// A write of `seq` to `key` may or may not have happened.
     pub fn maybe_written(&mut self, key: u64, seq: u64) {
-        let state = self.keys.entry(key).or_default();
-        state.latest.push(Some(seq));
-        state.history.push(Some(seq));
+        let state = self.state(key);
+        state.pending.push(Some(seq));
+        state.history.push(seq);
     }
 
     /// Judges a read of `key` that returned `got`. A fresh answer settles the
     /// key's value.
     pub fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
-        let state = self.keys.entry(key).or_default();
-        if let Some(pos) = state.latest.iter().position(|v| *v == got) {
-            // `latest` is in write order: writes after `got` whose outcome is
-            // unknown may still land, the ones before it are now history.
-            state.latest.drain(..pos);
+        let state = self.state(key);
+        if got == state.settled {
             ReadCheck::Fresh
-        } else if state.history.contains(&got) {
+        } else if let Some(pos) = state.pending.iter().position(|v| *v == got) {
+            // Writes after `got` whose outcome is unknown may still land; the
+            // ones before it are now history.
+            state.settled = got;
+            state.pending.drain(..=pos);
+            ReadCheck::Fresh
+        } else if got.is_none_or(|seq| state.history.contains(&seq)) {
             ReadCheck::Stale
         } else {
             ReadCheck::Wrong
@@ -732,15 +758,12 @@ impl Shared {
         }
     }
 
-    fn micros_since_start(&self) -> u64 {
-        let start = self.start.get().copied().unwrap_or_else(Instant::now);
-        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
     /// Records a success. Lock-free: with hundreds of lanes a mutex here
     /// showed up as contention.
-    fn succeeded(&self, write: bool) {
-        let now = self.micros_since_start();
+    fn succeeded(&self, write: bool, at: Instant) {
+        let start = self.start.get().copied().unwrap_or(at);
+        let now =
+            u64::try_from(at.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX);
         self.any_gap.record(now);
         if write {
             self.write_gap.record(now);
@@ -757,10 +780,20 @@ struct Gap {
 }
 
 impl Gap {
+    /// Records an event at `now_us`. Events within [`GAP_RESOLUTION_US`] of
+    /// the last recorded one only read the shared counters: every lane
+    /// writing them on every success kept their cache line bouncing between
+    /// cores. Gaps are therefore measured to within that resolution.
     fn record(&self, now_us: u64) {
+        let last = self.last_us.load(Ordering::Relaxed);
+        if now_us <= last.saturating_add(GAP_RESOLUTION_US) {
+            return;
+        }
         let previous = self.last_us.fetch_max(now_us, Ordering::Relaxed);
-        self.longest_us
-            .fetch_max(now_us.saturating_sub(previous), Ordering::Relaxed);
+        let gap = now_us.saturating_sub(previous);
+        if gap > self.longest_us.load(Ordering::Relaxed) {
+            self.longest_us.fetch_max(gap, Ordering::Relaxed);
+        }
     }
 
     /// The longest gap of a run that lasted `elapsed_us`: one that ends in an
@@ -771,14 +804,49 @@ impl Gap {
     }
 }
 
+/// Latency histograms of sets and of gets, created on first use.
+type Latencies = (Option<Histogram<u64>>, Option<Histogram<u64>>);
+
 /// One client's connection, re-opened by whichever lane notices it is gone.
 struct Connection {
     addr: String,
     config: ClientConfig,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// Latencies of the timed requests of all its lanes. Per connection, not
+    /// per lane: hundreds of lanes with two histograms each (~140 KB apiece)
+    /// spread every request's recording over far more memory than any cache
+    /// holds. The lock is only contended when two lanes of one connection
+    /// finish at the same instant on two threads.
+    latencies: Mutex<Latencies>,
 }
 
 impl Connection {
+    fn new(addr: String, config: ClientConfig) -> Connection {
+        Connection {
+            addr,
+            config,
+            client: tokio::sync::Mutex::new(None),
+            latencies: Mutex::new((None, None)),
+        }
+    }
+
+    /// Records the latency of a successful set (`write`) or get.
+    fn record(&self, write: bool, micros: u64) {
+        // A poisoned lock only means a lane panicked mid-record: the counts
+        // are still usable.
+        let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        let (sets, gets) = &mut *latencies;
+        record(if write { sets } else { gets }, micros);
+    }
+
+    /// Moves this connection's latencies into `total`.
+    fn drain_into(&self, total: &mut Tally) {
+        let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        let (sets, gets) = std::mem::take(&mut *latencies);
+        merge_histogram(&mut total.sets, sets);
+        merge_histogram(&mut total.gets, gets);
+    }
+
     async fn get(&self, shared: &Shared) -> Option<Client> {
         let mut slot = self.client.lock().await;
         let mut backoff = Duration::from_millis(20);
@@ -843,12 +911,13 @@ async fn run_sampled(
         .map_err(|_| BenchError::Invalid("too many lanes".to_string()))?;
     let shared = Arc::new(Shared::new(config, run_id, lanes));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut connections = Vec::new();
     for client in 0..shared.config.clients {
-        let connection = Arc::new(Connection {
-            addr: shared.config.addr.clone(),
-            config: shared.config.client.clone(),
-            client: tokio::sync::Mutex::new(None),
-        });
+        let connection = Arc::new(Connection::new(
+            shared.config.addr.clone(),
+            shared.config.client.clone(),
+        ));
+        connections.push(connection.clone());
         for lane in 0..shared.config.pipeline {
             tasks.spawn(run_lane(shared.clone(), connection.clone(), client, lane));
         }
@@ -890,8 +959,11 @@ async fn run_sampled(
         }
         total
     };
-    let total = sampled(collect, &mut sampler).await;
+    let mut total = sampled(collect, &mut sampler).await;
     let elapsed = start.elapsed();
+    for connection in &connections {
+        connection.drain_into(&mut total);
+    }
     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let longest_gap = shared.any_gap.longest(elapsed_us);
     // Only meaningful when the run writes at all.
@@ -957,12 +1029,54 @@ fn error_kind(error: &ClientError) -> String {
     }
 }
 
+/// A lane's keys in one buffer: a request's key is a slice of it, so
+/// handing it to a request bumps one reference count that the lane keeps
+/// warm, not a cold one per key (the per-key clone and drop were a tenth of
+/// the load generator's CPU).
+struct LaneKeys {
+    all: Bytes,
+    /// Key `i` is `all[ends[i - 1]..ends[i]]` (`ends[-1]` being 0).
+    ends: Vec<usize>,
+}
+
+impl LaneKeys {
+    /// `n` keys, key `i` written by `name(i, buffer)`.
+    fn new(n: u64, mut name: impl FnMut(u64, &mut String)) -> LaneKeys {
+        let mut all = String::new();
+        let mut ends = Vec::new();
+        for i in 0..n {
+            name(i, &mut all);
+            ends.push(all.len());
+        }
+        LaneKeys {
+            all: Bytes::from(all),
+            ends,
+        }
+    }
+
+    /// Key `i`, empty if out of range.
+    fn get(&self, i: u64) -> Bytes {
+        let Ok(i) = usize::try_from(i) else {
+            return Bytes::new();
+        };
+        let Some(&end) = self.ends.get(i) else {
+            return Bytes::new();
+        };
+        let start = i
+            .checked_sub(1)
+            .and_then(|j| self.ends.get(j))
+            .copied()
+            .unwrap_or(0);
+        self.all.slice(start..end)
+    }
+}
+
 /// One lane's fixed view of the run: its keys and its client id.
 struct Lane {
     client: u32,
     /// The lane's keys, by lane-local number (the key is `lane + pipeline * i`);
     /// built once so a request costs no formatting.
-    keys: Vec<Bytes>,
+    keys: LaneKeys,
     pipeline: u64,
     lane: u64,
 }
@@ -981,21 +1095,19 @@ async fn run_lane(
 ) -> Tally {
     let config = &shared.config;
     let mut tally = Tally::new();
-    let mut model = Model::default();
     let mut rng = Rng::new(
         config.seed
             ^ (u64::from(client) << 32 | u64::from(lane)).wrapping_mul(0x2545_f491_4f6c_dd1d),
     );
     let pipeline = u64::from(config.pipeline);
     let lane_keys = (config.keyspace - u64::from(lane)).div_ceil(pipeline);
+    let mut model = Model::with_keys(usize::try_from(lane_keys).unwrap_or(0));
     let this = Lane {
         client,
-        keys: (0..lane_keys)
-            .map(|i| {
-                let k = u64::from(lane) + pipeline * i;
-                Bytes::from(format!("bench-{:06x}-{client}-{k}", shared.run_id))
-            })
-            .collect(),
+        keys: LaneKeys::new(lane_keys, |i, out| {
+            let k = u64::from(lane) + pipeline * i;
+            let _ = write!(out, "bench-{:06x}-{client}-{k}", shared.run_id);
+        }),
         pipeline,
         lane: u64::from(lane),
     };
@@ -1086,7 +1198,7 @@ async fn issue(
         },
     };
     let k = lane.key_number(i);
-    let key = lane.keys.get(i as usize).cloned().unwrap_or_default();
+    let key = lane.keys.get(i);
     let is_set = set.is_some();
     let op = match set {
         Some(seq) => Op::Set {
@@ -1100,26 +1212,28 @@ async fn issue(
         Ok(Reply::Error(e)) => Err(ClientError::Server(e)),
         other => other,
     };
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let finished = Instant::now();
+    let micros =
+        u64::try_from(finished.saturating_duration_since(started).as_micros()).unwrap_or(u64::MAX);
     match result {
         Ok(Reply::Written { .. }) if is_set => {
-            model.written(k, set.unwrap_or_default());
-            record(&mut tally.sets, micros);
+            model.written(i, set.unwrap_or_default());
             tally.ok += 1;
             if timed {
-                shared.succeeded(true);
+                connection.record(true, micros);
+                shared.succeeded(true, finished);
             }
         }
         Ok(Reply::Value(value)) if !is_set => {
-            record(&mut tally.gets, micros);
             tally.ok += 1;
             if timed {
-                shared.succeeded(false);
+                connection.record(false, micros);
+                shared.succeeded(false, finished);
             }
             let got = value.as_deref().map(|v| parse_value(client, v));
             let check = match got {
-                None => model.read(k, None),
-                Some(Some(s)) => model.read(k, Some(s)),
+                None => model.read(i, None),
+                Some(Some(s)) => model.read(i, Some(s)),
                 // Not a value this client writes at all.
                 Some(None) => ReadCheck::Wrong,
             };
@@ -1145,7 +1259,7 @@ async fn issue(
         }
         Err(e) => {
             if let (Some(seq), true) = (set, outcome_unknown(&e)) {
-                model.maybe_written(k, seq);
+                model.maybe_written(i, seq);
             }
             if e.is_connection_error() {
                 *conn = None;
@@ -1215,6 +1329,39 @@ mod tests {
         assert_eq!(m.read(2, None), Fresh);
         // Keys are independent.
         assert_eq!(m.read(2, Some(1)), Wrong);
+    }
+
+    #[test]
+    fn gaps_are_measured_to_within_their_resolution() {
+        let gap = Gap::default();
+        // Successes every 10 us for 1 ms, then nothing until 5 ms.
+        for t in (0..=1_000).step_by(10) {
+            gap.record(t);
+        }
+        gap.record(5_000);
+        let longest = gap.longest(5_000).as_micros() as u64;
+        assert!(
+            (4_000..=4_000 + GAP_RESOLUTION_US).contains(&longest),
+            "{longest}"
+        );
+        // A run that ends in an outage has its longest gap at the end.
+        assert_eq!(gap.longest(20_000).as_micros() as u64, 15_000);
+        // Events out of order (lanes on two threads) never shrink anything.
+        gap.record(100);
+        assert_eq!(gap.longest(20_000).as_micros() as u64, 15_000);
+    }
+
+    #[test]
+    fn lane_keys_are_slices_of_one_buffer() {
+        let keys = LaneKeys::new(12, |i, out| {
+            let _ = write!(out, "k-{i}");
+        });
+        for i in 0..12 {
+            assert_eq!(keys.get(i), format!("k-{i}").as_bytes());
+        }
+        assert!(keys.get(12).is_empty());
+        assert!(keys.get(u64::MAX).is_empty());
+        assert!(LaneKeys::new(0, |_, _| {}).get(0).is_empty());
     }
 
     #[test]
