@@ -68,6 +68,10 @@ pub enum ReplicationError {
     /// Reading or installing a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A snapshot from the leader was refused: invalid, not what the leader
+    /// announced, or older than what this replica already committed.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(#[from] storage::snapshot::InstallError),
 }
 
 async fn send(conn: &mut Conn, msg: Message) -> Result<(), ReplicationError> {
@@ -350,9 +354,15 @@ async fn follow_once(
     // Until the leader has told us where our logs agree, our durable index
     // may cover a divergent tail: no ack may be sent before that.
     let mut snapshot: Vec<u8> = Vec::new();
+    let mut announced: Option<Announced> = None;
     loop {
         match recv(&mut conn).await? {
             Message::StreamStart(StreamStart { epoch, prefix }) => {
+                if announced.is_some() {
+                    return Err(ReplicationError::Unexpected(
+                        "StreamStart in the middle of a snapshot".to_string(),
+                    ));
+                }
                 replica.with(|n| n.on_stream_start(role_gen, epoch, prefix))?;
                 tracing::info!(leader = %target.addr, epoch = %epoch, prefix = %prefix, "following leader");
                 break;
@@ -365,11 +375,23 @@ async fn follow_once(
                         snapshot.len()
                     )));
                 }
-                snapshot.extend_from_slice(&chunk.data);
-                if chunk.done {
-                    install_snapshot(replica, role_gen, &chunk, std::mem::take(&mut snapshot))
+                // Bytes clones share the buffer.
+                let (data, done) = (chunk.data.clone(), chunk.done);
+                match &announced {
+                    None => announced = Some(Announced::from_first(chunk)),
+                    Some(first) => first.check_next(&chunk)?,
+                }
+                snapshot.extend_from_slice(&data);
+                if done {
+                    let Some(announced) = announced.take() else {
+                        return Err(ReplicationError::Unexpected(
+                            "snapshot without an announcement".to_string(),
+                        ));
+                    };
+                    let index = announced.meta.last_index;
+                    install_snapshot(replica, role_gen, announced, std::mem::take(&mut snapshot))
                         .await?;
-                    tracing::info!(leader = %target.addr, index = %chunk.last_index, "installed snapshot from leader");
+                    tracing::info!(leader = %target.addr, index = %index, "installed snapshot from leader");
                     break;
                 }
             }
@@ -423,28 +445,112 @@ async fn follow_once(
     }
 }
 
+/// What a leader announced for the snapshot it streams, in its first chunk;
+/// every later chunk must repeat it.
+#[derive(Debug)]
+struct Announced {
+    /// The leader's epoch.
+    epoch: Epoch,
+    /// Last index, its epoch, and the history up to it.
+    meta: storage::snapshot::SnapshotMeta,
+}
+
+impl Announced {
+    fn from_first(chunk: SnapshotChunk) -> Announced {
+        Announced {
+            epoch: chunk.epoch,
+            meta: storage::snapshot::SnapshotMeta {
+                last_index: chunk.last_index,
+                last_epoch: chunk.last_epoch,
+                history: chunk.history,
+            },
+        }
+    }
+
+    /// A later chunk must describe the same snapshot; the leader sends the
+    /// history only in the first one.
+    fn check_next(&self, chunk: &SnapshotChunk) -> Result<(), ReplicationError> {
+        let mismatch = |field, announced: String, found: String| {
+            Err(storage::snapshot::InstallError::Mismatch {
+                field,
+                announced,
+                found,
+            }
+            .into())
+        };
+        if chunk.epoch != self.epoch {
+            return mismatch(
+                "leader epoch in a later chunk",
+                self.epoch.to_string(),
+                chunk.epoch.to_string(),
+            );
+        }
+        if chunk.last_index != self.meta.last_index {
+            return mismatch(
+                "last index in a later chunk",
+                self.meta.last_index.to_string(),
+                chunk.last_index.to_string(),
+            );
+        }
+        if chunk.last_epoch != self.meta.last_epoch {
+            return mismatch(
+                "last epoch in a later chunk",
+                self.meta.last_epoch.to_string(),
+                chunk.last_epoch.to_string(),
+            );
+        }
+        if !chunk.history.is_empty() && chunk.history != self.meta.history {
+            return mismatch(
+                "epoch history in a later chunk",
+                format!("{:?}", self.meta.history),
+                format!("{:?}", chunk.history),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Installs a fully received snapshot, refusing it before anything touches
+/// the data directory unless it is exactly what the leader announced and
+/// does not roll back what this replica already committed.
 async fn install_snapshot(
     replica: &Arc<Replica>,
     role_gen: u64,
-    last: &SnapshotChunk,
+    announced: Announced,
     bytes: Vec<u8>,
 ) -> Result<(), ReplicationError> {
+    // The stream must still be ours at the leader's epoch, and the commit
+    // index is the floor. Only this stream advances a follower's commit, so
+    // it cannot move between here and the install.
+    let floor = {
+        let node = replica.lock();
+        node.ackable(role_gen, announced.epoch)?;
+        node.commit_index()
+    };
     let dir = replica.config.data_dir.clone();
-    let (meta, store) =
-        tokio::task::spawn_blocking(move || storage::snapshot::install(&dir, &bytes))
-            .await
-            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
-            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
-    if meta.last_index != last.last_index {
-        return Err(ReplicationError::Snapshot(format!(
-            "snapshot covers {} but the leader announced {}",
-            meta.last_index, last.last_index
-        )));
-    }
+    let expected = announced.meta;
+    let installed = tokio::task::spawn_blocking(move || {
+        storage::snapshot::install(&dir, &bytes, &expected, floor)
+    })
+    .await
+    .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+    let (meta, store) = match installed {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, commit = %floor, "refused the leader's snapshot; resubscribing later");
+            return Err(e.into());
+        }
+    };
+    // `install` returned, so the new snapshot is durable (file fsynced,
+    // renamed, directory fsynced) and only then were older snapshots
+    // deleted. Only now may the log be reset: had the reset reached the disk
+    // first, a crash in between would leave no snapshot covering the state
+    // the discarded log held. A crash after this point restarts from the new
+    // snapshot, and recovery drops log entries it covers.
     replica.with(|n| {
         n.on_snapshot_installed(
             role_gen,
-            last.epoch,
+            announced.epoch,
             meta.last_index,
             meta.last_epoch,
             meta.history,

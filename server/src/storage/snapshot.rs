@@ -119,17 +119,124 @@ fn read_current(
     Ok(Some((meta, bytes)))
 }
 
-/// Validates a snapshot received from a leader and, only if it is valid,
-/// durably makes it the current snapshot (every other snapshot file is
-/// deleted afterwards). Returns what it holds.
+/// Why a snapshot received from a leader was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The bytes are not a whole, valid snapshot (bad frame, truncated,
+    /// trailing bytes, wrong pair count). Nothing on disk was touched.
+    #[error("received snapshot is invalid: {0}")]
+    Invalid(#[source] StorageError),
+    /// The snapshot is valid but is not the one the leader announced for it,
+    /// or the stream's chunks announced different snapshots. Nothing on disk
+    /// was touched.
+    #[error("received snapshot has {field} {found}, but the leader announced {announced}")]
+    Mismatch {
+        /// What differs, e.g. "last index".
+        field: &'static str,
+        /// What the leader announced.
+        announced: String,
+        /// What the snapshot (or a later chunk) holds.
+        found: String,
+    },
+    /// The snapshot ends before state this replica already committed or
+    /// snapshotted: installing it would roll that state back. Nothing on
+    /// disk was touched.
+    #[error("snapshot at {index} is older than {floor}, which is already committed here")]
+    Stale {
+        /// The snapshot's last index.
+        index: LogIndex,
+        /// What this replica already has: its commit index or current
+        /// snapshot, whichever is higher.
+        floor: LogIndex,
+    },
+    /// Reading the snapshot directory or writing the snapshot failed; the
+    /// previous snapshot is still current unless the rename succeeded.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Checks that `found` is the snapshot `announced` describes.
 ///
 /// # Errors
-/// [`StorageError::Corrupt`] if `bytes` fail validation (nothing on disk is
-/// touched); [`StorageError::Io`] if writing it fails.
-pub fn install(data_dir: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Store), StorageError> {
+/// [`InstallError::Mismatch`] naming the first field that differs.
+fn check_announced(announced: &SnapshotMeta, found: &SnapshotMeta) -> Result<(), InstallError> {
+    let mismatch = |field, announced: String, found: String| {
+        Err(InstallError::Mismatch {
+            field,
+            announced,
+            found,
+        })
+    };
+    if found.last_index != announced.last_index {
+        return mismatch(
+            "last index",
+            announced.last_index.to_string(),
+            found.last_index.to_string(),
+        );
+    }
+    if found.last_epoch != announced.last_epoch {
+        return mismatch(
+            "last epoch",
+            announced.last_epoch.to_string(),
+            found.last_epoch.to_string(),
+        );
+    }
+    if found.history != announced.history {
+        return mismatch(
+            "epoch history",
+            format!("{:?}", announced.history),
+            format!("{:?}", found.history),
+        );
+    }
+    Ok(())
+}
+
+/// Validates a snapshot received from a leader and, only if it passes every
+/// check, durably makes it the current snapshot, then deletes older ones.
+/// Returns what it holds.
+///
+/// The checks, all made before anything in `data_dir` is created, written,
+/// renamed or deleted: `bytes` decode as a whole valid snapshot; it is the
+/// snapshot `announced` describes (last index, last epoch, history); and its
+/// last index is at least `floor` (the caller's commit index) and at least
+/// the current snapshot's, so committed state is never rolled back.
+///
+/// On success the new file was fsynced, renamed into place and the directory
+/// fsynced before any older snapshot was deleted; the caller may reset its
+/// log only after this returns.
+///
+/// # Errors
+/// [`InstallError::Invalid`], [`InstallError::Mismatch`] or
+/// [`InstallError::Stale`] if a check fails (nothing on disk was touched);
+/// [`InstallError::Storage`] if listing or writing the directory fails.
+pub fn install(
+    data_dir: &Path,
+    bytes: &[u8],
+    announced: &SnapshotMeta,
+    floor: LogIndex,
+) -> Result<(SnapshotMeta, Store), InstallError> {
     let dir = data_dir.join(SNAPSHOT_DIR);
+    // Cheap checks first: a stale announcement is refused before decoding.
+    if announced.last_index < floor {
+        return Err(InstallError::Stale {
+            index: announced.last_index,
+            floor,
+        });
+    }
     let mut store = Store::default();
-    let meta = decode(&dir.join("(received)"), bytes, |k, v| store.insert(k, v))?;
+    let meta = decode(&dir.join("(received)"), bytes, |k, v| store.insert(k, v))
+        .map_err(InstallError::Invalid)?;
+    check_announced(announced, &meta)?;
+    // Only reads the directory. The current snapshot is at most the commit
+    // index, but this does not rely on the caller's floor being right.
+    if let Some((_, current)) = latest(&dir)? {
+        if current > meta.last_index {
+            return Err(InstallError::Stale {
+                index: meta.last_index,
+                floor: current,
+            });
+        }
+    }
     fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
     let tmp = super::temp_path(&dir, "snap");
     let written = File::create(&tmp)
@@ -140,11 +247,12 @@ pub fn install(data_dir: &Path, bytes: &[u8]) -> Result<(SnapshotMeta, Store), S
         .map_err(io_err("writing", &tmp));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
+        return Err(e.into());
     }
-    publish(&dir, &tmp, meta.last_index, |other| {
-        other != meta.last_index
-    })?;
+    // Only older snapshots go: a newer one can appear only if a concurrent
+    // writer raced the check above, and it then stays current, matching the
+    // log compacted behind it.
+    publish(&dir, &tmp, meta.last_index, |other| other < meta.last_index)?;
     Ok((meta, store))
 }
 
@@ -430,7 +538,7 @@ mod tests {
         assert!(bytes.len() > 2 * CHUNK_BYTES, "expected several chunks");
 
         let b = tempfile::tempdir().unwrap();
-        let (m, installed) = install(b.path(), &bytes).unwrap();
+        let (m, installed) = install(b.path(), &bytes, &meta(10), LogIndex(0)).unwrap();
         assert_eq!(m, meta(10));
         assert_eq!(sorted(&installed), sorted(&s));
         let (m, reloaded) = load_latest(b.path()).unwrap().unwrap();
@@ -457,14 +565,14 @@ mod tests {
             vec!["snap-00000000000000000009.bin"]
         );
         assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 4);
-        // Installing a leader's snapshot makes it current even if it is older.
+        // A leader's newer snapshot replaces it and prunes it.
         let other = tempfile::tempdir().unwrap();
-        write(other.path(), &meta(7), store(2).iter()).unwrap();
+        write(other.path(), &meta(12), store(2).iter()).unwrap();
         let (_, bytes) = read_latest(other.path()).unwrap().unwrap();
-        install(dir.path(), &bytes).unwrap();
+        install(dir.path(), &bytes, &meta(12), LogIndex(12)).unwrap();
         assert_eq!(
             snap_files(dir.path()),
-            vec!["snap-00000000000000000007.bin"]
+            vec!["snap-00000000000000000012.bin"]
         );
         assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 2);
     }
@@ -525,13 +633,129 @@ mod tests {
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 1;
         for bad in [good[..good.len() - 1].to_vec(), flipped, Vec::new()] {
-            let err = install(dir.path(), &bad).unwrap_err();
-            assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+            let err = install(dir.path(), &bad, &meta(20), LogIndex(3)).unwrap_err();
+            assert!(
+                matches!(err, InstallError::Invalid(StorageError::Corrupt { .. })),
+                "{err}"
+            );
             assert_eq!(
                 snap_files(dir.path()),
                 vec!["snap-00000000000000000003.bin"]
             );
             assert_eq!(fs::read(&current).unwrap(), before);
         }
+    }
+
+    /// Every file under `dir` with its contents, by relative path.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            for item in fs::read_dir(dir).unwrap() {
+                let path = item.unwrap().path();
+                if path.is_dir() {
+                    out.push((path.strip_prefix(root).unwrap().to_path_buf(), Vec::new()));
+                    walk(root, &path, out);
+                } else {
+                    let bytes = fs::read(&path).unwrap();
+                    out.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Bytes of a valid snapshot of `meta` holding `n` pairs.
+    fn snapshot_bytes(meta: &SnapshotMeta, n: usize) -> Vec<u8> {
+        let src = tempfile::tempdir().unwrap();
+        write(src.path(), meta, store(n).iter()).unwrap();
+        read_latest(src.path()).unwrap().unwrap().1
+    }
+
+    #[test]
+    fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &meta(3), store(5).iter()).unwrap();
+        let before = tree(dir.path());
+        let holds_50 = snapshot_bytes(&meta(50), 20);
+        let mut other_epoch = meta(60);
+        other_epoch.last_epoch = Epoch(7);
+        let mut other_history = meta(60);
+        other_history.history.pop();
+        let cases = [
+            ("last index", meta(60), holds_50.clone()),
+            ("last index", meta(40), holds_50.clone()),
+            (
+                "last epoch",
+                other_epoch.clone(),
+                snapshot_bytes(&meta(60), 20),
+            ),
+            (
+                "epoch history",
+                other_history.clone(),
+                snapshot_bytes(&meta(60), 20),
+            ),
+            ("last epoch", meta(60), snapshot_bytes(&other_epoch, 20)),
+        ];
+        for (field, announced, bytes) in cases {
+            let err = install(dir.path(), &bytes, &announced, LogIndex(3)).unwrap_err();
+            assert!(
+                matches!(err, InstallError::Mismatch { field: f, .. } if f == field),
+                "{field}: {err}"
+            );
+            assert_eq!(tree(dir.path()), before, "{field}: data dir changed");
+        }
+        // Into an empty data dir, nothing is even created.
+        let empty = tempfile::tempdir().unwrap();
+        let err = install(empty.path(), &holds_50, &meta(60), LogIndex(0)).unwrap_err();
+        assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
+        assert!(tree(empty.path()).is_empty());
+        // The current snapshot still loads as it was.
+        let (m, s) = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(m, meta(3));
+        assert_eq!(sorted(&s), sorted(&store(5)));
+    }
+
+    #[test]
+    fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &meta(9), store(4).iter()).unwrap();
+        let before = tree(dir.path());
+        // Below the caller's commit index.
+        let bytes = snapshot_bytes(&meta(12), 2);
+        let err = install(dir.path(), &bytes, &meta(12), LogIndex(13)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::Stale {
+                    index: LogIndex(12),
+                    floor: LogIndex(13)
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tree(dir.path()), before);
+        // Below the snapshot already on disk, even with a lax floor.
+        let bytes = snapshot_bytes(&meta(7), 2);
+        let err = install(dir.path(), &bytes, &meta(7), LogIndex(0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::Stale {
+                    index: LogIndex(7),
+                    floor: LogIndex(9)
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tree(dir.path()), before);
+        // At exactly the commit index it installs.
+        let bytes = snapshot_bytes(&meta(13), 2);
+        install(dir.path(), &bytes, &meta(13), LogIndex(13)).unwrap();
+        assert_eq!(
+            snap_files(dir.path()),
+            vec!["snap-00000000000000000013.bin"]
+        );
     }
 }
