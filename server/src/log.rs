@@ -164,9 +164,14 @@ impl MemLog {
         self.history.retain(|h| h.start <= index);
     }
 
-    /// Drops entries up to `index` from memory after a snapshot covering them.
-    pub fn compact(&mut self, index: LogIndex) {
-        while self.entries.front().is_some_and(|e| e.index <= index) {
+    /// Drops entries up to `index` from memory after a snapshot covering them,
+    /// at most `max` of them per call (the caller holds the node lock, and a
+    /// snapshot can cover millions of entries).
+    pub fn compact(&mut self, index: LogIndex, max: usize) {
+        for _ in 0..max {
+            if self.entries.front().is_none_or(|e| e.index > index) {
+                break;
+            }
             if let Some(e) = self.entries.pop_front() {
                 self.base_index = e.index;
                 self.base_epoch = e.epoch;
@@ -318,7 +323,9 @@ mod tests {
     #[test]
     fn compact_keeps_epochs_answerable() {
         let mut log = log_of(&[1, 1, 2, 2, 3]);
-        log.compact(LogIndex(4));
+        log.compact(LogIndex(4), 3);
+        assert_eq!(log.base_index(), LogIndex(3), "at most 3 per call");
+        log.compact(LogIndex(4), 3);
         assert_eq!(log.base_index(), LogIndex(4));
         assert_eq!(log.epoch_at(LogIndex(4)), Some(Epoch(2)));
         assert_eq!(log.epoch_at(LogIndex(1)), Some(Epoch(1)));
