@@ -5,9 +5,12 @@
 //! leads, and sits at the highest epoch anyone has seen; an election always
 //! uses an epoch above every epoch seen; the winner of an election is the
 //! fenced replica with the highest `(last_epoch, last_index)`, ties going to
-//! the lowest id.
+//! the lowest id. A leader cut off from its followers (but not from the
+//! balancer) is judged by [`StallWatch`] and replaced via
+//! [`choose_successor`], which never picks it again.
 
 use std::cmp::Reverse;
+use std::time::{Duration, Instant};
 
 use semikv_protocol::{Epoch, LogIndex, NodeRole, NodeStatus, ReplicaId};
 
@@ -24,6 +27,8 @@ pub struct Seen {
     pub last_epoch: Epoch,
     /// Index of its last log entry.
     pub last_index: LogIndex,
+    /// Highest index it knows committed.
+    pub commit_index: LogIndex,
 }
 
 impl From<&NodeStatus> for Seen {
@@ -34,6 +39,7 @@ impl From<&NodeStatus> for Seen {
             epoch: s.epoch,
             last_epoch: s.last_epoch,
             last_index: s.last_index,
+            commit_index: s.commit_index,
         }
     }
 }
@@ -99,10 +105,7 @@ pub enum Plan {
 /// otherwise elects at `max seen + 1` if any replica is healthy (and, during
 /// the start-up grace, only once every replica is).
 pub fn plan(observed: &[Observed], current: Current) -> Plan {
-    let max_epoch = observed
-        .iter()
-        .filter_map(|o| o.seen.map(|s| s.epoch))
-        .fold(current.max_epoch, Epoch::max);
+    let max_epoch = max_epoch(observed, current);
     let is_valid_leader = |o: &Observed| {
         o.healthy
             && o.seen
@@ -141,6 +144,15 @@ pub fn plan(observed: &[Observed], current: Current) -> Plan {
     }
 }
 
+/// The highest epoch any replica reported or the balancer remembers; an
+/// election must use one above it.
+pub fn max_epoch(observed: &[Observed], current: Current) -> Epoch {
+    observed
+        .iter()
+        .filter_map(|o| o.seen.map(|s| s.epoch))
+        .fold(current.max_epoch, Epoch::max)
+}
+
 /// Healthy replicas other than `leader` that are not following at `epoch`:
 /// idle ones, stale followers, and deposed leaders that came back.
 fn followers_to_fix(observed: &[Observed], leader: usize, epoch: Epoch) -> Vec<usize> {
@@ -176,6 +188,235 @@ pub fn sync_replicas(configured: u32, replicas: usize) -> u32 {
     configured.min(others)
 }
 
+/// Shortest time a leader leads before it can be judged stalled. Right after
+/// a promotion (or an adoption by a restarted balancer) its followers are
+/// still being told to follow, connecting and subscribing, so it legitimately
+/// reports no connected follower for a while.
+pub const MIN_STALL_GRACE: Duration = Duration::from_secs(1);
+
+/// Shortest pause between two stall failovers.
+pub const MIN_STALL_DAMPING: Duration = Duration::from_secs(5);
+
+/// The pause between stall failovers doubles after each one whose successor
+/// never had enough followers either (a network where no leader can reach
+/// its followers), up to this many times [`StallRule::damping`].
+pub const MAX_STALL_BACKOFF: u32 = 16;
+
+/// When a leader the balancer reaches counts as cut off from its followers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallRule {
+    /// Connected followers a leader needs to commit anything (the
+    /// `sync_replicas` it was promoted with, see [`sync_replicas`]).
+    pub sync: usize,
+    /// Consecutive status reports short of followers that make it stalled.
+    pub checks: u32,
+    /// How long it must have led before the rule applies.
+    pub grace: Duration,
+    /// Shortest pause after a stall failover before the next one.
+    pub damping: Duration,
+}
+
+impl StallRule {
+    /// The rule for a balancer with these settings: `checks = down_after`
+    /// (the same patience as for a dead replica); `grace =
+    /// max(election_wait, 1 s)`, since an election waits that long for a
+    /// replica to answer and a new leader's followers connect only after
+    /// theirs; `damping = max(10 × heartbeat × down_after, 5 s)`: several
+    /// times longer than it takes to judge a new leader stalled (grace plus
+    /// `down_after` checks), so a network where no replica reaches another
+    /// moves leadership at most once per damping period instead of every
+    /// couple of seconds, while a genuine second partition is still handled
+    /// within seconds.
+    pub fn new(
+        sync: u32,
+        down_after: u32,
+        heartbeat: Duration,
+        election_wait: Duration,
+    ) -> StallRule {
+        StallRule {
+            sync: usize::try_from(sync).unwrap_or(usize::MAX),
+            checks: down_after.max(1),
+            grace: election_wait.max(MIN_STALL_GRACE),
+            damping: heartbeat
+                .saturating_mul(down_after.max(1))
+                .saturating_mul(10)
+                .max(MIN_STALL_DAMPING),
+        }
+    }
+}
+
+/// One status report of the leader the balancer routes writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderReport {
+    /// The leader's slot.
+    pub slot: usize,
+    /// The epoch it leads at.
+    pub epoch: Epoch,
+    /// Which report of that slot this is (grows with every status recorded),
+    /// so that a round without a fresh check is not counted twice.
+    pub seq: u64,
+    /// Followers whose stream to it is connected, as it reports them.
+    pub connected: usize,
+    /// Replicas other than it that are healthy in the balancer's table.
+    pub healthy_others: usize,
+}
+
+/// What [`StallWatch::observe`] concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallVerdict {
+    /// Keep the leader.
+    Fine,
+    /// Cut off from its followers: fail over to another replica.
+    Stalled {
+        /// Followers it reports connected.
+        connected: usize,
+        /// Followers it needs.
+        needed: usize,
+    },
+    /// Stalled, but the last stall failover was too recent: keep it for now.
+    Damped {
+        /// Followers it reports connected.
+        connected: usize,
+        /// Followers it needs.
+        needed: usize,
+        /// Time left before a stall failover is allowed again.
+        wait: Duration,
+    },
+}
+
+/// Applies a [`StallRule`] to the leader's successive status reports.
+///
+/// A leader is stalled when its last `checks` reports in a row show fewer
+/// than `sync` connected followers, it has led for at least `grace`, and at
+/// least `sync` other replicas are healthy (so a leader elsewhere could
+/// commit). A leader cut off from its followers but not from the balancer
+/// would otherwise keep leading and fail every write after the sync timeout.
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    rule: StallRule,
+    /// The leader the counters below are about, and since when.
+    leader: Option<(usize, Epoch, Instant)>,
+    last_seq: Option<u64>,
+    short: u32,
+    last_failover: Option<Instant>,
+    /// The current pause after a stall failover (grows under repeated ones).
+    damping: Duration,
+    /// Whether a leader had enough followers since the last stall failover.
+    recovered: bool,
+}
+
+impl StallWatch {
+    /// A watch with no leader and no failover behind it.
+    pub fn new(rule: StallRule) -> StallWatch {
+        StallWatch {
+            rule,
+            leader: None,
+            last_seq: None,
+            short: 0,
+            last_failover: None,
+            damping: rule.damping,
+            recovered: true,
+        }
+    }
+
+    /// There is no leader now: the next one starts from scratch.
+    pub fn clear(&mut self) {
+        self.leader = None;
+        self.last_seq = None;
+        self.short = 0;
+    }
+
+    /// Takes one report of the current leader (a report already seen, by
+    /// `seq`, changes nothing) and judges it.
+    pub fn observe(&mut self, report: LeaderReport, now: Instant) -> StallVerdict {
+        let since = match self.leader {
+            Some((slot, epoch, since)) if slot == report.slot && epoch == report.epoch => since,
+            _ => {
+                self.clear();
+                self.leader = Some((report.slot, report.epoch, now));
+                now
+            }
+        };
+        if self.last_seq == Some(report.seq) {
+            return StallVerdict::Fine;
+        }
+        self.last_seq = Some(report.seq);
+        let needed = self.rule.sync;
+        if report.connected >= needed {
+            self.short = 0;
+            self.recovered = true;
+            self.damping = self.rule.damping;
+            return StallVerdict::Fine;
+        }
+        self.short = self.short.saturating_add(1);
+        if self.short < self.rule.checks
+            || now.saturating_duration_since(since) < self.rule.grace
+            || report.healthy_others < needed
+        {
+            return StallVerdict::Fine;
+        }
+        if let Some(until) = self.last_failover.map(|at| at + self.damping) {
+            if now < until {
+                // Judged afresh after another `checks` reports, so the
+                // refusal is logged once per such window, not every check.
+                self.short = 0;
+                return StallVerdict::Damped {
+                    connected: report.connected,
+                    needed,
+                    wait: until - now,
+                };
+            }
+        }
+        StallVerdict::Stalled {
+            connected: report.connected,
+            needed,
+        }
+    }
+
+    /// A stall failover was started at `now` (whatever its outcome).
+    pub fn failed_over(&mut self, now: Instant) {
+        if !self.recovered && self.last_failover.is_some() {
+            let max = self.rule.damping.saturating_mul(MAX_STALL_BACKOFF);
+            self.damping = self.damping.saturating_mul(2).min(max);
+        }
+        self.recovered = false;
+        self.last_failover = Some(now);
+        self.clear();
+    }
+}
+
+/// Picks the winner of an election held to move leadership away from the
+/// stalled leader at `stalled`, or `None` when no other replica is fit.
+///
+/// The stalled leader is never the winner: it likely has the longest log
+/// and would be promoted again, stalled again, forever. Safety: a write is
+/// acknowledged only once it is on the leader and on at least
+/// `sync_replicas` (>= 1) followers, so the best `(last_epoch, last_index)`
+/// among the fenced followers holds every acknowledged write under the same
+/// condition as guarantee 1 of DESIGN.md "Guarantees" (one follower that
+/// acknowledged it answers the fence), exactly as when a dead leader is
+/// replaced; fenced followers refuse the old leader's stream, so nothing it
+/// acknowledges later can be missing from them. The old leader's
+/// extra tail was never acknowledged; it is truncated when it follows. As a
+/// further guard, when the stalled leader answered the fence (after the
+/// followers, so its commit index can no longer grow), a candidate must
+/// reach `(its last_epoch, its commit_index)`: a follower behind what the
+/// leader knows is committed is not fit.
+pub fn choose_successor(fenced: &[(usize, Seen)], stalled: usize) -> Option<usize> {
+    let floor = fenced
+        .iter()
+        .find(|&&(slot, _)| slot == stalled)
+        .map(|(_, s)| (s.last_epoch, s.commit_index));
+    let fit: Vec<(usize, Seen)> = fenced
+        .iter()
+        .filter(|&&(slot, s)| {
+            slot != stalled && floor.is_none_or(|f| (s.last_epoch, s.last_index) >= f)
+        })
+        .copied()
+        .collect();
+    choose_leader(&fit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +428,7 @@ mod tests {
             epoch: Epoch(epoch),
             last_epoch: Epoch(last_epoch),
             last_index: LogIndex(last_index),
+            commit_index: LogIndex(last_index),
         }
     }
 
@@ -496,5 +738,320 @@ mod tests {
         assert_eq!(sync_replicas(1, 1), 0);
         assert_eq!(sync_replicas(2, 0), 0);
         assert_eq!(sync_replicas(0, 5), 0);
+    }
+
+    // --- the stall rule ---
+
+    const HB: Duration = Duration::from_millis(100);
+
+    /// The defaults: sync 1 of 3, down after 3, heartbeat 100 ms, election
+    /// wait 600 ms: grace 1 s, damping 5 s.
+    fn watch(sync: u32, replicas: usize) -> StallWatch {
+        StallWatch::new(StallRule::new(
+            sync_replicas(sync, replicas),
+            3,
+            HB,
+            Duration::from_millis(600),
+        ))
+    }
+
+    fn report(slot: usize, epoch: u64, seq: u64, connected: usize, others: usize) -> LeaderReport {
+        LeaderReport {
+            slot,
+            epoch: Epoch(epoch),
+            seq,
+            connected,
+            healthy_others: others,
+        }
+    }
+
+    /// Feeds `n` fresh reports of slot 0 at epoch 1 one heartbeat apart,
+    /// starting at `*at` and `*seq`; returns the last verdict.
+    fn feed(
+        w: &mut StallWatch,
+        at: &mut Instant,
+        seq: &mut u64,
+        n: usize,
+        connected: usize,
+    ) -> StallVerdict {
+        let mut last = StallVerdict::Fine;
+        for _ in 0..n {
+            *seq += 1;
+            last = w.observe(report(0, 1, *seq, connected, 2), *at);
+            *at += HB;
+        }
+        last
+    }
+
+    #[test]
+    fn stall_rule_derives_grace_and_damping_from_the_settings() {
+        let r = StallRule::new(1, 3, HB, Duration::from_millis(600));
+        assert_eq!(r.sync, 1);
+        assert_eq!(r.checks, 3);
+        assert_eq!(r.grace, Duration::from_secs(1));
+        assert_eq!(r.damping, Duration::from_secs(5));
+        let slow = StallRule::new(2, 4, Duration::from_millis(500), Duration::from_secs(3));
+        assert_eq!(slow.grace, Duration::from_secs(3));
+        assert_eq!(slow.damping, Duration::from_secs(20));
+        assert_eq!(StallRule::new(1, 0, HB, Duration::ZERO).checks, 1);
+    }
+
+    #[test]
+    fn stalled_only_after_down_after_short_reports_in_a_row() {
+        let mut w = watch(1, 3);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        // Past the grace with followers connected.
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 1), StallVerdict::Fine);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 2, 0), StallVerdict::Fine);
+        // One connected report breaks the streak.
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 1, 1), StallVerdict::Fine);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 2, 0), StallVerdict::Fine);
+        assert_eq!(
+            feed(&mut w, &mut at, &mut seq, 1, 0),
+            StallVerdict::Stalled {
+                connected: 0,
+                needed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_report_already_seen_is_not_counted_again() {
+        let mut w = watch(1, 3);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 1), StallVerdict::Fine);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 2, 0), StallVerdict::Fine);
+        for _ in 0..5 {
+            assert_eq!(w.observe(report(0, 1, seq, 0, 2), at), StallVerdict::Fine);
+        }
+        assert!(matches!(
+            feed(&mut w, &mut at, &mut seq, 1, 0),
+            StallVerdict::Stalled { .. }
+        ));
+    }
+
+    #[test]
+    fn a_leader_is_not_judged_before_its_grace_ends() {
+        let mut w = watch(1, 3);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        // 0.9 s of reports without any follower: still in the 1 s grace.
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 10, 0), StallVerdict::Fine);
+        // At 1 s the streak is long enough already: stalled at once.
+        assert!(matches!(
+            feed(&mut w, &mut at, &mut seq, 1, 0),
+            StallVerdict::Stalled { .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_leader_or_epoch_restarts_the_grace_and_the_count() {
+        let mut w = watch(1, 3);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 10, 0), StallVerdict::Fine);
+        let t = at;
+        // Same slot, next epoch (re-promoted): a new leader.
+        assert_eq!(w.observe(report(0, 2, 100, 0, 2), t), StallVerdict::Fine);
+        assert_eq!(
+            w.observe(report(0, 2, 101, 0, 2), t + HB),
+            StallVerdict::Fine
+        );
+        assert_eq!(
+            w.observe(report(0, 2, 102, 0, 2), t + 2 * HB),
+            StallVerdict::Fine,
+            "three short reports, but within the grace of the new leader"
+        );
+        // Another slot.
+        assert_eq!(
+            w.observe(report(1, 2, 7, 0, 2), t + 20 * HB),
+            StallVerdict::Fine
+        );
+        w.clear();
+        assert_eq!(
+            w.observe(report(1, 2, 8, 0, 2), t + 40 * HB),
+            StallVerdict::Fine
+        );
+    }
+
+    #[test]
+    fn no_failover_without_enough_healthy_replicas_elsewhere() {
+        let mut w = StallWatch::new(StallRule::new(2, 3, HB, Duration::from_millis(600)));
+        let t = Instant::now();
+        for seq in 0..20 {
+            let at = t + HB * u32::try_from(seq).unwrap();
+            // Two followers needed, one connected, one other healthy: a
+            // leader elsewhere could not commit either.
+            assert_eq!(w.observe(report(0, 1, seq, 1, 1), at), StallVerdict::Fine);
+        }
+        assert_eq!(
+            w.observe(report(0, 1, 20, 1, 2), t + HB * 20),
+            StallVerdict::Stalled {
+                connected: 1,
+                needed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_single_replica_is_never_stalled() {
+        // N = 1: sync_replicas is 0, and there is nobody else anyway.
+        let mut w = watch(1, 1);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 50, 0), StallVerdict::Fine);
+        let mut w = watch(0, 3);
+        assert_eq!(feed(&mut w, &mut at, &mut seq, 50, 0), StallVerdict::Fine);
+    }
+
+    #[test]
+    fn two_replicas_fail_over_to_the_other_one_only_when_it_is_healthy() {
+        let mut w = watch(1, 2);
+        let t = Instant::now();
+        for seq in 0..20 {
+            let at = t + HB * u32::try_from(seq).unwrap();
+            assert_eq!(w.observe(report(0, 1, seq, 0, 0), at), StallVerdict::Fine);
+        }
+        assert_eq!(
+            w.observe(report(0, 1, 20, 0, 1), t + HB * 20),
+            StallVerdict::Stalled {
+                connected: 0,
+                needed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn damping_refuses_a_second_stall_failover_for_a_while() {
+        let mut w = watch(1, 3);
+        let (mut at, mut seq) = (Instant::now(), 0);
+        assert!(matches!(
+            feed(&mut w, &mut at, &mut seq, 11, 0),
+            StallVerdict::Stalled { .. }
+        ));
+        let failed_at = at;
+        w.failed_over(failed_at);
+        // The successor (slot 1, epoch 2) has no followers either.
+        let mut verdicts = Vec::new();
+        for i in 1..=30u32 {
+            let now = failed_at + HB * i;
+            verdicts.push(w.observe(report(1, 2, u64::from(i), 0, 2), now));
+        }
+        let damped: Vec<usize> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, StallVerdict::Damped { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            !verdicts
+                .iter()
+                .any(|v| matches!(v, StallVerdict::Stalled { .. })),
+            "{verdicts:?}"
+        );
+        // Judged once its grace is over (1 s after its first report, the
+        // 11th), then once every 3 reports.
+        assert_eq!(damped.first(), Some(&10));
+        assert!(damped.windows(2).all(|p| p[1] - p[0] == 3), "{damped:?}");
+        let StallVerdict::Damped {
+            connected,
+            needed,
+            wait,
+        } = verdicts[10]
+        else {
+            unreachable!()
+        };
+        assert_eq!((connected, needed), (0, 1));
+        assert_eq!(wait, Duration::from_secs(5) - HB * 11);
+        // Once the 5 s are over, it acts again.
+        let mut last = StallVerdict::Fine;
+        for i in 31..=60u32 {
+            last = w.observe(report(1, 2, u64::from(i), 0, 2), failed_at + HB * i);
+            if matches!(last, StallVerdict::Stalled { .. }) {
+                assert!(HB * i >= Duration::from_secs(5));
+                break;
+            }
+        }
+        assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
+    }
+
+    /// The first stall verdict for slot `slot` at `epoch`, reports one
+    /// heartbeat apart from `from`; returns when it came.
+    fn first_stall(w: &mut StallWatch, slot: usize, epoch: u64, from: Instant) -> Duration {
+        for i in 1..2000u32 {
+            let v = w.observe(report(slot, epoch, u64::from(i), 0, 2), from + HB * i);
+            if matches!(v, StallVerdict::Stalled { .. }) {
+                return HB * i;
+            }
+        }
+        panic!("never stalled");
+    }
+
+    #[test]
+    fn repeated_stall_failovers_back_off_until_a_leader_recovers() {
+        let mut w = watch(1, 3);
+        let t0 = Instant::now();
+        let mut at = t0 + first_stall(&mut w, 0, 1, t0);
+        w.failed_over(at);
+        // A star network: no leader ever gets a follower.
+        let mut gaps = Vec::new();
+        for epoch in 2..8 {
+            let gap = first_stall(&mut w, usize::try_from(epoch % 3).unwrap(), epoch, at);
+            gaps.push(gap);
+            at += gap;
+            w.failed_over(at);
+        }
+        let secs: Vec<u64> = gaps.iter().map(|g| g.as_secs()).collect();
+        assert_eq!(secs, vec![5, 10, 20, 40, 80, 80]);
+        // A leader with its followers resets the pause.
+        let epoch = 8;
+        assert_eq!(
+            w.observe(report(1, epoch, 1, 1, 2), at + HB),
+            StallVerdict::Fine
+        );
+        w.failed_over(at + HB);
+        let gap = first_stall(&mut w, 2, epoch + 1, at + HB);
+        assert_eq!(gap.as_secs(), 5);
+    }
+
+    fn seen_c(id: u32, last_epoch: u64, last_index: u64, commit: u64) -> Seen {
+        Seen {
+            commit_index: LogIndex(commit),
+            ..seen(id, Follower, 9, last_epoch, last_index)
+        }
+    }
+
+    #[test]
+    fn successor_is_never_the_stalled_leader_even_with_the_longest_log() {
+        let fenced = [
+            (0, seen_c(1, 4, 20, 15)),
+            (1, seen_c(2, 4, 17, 15)),
+            (2, seen_c(3, 4, 16, 15)),
+        ];
+        assert_eq!(choose_leader(&fenced), Some(0));
+        assert_eq!(choose_successor(&fenced, 0), Some(1));
+        assert_eq!(choose_successor(&fenced, 1), Some(0));
+    }
+
+    #[test]
+    fn successor_must_hold_what_the_stalled_leader_committed() {
+        let fenced = [
+            (0, seen_c(1, 4, 20, 15)),
+            (1, seen_c(2, 4, 14, 14)),
+            (2, seen_c(3, 3, 30, 14)),
+        ];
+        // Slot 1 lacks index 15; slot 2's longer log ends in an older epoch.
+        assert_eq!(choose_successor(&fenced, 0), None);
+        let fenced = [(0, seen_c(1, 4, 20, 15)), (1, seen_c(2, 4, 15, 14))];
+        assert_eq!(choose_successor(&fenced, 0), Some(1));
+    }
+
+    #[test]
+    fn successor_without_the_stalled_leaders_answer_is_the_best_follower() {
+        let fenced = [(1, seen_c(2, 4, 14, 14)), (2, seen_c(3, 4, 16, 10))];
+        assert_eq!(choose_successor(&fenced, 0), Some(2));
+    }
+
+    #[test]
+    fn no_successor_when_no_follower_answered() {
+        assert_eq!(choose_successor(&[(0, seen_c(1, 4, 20, 15))], 0), None);
+        assert_eq!(choose_successor(&[], 0), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The health loop: checks every replica each heartbeat, reacts at once when a
 //! replica connection breaks, and carries out the [`crate::failover`] plan
-//! (adopt, elect with fencing, tell replicas to follow).
+//! (adopt, elect with fencing, tell replicas to follow), including moving
+//! leadership away from a leader cut off from its followers.
 //!
 //! It is the only writer of leadership in the [`Table`], and runs as one task,
 //! so elections never overlap.
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::failover::{self, Plan, Seen};
+use crate::failover::{self, Plan, Seen, StallRule, StallVerdict, StallWatch};
 use crate::replica_conn::{ConnError, ReplicaLink};
 use crate::table::{Leader, Table};
 
@@ -37,6 +38,8 @@ pub struct HealthLoop {
     lost_leader: Option<Leader>,
     /// Until when, at start-up, an election waits for every replica.
     grace_until: Option<Instant>,
+    /// Judges whether the leader is cut off from its followers.
+    stall: StallWatch,
 }
 
 impl HealthLoop {
@@ -49,7 +52,14 @@ impl HealthLoop {
         broken_rx: mpsc::Receiver<usize>,
         kick: Arc<Notify>,
     ) -> HealthLoop {
+        let rule = StallRule::new(
+            failover::sync_replicas(config.sync_replicas, links.len()),
+            config.down_after,
+            config.heartbeat,
+            config.election_wait,
+        );
         HealthLoop {
+            stall: StallWatch::new(rule),
             config,
             table,
             links,
@@ -151,7 +161,11 @@ impl HealthLoop {
                 epoch,
                 follow,
             } => {
-                self.follow(&follow, leader, epoch).await;
+                if self.leader_stalled(leader, epoch) {
+                    self.elect_away_from(leader).await;
+                } else {
+                    self.follow(&follow, leader, epoch).await;
+                }
             }
             Plan::Adopt {
                 leader,
@@ -174,11 +188,50 @@ impl HealthLoop {
                 self.follow(&follow, leader, epoch).await;
             }
             Plan::Elect { epoch } => {
+                self.stall.clear();
                 self.leader_lost();
                 self.elect(epoch).await;
             }
             Plan::Wait => {
+                self.stall.clear();
                 self.leader_lost();
+            }
+        }
+    }
+
+    /// Feeds the leader's last status to the stall rule; whether to fail
+    /// over away from it now.
+    fn leader_stalled(&mut self, leader: usize, epoch: semikv_protocol::Epoch) -> bool {
+        let Some(report) = self.table.leader_report(leader, epoch) else {
+            return false;
+        };
+        match self.stall.observe(report, Instant::now()) {
+            StallVerdict::Fine => false,
+            StallVerdict::Damped {
+                connected,
+                needed,
+                wait,
+            } => {
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                warn!(
+                    leader = %self.addr(leader),
+                    epoch = %epoch,
+                    connected,
+                    needed,
+                    wait_ms,
+                    "leader has too few followers connected, but the last such failover is too recent; keeping it"
+                );
+                false
+            }
+            StallVerdict::Stalled { connected, needed } => {
+                warn!(
+                    leader = %self.addr(leader),
+                    epoch = %epoch,
+                    connected,
+                    needed,
+                    "leader stalled: too few followers connected; failing over"
+                );
+                true
             }
         }
     }
@@ -221,15 +274,77 @@ impl HealthLoop {
                 let _ = link.request(Op::Fence(Fence { epoch }), wait).await;
             });
         }
-        let answers = join_all(
-            self.links
-                .iter()
-                .enumerate()
-                .filter(|&(slot, _)| Some(slot) != silent)
-                .map(|(slot, link)| async move {
-                    (slot, link.request(Op::Fence(Fence { epoch }), wait).await)
-                }),
-        )
+        let slots: Vec<usize> = (0..self.links.len())
+            .filter(|&slot| Some(slot) != silent)
+            .collect();
+        let fenced = self.fence(&slots, epoch, wait).await;
+        let Some(winner) = failover::choose_leader(&fenced) else {
+            return;
+        };
+        self.promote(winner, &fenced, epoch, started).await;
+    }
+
+    /// Moves leadership away from `stalled`, a leader the balancer reaches but
+    /// that has too few followers connected to commit anything.
+    ///
+    /// The other replicas are fenced first: if none answers, the leader is
+    /// kept (as before this rule existed; one that took the fence without
+    /// answering shows the new epoch at its next check, and the usual
+    /// election follows). Fenced
+    /// followers refuse its stream, so it can commit nothing more; it is then
+    /// fenced too (which deposes it, and its answer gives its final commit
+    /// index) and the best fit follower is promoted (see
+    /// [`failover::choose_successor`] for why no acknowledged write is lost).
+    /// Should no follower be fit, the election goes on as usual among every
+    /// fenced replica, which re-promotes the old leader at the new epoch.
+    async fn elect_away_from(&mut self, stalled: usize) {
+        let started = Instant::now();
+        self.stall.failed_over(started);
+        let epoch = failover::max_epoch(&self.table.observed(), self.table.current()).next();
+        let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
+        let others: Vec<usize> = (0..self.links.len())
+            .filter(|&slot| slot != stalled)
+            .collect();
+        let mut fenced = self.fence(&others, epoch, wait).await;
+        if fenced.is_empty() {
+            warn!(leader = %self.addr(stalled), epoch = %epoch, "no other replica answered the fence; keeping the stalled leader");
+            return;
+        }
+        self.table.raise_epoch(epoch);
+        // Writes wait for the successor from now on, rather than go to a
+        // leader about to be fenced.
+        self.lost_at = Some(started);
+        self.lost_leader = self.table.leader();
+        self.table.set_leader(None);
+        fenced.extend(self.fence(&[stalled], epoch, wait).await);
+        let winner = match failover::choose_successor(&fenced, stalled) {
+            Some(winner) => winner,
+            None => {
+                warn!(leader = %self.addr(stalled), epoch = %epoch, "no follower holds everything the stalled leader committed; electing among all");
+                let Some(winner) = failover::choose_leader(&fenced) else {
+                    return;
+                };
+                winner
+            }
+        };
+        self.promote(winner, &fenced, epoch, started).await;
+    }
+
+    /// Fences `slots` at `epoch` in parallel, each waited for at most `wait`;
+    /// returns the answers of those that accepted.
+    async fn fence(
+        &self,
+        slots: &[usize],
+        epoch: semikv_protocol::Epoch,
+        wait: Duration,
+    ) -> Vec<(usize, Seen)> {
+        let answers = join_all(slots.iter().map(|&slot| async move {
+            let answer = match self.links.get(slot) {
+                Some(link) => link.request(Op::Fence(Fence { epoch }), wait).await,
+                None => Err(ConnError::Refused),
+            };
+            (slot, answer)
+        }))
         .await;
         let mut fenced: Vec<(usize, Seen)> = Vec::new();
         for (slot, answer) in answers {
@@ -249,9 +364,18 @@ impl HealthLoop {
                 Err(e) => debug!(slot, error = %e, "fence failed"),
             }
         }
-        let Some(winner) = failover::choose_leader(&fenced) else {
-            return;
-        };
+        fenced
+    }
+
+    /// Promotes `winner` at `epoch`, routes writes to it and tells the other
+    /// fenced replicas to follow it; a failure is left to later rounds.
+    async fn promote(
+        &mut self,
+        winner: usize,
+        fenced: &[(usize, Seen)],
+        epoch: semikv_protocol::Epoch,
+        started: Instant,
+    ) {
         let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
         let promote = Op::Promote(Promote {
             epoch,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
 use tokio::sync::watch;
 
-use crate::failover::{Current, Observed, Seen};
+use crate::failover::{Current, LeaderReport, Observed, Seen};
 
 /// The leader writes go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ struct Row {
     healthy: bool,
     misses: u32,
     status: Option<NodeStatus>,
+    /// Statuses recorded so far: tells a fresh report from one already judged.
+    reports: u64,
     last_seen: Option<Instant>,
 }
 
@@ -56,6 +58,7 @@ impl Table {
                 healthy: false,
                 misses: 0,
                 status: None,
+                reports: 0,
                 last_seen: None,
             })
             .collect();
@@ -95,6 +98,7 @@ impl Table {
             row.healthy = true;
             row.misses = 0;
             row.status = Some(status);
+            row.reports = row.reports.wrapping_add(1);
             row.last_seen = Some(Instant::now());
         }
     }
@@ -153,6 +157,28 @@ impl Table {
             max_epoch: inner.max_epoch,
             startup_grace: false,
         }
+    }
+
+    /// The stall rule's view of the leader at `slot` leading at `epoch`: its
+    /// last status's connected followers and how many other replicas are
+    /// healthy. `None` when it never reported.
+    pub fn leader_report(&self, slot: usize, epoch: Epoch) -> Option<LeaderReport> {
+        let inner = self.lock();
+        let row = inner.rows.get(slot)?;
+        let status = row.status.as_ref()?;
+        let healthy_others = inner
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|&(other, r)| other != slot && r.healthy && r.status.is_some())
+            .count();
+        Some(LeaderReport {
+            slot,
+            epoch,
+            seq: row.reports,
+            connected: status.followers.iter().filter(|f| f.connected).count(),
+            healthy_others,
+        })
     }
 
     /// The leader writes go to now.
@@ -276,6 +302,38 @@ mod tests {
         assert_eq!(t.next_reader(Some(0)), None);
         t.record_ok(1, status(2, NodeRole::Follower, 1, 5));
         assert_eq!(t.next_reader(Some(0)), Some(1));
+    }
+
+    #[test]
+    fn leader_report_counts_connected_followers_and_healthy_others() {
+        use semikv_protocol::FollowerProgress;
+        let t = table3();
+        assert_eq!(t.leader_report(0, Epoch(2)), None);
+        let mut lead = status(1, NodeRole::Leader, 2, 10);
+        lead.followers = vec![
+            FollowerProgress {
+                id: ReplicaId(2),
+                match_index: LogIndex(10),
+                connected: true,
+            },
+            FollowerProgress {
+                id: ReplicaId(3),
+                match_index: LogIndex(4),
+                connected: false,
+            },
+        ];
+        t.record_ok(0, lead.clone());
+        t.record_ok(1, status(2, NodeRole::Follower, 2, 10));
+        let r = t.leader_report(0, Epoch(2)).unwrap();
+        assert_eq!((r.slot, r.epoch), (0, Epoch(2)));
+        assert_eq!((r.connected, r.healthy_others), (1, 1));
+        t.record_ok(0, lead);
+        let again = t.leader_report(0, Epoch(2)).unwrap();
+        assert!(again.seq != r.seq, "a new status is a new report");
+        t.record_ok(2, status(3, NodeRole::Follower, 2, 4));
+        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 2);
+        t.mark_down(1);
+        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 1);
     }
 
     #[test]

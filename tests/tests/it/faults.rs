@@ -18,7 +18,8 @@
 //! follower and balancer SIGSTOPs 1 → 4, follower crashes 2 → 8,
 //! whole-cluster kills 2 → 5, torn tails 2 → 6 (with default and with
 //! constant snapshots), crashes under constant snapshots 3 → 12,
-//! partitions either way 1 → 4, slow/cut links 3 → 12, hostile waves
+//! partitions either way 1 → 4, long leader/follower partitions that
+//! replace the leader 1 → 3, slow/cut links 3 → 12, hostile waves
 //! 2 → 10) and the durations (load between faults 0.5 s → 2 s, partitions
 //! 2.5 s → 8 s, the one-byte-per-second peers 3 s → 20 s). It takes about
 //! two and a half minutes on 2 cores.
@@ -820,6 +821,59 @@ async fn a_leader_cut_off_from_its_followers_but_not_the_balancer_loses_nothing(
         faults,
     )
     .await;
+}
+
+/// Bound, from the cut, on a replacement leader serving acknowledged writes
+/// through the balancer while the old leader stays cut off from its
+/// followers: the leader notices silent follower streams after 3 s (the
+/// servers' replication silence timeout), the balancer needs `down_after`
+/// checks (0.3 s) and one election; the rest is slack for a noisy machine.
+const STALLED_LEADER_REPLACED_WITHIN: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_for_long_is_replaced_and_rejoins() {
+    let (rig, workload) = loaded_proxied_cluster().await;
+    let mut faults = 0;
+    let mut probes = Vec::new();
+    for round in 0..rounds(1, 3) {
+        tokio::time::sleep(load_time()).await;
+        let old = wait_balancer_leader(&rig, None).await;
+        let epoch = cluster_epoch(&rig).await;
+        // The balancer still reaches the leader; its followers do not, for
+        // longer than the sync timeout: every write it takes would fail with
+        // NotEnoughReplicas, so the balancer must lead elsewhere.
+        rig.proxies[old].blackhole(&[Role::Replica]);
+        faults += 1;
+        let deadline = Deadline::new(
+            STALLED_LEADER_REPLACED_WITHIN,
+            "another leader while the old one is cut off from its followers",
+        );
+        let cut = Instant::now();
+        let new = loop {
+            if let Some(i) = balancer_leader(&rig).await.filter(|&i| i != old) {
+                break i;
+            }
+            let r = deadline.tick().await;
+            rig.explain(r);
+        };
+        let replaced_ms = cut.elapsed().as_millis();
+        let left = STALLED_LEADER_REPLACED_WITHIN.saturating_sub(cut.elapsed());
+        let r = workload.wait_progress(PROGRESS, left).await;
+        rig.explain(r);
+        eprintln!(
+            "faults: stalled leader {old} replaced by {new} {replaced_ms} ms after the cut; \
+             writes served again by {} ms",
+            cut.elapsed().as_millis()
+        );
+        // Still partitioned: the old leader, deposed by the fence, must not
+        // acknowledge a write on its own.
+        probes.push(probe_deposed(&rig, old, &format!("stalled-{round}")).await);
+        rig.proxies[old].heal();
+        wait_caught_up_follower(&rig, old, new, epoch).await;
+        let r = workload.wait_progress(PROGRESS, CONVERGE).await;
+        rig.explain(r);
+    }
+    finish("leader-stalled-by-partition", rig, workload, probes, faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
