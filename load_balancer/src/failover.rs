@@ -179,6 +179,25 @@ pub fn choose_leader(fenced: &[(usize, Seen)]) -> Option<usize> {
         .map(|&(slot, _)| slot)
 }
 
+/// How many fenced answers an election needs before it may promote anyone:
+/// `replicas - sync` (at least one).
+///
+/// An acknowledged write is held by the leader and `sync` followers, that
+/// is by `sync + 1` replicas. Any `replicas - sync` of them include at least
+/// one of those holders (the two counts add up to more than `replicas`), and
+/// the most up-to-date log among them then holds every acknowledged write
+/// (Raft's leader-completeness argument; leaders commit inherited entries
+/// only through one of their own epoch). With fewer answers, the holder of
+/// the last writes may be exactly the replica that is slow to answer (a
+/// busy sync follower), and the balancer would promote a lagging one: its
+/// followers then refuse to truncate what they committed, and the cluster
+/// stays without a working leader. Waiting costs availability only while
+/// too many replicas are unreachable at once.
+pub fn election_quorum(replicas: usize, sync: u32) -> usize {
+    let sync = usize::try_from(sync).unwrap_or(usize::MAX);
+    replicas.saturating_sub(sync).max(1)
+}
+
 /// The `sync_replicas` to promote with: the configured value capped at the
 /// number of *other* configured replicas (not the number healthy, so that with
 /// every follower down writes fail with `NotEnoughReplicas` rather than
@@ -447,6 +466,25 @@ mod tests {
     }
 
     use NodeRole::{Follower, Idle, Leader};
+
+    #[test]
+    fn election_quorum_meets_every_set_of_write_holders() {
+        assert_eq!(election_quorum(1, 0), 1);
+        assert_eq!(election_quorum(2, 1), 1);
+        assert_eq!(election_quorum(3, 1), 2);
+        assert_eq!(election_quorum(3, 2), 1);
+        assert_eq!(election_quorum(5, 1), 4);
+        assert_eq!(election_quorum(5, 2), 3);
+        assert_eq!(election_quorum(0, 0), 1);
+        assert_eq!(election_quorum(3, u32::MAX), 1);
+        // The point of it: every answering set meets every holding set.
+        for replicas in 1..=7 {
+            for sync in 0..replicas as u32 {
+                let holders = sync as usize + 1;
+                assert!(election_quorum(replicas, sync) + holders > replicas);
+            }
+        }
+    }
 
     #[test]
     fn fresh_cluster_elects_at_epoch_one() {

@@ -25,6 +25,10 @@ use crate::table::{Leader, Table};
 /// declare a busy replica dead.
 const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// Least time between two "election postponed" warnings: the health loop
+/// retries every heartbeat.
+const QUORUM_WARN_EVERY: Duration = Duration::from_secs(1);
+
 /// The health and failover loop.
 pub struct HealthLoop {
     config: Arc<Config>,
@@ -40,6 +44,8 @@ pub struct HealthLoop {
     grace_until: Option<Instant>,
     /// Judges whether the leader is cut off from its followers.
     stall: StallWatch,
+    /// When an election was last postponed for too few answers (logged).
+    quorum_warned: Option<Instant>,
 }
 
 impl HealthLoop {
@@ -60,6 +66,7 @@ impl HealthLoop {
         );
         HealthLoop {
             stall: StallWatch::new(rule),
+            quorum_warned: None,
             config,
             table,
             links,
@@ -278,6 +285,9 @@ impl HealthLoop {
             .filter(|&slot| Some(slot) != silent)
             .collect();
         let fenced = self.fence(&slots, epoch, wait).await;
+        if !self.enough_answers(&fenced, epoch) {
+            return;
+        }
         let Some(winner) = failover::choose_leader(&fenced) else {
             return;
         };
@@ -317,6 +327,13 @@ impl HealthLoop {
         self.lost_leader = self.table.leader();
         self.table.set_leader(None);
         fenced.extend(self.fence(&[stalled], epoch, wait).await);
+        // With the stalled leader's answer, its commit index tells
+        // choose_successor what every acknowledged write covers; without
+        // it, only enough answers do.
+        let leader_answered = fenced.iter().any(|&(slot, _)| slot == stalled);
+        if !leader_answered && !self.enough_answers(&fenced, epoch) {
+            return;
+        }
         let winner = match failover::choose_successor(&fenced, stalled) {
             Some(winner) => winner,
             None => {
@@ -328,6 +345,31 @@ impl HealthLoop {
             }
         };
         self.promote(winner, &fenced, epoch, started).await;
+    }
+
+    /// Whether `fenced` holds enough answers to see every acknowledged write
+    /// (see [`failover::election_quorum`]); warns (at most once a second)
+    /// when not, and the next round tries again.
+    fn enough_answers(&mut self, fenced: &[(usize, Seen)], epoch: semikv_protocol::Epoch) -> bool {
+        let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
+        let needed = failover::election_quorum(self.links.len(), sync);
+        if fenced.len() >= needed {
+            return true;
+        }
+        let now = Instant::now();
+        if self
+            .quorum_warned
+            .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
+        {
+            self.quorum_warned = Some(now);
+            warn!(
+                epoch = %epoch,
+                answered = fenced.len(),
+                needed,
+                "election postponed: too few replicas answered to be sure the winner holds every acknowledged write"
+            );
+        }
+        false
     }
 
     /// Fences `slots` at `epoch` in parallel, each waited for at most `wait`;

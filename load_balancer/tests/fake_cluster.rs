@@ -784,6 +784,39 @@ async fn a_leader_that_stops_answering_is_replaced_after_missed_checks() {
 }
 
 #[tokio::test]
+async fn no_election_without_enough_answers_to_know_every_acknowledged_write() {
+    // Semi-sync to one follower: a write is acknowledged once the leader and
+    // one follower hold it. Here b holds everything; c lags.
+    let a = Fake::start(1, NodeRole::Leader, 3, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 3, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 3, 8).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v1").await;
+    // The leader dies while b is too busy to answer: c alone cannot tell
+    // whether b holds writes it lacks, so c must not be promoted.
+    b.s().mute = true;
+    a.kill();
+    until("several election attempts reached c", || {
+        let c = c.s();
+        c.fences >= 5 || !c.promotes.is_empty()
+    })
+    .await;
+    assert!(
+        c.s().promotes.is_empty(),
+        "a lagging replica was promoted without hearing from b"
+    );
+    // Once b answers again, the election can see every acknowledged write.
+    b.s().mute = false;
+    until("b (holding every write) leads", || {
+        b.s().role == Some(NodeRole::Leader)
+    })
+    .await;
+    assert!(c.s().promotes.is_empty());
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn health_checks_do_not_queue_behind_client_requests() {
     let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
     let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
