@@ -342,9 +342,19 @@ impl Node {
         // is at least the last entry's.
         let appended = self.log.append(entry.clone());
         debug_assert!(appended.is_ok());
-        self.push_wal(WalCmd::Append(vec![Record::Entry(entry)]));
+        self.push_record(Record::Entry(entry));
         self.signals.progress.send_modify(|p| *p += 1);
         index
+    }
+
+    /// Queues one WAL record, into the batch already queued if there is one
+    /// (no vector allocated per write).
+    fn push_record(&mut self, record: Record) {
+        match self.outbox.last_mut() {
+            Some(WalCmd::Append(records)) => records.push(record),
+            _ => self.outbox.push(WalCmd::Append(vec![record])),
+        }
+        self.signals.outbox.send_modify(|n| *n += 1);
     }
 
     fn push_wal(&mut self, cmd: WalCmd) {

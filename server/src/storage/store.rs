@@ -70,15 +70,16 @@ impl Store {
     }
 
     fn put(&mut self, key: Bytes, value: Option<Bytes>) {
-        let had = self.lookup(&key).is_some();
         let has = value.is_some();
         if self.delta.is_empty() {
             if let Some(base) = Arc::get_mut(&mut self.base) {
-                apply_to(base, key, value);
+                // One hash of the key per write on this path (the common one).
+                let had = apply_to(base, key, value);
                 self.count(had, has);
                 return;
             }
         }
+        let had = self.lookup(&key).is_some();
         // Shared with a snapshot, or older overlay entries still wait: the
         // overlay keeps the newest value of the key either way.
         self.unfolded.push(key.clone());
@@ -110,7 +111,8 @@ impl Store {
             };
             // A key written twice is listed twice; its first pop moves it.
             if let Some(value) = self.delta.remove(&key) {
-                apply_to(base, key, value);
+                // `len` already counts this write.
+                let _ = apply_to(base, key, value);
             }
         }
         if self.delta.is_empty() {
@@ -146,14 +148,11 @@ impl Store {
     }
 }
 
-fn apply_to(map: &mut HashMap<Bytes, Bytes>, key: Bytes, value: Option<Bytes>) {
+/// Sets or removes `key` in `map`; whether it had a value before.
+fn apply_to(map: &mut HashMap<Bytes, Bytes>, key: Bytes, value: Option<Bytes>) -> bool {
     match value {
-        Some(value) => {
-            map.insert(key, value);
-        }
-        None => {
-            map.remove(&key);
-        }
+        Some(value) => map.insert(key, value).is_some(),
+        None => map.remove(&key).is_some(),
     }
 }
 
