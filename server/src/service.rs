@@ -69,11 +69,27 @@ async fn reject_protocol(conn: &mut Conn, error: &semikv_protocol::ProtocolError
     }
 }
 
+/// Frames taken from the read buffer per wake-up before the answers ready so
+/// far are written: bounds the batch a pipelining peer can make us hold.
+const MAX_DRAIN: usize = 256;
+
+/// What one message from a client or balancer asks of the loop.
+enum Next {
+    /// Answered at once.
+    Ready(Response),
+    /// Has to wait (a write, an admin request, a read held by a new leader).
+    Later(Request),
+    /// Stop reading; say why if there is a reason to give.
+    Close(Option<WireError>),
+}
+
 async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
     let (mut sink, mut stream) = conn.split();
     let mut in_flight = FuturesUnordered::new();
+    // Answers known at once (reads, pings, status), written together.
+    let mut ready: Vec<Response> = Vec::new();
     let mut closing: Option<WireError> = None;
-    loop {
+    'serve: loop {
         tokio::select! {
             Some(response) = in_flight.next(), if !in_flight.is_empty() => {
                 let mut batch = vec![response];
@@ -85,24 +101,33 @@ async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
                 }
             }
             msg = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
-                match msg {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::info!(error = %e, "protocol error from peer; closing its connection");
-                        closing = e.to_wire();
-                        break;
-                    }
-                    Some(Ok(Message::Request(request))) => {
-                        if request.op.is_admin() && role != Role::Balancer {
-                            closing = Some(WireError::WrongRole { role, what: request.op.name().to_string() });
+                // Everything already in the read buffer is taken now too, and
+                // what can be answered at once is, without a future per
+                // request: a pipelined batch of reads costs one wake-up and
+                // one write.
+                let mut msg = Some(msg);
+                let mut taken = 0;
+                let mut close = None;
+                while let Some(one) = msg.take() {
+                    match accept(&replica, role, one) {
+                        Next::Ready(response) => ready.push(response),
+                        Next::Later(request) => in_flight.push(handle(replica.clone(), request)),
+                        Next::Close(why) => {
+                            close = Some(why);
                             break;
                         }
-                        in_flight.push(handle(replica.clone(), request));
                     }
-                    Some(Ok(other)) => {
-                        closing = Some(WireError::Unexpected { what: other.name().to_string() });
-                        break;
+                    taken += 1;
+                    if taken < MAX_DRAIN && in_flight.len() < MAX_IN_FLIGHT {
+                        msg = stream.next().now_or_never();
                     }
+                }
+                if !ready.is_empty() && send_batch(&mut sink, std::mem::take(&mut ready)).await.is_err() {
+                    return;
+                }
+                if let Some(why) = close {
+                    closing = why;
+                    break 'serve;
                 }
             }
             () = replica.shutdown.cancelled() => break,
@@ -121,6 +146,57 @@ async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
         tracing::debug!(error = %error, "rejecting connection");
         let _ = timeout(Duration::from_secs(1), sink.send(Message::Reject(error))).await;
     }
+}
+
+/// Sorts one message: answered now, answered later, or the end.
+fn accept(
+    replica: &Replica,
+    role: Role,
+    msg: Option<Result<Message, semikv_protocol::ProtocolError>>,
+) -> Next {
+    match msg {
+        None => Next::Close(None),
+        Some(Err(e)) => {
+            tracing::info!(error = %e, "protocol error from peer; closing its connection");
+            Next::Close(e.to_wire())
+        }
+        Some(Ok(Message::Request(request))) => {
+            if request.op.is_admin() && role != Role::Balancer {
+                return Next::Close(Some(WireError::WrongRole {
+                    role,
+                    what: request.op.name().to_string(),
+                }));
+            }
+            answer_now(replica, request)
+        }
+        Some(Ok(other)) => Next::Close(Some(WireError::Unexpected {
+            what: other.name().to_string(),
+        })),
+    }
+}
+
+/// The answer to `request` if it needs no waiting: a read the node can serve
+/// now, a ping, a status, or a request that fails validation.
+fn answer_now(replica: &Replica, request: Request) -> Next {
+    let reply = match &request.op {
+        Op::Ping => Reply::Pong,
+        Op::Status => Reply::Node(replica.lock().status()),
+        Op::Get { key } => {
+            if let Err(reason) = request.op.validate(replica.config.max_value_len) {
+                Reply::Error(ErrorReply::Invalid { reason })
+            } else {
+                match replica.lock().read(key) {
+                    Some(value) => Reply::Value(value),
+                    None => return Next::Later(request),
+                }
+            }
+        }
+        _ => return Next::Later(request),
+    };
+    Next::Ready(Response {
+        id: request.id,
+        reply,
+    })
 }
 
 async fn send_batch<S>(sink: &mut S, batch: Vec<Response>) -> Result<(), ()>

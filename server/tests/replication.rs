@@ -36,6 +36,67 @@ async fn a_lone_leader_serves_set_get_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_mix_in_one_write_is_answered_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_many(1, dir.path()).await;
+    let _admins = elect(&servers, 0, 1, 0).await;
+    let mut c = Peer::connect(servers[0].addr, Role::Client).await;
+    c.set_ok("k", "v").await;
+    // Reads answered at once and writes answered later, interleaved, in one
+    // write: every request gets exactly its own answer.
+    let mut expected = std::collections::HashMap::new();
+    let mut msgs = Vec::new();
+    for i in 0..600u64 {
+        let (op, reply) = match i % 6 {
+            0 => (
+                Op::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+                Some(Reply::Value(b("v"))),
+            ),
+            1 => (
+                Op::Get {
+                    key: Bytes::from_static(b"absent"),
+                },
+                Some(Reply::Value(None)),
+            ),
+            2 => (Op::Ping, Some(Reply::Pong)),
+            3 => (Op::Get { key: Bytes::new() }, None),
+            4 => (
+                Op::Set {
+                    key: Bytes::from(format!("w{i}")),
+                    value: Bytes::from_static(b"x"),
+                },
+                None,
+            ),
+            _ => (Op::Status, None),
+        };
+        expected.insert(i, (i % 6, reply));
+        msgs.push(Message::Request(semikv_protocol::Request {
+            id: semikv_protocol::RequestId(1000 + i),
+            op,
+        }));
+    }
+    c.send_all(msgs).await;
+    for _ in 0..600 {
+        let Some(Message::Response(r)) = c.next_message().await else {
+            panic!("connection ended early");
+        };
+        let (kind, want) = expected
+            .remove(&(r.id.0 - 1000))
+            .unwrap_or_else(|| panic!("unknown or repeated id {:?}", r.id));
+        match (kind, want) {
+            (_, Some(want)) => assert_eq!(r.reply, want),
+            (3, None) => assert!(matches!(r.reply, Reply::Error(ErrorReply::Invalid { .. }))),
+            (4, None) => assert!(matches!(r.reply, Reply::Written { .. })),
+            (_, None) => assert!(matches!(r.reply, Reply::Node(_))),
+        }
+    }
+    assert!(expected.is_empty());
+    assert_eq!(c.get("w4").await, b("x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_is_on_a_follower_when_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let servers = start_many(3, dir.path()).await;

@@ -140,6 +140,15 @@ impl Peer {
         self.conn.send(msg).await.unwrap();
     }
 
+    /// Sends `msgs` with one flush, so the server finds them in one read.
+    #[allow(dead_code)]
+    pub async fn send_all(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            self.conn.feed(msg).await.unwrap();
+        }
+        SinkExt::<Message>::flush(&mut self.conn).await.unwrap();
+    }
+
     pub async fn set(&mut self, key: &str, value: &str) -> Reply {
         self.request(Op::Set {
             key: Bytes::copy_from_slice(key.as_bytes()),
