@@ -276,7 +276,11 @@ pub struct LeaderReport {
     pub seq: u64,
     /// Followers whose stream to it is connected, as it reports them.
     pub connected: usize,
-    /// Replicas other than it that are healthy in the balancer's table.
+    /// Replicas other than it that are healthy in the balancer's table and
+    /// report being its followers (role Follower at its epoch): told to
+    /// follow it, whether connected or not. Idle (restarted) or stale
+    /// replicas do not count: they are first told to follow, and only then
+    /// can their missing stream be held against the leader.
     pub healthy_others: usize,
 }
 
@@ -300,15 +304,18 @@ pub enum StallVerdict {
         needed: usize,
         /// Time left before a stall failover is allowed again.
         wait: Duration,
+        /// Whether this is the first such refusal since that failover (the
+        /// one worth a warning; the repeats are routine).
+        first: bool,
     },
 }
 
 /// Applies a [`StallRule`] to the leader's successive status reports.
 ///
 /// A leader is stalled when its last `checks` reports in a row show fewer
-/// than `sync` connected followers, it has led for at least `grace`, and at
-/// least `sync` other replicas are healthy (so a leader elsewhere could
-/// commit). A leader cut off from its followers but not from the balancer
+/// than `sync` connected followers while at least `sync` other healthy
+/// replicas report following it (so they are reachable, and a leader among
+/// them could commit), and it has led for at least `grace`. A leader cut off from its followers but not from the balancer
 /// would otherwise keep leading and fail every write after the sync timeout.
 #[derive(Debug, Clone)]
 pub struct StallWatch {
@@ -320,8 +327,15 @@ pub struct StallWatch {
     last_failover: Option<Instant>,
     /// The current pause after a stall failover (grows under repeated ones).
     damping: Duration,
-    /// Whether a leader had enough followers since the last stall failover.
+    /// Whether a leader kept enough followers for a whole damping window
+    /// since the last stall failover.
     recovered: bool,
+    /// Since when the current leader has had enough followers, without a
+    /// short report in between.
+    enough_since: Option<Instant>,
+    /// The stall failover a [`StallVerdict::Damped`] was last returned
+    /// for, so only the first refusal after each one is flagged `first`.
+    damped_for: Option<Instant>,
 }
 
 impl StallWatch {
@@ -335,6 +349,8 @@ impl StallWatch {
             last_failover: None,
             damping: rule.damping,
             recovered: true,
+            enough_since: None,
+            damped_for: None,
         }
     }
 
@@ -343,10 +359,27 @@ impl StallWatch {
         self.leader = None;
         self.last_seq = None;
         self.short = 0;
+        self.enough_since = None;
     }
 
-    /// Takes one report of the current leader (a report already seen, by
-    /// `seq`, changes nothing) and judges it.
+    /// The leader was not judged this round (some healthy replica still had
+    /// to be told to follow it): the streak of short reports starts over, so
+    /// that it only ever spans rounds where every healthy replica was
+    /// following.
+    pub fn restart_streak(&mut self) {
+        self.short = 0;
+    }
+
+    /// Takes one report of the current leader and judges it.
+    ///
+    /// Guarantees: each report is counted at most once (a `seq` already seen
+    /// changes nothing and is [`StallVerdict::Fine`]); a leader is
+    /// [`StallVerdict::Stalled`] only after `checks` fresh reports in a row,
+    /// each short of followers while at least `sync` other healthy replicas
+    /// were its followers (a report where that fails restarts the count),
+    /// the last one at least `grace` after its first report, and only once
+    /// the damping pause since the last stall failover is over (before that:
+    /// [`StallVerdict::Damped`], and the count starts over).
     pub fn observe(&mut self, report: LeaderReport, now: Instant) -> StallVerdict {
         let since = match self.leader {
             Some((slot, epoch, since)) if slot == report.slot && epoch == report.epoch => since,
@@ -363,26 +396,39 @@ impl StallWatch {
         let needed = self.rule.sync;
         if report.connected >= needed {
             self.short = 0;
-            self.recovered = true;
-            self.damping = self.rule.damping;
+            // A flapping link gives a few good reports between stalls; only
+            // a leader that keeps its followers for as long as the current
+            // pause proves the network works again and ends the backoff.
+            let enough_since = *self.enough_since.get_or_insert(now);
+            if now.saturating_duration_since(enough_since) >= self.damping {
+                self.recovered = true;
+                self.damping = self.rule.damping;
+            }
+            return StallVerdict::Fine;
+        }
+        self.enough_since = None;
+        if report.healthy_others < needed {
+            // Nowhere better to go (followers down, restarting or not yet
+            // told to follow): this is no stall streak.
+            self.short = 0;
             return StallVerdict::Fine;
         }
         self.short = self.short.saturating_add(1);
-        if self.short < self.rule.checks
-            || now.saturating_duration_since(since) < self.rule.grace
-            || report.healthy_others < needed
-        {
+        if self.short < self.rule.checks || now.saturating_duration_since(since) < self.rule.grace {
             return StallVerdict::Fine;
         }
-        if let Some(until) = self.last_failover.map(|at| at + self.damping) {
+        if let Some(failover) = self.last_failover {
+            let until = failover + self.damping;
             if now < until {
-                // Judged afresh after another `checks` reports, so the
-                // refusal is logged once per such window, not every check.
+                // Judged afresh after another `checks` reports.
                 self.short = 0;
+                let first = self.damped_for != Some(failover);
+                self.damped_for = Some(failover);
                 return StallVerdict::Damped {
                     connected: report.connected,
                     needed,
                     wait: until - now,
+                    first,
                 };
             }
         }
@@ -414,23 +460,30 @@ impl StallWatch {
 /// among the fenced followers holds every acknowledged write under the same
 /// condition as guarantee 1 of DESIGN.md "Guarantees" (one follower that
 /// acknowledged it answers the fence), exactly as when a dead leader is
-/// replaced; fenced followers refuse the old leader's stream, so nothing it
-/// acknowledges later can be missing from them. The old leader's
-/// extra tail was never acknowledged; it is truncated when it follows. As a
-/// further guard, when the stalled leader answered the fence (after the
-/// followers, so its commit index can no longer grow), a candidate must
-/// reach `(its last_epoch, its commit_index)`: a follower behind what the
-/// leader knows is committed is not fit.
+/// replaced.
+///
+/// When the stalled leader answered the fence (after the followers, so its
+/// commit index can no longer grow: the fenced followers refuse its
+/// stream), a candidate must hold everything it committed: either its log
+/// reaches `(leader's last_epoch, leader's commit_index)`, or its own
+/// commit index is at least the leader's (committed prefixes never
+/// diverge, and a replica holds its committed prefix; this admits a
+/// follower that never saw the leader's uncommitted promotion entry). When
+/// the leader did not answer, nothing here bounds what it acknowledged:
+/// the caller must first have [`election_quorum`] answers, which include a
+/// holder of every acknowledged write. The old leader's extra tail was
+/// never acknowledged; it is truncated when it follows.
 pub fn choose_successor(fenced: &[(usize, Seen)], stalled: usize) -> Option<usize> {
     let floor = fenced
         .iter()
         .find(|&&(slot, _)| slot == stalled)
         .map(|(_, s)| (s.last_epoch, s.commit_index));
+    let holds = |s: &Seen, (epoch, commit): (Epoch, LogIndex)| {
+        (s.last_epoch, s.last_index) >= (epoch, commit) || s.commit_index >= commit
+    };
     let fit: Vec<(usize, Seen)> = fenced
         .iter()
-        .filter(|&&(slot, s)| {
-            slot != stalled && floor.is_none_or(|f| (s.last_epoch, s.last_index) >= f)
-        })
+        .filter(|&&(slot, s)| slot != stalled && floor.is_none_or(|f| holds(&s, f)))
         .copied()
         .collect();
     choose_leader(&fit)
@@ -920,8 +973,14 @@ mod tests {
             // leader elsewhere could not commit either.
             assert_eq!(w.observe(report(0, 1, seq, 1, 1), at), StallVerdict::Fine);
         }
+        // Those reports were no streak: it starts with the first report
+        // where a leader elsewhere could commit.
+        for seq in 20..22 {
+            let at = t + HB * u32::try_from(seq).unwrap();
+            assert_eq!(w.observe(report(0, 1, seq, 1, 2), at), StallVerdict::Fine);
+        }
         assert_eq!(
-            w.observe(report(0, 1, 20, 1, 2), t + HB * 20),
+            w.observe(report(0, 1, 22, 1, 2), t + HB * 22),
             StallVerdict::Stalled {
                 connected: 1,
                 needed: 2
@@ -947,8 +1006,12 @@ mod tests {
             let at = t + HB * u32::try_from(seq).unwrap();
             assert_eq!(w.observe(report(0, 1, seq, 0, 0), at), StallVerdict::Fine);
         }
+        for seq in 20..22 {
+            let at = t + HB * u32::try_from(seq).unwrap();
+            assert_eq!(w.observe(report(0, 1, seq, 0, 1), at), StallVerdict::Fine);
+        }
         assert_eq!(
-            w.observe(report(0, 1, 20, 0, 1), t + HB * 20),
+            w.observe(report(0, 1, 22, 0, 1), t + HB * 22),
             StallVerdict::Stalled {
                 connected: 0,
                 needed: 1
@@ -992,12 +1055,20 @@ mod tests {
             connected,
             needed,
             wait,
+            first,
         } = verdicts[10]
         else {
             unreachable!()
         };
         assert_eq!((connected, needed), (0, 1));
         assert_eq!(wait, Duration::from_secs(5) - HB * 11);
+        assert!(first, "the first refusal after the failover is flagged");
+        assert!(
+            damped[1..]
+                .iter()
+                .all(|&i| matches!(verdicts[i], StallVerdict::Damped { first: false, .. })),
+            "repeats are not"
+        );
         // Once the 5 s are over, it acts again.
         let mut last = StallVerdict::Fine;
         for i in 31..=60u32 {
@@ -1038,14 +1109,23 @@ mod tests {
         }
         let secs: Vec<u64> = gaps.iter().map(|g| g.as_secs()).collect();
         assert_eq!(secs, vec![5, 10, 20, 40, 80, 80]);
-        // A leader with its followers resets the pause.
+        // A leader that keeps its followers for a whole (80 s) pause resets
+        // it; one good report does not.
         let epoch = 8;
         assert_eq!(
             w.observe(report(1, epoch, 1, 1, 2), at + HB),
             StallVerdict::Fine
         );
-        w.failed_over(at + HB);
-        let gap = first_stall(&mut w, 2, epoch + 1, at + HB);
+        for i in 2..=801u32 {
+            let now = at + HB * i;
+            assert_eq!(
+                w.observe(report(1, epoch, u64::from(i), 1, 2), now),
+                StallVerdict::Fine
+            );
+        }
+        at += HB * 801;
+        w.failed_over(at);
+        let gap = first_stall(&mut w, 2, epoch + 1, at);
         assert_eq!(gap.as_secs(), 5);
     }
 
@@ -1091,5 +1171,83 @@ mod tests {
     fn no_successor_when_no_follower_answered() {
         assert_eq!(choose_successor(&[(0, seen_c(1, 4, 20, 15))], 0), None);
         assert_eq!(choose_successor(&[], 0), None);
+    }
+
+    #[test]
+    fn a_restarted_follower_does_not_get_the_leader_deposed() {
+        // Two replicas: the follower crashes, stays down for 3 s, and comes
+        // back Idle. Neither a down nor an idle replica counts as a follower
+        // that could serve a successor, so none of this is a stall streak.
+        let mut w = watch(1, 2);
+        let t = Instant::now();
+        let mut seq = 0u64;
+        let mut at = t;
+        let mut step = |w: &mut StallWatch, connected: usize, others: usize| {
+            seq += 1;
+            at += HB;
+            w.observe(report(0, 1, seq, connected, others), at)
+        };
+        for _ in 0..20 {
+            assert_eq!(step(&mut w, 1, 1), StallVerdict::Fine);
+        }
+        for _ in 0..30 {
+            assert_eq!(step(&mut w, 0, 0), StallVerdict::Fine, "follower down");
+        }
+        // Back, told to follow, its stream not connected yet.
+        assert_eq!(step(&mut w, 0, 1), StallVerdict::Fine);
+        assert_eq!(step(&mut w, 0, 1), StallVerdict::Fine);
+        assert_eq!(step(&mut w, 1, 1), StallVerdict::Fine);
+        // A real stall afterwards is still caught.
+        let mut last = StallVerdict::Fine;
+        for _ in 0..3 {
+            last = step(&mut w, 0, 1);
+        }
+        assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
+    }
+
+    #[test]
+    fn a_short_recovery_does_not_reset_the_backoff() {
+        let mut w = watch(1, 3);
+        let t0 = Instant::now();
+        let mut at = t0 + first_stall(&mut w, 0, 1, t0);
+        w.failed_over(at);
+        at += first_stall(&mut w, 1, 2, at);
+        // Second failover in a row without a working leader: 10 s pause.
+        w.failed_over(at);
+        let failed_at = at;
+        // The next leader has its follower for 2 s only (a flapping link).
+        let mut seq = 0u64;
+        for _ in 0..20 {
+            seq += 1;
+            at += HB;
+            assert_eq!(w.observe(report(2, 3, seq, 1, 2), at), StallVerdict::Fine);
+        }
+        let stalled_at = loop {
+            seq += 1;
+            at += HB;
+            if matches!(
+                w.observe(report(2, 3, seq, 0, 2), at),
+                StallVerdict::Stalled { .. }
+            ) {
+                break at;
+            }
+            assert!(at < failed_at + Duration::from_secs(100), "never stalled");
+        };
+        assert!(
+            stalled_at - failed_at >= Duration::from_secs(10),
+            "the pause was reset by a brief recovery: {:?}",
+            stalled_at - failed_at
+        );
+    }
+
+    #[test]
+    fn successor_holding_the_committed_prefix_is_fit_despite_an_older_last_epoch() {
+        // The stalled leader's promotion no-op is at epoch 5 and uncommitted;
+        // the follower holds everything committed (index 10).
+        let fenced = [(0, seen_c(1, 5, 11, 10)), (1, seen_c(2, 4, 10, 10))];
+        assert_eq!(choose_successor(&fenced, 0), Some(1));
+        // Behind the commit index and in an older epoch: still not fit.
+        let fenced = [(0, seen_c(1, 5, 11, 10)), (1, seen_c(2, 4, 10, 9))];
+        assert_eq!(choose_successor(&fenced, 0), None);
     }
 }

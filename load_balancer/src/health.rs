@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use semikv_protocol::{ErrorReply, Fence, Follow, Op, Promote, Reply};
+use semikv_protocol::{Epoch, ErrorReply, Fence, Follow, Op, Promote, Reply};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -168,10 +168,14 @@ impl HealthLoop {
                 epoch,
                 follow,
             } => {
-                if self.leader_stalled(leader, epoch) {
-                    self.elect_away_from(leader).await;
-                } else {
+                // A replica still to be told to follow (restarted Idle, or
+                // stale) is not yet a follower the leader could be missing:
+                // judge the leader only once every healthy replica follows.
+                if !follow.is_empty() {
+                    self.stall.restart_streak();
                     self.follow(&follow, leader, epoch).await;
+                } else if self.leader_stalled(leader, epoch) {
+                    self.elect_away_from(leader).await;
                 }
             }
             Plan::Adopt {
@@ -208,7 +212,7 @@ impl HealthLoop {
 
     /// Feeds the leader's last status to the stall rule; whether to fail
     /// over away from it now.
-    fn leader_stalled(&mut self, leader: usize, epoch: semikv_protocol::Epoch) -> bool {
+    fn leader_stalled(&mut self, leader: usize, epoch: Epoch) -> bool {
         let Some(report) = self.table.leader_report(leader, epoch) else {
             return false;
         };
@@ -218,16 +222,30 @@ impl HealthLoop {
                 connected,
                 needed,
                 wait,
+                first,
             } => {
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                warn!(
-                    leader = %self.addr(leader),
-                    epoch = %epoch,
-                    connected,
-                    needed,
-                    wait_ms,
-                    "leader has too few followers connected, but the last such failover is too recent; keeping it"
-                );
+                // Once per damping window; the repeats (every `down_after`
+                // checks until it ends) say nothing new.
+                if first {
+                    warn!(
+                        leader = %self.addr(leader),
+                        epoch = %epoch,
+                        connected,
+                        needed,
+                        wait_ms,
+                        "leader has too few followers connected, but the last such failover is too recent; keeping it"
+                    );
+                } else {
+                    debug!(
+                        leader = %self.addr(leader),
+                        epoch = %epoch,
+                        connected,
+                        needed,
+                        wait_ms,
+                        "stalled leader still kept: failover damped"
+                    );
+                }
                 false
             }
             StallVerdict::Stalled { connected, needed } => {
@@ -245,20 +263,27 @@ impl HealthLoop {
 
     /// Stops routing writes to a leader that is no longer valid.
     fn leader_lost(&mut self) {
-        if let Some(old) = self.table.leader() {
-            self.lost_at.get_or_insert_with(Instant::now);
-            self.lost_leader = Some(old);
-            self.table.set_leader(None);
+        if let Some(link) = self.depose() {
             // Writes waiting on the old leader get Indeterminate now rather
             // than after their timeout; in the background, because a connect
             // in progress holds the link's lock.
-            let link = self.links[old.slot].clone();
             tokio::spawn(async move { link.disconnect().await });
-            warn!(leader = %self.addr(old.slot), epoch = %old.epoch, "leader lost; failing over");
         }
     }
 
-    async fn elect(&mut self, epoch: semikv_protocol::Epoch) {
+    /// The bookkeeping and warning of [`Self::leader_lost`]: writes stop
+    /// going to the leader, if any; returns its link, which the caller must
+    /// disconnect.
+    fn depose(&mut self) -> Option<Arc<ReplicaLink>> {
+        let old = self.table.leader()?;
+        self.lost_at.get_or_insert_with(Instant::now);
+        self.lost_leader = Some(old);
+        self.table.set_leader(None);
+        warn!(leader = %self.addr(old.slot), epoch = %old.epoch, "leader lost; failing over");
+        self.links.get(old.slot).cloned()
+    }
+
+    async fn elect(&mut self, epoch: Epoch) {
         let started = self.lost_at.unwrap_or_else(Instant::now);
         self.table.raise_epoch(epoch);
         // Fence everyone: a refused connection answers at once, so only slow
@@ -297,16 +322,20 @@ impl HealthLoop {
     /// Moves leadership away from `stalled`, a leader the balancer reaches but
     /// that has too few followers connected to commit anything.
     ///
-    /// The other replicas are fenced first: if none answers, the leader is
-    /// kept (as before this rule existed; one that took the fence without
+    /// The other replicas are fenced first. If none answers, the leader is
+    /// kept for now, but the damping is armed all the same (no new stall
+    /// failover before it ends); a follower that took the fence without
     /// answering shows the new epoch at its next check, and the usual
-    /// election follows). Fenced
-    /// followers refuse its stream, so it can commit nothing more; it is then
-    /// fenced too (which deposes it, and its answer gives its final commit
-    /// index) and the best fit follower is promoted (see
-    /// [`failover::choose_successor`] for why no acknowledged write is lost).
-    /// Should no follower be fit, the election goes on as usual among every
-    /// fenced replica, which re-promotes the old leader at the new epoch.
+    /// election follows. Fenced followers refuse its stream, so it can
+    /// commit nothing more; writes stop going to it and its link is dropped
+    /// (writes in flight on it are Indeterminate), then it is fenced too
+    /// (which deposes it, and its answer gives its final commit index) and
+    /// the best fit follower is promoted (see [`failover::choose_successor`]
+    /// for why no acknowledged write is lost). Without its answer, nobody is
+    /// promoted unless enough replicas answered
+    /// ([`failover::election_quorum`]). Should no follower be fit, the
+    /// election goes on as usual among every fenced replica, which
+    /// re-promotes the old leader at the new epoch.
     async fn elect_away_from(&mut self, stalled: usize) {
         let started = Instant::now();
         self.stall.failed_over(started);
@@ -322,10 +351,13 @@ impl HealthLoop {
         }
         self.table.raise_epoch(epoch);
         // Writes wait for the successor from now on, rather than go to a
-        // leader about to be fenced.
+        // leader about to be fenced. The link is dropped before the fence,
+        // not in the background, so the fence goes out on a fresh connection
+        // instead of racing the disconnect.
         self.lost_at = Some(started);
-        self.lost_leader = self.table.leader();
-        self.table.set_leader(None);
+        if let Some(link) = self.depose() {
+            link.disconnect().await;
+        }
         fenced.extend(self.fence(&[stalled], epoch, wait).await);
         // With the stalled leader's answer, its commit index tells
         // choose_successor what every acknowledged write covers; without
@@ -350,7 +382,7 @@ impl HealthLoop {
     /// Whether `fenced` holds enough answers to see every acknowledged write
     /// (see [`failover::election_quorum`]); warns (at most once a second)
     /// when not, and the next round tries again.
-    fn enough_answers(&mut self, fenced: &[(usize, Seen)], epoch: semikv_protocol::Epoch) -> bool {
+    fn enough_answers(&mut self, fenced: &[(usize, Seen)], epoch: Epoch) -> bool {
         let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
         let needed = failover::election_quorum(self.links.len(), sync);
         if fenced.len() >= needed {
@@ -374,12 +406,7 @@ impl HealthLoop {
 
     /// Fences `slots` at `epoch` in parallel, each waited for at most `wait`;
     /// returns the answers of those that accepted.
-    async fn fence(
-        &self,
-        slots: &[usize],
-        epoch: semikv_protocol::Epoch,
-        wait: Duration,
-    ) -> Vec<(usize, Seen)> {
+    async fn fence(&self, slots: &[usize], epoch: Epoch, wait: Duration) -> Vec<(usize, Seen)> {
         let answers = join_all(slots.iter().map(|&slot| async move {
             let answer = match self.links.get(slot) {
                 Some(link) => link.request(Op::Fence(Fence { epoch }), wait).await,
@@ -415,7 +442,7 @@ impl HealthLoop {
         &mut self,
         winner: usize,
         fenced: &[(usize, Seen)],
-        epoch: semikv_protocol::Epoch,
+        epoch: Epoch,
         started: Instant,
     ) {
         let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
@@ -463,7 +490,7 @@ impl HealthLoop {
 
     /// Tells `slots` to follow `leader` at `epoch`, in parallel; failures are
     /// retried by later rounds.
-    async fn follow(&self, slots: &[usize], leader: usize, epoch: semikv_protocol::Epoch) {
+    async fn follow(&self, slots: &[usize], leader: usize, epoch: Epoch) {
         if slots.is_empty() {
             return;
         }

@@ -160,17 +160,27 @@ impl Table {
     }
 
     /// The stall rule's view of the leader at `slot` leading at `epoch`: its
-    /// last status's connected followers and how many other replicas are
-    /// healthy. `None` when it never reported.
+    /// last status's connected followers and how many other healthy replicas
+    /// report following at `epoch`. `None` unless its last status says it
+    /// leads at `epoch`.
     pub fn leader_report(&self, slot: usize, epoch: Epoch) -> Option<LeaderReport> {
         let inner = self.lock();
         let row = inner.rows.get(slot)?;
-        let status = row.status.as_ref()?;
+        let status = row
+            .status
+            .as_ref()
+            .filter(|s| s.role == NodeRole::Leader && s.epoch == epoch)?;
         let healthy_others = inner
             .rows
             .iter()
             .enumerate()
-            .filter(|&(other, r)| other != slot && r.healthy && r.status.is_some())
+            .filter(|&(other, r)| {
+                other != slot
+                    && r.healthy
+                    && r.status
+                        .as_ref()
+                        .is_some_and(|s| s.role == NodeRole::Follower && s.epoch == epoch)
+            })
             .count();
         Some(LeaderReport {
             slot,
@@ -334,6 +344,21 @@ mod tests {
         assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 2);
         t.mark_down(1);
         assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 1);
+    }
+
+    #[test]
+    fn leader_report_counts_only_followers_at_the_leaders_epoch() {
+        let t = table3();
+        t.record_ok(0, status(1, NodeRole::Leader, 2, 10));
+        // Restarted (Idle) and stale followers cannot serve a successor.
+        t.record_ok(1, status(2, NodeRole::Idle, 0, 0));
+        t.record_ok(2, status(3, NodeRole::Follower, 1, 9));
+        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 0);
+        t.record_ok(1, status(2, NodeRole::Follower, 2, 0));
+        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 1);
+        // Not a report of a leader at that epoch.
+        assert_eq!(t.leader_report(0, Epoch(3)), None);
+        assert_eq!(t.leader_report(1, Epoch(2)), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_lb::Config;
 use semikv_protocol::{
-    Epoch, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeRole, NodeStatus, Op, ReplicaId,
-    Reply, Request, RequestId, Response, Role, Welcome, WireError, PROTOCOL_VERSION,
+    Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec, NodeRole,
+    NodeStatus, Op, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome, WireError,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,7 +47,24 @@ struct FakeState {
     gets_served: u64,
     promotes: Vec<(u64, u32)>,
     fences: u64,
+    /// Followers a leader reports connected in its status; `None`: every
+    /// other fake of a test (up to [`OTHER_FAKES`]), so the balancer's stall
+    /// rule leaves it alone.
+    connected_followers: Option<usize>,
+    /// Answers everything but fences (a leader that hangs just then).
+    mute_fences: bool,
+    /// Fences it left unanswered because of `mute_fences`.
+    fences_ignored: u64,
+    /// When it was first fenced, on [`FENCE_CLOCK`] (orders fences across
+    /// fakes).
+    fenced_at: Option<u64>,
 }
+
+/// The most other fakes any test runs next to one fake.
+const OTHER_FAKES: usize = 2;
+
+/// A global order of fences.
+static FENCE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
 impl FakeState {
     fn status(&self) -> NodeStatus {
@@ -58,7 +77,13 @@ impl FakeState {
             commit_index: LogIndex(self.last_index),
             applied_index: LogIndex(self.last_index),
             leader: self.leader_addr.clone(),
-            followers: vec![],
+            followers: (0..self.connected_followers.unwrap_or(OTHER_FAKES))
+                .map(|i| FollowerProgress {
+                    id: ReplicaId(1000 + u32::try_from(i).unwrap()),
+                    match_index: LogIndex(self.last_index),
+                    connected: true,
+                })
+                .collect(),
         }
     }
 
@@ -85,6 +110,8 @@ impl FakeState {
                     return Some(r);
                 }
                 self.fences += 1;
+                self.fenced_at
+                    .get_or_insert_with(|| FENCE_CLOCK.fetch_add(1, Ordering::SeqCst));
                 self.epoch = f.epoch.0;
                 if role == NodeRole::Leader {
                     self.role = Some(NodeRole::Follower);
@@ -223,7 +250,12 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
         let is_set = matches!(op, Op::Set { .. });
         let (reply, wedge) = {
             let mut s = state.lock().unwrap();
-            let reply = if s.mute { None } else { s.apply(op) };
+            let ignored = s.mute_fences && matches!(op, Op::Fence(_));
+            if ignored {
+                s.fences_ignored += 1;
+            }
+            let muted = s.mute || ignored;
+            let reply = if muted { None } else { s.apply(op) };
             (reply, is_set && s.wedge_on_set)
         };
         if wedge {
@@ -813,6 +845,163 @@ async fn no_election_without_enough_answers_to_know_every_acknowledged_write() {
     })
     .await;
     assert!(c.s().promotes.is_empty());
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_leader_reporting_its_followers_connected_is_never_replaced() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    // 3 s of 20 ms heartbeats: well past the stall grace and damping.
+    until("150 health checks of the leader", || a.s().statuses >= 150).await;
+    assert!(is_leader_at(&a, 4));
+    assert_eq!(a.s().fences + b.s().fences + c.s().fences, 0, "no election");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_leader_without_connected_followers_is_replaced_by_a_follower() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
+    a.s().connected_followers = Some(0);
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a follower leads at epoch 5", || {
+        is_leader_at(&b, 5) || is_leader_at(&c, 5)
+    })
+    .await;
+    let (new, other) = if is_leader_at(&b, 5) {
+        (&b, &c)
+    } else {
+        (&c, &b)
+    };
+    until("the old leader and the other follower follow it", || {
+        follows(&a, new, 5) && follows(other, new, 5)
+    })
+    .await;
+    assert!(
+        a.s().promotes.is_empty(),
+        "the stalled leader was re-promoted"
+    );
+    let (fa, fb, fc) = (a.s().fenced_at, b.s().fenced_at, c.s().fenced_at);
+    let (fa, fb, fc) = (fa.unwrap(), fb.unwrap(), fc.unwrap());
+    assert!(fb < fa && fc < fa, "followers fenced before the leader");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_leader_is_re_promoted_when_no_follower_holds_its_commits() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 8).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 8).await;
+    a.s().connected_followers = Some(0);
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a re-promoted at epoch 5", || is_leader_at(&a, 5)).await;
+    until("b and c follow it", || {
+        follows(&b, &a, 5) && follows(&c, &a, 5)
+    })
+    .await;
+    assert_eq!(a.s().promotes, vec![(5, 1)]);
+    assert!(b.s().promotes.is_empty() && c.s().promotes.is_empty());
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_leader_is_kept_when_no_other_replica_answers_the_fence() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
+    a.s().connected_followers = Some(0);
+    b.s().mute_fences = true;
+    c.s().mute_fences = true;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("both followers were sent a fence", || {
+        b.s().fences_ignored >= 1 && c.s().fences_ignored >= 1
+    })
+    .await;
+    // Another second of heartbeats, within the 5 s damping: with no answer
+    // there is no new epoch anywhere, and the leader stays.
+    let checked = a.s().statuses;
+    until("50 more checks of the leader", || {
+        a.s().statuses >= checked + 50
+    })
+    .await;
+    assert!(is_leader_at(&a, 4));
+    assert_eq!(a.s().fences, 0);
+    assert!(a.s().promotes.is_empty());
+    let mut client = Client::connect(lb.addr).await;
+    let Reply::Cluster(cluster) = client.call(Op::Status).await else {
+        panic!("status is not a cluster view");
+    };
+    assert_eq!(cluster.leader, Some(a.addr.to_string()));
+    assert_eq!(cluster.epoch, Epoch(4), "max epoch unchanged");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_hanging_on_a_stalled_leader_is_indeterminate_at_the_failover() {
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
+    {
+        let mut a = a.s();
+        a.connected_followers = Some(0);
+        a.hang_writes = true;
+    }
+    let mut cfg = config(&[&a, &b, &c]);
+    // Far beyond the test's bounded waits: only dropping the stalled
+    // leader's link can answer the write in time.
+    cfg.sync_timeout = Duration::from_secs(60);
+    let lb = Balancer::start(cfg).await;
+    let mut client = Client::connect(lb.addr).await;
+    let id = client
+        .send(Op::Set {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        })
+        .await;
+    until("the leader received the write", || a.s().sets_seen >= 1).await;
+    let r = client.recv().await;
+    assert_eq!(r.id, id);
+    assert!(
+        matches!(r.reply, Reply::Error(ErrorReply::Indeterminate { .. })),
+        "{:?}",
+        r.reply
+    );
+    until("a follower leads at epoch 5", || {
+        is_leader_at(&b, 5) || is_leader_at(&c, 5)
+    })
+    .await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_mute_stalled_leader_and_one_lagging_answer_promote_nobody() {
+    // Semi-sync to one follower of three: b may hold writes c lacks.
+    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 4, 8).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a adopted and checked", || a.s().statuses >= 5).await;
+    // The leader loses its followers and hangs on fences; b is unreachable.
+    b.s().mute = true;
+    {
+        let mut a = a.s();
+        a.connected_followers = Some(0);
+        a.mute_fences = true;
+    }
+    until("several elections reached c", || {
+        let c = c.s();
+        c.fences >= 3 || !c.promotes.is_empty()
+    })
+    .await;
+    assert!(
+        c.s().promotes.is_empty(),
+        "a lagging replica was promoted without hearing from b or the leader"
+    );
+    assert!(a.s().promotes.is_empty() && b.s().promotes.is_empty());
     lb.stop().await;
 }
 
