@@ -1294,8 +1294,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_follower_behind_the_snapshot_gets_a_snapshot() {
+    /// A leader at epoch 1 that needs no follower acknowledgement.
+    fn lone_leader() -> Node {
         let mut n = fresh(1);
         n.promote(
             Epoch(1),
@@ -1305,6 +1305,12 @@ mod tests {
             },
         )
         .unwrap();
+        n
+    }
+
+    #[test]
+    fn a_follower_behind_the_snapshot_gets_a_snapshot() {
+        let mut n = lone_leader();
         for i in 0..10 {
             n.propose(set(&format!("k{i}"), "v")).unwrap();
         }
@@ -1336,15 +1342,7 @@ mod tests {
 
     #[test]
     fn a_big_snapshot_is_compacted_in_steps_and_the_next_waits_for_it() {
-        let mut n = fresh(1);
-        n.promote(
-            Epoch(1),
-            LeaderSettings {
-                sync_replicas: 0,
-                ..SETTINGS
-            },
-        )
-        .unwrap();
+        let mut n = lone_leader();
         let writes = COMPACT_PER_STEP * 2 + 10;
         for i in 0..writes {
             n.propose(set(&format!("k{i}"), "v")).unwrap();
