@@ -172,16 +172,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         runtime.block_on(bench::run(config))?
     };
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report.to_json()).context("cannot render JSON")?
-        );
+    let text = if cli.json {
+        serde_json::to_string_pretty(&report.to_json()).context("cannot render JSON")?
+    } else if cli.failover {
+        format!("{}\n{}", report.availability(), report.to_text())
     } else {
-        if cli.failover {
-            println!("{}", report.availability());
+        report.to_text()
+    };
+    // Not println!: it panics when stdout is a pipe whose reader has gone
+    // (`semikv-bench ... | head -1`).
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("cannot write the report");
         }
-        println!("{}", report.to_text());
     }
     Ok(if report.wrong_values == 0 {
         ExitCode::SUCCESS
