@@ -9,7 +9,7 @@ use futures::stream::SplitSink;
 use futures::SinkExt;
 use semikv_protocol::{Message, MessageCodec};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +19,36 @@ const MAX_BATCH: usize = 256;
 /// The sink half of a framed connection.
 pub type Sink = SplitSink<Framed<TcpStream, MessageCodec>, Message>;
 
+/// One message to write, with the client's in-flight slot it answers.
+///
+/// The slot is released only once the message is handed to the socket, so a
+/// client connection's queued answers never outnumber its slots: senders
+/// that cannot wait (a replica link's reader answering a forwarded read)
+/// can rely on `try_send` finding room in a queue of slots + 1.
+#[derive(Debug)]
+pub struct Out {
+    /// The message.
+    pub message: Message,
+    /// The in-flight slot it frees, if it answers a client request.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Message> for Out {
+    fn from(message: Message) -> Out {
+        Out {
+            message,
+            slot: None,
+        }
+    }
+}
+
 /// Writes everything `rx` yields to `sink` until `rx` closes, `closed` is
 /// cancelled, a write fails or takes longer than `write_timeout`, or a
 /// [`Message::Reject`] has been written (the connection ends after it).
 /// Cancels `closed` when it stops.
 pub async fn run(
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Out>,
     closed: CancellationToken,
     write_timeout: Duration,
 ) {
@@ -41,13 +64,13 @@ pub async fn run(
         // each, which was over half the balancer's CPU under load.
         tokio::task::yield_now().await;
         let batch = async {
-            let mut last = matches!(first, Message::Reject(_));
-            sink.feed(first).await?;
+            let mut last = matches!(first.message, Message::Reject(_));
+            sink.feed(first.message).await?;
             let mut n = 1;
             while !last && n < MAX_BATCH {
                 let Ok(more) = rx.try_recv() else { break };
-                last = matches!(more, Message::Reject(_));
-                sink.feed(more).await?;
+                last = matches!(more.message, Message::Reject(_));
+                sink.feed(more.message).await?;
                 n += 1;
             }
             sink.flush().await?;

@@ -19,15 +19,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Role, Welcome};
+use semikv_protocol::{
+    Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
+};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::outbox;
+use crate::outbox::{self, Out};
 
 /// Requests queued for one replica's socket before senders wait.
 const SEND_QUEUE: usize = 1024;
@@ -63,15 +66,84 @@ impl ConnError {
     }
 }
 
+/// How often a link looks for forwarded reads past their deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// A client's read forwarded without a future of its own: the replica's
+/// answer goes straight to the client's outbox, under the client's id.
+#[derive(Debug)]
+pub struct Forward {
+    /// The client connection's outbox.
+    pub reply_to: mpsc::Sender<Out>,
+    /// The client's id for the request.
+    pub client_id: RequestId,
+    /// The read, kept to retry it elsewhere.
+    pub op: Op,
+    /// Where a read this replica failed goes to be retried.
+    pub retry: mpsc::Sender<Retry>,
+    /// The client's in-flight slot, held until the answer is written.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// A forwarded read that got no answer from `failed_on` (its connection
+/// broke, or the deadline passed): the client connection retries it on
+/// another replica, as it would a read of its own.
+#[derive(Debug)]
+pub struct Retry {
+    /// The client's id for the request.
+    pub client_id: RequestId,
+    /// The read.
+    pub op: Op,
+    /// The replica that failed it.
+    pub failed_on: usize,
+    /// The client's in-flight slot.
+    pub slot: OwnedSemaphorePermit,
+}
+
+impl Forward {
+    fn deliver(self, reply: Reply) {
+        let out = Out {
+            message: Message::Response(Response {
+                id: self.client_id,
+                reply,
+            }),
+            slot: Some(self.slot),
+        };
+        // Room is certain (see `Out`); failing means the client is gone.
+        let _ = self.reply_to.try_send(out);
+    }
+
+    fn retry(self, failed_on: usize) {
+        let retry = Retry {
+            client_id: self.client_id,
+            op: self.op,
+            failed_on,
+            slot: self.slot,
+        };
+        // Room is certain: every queued retry holds one of the slots it
+        // is sized for. Failing means the client is gone.
+        let _ = self.retry.try_send(retry);
+    }
+}
+
+/// What a request in flight on a replica connection is waiting with.
+#[derive(Debug)]
+enum Waiting {
+    /// A caller's future, on a oneshot.
+    Reply(oneshot::Sender<Reply>),
+    /// A forwarded client read, answered by the connection's reader.
+    Forward(Forward, Instant),
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     open: bool,
-    map: HashMap<u64, oneshot::Sender<Reply>>,
+    map: HashMap<u64, Waiting>,
 }
 
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Out>,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
 }
@@ -79,6 +151,23 @@ struct Conn {
 fn lock<T>(p: &Mutex<T>) -> MutexGuard<'_, T> {
     // Updates are single map operations: a poisoned lock is still consistent.
     p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the forwarded reads past their deadline out of the pending map.
+fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Forward> {
+    let mut p = lock(pending);
+    let late: Vec<u64> = p
+        .map
+        .iter()
+        .filter(|(_, w)| matches!(w, Waiting::Forward(_, deadline) if *deadline <= now))
+        .map(|(&id, _)| id)
+        .collect();
+    late.into_iter()
+        .filter_map(|id| match p.map.remove(&id) {
+            Some(Waiting::Forward(forward, _)) => Some(forward),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Takes a request's entry out of the pending map however the request ends
@@ -195,7 +284,7 @@ impl ReplicaLink {
             if !pending.open {
                 return Err(ConnError::Connect("connection closed".into()));
             }
-            pending.map.insert(id, reply_tx);
+            pending.map.insert(id, Waiting::Reply(reply_tx));
         }
         let mut waiter = Waiter {
             pending: &conn.pending,
@@ -207,7 +296,7 @@ impl ReplicaLink {
             op,
         });
         let outcome = tokio::time::timeout(timeout, async {
-            if conn.tx.send(message).await.is_err() {
+            if conn.tx.send(message.into()).await.is_err() {
                 return Err(ConnError::Broken);
             }
             reply_rx.await.map_err(|_| ConnError::Broken)
@@ -221,6 +310,38 @@ impl ReplicaLink {
             }
             Err(_) => Err(ConnError::Timeout(timeout)),
         }
+    }
+
+    /// Sends a client's read on the data connection if it is open and has
+    /// room right now, without waiting: the reply (or, on failure, a
+    /// [`Retry`]) goes where `forward` says. Gives `forward` back when it
+    /// could not be sent, for the caller's own path.
+    ///
+    /// # Errors
+    /// The `forward` itself, untouched, when not sent.
+    pub fn forward(&self, forward: Forward, timeout: Duration) -> Result<(), Forward> {
+        let Some(conn) = self.data.open_connection() else {
+            return Err(forward);
+        };
+        let Ok(room) = conn.tx.try_reserve() else {
+            return Err(forward);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = Message::Request(Request {
+            id: RequestId(id),
+            op: forward.op.clone(),
+        });
+        {
+            let mut pending = lock(&conn.pending);
+            if !pending.open {
+                return Err(forward);
+            }
+            pending
+                .map
+                .insert(id, Waiting::Forward(forward, Instant::now() + timeout));
+        }
+        room.send(message.into());
+        Ok(())
     }
 
     /// Drops the current connections, if any: every request in flight on
@@ -273,7 +394,7 @@ impl ReplicaLink {
             None => return Err(ConnError::Connect("closed during handshake".into())),
         }
         let (sink, mut stream) = framed.split();
-        let (tx, rx) = mpsc::channel::<Message>(SEND_QUEUE);
+        let (tx, rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             open: true,
             map: HashMap::new(),
@@ -288,27 +409,45 @@ impl ReplicaLink {
         let broken_tx = self.broken_tx.clone();
         let slot = self.slot;
         self.tasks.spawn(async move {
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let frame = tokio::select! {
                     _ = reader_closed.cancelled() => break,
+                    _ = sweep.tick() => {
+                        for forward in expired(&reader_pending, Instant::now()) {
+                            forward.retry(slot);
+                        }
+                        continue;
+                    }
                     frame = stream.next() => frame,
                 };
                 match frame {
                     Some(Ok(Message::Response(resp))) => {
-                        let waiter = lock(&reader_pending).map.remove(&resp.id.0);
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(resp.reply);
+                        let waiting = lock(&reader_pending).map.remove(&resp.id.0);
+                        match waiting {
+                            Some(Waiting::Reply(waiter)) => {
+                                let _ = waiter.send(resp.reply);
+                            }
+                            Some(Waiting::Forward(forward, _)) => forward.deliver(resp.reply),
+                            None => {}
                         }
                     }
                     Some(Ok(_)) | Some(Err(_)) | None => break,
                 }
             }
             reader_closed.cancel();
-            {
-                // Dropping the senders answers every waiter with Broken.
+            let orphans: Vec<Waiting> = {
                 let mut p = lock(&reader_pending);
                 p.open = false;
-                p.map.clear();
+                p.map.drain().map(|(_, waiting)| waiting).collect()
+            };
+            // Dropping the senders answers every waiter with Broken; the
+            // forwarded reads go back to their clients to be retried.
+            for waiting in orphans {
+                if let Waiting::Forward(forward, _) = waiting {
+                    forward.retry(slot);
+                }
             }
             debug!(slot, "replica connection closed");
             // Best effort: a full queue means the health loop already knows.

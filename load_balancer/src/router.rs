@@ -14,19 +14,19 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::{
-    ErrorReply, Message, MessageCodec, Op, Reply, Response, Role, Welcome, WireError,
-    PROTOCOL_VERSION,
+    ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
+    WireError, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::outbox;
-use crate::replica_conn::{ConnError, ReplicaLink};
+use crate::outbox::{self, Out};
+use crate::replica_conn::{ConnError, Forward, ReplicaLink, Retry};
 use crate::table::{Leader, Table};
 
 /// Requests one client may have in flight before the balancer stops reading
@@ -41,6 +41,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Retry hint given with `Unavailable`.
 const RETRY_AFTER_MS: u64 = 100;
+
+/// How a request answered by the connection's own future is routed.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// As any request: see [`Router::handle`].
+    New,
+    /// A read that could not be forwarded to this replica: read there first.
+    ReadAt(usize),
+    /// A forwarded read this replica failed: one more try elsewhere.
+    RetryAfter(usize),
+}
 
 /// What request routing needs, shared by all client connections.
 #[derive(Debug)]
@@ -111,27 +122,35 @@ impl Router {
         }
 
         let (sink, mut stream) = framed.split();
-        let (tx, rx) = mpsc::channel::<Message>(MAX_IN_FLIGHT);
+        // One more than the slots: a final Reject needs no slot.
+        let (tx, rx) = mpsc::channel::<Out>(MAX_IN_FLIGHT + 1);
         let conn_closed = shutdown.child_token();
         let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
+        // A slot per request until its answer is written: reads forwarded to
+        // a replica and this task's own futures share the bound.
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let (retry_tx, mut retry_rx) = mpsc::channel::<Retry>(MAX_IN_FLIGHT);
 
-        // Requests run as futures of this task rather than one spawned task
-        // each: no spawn, no task tracker and no Arc clone per request, and
-        // the answers that complete together are queued together, so the
-        // outbox writes them with one system call.
+        // Reads go to a replica link directly, which writes the answer to
+        // the outbox itself: no future, oneshot or timer of their own. The
+        // rest (writes, pings, status, and reads that could not be
+        // forwarded or have to be retried) run as futures of this task
+        // rather than one spawned task each, and the answers that complete
+        // together are queued together, so the outbox writes them with one
+        // system call.
         let router = &*self;
         let mut in_flight = FuturesUnordered::new();
         let role = hello.role;
         loop {
             tokio::select! {
                 _ = conn_closed.cancelled() => break,
-                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                    if tx.send(Message::Response(response)).await.is_err() {
+                Some(out) = in_flight.next(), if !in_flight.is_empty() => {
+                    if tx.send(out).await.is_err() {
                         break;
                     }
                     let mut gone = false;
                     while let Some(Some(more)) = in_flight.next().now_or_never() {
-                        if tx.send(Message::Response(more)).await.is_err() {
+                        if tx.send(more).await.is_err() {
                             gone = true;
                             break;
                         }
@@ -140,19 +159,27 @@ impl Router {
                         break;
                     }
                 }
-                frame = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                Some(retry) = retry_rx.recv() => {
+                    in_flight.push(router.answer(
+                        retry.client_id,
+                        retry.op,
+                        retry.slot,
+                        Route::RetryAfter(retry.failed_on),
+                    ));
+                }
+                frame = stream.next(), if slots.available_permits() > 0 => {
                     let request = match frame {
                         Some(Ok(Message::Request(request))) => request,
                         Some(Ok(other)) => {
                             let what = other.name().to_string();
                             let _ = tx
-                                .send(Message::Reject(WireError::Unexpected { what }))
+                                .send(Message::Reject(WireError::Unexpected { what }).into())
                                 .await;
                             break;
                         }
                         Some(Err(e)) => {
                             if let Some(wire) = e.to_wire() {
-                                let _ = tx.send(Message::Reject(wire)).await;
+                                let _ = tx.send(Message::Reject(wire).into()).await;
                             }
                             break;
                         }
@@ -161,30 +188,114 @@ impl Router {
                     if request.op.is_admin() {
                         let what = request.op.name().to_string();
                         let _ = tx
-                            .send(Message::Reject(WireError::WrongRole { role, what }))
+                            .send(Message::Reject(WireError::WrongRole { role, what }).into())
                             .await;
                         break;
                     }
-                    in_flight.push(async move {
-                        Response {
-                            id: request.id,
-                            reply: router.handle(request.op).await,
-                        }
-                    });
+                    // Only this task takes slots, and one is free.
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    if let Err((forward, meant_for)) =
+                        router.forward_read(request, slot, &tx, &retry_tx)
+                    {
+                        let route = meant_for.map_or(Route::New, Route::ReadAt);
+                        in_flight.push(router.answer(
+                            forward.client_id,
+                            forward.op,
+                            forward.slot,
+                            route,
+                        ));
+                    }
                 }
             }
         }
         // The socket closes once the writer also lets go of its half: at once
-        // after a Reject, otherwise when the in-flight answers are written
-        // (each request is bounded by its own timeouts).
+        // after a Reject, otherwise when the answers in flight are written
+        // (each request is bounded by its own timeouts, a forwarded read by
+        // its link's sweep, after which it comes back here as a retry).
         drop(stream);
-        while let Some(response) = in_flight.next().await {
-            if tx.send(Message::Response(response)).await.is_err() {
-                break;
+        drop(retry_tx);
+        loop {
+            tokio::select! {
+                Some(out) = in_flight.next(), if !in_flight.is_empty() => {
+                    if tx.send(out).await.is_err() {
+                        break;
+                    }
+                }
+                retry = retry_rx.recv() => match retry {
+                    Some(retry) => in_flight.push(router.answer(
+                        retry.client_id,
+                        retry.op,
+                        retry.slot,
+                        Route::RetryAfter(retry.failed_on),
+                    )),
+                    // Every forwarded read is answered or retried, and no
+                    // retry is left: what remains is in `in_flight`.
+                    None => {
+                        while let Some(out) = in_flight.next().await {
+                            if tx.send(out).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                },
             }
         }
         drop(tx);
         let _ = writer.await;
+    }
+
+    /// Hands a valid read to the next healthy replica's link, which answers
+    /// the client itself; gives the request back (as a [`Forward`]) when it
+    /// is not a read or could not be sent at once, with the replica it was
+    /// meant for (its data connection may just not be open yet: this task's
+    /// own path opens it, so the rotation still reaches every replica).
+    // The error is the request itself, handed back by value on the rare
+    // fallback path: boxing it would allocate on every fallback instead.
+    #[allow(clippy::result_large_err)]
+    fn forward_read(
+        &self,
+        request: Request,
+        slot: OwnedSemaphorePermit,
+        reply_to: &mpsc::Sender<Out>,
+        retry: &mpsc::Sender<Retry>,
+    ) -> Result<(), (Forward, Option<usize>)> {
+        let forward = Forward {
+            reply_to: reply_to.clone(),
+            client_id: request.id,
+            op: request.op,
+            retry: retry.clone(),
+            slot,
+        };
+        let readable =
+            matches!(forward.op, Op::Get { .. }) && forward.op.validate(usize::MAX).is_ok();
+        if !readable {
+            return Err((forward, None));
+        }
+        let Some(replica) = self.table.next_reader(None) else {
+            return Err((forward, None));
+        };
+        let Some(link) = self.links.get(replica) else {
+            return Err((forward, None));
+        };
+        link.forward(forward, self.config.request_timeout())
+            .map_err(|forward| (forward, Some(replica)))
+    }
+
+    /// Answers one request through this task's own future, routed as
+    /// `route` says.
+    async fn answer(&self, id: RequestId, op: Op, slot: OwnedSemaphorePermit, route: Route) -> Out {
+        let reply = match route {
+            Route::New => self.handle(op).await,
+            Route::ReadAt(replica) => self.read_from(op, Some(replica), None, 2).await,
+            Route::RetryAfter(failed) => self.read_from(op, None, Some(failed), 1).await,
+        };
+        Out {
+            message: Message::Response(Response { id, reply }),
+            slot: Some(slot),
+        }
     }
 
     /// Routes one operation and returns its reply.
@@ -260,10 +371,22 @@ impl Router {
     }
 
     async fn read(&self, op: Op) -> Reply {
+        self.read_from(op, None, None, 2).await
+    }
+
+    /// Reads on up to `attempts` replicas: `first` if given, then healthy
+    /// ones other than `tried`.
+    async fn read_from(
+        &self,
+        op: Op,
+        mut first: Option<usize>,
+        mut tried: Option<usize>,
+        attempts: usize,
+    ) -> Reply {
         let timeout = self.config.request_timeout();
-        let mut tried = None;
-        for _ in 0..2 {
-            let slot = match self.table.next_reader(tried) {
+        for _ in 0..attempts {
+            let next = first.take().or_else(|| self.table.next_reader(tried));
+            let slot = match next {
                 Some(slot) => slot,
                 None if tried.is_none() => {
                     // Nothing healthy yet (start-up or failover): wait a bounded

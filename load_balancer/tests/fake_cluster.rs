@@ -38,6 +38,8 @@ struct FakeState {
     leader_addr: Option<String>,
     map: HashMap<Bytes, Bytes>,
     hang_writes: bool,
+    /// Reads are taken but never answered.
+    hang_reads: bool,
     /// A set stops its connection: nothing more is read from it (a replica
     /// busy with a deep pipeline, as seen by what queues behind it).
     wedge_on_set: bool,
@@ -166,6 +168,9 @@ impl FakeState {
             }
             Op::Get { key } => {
                 self.gets_served += 1;
+                if self.hang_reads {
+                    return None;
+                }
                 Reply::Value(self.map.get(&key).cloned())
             }
         })
@@ -1002,6 +1007,95 @@ async fn a_mute_stalled_leader_and_one_lagging_answer_promote_nobody() {
         "a lagging replica was promoted without hearing from b or the leader"
     );
     assert!(a.s().promotes.is_empty() && b.s().promotes.is_empty());
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn reads_lost_with_a_replica_are_retried_on_another() {
+    let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    b.s()
+        .map
+        .insert(Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+    // Reads rotate until b has served one, so its data connection is open
+    // and later reads are forwarded to it directly.
+    for _ in 0..100 {
+        if b.s().gets_served > 0 {
+            break;
+        }
+        client.get("k").await;
+    }
+    assert!(b.s().gets_served > 0, "b never got a read");
+    // b swallows reads, then dies with them in flight: every read must
+    // still be answered, by a, under its own id.
+    b.s().hang_reads = true;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..40 {
+        ids.insert(
+            client
+                .send(Op::Get {
+                    key: Bytes::from_static(b"k"),
+                })
+                .await,
+        );
+    }
+    until("b holds some of the reads", || b.s().gets_served >= 5).await;
+    b.kill();
+    while !ids.is_empty() {
+        let response = client.recv().await;
+        assert!(ids.remove(&response.id), "unknown or repeated id");
+        assert_eq!(
+            response.reply,
+            Reply::Value(Some(Bytes::from_static(b"v"))),
+            "a read lost with b was not retried"
+        );
+    }
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn reads_a_live_replica_never_answers_are_retried_after_their_timeout() {
+    let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    b.s()
+        .map
+        .insert(Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+    for _ in 0..100 {
+        if b.s().gets_served > 0 {
+            break;
+        }
+        client.get("k").await;
+    }
+    assert!(b.s().gets_served > 0, "b never got a read");
+    // b keeps answering health checks but swallows reads: only the read
+    // timeout (3 s) can send them elsewhere.
+    b.s().hang_reads = true;
+    let seen = b.s().gets_served;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        ids.insert(
+            client
+                .send(Op::Get {
+                    key: Bytes::from_static(b"k"),
+                })
+                .await,
+        );
+    }
+    while !ids.is_empty() {
+        let response = client.recv().await;
+        assert!(ids.remove(&response.id), "unknown or repeated id");
+        assert_eq!(response.reply, Reply::Value(Some(Bytes::from_static(b"v"))));
+    }
+    assert!(
+        b.s().gets_served > seen,
+        "no read went to b: nothing was tested"
+    );
     lb.stop().await;
 }
 
