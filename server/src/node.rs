@@ -757,6 +757,9 @@ impl Node {
     ) -> Result<(), StreamError> {
         self.check_follower(role_gen, epoch)?;
         self.log.reset(last_index, last_epoch, history);
+        // A compaction target left from an own snapshot newer than this one
+        // would drop entries streamed next before they are applied.
+        self.compact_to = last_index;
         self.store = store;
         self.commit = last_index;
         self.applied = last_index;
@@ -789,7 +792,9 @@ impl Node {
             });
         }
         let prefix = self.log.common_prefix(their_last, their_history);
-        let plan = if prefix < self.log.base_index() {
+        // Entries up to `compact_to` are being dropped in steps: a follower
+        // that needs them gets the snapshot rather than a stream cut short.
+        let plan = if prefix < self.log.base_index().max(self.compact_to) {
             StreamPlan::Snapshot
         } else {
             StreamPlan::FromPrefix { prefix }
@@ -819,7 +824,10 @@ impl Node {
     }
 
     /// Starts a snapshot if the log holds more than `threshold` bytes since the
-    /// last one and none is running.
+    /// last one and none is running. Each call (the snapshotter's 100 ms
+    /// check) also folds a step of the store's overlay and drops a step of
+    /// the log the last snapshot covered; no snapshot starts until both are
+    /// done.
     pub fn snapshot_job(&mut self, threshold: usize) -> Option<SnapshotJob> {
         // Writes fold the overlay the last snapshot left; this covers a
         // quiet replica. A new snapshot waits until it is gone, so its copy
@@ -847,7 +855,9 @@ impl Node {
         })
     }
 
-    /// A snapshot finished (or failed, with `None`): compact what it covers.
+    /// A snapshot finished (or failed, with `None`): starts dropping the log
+    /// it covers (a first step now, the rest at the next snapshot checks) and
+    /// has the WAL compacted.
     pub fn snapshot_done(&mut self, covered: Option<LogIndex>) {
         self.snapshot_running = false;
         if let Some(index) = covered {
@@ -864,8 +874,10 @@ impl Node {
     /// snapshot's worth (hundreds of thousands of entries) under the lock
     /// stalled every request, health checks included.
     fn compact_some(&mut self) -> bool {
-        self.log.compact(self.compact_to, COMPACT_PER_STEP);
-        self.log.base_index() >= self.compact_to || self.log.last_index() <= self.log.base_index()
+        // Never past `applied`: an entry not yet applied must stay.
+        let target = self.compact_to.min(self.applied);
+        self.log.compact(target, COMPACT_PER_STEP);
+        self.log.base_index() >= target || self.log.last_index() <= self.log.base_index()
     }
 
     /// Durable last index.
@@ -1362,6 +1374,54 @@ mod tests {
         n.propose(set("one-more", "v")).unwrap();
         flush(&mut n);
         assert!(n.snapshot_job(0).is_some());
+    }
+
+    #[test]
+    fn an_installed_snapshot_resets_the_compaction_target() {
+        let mut n = fresh(2);
+        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        let gen = n.role_gen;
+        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        let first: Vec<Entry> = (1..=10)
+            .map(|i| entry(i, 1, set(&format!("k{i}"), "v")))
+            .collect();
+        n.on_entries(gen, Epoch(1), LogIndex(0), first, LogIndex(10))
+            .unwrap();
+        flush(&mut n);
+        let job = n.snapshot_job(0).unwrap();
+        drop(job);
+        n.snapshot_done(Some(LogIndex(10)));
+        // An older snapshot from the leader (the node does not judge that;
+        // the replication layer does), then entries after it.
+        let history = vec![EpochStart {
+            epoch: Epoch(1),
+            start: LogIndex(1),
+        }];
+        n.on_snapshot_installed(
+            gen,
+            Epoch(1),
+            LogIndex(5),
+            Epoch(1),
+            history,
+            Store::default(),
+        )
+        .unwrap();
+        let next: Vec<Entry> = (6..=12)
+            .map(|i| entry(i, 1, set(&format!("n{i}"), "w")))
+            .collect();
+        n.on_entries(gen, Epoch(1), LogIndex(5), next, LogIndex(5))
+            .unwrap();
+        flush(&mut n);
+        // A snapshot check compacts a step: it must not drop what is not
+        // applied yet.
+        let _ = n.snapshot_job(usize::MAX);
+        n.on_entries(gen, Epoch(1), LogIndex(12), Vec::new(), LogIndex(12))
+            .unwrap();
+        assert_eq!(
+            n.applied,
+            LogIndex(12),
+            "entries dropped before being applied"
+        );
     }
 
     #[test]
