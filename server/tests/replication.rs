@@ -77,6 +77,12 @@ async fn a_pipelined_mix_in_one_write_is_answered_by_id() {
             op,
         }));
     }
+    // An admin request on a client connection ends it, after the answers to
+    // everything before it.
+    msgs.push(Message::Request(semikv_protocol::Request {
+        id: semikv_protocol::RequestId(1),
+        op: Op::Fence(semikv_protocol::Fence { epoch: Epoch(9) }),
+    }));
     c.send_all(msgs).await;
     for _ in 0..600 {
         let Some(Message::Response(r)) = c.next_message().await else {
@@ -93,7 +99,49 @@ async fn a_pipelined_mix_in_one_write_is_answered_by_id() {
         }
     }
     assert!(expected.is_empty());
+    assert!(
+        matches!(
+            c.next_message().await,
+            Some(Message::Reject(WireError::WrongRole { .. }))
+        ),
+        "the fence was not refused after the answers"
+    );
+    let mut c = Peer::connect(servers[0].addr, Role::Client).await;
     assert_eq!(c.get("w4").await, b("x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_on_a_leader_that_has_not_committed_are_each_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_many(1, dir.path()).await;
+    // One synchronous follower required and none there: the promotion's
+    // no-op never commits, so the new leader may not answer reads.
+    let mut admin = Peer::connect(servers[0].addr, Role::Balancer).await;
+    admin.promote(1, 1).await.unwrap();
+    let mut c = Peer::connect(servers[0].addr, Role::Client).await;
+    let msgs = (0..50u64)
+        .map(|i| {
+            Message::Request(semikv_protocol::Request {
+                id: semikv_protocol::RequestId(i),
+                op: Op::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+            })
+        })
+        .collect();
+    c.send_all(msgs).await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let Some(Message::Response(r)) = c.next_message().await else {
+            panic!("connection ended early");
+        };
+        assert!(ids.insert(r.id.0), "id {} answered twice", r.id.0);
+        assert!(
+            matches!(r.reply, Reply::Error(ErrorReply::Unavailable { .. })),
+            "{:?}",
+            r.reply
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,8 @@ impl Peer {
         self.conn.send(msg).await.unwrap();
     }
 
-    /// Sends `msgs` with one flush, so the server finds them in one read.
+    /// Sends `msgs` with one flush (the server then usually finds many of
+    /// them in one read; nothing guarantees it).
     #[allow(dead_code)]
     pub async fn send_all(&mut self, msgs: Vec<Message>) {
         for msg in msgs {
