@@ -1010,8 +1010,10 @@ async fn a_mute_stalled_leader_and_one_lagging_answer_promote_nobody() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn reads_lost_with_a_replica_are_retried_on_another() {
+/// A leader `a` and a follower `b` both holding k = v, behind a balancer,
+/// with b having served a read: its data connection is open, so the reads
+/// that rotate to it from now on are forwarded to it directly.
+async fn leader_and_reading_follower() -> (Fake, Fake, Balancer, Client) {
     let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
     let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
     let lb = Balancer::start(config(&[&a, &b])).await;
@@ -1020,8 +1022,6 @@ async fn reads_lost_with_a_replica_are_retried_on_another() {
     b.s()
         .map
         .insert(Bytes::from_static(b"k"), Bytes::from_static(b"v"));
-    // Reads rotate until b has served one, so its data connection is open
-    // and later reads are forwarded to it directly.
     for _ in 0..100 {
         if b.s().gets_served > 0 {
             break;
@@ -1029,6 +1029,12 @@ async fn reads_lost_with_a_replica_are_retried_on_another() {
         client.get("k").await;
     }
     assert!(b.s().gets_served > 0, "b never got a read");
+    (a, b, lb, client)
+}
+
+#[tokio::test]
+async fn reads_lost_with_a_replica_are_retried_on_another() {
+    let (_a, b, lb, mut client) = leader_and_reading_follower().await;
     // b swallows reads, then dies with them in flight: every read must
     // still be answered, by a, under its own id.
     b.s().hang_reads = true;
@@ -1058,21 +1064,7 @@ async fn reads_lost_with_a_replica_are_retried_on_another() {
 
 #[tokio::test]
 async fn reads_a_live_replica_never_answers_are_retried_after_their_timeout() {
-    let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v").await;
-    b.s()
-        .map
-        .insert(Bytes::from_static(b"k"), Bytes::from_static(b"v"));
-    for _ in 0..100 {
-        if b.s().gets_served > 0 {
-            break;
-        }
-        client.get("k").await;
-    }
-    assert!(b.s().gets_served > 0, "b never got a read");
+    let (_a, b, lb, mut client) = leader_and_reading_follower().await;
     // b keeps answering health checks but swallows reads: only the read
     // timeout (3 s) can send them elsewhere.
     b.s().hang_reads = true;
