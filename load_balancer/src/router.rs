@@ -53,6 +53,26 @@ enum Route {
     RetryAfter(usize),
 }
 
+/// A request this connection's own future answers.
+#[derive(Debug)]
+struct Job {
+    id: RequestId,
+    op: Op,
+    slot: OwnedSemaphorePermit,
+    route: Route,
+}
+
+impl From<Retry> for Job {
+    fn from(retry: Retry) -> Job {
+        Job {
+            id: retry.client_id,
+            op: retry.op,
+            slot: retry.slot,
+            route: Route::RetryAfter(retry.failed_on),
+        }
+    }
+}
+
 /// What request routing needs, shared by all client connections.
 #[derive(Debug)]
 pub struct Router {
@@ -159,14 +179,7 @@ impl Router {
                         break;
                     }
                 }
-                Some(retry) = retry_rx.recv() => {
-                    in_flight.push(router.answer(
-                        retry.client_id,
-                        retry.op,
-                        retry.slot,
-                        Route::RetryAfter(retry.failed_on),
-                    ));
-                }
+                Some(retry) = retry_rx.recv() => in_flight.push(router.answer(retry.into())),
                 frame = stream.next(), if slots.available_permits() > 0 => {
                     let request = match frame {
                         Some(Ok(Message::Request(request))) => request,
@@ -196,16 +209,8 @@ impl Router {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         continue;
                     };
-                    if let Err((forward, meant_for)) =
-                        router.forward_read(request, slot, &tx, &retry_tx)
-                    {
-                        let route = meant_for.map_or(Route::New, Route::ReadAt);
-                        in_flight.push(router.answer(
-                            forward.client_id,
-                            forward.op,
-                            forward.slot,
-                            route,
-                        ));
+                    if let Err(job) = router.forward_read(request, slot, &tx, &retry_tx) {
+                        in_flight.push(router.answer(job));
                     }
                 }
             }
@@ -224,12 +229,7 @@ impl Router {
                     }
                 }
                 retry = retry_rx.recv() => match retry {
-                    Some(retry) => in_flight.push(router.answer(
-                        retry.client_id,
-                        retry.op,
-                        retry.slot,
-                        Route::RetryAfter(retry.failed_on),
-                    )),
+                    Some(retry) => in_flight.push(router.answer(retry.into())),
                     // Every forwarded read is answered or retried, and no
                     // retry is left: what remains is in `in_flight`.
                     None => {
@@ -248,20 +248,32 @@ impl Router {
     }
 
     /// Hands a valid read to the next healthy replica's link, which answers
-    /// the client itself; gives the request back (as a [`Forward`]) when it
-    /// is not a read or could not be sent at once, with the replica it was
+    /// the client itself; gives the request back as a [`Job`] when it is not
+    /// a read or could not be sent at once, routed to the replica it was
     /// meant for (its data connection may just not be open yet: this task's
     /// own path opens it, so the rotation still reaches every replica).
-    // The error is the request itself, handed back by value on the rare
-    // fallback path: boxing it would allocate on every fallback instead.
-    #[allow(clippy::result_large_err)]
     fn forward_read(
         &self,
         request: Request,
         slot: OwnedSemaphorePermit,
         reply_to: &mpsc::Sender<Out>,
         retry: &mpsc::Sender<Retry>,
-    ) -> Result<(), (Forward, Option<usize>)> {
+    ) -> Result<(), Job> {
+        let job = |op, slot, route| Job {
+            id: request.id,
+            op,
+            slot,
+            route,
+        };
+        let readable =
+            matches!(request.op, Op::Get { .. }) && request.op.validate(usize::MAX).is_ok();
+        let target = readable
+            .then(|| self.table.next_reader(None))
+            .flatten()
+            .and_then(|replica| Some((replica, self.links.get(replica)?)));
+        let Some((replica, link)) = target else {
+            return Err(job(request.op, slot, Route::New));
+        };
         let forward = Forward {
             reply_to: reply_to.clone(),
             client_id: request.id,
@@ -269,24 +281,19 @@ impl Router {
             retry: retry.clone(),
             slot,
         };
-        let readable =
-            matches!(forward.op, Op::Get { .. }) && forward.op.validate(usize::MAX).is_ok();
-        if !readable {
-            return Err((forward, None));
-        }
-        let Some(replica) = self.table.next_reader(None) else {
-            return Err((forward, None));
-        };
-        let Some(link) = self.links.get(replica) else {
-            return Err((forward, None));
-        };
         link.forward(forward, self.config.request_timeout())
-            .map_err(|forward| (forward, Some(replica)))
+            .map_err(|f| job(f.op, f.slot, Route::ReadAt(replica)))
     }
 
-    /// Answers one request through this task's own future, routed as
+    /// Answers one request through this task's own future, routed as its
     /// `route` says.
-    async fn answer(&self, id: RequestId, op: Op, slot: OwnedSemaphorePermit, route: Route) -> Out {
+    async fn answer(&self, job: Job) -> Out {
+        let Job {
+            id,
+            op,
+            slot,
+            route,
+        } = job;
         let reply = match route {
             Route::New => self.handle(op).await,
             Route::ReadAt(replica) => self.read_from(op, Some(replica), None, 2).await,
