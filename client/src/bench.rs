@@ -275,8 +275,6 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
 
 /// Results of one lane, merged into the [`Report`].
 struct Tally {
-    sets: Option<Histogram<u64>>,
-    gets: Option<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
     /// Successful requests: a plain copy of the histograms' counts, kept for
     /// the progress line.
@@ -291,8 +289,6 @@ struct Tally {
 impl Tally {
     fn new() -> Tally {
         Tally {
-            sets: None,
-            gets: None,
             errors: BTreeMap::new(),
             ok: 0,
             failed: 0,
@@ -304,8 +300,6 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         // Same bounds on both sides: addition cannot fail.
-        merge_histogram(&mut self.sets, other.sets);
-        merge_histogram(&mut self.gets, other.gets);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
@@ -840,11 +834,11 @@ impl Connection {
     }
 
     /// Moves this connection's latencies into `total`.
-    fn drain_into(&self, total: &mut Tally) {
+    fn drain_into(&self, total: &mut Latencies) {
         let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         let (sets, gets) = std::mem::take(&mut *latencies);
-        merge_histogram(&mut total.sets, sets);
-        merge_histogram(&mut total.gets, gets);
+        merge_histogram(&mut total.0, sets);
+        merge_histogram(&mut total.1, gets);
     }
 
     async fn get(&self, shared: &Shared) -> Option<Client> {
@@ -959,10 +953,11 @@ async fn run_sampled(
         }
         total
     };
-    let mut total = sampled(collect, &mut sampler).await;
+    let total = sampled(collect, &mut sampler).await;
     let elapsed = start.elapsed();
+    let mut latencies: Latencies = (None, None);
     for connection in &connections {
-        connection.drain_into(&mut total);
+        connection.drain_into(&mut latencies);
     }
     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let longest_gap = shared.any_gap.longest(elapsed_us);
@@ -972,8 +967,9 @@ async fn run_sampled(
     } else {
         shared.write_gap.longest(elapsed_us)
     };
-    let sets = total.sets.unwrap_or_else(histogram);
-    let gets = total.gets.unwrap_or_else(histogram);
+    let (sets, gets) = latencies;
+    let sets = sets.unwrap_or_else(histogram);
+    let gets = gets.unwrap_or_else(histogram);
     let mut all = sets.clone();
     let _ = all.add(&gets);
     Ok(Report {
