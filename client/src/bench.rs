@@ -26,20 +26,21 @@
 //! [`MAX_PROGRESS_WIDTH`] columns.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use semikv_protocol::{ErrorReply, Op, Reply};
+use semikv_protocol::ErrorReply;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Barrier};
 use tokio::time::Instant;
 
 use crate::conn::{Client, ClientConfig, ClientError};
+
+mod driver;
 
 /// Highest latency the histograms hold, in microseconds (60 s).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -712,7 +713,7 @@ struct Shared {
     config: BenchConfig,
     run_id: u64,
     issued: AtomicU64,
-    /// Each lane's live counts, indexed `client * pipeline + lane`.
+    /// Each client connection's live counts, by client number.
     counts: Box<[LaneCounts]>,
     /// When the measured run began (after any prefill).
     start: OnceLock<Instant>,
@@ -729,17 +730,17 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: BenchConfig, run_id: u64, lanes: usize) -> Shared {
+    fn new(config: BenchConfig, run_id: u64, clients: usize) -> Shared {
         Shared {
             config,
             run_id,
             issued: AtomicU64::new(0),
-            counts: (0..lanes).map(|_| LaneCounts::default()).collect(),
+            counts: (0..clients).map(|_| LaneCounts::default()).collect(),
             start: OnceLock::new(),
             deadline: OnceLock::new(),
             any_gap: Gap::default(),
             write_gap: Gap::default(),
-            prefilled: Barrier::new(lanes + 1),
+            prefilled: Barrier::new(clients + 1),
             go: watch::channel(false).0,
         }
     }
@@ -801,67 +802,6 @@ impl Gap {
 /// Latency histograms of sets and of gets, created on first use.
 type Latencies = (Option<Histogram<u64>>, Option<Histogram<u64>>);
 
-/// One client's connection, re-opened by whichever lane notices it is gone.
-struct Connection {
-    addr: String,
-    config: ClientConfig,
-    client: tokio::sync::Mutex<Option<Client>>,
-    /// Latencies of the timed requests of all its lanes. Per connection, not
-    /// per lane: hundreds of lanes with two histograms each (~140 KB apiece)
-    /// spread every request's recording over far more memory than any cache
-    /// holds. The lock is only contended when two lanes of one connection
-    /// finish at the same instant on two threads.
-    latencies: Mutex<Latencies>,
-}
-
-impl Connection {
-    fn new(addr: String, config: ClientConfig) -> Connection {
-        Connection {
-            addr,
-            config,
-            client: tokio::sync::Mutex::new(None),
-            latencies: Mutex::new((None, None)),
-        }
-    }
-
-    /// Records the latency of a successful set (`write`) or get.
-    fn record(&self, write: bool, micros: u64) {
-        // A poisoned lock only means a lane panicked mid-record: the counts
-        // are still usable.
-        let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        let (sets, gets) = &mut *latencies;
-        record(if write { sets } else { gets }, micros);
-    }
-
-    /// Moves this connection's latencies into `total`.
-    fn drain_into(&self, total: &mut Latencies) {
-        let mut latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        let (sets, gets) = std::mem::take(&mut *latencies);
-        merge_histogram(&mut total.0, sets);
-        merge_histogram(&mut total.1, gets);
-    }
-
-    async fn get(&self, shared: &Shared) -> Option<Client> {
-        let mut slot = self.client.lock().await;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-                return Some(c.clone());
-            }
-            match Client::connect(&self.addr, &self.config).await {
-                Ok(c) => *slot = Some(c),
-                Err(_) => {
-                    if matches!(shared.config.stop, Stop::Duration(_)) && !shared.claim() {
-                        return None;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
-                }
-            }
-        }
-    }
-}
-
 /// Runs the benchmark.
 ///
 /// # Errors
@@ -901,20 +841,12 @@ async fn run_sampled(
             error,
         })?;
     let run_id = Rng::new(config.seed ^ u64::from(std::process::id())).next_u64() & 0xff_ffff;
-    let lanes = usize::try_from(u64::from(config.clients) * u64::from(config.pipeline))
-        .map_err(|_| BenchError::Invalid("too many lanes".to_string()))?;
-    let shared = Arc::new(Shared::new(config, run_id, lanes));
+    let clients = usize::try_from(config.clients)
+        .map_err(|_| BenchError::Invalid("too many clients".to_string()))?;
+    let shared = Arc::new(Shared::new(config, run_id, clients));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut connections = Vec::new();
     for client in 0..shared.config.clients {
-        let connection = Arc::new(Connection::new(
-            shared.config.addr.clone(),
-            shared.config.client.clone(),
-        ));
-        connections.push(connection.clone());
-        for lane in 0..shared.config.pipeline {
-            tasks.spawn(run_lane(shared.clone(), connection.clone(), client, lane));
-        }
+        tasks.spawn(driver::Driver::new(shared.clone(), client).run());
     }
     let mut sampler = observer.map(|(period, observer)| {
         // A zero period would make tokio panic.
@@ -940,25 +872,26 @@ async fn run_sampled(
     shared.go.send_replace(true);
     let collect = async {
         let mut total = Tally::new();
+        let mut latencies: Latencies = (None, None);
         while let Some(result) = tasks.join_next().await {
             match result {
-                Ok(tally) => total.merge(tally),
+                Ok((tally, (sets, gets))) => {
+                    total.merge(tally);
+                    merge_histogram(&mut latencies.0, sets);
+                    merge_histogram(&mut latencies.1, gets);
+                }
                 Err(e) => {
                     *total
                         .errors
-                        .entry(format!("lane crashed: {e}"))
+                        .entry(format!("client crashed: {e}"))
                         .or_default() += 1;
                 }
             }
         }
-        total
+        (total, latencies)
     };
-    let total = sampled(collect, &mut sampler).await;
+    let (total, latencies) = sampled(collect, &mut sampler).await;
     let elapsed = start.elapsed();
-    let mut latencies: Latencies = (None, None);
-    for connection in &connections {
-        connection.drain_into(&mut latencies);
-    }
     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let longest_gap = shared.any_gap.longest(elapsed_us);
     // Only meaningful when the run writes at all.
@@ -1067,9 +1000,8 @@ impl LaneKeys {
     }
 }
 
-/// One lane's fixed view of the run: its keys and its client id.
+/// One lane's fixed view of the run: its keys.
 struct Lane {
-    client: u32,
     /// The lane's keys, by lane-local number (the key is `lane + pipeline * i`);
     /// built once so a request costs no formatting.
     keys: LaneKeys,
@@ -1081,195 +1013,6 @@ impl Lane {
     fn key_number(&self, i: u64) -> u64 {
         self.lane + self.pipeline * i
     }
-}
-
-async fn run_lane(
-    shared: Arc<Shared>,
-    connection: Arc<Connection>,
-    client: u32,
-    lane: u32,
-) -> Tally {
-    let config = &shared.config;
-    let mut tally = Tally::new();
-    let mut rng = Rng::new(
-        config.seed
-            ^ (u64::from(client) << 32 | u64::from(lane)).wrapping_mul(0x2545_f491_4f6c_dd1d),
-    );
-    let pipeline = u64::from(config.pipeline);
-    let lane_keys = (config.keyspace - u64::from(lane)).div_ceil(pipeline);
-    let mut model = Model::with_keys(usize::try_from(lane_keys).unwrap_or(0));
-    let this = Lane {
-        client,
-        keys: LaneKeys::new(lane_keys, |i, out| {
-            let k = u64::from(lane) + pipeline * i;
-            let _ = write!(out, "bench-{:06x}-{client}-{k}", shared.run_id);
-        }),
-        pipeline,
-        lane: u64::from(lane),
-    };
-    let weight = u64::from(config.set_weight) + u64::from(config.get_weight);
-    let mut seq = 0u64;
-    // The lane's own handle on the connection: going through the shared slot
-    // (an async mutex) on every request cost more than the request.
-    let mut conn: Option<Client> = None;
-    // Always present: `run` makes one per lane.
-    let counts = usize::try_from(u64::from(client) * pipeline + u64::from(lane))
-        .ok()
-        .and_then(|index| shared.counts.get(index));
-    if config.prefill {
-        // Untimed and uncounted, but modelled, so later reads are checked.
-        let mut scratch = Tally::new();
-        for i in 0..lane_keys {
-            seq += 1;
-            issue(
-                &shared,
-                &connection,
-                &mut conn,
-                &this,
-                &mut model,
-                &mut scratch,
-                i,
-                Some(seq),
-                false,
-            )
-            .await;
-            if let Some(counts) = counts {
-                counts.publish(Phase::Prefill, &scratch);
-            }
-        }
-    }
-    shared.prefilled.wait().await;
-    let _ = shared.go.subscribe().wait_for(|go| *go).await;
-    while shared.claim() {
-        let i = rng.below(lane_keys);
-        let is_set = rng.below(weight) < u64::from(config.set_weight);
-        let value = is_set.then(|| {
-            seq += 1;
-            seq
-        });
-        if !issue(
-            &shared,
-            &connection,
-            &mut conn,
-            &this,
-            &mut model,
-            &mut tally,
-            i,
-            value,
-            true,
-        )
-        .await
-        {
-            break;
-        }
-        if let Some(counts) = counts {
-            counts.publish(Phase::Run, &tally);
-        }
-    }
-    tally
-}
-
-/// Sends one request for the lane's key `i` — a set of value `set` when
-/// given, a get otherwise — and judges and records the answer. `false` when
-/// the run ended while waiting for a connection.
-#[allow(clippy::too_many_arguments)]
-async fn issue(
-    shared: &Shared,
-    connection: &Connection,
-    conn: &mut Option<Client>,
-    lane: &Lane,
-    model: &mut Model,
-    tally: &mut Tally,
-    i: u64,
-    set: Option<u64>,
-    timed: bool,
-) -> bool {
-    let config = &shared.config;
-    let client = lane.client;
-    let c = match conn {
-        Some(c) => c,
-        None => match connection.get(shared).await {
-            Some(c) => conn.insert(c),
-            None => return false,
-        },
-    };
-    let k = lane.key_number(i);
-    let key = lane.keys.get(i);
-    let is_set = set.is_some();
-    let op = match set {
-        Some(seq) => Op::Set {
-            key,
-            value: make_value(client, seq, config.value_size),
-        },
-        None => Op::Get { key },
-    };
-    let started = Instant::now();
-    let result = match c.request(op).await {
-        Ok(Reply::Error(e)) => Err(ClientError::Server(e)),
-        other => other,
-    };
-    let finished = Instant::now();
-    let micros =
-        u64::try_from(finished.saturating_duration_since(started).as_micros()).unwrap_or(u64::MAX);
-    match result {
-        Ok(Reply::Written { .. }) if is_set => {
-            model.written(i, set.unwrap_or_default());
-            tally.ok += 1;
-            if timed {
-                connection.record(true, micros);
-                shared.succeeded(true, finished);
-            }
-        }
-        Ok(Reply::Value(value)) if !is_set => {
-            tally.ok += 1;
-            if timed {
-                connection.record(false, micros);
-                shared.succeeded(false, finished);
-            }
-            let got = value.as_deref().map(|v| parse_value(client, v));
-            let check = match got {
-                None => model.read(i, None),
-                Some(Some(s)) => model.read(i, Some(s)),
-                // Not a value this client writes at all.
-                Some(None) => ReadCheck::Wrong,
-            };
-            match check {
-                ReadCheck::Fresh => {}
-                ReadCheck::Stale => tally.stale_reads += 1,
-                ReadCheck::Wrong => {
-                    tally.wrong_values += 1;
-                    if tally.examples.len() < MAX_EXAMPLES {
-                        tally
-                            .examples
-                            .push(format!("client {client} key {k}: read {:?}", got.flatten()));
-                    }
-                }
-            }
-        }
-        Ok(_) => {
-            *tally
-                .errors
-                .entry("unexpected_reply".to_string())
-                .or_default() += 1;
-            tally.failed += 1;
-        }
-        Err(e) => {
-            if let (Some(seq), true) = (set, outcome_unknown(&e)) {
-                model.maybe_written(i, seq);
-            }
-            if e.is_connection_error() {
-                *conn = None;
-            }
-            *tally.errors.entry(error_kind(&e)).or_default() += 1;
-            tally.failed += 1;
-            if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
-                // Honour the balancer's hint instead of hammering it.
-                let wait = Duration::from_millis((*retry_after_ms).min(1000));
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-    true
 }
 
 impl Report {
@@ -1349,9 +1092,7 @@ mod tests {
 
     #[test]
     fn lane_keys_are_slices_of_one_buffer() {
-        let keys = LaneKeys::new(12, |i, out| {
-            let _ = write!(out, "k-{i}");
-        });
+        let keys = LaneKeys::new(12, |i, out| out.push_str(&format!("k-{i}")));
         for i in 0..12 {
             assert_eq!(keys.get(i), format!("k-{i}").as_bytes());
         }
@@ -1460,6 +1201,78 @@ mod tests {
         // Lost writes show up as reads of older values.
         assert!(report.stale_reads > 0, "lost writes went unnoticed");
         assert_eq!(report.wrong_values, 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_answer_was_lost_may_have_landed() {
+        let server = FakeServer::start().await;
+        // Every 10th set is carried out, then its connection closes with it
+        // unanswered. One client with one key, mostly reading: the next
+        // requests read what such a set wrote.
+        server.hang_up_every(10);
+        let cfg = BenchConfig {
+            clients: 1,
+            pipeline: 1,
+            keyspace: 1,
+            set_weight: 1,
+            get_weight: 3,
+            stop: Stop::Requests(600),
+            ..config(server.addr())
+        };
+        let report = run(cfg).await.unwrap();
+        let lost = report.errors.get("connection_lost").copied().unwrap_or(0);
+        assert!(lost >= 5, "{:?}", report.errors);
+        assert_eq!(report.sets + report.gets + report.failed(), 600);
+        // Read back, a set that landed without an answer is no surprise.
+        assert_eq!(report.wrong_values, 0, "{:?}", report.examples);
+        // The probe, the first connection and the one after the hang-up.
+        assert!(server.connections() >= 3);
+    }
+
+    #[tokio::test]
+    async fn unavailable_answers_are_waited_out_not_hammered() {
+        let server = FakeServer::start().await;
+        // Every answer is Unavailable with a 100 ms hint.
+        server.unavailable_for(u64::MAX);
+        let cfg = BenchConfig {
+            clients: 1,
+            stop: Stop::Duration(Duration::from_millis(500)),
+            ..config(server.addr())
+        };
+        let report = run(cfg).await.unwrap();
+        let unavailable = report.errors.get("Unavailable").copied().unwrap_or(0);
+        // Four lanes, each at most one request per hint (plus the first):
+        // a slow machine only makes fewer. Without the wait, thousands.
+        assert!((4..=4 * 7).contains(&unavailable), "{:?}", report.errors);
+        assert_eq!(report.sets + report.gets, 0);
+    }
+
+    #[tokio::test]
+    async fn requests_without_answers_time_out_on_a_kept_connection() {
+        let server = FakeServer::start().await;
+        server.swallow();
+        let cfg = BenchConfig {
+            clients: 1,
+            stop: Stop::Requests(12),
+            client: ClientConfig {
+                request_timeout: Duration::from_millis(100),
+                ..ClientConfig::default()
+            },
+            ..config(server.addr())
+        };
+        let report = tokio::time::timeout(Duration::from_secs(60), run(cfg))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            report.errors.get("timeout"),
+            Some(&12),
+            "{:?}",
+            report.errors
+        );
+        assert_eq!(server.requests(), 12);
+        // The probe and the one connection the requests used.
+        assert_eq!(server.connections(), 2);
     }
 
     #[tokio::test]

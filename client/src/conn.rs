@@ -21,7 +21,7 @@ use futures::{SinkExt, StreamExt};
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::{
     ClusterStatus, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
-    ProtocolError, ReplicaId, Reply, Request, RequestId, Role, WireError,
+    ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome, WireError,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -237,6 +237,73 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
+/// A connection that has said Hello and been welcomed, split in halves.
+pub(crate) struct Handshaken {
+    /// The read half, with whatever the peer sent after its Welcome.
+    pub reader: FramedRead<OwnedReadHalf, MessageCodec>,
+    /// The write half (its buffer is empty: the Hello was flushed).
+    pub writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    /// The peer's Welcome.
+    pub welcome: Welcome,
+}
+
+/// Connects to `addr` and handshakes as [`Role::Client`], all within
+/// `config.connect_timeout`.
+///
+/// # Errors
+/// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
+/// [`ClientError::Rejected`] or [`ClientError::Handshake`].
+pub(crate) async fn handshake(
+    addr: &str,
+    config: &ClientConfig,
+) -> Result<Handshaken, ClientError> {
+    let timed_out = || ClientError::ConnectTimeout {
+        addr: addr.to_string(),
+        after: config.connect_timeout,
+    };
+    let deadline = Instant::now() + config.connect_timeout;
+    let stream = timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    // Requests are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let codec = MessageCodec::new(config.max_frame_len);
+    let mut reader = FramedRead::new(read, codec);
+    let mut writer = FramedWrite::new(write, codec);
+    let exchange = async {
+        let hello = Message::Hello(Hello::new(Role::Client, None));
+        writer.send(hello).await.map_err(|e| e.to_string())?;
+        match reader.next().await {
+            Some(Ok(Message::Welcome(welcome))) => Ok(Ok(welcome)),
+            Some(Ok(Message::Reject(error))) => Ok(Err(error)),
+            Some(Ok(other)) => Err(format!("expected Welcome, got {}", other.name())),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("connection closed during the handshake".to_string()),
+        }
+    };
+    let welcome = timeout_at(deadline, exchange)
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|reason| ClientError::Handshake {
+            addr: addr.to_string(),
+            reason,
+        })?
+        .map_err(|error| ClientError::Rejected {
+            addr: addr.to_string(),
+            error,
+        })?;
+    Ok(Handshaken {
+        reader,
+        writer,
+        welcome,
+    })
+}
+
 impl Client {
     /// Connects to `addr` and handshakes as [`Role::Client`].
     ///
@@ -246,46 +313,11 @@ impl Client {
     /// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
     /// [`ClientError::Rejected`] or [`ClientError::Handshake`].
     pub async fn connect(addr: &str, config: &ClientConfig) -> Result<Client, ClientError> {
-        let timed_out = || ClientError::ConnectTimeout {
-            addr: addr.to_string(),
-            after: config.connect_timeout,
-        };
-        let deadline = Instant::now() + config.connect_timeout;
-        let stream = timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        // Requests are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let codec = MessageCodec::new(config.max_frame_len);
-        let mut reader = FramedRead::new(read, codec);
-        let mut writer = FramedWrite::new(write, codec);
-        let handshake = async {
-            let hello = Message::Hello(Hello::new(Role::Client, None));
-            writer.send(hello).await.map_err(|e| e.to_string())?;
-            match reader.next().await {
-                Some(Ok(Message::Welcome(welcome))) => Ok(Ok(welcome)),
-                Some(Ok(Message::Reject(error))) => Ok(Err(error)),
-                Some(Ok(other)) => Err(format!("expected Welcome, got {}", other.name())),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("connection closed during the handshake".to_string()),
-            }
-        };
-        let welcome = timeout_at(deadline, handshake)
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|reason| ClientError::Handshake {
-                addr: addr.to_string(),
-                reason,
-            })?
-            .map_err(|error| ClientError::Rejected {
-                addr: addr.to_string(),
-                error,
-            })?;
+        let Handshaken {
+            reader,
+            writer,
+            welcome,
+        } = handshake(addr, config).await?;
 
         let pending: SharedPending = Arc::default();
         let shutdown = CancellationToken::new();

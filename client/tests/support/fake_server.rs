@@ -7,7 +7,8 @@
 //! `get hangup-once` does so only the first time it is asked on this server;
 //! `set readonly ...` answers `NotLeader`. `FakeServer::forget_writes_after`
 //! makes it lose acknowledged writes. `status` answers a fixed
-//! two-replica `ClusterStatus`.
+//! two-replica `ClusterStatus`. Whole-server misbehaviour for load tests
+//! (whose keys are not magic): `hang_up_at`, `unavailable_for`, `swallow`.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +35,17 @@ struct State {
     hung_up_once: AtomicBool,
     /// Writes after this many are acknowledged but not stored (0: never).
     forget_after: AtomicU64,
+    /// Requests received, on every connection.
+    requests: AtomicU64,
+    /// Sets received, on every connection.
+    sets: AtomicU64,
+    /// Every set whose number (from 1) is a multiple of this is carried out
+    /// and then its connection closed without an answer (0: never).
+    hang_up_every: AtomicU64,
+    /// Requests up to this number are answered `Unavailable` (0: none).
+    unavailable_for: AtomicU64,
+    /// Never answer anything.
+    swallow: AtomicBool,
 }
 
 /// A running fake server; it stops when dropped.
@@ -96,6 +108,28 @@ impl FakeServer {
         self.state.forget_after.store(n, Ordering::SeqCst);
     }
 
+    /// Carries out every `n`th set (counted over all connections) and then
+    /// closes its connection without answering it: a server that dies after
+    /// applying a write.
+    pub fn hang_up_every(&self, n: u64) {
+        self.state.hang_up_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers the first `n` requests `Unavailable` with a 100 ms retry hint.
+    pub fn unavailable_for(&self, n: u64) {
+        self.state.unavailable_for.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the fake read every request and answer none.
+    pub fn swallow(&self) {
+        self.state.swallow.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests received so far, on every connection.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
     /// The value stored under `key`.
     pub fn value(&self, key: &[u8]) -> Option<Bytes> {
         self.state.map.lock().unwrap().get(key).cloned()
@@ -135,6 +169,27 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
     });
     let mut handlers = tokio::task::JoinSet::new();
     while let Some(Ok(Message::Request(request))) = reader.next().await {
+        let number = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if state.swallow.load(Ordering::SeqCst) {
+            continue;
+        }
+        if number <= state.unavailable_for.load(Ordering::SeqCst) {
+            let reply = Reply::Error(ErrorReply::Unavailable {
+                retry_after_ms: 100,
+                reason: "fake failover".to_string(),
+            });
+            if tx
+                .send(Response {
+                    id: request.id,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let reply = match &request.op {
             Op::Get { key } if key.starts_with(b"slow") => {
                 let tx = tx.clone();
@@ -184,6 +239,13 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
                 reason: "not on a client connection".to_string(),
             }),
         };
+        let every = state.hang_up_every.load(Ordering::SeqCst);
+        if matches!(request.op, Op::Set { .. })
+            && every > 0
+            && (state.sets.fetch_add(1, Ordering::SeqCst) + 1) % every == 0
+        {
+            break;
+        }
         if tx
             .send(Response {
                 id: request.id,

@@ -1,0 +1,501 @@
+//! One benchmark connection driven by one task: the requests of all its
+//! lanes are encoded into one buffer and written together, and the answers
+//! are judged as they are read, with no task, channel, oneshot or timer per
+//! request. Through the general-purpose [`crate::Client`] (a task per lane,
+//! a oneshot and a timeout per request) the load generator spent more CPU
+//! per request than the balancer it was measuring.
+
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{FutureExt, StreamExt};
+use semikv_protocol::{frame, ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::FramedRead;
+
+use super::{
+    error_kind, make_value, outcome_unknown, parse_value, record, Lane, LaneKeys, Latencies, Model,
+    Phase, ReadCheck, Rng, Shared, Stop, Tally, MAX_EXAMPLES, MAX_RECONNECT_BACKOFF,
+};
+use crate::conn::{handshake, ClientError};
+
+/// Answers taken from the read buffer per wake-up before the lanes that got
+/// them send again: bounds the work between two writes.
+const MAX_DRAIN: usize = 1024;
+
+/// The socket of a driven connection.
+struct Wire {
+    reader: FramedRead<OwnedReadHalf, MessageCodec>,
+    writer: OwnedWriteHalf,
+    /// Encoded requests not yet written.
+    out: BytesMut,
+}
+
+/// A request on the wire.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    id: u64,
+    /// The lane-local key number.
+    i: u64,
+    /// The value's sequence number, for a set.
+    set: Option<u64>,
+    at: Instant,
+}
+
+/// Where one lane stands.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Ready to send its next request.
+    Idle,
+    /// Waiting for the answer to a request.
+    InFlight(Sent),
+    /// Honouring an `Unavailable` hint until then.
+    Parked(Instant),
+    /// Finished the current phase.
+    Done,
+}
+
+/// One lane: a private slice of the client's keys with at most one request
+/// in flight, so the value each read should return is known.
+struct LaneState {
+    lane: Lane,
+    /// How many keys the lane has (numbered `0..key_count`).
+    key_count: u64,
+    model: Model,
+    rng: Rng,
+    seq: u64,
+    /// The next key the prefill writes.
+    prefilled: u64,
+    slot: Slot,
+}
+
+/// One client connection and its lanes.
+pub(super) struct Driver {
+    shared: Arc<Shared>,
+    client: u32,
+    lanes: Vec<LaneState>,
+    /// The measured run's results.
+    tally: Tally,
+    /// The prefill's results: only its count is ever shown.
+    prefill: Tally,
+    latencies: Latencies,
+    /// Request ids are `n * lanes + lane`, so an answer finds its lane.
+    next_request: u64,
+    /// No later than the deadline of every request in flight and the end of
+    /// every parked lane's wait (`None`: nothing to wait for): the one timer
+    /// fires then and the lanes are looked over.
+    wake: Option<Instant>,
+}
+
+/// What ended a connection, counted against the requests it had in flight.
+fn lost(reason: impl Into<String>) -> ClientError {
+    ClientError::ConnectionLost {
+        reason: reason.into(),
+    }
+}
+
+impl Driver {
+    /// The driver of client number `client`, its lanes not yet started.
+    pub(super) fn new(shared: Arc<Shared>, client: u32) -> Driver {
+        let config = &shared.config;
+        let pipeline = u64::from(config.pipeline);
+        let lanes = (0..config.pipeline)
+            .map(|lane| {
+                let keys = (config.keyspace - u64::from(lane)).div_ceil(pipeline);
+                let run_id = shared.run_id;
+                LaneState {
+                    lane: Lane {
+                        keys: LaneKeys::new(keys, |i, out| {
+                            let k = u64::from(lane) + pipeline * i;
+                            let _ = write!(out, "bench-{run_id:06x}-{client}-{k}");
+                        }),
+                        pipeline,
+                        lane: u64::from(lane),
+                    },
+                    key_count: keys,
+                    model: Model::with_keys(usize::try_from(keys).unwrap_or(0)),
+                    rng: Rng::new(
+                        config.seed
+                            ^ (u64::from(client) << 32 | u64::from(lane))
+                                .wrapping_mul(0x2545_f491_4f6c_dd1d),
+                    ),
+                    seq: 0,
+                    prefilled: 0,
+                    slot: Slot::Idle,
+                }
+            })
+            .collect();
+        Driver {
+            shared,
+            client,
+            lanes,
+            tally: Tally::new(),
+            prefill: Tally::new(),
+            latencies: (None, None),
+            next_request: 0,
+            wake: None,
+        }
+    }
+
+    /// Prefills (if asked), meets the other clients at the start line, runs
+    /// the measured phase, and returns its results.
+    pub(super) async fn run(mut self) -> (Tally, Latencies) {
+        let mut wire = None;
+        if self.shared.config.prefill {
+            self.drive(Phase::Prefill, &mut wire).await;
+        }
+        self.shared.prefilled.wait().await;
+        let _ = self.shared.go.subscribe().wait_for(|go| *go).await;
+        for lane in &mut self.lanes {
+            lane.slot = Slot::Idle;
+        }
+        self.wake = None;
+        self.drive(Phase::Run, &mut wire).await;
+        (self.tally, self.latencies)
+    }
+
+    /// Runs `phase` until every lane is done with it, reconnecting as needed.
+    async fn drive(&mut self, phase: Phase, wire: &mut Option<Wire>) {
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
+        loop {
+            let Some(w) = wire.as_mut() else {
+                match self.connect().await {
+                    Some(w) => *wire = Some(w),
+                    None => {
+                        // The run ended while no connection could be made.
+                        for lane in &mut self.lanes {
+                            lane.slot = Slot::Done;
+                        }
+                        return;
+                    }
+                }
+                continue;
+            };
+            self.send_idle(phase, &mut w.out);
+            self.publish(phase);
+            if self.lanes.iter().all(|l| matches!(l.slot, Slot::Done)) {
+                return;
+            }
+            // Most of the time the socket takes it all at once: no wake-up
+            // spent on waiting to be writable.
+            if !w.out.is_empty() {
+                match w.writer.try_write(&w.out) {
+                    Ok(n) => {
+                        let _ = w.out.split_to(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        self.lose(phase, &lost(format!("write failed: {e}")));
+                        *wire = None;
+                        continue;
+                    }
+                }
+            }
+            if let Some(at) = self.wake {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            let ended = tokio::select! {
+                first = w.reader.next() => {
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    let now = Instant::now();
+                    let mut ended = None;
+                    while let Some(message) = next.take() {
+                        match message {
+                            Some(Ok(Message::Response(response))) => {
+                                self.answer(phase, response.id, response.reply, now);
+                            }
+                            Some(Ok(Message::Reject(error))) => {
+                                ended = Some(format!("server rejected the connection: {error}"));
+                            }
+                            Some(Ok(other)) => {
+                                ended = Some(format!("unexpected {} message from server", other.name()));
+                            }
+                            Some(Err(e)) => ended = Some(format!("protocol error: {e}")),
+                            None => ended = Some("server closed the connection".to_string()),
+                        }
+                        taken += 1;
+                        if ended.is_none() && taken < MAX_DRAIN {
+                            next = w.reader.next().now_or_never();
+                        }
+                    }
+                    ended
+                }
+                writable = w.writer.writable(), if !w.out.is_empty() => {
+                    writable.err().map(|e| format!("write failed: {e}"))
+                }
+                () = timer.as_mut(), if self.wake.is_some() => {
+                    let now = Instant::now();
+                    let expired = self.expire(phase, now);
+                    // A request that waited its whole timeout while our own
+                    // bytes could not be written: the connection is wedged.
+                    (expired && !w.out.is_empty())
+                        .then(|| "writes blocked for the request timeout".to_string())
+                }
+            };
+            if let Some(reason) = ended {
+                self.lose(phase, &lost(reason));
+                *wire = None;
+            }
+        }
+    }
+
+    /// Opens the connection, retrying with backoff; `None` once the run is
+    /// over (a run bounded by requests waits for the server as long as it
+    /// takes).
+    async fn connect(&self) -> Option<Wire> {
+        let config = &self.shared.config;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match handshake(&config.addr, &config.client).await {
+                Ok(h) => {
+                    return Some(Wire {
+                        reader: h.reader,
+                        writer: h.writer.into_inner(),
+                        out: BytesMut::new(),
+                    })
+                }
+                Err(_) => {
+                    if matches!(config.stop, Stop::Duration(_)) && !self.shared.claim() {
+                        return None;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Encodes the next request of every idle lane into `out`.
+    fn send_idle(&mut self, phase: Phase, out: &mut BytesMut) {
+        let config = &self.shared.config;
+        let weight = u64::from(config.set_weight) + u64::from(config.get_weight);
+        let count = self.lanes.len() as u64;
+        let timeout = config.client.request_timeout;
+        let mut now = None;
+        for (index, lane) in self.lanes.iter_mut().enumerate() {
+            if !matches!(lane.slot, Slot::Idle) {
+                continue;
+            }
+            let (i, set) = match phase {
+                Phase::Prefill if lane.prefilled < lane.key_count => {
+                    lane.prefilled += 1;
+                    lane.seq += 1;
+                    (lane.prefilled - 1, Some(lane.seq))
+                }
+                Phase::Prefill => {
+                    lane.slot = Slot::Done;
+                    continue;
+                }
+                Phase::Run if !self.shared.claim() => {
+                    lane.slot = Slot::Done;
+                    continue;
+                }
+                Phase::Run => {
+                    let i = lane.rng.below(lane.key_count);
+                    let set = (lane.rng.below(weight) < u64::from(config.set_weight)).then(|| {
+                        lane.seq += 1;
+                        lane.seq
+                    });
+                    (i, set)
+                }
+            };
+            let key = lane.lane.keys.get(i);
+            let op = match set {
+                Some(seq) => Op::Set {
+                    key,
+                    value: make_value(self.client, seq, config.value_size),
+                },
+                None => Op::Get { key },
+            };
+            let id = self
+                .next_request
+                .wrapping_mul(count)
+                .wrapping_add(index as u64);
+            self.next_request += 1;
+            let message = Message::Request(Request {
+                id: RequestId(id),
+                op,
+            });
+            let tally = match phase {
+                Phase::Prefill => &mut self.prefill,
+                Phase::Run => &mut self.tally,
+            };
+            if let Err(e) = frame::encode(&message, config.client.max_frame_len, out) {
+                // Not sent, so nothing to model; the settings make every
+                // request of this lane too big, so it stops.
+                *tally
+                    .errors
+                    .entry(error_kind(&ClientError::Encode(e)))
+                    .or_default() += 1;
+                tally.failed += 1;
+                lane.slot = Slot::Done;
+                continue;
+            }
+            let at = *now.get_or_insert_with(Instant::now);
+            lane.slot = Slot::InFlight(Sent { id, i, set, at });
+            self.wake.get_or_insert(at + timeout);
+        }
+    }
+
+    /// Publishes this connection's counts for the progress line.
+    fn publish(&self, phase: Phase) {
+        let tally = match phase {
+            Phase::Prefill => &self.prefill,
+            Phase::Run => &self.tally,
+        };
+        if let Some(counts) = usize::try_from(self.client)
+            .ok()
+            .and_then(|c| self.shared.counts.get(c))
+        {
+            counts.publish(phase, tally);
+        }
+    }
+
+    /// Judges the answer `reply` to request `id`, received at `now`.
+    fn answer(&mut self, phase: Phase, id: RequestId, reply: Reply, now: Instant) {
+        let index = usize::try_from(id.0 % self.lanes.len() as u64).unwrap_or(usize::MAX);
+        let Some(lane) = self.lanes.get_mut(index) else {
+            return;
+        };
+        // An answer to a request already given up on (timed out) is late
+        // news: the lane has moved on.
+        let Slot::InFlight(sent) = lane.slot else {
+            return;
+        };
+        if sent.id != id.0 {
+            return;
+        }
+        lane.slot = Slot::Idle;
+        let timed = phase == Phase::Run;
+        let micros =
+            u64::try_from(now.saturating_duration_since(sent.at).as_micros()).unwrap_or(u64::MAX);
+        let result = match reply {
+            Reply::Error(e) => Err(ClientError::Server(e)),
+            other => Ok(other),
+        };
+        let tally = match phase {
+            Phase::Prefill => &mut self.prefill,
+            Phase::Run => &mut self.tally,
+        };
+        match result {
+            Ok(Reply::Written { .. }) if sent.set.is_some() => {
+                lane.model.written(sent.i, sent.set.unwrap_or_default());
+                tally.ok += 1;
+                if timed {
+                    record(&mut self.latencies.0, micros);
+                    self.shared.succeeded(true, now);
+                }
+            }
+            Ok(Reply::Value(value)) if sent.set.is_none() => {
+                tally.ok += 1;
+                if timed {
+                    record(&mut self.latencies.1, micros);
+                    self.shared.succeeded(false, now);
+                }
+                let client = self.client;
+                let got = value.as_deref().map(|v| parse_value(client, v));
+                let check = match got {
+                    None => lane.model.read(sent.i, None),
+                    Some(Some(s)) => lane.model.read(sent.i, Some(s)),
+                    // Not a value this client writes at all.
+                    Some(None) => ReadCheck::Wrong,
+                };
+                match check {
+                    ReadCheck::Fresh => {}
+                    ReadCheck::Stale => tally.stale_reads += 1,
+                    ReadCheck::Wrong => {
+                        tally.wrong_values += 1;
+                        if tally.examples.len() < MAX_EXAMPLES {
+                            let k = lane.lane.key_number(sent.i);
+                            tally
+                                .examples
+                                .push(format!("client {client} key {k}: read {:?}", got.flatten()));
+                        }
+                    }
+                }
+            }
+            Ok(_) => {
+                *tally
+                    .errors
+                    .entry("unexpected_reply".to_string())
+                    .or_default() += 1;
+                tally.failed += 1;
+            }
+            Err(e) => {
+                fail(lane, tally, sent, &e);
+                if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
+                    // Honour the balancer's hint instead of hammering it.
+                    let until = now + Duration::from_millis((*retry_after_ms).min(1000));
+                    lane.slot = Slot::Parked(until);
+                    self.wake = Some(self.wake.map_or(until, |w| w.min(until)));
+                }
+            }
+        }
+    }
+
+    /// Fails every request in flight with `error` (the connection ended).
+    fn lose(&mut self, phase: Phase, error: &ClientError) {
+        let tally = match phase {
+            Phase::Prefill => &mut self.prefill,
+            Phase::Run => &mut self.tally,
+        };
+        for lane in &mut self.lanes {
+            if let Slot::InFlight(sent) = lane.slot {
+                fail(lane, tally, sent, error);
+                lane.slot = Slot::Idle;
+            }
+        }
+    }
+
+    /// Times out the requests past their deadline and wakes the parked lanes
+    /// whose wait is over, as of `now`; sets the next wake-up. Whether any
+    /// request timed out.
+    fn expire(&mut self, phase: Phase, now: Instant) -> bool {
+        let timeout = self.shared.config.client.request_timeout;
+        let tally = match phase {
+            Phase::Prefill => &mut self.prefill,
+            Phase::Run => &mut self.tally,
+        };
+        let mut expired = false;
+        let mut wake: Option<Instant> = None;
+        for lane in &mut self.lanes {
+            let next = match lane.slot {
+                Slot::InFlight(sent) if sent.at + timeout <= now => {
+                    fail(lane, tally, sent, &ClientError::Timeout { after: timeout });
+                    lane.slot = Slot::Idle;
+                    expired = true;
+                    None
+                }
+                Slot::InFlight(sent) => Some(sent.at + timeout),
+                Slot::Parked(until) if until <= now => {
+                    lane.slot = Slot::Idle;
+                    None
+                }
+                Slot::Parked(until) => Some(until),
+                Slot::Idle | Slot::Done => None,
+            };
+            if let Some(at) = next {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        self.wake = wake;
+        expired
+    }
+}
+
+/// Counts the failure of request `sent` of `lane`, and models a write whose
+/// outcome it leaves unknown.
+fn fail(lane: &mut LaneState, tally: &mut Tally, sent: Sent, error: &ClientError) {
+    if let (Some(seq), true) = (sent.set, outcome_unknown(error)) {
+        lane.model.maybe_written(sent.i, seq);
+    }
+    *tally.errors.entry(error_kind(error)).or_default() += 1;
+    tally.failed += 1;
+}
