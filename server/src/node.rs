@@ -18,9 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use semikv_protocol::{
     Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeRole, NodeStatus,
-    ReplicaId, WriteOp,
+    ReplicaId, Reply, RequestId, Response, WriteOp,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::log::MemLog;
 use crate::storage::snapshot::SnapshotMeta;
@@ -36,8 +36,83 @@ const FOLD_PER_SNAPSHOT_CHECK: usize = 16_384;
 /// and over 300,000 entries a second, faster than any write rate.
 const COMPACT_PER_STEP: usize = 32_768;
 
-/// What a write's waiter is told.
-pub type WriteOutcome = Result<LogIndex, ErrorReply>;
+/// One proposed write, for as long as its leadership lasts: the role
+/// generation it was proposed in and its log index. Within a generation an
+/// index is proposed at most once, so a ticket names one waiter. Ordered by
+/// generation, then index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket {
+    /// Role generation of the leadership that proposed it.
+    pub role_gen: u64,
+    /// Its log index.
+    pub index: LogIndex,
+}
+
+/// Where a write's answer goes: a connection's completion queue and the
+/// request it answers.
+///
+/// The queue must have room for every write its connection has registered
+/// and not yet received back: the node pushes with `try_send` under its
+/// lock and never waits.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The connection's completion queue.
+    pub to: mpsc::Sender<WriteDone>,
+    /// The request this write answers.
+    pub id: RequestId,
+}
+
+/// A write's answer, as pushed to its connection's completion queue. Every
+/// registered write gets exactly one, unless its connection forgot it
+/// ([`Node::forget`]).
+#[derive(Debug)]
+pub struct WriteDone {
+    /// The answer for the client.
+    pub response: Response,
+    /// Every write whose ticket is at most this one had its answer pushed by
+    /// the time this one was: the connection may stop tracking them.
+    pub settled: Ticket,
+}
+
+/// A registered write: what [`Node::propose`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposed {
+    /// Names the write's waiter until it is answered.
+    pub ticket: Ticket,
+    /// How long it may wait for its acknowledgements before
+    /// [`Node::expire`] is due.
+    pub sync_timeout: Duration,
+}
+
+/// What [`Node::expire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing: the write was already answered (or its leadership is over,
+    /// which answered it).
+    AlreadyAnswered,
+    /// Committed without the sync acknowledgements (async fallback is on);
+    /// `Written` was pushed.
+    CommittedAsync,
+    /// `NotEnoughReplicas` was pushed.
+    NotEnoughReplicas,
+}
+
+/// Pushes `reply` to the write's connection. Room is guaranteed by the
+/// connection (see [`Completion`]); a closed queue means the connection is
+/// gone and nobody is left to tell.
+fn deliver(completion: Completion, reply: Reply, settled: Ticket) {
+    let pushed = completion.to.try_send(WriteDone {
+        response: Response {
+            id: completion.id,
+            reply,
+        },
+        settled,
+    });
+    debug_assert!(
+        !matches!(pushed, Err(mpsc::error::TrySendError::Full(_))),
+        "a completion queue had no room for a write it registered"
+    );
+}
 
 /// The leader a follower pulls from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +148,7 @@ struct LeaderState {
     sync_timeout: Duration,
     async_fallback: bool,
     followers: HashMap<ReplicaId, Progress>,
-    waiters: BTreeMap<LogIndex, oneshot::Sender<WriteOutcome>>,
+    waiters: BTreeMap<LogIndex, Completion>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -305,15 +380,15 @@ impl Node {
         }
     }
 
-    /// Appends a write to the log as leader; the receiver resolves when it
-    /// commits (or fails).
+    /// Appends a write to the log as leader and registers `completion` as
+    /// its waiter: exactly one answer is pushed to it, `Written` once the
+    /// write commits, `Indeterminate` if this leadership ends first,
+    /// `Storage` if the disk fails, or what [`Node::expire`] decides; unless
+    /// [`Node::forget`] drops it first. Nothing is registered on error.
     ///
     /// # Errors
     /// `NotLeader` on a non-leader; `Storage` once the disk has failed.
-    pub fn propose(
-        &mut self,
-        op: WriteOp,
-    ) -> Result<(LogIndex, oneshot::Receiver<WriteOutcome>), ErrorReply> {
+    pub fn propose(&mut self, op: WriteOp, completion: Completion) -> Result<Proposed, ErrorReply> {
         if let Some(reason) = &self.failed {
             return Err(ErrorReply::Storage {
                 reason: reason.clone(),
@@ -323,12 +398,19 @@ impl Node {
             return Err(self.not_leader());
         }
         let index = self.append_local(op);
-        let (tx, rx) = oneshot::channel();
+        let mut sync_timeout = Duration::ZERO;
         if let Role::Leader(l) = &mut self.role {
-            l.waiters.insert(index, tx);
+            l.waiters.insert(index, completion);
+            sync_timeout = l.sync_timeout;
         }
         self.advance_commit();
-        Ok((index, rx))
+        Ok(Proposed {
+            ticket: Ticket {
+                role_gen: self.role_gen,
+                index,
+            },
+            sync_timeout,
+        })
     }
 
     fn append_local(&mut self, op: WriteOp) -> LogIndex {
@@ -396,11 +478,16 @@ impl Node {
 
     /// The disk failed: stop acknowledging anything and fail every waiter.
     pub fn on_storage_failure(&mut self, reason: String) {
+        let settled = Ticket {
+            role_gen: self.role_gen,
+            index: LogIndex(u64::MAX),
+        };
         if let Role::Leader(l) = &mut self.role {
-            for (_, tx) in std::mem::take(&mut l.waiters) {
-                let _ = tx.send(Err(ErrorReply::Storage {
+            for (_, completion) in std::mem::take(&mut l.waiters) {
+                let reply = Reply::Error(ErrorReply::Storage {
                     reason: reason.clone(),
-                }));
+                });
+                deliver(completion, reply, settled);
             }
         }
         self.failed = Some(reason);
@@ -451,6 +538,60 @@ impl Node {
         }
     }
 
+    /// A registered write's sync timeout passed. If it is still waiting:
+    /// with async fallback on and the write durable here, commit without the
+    /// followers (pushing `Written`); otherwise answer `NotEnoughReplicas`
+    /// with the acknowledgement counts and drop the waiter. A write already
+    /// answered is left alone, so no write is ever answered twice.
+    pub fn expire(&mut self, ticket: Ticket) -> Expiry {
+        if ticket.role_gen != self.role_gen {
+            return Expiry::AlreadyAnswered;
+        }
+        let Role::Leader(l) = &self.role else {
+            return Expiry::AlreadyAnswered;
+        };
+        if !l.waiters.contains_key(&ticket.index) {
+            return Expiry::AlreadyAnswered;
+        }
+        // A commit at or past the index answers the waiter itself.
+        if self.force_commit(ticket.index) {
+            return Expiry::CommittedAsync;
+        }
+        let (acked, required) = self.ack_count(ticket.index);
+        if let Role::Leader(l) = &mut self.role {
+            if let Some(completion) = l.waiters.remove(&ticket.index) {
+                let reply = Reply::Error(ErrorReply::NotEnoughReplicas { acked, required });
+                // Says nothing about other writes of this generation.
+                let settled = Ticket {
+                    role_gen: self.role_gen,
+                    index: LogIndex(0),
+                };
+                deliver(completion, reply, settled);
+            }
+        }
+        Expiry::NotEnoughReplicas
+    }
+
+    /// Drops a registered write's waiter without answering it (its
+    /// connection is gone); `true` if it was still waiting.
+    pub fn forget(&mut self, ticket: Ticket) -> bool {
+        if ticket.role_gen != self.role_gen {
+            return false;
+        }
+        match &mut self.role {
+            Role::Leader(l) => l.waiters.remove(&ticket.index).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Writes registered and not answered yet.
+    pub fn waiting_writes(&self) -> usize {
+        match &self.role {
+            Role::Leader(l) => l.waiters.len(),
+            _ => 0,
+        }
+    }
+
     /// After a sync timeout with asynchronous fallback on: commit what is
     /// durable here without the followers.
     pub fn force_commit(&mut self, index: LogIndex) -> bool {
@@ -482,13 +623,6 @@ impl Node {
         }
     }
 
-    /// Drops the waiter of a write that timed out.
-    pub fn forget_waiter(&mut self, index: LogIndex) {
-        if let Role::Leader(l) = &mut self.role {
-            l.waiters.remove(&index);
-        }
-    }
-
     fn set_commit(&mut self, commit: LogIndex) {
         if commit <= self.commit {
             return;
@@ -503,12 +637,16 @@ impl Node {
             self.applied = next;
         }
         if let Role::Leader(l) = &mut self.role {
+            let settled = Ticket {
+                role_gen: self.role_gen,
+                index: commit,
+            };
             while let Some(entry) = l.waiters.first_entry() {
                 if *entry.key() > commit {
                     break;
                 }
-                let (index, tx) = entry.remove_entry();
-                let _ = tx.send(Ok(index));
+                let (index, completion) = entry.remove_entry();
+                deliver(completion, Reply::Written { index }, settled);
             }
         }
         self.signals.progress.send_modify(|p| *p += 1);
@@ -531,10 +669,15 @@ impl Node {
 
     fn enter_epoch(&mut self, epoch: Epoch, role: Role, reason: &str) {
         if let Role::Leader(l) = &mut self.role {
-            for (_, tx) in std::mem::take(&mut l.waiters) {
-                let _ = tx.send(Err(ErrorReply::Indeterminate {
+            let settled = Ticket {
+                role_gen: self.role_gen,
+                index: LogIndex(u64::MAX),
+            };
+            for (_, completion) in std::mem::take(&mut l.waiters) {
+                let reply = Reply::Error(ErrorReply::Indeterminate {
                     reason: format!("leader stepped down: {reason}"),
-                }));
+                });
+                deliver(completion, reply, settled);
             }
         }
         self.epoch = epoch;
@@ -930,6 +1073,33 @@ mod tests {
         }
     }
 
+    /// Receives one write's answer, as the connection's queue would.
+    #[derive(Debug)]
+    struct Waiter(mpsc::Receiver<WriteDone>);
+
+    impl Waiter {
+        fn try_recv(&mut self) -> Result<Result<LogIndex, ErrorReply>, mpsc::error::TryRecvError> {
+            self.0.try_recv().map(|done| match done.response.reply {
+                Reply::Written { index } => Ok(index),
+                Reply::Error(e) => Err(e),
+                other => panic!("a write answered {other:?}"),
+            })
+        }
+    }
+
+    /// Proposes `op` with a completion queue of its own.
+    fn propose(n: &mut Node, op: WriteOp) -> Result<(LogIndex, Waiter), ErrorReply> {
+        let (to, rx) = mpsc::channel(1);
+        let proposed = n.propose(
+            op,
+            Completion {
+                to,
+                id: RequestId(7),
+            },
+        )?;
+        Ok((proposed.ticket.index, Waiter(rx)))
+    }
+
     /// Plays the writer thread: everything queued becomes durable.
     fn flush(node: &mut Node) -> Vec<WalCmd> {
         let (cmds, generation, last) = node.take_outbox();
@@ -946,7 +1116,7 @@ mod tests {
         let mut n = fresh(1);
         n.promote(Epoch(1), SETTINGS).unwrap();
         assert_eq!(n.log.last_index(), LogIndex(1), "promotion appends a no-op");
-        let (index, mut rx) = n.propose(set("a", "1")).unwrap();
+        let (index, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         assert_eq!(index, LogIndex(2));
         n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
         assert_eq!(
@@ -972,7 +1142,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         flush(&mut n);
         n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(0));
@@ -987,7 +1157,7 @@ mod tests {
     fn acks_of_another_epoch_are_ignored() {
         let mut n = fresh(1);
         n.promote(Epoch(2), SETTINGS).unwrap();
-        n.propose(set("a", "1")).unwrap();
+        propose(&mut n, set("a", "1")).unwrap();
         flush(&mut n);
         n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(0));
@@ -1004,7 +1174,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (index, _rx) = n.propose(set("a", "1")).unwrap();
+        let (index, _rx) = propose(&mut n, set("a", "1")).unwrap();
         assert!(!n.force_commit(index), "not durable yet");
         flush(&mut n);
         assert!(n.force_commit(index));
@@ -1105,13 +1275,13 @@ mod tests {
     fn a_follower_refuses_writes_naming_its_leader() {
         let mut n = fresh(2);
         assert_eq!(
-            n.propose(set("a", "1")).unwrap_err(),
+            propose(&mut n, set("a", "1")).unwrap_err(),
             ErrorReply::NotLeader { leader: None }
         );
         n.follow(Epoch(1), ReplicaId(1), "127.0.0.1:9001".to_string())
             .unwrap();
         assert_eq!(
-            n.propose(set("a", "1")).unwrap_err(),
+            propose(&mut n, set("a", "1")).unwrap_err(),
             ErrorReply::NotLeader {
                 leader: Some("127.0.0.1:9001".to_string())
             }
@@ -1144,14 +1314,14 @@ mod tests {
     fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
         let mut n = fresh(1);
         n.promote(Epoch(1), SETTINGS).unwrap();
-        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         n.fence(Epoch(2)).unwrap();
         assert!(matches!(
             rx.try_recv().unwrap(),
             Err(ErrorReply::Indeterminate { .. })
         ));
         assert_eq!(n.status().role, NodeRole::Idle);
-        assert!(n.propose(set("b", "2")).is_err());
+        assert!(propose(&mut n, set("b", "2")).is_err());
         // Late acks of the old epoch commit nothing.
         flush(&mut n);
         n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
@@ -1222,7 +1392,7 @@ mod tests {
     fn a_deposed_leader_truncates_its_unacknowledged_tail() {
         let mut n = fresh(1);
         n.promote(Epoch(1), SETTINGS).unwrap();
-        n.propose(set("lost", "x")).unwrap();
+        propose(&mut n, set("lost", "x")).unwrap();
         flush(&mut n);
         assert_eq!(n.log.last_index(), LogIndex(2));
         n.follow(Epoch(2), ReplicaId(2), "l2".to_string()).unwrap();
@@ -1324,7 +1494,7 @@ mod tests {
     fn a_follower_behind_the_snapshot_gets_a_snapshot() {
         let mut n = lone_leader();
         for i in 0..10 {
-            n.propose(set(&format!("k{i}"), "v")).unwrap();
+            propose(&mut n, set(&format!("k{i}"), "v")).unwrap();
         }
         flush(&mut n);
         assert_eq!(n.commit_index(), LogIndex(11));
@@ -1357,7 +1527,7 @@ mod tests {
         let mut n = lone_leader();
         let writes = COMPACT_PER_STEP * 2 + 10;
         for i in 0..writes {
-            n.propose(set(&format!("k{i}"), "v")).unwrap();
+            propose(&mut n, set(&format!("k{i}"), "v")).unwrap();
         }
         flush(&mut n);
         let job = n.snapshot_job(0).unwrap();
@@ -1371,7 +1541,7 @@ mod tests {
         assert_eq!(n.log.base_index(), LogIndex(2 * COMPACT_PER_STEP as u64));
         assert!(n.snapshot_job(0).is_none());
         assert_eq!(n.log.base_index(), covered);
-        n.propose(set("one-more", "v")).unwrap();
+        propose(&mut n, set("one-more", "v")).unwrap();
         flush(&mut n);
         assert!(n.snapshot_job(0).is_some());
     }
@@ -1428,15 +1598,156 @@ mod tests {
     fn a_storage_failure_fails_pending_and_new_writes() {
         let mut n = fresh(1);
         n.promote(Epoch(1), SETTINGS).unwrap();
-        let (_, mut rx) = n.propose(set("a", "1")).unwrap();
+        let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         n.on_storage_failure("disk full".to_string());
         assert!(matches!(
             rx.try_recv().unwrap(),
             Err(ErrorReply::Storage { .. })
         ));
         assert!(matches!(
-            n.propose(set("b", "2")).unwrap_err(),
+            propose(&mut n, set("b", "2")).unwrap_err(),
             ErrorReply::Storage { .. }
         ));
+    }
+
+    /// Proposes `op` and returns its ticket and answer queue.
+    fn propose_ticket(n: &mut Node, op: WriteOp) -> (Ticket, mpsc::Receiver<WriteDone>) {
+        let (to, rx) = mpsc::channel(4);
+        let proposed = n
+            .propose(
+                op,
+                Completion {
+                    to,
+                    id: RequestId(9),
+                },
+            )
+            .unwrap();
+        (proposed.ticket, rx)
+    }
+
+    #[test]
+    fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
+        flush(&mut n);
+        assert_eq!(n.waiting_writes(), 1);
+        assert_eq!(n.expire(ticket), Expiry::NotEnoughReplicas);
+        let done = rx.try_recv().unwrap();
+        assert_eq!(done.response.id, RequestId(9));
+        assert_eq!(
+            done.response.reply,
+            Reply::Error(ErrorReply::NotEnoughReplicas {
+                acked: 0,
+                required: 1
+            })
+        );
+        assert!(done.settled < ticket, "an expiry settles no other write");
+        assert_eq!(n.waiting_writes(), 0);
+        // Expiring or forgetting it again does nothing; a late ack commits
+        // the entry but answers nobody twice.
+        assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
+        assert!(!n.forget(ticket));
+        n.on_ack(ReplicaId(2), Epoch(1), ticket.index);
+        assert_eq!(n.commit_index(), ticket.index);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_committed_write_is_left_alone_by_its_expiry() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(1), ticket.index);
+        let done = rx.try_recv().unwrap();
+        assert_eq!(
+            done.response.reply,
+            Reply::Written {
+                index: ticket.index
+            }
+        );
+        assert!(ticket <= done.settled);
+        assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
+        let mut n = fresh(1);
+        n.promote(
+            Epoch(1),
+            LeaderSettings {
+                async_fallback: true,
+                ..SETTINGS
+            },
+        )
+        .unwrap();
+        let (first, mut rx1) = propose_ticket(&mut n, set("a", "1"));
+        let (second, mut rx2) = propose_ticket(&mut n, set("b", "2"));
+        // Not durable yet: the fallback cannot commit it.
+        assert_eq!(n.expire(first), Expiry::NotEnoughReplicas);
+        assert!(matches!(
+            rx1.try_recv().unwrap().response.reply,
+            Reply::Error(ErrorReply::NotEnoughReplicas { .. })
+        ));
+        flush(&mut n);
+        assert_eq!(n.expire(second), Expiry::CommittedAsync);
+        let done = rx2.try_recv().unwrap();
+        assert_eq!(
+            done.response.reply,
+            Reply::Written {
+                index: second.index
+            }
+        );
+        assert!(second <= done.settled);
+        assert_eq!(value(&n, "b"), Some(Bytes::from_static(b"2")));
+        assert_eq!(n.expire(second), Expiry::AlreadyAnswered);
+        assert!(rx1.try_recv().is_err() && rx2.try_recv().is_err());
+        assert_eq!(n.waiting_writes(), 0);
+    }
+
+    #[test]
+    fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        let (old, mut old_rx) = propose_ticket(&mut n, set("a", "1"));
+        n.fence(Epoch(2)).unwrap();
+        let done = old_rx.try_recv().unwrap();
+        assert!(matches!(
+            done.response.reply,
+            Reply::Error(ErrorReply::Indeterminate { .. })
+        ));
+        assert!(old <= done.settled, "a step-down settles every write");
+        n.promote(Epoch(2), SETTINGS).unwrap();
+        let (new, mut new_rx) = propose_ticket(&mut n, set("b", "2"));
+        assert!(old < new);
+        // The same index under the old generation names nothing now.
+        let stale = Ticket {
+            role_gen: old.role_gen,
+            index: new.index,
+        };
+        assert_eq!(n.expire(stale), Expiry::AlreadyAnswered);
+        assert!(!n.forget(stale));
+        assert_eq!(n.waiting_writes(), 1);
+        assert!(new_rx.try_recv().is_err());
+        assert!(n.forget(new));
+        assert_eq!(n.waiting_writes(), 0);
+        assert!(!n.forget(new));
+        // A forgotten write still commits; it is answered to nobody.
+        flush(&mut n);
+        n.on_ack(ReplicaId(2), Epoch(2), new.index);
+        assert_eq!(n.commit_index(), new.index);
+        assert!(new_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn answers_go_to_a_closed_queue_without_harm() {
+        let mut n = lone_leader();
+        let (ticket, rx) = propose_ticket(&mut n, set("a", "1"));
+        drop(rx);
+        flush(&mut n);
+        assert_eq!(n.commit_index(), ticket.index);
+        assert_eq!(n.waiting_writes(), 0);
     }
 }
