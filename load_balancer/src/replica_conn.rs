@@ -7,6 +7,15 @@
 //! [`ConnError::Broken`] at once and the health loop is told (the fast path of
 //! failure detection); the next request reconnects.
 //!
+//! Client reads and writes can also be forwarded without a future of their
+//! own ([`ReplicaLink::forward`], [`ReplicaLink::forward_write`]): the pending
+//! map then holds where the answer goes, and the connection's reader writes
+//! it to the client's outbox. Whoever takes an entry out of the map (the
+//! reader with the reply, the reader's sweep at the deadline, the reader's
+//! drain when the connection breaks) answers it, so each request is answered
+//! exactly once; `open` turns false under the same lock as the drain, so
+//! nothing is added to a map nobody will drain.
+//!
 //! Health checks and admin requests (`Status`, `Fence`, `Promote`, `Follow`)
 //! travel on a second connection of their own: on the data connection they
 //! queued behind thousands of pipelined writes, so a busy but healthy leader
@@ -23,7 +32,7 @@ use semikv_protocol::{
     Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::outbox::{self, Out};
+use crate::router::write_reply;
 
 /// Requests queued for one replica's socket before senders wait.
 const SEND_QUEUE: usize = 1024;
@@ -66,7 +76,7 @@ impl ConnError {
     }
 }
 
-/// How often a link looks for forwarded reads past their deadline.
+/// How often a link looks for forwarded requests past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// A client's read forwarded without a future of its own: the replica's
@@ -100,17 +110,58 @@ pub struct Retry {
     pub slot: OwnedSemaphorePermit,
 }
 
+/// A client's write forwarded to the leader without a future of its own:
+/// the leader's answer goes straight to the client's outbox, under the
+/// client's id, told as the router's own path tells it: the reply as is,
+/// except `NotLeader`, which becomes `Unavailable` with a retry hint; a
+/// broken connection or no reply in time is `Indeterminate`. Once sent it is
+/// never sent again, not even after a broken link: it may have been applied.
+#[derive(Debug)]
+pub struct ForwardWrite {
+    /// The client connection's outbox.
+    pub reply_to: mpsc::Sender<Out>,
+    /// The client's id for the request.
+    pub client_id: RequestId,
+    /// The write (`Set` or `Delete`).
+    pub op: Op,
+    /// Asks the health loop for an immediate round: told when the leader
+    /// says it is not the leader, or its connection breaks.
+    pub kick: Arc<Notify>,
+    /// The client's in-flight slot, held until the answer is written.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// A forwarded write once sent: its op is gone (never needed again).
+#[derive(Debug)]
+struct WriteInFlight {
+    reply_to: mpsc::Sender<Out>,
+    client_id: RequestId,
+    kick: Arc<Notify>,
+    slot: OwnedSemaphorePermit,
+    timeout: Duration,
+}
+
+/// Writes `reply` to a client's outbox, freeing `slot` once it is written.
+fn deliver(
+    reply_to: &mpsc::Sender<Out>,
+    client_id: RequestId,
+    slot: OwnedSemaphorePermit,
+    reply: Reply,
+) {
+    let out = Out {
+        message: Message::Response(Response {
+            id: client_id,
+            reply,
+        }),
+        slot: Some(slot),
+    };
+    // Room is certain (see `Out`); failing means the client is gone.
+    let _ = reply_to.try_send(out);
+}
+
 impl Forward {
     fn deliver(self, reply: Reply) {
-        let out = Out {
-            message: Message::Response(Response {
-                id: self.client_id,
-                reply,
-            }),
-            slot: Some(self.slot),
-        };
-        // Room is certain (see `Out`); failing means the client is gone.
-        let _ = self.reply_to.try_send(out);
+        deliver(&self.reply_to, self.client_id, self.slot, reply);
     }
 
     fn retry(self, failed_on: usize) {
@@ -126,13 +177,62 @@ impl Forward {
     }
 }
 
+impl WriteInFlight {
+    fn settle(self, outcome: Result<Reply, ConnError>) {
+        let reply = write_reply(outcome, &self.kick);
+        deliver(&self.reply_to, self.client_id, self.slot, reply);
+    }
+}
+
 /// What a request in flight on a replica connection is waiting with.
 #[derive(Debug)]
 enum Waiting {
     /// A caller's future, on a oneshot.
     Reply(oneshot::Sender<Reply>),
-    /// A forwarded client read, answered by the connection's reader.
-    Forward(Forward, Instant),
+    /// A forwarded client read, answered by the connection's reader, or
+    /// retried elsewhere if it fails; and its deadline.
+    Read(Forward, Instant),
+    /// A forwarded client write, answered by the connection's reader however
+    /// it ends; and its deadline.
+    Write(WriteInFlight, Instant),
+}
+
+impl Waiting {
+    /// When the sweep ends it; `None`: its caller's own timeout does.
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Waiting::Reply(_) => None,
+            Waiting::Read(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
+        }
+    }
+
+    fn answer(self, reply: Reply) {
+        match self {
+            Waiting::Reply(waiter) => {
+                let _ = waiter.send(reply);
+            }
+            Waiting::Read(forward, _) => forward.deliver(reply),
+            Waiting::Write(write, _) => write.settle(Ok(reply)),
+        }
+    }
+
+    /// Ends a request that got no reply from replica `failed_on`: `late`
+    /// when its deadline passed, otherwise its connection broke.
+    fn fail(self, failed_on: usize, late: bool) {
+        match self {
+            // Dropping the sender answers the caller Broken.
+            Waiting::Reply(_) => {}
+            Waiting::Read(forward, _) => forward.retry(failed_on),
+            Waiting::Write(write, _) => {
+                let error = if late {
+                    ConnError::Timeout(write.timeout)
+                } else {
+                    ConnError::Broken
+                };
+                write.settle(Err(error));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -153,20 +253,17 @@ fn lock<T>(p: &Mutex<T>) -> MutexGuard<'_, T> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Takes the forwarded reads past their deadline out of the pending map.
-fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Forward> {
+/// Takes the forwarded requests past their deadline out of the pending map.
+fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Waiting> {
     let mut p = lock(pending);
     let late: Vec<u64> = p
         .map
         .iter()
-        .filter(|(_, w)| matches!(w, Waiting::Forward(_, deadline) if *deadline <= now))
+        .filter(|(_, w)| w.deadline().is_some_and(|deadline| deadline <= now))
         .map(|(&id, _)| id)
         .collect();
     late.into_iter()
-        .filter_map(|id| match p.map.remove(&id) {
-            Some(Waiting::Forward(forward, _)) => Some(forward),
-            _ => None,
-        })
+        .filter_map(|id| p.map.remove(&id))
         .collect()
 }
 
@@ -320,27 +417,93 @@ impl ReplicaLink {
     /// # Errors
     /// The `forward` itself, untouched, when not sent.
     pub fn forward(&self, forward: Forward, timeout: Duration) -> Result<(), Forward> {
+        self.send_forwarded(
+            forward,
+            |forward, deadline| {
+                // Kept for a retry elsewhere.
+                let op = forward.op.clone();
+                (op, Waiting::Read(forward, deadline))
+            },
+            timeout,
+        )
+    }
+
+    /// Sends a client's write on the data connection if it is open and has
+    /// room right now, without waiting. Once sent, the client gets exactly
+    /// one answer, written by this link to `write.reply_to` as
+    /// [`ForwardWrite`] says: from the replica's reply, or `Indeterminate`
+    /// when the connection breaks first or `timeout` passes (the sweep runs
+    /// every 100 ms). `NotLeader` and a broken connection also kick the
+    /// health loop. The write is never sent again.
+    ///
+    /// # Errors
+    /// The `write` itself, untouched and certainly not sent, when it could
+    /// not be sent at once: the caller may send it another way.
+    pub fn forward_write(
+        &self,
+        write: ForwardWrite,
+        timeout: Duration,
+    ) -> Result<(), ForwardWrite> {
+        self.send_forwarded(
+            write,
+            |write, deadline| {
+                let ForwardWrite {
+                    reply_to,
+                    client_id,
+                    op,
+                    kick,
+                    slot,
+                } = write;
+                let in_flight = WriteInFlight {
+                    reply_to,
+                    client_id,
+                    kick,
+                    slot,
+                    timeout,
+                };
+                (op, Waiting::Write(in_flight, deadline))
+            },
+            timeout,
+        )
+    }
+
+    /// Registers `item` in the data connection's pending map (as `entry`
+    /// makes it, with its deadline) and sends its op, if the connection is
+    /// open and has room now; otherwise gives `item` back, unsent.
+    fn send_forwarded<T>(
+        &self,
+        item: T,
+        entry: impl FnOnce(T, Instant) -> (Op, Waiting),
+        timeout: Duration,
+    ) -> Result<(), T> {
         let Some(conn) = self.data.open_connection() else {
-            return Err(forward);
+            return Err(item);
         };
         let Ok(room) = conn.tx.try_reserve() else {
-            return Err(forward);
+            return Err(item);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = Message::Request(Request {
-            id: RequestId(id),
-            op: forward.op.clone(),
-        });
-        {
+        let op = {
             let mut pending = lock(&conn.pending);
+            // Checked under the lock the reader drains with: once it is
+            // false, nobody would ever answer what we insert.
             if !pending.open {
-                return Err(forward);
+                return Err(item);
             }
-            pending
-                .map
-                .insert(id, Waiting::Forward(forward, Instant::now() + timeout));
-        }
-        room.send(message.into());
+            let (op, waiting) = entry(item, Instant::now() + timeout);
+            pending.map.insert(id, waiting);
+            op
+        };
+        // In the map before it is sent, so no reply can arrive before it is
+        // known. If the connection broke in between, the drain has already
+        // answered it (a write: Indeterminate) and this goes nowhere.
+        room.send(
+            Message::Request(Request {
+                id: RequestId(id),
+                op,
+            })
+            .into(),
+        );
         Ok(())
     }
 
@@ -415,8 +578,8 @@ impl ReplicaLink {
                 let frame = tokio::select! {
                     _ = reader_closed.cancelled() => break,
                     _ = sweep.tick() => {
-                        for forward in expired(&reader_pending, Instant::now()) {
-                            forward.retry(slot);
+                        for waiting in expired(&reader_pending, Instant::now()) {
+                            waiting.fail(slot, true);
                         }
                         continue;
                     }
@@ -425,12 +588,8 @@ impl ReplicaLink {
                 match frame {
                     Some(Ok(Message::Response(resp))) => {
                         let waiting = lock(&reader_pending).map.remove(&resp.id.0);
-                        match waiting {
-                            Some(Waiting::Reply(waiter)) => {
-                                let _ = waiter.send(resp.reply);
-                            }
-                            Some(Waiting::Forward(forward, _)) => forward.deliver(resp.reply),
-                            None => {}
+                        if let Some(waiting) = waiting {
+                            waiting.answer(resp.reply);
                         }
                     }
                     Some(Ok(_)) | Some(Err(_)) | None => break,
@@ -442,12 +601,10 @@ impl ReplicaLink {
                 p.open = false;
                 p.map.drain().map(|(_, waiting)| waiting).collect()
             };
-            // Dropping the senders answers every waiter with Broken; the
-            // forwarded reads go back to their clients to be retried.
+            // Waiters get Broken; forwarded reads go back to their clients
+            // to be retried; forwarded writes are answered Indeterminate.
             for waiting in orphans {
-                if let Waiting::Forward(forward, _) = waiting {
-                    forward.retry(slot);
-                }
+                waiting.fail(slot, false);
             }
             debug!(slot, "replica connection closed");
             // Best effort: a full queue means the health loop already knows.

@@ -2,11 +2,13 @@
 //! to a replica: writes to the leader, reads round-robin over healthy
 //! replicas, `Ping` and `Status` answered by the balancer itself.
 //!
-//! Each request runs as its own future (polled by the connection's task), so
-//! a client's pipeline stays full and responses return as soon as they are
-//! ready, matched by the client's id (the
-//! replica links use their own ids). Bad input gets a `Reject` frame and
-//! closes that connection only.
+//! Valid reads and writes are handed to a replica link when it can take them
+//! at once, and the link's reader answers the client itself; the rest (and
+//! those that could not be handed over) run as futures of the connection's
+//! task. Either way a client's pipeline stays full and responses return as
+//! soon as they are ready, matched by the client's id (the replica links use
+//! their own ids). Bad input gets a `Reject` frame and closes that connection
+//! only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use semikv_protocol::{
     WireError, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +28,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::outbox::{self, Out};
-use crate::replica_conn::{ConnError, Forward, ReplicaLink, Retry};
+use crate::replica_conn::{ConnError, Forward, ForwardWrite, ReplicaLink, Retry};
 use crate::table::{Leader, Table};
 
 /// Requests one client may have in flight before the balancer stops reading
@@ -151,14 +153,15 @@ impl Router {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let (retry_tx, mut retry_rx) = mpsc::channel::<Retry>(MAX_IN_FLIGHT);
 
-        // Reads go to a replica link directly, which writes the answer to
-        // the outbox itself: no future, oneshot or timer of their own. The
-        // rest (writes, pings, status, and reads that could not be
-        // forwarded or have to be retried) run as futures of this task
-        // rather than one spawned task each, and the answers that complete
-        // together are queued together, so the outbox writes them with one
-        // system call.
+        // Reads and writes go to a replica link directly, which writes the
+        // answer to the outbox itself: no future, oneshot or timer of their
+        // own. The rest (pings, status, invalid requests, reads and writes
+        // that could not be forwarded, reads to retry) run as futures of
+        // this task rather than one spawned task each, and the answers that
+        // complete together are queued together, so the outbox writes them
+        // with one system call.
         let router = &*self;
+        let leader = self.table.watch_leader();
         let mut in_flight = FuturesUnordered::new();
         let role = hello.role;
         loop {
@@ -209,7 +212,12 @@ impl Router {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         continue;
                     };
-                    if let Err(job) = router.forward_read(request, slot, &tx, &retry_tx) {
+                    let forwarded = if request.op.is_write() {
+                        router.forward_write(request, slot, &tx, &leader)
+                    } else {
+                        router.forward_read(request, slot, &tx, &retry_tx)
+                    };
+                    if let Err(job) = forwarded {
                         in_flight.push(router.answer(job));
                     }
                 }
@@ -218,7 +226,9 @@ impl Router {
         // The socket closes once the writer also lets go of its half: at once
         // after a Reject, otherwise when the answers in flight are written
         // (each request is bounded by its own timeouts, a forwarded read by
-        // its link's sweep, after which it comes back here as a retry).
+        // its link's sweep, after which it comes back here as a retry, a
+        // forwarded write by its link's sweep too: the writer runs until
+        // every forwarded answer's sender is gone).
         drop(stream);
         drop(retry_tx);
         loop {
@@ -285,6 +295,41 @@ impl Router {
             .map_err(|f| job(f.op, f.slot, Route::ReadAt(replica)))
     }
 
+    /// Hands a valid write to the current leader's link, which answers the
+    /// client itself (as [`Self::write`] would); gives the request back as a
+    /// [`Job`] for [`Self::write`] when there is no leader, or its data
+    /// connection is not open or has no room: the write was not sent.
+    fn forward_write(
+        &self,
+        request: Request,
+        slot: OwnedSemaphorePermit,
+        reply_to: &mpsc::Sender<Out>,
+        leader: &watch::Receiver<Option<Leader>>,
+    ) -> Result<(), Job> {
+        let job = |op, slot| Job {
+            id: request.id,
+            op,
+            slot,
+            route: Route::New,
+        };
+        let current = *leader.borrow();
+        let link = current
+            .filter(|_| request.op.validate(usize::MAX).is_ok())
+            .and_then(|leader| self.links.get(leader.slot));
+        let Some(link) = link else {
+            return Err(job(request.op, slot));
+        };
+        let write = ForwardWrite {
+            reply_to: reply_to.clone(),
+            client_id: request.id,
+            op: request.op,
+            kick: self.kick.clone(),
+            slot,
+        };
+        link.forward_write(write, self.config.write_timeout())
+            .map_err(|w| job(w.op, w.slot))
+    }
+
     /// Answers one request through this task's own future, routed as its
     /// `route` says.
     async fn answer(&self, job: Job) -> Out {
@@ -333,29 +378,12 @@ impl Router {
                 return unavailable("no leader");
             };
             match link.request(op.clone(), self.config.write_timeout()).await {
-                Ok(Reply::Error(ErrorReply::NotLeader { .. })) => {
-                    // Definitely not applied: the leader changed under us.
-                    self.kick.notify_one();
-                    return unavailable("leader changed; failover in progress");
-                }
-                Ok(reply) => return reply,
                 Err(e) if e.never_sent() => {
                     // Safe to wait for another leader: the write never left.
                     self.kick.notify_one();
                     skip = Some(leader);
                 }
-                Err(ConnError::Timeout(_)) => {
-                    return Reply::Error(ErrorReply::Indeterminate {
-                        reason: "the leader did not answer in time".into(),
-                    })
-                }
-                Err(_) => {
-                    self.kick.notify_one();
-                    return Reply::Error(ErrorReply::Indeterminate {
-                        reason: "the connection to the leader broke with the write in flight"
-                            .into(),
-                    });
-                }
+                outcome => return write_reply(outcome, &self.kick),
             }
         }
     }
@@ -422,6 +450,36 @@ impl Router {
     }
 }
 
+/// What a client is told about its write, from what the leader's link said:
+/// the leader's reply as is, except `NotLeader` (the leader changed: the
+/// write certainly did not apply, `Unavailable` with a retry hint); a write
+/// that may have left but got no reply is `Indeterminate`; one that
+/// certainly never left is `Unavailable`. Kicks the health loop when the
+/// leader looks wrong (not the leader, unreachable, connection broke).
+pub(crate) fn write_reply(outcome: Result<Reply, ConnError>, kick: &Notify) -> Reply {
+    match outcome {
+        Ok(Reply::Error(ErrorReply::NotLeader { .. })) => {
+            // Definitely not applied: the leader changed under us.
+            kick.notify_one();
+            unavailable("leader changed; failover in progress")
+        }
+        Ok(reply) => reply,
+        Err(ConnError::Timeout(_)) => Reply::Error(ErrorReply::Indeterminate {
+            reason: "the leader did not answer in time".into(),
+        }),
+        Err(e) if e.never_sent() => {
+            kick.notify_one();
+            unavailable("the leader could not be reached")
+        }
+        Err(_) => {
+            kick.notify_one();
+            Reply::Error(ErrorReply::Indeterminate {
+                reason: "the connection to the leader broke with the write in flight".into(),
+            })
+        }
+    }
+}
+
 fn unavailable(reason: &str) -> Reply {
     Reply::Error(ErrorReply::Unavailable {
         retry_after_ms: RETRY_AFTER_MS,
@@ -432,4 +490,60 @@ fn unavailable(reason: &str) -> Reply {
 async fn reject(mut framed: Framed<TcpStream, MessageCodec>, error: WireError) {
     debug!(error = %error, "rejecting client connection");
     let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Message::Reject(error))).await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use futures::FutureExt;
+    use semikv_protocol::LogIndex;
+
+    use super::*;
+
+    /// The reply `write_reply` gives, and whether it kicked.
+    fn told(outcome: Result<Reply, ConnError>) -> (Reply, bool) {
+        let kick = Notify::new();
+        let reply = write_reply(outcome, &kick);
+        (reply, kick.notified().now_or_never().is_some())
+    }
+
+    #[test]
+    fn write_replies_pass_through_except_not_leader() {
+        let written = Reply::Written { index: LogIndex(4) };
+        assert_eq!(told(Ok(written.clone())), (written, false));
+        let not_enough = Reply::Error(ErrorReply::NotEnoughReplicas {
+            acked: 0,
+            required: 1,
+        });
+        assert_eq!(told(Ok(not_enough.clone())), (not_enough, false));
+        let (reply, kicked) = told(Ok(Reply::Error(ErrorReply::NotLeader { leader: None })));
+        assert!(kicked);
+        assert!(
+            matches!(reply, Reply::Error(ErrorReply::Unavailable { retry_after_ms, .. }) if retry_after_ms == RETRY_AFTER_MS),
+            "{reply:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_that_may_have_left_is_indeterminate_and_one_that_never_did_is_not() {
+        let (reply, kicked) = told(Err(ConnError::Broken));
+        assert!(kicked);
+        assert!(
+            matches!(&reply, Reply::Error(ErrorReply::Indeterminate { reason }) if reason.contains("broke")),
+            "{reply:?}"
+        );
+        let (reply, _) = told(Err(ConnError::Timeout(Duration::from_secs(1))));
+        assert!(
+            matches!(&reply, Reply::Error(ErrorReply::Indeterminate { reason }) if reason.contains("in time")),
+            "{reply:?}"
+        );
+        for never_sent in [ConnError::Refused, ConnError::Connect("x".into())] {
+            let (reply, kicked) = told(Err(never_sent));
+            assert!(kicked);
+            assert!(
+                matches!(reply, Reply::Error(ErrorReply::Unavailable { .. })),
+                "{reply:?}"
+            );
+        }
+    }
 }
