@@ -136,24 +136,25 @@ impl Writes {
         ready: &mut Vec<Response>,
     ) {
         let now = Instant::now();
-        replica.with(|n| {
-            for (id, op) in batch.drain(..) {
-                let completion = Completion {
-                    to: self.tx.clone(),
-                    id,
-                };
-                match n.propose(op, completion) {
-                    Ok(proposed) => {
-                        self.pending += 1;
-                        self.track(now + proposed.sync_timeout, proposed.ticket);
-                    }
-                    Err(e) => ready.push(Response {
-                        id,
-                        reply: Reply::Error(e),
-                    }),
-                }
-            }
+        let tx = &self.tx;
+        let writes = batch.drain(..).map(|(id, op)| {
+            let to = tx.clone();
+            (op, Completion { to, id })
         });
+        let mut proposed_ok = Vec::new();
+        replica.with(|n| {
+            n.propose_batch(writes, |id, outcome| match outcome {
+                Ok(proposed) => proposed_ok.push(proposed),
+                Err(e) => ready.push(Response {
+                    id,
+                    reply: Reply::Error(e),
+                }),
+            });
+        });
+        for proposed in proposed_ok {
+            self.pending += 1;
+            self.track(now + proposed.sync_timeout, proposed.ticket);
+        }
     }
 
     fn track(&mut self, deadline: Instant, ticket: Ticket) {
