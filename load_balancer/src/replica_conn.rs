@@ -22,6 +22,7 @@
 //! missed its checks and was failed over.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -235,10 +236,34 @@ impl Waiting {
     }
 }
 
+/// Hashes a link's own request ids with one multiplication instead of
+/// SipHash: every forwarded request costs the pending map an insert and a
+/// remove, and the ids are a counter of ours that no peer chooses, so there
+/// is no flooding to resist. Sequential ids spread over every bucket (the
+/// multiplier is odd) and over the high bits the table's tags use.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     open: bool,
-    map: HashMap<u64, Waiting>,
+    map: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
 }
 
 #[derive(Debug)]
@@ -560,7 +585,7 @@ impl ReplicaLink {
         let (tx, rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             open: true,
-            map: HashMap::new(),
+            map: HashMap::default(),
         }));
         let closed = self.shutdown.child_token();
 
@@ -616,5 +641,25 @@ impl ReplicaLink {
             pending,
             closed,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn sequential_ids_spread_over_buckets_and_tags() {
+        let build = BuildHasherDefault::<IdHasher>::default();
+        let hashes: Vec<u64> = (1..=4096u64).map(|id| build.hash_one(id)).collect();
+        // A table of 4096 buckets indexes by the low bits: no two collide.
+        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
+        assert_eq!(buckets.len(), 4096);
+        // The table's tags are the top 7 bits: all 128 of them are used.
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
     }
 }
