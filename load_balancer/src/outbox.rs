@@ -52,9 +52,12 @@ pub async fn run(
     closed: CancellationToken,
     write_timeout: Duration,
 ) {
+    // One wait for the whole loop, not a waiter registered per batch.
+    let cancelled = closed.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let first = tokio::select! {
-            _ = closed.cancelled() => break,
+            _ = &mut cancelled => break,
             msg = rx.recv() => msg,
         };
         let Some(first) = first else { break };

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::{
     Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
 };
@@ -76,6 +76,10 @@ impl ConnError {
         matches!(self, ConnError::Refused | ConnError::Connect(_))
     }
 }
+
+/// Replies a connection's reader takes from its buffer before matching them
+/// all under one lock of the pending map.
+const MAX_REPLIES_PER_LOCK: usize = 256;
 
 /// How often a link looks for forwarded requests past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -599,9 +603,17 @@ impl ReplicaLink {
         self.tasks.spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            // One wait for the whole loop: a fresh one per frame registered
+            // and dropped a waiter on the token each time.
+            let closed = reader_closed.cancelled();
+            tokio::pin!(closed);
+            // The replies of one read from the socket, matched under one lock:
+            // client connections insert into the same map from other threads.
+            let mut replies: Vec<Response> = Vec::new();
+            let mut matched: Vec<(Waiting, Reply)> = Vec::new();
+            'read: loop {
                 let frame = tokio::select! {
-                    _ = reader_closed.cancelled() => break,
+                    _ = &mut closed => break,
                     _ = sweep.tick() => {
                         for waiting in expired(&reader_pending, Instant::now()) {
                             waiting.fail(slot, true);
@@ -610,14 +622,33 @@ impl ReplicaLink {
                     }
                     frame = stream.next() => frame,
                 };
-                match frame {
-                    Some(Ok(Message::Response(resp))) => {
-                        let waiting = lock(&reader_pending).map.remove(&resp.id.0);
-                        if let Some(waiting) = waiting {
-                            waiting.answer(resp.reply);
+                let mut frame = Some(frame);
+                let mut ended = false;
+                while let Some(next) = frame.take() {
+                    match next {
+                        Some(Ok(Message::Response(resp))) => replies.push(resp),
+                        Some(Ok(_)) | Some(Err(_)) | None => {
+                            ended = true;
+                            break;
                         }
                     }
-                    Some(Ok(_)) | Some(Err(_)) | None => break,
+                    if replies.len() < MAX_REPLIES_PER_LOCK {
+                        frame = stream.next().now_or_never();
+                    }
+                }
+                {
+                    let mut pending = lock(&reader_pending);
+                    for resp in replies.drain(..) {
+                        if let Some(waiting) = pending.map.remove(&resp.id.0) {
+                            matched.push((waiting, resp.reply));
+                        }
+                    }
+                }
+                for (waiting, reply) in matched.drain(..) {
+                    waiting.answer(reply);
+                }
+                if ended {
+                    break 'read;
                 }
             }
             reader_closed.cancel();

@@ -164,9 +164,12 @@ impl Router {
         let leader = self.table.watch_leader();
         let mut in_flight = FuturesUnordered::new();
         let role = hello.role;
+        // One wait for the whole loop, not a waiter registered per batch.
+        let closed = conn_closed.cancelled();
+        tokio::pin!(closed);
         loop {
             tokio::select! {
-                _ = conn_closed.cancelled() => break,
+                _ = &mut closed => break,
                 Some(out) = in_flight.next(), if !in_flight.is_empty() => {
                     if tx.send(out).await.is_err() {
                         break;
