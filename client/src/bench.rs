@@ -18,8 +18,11 @@
 //! succeeding anywhere, `longest_write_gap` the longest with no write
 //! succeeding (a failover's write outage, while reads may go on).
 //!
-//! Progress: every lane publishes its own totals on its own cache line
-//! (plain stores by the one lane that owns it: no shared counter for
+//! Driving: one task per connection keeps all its lanes' requests in
+//! flight (`driver`), with no task, oneshot or timer per request.
+//!
+//! Progress: every connection publishes its own totals on its own cache
+//! line (plain stores by the one task that owns it: no shared counter for
 //! requests to contend on); [`run_with_progress`] sums them a few times a
 //! second and hands a [`Progress`] sample to its caller, and
 //! [`progress_line`] renders a sample as one terminal line of at most
@@ -274,7 +277,7 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
     (owner == client).then_some(seq)
 }
 
-/// Results of one lane, merged into the [`Report`].
+/// Results of one connection (or its prefill), merged into the [`Report`].
 struct Tally {
     errors: BTreeMap<String, u64>,
     /// Successful requests: a plain copy of the histograms' counts, kept for
@@ -593,21 +596,21 @@ pub fn progress_line(progress: &Progress, width: usize) -> String {
     line
 }
 
-/// One lane's live totals, alone on its cache line (the alignment pads it)
-/// so that requests never contend: only the owning lane writes them, with
+/// One connection's live totals, alone on its cache line (the alignment
+/// pads it) so that requests never contend: only its task writes them, with
 /// plain stores of its own counts (no read-modify-write), and the progress
 /// sampler reads them a few times a second.
 #[repr(align(64))]
 #[derive(Debug, Default)]
-struct LaneCounts {
+struct ConnCounts {
     prefill_ok: AtomicU64,
     prefill_failed: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
 }
 
-impl LaneCounts {
-    /// Publishes `tally`'s totals as the lane's counts for `phase`.
+impl ConnCounts {
+    /// Publishes `tally`'s totals as the connection's counts for `phase`.
     fn publish(&self, phase: Phase, tally: &Tally) {
         let (ok, failed) = match phase {
             Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
@@ -617,7 +620,7 @@ impl LaneCounts {
         failed.store(tally.failed, Ordering::Relaxed);
     }
 
-    /// The lane's (successful, failed) counts for `phase`.
+    /// The connection's (successful, failed) counts for `phase`.
     fn load(&self, phase: Phase) -> (u64, u64) {
         let (ok, failed) = match phase {
             Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
@@ -630,13 +633,13 @@ impl LaneCounts {
 /// What [`run_with_progress`] hands its samples to.
 type Observer<'a> = &'a mut (dyn FnMut(&Progress) + Send);
 
-/// Samples the lanes' counts on every tick of its interval and hands the
+/// Samples the connections' counts on every tick of its interval and hands the
 /// result to the observer.
 struct Sampler<'a> {
     shared: Arc<Shared>,
     interval: tokio::time::Interval,
     observer: Observer<'a>,
-    /// When the prefill began (when the lanes were started).
+    /// When the prefill began (when the connections were started).
     began: Instant,
     /// The phase, successful count and time of the previous sample, for the
     /// current rate.
@@ -714,7 +717,7 @@ struct Shared {
     run_id: u64,
     issued: AtomicU64,
     /// Each client connection's live counts, by client number.
-    counts: Box<[LaneCounts]>,
+    counts: Box<[ConnCounts]>,
     /// When the measured run began (after any prefill).
     start: OnceLock<Instant>,
     /// When a `--duration` run ends; unset until it begins.
@@ -723,7 +726,7 @@ struct Shared {
     any_gap: Gap,
     /// Gaps between successful writes.
     write_gap: Gap,
-    /// Every lane and `run` meet here once prefill is done.
+    /// Every connection and `run` meet here once prefill is done.
     prefilled: Barrier,
     /// Flips to true once `start` is set: the measured run begins.
     go: watch::Sender<bool>,
@@ -735,7 +738,7 @@ impl Shared {
             config,
             run_id,
             issued: AtomicU64::new(0),
-            counts: (0..clients).map(|_| LaneCounts::default()).collect(),
+            counts: (0..clients).map(|_| ConnCounts::default()).collect(),
             start: OnceLock::new(),
             deadline: OnceLock::new(),
             any_gap: Gap::default(),
@@ -816,7 +819,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
 /// sample every `interval` (at least 1 ms) during the prefill, if any, and
 /// the measured run; never after the last request is answered, so the
 /// caller may clear what it drew once this returns. Sampling reads each
-/// lane's counts; requests themselves never touch shared progress state.
+/// connection's counts; requests themselves never touch shared progress state.
 ///
 /// # Errors
 /// As [`run`].
@@ -1442,7 +1445,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sampler_sums_the_lanes_of_the_current_phase() {
+    async fn sampler_sums_the_connections_of_the_current_phase() {
         let cfg = BenchConfig {
             prefill: true,
             stop: Stop::Duration(Duration::from_secs(30)),
