@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the in-memory store: the copy a snapshot
 //! takes under the node lock (and, for comparison, what the same copy of a
-//! flat `std` hash map costs), and the per-write and per-read costs.
+//! flat `std` hash map costs), and the per-write and per-read costs, on a
+//! big store and on one the size of the SET benchmark's working set.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -77,5 +78,46 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store);
+/// Distinct keys the SET pipeline benchmark writes: the whole store fits in
+/// cache, so what a write costs is the store's own work.
+const SMALL_KEYS: u64 = 12_800;
+
+/// The SET benchmark's shape: 20-byte keys, 16-byte values.
+fn small_set(i: u64) -> WriteOp {
+    WriteOp::Set {
+        key: Bytes::from(format!("bench-abcdef-7-{i:05}")),
+        value: Bytes::from_static(b"7:12345:xxxxxxxx"),
+    }
+}
+
+/// Writes and reads on a store the size of the SET benchmark's, with the
+/// operations built beforehand so only the store is measured.
+fn store_small(c: &mut Criterion) {
+    let ops: Vec<WriteOp> = (0..SMALL_KEYS).map(small_set).collect();
+    let mut small = Store::default();
+    for op in &ops {
+        small.apply(op);
+    }
+    let mut group = c.benchmark_group("store_12800_keys");
+    group.measurement_time(Duration::from_secs(3));
+    let mut i = 0u64;
+    group.bench_function("apply_set", |b| {
+        b.iter(|| {
+            i = (i + 7919) % SMALL_KEYS;
+            small.apply(&ops[i as usize]);
+        })
+    });
+    group.bench_function("get", |b| {
+        b.iter(|| {
+            i = (i + 7919) % SMALL_KEYS;
+            if let WriteOp::Set { key, .. } = &ops[i as usize] {
+                black_box(small.get(key));
+            }
+        })
+    });
+    group.bench_function("snapshot_copy", |b| b.iter(|| black_box(small.clone())));
+    group.finish();
+}
+
+criterion_group!(benches, store, store_small);
 criterion_main!(benches);
