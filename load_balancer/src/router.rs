@@ -31,6 +31,30 @@ use crate::outbox::{self, Out};
 use crate::replica_conn::{ConnError, Forward, ForwardWrite, ReplicaLink, Retry};
 use crate::table::{Leader, Table};
 
+/// Requests taken from a client's read buffer in one go (their reads going
+/// to one replica) before the connection's other work gets a turn.
+const MAX_BURST: usize = 256;
+
+/// The requests of one client taken in one go.
+#[derive(Debug, Default)]
+struct Burst {
+    /// The replica its reads go to, chosen at the first read (the rotation
+    /// advances once per burst, not per read).
+    reader: Option<usize>,
+    /// Requests taken so far.
+    taken: usize,
+}
+
+/// What became of one frame from a client.
+enum Accepted {
+    /// Handed to a replica link, which answers the client itself.
+    Forwarded,
+    /// To be answered by a future of the connection's task.
+    Own(Job),
+    /// The connection ends (a `Reject` was queued if there was a reason).
+    Stop,
+}
+
 /// Requests one client may have in flight before the balancer stops reading
 /// from it.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -187,41 +211,32 @@ impl Router {
                 }
                 Some(retry) = retry_rx.recv() => in_flight.push(router.answer(retry.into())),
                 frame = stream.next(), if slots.available_permits() > 0 => {
-                    let request = match frame {
-                        Some(Ok(Message::Request(request))) => request,
-                        Some(Ok(other)) => {
-                            let what = other.name().to_string();
-                            let _ = tx
-                                .send(Message::Reject(WireError::Unexpected { what }).into())
-                                .await;
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            if let Some(wire) = e.to_wire() {
-                                let _ = tx.send(Message::Reject(wire).into()).await;
-                            }
-                            break;
-                        }
-                        None => break,
-                    };
-                    if request.op.is_admin() {
-                        let what = request.op.name().to_string();
-                        let _ = tx
-                            .send(Message::Reject(WireError::WrongRole { role, what }).into())
+                    // Every request already buffered is taken now, and the
+                    // reads among them go to one replica: their answers then
+                    // come back together and leave in one write, instead of
+                    // one write per replica the burst was spread over.
+                    let mut burst = Burst::default();
+                    let mut frame = Some(frame);
+                    let mut stop = false;
+                    while let Some(one) = frame.take() {
+                        let accepted = router
+                            .accept(one, role, &slots, &tx, &retry_tx, &leader, &mut burst)
                             .await;
-                        break;
+                        match accepted {
+                            Accepted::Forwarded => {}
+                            Accepted::Own(job) => in_flight.push(router.answer(job)),
+                            Accepted::Stop => {
+                                stop = true;
+                                break;
+                            }
+                        }
+                        burst.taken += 1;
+                        if burst.taken < MAX_BURST && slots.available_permits() > 0 {
+                            frame = stream.next().now_or_never();
+                        }
                     }
-                    // Only this task takes slots, and one is free.
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let forwarded = if request.op.is_write() {
-                        router.forward_write(request, slot, &tx, &leader)
-                    } else {
-                        router.forward_read(request, slot, &tx, &retry_tx)
-                    };
-                    if let Err(job) = forwarded {
-                        in_flight.push(router.answer(job));
+                    if stop {
+                        break;
                     }
                 }
             }
@@ -260,8 +275,63 @@ impl Router {
         let _ = writer.await;
     }
 
-    /// Hands a valid read to the next healthy replica's link, which answers
-    /// the client itself; gives the request back as a [`Job`] when it is not
+    /// Takes one frame from a client: a request is forwarded to a replica
+    /// link when it can be at once, or handed back to run as this task's own
+    /// future; anything else ends the connection (after a `Reject` saying
+    /// why).
+    #[allow(clippy::too_many_arguments)]
+    async fn accept(
+        &self,
+        frame: Option<Result<Message, semikv_protocol::ProtocolError>>,
+        role: Role,
+        slots: &Arc<Semaphore>,
+        tx: &mpsc::Sender<Out>,
+        retry_tx: &mpsc::Sender<Retry>,
+        leader: &watch::Receiver<Option<Leader>>,
+        burst: &mut Burst,
+    ) -> Accepted {
+        let request = match frame {
+            Some(Ok(Message::Request(request))) => request,
+            Some(Ok(other)) => {
+                let what = other.name().to_string();
+                let _ = tx
+                    .send(Message::Reject(WireError::Unexpected { what }).into())
+                    .await;
+                return Accepted::Stop;
+            }
+            Some(Err(e)) => {
+                if let Some(wire) = e.to_wire() {
+                    let _ = tx.send(Message::Reject(wire).into()).await;
+                }
+                return Accepted::Stop;
+            }
+            None => return Accepted::Stop,
+        };
+        if request.op.is_admin() {
+            let what = request.op.name().to_string();
+            let _ = tx
+                .send(Message::Reject(WireError::WrongRole { role, what }).into())
+                .await;
+            return Accepted::Stop;
+        }
+        // Only this task takes slots, and the caller saw one free.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            return Accepted::Stop;
+        };
+        let forwarded = if request.op.is_write() {
+            self.forward_write(request, slot, tx, leader)
+        } else {
+            self.forward_read(request, slot, tx, retry_tx, burst)
+        };
+        match forwarded {
+            Ok(()) => Accepted::Forwarded,
+            Err(job) => Accepted::Own(job),
+        }
+    }
+
+    /// Hands a valid read to the link of the replica its burst reads from
+    /// (the next healthy one in the rotation, for the burst's first read),
+    /// which answers the client itself; gives the request back as a [`Job`] when it is not
     /// a read or could not be sent at once, routed to the replica it was
     /// meant for (its data connection may just not be open yet: this task's
     /// own path opens it, so the rotation still reaches every replica).
@@ -271,6 +341,7 @@ impl Router {
         slot: OwnedSemaphorePermit,
         reply_to: &mpsc::Sender<Out>,
         retry: &mpsc::Sender<Retry>,
+        burst: &mut Burst,
     ) -> Result<(), Job> {
         let job = |op, slot, route| Job {
             id: request.id,
@@ -280,10 +351,18 @@ impl Router {
         };
         let readable =
             matches!(request.op, Op::Get { .. }) && request.op.validate(usize::MAX).is_ok();
-        let target = readable
-            .then(|| self.table.next_reader(None))
-            .flatten()
-            .and_then(|replica| Some((replica, self.links.get(replica)?)));
+        let chosen = if readable {
+            match burst.reader {
+                Some(replica) => Some(replica),
+                None => {
+                    burst.reader = self.table.next_reader(None);
+                    burst.reader
+                }
+            }
+        } else {
+            None
+        };
+        let target = chosen.and_then(|replica| Some((replica, self.links.get(replica)?)));
         let Some((replica, link)) = target else {
             return Err(job(request.op, slot, Route::New));
         };

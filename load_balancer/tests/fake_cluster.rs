@@ -354,6 +354,25 @@ impl Client {
         id
     }
 
+    /// Sends `ops` in one write, as a pipelining client's burst.
+    async fn send_burst(&mut self, ops: Vec<Op>) -> Vec<RequestId> {
+        let mut ids = Vec::new();
+        for op in ops {
+            let id = RequestId(self.next);
+            self.next += 1;
+            self.framed
+                .feed(Message::Request(Request { id, op }))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        timeout(T, SinkExt::<Message>::flush(&mut self.framed))
+            .await
+            .unwrap()
+            .unwrap();
+        ids
+    }
+
     async fn recv(&mut self) -> Response {
         match timeout(T, self.framed.next()).await.unwrap() {
             Some(Ok(Message::Response(r))) => r,
@@ -504,6 +523,54 @@ async fn writes_go_to_the_leader_and_reads_rotate_over_healthy_replicas() {
         6,
         "every read answered by a live replica"
     );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_pipelined_reads_goes_to_one_replica() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 3).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a leads", || is_leader_at(&a, 1)).await;
+    until("all follow", || follows(&b, &a, 1) && follows(&c, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    // One read at a time still rotates over every replica.
+    for _ in 0..9 {
+        client.get("k").await;
+    }
+    let served = || [a.s().gets_served, b.s().gets_served, c.s().gets_served];
+    for f in [&a, &b, &c] {
+        assert!(f.s().gets_served >= 1, "replica {} got no read", f.s().id);
+    }
+    let mut used_one = 0;
+    for _ in 0..3 {
+        let before = served();
+        let get = || Op::Get {
+            key: Bytes::from("k"),
+        };
+        let mut ids = client.send_burst((0..30).map(|_| get()).collect()).await;
+        let mut got = Vec::new();
+        for _ in 0..30 {
+            let r = client.recv().await;
+            assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
+            got.push(r.id);
+        }
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids);
+        let after = served();
+        let used = (0..3).filter(|&i| after[i] > before[i]).count();
+        // Written at once, the burst is taken in one go (on a slow machine
+        // perhaps two): its reads go to one replica, so their answers leave
+        // together, where round-robin would have used all three.
+        assert!(used <= 2, "a burst of 30 reads went to {used} replicas");
+        if used == 1 {
+            used_one += 1;
+        }
+    }
+    assert!(used_one >= 1, "no burst went to a single replica");
     lb.stop().await;
 }
 
