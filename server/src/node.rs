@@ -434,11 +434,27 @@ impl Node {
         writes: impl IntoIterator<Item = (WriteOp, Completion)>,
         mut answer: impl FnMut(RequestId, Result<Proposed, ErrorReply>),
     ) {
+        /// Sends what was held when dropped, so a panic mid-batch (the
+        /// node's lock recovers from poisoning) cannot leave every later
+        /// signal held back.
+        struct Release<'a>(&'a mut Node);
+
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.release_signals();
+            }
+        }
+
         self.held = Some(HeldSignals::default());
+        let node = Release(self);
         for (op, completion) in writes {
             let id = completion.id;
-            answer(id, self.propose(op, completion));
+            answer(id, node.0.propose(op, completion));
         }
+    }
+
+    /// Sends the signals [`Node::propose_batch`] held back, once each.
+    fn release_signals(&mut self) {
         if let Some(held) = self.held.take() {
             if held.outbox {
                 self.signal_outbox();
@@ -530,6 +546,9 @@ impl Node {
     }
 
     /// The disk failed: stop acknowledging anything and fail every waiter.
+    /// Waiting writes are `Indeterminate`, not `Storage`: they are in the
+    /// log and may already be on a follower, which can commit them after a
+    /// failover. New writes are refused with `Storage` (never appended).
     pub fn on_storage_failure(&mut self, reason: String) {
         let settled = Ticket {
             role_gen: self.role_gen,
@@ -537,8 +556,8 @@ impl Node {
         };
         if let Role::Leader(l) = &mut self.role {
             for (_, completion) in std::mem::take(&mut l.waiters) {
-                let reply = Reply::Error(ErrorReply::Storage {
-                    reason: reason.clone(),
+                let reply = Reply::Error(ErrorReply::Indeterminate {
+                    reason: format!("the leader's disk failed with the write in flight: {reason}"),
                 });
                 deliver(completion, reply, settled);
             }
@@ -1653,9 +1672,10 @@ mod tests {
         n.promote(Epoch(1), SETTINGS).unwrap();
         let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         n.on_storage_failure("disk full".to_string());
+        // In the log, perhaps on a follower already: its outcome is unknown.
         assert!(matches!(
             rx.try_recv().unwrap(),
-            Err(ErrorReply::Storage { .. })
+            Err(ErrorReply::Indeterminate { .. })
         ));
         assert!(matches!(
             propose(&mut n, set("b", "2")).unwrap_err(),
@@ -1798,6 +1818,32 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, (0..10).collect::<Vec<_>>());
         assert_eq!(n.waiting_writes(), 0);
+    }
+
+    #[test]
+    fn a_panic_inside_a_batch_does_not_leave_signals_held() {
+        let mut n = fresh(1);
+        n.promote(Epoch(1), SETTINGS).unwrap();
+        flush(&mut n);
+        let (to, _rx) = mpsc::channel(16);
+        let writes = (0..3).map(|i| {
+            let completion = Completion {
+                to: to.clone(),
+                id: RequestId(i),
+            };
+            (set(&format!("k{i}"), "v"), completion)
+        });
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            n.propose_batch(writes, |_, _| panic!("an answer handler failed"));
+        }));
+        assert!(panicked.is_err());
+        // What the batch held was sent on the way out...
+        let progress = *n.signals.progress.borrow();
+        let outbox = *n.signals.outbox.borrow();
+        // ...and later writes signal at once again.
+        propose(&mut n, set("after", "v")).unwrap();
+        assert!(*n.signals.progress.borrow() > progress);
+        assert!(*n.signals.outbox.borrow() > outbox);
     }
 
     #[test]
