@@ -187,6 +187,11 @@ impl Router {
         let router = &*self;
         let leader = self.table.watch_leader();
         let mut in_flight = FuturesUnordered::new();
+        // Writes of this client answered by its own futures and not yet
+        // answered: while there are any, later writes take that path too, so
+        // that a write forwarded at once cannot overtake an earlier one that
+        // had to wait (the leader applies them in the order it reads them).
+        let mut slow_writes = 0usize;
         let role = hello.role;
         // One wait for the whole loop, not a waiter registered per batch.
         let closed = conn_closed.cancelled();
@@ -194,12 +199,14 @@ impl Router {
         loop {
             tokio::select! {
                 _ = &mut closed => break,
-                Some(out) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((out, write)) = in_flight.next(), if !in_flight.is_empty() => {
+                    slow_writes = slow_writes.saturating_sub(usize::from(write));
                     if tx.send(out).await.is_err() {
                         break;
                     }
                     let mut gone = false;
-                    while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    while let Some(Some((more, write))) = in_flight.next().now_or_never() {
+                        slow_writes = slow_writes.saturating_sub(usize::from(write));
                         if tx.send(more).await.is_err() {
                             gone = true;
                             break;
@@ -220,11 +227,14 @@ impl Router {
                     let mut stop = false;
                     while let Some(one) = frame.take() {
                         let accepted = router
-                            .accept(one, role, &slots, &tx, &retry_tx, &leader, &mut burst)
+                            .accept(one, role, &slots, &tx, &retry_tx, &leader, &mut burst, slow_writes > 0)
                             .await;
                         match accepted {
                             Accepted::Forwarded => {}
-                            Accepted::Own(job) => in_flight.push(router.answer(job)),
+                            Accepted::Own(job) => {
+                                slow_writes += usize::from(job.op.is_write());
+                                in_flight.push(router.answer(job));
+                            }
                             Accepted::Stop => {
                                 stop = true;
                                 break;
@@ -251,7 +261,7 @@ impl Router {
         drop(retry_tx);
         loop {
             tokio::select! {
-                Some(out) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((out, _)) = in_flight.next(), if !in_flight.is_empty() => {
                     if tx.send(out).await.is_err() {
                         break;
                     }
@@ -261,7 +271,7 @@ impl Router {
                     // Every forwarded read is answered or retried, and no
                     // retry is left: what remains is in `in_flight`.
                     None => {
-                        while let Some(out) = in_flight.next().await {
+                        while let Some((out, _)) = in_flight.next().await {
                             if tx.send(out).await.is_err() {
                                 break;
                             }
@@ -289,6 +299,7 @@ impl Router {
         retry_tx: &mpsc::Sender<Retry>,
         leader: &watch::Receiver<Option<Leader>>,
         burst: &mut Burst,
+        writes_waiting: bool,
     ) -> Accepted {
         let request = match frame {
             Some(Ok(Message::Request(request))) => request,
@@ -319,6 +330,14 @@ impl Router {
             return Accepted::Stop;
         };
         let forwarded = if request.op.is_write() {
+            if writes_waiting {
+                return Accepted::Own(Job {
+                    id: request.id,
+                    op: request.op,
+                    slot,
+                    route: Route::New,
+                });
+            }
             self.forward_write(request, slot, tx, leader)
         } else {
             self.forward_read(request, slot, tx, retry_tx, burst)
@@ -413,23 +432,25 @@ impl Router {
     }
 
     /// Answers one request through this task's own future, routed as its
-    /// `route` says.
-    async fn answer(&self, job: Job) -> Out {
+    /// `route` says; also says whether it was a write.
+    async fn answer(&self, job: Job) -> (Out, bool) {
         let Job {
             id,
             op,
             slot,
             route,
         } = job;
+        let write = op.is_write();
         let reply = match route {
             Route::New => self.handle(op).await,
             Route::ReadAt(replica) => self.read_from(op, Some(replica), None, 2).await,
             Route::RetryAfter(failed) => self.read_from(op, None, Some(failed), 1).await,
         };
-        Out {
+        let out = Out {
             message: Message::Response(Response { id, reply }),
             slot: Some(slot),
-        }
+        };
+        (out, write)
     }
 
     /// Routes one operation and returns its reply.

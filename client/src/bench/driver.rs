@@ -340,7 +340,10 @@ impl Driver {
             }
             let at = *now.get_or_insert_with(Instant::now);
             lane.slot = Slot::InFlight(Sent { id, i, set, at });
-            self.wake.get_or_insert(at + timeout);
+            // No later than this deadline: a parked lane may have set a later
+            // wake-up.
+            let deadline = at + timeout;
+            self.wake = Some(self.wake.map_or(deadline, |w| w.min(deadline)));
         }
     }
 
