@@ -1780,6 +1780,19 @@ mod tests {
         assert_eq!(n.waiting_writes(), 0);
     }
 
+    /// Writes `k0..k{n-1}` answered on `to` under request ids `0..n`.
+    fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(WriteOp, Completion)> {
+        (0..n)
+            .map(|i| {
+                let completion = Completion {
+                    to: to.clone(),
+                    id: RequestId(i),
+                };
+                (set(&format!("k{i}"), "v"), completion)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batch_of_proposals_signals_once_and_registers_each_write() {
         let mut n = fresh(1);
@@ -1788,13 +1801,7 @@ mod tests {
         let progress = *n.signals.progress.borrow();
         let outbox = *n.signals.outbox.borrow();
         let (to, mut rx) = mpsc::channel(16);
-        let writes = (0..10).map(|i| {
-            let completion = Completion {
-                to: to.clone(),
-                id: RequestId(i),
-            };
-            (set(&format!("k{i}"), "v"), completion)
-        });
+        let writes = batch(10, &to);
         let mut answered = Vec::new();
         n.propose_batch(writes, |id, outcome| answered.push((id, outcome.is_ok())));
         assert_eq!(
@@ -1826,13 +1833,7 @@ mod tests {
         n.promote(Epoch(1), SETTINGS).unwrap();
         flush(&mut n);
         let (to, _rx) = mpsc::channel(16);
-        let writes = (0..3).map(|i| {
-            let completion = Completion {
-                to: to.clone(),
-                id: RequestId(i),
-            };
-            (set(&format!("k{i}"), "v"), completion)
-        });
+        let writes = batch(3, &to);
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             n.propose_batch(writes, |_, _| panic!("an answer handler failed"));
         }));
