@@ -1116,6 +1116,20 @@ mod tests {
         async_fallback: false,
     };
 
+    /// Replica 1 leading epoch 1 with async fallback on.
+    fn fallback_leader() -> Node {
+        let mut n = fresh(1);
+        n.promote(
+            Epoch(1),
+            LeaderSettings {
+                async_fallback: true,
+                ..SETTINGS
+            },
+        )
+        .unwrap();
+        n
+    }
+
     fn fresh(id: u32) -> Node {
         Node::new(
             ReplicaId(id),
@@ -1237,15 +1251,7 @@ mod tests {
 
     #[test]
     fn async_fallback_commits_without_followers_only_when_enabled() {
-        let mut n = fresh(1);
-        n.promote(
-            Epoch(1),
-            LeaderSettings {
-                async_fallback: true,
-                ..SETTINGS
-            },
-        )
-        .unwrap();
+        let mut n = fallback_leader();
         let (index, _rx) = propose(&mut n, set("a", "1")).unwrap();
         assert!(!n.force_commit(index), "not durable yet");
         flush(&mut n);
@@ -1747,15 +1753,7 @@ mod tests {
 
     #[test]
     fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
-        let mut n = fresh(1);
-        n.promote(
-            Epoch(1),
-            LeaderSettings {
-                async_fallback: true,
-                ..SETTINGS
-            },
-        )
-        .unwrap();
+        let mut n = fallback_leader();
         let (first, mut rx1) = propose_ticket(&mut n, set("a", "1"));
         let (second, mut rx2) = propose_ticket(&mut n, set("b", "2"));
         // Not durable yet: the fallback cannot commit it.

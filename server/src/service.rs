@@ -255,7 +255,16 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     let mut closing: Option<WireError> = None;
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
-    'serve: loop {
+    // Once reading stops (the client closed, erred, or we shut down), what
+    // was already accepted is still answered, within DRAIN_TIMEOUT, by the
+    // same arms; then we say why we close.
+    let mut reading = true;
+    let drain = tokio::time::sleep(DRAIN_TIMEOUT);
+    tokio::pin!(drain);
+    loop {
+        if !reading && in_flight.is_empty() && writes.pending == 0 {
+            break;
+        }
         if let Some(at) = writes.rearm() {
             timer.as_mut().reset(at);
         }
@@ -275,7 +284,7 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     return;
                 }
             }
-            msg = stream.next(), if in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
+            msg = stream.next(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
                 // Everything already in the read buffer is taken now too, and
                 // what can be answered at once is, without a future per
                 // request: a pipelined batch costs one wake-up, one lock for
@@ -308,34 +317,17 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                 }
                 if let Some(why) = close {
                     closing = why;
-                    break 'serve;
+                    reading = false;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 }
             }
-            () = replica.shutdown.cancelled() => break,
+            () = replica.shutdown.cancelled(), if reading => {
+                reading = false;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+            }
+            () = &mut drain, if !reading => break,
         }
     }
-    // Answer what was already accepted, within a bound, then say why we close.
-    let drain = async {
-        while !in_flight.is_empty() || writes.pending > 0 {
-            if let Some(at) = writes.rearm() {
-                timer.as_mut().reset(at);
-            }
-            tokio::select! {
-                Some(done) = writes.rx.recv(), if writes.pending > 0 => {
-                    if send_batch(&mut sink, writes.answers(done)).await.is_err() {
-                        return;
-                    }
-                }
-                () = &mut timer, if writes.armed.is_some() => writes.expire_due(replica),
-                Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                    if send_batch(&mut sink, vec![response]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let _ = timeout(DRAIN_TIMEOUT, drain).await;
     if let Some(error) = closing {
         tracing::debug!(error = %error, "rejecting connection");
         let _ = timeout(Duration::from_secs(1), sink.send(Message::Reject(error))).await;
