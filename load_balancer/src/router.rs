@@ -217,7 +217,7 @@ impl Router {
                     }
                 }
                 Some(retry) = retry_rx.recv() => in_flight.push(router.answer(retry.into())),
-                frame = stream.next(), if slots.available_permits() > 0 => {
+                frame = next_frame(&mut stream, &slots) => {
                     // Every request already buffered is taken now, and the
                     // reads among them go to one replica: their answers then
                     // come back together and leave in one write, instead of
@@ -581,6 +581,24 @@ pub(crate) fn write_reply(outcome: Result<Reply, ConnError>, kick: &Notify) -> R
             })
         }
     }
+}
+
+/// The client's next frame, once one of its in-flight slots is free.
+///
+/// Waits on the semaphore itself when every slot is taken: forwarded answers
+/// free their slots from other tasks (the outbox, once written), and only a
+/// waiter on the semaphore hears of it; a loop that merely stopped polling
+/// the socket at the limit never read from a deep-pipelining client again.
+async fn next_frame<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    slots: &Semaphore,
+) -> Option<S::Item> {
+    if slots.available_permits() == 0 {
+        // Given back at once: `accept` takes its own, and only this task
+        // takes slots, so it is still there. The semaphore is never closed.
+        drop(slots.acquire().await);
+    }
+    stream.next().await
 }
 
 fn unavailable(reason: &str) -> Reply {

@@ -40,6 +40,8 @@ struct FakeState {
     hang_writes: bool,
     /// Reads are taken but never answered.
     hang_reads: bool,
+    /// Reads are answered only once this is cleared again.
+    hold_reads: bool,
     /// A set stops its connection: nothing more is read from it (a replica
     /// busy with a deep pipeline, as seen by what queues behind it).
     wedge_on_set: bool,
@@ -253,13 +255,33 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
     if framed.send(welcome).await.is_err() {
         return;
     }
+    // Answers to reads held back while `hold_reads` is set.
+    let mut held: Vec<Response> = Vec::new();
     loop {
-        let msg = tokio::select! { _ = kill.cancelled() => return, m = framed.next() => m };
+        let msg = tokio::select! {
+            _ = kill.cancelled() => return,
+            // Polls the knob: only tests that hold reads ever get here.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !held.is_empty() => {
+                if !state.lock().unwrap().hold_reads {
+                    for response in held.drain(..) {
+                        if framed.feed(Message::Response(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if SinkExt::<Message>::flush(&mut framed).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            m = framed.next() => m,
+        };
         let Some(Ok(Message::Request(Request { id, op }))) = msg else {
             return;
         };
         let is_set = matches!(op, Op::Set { .. });
-        let (reply, wedge, hang_up) = {
+        let is_get = matches!(op, Op::Get { .. });
+        let (reply, wedge, hang_up, hold) = {
             let mut s = state.lock().unwrap();
             let ignored = s.mute_fences && matches!(op, Op::Fence(_));
             if ignored {
@@ -268,7 +290,12 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
             let muted = s.mute || ignored;
             let reply = if muted { None } else { s.apply(op) };
             let hang_up = is_set && s.hang_up_at_sets.is_some_and(|n| s.sets_seen >= n);
-            (reply, is_set && s.wedge_on_set, hang_up)
+            (
+                reply,
+                is_set && s.wedge_on_set,
+                hang_up,
+                is_get && s.hold_reads,
+            )
         };
         if wedge {
             kill.cancelled().await;
@@ -278,6 +305,10 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
             return;
         }
         if let Some(reply) = reply {
+            if hold {
+                held.push(Response { id, reply });
+                continue;
+            }
             if framed
                 .send(Message::Response(Response { id, reply }))
                 .await
@@ -571,6 +602,43 @@ async fn a_burst_of_pipelined_reads_goes_to_one_replica() {
         }
     }
     assert!(used_one >= 1, "no burst went to a single replica");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_pipelining_past_its_in_flight_limit_is_still_read() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    // More than the balancer's 1024 slots per client, all in one write, all
+    // forwarded and held by the replicas until the balancer has stopped
+    // reading at the limit: it must start again as the forwarded answers
+    // free their slots, with nothing else of this client's to wake it.
+    a.s().hold_reads = true;
+    b.s().hold_reads = true;
+    let n = 3000;
+    let get = || Op::Get {
+        key: Bytes::from("k"),
+    };
+    let mut ids = client.send_burst((0..n).map(|_| get()).collect()).await;
+    until("the client's slots are all in use", || {
+        a.s().gets_served + b.s().gets_served >= 1024
+    })
+    .await;
+    a.s().hold_reads = false;
+    b.s().hold_reads = false;
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let r = client.recv().await;
+        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
+        got.push(r.id);
+    }
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
     lb.stop().await;
 }
 
