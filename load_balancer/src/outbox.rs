@@ -5,39 +5,89 @@
 
 use std::time::Duration;
 
-use futures::stream::SplitSink;
+use bytes::Bytes;
 use futures::SinkExt;
 use semikv_protocol::{Message, MessageCodec};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-/// Most messages written before a flush.
+/// Most queue entries written before a flush.
 const MAX_BATCH: usize = 256;
 
-/// The sink half of a framed connection.
-pub type Sink = SplitSink<Framed<TcpStream, MessageCodec>, Message>;
+/// The reading half of a connection.
+pub type Source = FramedRead<OwnedReadHalf, MessageCodec>;
 
-/// One message to write, with the client's in-flight slot it answers.
+/// The writing half of a connection.
+pub type Sink = FramedWrite<OwnedWriteHalf, MessageCodec>;
+
+/// Splits a connection (after its handshake) into halves that share no lock,
+/// keeping the bytes already read: `Framed::split` shares the connection
+/// through a lock that both halves took on every poll.
+pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (Source, Sink) {
+    let parts = framed.into_parts();
+    let (read, write) = parts.io.into_split();
+    let mut source = FramedRead::new(read, parts.codec);
+    // A peer may pipeline requests right behind its handshake.
+    *source.read_buffer_mut() = parts.read_buf;
+    let mut sink = FramedWrite::new(write, parts.codec);
+    *sink.write_buffer_mut() = parts.write_buf;
+    (source, sink)
+}
+
+/// What to write: one message, with the client's in-flight slot it answers,
+/// or frames its sender already encoded.
 ///
-/// The slot is released only once the message is handed to the socket, so a
-/// client connection's queued answers never outnumber its slots: senders
-/// that cannot wait (a replica link's reader answering a forwarded read)
-/// can rely on `try_send` finding room in a queue of slots + 1.
+/// A slot is released only once its message has left the queue, so a client
+/// connection's queued answers never outnumber its slots: senders that
+/// cannot wait (a replica link's reader answering a forwarded read) can rely
+/// on `try_send` finding room in a queue of slots + 1.
 #[derive(Debug)]
-pub struct Out {
-    /// The message.
-    pub message: Message,
-    /// The in-flight slot it frees, if it answers a client request.
-    pub slot: Option<OwnedSemaphorePermit>,
+pub enum Out {
+    /// One message.
+    Message {
+        /// The message.
+        message: Message,
+        /// The in-flight slot it frees, if it answers a client request.
+        slot: Option<OwnedSemaphorePermit>,
+    },
+    /// Whole frames, written as they are: a client's burst of requests for
+    /// one replica, encoded by the task that took them.
+    Frames(Bytes),
 }
 
 impl From<Message> for Out {
     fn from(message: Message) -> Out {
-        Out {
+        Out::Message {
             message,
             slot: None,
+        }
+    }
+}
+
+impl Out {
+    /// Whether the connection ends once this is written.
+    fn is_last(&self) -> bool {
+        matches!(
+            self,
+            Out::Message {
+                message: Message::Reject(_),
+                ..
+            }
+        )
+    }
+
+    /// Adds this to what `sink` writes at its next flush.
+    async fn feed(self, sink: &mut Sink) -> Result<(), semikv_protocol::ProtocolError> {
+        match self {
+            // The slot goes once the message has left the queue.
+            Out::Message { message, slot: _ } => sink.feed(message).await,
+            Out::Frames(frames) => {
+                sink.write_buffer_mut().extend_from_slice(&frames);
+                Ok(())
+            }
         }
     }
 }
@@ -67,16 +117,16 @@ pub async fn run(
         // each, which was over half the balancer's CPU under load.
         tokio::task::yield_now().await;
         let batch = async {
-            let mut last = matches!(first.message, Message::Reject(_));
-            sink.feed(first.message).await?;
+            let mut last = first.is_last();
+            first.feed(&mut sink).await?;
             let mut n = 1;
             while !last && n < MAX_BATCH {
                 let Ok(more) = rx.try_recv() else { break };
-                last = matches!(more.message, Message::Reject(_));
-                sink.feed(more.message).await?;
+                last = more.is_last();
+                more.feed(&mut sink).await?;
                 n += 1;
             }
-            sink.flush().await?;
+            SinkExt::<Message>::flush(&mut sink).await?;
             Ok::<bool, semikv_protocol::ProtocolError>(last)
         };
         match tokio::time::timeout(write_timeout, batch).await {

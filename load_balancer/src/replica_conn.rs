@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::{
-    Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
+    frame, Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
@@ -84,20 +85,33 @@ const MAX_REPLIES_PER_LOCK: usize = 256;
 /// How often a link looks for forwarded requests past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// A client's read forwarded without a future of its own: the replica's
-/// answer goes straight to the client's outbox, under the client's id.
+/// Where the answers to one client connection's forwarded reads go: shared
+/// by all its reads in flight (one reference count each, not two senders).
 #[derive(Debug)]
-pub struct Forward {
+pub struct ClientPort {
     /// The client connection's outbox.
     pub reply_to: mpsc::Sender<Out>,
+    /// Where a read a replica failed goes to be retried.
+    pub retry: mpsc::Sender<Retry>,
+}
+
+/// One read of a client's burst, for [`ReplicaLink::forward_reads`].
+#[derive(Debug)]
+pub struct Read {
     /// The client's id for the request.
     pub client_id: RequestId,
     /// The read, kept to retry it elsewhere.
     pub op: Op,
-    /// Where a read this replica failed goes to be retried.
-    pub retry: mpsc::Sender<Retry>,
     /// The client's in-flight slot, held until the answer is written.
     pub slot: OwnedSemaphorePermit,
+}
+
+/// A client's read forwarded without a future of its own: the replica's
+/// answer goes straight to the client's outbox, under the client's id.
+#[derive(Debug)]
+struct Forward {
+    port: Arc<ClientPort>,
+    read: Read,
 }
 
 /// A forwarded read that got no answer from `failed_on` (its connection
@@ -153,7 +167,7 @@ fn deliver(
     slot: OwnedSemaphorePermit,
     reply: Reply,
 ) {
-    let out = Out {
+    let out = Out::Message {
         message: Message::Response(Response {
             id: client_id,
             reply,
@@ -166,19 +180,27 @@ fn deliver(
 
 impl Forward {
     fn deliver(self, reply: Reply) {
-        deliver(&self.reply_to, self.client_id, self.slot, reply);
+        let Read {
+            client_id, slot, ..
+        } = self.read;
+        deliver(&self.port.reply_to, client_id, slot, reply);
     }
 
     fn retry(self, failed_on: usize) {
+        let Read {
+            client_id,
+            op,
+            slot,
+        } = self.read;
         let retry = Retry {
-            client_id: self.client_id,
-            op: self.op,
+            client_id,
+            op,
             failed_on,
-            slot: self.slot,
+            slot,
         };
         // Room is certain: every queued retry holds one of the slots it
         // is sized for. Failing means the client is gone.
-        let _ = self.retry.try_send(retry);
+        let _ = self.port.retry.try_send(retry);
     }
 }
 
@@ -438,23 +460,62 @@ impl ReplicaLink {
         }
     }
 
-    /// Sends a client's read on the data connection if it is open and has
-    /// room right now, without waiting: the reply (or, on failure, a
-    /// [`Retry`]) goes where `forward` says. Gives `forward` back when it
-    /// could not be sent, for the caller's own path.
-    ///
-    /// # Errors
-    /// The `forward` itself, untouched, when not sent.
-    pub fn forward(&self, forward: Forward, timeout: Duration) -> Result<(), Forward> {
-        self.send_forwarded(
-            forward,
-            |forward, deadline| {
-                // Kept for a retry elsewhere.
-                let op = forward.op.clone();
-                (op, Waiting::Read(forward, deadline))
-            },
-            timeout,
-        )
+    /// Sends a client's reads (all of one burst) on the data connection if
+    /// it is open and has room right now, without waiting, as one queue
+    /// entry encoded here, registered under one lock: each answer (or, on
+    /// failure, a [`Retry`]) goes where `port` says. Leaves `reads` empty
+    /// when they were sent, untouched when not (for the caller's own path).
+    pub fn forward_reads(&self, port: &Arc<ClientPort>, reads: &mut Vec<Read>, timeout: Duration) {
+        if reads.is_empty() {
+            return;
+        }
+        let Some(conn) = self.data.open_connection() else {
+            return;
+        };
+        let Ok(room) = conn.tx.try_reserve() else {
+            return;
+        };
+        let count = reads.len() as u64;
+        let first = self.next_id.fetch_add(count, Ordering::Relaxed);
+        let mut frames = BytesMut::with_capacity(reads.len() * 32);
+        for (id, read) in (first..).zip(reads.iter_mut()) {
+            // Encoded from the op itself, which stays with its entry for a
+            // retry: cloning it cost an allocation per read.
+            let message = Message::Request(Request {
+                id: RequestId(id),
+                op: std::mem::replace(&mut read.op, Op::Ping),
+            });
+            let encoded = frame::encode(&message, self.max_frame_len, &mut frames);
+            if let Message::Request(request) = message {
+                read.op = request.op;
+            }
+            if encoded.is_err() {
+                // Longer than a frame under the link's ids (the client's fit):
+                // the caller's own path reports it.
+                return;
+            }
+        }
+        {
+            let mut pending = lock(&conn.pending);
+            // Checked under the lock the reader drains with: once it is
+            // false, nobody would ever answer what we insert.
+            if !pending.open {
+                return;
+            }
+            let deadline = Instant::now() + timeout;
+            pending.map.reserve(reads.len());
+            for (id, read) in (first..).zip(reads.drain(..)) {
+                let forward = Forward {
+                    port: port.clone(),
+                    read,
+                };
+                pending.map.insert(id, Waiting::Read(forward, deadline));
+            }
+        }
+        // In the map before they are sent, so no reply can arrive before it
+        // is known. If the connection broke in between, the drain has
+        // already sent them to be retried and this goes nowhere.
+        room.send(Out::Frames(frames.freeze()));
     }
 
     /// Sends a client's write on the data connection if it is open and has
@@ -585,7 +646,7 @@ impl ReplicaLink {
             Some(Err(e)) => return Err(ConnError::Connect(e.to_string())),
             None => return Err(ConnError::Connect("closed during handshake".into())),
         }
-        let (sink, mut stream) = framed.split();
+        let (mut stream, sink) = outbox::split(framed);
         let (tx, rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             open: true,

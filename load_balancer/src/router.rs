@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::outbox::{self, Out};
-use crate::replica_conn::{ConnError, Forward, ForwardWrite, ReplicaLink, Retry};
+use crate::replica_conn::{ClientPort, ConnError, ForwardWrite, Read, ReplicaLink, Retry};
 use crate::table::{Leader, Table};
 
 /// Requests taken from a client's read buffer in one go (their reads going
@@ -43,6 +43,8 @@ struct Burst {
     reader: Option<usize>,
     /// Requests taken so far.
     taken: usize,
+    /// Its valid reads, sent to `reader` together when the burst ends.
+    reads: Vec<Read>,
 }
 
 /// What became of one frame from a client.
@@ -167,7 +169,7 @@ impl Router {
             return;
         }
 
-        let (sink, mut stream) = framed.split();
+        let (mut stream, sink) = outbox::split(framed);
         // One more than the slots: a final Reject needs no slot.
         let (tx, rx) = mpsc::channel::<Out>(MAX_IN_FLIGHT + 1);
         let conn_closed = shutdown.child_token();
@@ -176,6 +178,10 @@ impl Router {
         // a replica and this task's own futures share the bound.
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let (retry_tx, mut retry_rx) = mpsc::channel::<Retry>(MAX_IN_FLIGHT);
+        let port = Arc::new(ClientPort {
+            reply_to: tx.clone(),
+            retry: retry_tx,
+        });
 
         // Reads and writes go to a replica link directly, which writes the
         // answer to the outbox itself: no future, oneshot or timer of their
@@ -193,6 +199,8 @@ impl Router {
         // had to wait (the leader applies them in the order it reads them).
         let mut slow_writes = 0usize;
         let role = hello.role;
+        // Kept between bursts for its capacity.
+        let mut burst = Burst::default();
         // One wait for the whole loop, not a waiter registered per batch.
         let closed = conn_closed.cancelled();
         tokio::pin!(closed);
@@ -222,12 +230,13 @@ impl Router {
                     // reads among them go to one replica: their answers then
                     // come back together and leave in one write, instead of
                     // one write per replica the burst was spread over.
-                    let mut burst = Burst::default();
+                    burst.reader = None;
+                    burst.taken = 0;
                     let mut frame = Some(frame);
                     let mut stop = false;
                     while let Some(one) = frame.take() {
                         let accepted = router
-                            .accept(one, role, &slots, &tx, &retry_tx, &leader, &mut burst, slow_writes > 0)
+                            .accept(one, role, &slots, &tx, &leader, &mut burst, slow_writes > 0)
                             .await;
                         match accepted {
                             Accepted::Forwarded => {}
@@ -245,6 +254,12 @@ impl Router {
                             frame = stream.next().now_or_never();
                         }
                     }
+                    // Sent even when the connection is ending: they hold
+                    // slots, and a Reject only closes the client's socket
+                    // once everything before it is answered.
+                    for job in router.forward_reads(&mut burst, &port) {
+                        in_flight.push(router.answer(job));
+                    }
                     if stop {
                         break;
                     }
@@ -258,7 +273,8 @@ impl Router {
         // forwarded write by its link's sweep too: the writer runs until
         // every forwarded answer's sender is gone).
         drop(stream);
-        drop(retry_tx);
+        // The retry queue closes once no forwarded read holds the port.
+        drop(port);
         loop {
             tokio::select! {
                 Some((out, _)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -296,7 +312,6 @@ impl Router {
         role: Role,
         slots: &Arc<Semaphore>,
         tx: &mpsc::Sender<Out>,
-        retry_tx: &mpsc::Sender<Retry>,
         leader: &watch::Receiver<Option<Leader>>,
         burst: &mut Burst,
         writes_waiting: bool,
@@ -340,7 +355,7 @@ impl Router {
             }
             self.forward_write(request, slot, tx, leader)
         } else {
-            self.forward_read(request, slot, tx, retry_tx, burst)
+            self.take_read(request, slot, burst)
         };
         match forwarded {
             Ok(()) => Accepted::Forwarded,
@@ -348,52 +363,62 @@ impl Router {
         }
     }
 
-    /// Hands a valid read to the link of the replica its burst reads from
-    /// (the next healthy one in the rotation, for the burst's first read),
-    /// which answers the client itself; gives the request back as a [`Job`] when it is not
-    /// a read or could not be sent at once, routed to the replica it was
-    /// meant for (its data connection may just not be open yet: this task's
-    /// own path opens it, so the rotation still reaches every replica).
-    fn forward_read(
+    /// Adds a valid read to its burst's reads, for the replica the burst
+    /// reads from (the next healthy one in the rotation, chosen at the
+    /// burst's first read); gives the request back as a [`Job`] when it is
+    /// not a valid read or no replica is healthy.
+    fn take_read(
         &self,
         request: Request,
         slot: OwnedSemaphorePermit,
-        reply_to: &mpsc::Sender<Out>,
-        retry: &mpsc::Sender<Retry>,
         burst: &mut Burst,
     ) -> Result<(), Job> {
-        let job = |op, slot, route| Job {
-            id: request.id,
-            op,
-            slot,
-            route,
-        };
         let readable =
             matches!(request.op, Op::Get { .. }) && request.op.validate(usize::MAX).is_ok();
-        let chosen = if readable {
-            match burst.reader {
-                Some(replica) => Some(replica),
-                None => {
-                    burst.reader = self.table.next_reader(None);
-                    burst.reader
-                }
-            }
-        } else {
-            None
-        };
-        let target = chosen.and_then(|replica| Some((replica, self.links.get(replica)?)));
-        let Some((replica, link)) = target else {
-            return Err(job(request.op, slot, Route::New));
-        };
-        let forward = Forward {
-            reply_to: reply_to.clone(),
+        if readable && burst.reader.is_none() {
+            burst.reader = self.table.next_reader(None);
+        }
+        let known = burst
+            .reader
+            .is_some_and(|replica| replica < self.links.len());
+        if !(readable && known) {
+            return Err(Job {
+                id: request.id,
+                op: request.op,
+                slot,
+                route: Route::New,
+            });
+        }
+        burst.reads.push(Read {
             client_id: request.id,
             op: request.op,
-            retry: retry.clone(),
             slot,
+        });
+        Ok(())
+    }
+
+    /// Hands a burst's reads to the link of the replica they are for, which
+    /// answers the client itself; gives them back as [`Job`]s routed to that
+    /// replica when they could not be sent at once (its data connection may
+    /// just not be open yet: this task's own path opens it, so the rotation
+    /// still reaches every replica).
+    fn forward_reads(&self, burst: &mut Burst, port: &Arc<ClientPort>) -> Vec<Job> {
+        let Some(replica) = burst.reader else {
+            return Vec::new();
         };
-        link.forward(forward, self.config.request_timeout())
-            .map_err(|f| job(f.op, f.slot, Route::ReadAt(replica)))
+        if let Some(link) = self.links.get(replica) {
+            link.forward_reads(port, &mut burst.reads, self.config.request_timeout());
+        }
+        burst
+            .reads
+            .drain(..)
+            .map(|read| Job {
+                id: read.client_id,
+                op: read.op,
+                slot: read.slot,
+                route: Route::ReadAt(replica),
+            })
+            .collect()
     }
 
     /// Hands a valid write to the current leader's link, which answers the
@@ -446,7 +471,7 @@ impl Router {
             Route::ReadAt(replica) => self.read_from(op, Some(replica), None, 2).await,
             Route::RetryAfter(failed) => self.read_from(op, None, Some(failed), 1).await,
         };
-        let out = Out {
+        let out = Out::Message {
             message: Message::Response(Response { id, reply }),
             slot: Some(slot),
         };

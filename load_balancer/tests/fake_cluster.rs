@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use semikv_lb::outbox::Out;
 use semikv_lb::Config;
 use semikv_protocol::{
     Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec, NodeRole,
@@ -1533,9 +1534,14 @@ impl WriteHarness {
     /// The next answer written to the client, which must free a slot.
     async fn answer(&mut self) -> Response {
         let out = timeout(T, self.answers.recv()).await.unwrap().unwrap();
-        assert!(out.slot.is_some(), "an answer that frees no slot");
-        match out.message {
-            Message::Response(r) => r,
+        match out {
+            Out::Message {
+                message: Message::Response(r),
+                slot,
+            } => {
+                assert!(slot.is_some(), "an answer that frees no slot");
+                r
+            }
             other => panic!("expected a response: {other:?}"),
         }
     }
@@ -1552,7 +1558,7 @@ impl WriteHarness {
         drop(self.outbox);
         match timeout(T, self.answers.recv()).await.unwrap() {
             None => {}
-            Some(out) => panic!("answered again: {:?}", out.message),
+            Some(out) => panic!("answered again: {out:?}"),
         }
         assert_eq!(self.slots.available_permits(), SLOTS, "a slot never freed");
         self.shutdown.cancel();
