@@ -7,35 +7,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use semikv_protocol::{Message, MessageCodec};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use semikv_protocol::Message;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 /// Most queue entries written before a flush.
 const MAX_BATCH: usize = 256;
 
 /// The reading half of a connection.
-pub type Source = FramedRead<OwnedReadHalf, MessageCodec>;
+pub type Source = semikv_protocol::codec::FrameReader;
 
 /// The writing half of a connection.
-pub type Sink = FramedWrite<OwnedWriteHalf, MessageCodec>;
+pub type Sink = semikv_protocol::codec::FrameWriter;
 
-/// Splits a connection (after its handshake) into halves that share no lock,
-/// keeping the bytes already read: `Framed::split` shares the connection
-/// through a lock that both halves took on every poll.
-pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (Source, Sink) {
-    let parts = framed.into_parts();
-    let (read, write) = parts.io.into_split();
-    let mut source = FramedRead::new(read, parts.codec);
-    // A peer may pipeline requests right behind its handshake.
-    *source.read_buffer_mut() = parts.read_buf;
-    let mut sink = FramedWrite::new(write, parts.codec);
-    *sink.write_buffer_mut() = parts.write_buf;
-    (source, sink)
-}
+pub use semikv_protocol::codec::split;
 
 /// What to write: one message, with the client's in-flight slot it answers,
 /// or frames its sender already encoded.

@@ -2,7 +2,12 @@
 //! one [`crate::frame`] per message.
 
 use bytes::{Buf, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use std::io::Cursor;
+
+use tokio::io::{AsyncReadExt, Chain};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, FramedWrite};
 
 use crate::error::ProtocolError;
 use crate::frame::{self, Header, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
@@ -87,10 +92,77 @@ impl Encoder<Message> for MessageCodec {
     }
 }
 
+/// The reading half of a framed connection: the bytes read before the split,
+/// then the socket.
+pub type FrameReader = FramedRead<Chain<Cursor<BytesMut>, OwnedReadHalf>, MessageCodec>;
+
+/// The writing half of a framed connection.
+pub type FrameWriter = FramedWrite<OwnedWriteHalf, MessageCodec>;
+
+/// Splits a framed connection (typically after its handshake) into halves
+/// that share no lock, keeping the bytes already read and not yet written:
+/// `Framed::split` shares the connection through a lock that both halves
+/// take on every poll, which a busy connection pays per message.
+pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (FrameReader, FrameWriter) {
+    let parts = framed.into_parts();
+    let (read, write) = parts.io.into_split();
+    // A peer may pipeline messages right behind its handshake. They are read
+    // again before the socket: a reader handed them in its buffer would wait
+    // for more bytes before decoding what it holds.
+    let reader = FramedRead::new(
+        AsyncReadExt::chain(Cursor::new(parts.read_buf), read),
+        parts.codec,
+    );
+    let mut writer = FramedWrite::new(write, parts.codec);
+    *writer.write_buffer_mut() = parts.write_buf;
+    (reader, writer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::{Hello, Role};
+
+    #[tokio::test]
+    async fn split_halves_keep_what_was_read_behind_the_handshake() {
+        use futures::{SinkExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // The handshake and two messages behind it arrive in one write, and
+        // nothing follows: the split reader must yield them from what the
+        // handshake's read already took in.
+        let mut bytes = BytesMut::new();
+        let mut codec = MessageCodec::default();
+        let hello = Message::Hello(Hello::new(Role::Client, None));
+        let ping = Message::Hello(Hello::new(Role::Balancer, None));
+        for m in [&hello, &ping, &ping] {
+            codec.encode(m, &mut bytes).unwrap();
+        }
+        client.write_all(&bytes).await.unwrap();
+        let mut framed = Framed::new(server, MessageCodec::default());
+        let first = framed.next().await.unwrap().unwrap();
+        assert_eq!(first, hello);
+        assert!(
+            !framed.read_buffer().is_empty(),
+            "the test needs bytes left"
+        );
+        let (mut reader, mut writer) = split(framed);
+        let wait = std::time::Duration::from_secs(10);
+        for _ in 0..2 {
+            let next = tokio::time::timeout(wait, reader.next()).await;
+            assert_eq!(next.unwrap().unwrap().unwrap(), ping);
+        }
+        // And the halves still work both ways.
+        writer.send(hello.clone()).await.unwrap();
+        let mut back = Framed::new(client, MessageCodec::default());
+        assert_eq!(back.next().await.unwrap().unwrap(), hello);
+        back.send(ping.clone()).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap(), ping);
+    }
 
     #[test]
     fn huge_length_header_is_rejected_without_allocating() {

@@ -114,7 +114,7 @@ pub async fn serve_follower(replica: Arc<Replica>, mut conn: Conn, peer: Option<
     }
     let follower = sub.follower;
     replica.with(|n| n.on_follower_stream(follower, true));
-    let result = stream_to(&replica, &mut conn, &sub).await;
+    let result = stream_to(&replica, conn, &sub).await;
     replica.with(|n| n.on_follower_stream(follower, false));
     match result {
         Ok(()) | Err(ReplicationError::Stream(StreamError::Superseded)) => {
@@ -126,7 +126,7 @@ pub async fn serve_follower(replica: Arc<Replica>, mut conn: Conn, peer: Option<
 
 async fn stream_to(
     replica: &Arc<Replica>,
-    conn: &mut Conn,
+    mut conn: Conn,
     sub: &Subscribe,
 ) -> Result<(), ReplicationError> {
     let planned = replica.with(|n| n.plan_stream(sub.epoch, sub.last_index, &sub.history));
@@ -135,7 +135,7 @@ async fn stream_to(
         Err(reply) => {
             let what = reply.to_string();
             send(
-                conn,
+                &mut conn,
                 Message::Reject(WireError::Unexpected { what: what.clone() }),
             )
             .await?;
@@ -146,14 +146,18 @@ async fn stream_to(
     let mut next = match plan {
         StreamPlan::FromPrefix { prefix } => {
             tracing::info!(follower = %sub.follower, prefix = %prefix, their_last = %sub.last_index, "streaming log to follower");
-            send(conn, Message::StreamStart(StreamStart { epoch, prefix })).await?;
+            send(
+                &mut conn,
+                Message::StreamStart(StreamStart { epoch, prefix }),
+            )
+            .await?;
             prefix.next()
         }
-        StreamPlan::Snapshot => send_snapshot(replica, conn, epoch, sub.follower)
+        StreamPlan::Snapshot => send_snapshot(replica, &mut conn, epoch, sub.follower)
             .await?
             .next(),
     };
-    let (mut sink, mut stream) = conn.split();
+    let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
     let follower = sub.follower;
     let acks = async {
         loop {
@@ -205,7 +209,7 @@ async fn stream_to(
                     break;
                 }
             }
-            timeout(SEND_TIMEOUT, sink.flush())
+            timeout(SEND_TIMEOUT, SinkExt::<Message>::flush(&mut sink))
                 .await
                 .map_err(|_| ReplicationError::Timeout)??;
             tokio::select! {
@@ -399,7 +403,7 @@ async fn follow_once(
             other => return Err(ReplicationError::Unexpected(other.name().to_string())),
         }
     }
-    let (mut sink, mut stream) = conn.split();
+    let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
     let receive = async {
         loop {
             let msg = match recv(&mut stream).await {

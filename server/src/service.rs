@@ -246,7 +246,7 @@ async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
 }
 
 async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writes: &mut Writes) {
-    let (mut sink, mut stream) = conn.split();
+    let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
     let mut in_flight = FuturesUnordered::new();
     // Answers known at once (reads, pings, status), written together.
     let mut ready: Vec<Response> = Vec::new();
