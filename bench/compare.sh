@@ -176,8 +176,11 @@ done
 redis_ops() {
     local n=$REDIS_N1
     [[ $2 == 16 ]] && n=$REDIS_N16
+    # -r: as many distinct keys as semikv-bench uses (16 per lane, a lane per
+    # pipeline slot of each client); without it every request hits one key,
+    # which stays in the CPU's cache.
     run_bg redis-benchmark -h 127.0.0.1 -p "$RP" -t "${1,,}" -c "$CLIENTS" -P "$2" -d "$VALUE_SIZE" \
-        -n "$n" --csv >"$WORK/redis.csv" 2>>"$WORK/redis-bench.log"
+        -r "$((CLIENTS * 16 * $2))" -n "$n" --csv >"$WORK/redis.csv" 2>>"$WORK/redis-bench.log"
     cat "$WORK/redis.csv" >>"$WORK/redis-all.csv"
     OPS=$(python3 -c '
 import csv, sys
