@@ -89,6 +89,8 @@ enum Next {
     Ready(Response),
     /// A valid write: proposed to the node with the rest of its batch.
     Write(RequestId, WriteOp),
+    /// A valid read: answered with the rest of its batch under one lock.
+    Read(Request),
     /// Has to wait for something else (an admin request, a read held by a
     /// new leader).
     Later(Request),
@@ -252,6 +254,8 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     let mut ready: Vec<Response> = Vec::new();
     // Writes taken in one wake-up, proposed under one lock.
     let mut proposals: Vec<(RequestId, WriteOp)> = Vec::new();
+    // Reads taken in one wake-up, answered under one lock.
+    let mut reads: Vec<Request> = Vec::new();
     let mut closing: Option<WireError> = None;
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -296,6 +300,7 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     match accept(replica, role, one) {
                         Next::Ready(response) => ready.push(response),
                         Next::Write(id, op) => proposals.push((id, op)),
+                        Next::Read(request) => reads.push(request),
                         Next::Later(request) => in_flight.push(handle(replica.clone(), request)),
                         Next::Close(why) => {
                             close = Some(why);
@@ -308,6 +313,11 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     {
                         msg = stream.next().now_or_never();
                     }
+                }
+                // Reads before the batch's writes are proposed, as if each
+                // had been answered when it was read.
+                for request in answer_reads(replica, &mut reads, &mut ready) {
+                    in_flight.push(handle(replica.clone(), request));
                 }
                 if !proposals.is_empty() {
                     writes.propose(replica, &mut proposals, &mut ready);
@@ -361,9 +371,38 @@ fn accept(
     }
 }
 
-/// The answer to `request` if it needs no waiting (a read the node can serve
-/// now, a ping, a status, or a request that fails validation), else the
-/// write to propose or the request to defer.
+/// Answers `reads` (drained) from the node's committed state, under one lock
+/// for the batch, into `ready`; gives back those the node cannot serve yet
+/// (a new leader before its first commit), to wait as futures.
+fn answer_reads(
+    replica: &Replica,
+    reads: &mut Vec<Request>,
+    ready: &mut Vec<Response>,
+) -> Vec<Request> {
+    let mut later = Vec::new();
+    if reads.is_empty() {
+        return later;
+    }
+    let node = replica.lock();
+    for request in reads.drain(..) {
+        let value = match &request.op {
+            Op::Get { key } => node.read(key),
+            _ => None,
+        };
+        match value {
+            Some(value) => ready.push(Response {
+                id: request.id,
+                reply: Reply::Value(value),
+            }),
+            None => later.push(request),
+        }
+    }
+    later
+}
+
+/// The answer to `request` if it needs no waiting (a ping, a status, or a
+/// request that fails validation), else the read or write to batch or the
+/// request to defer.
 fn answer_now(replica: &Replica, request: Request) -> Next {
     let id = request.id;
     let reply = if let Err(reason) = request.op.validate(replica.config.max_value_len) {
@@ -372,10 +411,7 @@ fn answer_now(replica: &Replica, request: Request) -> Next {
         match request.op {
             Op::Ping => Reply::Pong,
             Op::Status => Reply::Node(replica.lock().status()),
-            Op::Get { ref key } => match replica.lock().read(key) {
-                Some(value) => Reply::Value(value),
-                None => return Next::Later(request),
-            },
+            Op::Get { .. } => return Next::Read(request),
             Op::Set { key, value } => return Next::Write(id, WriteOp::Set { key, value }),
             Op::Delete { key } => return Next::Write(id, WriteOp::Delete { key }),
             Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => return Next::Later(request),
