@@ -39,8 +39,15 @@ pub enum Out {
         slot: Option<OwnedSemaphorePermit>,
     },
     /// Whole frames, written as they are: a client's burst of requests for
-    /// one replica, encoded by the task that took them.
-    Frames(Bytes),
+    /// one replica, or a replica's answers to one client's burst, encoded by
+    /// the task that had them.
+    Frames {
+        /// The frames.
+        frames: Bytes,
+        /// The in-flight slots they free (merged into one), if they answer
+        /// client requests.
+        slot: Option<OwnedSemaphorePermit>,
+    },
 }
 
 impl From<Message> for Out {
@@ -69,7 +76,7 @@ impl Out {
         match self {
             // The slot goes once the message has left the queue.
             Out::Message { message, slot: _ } => sink.feed(message).await,
-            Out::Frames(frames) => {
+            Out::Frames { frames, slot: _ } => {
                 sink.write_buffer_mut().extend_from_slice(&frames);
                 Ok(())
             }

@@ -87,6 +87,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// Where the answers to one client connection's forwarded reads go: shared
 /// by all its reads in flight (one reference count each, not two senders).
+/// The slots of the reads sent with one port must all come from one
+/// semaphore (the connection's): their answers' slots are merged.
 #[derive(Debug)]
 pub struct ClientPort {
     /// The client connection's outbox.
@@ -259,6 +261,92 @@ impl Waiting {
                 write.settle(Err(error));
             }
         }
+    }
+}
+
+/// Answers the replies matched in one go (drained): each run of forwarded
+/// reads of one client goes to its outbox as one queue entry, encoded here,
+/// freeing all their slots once written; the rest one by one. A burst's
+/// reads went to one replica together, so their replies mostly come back
+/// together too: one entry and one wake-up for the run, not one per read.
+fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize) {
+    let mut run: Option<ReadRun> = None;
+    for (waiting, reply) in matched.drain(..) {
+        let forward = match waiting {
+            Waiting::Read(forward, _) => forward,
+            other => {
+                other.answer(reply);
+                continue;
+            }
+        };
+        match &mut run {
+            Some(same) if Arc::ptr_eq(&same.port, &forward.port) => {
+                same.add(forward.read, reply, max_frame_len);
+            }
+            _ => {
+                if let Some(done) = run.take() {
+                    done.send();
+                }
+                let mut new = ReadRun {
+                    port: forward.port,
+                    frames: BytesMut::new(),
+                    slot: None,
+                };
+                new.add(forward.read, reply, max_frame_len);
+                run = Some(new);
+            }
+        }
+    }
+    if let Some(done) = run.take() {
+        done.send();
+    }
+}
+
+/// Answers to forwarded reads of one client, encoded together.
+struct ReadRun {
+    port: Arc<ClientPort>,
+    frames: BytesMut,
+    /// The slots of the answers in `frames`, merged.
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl ReadRun {
+    fn add(&mut self, read: Read, reply: Reply, max_frame_len: usize) {
+        let message = Message::Response(Response {
+            id: read.client_id,
+            reply,
+        });
+        if frame::encode(&message, max_frame_len, &mut self.frames).is_err() {
+            // Too long for a frame under the client's id: sent alone, for
+            // the outbox to fail it as it would any message.
+            if let Message::Response(response) = message {
+                deliver(
+                    &self.port.reply_to,
+                    read.client_id,
+                    read.slot,
+                    response.reply,
+                );
+            }
+            return;
+        }
+        // All from the client's one semaphore: `merge` requires it.
+        match &mut self.slot {
+            Some(slot) => slot.merge(read.slot),
+            None => self.slot = Some(read.slot),
+        }
+    }
+
+    fn send(self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        let out = Out::Frames {
+            frames: self.frames.freeze(),
+            slot: self.slot,
+        };
+        // Room is certain (see `Out`): this entry holds at least one slot.
+        // Failing means the client is gone.
+        let _ = self.port.reply_to.try_send(out);
     }
 }
 
@@ -515,7 +603,10 @@ impl ReplicaLink {
         // In the map before they are sent, so no reply can arrive before it
         // is known. If the connection broke in between, the drain has
         // already sent them to be retried and this goes nowhere.
-        room.send(Out::Frames(frames.freeze()));
+        room.send(Out::Frames {
+            frames: frames.freeze(),
+            slot: None,
+        });
     }
 
     /// Sends a client's write on the data connection if it is open and has
@@ -661,6 +752,7 @@ impl ReplicaLink {
         let reader_closed = closed.clone();
         let broken_tx = self.broken_tx.clone();
         let slot = self.slot;
+        let max_frame_len = self.max_frame_len;
         self.tasks.spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -705,9 +797,7 @@ impl ReplicaLink {
                         }
                     }
                 }
-                for (waiting, reply) in matched.drain(..) {
-                    waiting.answer(reply);
-                }
+                answer_all(&mut matched, max_frame_len);
                 if ended {
                     break 'read;
                 }
