@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use crate::conn::{Client, ClientConfig, ClientError};
 
 mod driver;
+mod wire;
 
 /// Highest latency the histograms hold, in microseconds (60 s).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -182,77 +183,122 @@ pub enum ReadCheck {
     Wrong,
 }
 
-/// One key as a lane knows it. `None` stands for "no value".
+/// One lane's knowledge of its keys, by lane-local key number. `None`
+/// stands for "no value".
 ///
-/// Kept inline, with no heap allocation until a key is written: a get that
-/// reads the settled value touches this struct only.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct KeyState {
-    /// The value a fresh read returns unless one of `pending` landed.
-    settled: Option<u64>,
-    /// Writes after `settled` whose outcome is unknown, in write order: a
-    /// fresh read may return any of them.
-    pending: Vec<Option<u64>>,
-    /// Every value ever written or maybe written. The key began with no
-    /// value, so `None` is always an old value too.
-    history: Vec<u64>,
-}
-
-/// One lane's knowledge of its keys, by lane-local key number.
-///
-/// A vector, not a tree: the bench checks every read, and with hundreds of
-/// lanes a tree lookup per request (cold nodes, pointer chasing) was the
-/// load generator's second-largest cost.
+/// Laid out for the common case: a read that returns the settled value
+/// touches one dense slot and nothing else (with hundreds of lanes, a wider
+/// per-key struct made every read a cache miss, the load generator's
+/// largest cost). Writes with an unknown outcome and the history are kept
+/// apart, per lane, and are only searched when a read is not the settled
+/// value.
 #[derive(Debug, Default)]
 pub struct Model {
-    keys: Vec<KeyState>,
+    /// By key: the value a fresh read returns unless one of its `pending`
+    /// writes landed.
+    settled: Vec<Option<u64>>,
+    /// `(key, seq)`: writes after their key's settled value whose outcome is
+    /// unknown, in write order: a fresh read may return any of its key's.
+    /// Usually empty.
+    pending: Vec<(u64, u64)>,
+    /// `(seq, key)` of every write ever made or maybe made, in call order.
+    /// A key began with no value, so `None` is always an old value too.
+    history: Vec<(u64, u64)>,
+    /// Whether `history` is in ascending `seq` order (the bench numbers a
+    /// lane's writes in order and has one in flight at a time, so it is),
+    /// which allows a binary search instead of a scan.
+    history_sorted: bool,
 }
 
 impl Model {
     /// A model for keys `0..keys` (it grows if a larger key shows up).
     pub fn with_keys(keys: usize) -> Model {
-        let mut keys_vec = Vec::new();
-        keys_vec.resize_with(keys, KeyState::default);
-        Model { keys: keys_vec }
+        Model {
+            settled: vec![None; keys],
+            pending: Vec::new(),
+            history: Vec::new(),
+            history_sorted: true,
+        }
     }
 
-    fn state(&mut self, key: u64) -> &mut KeyState {
+    /// Where `key`'s settled value is, grown into if need be.
+    fn slot(&mut self, key: u64) -> usize {
         let at = usize::try_from(key).unwrap_or(usize::MAX);
-        if at >= self.keys.len() {
-            self.keys
-                .resize_with(at.saturating_add(1), KeyState::default);
+        if at >= self.settled.len() {
+            self.settled.resize(at.saturating_add(1), None);
         }
-        &mut self.keys[at]
+        at
+    }
+
+    fn remember(&mut self, key: u64, seq: u64) {
+        // An empty history is sorted whatever `Default` said.
+        self.history_sorted = self.history.is_empty()
+            || (self.history_sorted && self.history.last().is_some_and(|&(s, _)| s <= seq));
+        self.history.push((seq, key));
+    }
+
+    /// Whether `seq` was ever written or maybe written to `key`.
+    fn held(&self, key: u64, seq: u64) -> bool {
+        if self.history_sorted {
+            let from = self.history.partition_point(|&(s, _)| s < seq);
+            self.history[from..]
+                .iter()
+                .take_while(|&&(s, _)| s == seq)
+                .any(|&(_, k)| k == key)
+        } else {
+            self.history.contains(&(seq, key))
+        }
+    }
+
+    /// What a fresh read of `key` returns unless a write whose outcome is
+    /// unknown landed: [`Model::read`] judges a read of exactly this fresh,
+    /// and changes nothing. Lets a caller fetch it while the key's lines are
+    /// warm and compare the answer later without touching the model.
+    pub fn settled(&self, key: u64) -> Option<u64> {
+        usize::try_from(key)
+            .ok()
+            .and_then(|at| self.settled.get(at))
+            .copied()
+            .flatten()
     }
 
     /// A write of value `seq` to `key` was acknowledged.
     pub fn written(&mut self, key: u64, seq: u64) {
-        let state = self.state(key);
-        state.settled = Some(seq);
-        state.pending.clear();
-        state.history.push(seq);
+        let at = self.slot(key);
+        self.settled[at] = Some(seq);
+        if !self.pending.is_empty() {
+            self.pending.retain(|&(k, _)| k != key);
+        }
+        self.remember(key, seq);
     }
 
     /// A write of `seq` to `key` may or may not have happened.
     pub fn maybe_written(&mut self, key: u64, seq: u64) {
-        let state = self.state(key);
-        state.pending.push(Some(seq));
-        state.history.push(seq);
+        self.slot(key);
+        self.pending.push((key, seq));
+        self.remember(key, seq);
     }
 
     /// Judges a read of `key` that returned `got`. A fresh answer settles the
     /// key's value.
     pub fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
-        let state = self.state(key);
-        if got == state.settled {
-            ReadCheck::Fresh
-        } else if let Some(pos) = state.pending.iter().position(|v| *v == got) {
+        let at = self.slot(key);
+        if got == self.settled[at] {
+            return ReadCheck::Fresh;
+        }
+        let landed =
+            got.and_then(|seq| self.pending.iter().position(|&(k, s)| k == key && s == seq));
+        if let Some(pos) = landed {
+            self.settled[at] = got;
             // Writes after `got` whose outcome is unknown may still land; the
             // ones before it are now history.
-            state.settled = got;
-            state.pending.drain(..=pos);
+            let mut at = 0;
+            self.pending.retain(|&(k, _)| {
+                at += 1;
+                k != key || at > pos + 1
+            });
             ReadCheck::Fresh
-        } else if got.is_none_or(|seq| state.history.contains(&seq)) {
+        } else if got.is_none_or(|seq| self.held(key, seq)) {
             ReadCheck::Stale
         } else {
             ReadCheck::Wrong
@@ -270,10 +316,20 @@ pub fn make_value(client: u32, seq: u64, size: usize) -> Bytes {
 /// The sequence number in a value written by `client`, if it is one.
 pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(value.get(..value.len().min(32))?).ok()?;
-    let mut parts = text.splitn(3, ':');
-    let owner: u32 = parts.next()?.parse().ok()?;
-    let seq: u64 = parts.next()?.parse().ok()?;
-    parts.next()?;
+    // Byte searches, not a `splitn` iterator: this runs for every get, and
+    // the iterator was a few percent of the bench's CPU. `:` is ASCII, so
+    // every position found is a character boundary.
+    let colon = |from: usize| {
+        text.as_bytes()
+            .get(from..)?
+            .iter()
+            .position(|&b| b == b':')
+            .map(|at| from + at)
+    };
+    let first = colon(0)?;
+    let second = colon(first + 1)?;
+    let owner: u32 = text.get(..first)?.parse().ok()?;
+    let seq: u64 = text.get(first + 1..second)?.parse().ok()?;
     (owner == client).then_some(seq)
 }
 
@@ -750,9 +806,15 @@ impl Shared {
 
     /// Claims the next request, or `false` when the run is over.
     fn claim(&self) -> bool {
+        self.claim_at(Instant::now())
+    }
+
+    /// Claims the next request as of `now` (a caller sending a batch reads
+    /// the clock once for all of it), or `false` when the run is over.
+    fn claim_at(&self, now: Instant) -> bool {
         match self.config.stop {
             Stop::Requests(n) => self.issued.fetch_add(1, Ordering::Relaxed) < n,
-            Stop::Duration(_) => self.deadline.get().is_none_or(|d| Instant::now() < *d),
+            Stop::Duration(_) => self.deadline.get().is_none_or(|d| now < *d),
         }
     }
 
@@ -961,53 +1023,9 @@ fn error_kind(error: &ClientError) -> String {
     }
 }
 
-/// A lane's keys in one buffer: a request's key is a slice of it, so
-/// handing it to a request bumps one reference count that the lane keeps
-/// warm, not a cold one per key (the per-key clone and drop were a tenth of
-/// the load generator's CPU).
-struct LaneKeys {
-    all: Bytes,
-    /// Key `i` is `all[ends[i - 1]..ends[i]]` (`ends[-1]` being 0).
-    ends: Vec<usize>,
-}
-
-impl LaneKeys {
-    /// `n` keys, key `i` written by `name(i, buffer)`.
-    fn new(n: u64, mut name: impl FnMut(u64, &mut String)) -> LaneKeys {
-        let mut all = String::new();
-        let mut ends = Vec::new();
-        for i in 0..n {
-            name(i, &mut all);
-            ends.push(all.len());
-        }
-        LaneKeys {
-            all: Bytes::from(all),
-            ends,
-        }
-    }
-
-    /// Key `i`, empty if out of range.
-    fn get(&self, i: u64) -> Bytes {
-        let Ok(i) = usize::try_from(i) else {
-            return Bytes::new();
-        };
-        let Some(&end) = self.ends.get(i) else {
-            return Bytes::new();
-        };
-        let start = i
-            .checked_sub(1)
-            .and_then(|j| self.ends.get(j))
-            .copied()
-            .unwrap_or(0);
-        self.all.slice(start..end)
-    }
-}
-
-/// One lane's fixed view of the run: its keys.
+/// One lane's fixed view of the run: which keys are its own (key number
+/// `lane + pipeline * i` is its lane-local key `i`).
 struct Lane {
-    /// The lane's keys, by lane-local number (the key is `lane + pipeline * i`);
-    /// built once so a request costs no formatting.
-    keys: LaneKeys,
     pipeline: u64,
     lane: u64,
 }
@@ -1073,6 +1091,157 @@ mod tests {
         assert_eq!(m.read(2, Some(1)), Wrong);
     }
 
+    /// One key in [`ReferenceModel`]: settled, pending, history.
+    type ReferenceKey = (Option<u64>, Vec<Option<u64>>, Vec<u64>);
+
+    /// The model as it was before it was made dense: one struct per key.
+    /// The reference the dense one must agree with.
+    #[derive(Debug, Default)]
+    struct ReferenceModel {
+        keys: BTreeMap<u64, ReferenceKey>,
+    }
+
+    impl ReferenceModel {
+        fn written(&mut self, key: u64, seq: u64) {
+            let (settled, pending, history) = self.keys.entry(key).or_default();
+            *settled = Some(seq);
+            pending.clear();
+            history.push(seq);
+        }
+
+        fn maybe_written(&mut self, key: u64, seq: u64) {
+            let (_, pending, history) = self.keys.entry(key).or_default();
+            pending.push(Some(seq));
+            history.push(seq);
+        }
+
+        fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
+            let (settled, pending, history) = self.keys.entry(key).or_default();
+            if got == *settled {
+                ReadCheck::Fresh
+            } else if let Some(pos) = pending.iter().position(|v| *v == got) {
+                *settled = got;
+                pending.drain(..=pos);
+                ReadCheck::Fresh
+            } else if got.is_none_or(|seq| history.contains(&seq)) {
+                ReadCheck::Stale
+            } else {
+                ReadCheck::Wrong
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum ModelOp {
+        Written(u64, u64),
+        MaybeWritten(u64, u64),
+        Read(u64, Option<u64>),
+    }
+
+    /// Operations on keys `0..6` with values from `seqs` (in order when
+    /// `ordered`, as the bench makes them; else anything) and reads of
+    /// values near them, of no value, and of values never written.
+    fn model_ops(ordered: bool) -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
+        use proptest::prelude::*;
+        let op = (
+            0u8..3,
+            0u64..6,
+            0u64..40,
+            proptest::option::of(0u64..45),
+            any::<bool>(),
+        );
+        proptest::collection::vec(op, 0..200).prop_map(move |raw| {
+            let mut next = 0;
+            raw.into_iter()
+                .map(|(kind, key, seq, got, huge)| {
+                    let seq = if ordered {
+                        // Skips some numbers: a lane's other keys took them.
+                        next += 1 + seq % 3;
+                        next
+                    } else {
+                        seq
+                    };
+                    let got = if huge { got.map(|_| u64::MAX) } else { got };
+                    match kind {
+                        0 => ModelOp::Written(key, seq),
+                        1 => ModelOp::MaybeWritten(key, seq),
+                        _ => ModelOp::Read(key, got),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn agrees_with_the_reference(ops: &[ModelOp], mut model: Model) -> Result<(), String> {
+        let mut reference = ReferenceModel::default();
+        for (n, op) in ops.iter().enumerate() {
+            match *op {
+                ModelOp::Written(key, seq) => {
+                    model.written(key, seq);
+                    reference.written(key, seq);
+                }
+                ModelOp::MaybeWritten(key, seq) => {
+                    model.maybe_written(key, seq);
+                    reference.maybe_written(key, seq);
+                }
+                ModelOp::Read(key, got) => {
+                    let settled = model.settled(key);
+                    let (ours, theirs) = (model.read(key, got), reference.read(key, got));
+                    if settled == got && ours != ReadCheck::Fresh {
+                        return Err(format!("op {n} {op:?}: the settled value is {ours:?}"));
+                    }
+                    if ours != theirs {
+                        return Err(format!("op {n} {op:?}: {ours:?}, reference {theirs:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn dense_model_judges_reads_like_the_reference(
+            ordered in proptest::prelude::any::<bool>(),
+            ops in model_ops(false),
+            ordered_ops in model_ops(true),
+            presized in proptest::prelude::any::<bool>(),
+        ) {
+            let ops = if ordered { ordered_ops } else { ops };
+            let model = if presized { Model::with_keys(3) } else { Model::default() };
+            let verdict = agrees_with_the_reference(&ops, model);
+            proptest::prop_assert!(verdict.is_ok(), "{}", verdict.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn dense_model_tells_a_value_written_to_another_key_from_an_old_one() {
+        use ReadCheck::{Fresh, Stale, Wrong};
+        // Seqs in order, as a lane makes them: the history is searched.
+        let mut m = Model::with_keys(2);
+        m.written(0, 1);
+        m.written(1, 2);
+        m.maybe_written(0, 3);
+        m.written(1, 4);
+        m.written(0, 5);
+        assert_eq!(m.read(0, Some(1)), Stale);
+        assert_eq!(m.read(0, Some(3)), Stale);
+        assert_eq!(m.read(0, Some(2)), Wrong);
+        assert_eq!(m.read(0, Some(4)), Wrong);
+        assert_eq!(m.read(1, Some(1)), Wrong);
+        assert_eq!(m.read(1, Some(2)), Stale);
+        assert_eq!(m.read(0, Some(5)), Fresh);
+        assert_eq!(m.read(1, Some(4)), Fresh);
+        assert_eq!(m.read(0, Some(u64::MAX)), Wrong);
+        assert_eq!(m.read(0, None), Stale);
+        // An unknown outcome on one key does not make another key's read fresh.
+        m.maybe_written(1, 6);
+        assert_eq!(m.read(0, Some(6)), Wrong);
+        assert_eq!(m.read(1, Some(6)), Fresh);
+        assert_eq!(m.read(1, Some(4)), Stale);
+    }
+
     #[test]
     fn gaps_are_measured_to_within_their_resolution() {
         let gap = Gap::default();
@@ -1094,17 +1263,6 @@ mod tests {
     }
 
     #[test]
-    fn lane_keys_are_slices_of_one_buffer() {
-        let keys = LaneKeys::new(12, |i, out| out.push_str(&format!("k-{i}")));
-        for i in 0..12 {
-            assert_eq!(keys.get(i), format!("k-{i}").as_bytes());
-        }
-        assert!(keys.get(12).is_empty());
-        assert!(keys.get(u64::MAX).is_empty());
-        assert!(LaneKeys::new(0, |_, _| {}).get(0).is_empty());
-    }
-
-    #[test]
     fn values_carry_their_tag() {
         let v = make_value(7, 42, 100);
         assert_eq!(v.len(), 100);
@@ -1112,6 +1270,40 @@ mod tests {
         assert_eq!(parse_value(8, &v), None);
         assert_eq!(parse_value(7, b"garbage"), None);
         assert_eq!(parse_value(7, b""), None);
+    }
+
+    /// `parse_value` as it was, with a `splitn` iterator: the reference.
+    fn reference_parse_value(client: u32, value: &[u8]) -> Option<u64> {
+        let text = std::str::from_utf8(value.get(..value.len().min(32))?).ok()?;
+        let mut parts = text.splitn(3, ':');
+        let owner: u32 = parts.next()?.parse().ok()?;
+        let seq: u64 = parts.next()?.parse().ok()?;
+        parts.next()?;
+        (owner == client).then_some(seq)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_value_reads_what_it_always_read(
+            client in 0u32..4,
+            owner in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+            texture in "[0-9:+xé-]{0,40}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            shape in 0u8..4,
+        ) {
+            let value = match shape {
+                0 => format!("{}:{seq}:{texture}", owner % 5).into_bytes(),
+                1 => format!("{owner}:{seq}{texture}").into_bytes(),
+                2 => texture.into_bytes(),
+                _ => bytes,
+            };
+            proptest::prop_assert_eq!(
+                parse_value(client, &value),
+                reference_parse_value(client, &value),
+                "{:?}", String::from_utf8_lossy(&value)
+            );
+        }
     }
 
     #[test]
