@@ -269,7 +269,10 @@ impl Waiting {
 /// freeing all their slots once written; the rest one by one. A burst's
 /// reads went to one replica together, so their replies mostly come back
 /// together too: one entry and one wake-up for the run, not one per read.
-fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize) {
+///
+/// The runs are encoded into `buf` and split off it, so its capacity is
+/// reused rather than allocated per run.
+fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize, buf: &mut BytesMut) {
     let mut run: Option<ReadRun> = None;
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
@@ -281,42 +284,41 @@ fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize) {
         };
         match &mut run {
             Some(same) if Arc::ptr_eq(&same.port, &forward.port) => {
-                same.add(forward.read, reply, max_frame_len);
+                same.add(forward.read, reply, max_frame_len, buf);
             }
             _ => {
                 if let Some(done) = run.take() {
-                    done.send();
+                    done.send(buf);
                 }
                 let mut new = ReadRun {
                     port: forward.port,
-                    frames: BytesMut::new(),
                     slot: None,
                 };
-                new.add(forward.read, reply, max_frame_len);
+                new.add(forward.read, reply, max_frame_len, buf);
                 run = Some(new);
             }
         }
     }
     if let Some(done) = run.take() {
-        done.send();
+        done.send(buf);
     }
 }
 
-/// Answers to forwarded reads of one client, encoded together.
+/// Answers to forwarded reads of one client, encoded together (into the
+/// buffer [`answer_all`] passes).
 struct ReadRun {
     port: Arc<ClientPort>,
-    frames: BytesMut,
-    /// The slots of the answers in `frames`, merged.
+    /// The slots of the answers encoded so far, merged.
     slot: Option<OwnedSemaphorePermit>,
 }
 
 impl ReadRun {
-    fn add(&mut self, read: Read, reply: Reply, max_frame_len: usize) {
+    fn add(&mut self, read: Read, reply: Reply, max_frame_len: usize, buf: &mut BytesMut) {
         let message = Message::Response(Response {
             id: read.client_id,
             reply,
         });
-        if frame::encode(&message, max_frame_len, &mut self.frames).is_err() {
+        if frame::encode(&message, max_frame_len, buf).is_err() {
             // Too long for a frame under the client's id: sent alone, for
             // the outbox to fail it as it would any message.
             if let Message::Response(response) = message {
@@ -336,12 +338,13 @@ impl ReadRun {
         }
     }
 
-    fn send(self) {
-        if self.frames.is_empty() {
+    /// Sends what `buf` holds (this run's answers) and leaves it empty.
+    fn send(self, buf: &mut BytesMut) {
+        if buf.is_empty() {
             return;
         }
         let out = Out::Frames {
-            frames: self.frames.freeze(),
+            frames: buf.split().freeze(),
             slot: self.slot,
         };
         // Room is certain (see `Out`): this entry holds at least one slot.
@@ -553,7 +556,16 @@ impl ReplicaLink {
     /// entry encoded here, registered under one lock: each answer (or, on
     /// failure, a [`Retry`]) goes where `port` says. Leaves `reads` empty
     /// when they were sent, untouched when not (for the caller's own path).
-    pub fn forward_reads(&self, port: &Arc<ClientPort>, reads: &mut Vec<Read>, timeout: Duration) {
+    ///
+    /// The frames are encoded into `buf` and split off it (its capacity is
+    /// kept for the next burst); it is left empty either way.
+    pub fn forward_reads(
+        &self,
+        port: &Arc<ClientPort>,
+        reads: &mut Vec<Read>,
+        buf: &mut BytesMut,
+        timeout: Duration,
+    ) {
         if reads.is_empty() {
             return;
         }
@@ -565,7 +577,7 @@ impl ReplicaLink {
         };
         let count = reads.len() as u64;
         let first = self.next_id.fetch_add(count, Ordering::Relaxed);
-        let mut frames = BytesMut::with_capacity(reads.len() * 32);
+        buf.clear();
         for (id, read) in (first..).zip(reads.iter_mut()) {
             // Encoded from the op itself, which stays with its entry for a
             // retry: cloning it cost an allocation per read.
@@ -573,13 +585,14 @@ impl ReplicaLink {
                 id: RequestId(id),
                 op: std::mem::replace(&mut read.op, Op::Ping),
             });
-            let encoded = frame::encode(&message, self.max_frame_len, &mut frames);
+            let encoded = frame::encode(&message, self.max_frame_len, buf);
             if let Message::Request(request) = message {
                 read.op = request.op;
             }
             if encoded.is_err() {
                 // Longer than a frame under the link's ids (the client's fit):
                 // the caller's own path reports it.
+                buf.clear();
                 return;
             }
         }
@@ -588,6 +601,7 @@ impl ReplicaLink {
             // Checked under the lock the reader drains with: once it is
             // false, nobody would ever answer what we insert.
             if !pending.open {
+                buf.clear();
                 return;
             }
             let deadline = Instant::now() + timeout;
@@ -604,7 +618,7 @@ impl ReplicaLink {
         // is known. If the connection broke in between, the drain has
         // already sent them to be retried and this goes nowhere.
         room.send(Out::Frames {
-            frames: frames.freeze(),
+            frames: buf.split().freeze(),
             slot: None,
         });
     }
@@ -764,6 +778,7 @@ impl ReplicaLink {
             // client connections insert into the same map from other threads.
             let mut replies: Vec<Response> = Vec::new();
             let mut matched: Vec<(Waiting, Reply)> = Vec::new();
+            let mut encoded = BytesMut::new();
             'read: loop {
                 let frame = tokio::select! {
                     _ = &mut closed => break,
@@ -797,7 +812,7 @@ impl ReplicaLink {
                         }
                     }
                 }
-                answer_all(&mut matched, max_frame_len);
+                answer_all(&mut matched, max_frame_len, &mut encoded);
                 if ended {
                     break 'read;
                 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::{
@@ -45,6 +46,8 @@ struct Burst {
     taken: usize,
     /// Its valid reads, sent to `reader` together when the burst ends.
     reads: Vec<Read>,
+    /// Where they are encoded (its capacity kept from burst to burst).
+    frames: BytesMut,
 }
 
 /// What became of one frame from a client.
@@ -407,7 +410,8 @@ impl Router {
             return Vec::new();
         };
         if let Some(link) = self.links.get(replica) {
-            link.forward_reads(port, &mut burst.reads, self.config.request_timeout());
+            let timeout = self.config.request_timeout();
+            link.forward_reads(port, &mut burst.reads, &mut burst.frames, timeout);
         }
         burst
             .reads
