@@ -189,9 +189,14 @@ pub enum ReadCheck {
 /// Laid out for the common case: a read that returns the settled value
 /// touches one dense slot and nothing else (with hundreds of lanes, a wider
 /// per-key struct made every read a cache miss, the load generator's
-/// largest cost). Writes with an unknown outcome and the history are kept
-/// apart, per lane, and are only searched when a read is not the settled
-/// value.
+/// largest cost). Writes with an unknown outcome are kept apart, per lane,
+/// and are only searched when a read is not the settled value.
+///
+/// Memory stays bounded however long the run: no history of values is
+/// kept. A lane numbers its writes in increasing order and every value names
+/// the key it was written to ([`make_value`]), so a value of this key with a
+/// number the lane has issued is one it wrote there: an old value. The
+/// caller checks the key a value names ([`judge`]).
 #[derive(Debug, Default)]
 pub struct Model {
     /// By key: the value a fresh read returns unless one of its `pending`
@@ -201,13 +206,8 @@ pub struct Model {
     /// unknown, in write order: a fresh read may return any of its key's.
     /// Usually empty.
     pending: Vec<(u64, u64)>,
-    /// `(seq, key)` of every write ever made or maybe made, in call order.
-    /// A key began with no value, so `None` is always an old value too.
-    history: Vec<(u64, u64)>,
-    /// Whether `history` is in ascending `seq` order (the bench numbers a
-    /// lane's writes in order and has one in flight at a time, so it is),
-    /// which allows a binary search instead of a scan.
-    history_sorted: bool,
+    /// The highest value number written or maybe written.
+    issued: Option<u64>,
 }
 
 impl Model {
@@ -216,8 +216,7 @@ impl Model {
         Model {
             settled: vec![None; keys],
             pending: Vec::new(),
-            history: Vec::new(),
-            history_sorted: true,
+            issued: None,
         }
     }
 
@@ -230,24 +229,8 @@ impl Model {
         at
     }
 
-    fn remember(&mut self, key: u64, seq: u64) {
-        // An empty history is sorted whatever `Default` said.
-        self.history_sorted = self.history.is_empty()
-            || (self.history_sorted && self.history.last().is_some_and(|&(s, _)| s <= seq));
-        self.history.push((seq, key));
-    }
-
-    /// Whether `seq` was ever written or maybe written to `key`.
-    fn held(&self, key: u64, seq: u64) -> bool {
-        if self.history_sorted {
-            let from = self.history.partition_point(|&(s, _)| s < seq);
-            self.history[from..]
-                .iter()
-                .take_while(|&&(s, _)| s == seq)
-                .any(|&(_, k)| k == key)
-        } else {
-            self.history.contains(&(seq, key))
-        }
+    fn remember(&mut self, seq: u64) {
+        self.issued = Some(self.issued.map_or(seq, |issued| issued.max(seq)));
     }
 
     /// What a fresh read of `key` returns unless a write whose outcome is
@@ -269,18 +252,19 @@ impl Model {
         if !self.pending.is_empty() {
             self.pending.retain(|&(k, _)| k != key);
         }
-        self.remember(key, seq);
+        self.remember(seq);
     }
 
     /// A write of `seq` to `key` may or may not have happened.
     pub fn maybe_written(&mut self, key: u64, seq: u64) {
         self.slot(key);
         self.pending.push((key, seq));
-        self.remember(key, seq);
+        self.remember(seq);
     }
 
-    /// Judges a read of `key` that returned `got`. A fresh answer settles the
-    /// key's value.
+    /// Judges a read of `key` that returned `got`, a value that names `key`
+    /// (or no value). A fresh answer settles the key's value. Values are
+    /// numbered in increasing order: one the lane has issued is an old one.
     pub fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
         let at = self.slot(key);
         if got == self.settled[at] {
@@ -298,7 +282,8 @@ impl Model {
                 k != key || at > pos + 1
             });
             ReadCheck::Fresh
-        } else if got.is_none_or(|seq| self.held(key, seq)) {
+        } else if got.is_none_or(|seq| self.issued.is_some_and(|issued| seq <= issued)) {
+            // A key began with no value, so `None` is always an old value.
             ReadCheck::Stale
         } else {
             ReadCheck::Wrong
@@ -306,15 +291,28 @@ impl Model {
     }
 }
 
-/// The bytes of value `seq` of `client`: a parseable tag padded to `size`.
-pub fn make_value(client: u32, seq: u64, size: usize) -> Bytes {
-    let mut v = format!("{client}:{seq}:").into_bytes();
+/// The bytes of value `seq` that `client` writes to its key number `key`:
+/// `{client}:{seq}:{key}:` padded with `x` to `size` (longer if the tag is).
+pub fn make_value(client: u32, key: u64, seq: u64, size: usize) -> Bytes {
+    let mut v = format!("{client}:{seq}:{key}:").into_bytes();
     v.resize(size.max(v.len()), b'x');
     Bytes::from(v)
 }
 
-/// The sequence number in a value written by `client`, if it is one.
-pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
+/// Judges a read of a lane's key `i` (the client's key number `key`) that
+/// returned `got`, as [`parse_value`] read it (`None`: no value): a value of
+/// another client or another key is wrong whatever the model says.
+pub fn judge(model: &mut Model, i: u64, key: u64, got: Option<Option<(u64, u64)>>) -> ReadCheck {
+    match got {
+        None => model.read(i, None),
+        Some(Some((seq, named))) if named == key => model.read(i, Some(seq)),
+        Some(_) => ReadCheck::Wrong,
+    }
+}
+
+/// The value number and key number in a value written by `client`, if it
+/// is one.
+pub fn parse_value(client: u32, value: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(value.get(..value.len().min(32))?).ok()?;
     // Byte searches, not a `splitn` iterator: this runs for every get, and
     // the iterator was a few percent of the bench's CPU. `:` is ASCII, so
@@ -328,9 +326,11 @@ pub fn parse_value(client: u32, value: &[u8]) -> Option<u64> {
     };
     let first = colon(0)?;
     let second = colon(first + 1)?;
+    let third = colon(second + 1)?;
     let owner: u32 = text.get(..first)?.parse().ok()?;
     let seq: u64 = text.get(first + 1..second)?.parse().ok()?;
-    (owner == client).then_some(seq)
+    let key: u64 = text.get(second + 1..third)?.parse().ok()?;
+    (owner == client).then_some((seq, key))
 }
 
 /// Results of one connection (or its prefill), merged into the [`Report`].
@@ -1087,8 +1087,30 @@ mod tests {
         assert_eq!(m.read(1, Some(2)), Stale);
         m.maybe_written(2, 4);
         assert_eq!(m.read(2, None), Fresh);
-        // Keys are independent.
-        assert_eq!(m.read(2, Some(1)), Wrong);
+        // A number above any the lane issued was never written.
+        assert_eq!(m.read(2, Some(5)), Wrong);
+    }
+
+    #[test]
+    fn a_value_naming_another_key_or_client_is_wrong() {
+        use ReadCheck::{Fresh, Stale, Wrong};
+        let mut m = Model::default();
+        // Lane-local keys 0 and 1 are the client's keys 3 and 19.
+        m.written(0, 1);
+        m.written(1, 2);
+        m.written(0, 3);
+        let value = |key, seq| parse_value(7, &make_value(7, key, seq, 16));
+        assert_eq!(judge(&mut m, 0, 3, Some(value(3, 3))), Fresh);
+        assert_eq!(judge(&mut m, 0, 3, Some(value(3, 1))), Stale);
+        // Key 19's value read from key 3: a mix-up, whatever its number.
+        assert_eq!(judge(&mut m, 0, 3, Some(value(19, 2))), Wrong);
+        assert_eq!(judge(&mut m, 0, 3, Some(value(19, 3))), Wrong);
+        // Another client's value, or bytes that are no value of ours.
+        let theirs = parse_value(7, &make_value(8, 3, 3, 16));
+        assert_eq!(judge(&mut m, 0, 3, Some(theirs)), Wrong);
+        assert_eq!(judge(&mut m, 0, 3, Some(parse_value(7, b"7:3:"))), Wrong);
+        assert_eq!(judge(&mut m, 1, 19, None), Stale);
+        assert_eq!(judge(&mut m, 1, 19, Some(value(19, 2))), Fresh);
     }
 
     /// One key in [`ReferenceModel`]: settled, pending, history.
@@ -1135,36 +1157,46 @@ mod tests {
     enum ModelOp {
         Written(u64, u64),
         MaybeWritten(u64, u64),
-        Read(u64, Option<u64>),
+        /// A read of a key returning a value that names a key, or none.
+        Read(u64, Option<(u64, u64)>),
     }
 
-    /// Operations on keys `0..6` with values from `seqs` (in order when
-    /// `ordered`, as the bench makes them; else anything) and reads of
-    /// values near them, of no value, and of values never written.
-    fn model_ops(ordered: bool) -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
+    /// Operations on keys `0..6` with values numbered in increasing order
+    /// (some numbers skipped: a lane's other keys took them), as a lane makes
+    /// them, and reads of no value, of values written (named after the key
+    /// they were written to), and of values never written (named after the
+    /// key read, or another).
+    fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
         use proptest::prelude::*;
         let op = (
             0u8..3,
             0u64..6,
-            0u64..40,
-            proptest::option::of(0u64..45),
-            any::<bool>(),
+            0u64..3,
+            proptest::option::of((0usize..64, 0u64..6)),
+            0u8..3,
         );
         proptest::collection::vec(op, 0..200).prop_map(move |raw| {
             let mut next = 0;
+            let mut written: Vec<(u64, u64)> = Vec::new();
             raw.into_iter()
-                .map(|(kind, key, seq, got, huge)| {
-                    let seq = if ordered {
-                        // Skips some numbers: a lane's other keys took them.
-                        next += 1 + seq % 3;
-                        next
-                    } else {
-                        seq
-                    };
-                    let got = if huge { got.map(|_| u64::MAX) } else { got };
+                .map(|(kind, key, skip, got, forged)| {
+                    let got = got.map(|(pick, other)| match (forged, written.get(pick)) {
+                        // Written earlier, named after its own key.
+                        (0, Some(&(seq, to))) => (seq, to),
+                        // Never written: a number past the last one.
+                        (1, _) => (next + 1 + skip, key),
+                        _ => (next + 1 + skip, other),
+                    });
                     match kind {
-                        0 => ModelOp::Written(key, seq),
-                        1 => ModelOp::MaybeWritten(key, seq),
+                        0 | 1 => {
+                            next += 1 + skip;
+                            written.push((next, key));
+                            if kind == 0 {
+                                ModelOp::Written(key, next)
+                            } else {
+                                ModelOp::MaybeWritten(key, next)
+                            }
+                        }
                         _ => ModelOp::Read(key, got),
                     }
                 })
@@ -1186,9 +1218,22 @@ mod tests {
                 }
                 ModelOp::Read(key, got) => {
                     let settled = model.settled(key);
-                    let (ours, theirs) = (model.read(key, got), reference.read(key, got));
-                    if settled == got && ours != ReadCheck::Fresh {
-                        return Err(format!("op {n} {op:?}: the settled value is {ours:?}"));
+                    // The lane-local key is the key number here.
+                    let ours = judge(&mut model, key, key, got.map(Some));
+                    // The reference knew every value's key from its history:
+                    // a value naming another key was never written here.
+                    let theirs = match got {
+                        Some((_, named)) if named != key => {
+                            reference.read(key, Some(u64::MAX));
+                            ReadCheck::Wrong
+                        }
+                        _ => reference.read(key, got.map(|(seq, _)| seq)),
+                    };
+                    if settled == got.map(|(seq, _)| seq) && ours != ReadCheck::Fresh {
+                        let named_here = got.is_none_or(|(_, named)| named == key);
+                        if named_here {
+                            return Err(format!("op {n} {op:?}: the settled value is {ours:?}"));
+                        }
                     }
                     if ours != theirs {
                         return Err(format!("op {n} {op:?}: {ours:?}, reference {theirs:?}"));
@@ -1202,44 +1247,14 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         #[test]
-        fn dense_model_judges_reads_like_the_reference(
-            ordered in proptest::prelude::any::<bool>(),
-            ops in model_ops(false),
-            ordered_ops in model_ops(true),
+        fn bounded_model_judges_reads_like_the_full_history(
+            ops in model_ops(),
             presized in proptest::prelude::any::<bool>(),
         ) {
-            let ops = if ordered { ordered_ops } else { ops };
             let model = if presized { Model::with_keys(3) } else { Model::default() };
             let verdict = agrees_with_the_reference(&ops, model);
             proptest::prop_assert!(verdict.is_ok(), "{}", verdict.unwrap_err());
         }
-    }
-
-    #[test]
-    fn dense_model_tells_a_value_written_to_another_key_from_an_old_one() {
-        use ReadCheck::{Fresh, Stale, Wrong};
-        // Seqs in order, as a lane makes them: the history is searched.
-        let mut m = Model::with_keys(2);
-        m.written(0, 1);
-        m.written(1, 2);
-        m.maybe_written(0, 3);
-        m.written(1, 4);
-        m.written(0, 5);
-        assert_eq!(m.read(0, Some(1)), Stale);
-        assert_eq!(m.read(0, Some(3)), Stale);
-        assert_eq!(m.read(0, Some(2)), Wrong);
-        assert_eq!(m.read(0, Some(4)), Wrong);
-        assert_eq!(m.read(1, Some(1)), Wrong);
-        assert_eq!(m.read(1, Some(2)), Stale);
-        assert_eq!(m.read(0, Some(5)), Fresh);
-        assert_eq!(m.read(1, Some(4)), Fresh);
-        assert_eq!(m.read(0, Some(u64::MAX)), Wrong);
-        assert_eq!(m.read(0, None), Stale);
-        // An unknown outcome on one key does not make another key's read fresh.
-        m.maybe_written(1, 6);
-        assert_eq!(m.read(0, Some(6)), Wrong);
-        assert_eq!(m.read(1, Some(6)), Fresh);
-        assert_eq!(m.read(1, Some(4)), Stale);
     }
 
     #[test]
@@ -1264,22 +1279,23 @@ mod tests {
 
     #[test]
     fn values_carry_their_tag() {
-        let v = make_value(7, 42, 100);
+        let v = make_value(7, 12, 42, 100);
         assert_eq!(v.len(), 100);
-        assert_eq!(parse_value(7, &v), Some(42));
+        assert_eq!(parse_value(7, &v), Some((42, 12)));
         assert_eq!(parse_value(8, &v), None);
         assert_eq!(parse_value(7, b"garbage"), None);
         assert_eq!(parse_value(7, b""), None);
     }
 
-    /// `parse_value` as it was, with a `splitn` iterator: the reference.
-    fn reference_parse_value(client: u32, value: &[u8]) -> Option<u64> {
+    /// `parse_value` with a `splitn` iterator: the reference.
+    fn reference_parse_value(client: u32, value: &[u8]) -> Option<(u64, u64)> {
         let text = std::str::from_utf8(value.get(..value.len().min(32))?).ok()?;
-        let mut parts = text.splitn(3, ':');
+        let mut parts = text.splitn(4, ':');
         let owner: u32 = parts.next()?.parse().ok()?;
         let seq: u64 = parts.next()?.parse().ok()?;
+        let key: u64 = parts.next()?.parse().ok()?;
         parts.next()?;
-        (owner == client).then_some(seq)
+        (owner == client).then_some((seq, key))
     }
 
     proptest::proptest! {
@@ -1293,7 +1309,7 @@ mod tests {
             shape in 0u8..4,
         ) {
             let value = match shape {
-                0 => format!("{}:{seq}:{texture}", owner % 5).into_bytes(),
+                0 => format!("{}:{seq}:{}:{texture}", owner % 5, owner % 7).into_bytes(),
                 1 => format!("{owner}:{seq}{texture}").into_bytes(),
                 2 => texture.into_bytes(),
                 _ => bytes,

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::codec::FramedRead;
 
 use super::{
-    error_kind, outcome_unknown, parse_value, record, wire, Lane, Latencies, Model, Phase,
+    error_kind, judge, outcome_unknown, parse_value, record, wire, Lane, Latencies, Model, Phase,
     ReadCheck, Rng, Shared, Stop, Tally, MAX_EXAMPLES, MAX_RECONNECT_BACKOFF,
 };
 use crate::conn::{handshake, ClientError};
@@ -357,11 +357,8 @@ impl Driver {
             let Some(lane) = self.lanes.get_mut(pick.index) else {
                 continue;
             };
-            wire::write_key(
-                &mut self.key,
-                &self.key_prefix,
-                lane.lane.key_number(pick.i),
-            );
+            let key = lane.lane.key_number(pick.i);
+            wire::write_key(&mut self.key, &self.key_prefix, key);
             let id = self
                 .next_request
                 .wrapping_mul(count)
@@ -369,7 +366,8 @@ impl Driver {
             self.next_request += 1;
             let encoded = match pick.set {
                 Some(seq) => {
-                    wire::write_value(&mut self.value, self.client, seq, config.value_size);
+                    let size = config.value_size;
+                    wire::write_value(&mut self.value, self.client, key, seq, size);
                     wire::encode_set(id, &self.key, &self.value, max, out)
                 }
                 None => wire::encode_get(id, &self.key, max, out),
@@ -461,13 +459,15 @@ impl Driver {
                     self.shared.succeeded(false, now);
                 }
                 let client = self.client;
+                let key = lane.lane.key_number(sent.i);
                 let got = value.as_deref().map(|v| parse_value(client, v));
                 let check = match got {
-                    // Not a value this client writes at all.
-                    Some(None) => ReadCheck::Wrong,
-                    // What `Model::read` would judge fresh without a change.
-                    got if got.flatten() == sent.expected => ReadCheck::Fresh,
-                    got => lane.model.read(sent.i, got.flatten()),
+                    // What `judge` would find fresh without a change.
+                    Some(Some((seq, named))) if named == key && Some(seq) == sent.expected => {
+                        ReadCheck::Fresh
+                    }
+                    None if sent.expected.is_none() => ReadCheck::Fresh,
+                    got => judge(&mut lane.model, sent.i, key, got),
                 };
                 match check {
                     ReadCheck::Fresh => {}

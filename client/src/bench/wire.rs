@@ -48,13 +48,16 @@ pub(super) fn write_key(out: &mut String, prefix: &str, k: u64) {
     push_decimal(out, k);
 }
 
-/// Replaces `out` with value `seq` of `client`, the same bytes as
-/// [`super::make_value`]: `{client}:{seq}:` padded with `x` to `size`.
-pub(super) fn write_value(out: &mut String, client: u32, seq: u64, size: usize) {
+/// Replaces `out` with value `seq` of `client` for its key number `key`, the
+/// same bytes as [`super::make_value`]: `{client}:{seq}:{key}:` padded with
+/// `x` to `size`.
+pub(super) fn write_value(out: &mut String, client: u32, key: u64, seq: u64, size: usize) {
     out.clear();
     push_decimal(out, u64::from(client));
     out.push(':');
     push_decimal(out, seq);
+    out.push(':');
+    push_decimal(out, key);
     out.push(':');
     let pad = size.saturating_sub(out.len());
     out.extend(std::iter::repeat_n('x', pad));
@@ -176,21 +179,21 @@ mod tests {
             write_key(&mut out, "bench-0000ff-3-", n);
             assert_eq!(out, format!("bench-0000ff-3-{n}"));
         }
-        for (client, seq, size) in [
-            (0, 0, 0),
-            (7, 42, 100),
-            (49, 1, 16),
-            (u32::MAX, u64::MAX, 16),
+        for (client, key, seq, size) in [
+            (0, 0, 0, 0),
+            (7, 255, 42, 100),
+            (49, 3, 1, 16),
+            (u32::MAX, u64::MAX, u64::MAX, 16),
         ] {
-            write_value(&mut out, client, seq, size);
+            write_value(&mut out, client, key, seq, size);
             assert_eq!(
                 out.as_bytes(),
-                &super::super::make_value(client, seq, size)[..]
+                &super::super::make_value(client, key, seq, size)[..]
             );
         }
         let mut expected = String::new();
-        let _ = write!(expected, "{}:{}:", 3, 4);
-        write_value(&mut out, 3, 4, 0);
+        let _ = write!(expected, "{}:{}:{}:", 3, 4, 5);
+        write_value(&mut out, 3, 5, 4, 0);
         assert_eq!(out, expected);
     }
 
