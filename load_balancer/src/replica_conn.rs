@@ -68,13 +68,21 @@ pub enum ConnError {
     /// No reply within the timeout; the request may still be executed.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The request does not fit in a frame under the link's request id
+    /// (longer than the client's): it was not sent, and sending it anywhere
+    /// else would fail the same way.
+    #[error("request too large for a frame to the replica: {0}")]
+    TooLarge(String),
 }
 
 impl ConnError {
     /// Whether the request certainly never reached the replica (safe to send
     /// elsewhere, even for a write).
     pub fn never_sent(&self) -> bool {
-        matches!(self, ConnError::Refused | ConnError::Connect(_))
+        matches!(
+            self,
+            ConnError::Refused | ConnError::Connect(_) | ConnError::TooLarge(_)
+        )
     }
 }
 
@@ -262,6 +270,26 @@ impl Waiting {
             }
         }
     }
+}
+
+/// Appends the frame of request `id` for `op` to `buf`, from the op itself
+/// (put back afterwards, so it can stay with its pending entry); on an error
+/// (too long for a frame) `buf` is as it was.
+fn encode_request(
+    id: u64,
+    op: &mut Op,
+    max_frame_len: usize,
+    buf: &mut BytesMut,
+) -> Result<(), semikv_protocol::ProtocolError> {
+    let message = Message::Request(Request {
+        id: RequestId(id),
+        op: std::mem::replace(op, Op::Ping),
+    });
+    let encoded = frame::encode(&message, max_frame_len, buf);
+    if let Message::Request(request) = message {
+        *op = request.op;
+    }
+    encoded
 }
 
 /// Answers the replies matched in one go (drained): each run of forwarded
@@ -517,6 +545,10 @@ impl ReplicaLink {
         };
         let conn = self.connection(channel).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut op = op;
+        let mut frame = BytesMut::new();
+        encode_request(id, &mut op, self.max_frame_len, &mut frame)
+            .map_err(|e| ConnError::TooLarge(e.to_string()))?;
         let (reply_tx, reply_rx) = oneshot::channel();
         {
             let mut pending = lock(&conn.pending);
@@ -530,12 +562,12 @@ impl ReplicaLink {
             id,
             armed: true,
         };
-        let message = Message::Request(Request {
-            id: RequestId(id),
-            op,
-        });
+        let out = Out::Frames {
+            frames: frame.freeze(),
+            slot: None,
+        };
         let outcome = tokio::time::timeout(timeout, async {
-            if conn.tx.send(message.into()).await.is_err() {
+            if conn.tx.send(out).await.is_err() {
                 return Err(ConnError::Broken);
             }
             reply_rx.await.map_err(|_| ConnError::Broken)
@@ -581,17 +613,9 @@ impl ReplicaLink {
         for (id, read) in (first..).zip(reads.iter_mut()) {
             // Encoded from the op itself, which stays with its entry for a
             // retry: cloning it cost an allocation per read.
-            let message = Message::Request(Request {
-                id: RequestId(id),
-                op: std::mem::replace(&mut read.op, Op::Ping),
-            });
-            let encoded = frame::encode(&message, self.max_frame_len, buf);
-            if let Message::Request(request) = message {
-                read.op = request.op;
-            }
-            if encoded.is_err() {
+            if encode_request(id, &mut read.op, self.max_frame_len, buf).is_err() {
                 // Longer than a frame under the link's ids (the client's fit):
-                // the caller's own path reports it.
+                // the caller's own path answers it (`ConnError::TooLarge`).
                 buf.clear();
                 return;
             }
@@ -636,69 +660,53 @@ impl ReplicaLink {
     /// not be sent at once: the caller may send it another way.
     pub fn forward_write(
         &self,
-        write: ForwardWrite,
+        mut write: ForwardWrite,
         timeout: Duration,
     ) -> Result<(), ForwardWrite> {
-        self.send_forwarded(
-            write,
-            |write, deadline| {
-                let ForwardWrite {
-                    reply_to,
-                    client_id,
-                    op,
-                    kick,
-                    slot,
-                } = write;
-                let in_flight = WriteInFlight {
-                    reply_to,
-                    client_id,
-                    kick,
-                    slot,
-                    timeout,
-                };
-                (op, Waiting::Write(in_flight, deadline))
-            },
-            timeout,
-        )
-    }
-
-    /// Registers `item` in the data connection's pending map (as `entry`
-    /// makes it, with its deadline) and sends its op, if the connection is
-    /// open and has room now; otherwise gives `item` back, unsent.
-    fn send_forwarded<T>(
-        &self,
-        item: T,
-        entry: impl FnOnce(T, Instant) -> (Op, Waiting),
-        timeout: Duration,
-    ) -> Result<(), T> {
         let Some(conn) = self.data.open_connection() else {
-            return Err(item);
+            return Err(write);
         };
         let Ok(room) = conn.tx.try_reserve() else {
-            return Err(item);
+            return Err(write);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let op = {
+        let mut frame = BytesMut::new();
+        if encode_request(id, &mut write.op, self.max_frame_len, &mut frame).is_err() {
+            // Longer than a frame under the link's id (the client's fit):
+            // the caller's own path answers it (`ConnError::TooLarge`).
+            return Err(write);
+        }
+        {
             let mut pending = lock(&conn.pending);
             // Checked under the lock the reader drains with: once it is
             // false, nobody would ever answer what we insert.
             if !pending.open {
-                return Err(item);
+                return Err(write);
             }
-            let (op, waiting) = entry(item, Instant::now() + timeout);
-            pending.map.insert(id, waiting);
-            op
-        };
+            let ForwardWrite {
+                reply_to,
+                client_id,
+                op: _,
+                kick,
+                slot,
+            } = write;
+            let in_flight = WriteInFlight {
+                reply_to,
+                client_id,
+                kick,
+                slot,
+                timeout,
+            };
+            let deadline = Instant::now() + timeout;
+            pending.map.insert(id, Waiting::Write(in_flight, deadline));
+        }
         // In the map before it is sent, so no reply can arrive before it is
         // known. If the connection broke in between, the drain has already
-        // answered it (a write: Indeterminate) and this goes nowhere.
-        room.send(
-            Message::Request(Request {
-                id: RequestId(id),
-                op,
-            })
-            .into(),
-        );
+        // answered it (Indeterminate) and this goes nowhere.
+        room.send(Out::Frames {
+            frames: frame.freeze(),
+            slot: None,
+        });
         Ok(())
     }
 

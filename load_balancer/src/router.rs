@@ -510,6 +510,7 @@ impl Router {
                 return unavailable("no leader");
             };
             match link.request(op.clone(), self.config.write_timeout()).await {
+                Err(ConnError::TooLarge(reason)) => return too_large(reason),
                 Err(e) if e.never_sent() => {
                     // Safe to wait for another leader: the write never left.
                     self.kick.notify_one();
@@ -571,6 +572,7 @@ impl Router {
             };
             match link.request(op.clone(), timeout).await {
                 Ok(reply) => return reply,
+                Err(ConnError::TooLarge(reason)) => return too_large(reason),
                 Err(e) => {
                     debug!(slot, error = %e, "read failed; retrying elsewhere");
                     self.kick.notify_one();
@@ -596,6 +598,7 @@ pub(crate) fn write_reply(outcome: Result<Reply, ConnError>, kick: &Notify) -> R
             unavailable("leader changed; failover in progress")
         }
         Ok(reply) => reply,
+        Err(ConnError::TooLarge(reason)) => too_large(reason),
         Err(ConnError::Timeout(_)) => Reply::Error(ErrorReply::Indeterminate {
             reason: "the leader did not answer in time".into(),
         }),
@@ -628,6 +631,15 @@ async fn next_frame<S: futures::Stream + Unpin>(
         drop(slots.acquire().await);
     }
     stream.next().await
+}
+
+/// A request that fits a frame from the client but not one to a replica
+/// (whose request ids may take more bytes): refused like any invalid
+/// request, without touching the replica's connection.
+fn too_large(reason: String) -> Reply {
+    Reply::Error(ErrorReply::Invalid {
+        reason: format!("request too large for the replica's connection: {reason}"),
+    })
 }
 
 fn unavailable(reason: &str) -> Reply {
@@ -685,6 +697,12 @@ mod tests {
         let (reply, _) = told(Err(ConnError::Timeout(Duration::from_secs(1))));
         assert!(
             matches!(&reply, Reply::Error(ErrorReply::Indeterminate { reason }) if reason.contains("in time")),
+            "{reply:?}"
+        );
+        let (reply, kicked) = told(Err(ConnError::TooLarge("payload".into())));
+        assert!(!kicked, "a request too large says nothing about the leader");
+        assert!(
+            matches!(&reply, Reply::Error(ErrorReply::Invalid { reason }) if reason.contains("too large")),
             "{reply:?}"
         );
         for never_sent in [ConnError::Refused, ConnError::Connect("x".into())] {

@@ -643,6 +643,93 @@ async fn a_client_pipelining_past_its_in_flight_limit_is_still_read() {
     lb.stop().await;
 }
 
+/// `op(n)` for the `n` whose request frame (under client id 1) carries a
+/// payload of exactly `max` bytes.
+fn sized_exactly(max: usize, op: impl Fn(usize) -> Op) -> Op {
+    let payload = |n: usize| {
+        let mut buf = bytes::BytesMut::new();
+        let m = Message::Request(Request {
+            id: RequestId(1),
+            op: op(n),
+        });
+        semikv_protocol::frame::encode(&m, usize::MAX, &mut buf).unwrap();
+        buf.len() - semikv_protocol::frame::HEADER_LEN
+    };
+    let mut n = max.saturating_sub(64).max(1);
+    n += max.saturating_sub(payload(n));
+    while payload(n) < max {
+        n += 1;
+    }
+    assert_eq!(payload(n), max, "could not hit the limit exactly");
+    op(n)
+}
+
+/// A client's request exactly at the balancer's frame limit is longer than
+/// that once it carries the replica link's id (two bytes past 127, where the
+/// client's id 1 takes one): it must be refused as invalid, without breaking
+/// the link another client's write is waiting on.
+async fn oversized_for_the_link_is_refused_alone(big_op: impl Fn(usize) -> Op) {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let mut c = config(&[&a, &b]);
+    c.max_frame_len = 300;
+    // Writes time out 3 s after this.
+    c.sync_timeout = Duration::from_millis(100);
+    let lb = Balancer::start(c).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut warm = Client::connect(lb.addr).await;
+    set_until_written(&mut warm, "k", "v").await;
+    // Both links' ids pass 127.
+    for _ in 0..200 {
+        warm.set("k", "v").await;
+        warm.get("k").await;
+    }
+    a.s().hang_writes = true;
+    let seen = a.s().sets_seen;
+    let mut other = Client::connect(lb.addr).await;
+    other
+        .send(Op::Set {
+            key: Bytes::from("x"),
+            value: Bytes::from("1"),
+        })
+        .await;
+    until("the other write reached the leader", || {
+        a.s().sets_seen > seen
+    })
+    .await;
+    let mut big = Client::connect(lb.addr).await;
+    let reply = big.call(sized_exactly(300, big_op)).await;
+    assert!(
+        matches!(&reply, Reply::Error(ErrorReply::Invalid { reason }) if reason.contains("too large")),
+        "{reply:?}"
+    );
+    // The other write, never answered by the leader, ends when its time is
+    // up, not at once because its link broke.
+    let other_reply = other.recv().await.reply;
+    assert!(
+        matches!(&other_reply, Reply::Error(ErrorReply::Indeterminate { reason }) if reason.contains("in time")),
+        "{other_reply:?}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_too_large_for_the_link_is_refused_without_breaking_it() {
+    oversized_for_the_link_is_refused_alone(|n| Op::Set {
+        key: Bytes::from("big"),
+        value: Bytes::from(vec![7u8; n]),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_read_too_large_for_the_link_is_refused_without_breaking_it() {
+    oversized_for_the_link_is_refused_alone(|n| Op::Get {
+        key: Bytes::from(vec![b'k'; n]),
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_all_answered_by_id() {
     let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
