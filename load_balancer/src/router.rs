@@ -257,9 +257,10 @@ impl Router {
                             frame = stream.next().now_or_never();
                         }
                     }
-                    // Sent even when the connection is ending: they hold
-                    // slots, and a Reject only closes the client's socket
-                    // once everything before it is answered.
+                    // Sent even when the connection is ending: a client
+                    // that only closed its sending half still gets their
+                    // answers (after a Reject the outbox stops at once, and
+                    // they go nowhere, as they did when sent one by one).
                     for job in router.forward_reads(&mut burst, &port) {
                         in_flight.push(router.answer(job));
                     }
