@@ -731,6 +731,98 @@ async fn a_read_too_large_for_the_link_is_refused_without_breaking_it() {
 }
 
 #[tokio::test]
+async fn forwarded_reads_are_answered_after_the_client_half_closes() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    // Both data links open, so the burst is forwarded.
+    for _ in 0..4 {
+        client.get("k").await;
+    }
+    a.s().hold_reads = true;
+    b.s().hold_reads = true;
+    let served = a.s().gets_served + b.s().gets_served;
+    let n = 50;
+    let get = || Op::Get {
+        key: Bytes::from("k"),
+    };
+    let mut ids = client.send_burst((0..n).map(|_| get()).collect()).await;
+    until("the burst reached a replica", || {
+        a.s().gets_served + b.s().gets_served >= served + n as u64
+    })
+    .await;
+    // The client is done sending; its reads are still in flight.
+    client.framed.get_mut().shutdown().await.unwrap();
+    a.s().hold_reads = false;
+    b.s().hold_reads = false;
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let r = client.recv().await;
+        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
+        got.push(r.id);
+    }
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    // Then the balancer closes.
+    let end = timeout(T, client.framed.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_reads_are_retried_when_their_replica_dies_after_a_half_close() {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b])).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    for _ in 0..4 {
+        client.get("k").await;
+    }
+    // b takes reads and never answers; a answers. Bursts rotate over the
+    // replicas, so send until one lands on b.
+    b.s().hang_reads = true;
+    let n = 50;
+    let get = || Op::Get {
+        key: Bytes::from("k"),
+    };
+    let mut ids = Vec::new();
+    let mut got = Vec::new();
+    loop {
+        let before = (a.s().gets_served, b.s().gets_served);
+        ids.extend(client.send_burst((0..n).map(|_| get()).collect()).await);
+        until("the burst reached a replica", || {
+            a.s().gets_served + b.s().gets_served >= before.0 + before.1 + n as u64
+        })
+        .await;
+        if b.s().gets_served > before.1 {
+            break;
+        }
+        for _ in 0..n {
+            got.push(client.recv().await.id);
+        }
+    }
+    client.framed.get_mut().shutdown().await.unwrap();
+    b.kill();
+    while got.len() < ids.len() {
+        let r = client.recv().await;
+        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
+        got.push(r.id);
+    }
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    let end = timeout(T, client.framed.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_all_answered_by_id() {
     let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
     let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
