@@ -109,8 +109,12 @@ pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (FrameReader, FrameWrit
     // A peer may pipeline messages right behind its handshake. They are read
     // again before the socket: a reader handed them in its buffer would wait
     // for more bytes before decoding what it holds.
+    // Copied to their own size: the handshake's buffer may be large (a
+    // follower's after snapshot chunks) and would be kept for the
+    // connection's life.
+    let leftover = BytesMut::from(&parts.read_buf[..]);
     let reader = FramedRead::new(
-        AsyncReadExt::chain(Cursor::new(parts.read_buf), read),
+        AsyncReadExt::chain(Cursor::new(leftover), read),
         parts.codec,
     );
     let mut writer = FramedWrite::new(write, parts.codec);
