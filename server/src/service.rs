@@ -309,7 +309,8 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     }
                     taken += 1;
                     if taken < MAX_DRAIN
-                        && in_flight.len() + writes.pending + proposals.len() < MAX_IN_FLIGHT
+                        && in_flight.len() + writes.pending + proposals.len() + reads.len()
+                            < MAX_IN_FLIGHT
                     {
                         msg = stream.next().now_or_never();
                     }
