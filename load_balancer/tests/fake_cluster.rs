@@ -412,6 +412,17 @@ impl Client {
         }
     }
 
+    /// The ids of the next `n` responses, each of which must be a value.
+    async fn values(&mut self, n: usize) -> Vec<RequestId> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let r = self.recv().await;
+            assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
+            got.push(r.id);
+        }
+        got
+    }
+
     async fn call(&mut self, op: Op) -> Reply {
         let id = self.send(op).await;
         let r = self.recv().await;
@@ -631,12 +642,7 @@ async fn a_client_pipelining_past_its_in_flight_limit_is_still_read() {
     .await;
     a.s().hold_reads = false;
     b.s().hold_reads = false;
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let r = client.recv().await;
-        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
-        got.push(r.id);
-    }
+    let mut got = client.values(n).await;
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
@@ -732,16 +738,8 @@ async fn a_read_too_large_for_the_link_is_refused_without_breaking_it() {
 
 #[tokio::test]
 async fn forwarded_reads_are_answered_after_the_client_half_closes() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v").await;
     // Both data links open, so the burst is forwarded.
-    for _ in 0..4 {
-        client.get("k").await;
-    }
+    let (a, b, lb, mut client) = leader_and_reading_follower().await;
     a.s().hold_reads = true;
     b.s().hold_reads = true;
     let served = a.s().gets_served + b.s().gets_served;
@@ -749,7 +747,7 @@ async fn forwarded_reads_are_answered_after_the_client_half_closes() {
     let get = || Op::Get {
         key: Bytes::from("k"),
     };
-    let mut ids = client.send_burst((0..n).map(|_| get()).collect()).await;
+    let ids = client.send_burst((0..n).map(|_| get()).collect()).await;
     until("the burst reached a replica", || {
         a.s().gets_served + b.s().gets_served >= served + n as u64
     })
@@ -758,32 +756,28 @@ async fn forwarded_reads_are_answered_after_the_client_half_closes() {
     client.framed.get_mut().shutdown().await.unwrap();
     a.s().hold_reads = false;
     b.s().hold_reads = false;
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let r = client.recv().await;
-        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
-        got.push(r.id);
-    }
+    let got = client.values(n).await;
+    answered_then_closed(&mut client, got, ids).await;
+    lb.stop().await;
+}
+
+/// `got` holds every id of `ids` (in any order), and then the balancer
+/// closes the connection.
+async fn answered_then_closed(
+    client: &mut Client,
+    mut got: Vec<RequestId>,
+    mut ids: Vec<RequestId>,
+) {
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
-    // Then the balancer closes.
     let end = timeout(T, client.framed.next()).await.unwrap();
     assert!(end.is_none(), "{end:?}");
-    lb.stop().await;
 }
 
 #[tokio::test]
 async fn forwarded_reads_are_retried_when_their_replica_dies_after_a_half_close() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v").await;
-    for _ in 0..4 {
-        client.get("k").await;
-    }
+    let (a, b, lb, mut client) = leader_and_reading_follower().await;
     // b takes reads and never answers; a answers. Bursts rotate over the
     // replicas, so send until one lands on b.
     b.s().hang_reads = true;
@@ -803,22 +797,12 @@ async fn forwarded_reads_are_retried_when_their_replica_dies_after_a_half_close(
         if b.s().gets_served > before.1 {
             break;
         }
-        for _ in 0..n {
-            got.push(client.recv().await.id);
-        }
+        got.extend(client.values(n).await);
     }
     client.framed.get_mut().shutdown().await.unwrap();
     b.kill();
-    while got.len() < ids.len() {
-        let r = client.recv().await;
-        assert!(matches!(r.reply, Reply::Value(_)), "{r:?}");
-        got.push(r.id);
-    }
-    got.sort();
-    ids.sort();
-    assert_eq!(got, ids);
-    let end = timeout(T, client.framed.next()).await.unwrap();
-    assert!(end.is_none(), "{end:?}");
+    got.extend(client.values(ids.len() - got.len()).await);
+    answered_then_closed(&mut client, got, ids).await;
     lb.stop().await;
 }
 
