@@ -292,6 +292,49 @@ fn encode_request(
     encoded
 }
 
+/// Whether `op` fits in a frame of `max_frame_len` under any request id,
+/// from a bound on its encoding (tags, the longest id, length prefixes and
+/// its bytes); `false` only means "encode it to find out". Most requests
+/// are far below the limit and go to the outbox unencoded, with no buffer
+/// of their own.
+fn surely_fits(op: &Op, max_frame_len: usize) -> bool {
+    const OVERHEAD: usize = 32;
+    let body = match op {
+        Op::Get { key } | Op::Delete { key } => key.len(),
+        Op::Set { key, value } => key.len().saturating_add(value.len()),
+        _ => return false,
+    };
+    body.saturating_add(OVERHEAD) <= max_frame_len
+}
+
+/// The queue entry for request `id` when `op` may be near the frame limit
+/// (encoded here, so that one too long is refused before it is registered),
+/// `None` when it surely fits (see [`request_out`]).
+fn checked_frame(
+    id: u64,
+    op: &mut Op,
+    max_frame_len: usize,
+) -> Result<Option<Out>, semikv_protocol::ProtocolError> {
+    if surely_fits(op, max_frame_len) {
+        return Ok(None);
+    }
+    let mut frame = BytesMut::new();
+    encode_request(id, op, max_frame_len, &mut frame)?;
+    Ok(Some(Out::Frames {
+        frames: frame.freeze(),
+        slot: None,
+    }))
+}
+
+/// The queue entry for request `id`, encoded by the outbox.
+fn request_out(id: u64, op: Op) -> Out {
+    Message::Request(Request {
+        id: RequestId(id),
+        op,
+    })
+    .into()
+}
+
 /// Answers the replies matched in one go (drained): each run of forwarded
 /// reads of one client goes to its outbox as one queue entry, encoded here,
 /// freeing all their slots once written; the rest one by one. A burst's
@@ -546,8 +589,7 @@ impl ReplicaLink {
         let conn = self.connection(channel).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut op = op;
-        let mut frame = BytesMut::new();
-        encode_request(id, &mut op, self.max_frame_len, &mut frame)
+        let frame = checked_frame(id, &mut op, self.max_frame_len)
             .map_err(|e| ConnError::TooLarge(e.to_string()))?;
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -562,10 +604,7 @@ impl ReplicaLink {
             id,
             armed: true,
         };
-        let out = Out::Frames {
-            frames: frame.freeze(),
-            slot: None,
-        };
+        let out = frame.unwrap_or_else(|| request_out(id, op));
         let outcome = tokio::time::timeout(timeout, async {
             if conn.tx.send(out).await.is_err() {
                 return Err(ConnError::Broken);
@@ -670,13 +709,13 @@ impl ReplicaLink {
             return Err(write);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = BytesMut::new();
-        if encode_request(id, &mut write.op, self.max_frame_len, &mut frame).is_err() {
+        let frame = match checked_frame(id, &mut write.op, self.max_frame_len) {
+            Ok(frame) => frame,
             // Longer than a frame under the link's id (the client's fit):
             // the caller's own path answers it (`ConnError::TooLarge`).
-            return Err(write);
-        }
-        {
+            Err(_) => return Err(write),
+        };
+        let op = {
             let mut pending = lock(&conn.pending);
             // Checked under the lock the reader drains with: once it is
             // false, nobody would ever answer what we insert.
@@ -686,7 +725,7 @@ impl ReplicaLink {
             let ForwardWrite {
                 reply_to,
                 client_id,
-                op: _,
+                op,
                 kick,
                 slot,
             } = write;
@@ -699,14 +738,12 @@ impl ReplicaLink {
             };
             let deadline = Instant::now() + timeout;
             pending.map.insert(id, Waiting::Write(in_flight, deadline));
-        }
+            op
+        };
         // In the map before it is sent, so no reply can arrive before it is
         // known. If the connection broke in between, the drain has already
         // answered it (Indeterminate) and this goes nowhere.
-        room.send(Out::Frames {
-            frames: frame.freeze(),
-            slot: None,
-        });
+        room.send(frame.unwrap_or_else(|| request_out(id, op)));
         Ok(())
     }
 
@@ -855,6 +892,39 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    #[test]
+    fn a_request_that_surely_fits_encodes_under_the_longest_id() {
+        for max in [32, 40, 64, 300, 70_000, 200_000] {
+            for len in (0..max + 2).step_by(if max > 1000 { 997 } else { 1 }) {
+                let key = bytes::Bytes::from(vec![b'k'; len.min(66_000)]);
+                let ops = [
+                    Op::Get { key: key.clone() },
+                    Op::Delete { key: key.clone() },
+                    Op::Set {
+                        key: key.slice(..key.len() / 2),
+                        value: vec![b'v'; len - key.len() / 2].into(),
+                    },
+                ];
+                for mut op in ops {
+                    if surely_fits(&op, max) {
+                        let mut buf = BytesMut::new();
+                        assert!(
+                            encode_request(u64::MAX, &mut op, max, &mut buf).is_ok(),
+                            "{len} bytes judged to fit in {max}"
+                        );
+                    }
+                }
+            }
+        }
+        // And the bound is not so loose that ordinary requests miss the
+        // fast path.
+        let op = Op::Set {
+            key: "key".into(),
+            value: vec![0u8; 100].into(),
+        };
+        assert!(surely_fits(&op, 200));
+    }
 
     #[test]
     fn sequential_ids_spread_over_buckets_and_tags() {
