@@ -52,7 +52,7 @@ const SEND_QUEUE: usize = 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a request to a replica got no reply.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnError {
     /// The replica refused the connection: it is not running.
     #[error("connection refused")]
@@ -504,8 +504,12 @@ struct Channel {
     /// The open connection, read by every request: a std lock held for a
     /// clone only (an async mutex here serialised every request).
     current: Mutex<Option<Arc<Conn>>>,
-    /// Serialises (re)connecting, so one broken link makes one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Serialises (re)connecting, so one broken link makes one new
+    /// connection. Holds why the last attempt failed, if it did.
+    connecting: tokio::sync::Mutex<Option<ConnError>>,
+    /// Connection attempts made (counted under `connecting`, read without
+    /// it: a caller notes it before queueing for the lock).
+    attempts: AtomicU64,
 }
 
 impl Channel {
@@ -518,7 +522,7 @@ impl Channel {
     }
 
     async fn disconnect(&self) {
-        let _connecting = self.connecting.lock().await;
+        let _attempts = self.connecting.lock().await;
         let taken = lock(&self.current).take();
         if let Some(conn) = taken {
             conn.closed.cancel();
@@ -760,14 +764,27 @@ impl ReplicaLink {
         if let Some(conn) = channel.open_connection() {
             return Ok(conn);
         }
-        let _connecting = channel.connecting.lock().await;
+        let seen = channel.attempts.load(Ordering::Acquire);
+        let mut last_failure = channel.connecting.lock().await;
         // Someone else may have connected while we waited.
         if let Some(conn) = channel.open_connection() {
             return Ok(conn);
         }
-        let conn = tokio::time::timeout(self.connect_timeout, self.connect())
+        // Or tried and failed while we waited: that answer is ours too.
+        // Otherwise every caller queued behind a replica that does not
+        // answer would try in turn, each for up to the connect timeout (a
+        // burst of reads falling back to it: hundreds of them in a row).
+        if channel.attempts.load(Ordering::Acquire) != seen {
+            if let Some(failed) = &*last_failure {
+                return Err(failed.clone());
+            }
+        }
+        let outcome = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
-            .map_err(|_| ConnError::Connect("connect timed out".into()))??;
+            .unwrap_or_else(|_| Err(ConnError::Connect("connect timed out".into())));
+        *last_failure = outcome.as_ref().err().cloned();
+        channel.attempts.fetch_add(1, Ordering::Release);
+        let conn = outcome?;
         *lock(&channel.current) = Some(conn.clone());
         Ok(conn)
     }

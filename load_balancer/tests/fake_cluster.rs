@@ -1510,6 +1510,76 @@ async fn startup_waits_for_a_slow_replica_that_may_hold_newer_writes() {
 }
 
 #[tokio::test]
+async fn callers_queued_behind_a_failed_connect_share_its_failure() {
+    use semikv_lb::replica_conn::{ConnError, ReplicaLink};
+    // A replica that accepts connections and never answers the handshake:
+    // every connect attempt lasts the whole connect timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let (broken_tx, _broken_rx) = tokio::sync::mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let link = Arc::new(ReplicaLink::new(
+        0,
+        addr.to_string(),
+        1 << 20,
+        Duration::from_millis(200),
+        broken_tx,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    // Many reads at once (a burst falling back to this replica): they queue
+    // behind the first attempt and get its failure, instead of each
+    // connecting in turn for up to the timeout.
+    let n = 10;
+    let callers: Vec<_> = (0..n)
+        .map(|_| {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let get = Op::Get {
+                    key: Bytes::from("k"),
+                };
+                link.request(get, T).await
+            })
+        })
+        .collect();
+    for caller in callers {
+        let outcome = timeout(T, caller).await.unwrap().unwrap();
+        assert!(
+            matches!(&outcome, Err(ConnError::Connect(why)) if why.contains("timed out")),
+            "{outcome:?}"
+        );
+    }
+    let attempts = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=n / 2).contains(&attempts),
+        "{attempts} connection attempts for {n} callers queued together"
+    );
+    // A later caller tries again: the failure is not remembered forever.
+    let get = Op::Get {
+        key: Bytes::from("k"),
+    };
+    assert!(link.request(get, T).await.is_err());
+    until("a later caller connects again", || {
+        accepted.load(Ordering::SeqCst) == attempts + 1
+    })
+    .await;
+    holder.abort();
+    shutdown.cancel();
+    tasks.close();
+    timeout(T, tasks.wait()).await.unwrap();
+}
+
+#[tokio::test]
 async fn replica_link_reports_refusal_breakage_and_notifies() {
     use semikv_lb::replica_conn::{ConnError, ReplicaLink};
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
