@@ -538,14 +538,7 @@ async fn live_leader_is_adopted_without_a_new_epoch() {
 
 #[tokio::test]
 async fn writes_go_to_the_leader_and_reads_rotate_over_healthy_replicas() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 3).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a leads", || is_leader_at(&a, 1)).await;
-    until("all follow", || follows(&b, &a, 1) && follows(&c, &a, 1)).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v").await;
+    let (a, b, c, lb, mut client) = leader_of_three_with_k().await;
     assert_eq!(a.s().map.len(), 1);
     assert_eq!(b.s().map.len() + c.s().map.len(), 0);
     for _ in 0..9 {
@@ -571,14 +564,7 @@ async fn writes_go_to_the_leader_and_reads_rotate_over_healthy_replicas() {
 
 #[tokio::test]
 async fn a_burst_of_pipelined_reads_goes_to_one_replica() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 3).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a leads", || is_leader_at(&a, 1)).await;
-    until("all follow", || follows(&b, &a, 1) && follows(&c, &a, 1)).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v").await;
+    let (a, b, c, lb, mut client) = leader_of_three_with_k().await;
     // One read at a time still rotates over every replica.
     for _ in 0..9 {
         client.get("k").await;
@@ -619,10 +605,7 @@ async fn a_burst_of_pipelined_reads_goes_to_one_replica() {
 
 #[tokio::test]
 async fn a_client_pipelining_past_its_in_flight_limit_is_still_read() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let (a, b, lb) = leader_and_follower(|_| {}).await;
     let mut client = Client::connect(lb.addr).await;
     set_until_written(&mut client, "k", "v").await;
     // More than the balancer's 1024 slots per client, all in one write, all
@@ -675,14 +658,12 @@ fn sized_exactly(max: usize, op: impl Fn(usize) -> Op) -> Op {
 /// client's id 1 takes one): it must be refused as invalid, without breaking
 /// the link another client's write is waiting on.
 async fn oversized_for_the_link_is_refused_alone(big_op: impl Fn(usize) -> Op) {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let mut c = config(&[&a, &b]);
-    c.max_frame_len = 300;
-    // Writes time out 3 s after this.
-    c.sync_timeout = Duration::from_millis(100);
-    let lb = Balancer::start(c).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let (a, _b, lb) = leader_and_follower(|c| {
+        c.max_frame_len = 300;
+        // Writes time out 3 s after this.
+        c.sync_timeout = Duration::from_millis(100);
+    })
+    .await;
     let mut warm = Client::connect(lb.addr).await;
     set_until_written(&mut warm, "k", "v").await;
     // Both links' ids pass 127.
@@ -808,10 +789,7 @@ async fn forwarded_reads_are_retried_when_their_replica_dies_after_a_half_close(
 
 #[tokio::test]
 async fn pipelined_requests_are_all_answered_by_id() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let (_a, _b, lb) = leader_and_follower(|_| {}).await;
     let mut client = Client::connect(lb.addr).await;
     set_until_written(&mut client, "warm", "up").await;
     let mut ids = Vec::new();
@@ -1322,6 +1300,32 @@ async fn a_mute_stalled_leader_and_one_lagging_answer_promote_nobody() {
 /// A leader `a` and a follower `b` both holding k = v, behind a balancer,
 /// with b having served a read: its data connection is open, so the reads
 /// that rotate to it from now on are forwarded to it directly.
+/// Two fresh fakes behind a balancer (its config as `tune` leaves it), once
+/// the first leads and the second follows it.
+async fn leader_and_follower(tune: impl FnOnce(&mut Config)) -> (Fake, Fake, Balancer) {
+    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let mut c = config(&[&a, &b]);
+    tune(&mut c);
+    let lb = Balancer::start(c).await;
+    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    (a, b, lb)
+}
+
+/// Three fakes behind a balancer, the first (most up to date) leading, and
+/// a client that has written `k`.
+async fn leader_of_three_with_k() -> (Fake, Fake, Fake, Balancer, Client) {
+    let a = Fake::start(1, NodeRole::Idle, 0, 3).await;
+    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
+    let c = Fake::start(3, NodeRole::Idle, 0, 0).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a leads", || is_leader_at(&a, 1)).await;
+    until("all follow", || follows(&b, &a, 1) && follows(&c, &a, 1)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    (a, b, c, lb, client)
+}
+
 async fn leader_and_reading_follower() -> (Fake, Fake, Balancer, Client) {
     let a = Fake::start(1, NodeRole::Leader, 2, 10).await;
     let b = Fake::start(2, NodeRole::Follower, 2, 10).await;
@@ -1655,10 +1659,7 @@ async fn replica_link_reports_refusal_breakage_and_notifies() {
 
 #[tokio::test]
 async fn many_pipelining_clients_share_the_replica_connections() {
-    let a = Fake::start(1, NodeRole::Idle, 0, 0).await;
-    let b = Fake::start(2, NodeRole::Idle, 0, 0).await;
-    let lb = Balancer::start(config(&[&a, &b])).await;
-    until("a leads", || is_leader_at(&a, 1) && follows(&b, &a, 1)).await;
+    let (a, _b, lb) = leader_and_follower(|_| {}).await;
     let mut handles = Vec::new();
     for c in 0..20 {
         let addr = lb.addr;
