@@ -173,24 +173,12 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
         if state.swallow.load(Ordering::SeqCst) {
             continue;
         }
-        if number <= state.unavailable_for.load(Ordering::SeqCst) {
-            let reply = Reply::Error(ErrorReply::Unavailable {
+        let unavailable = number <= state.unavailable_for.load(Ordering::SeqCst);
+        let reply = match &request.op {
+            _ if unavailable => Reply::Error(ErrorReply::Unavailable {
                 retry_after_ms: 100,
                 reason: "fake failover".to_string(),
-            });
-            if tx
-                .send(Response {
-                    id: request.id,
-                    reply,
-                })
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
-        }
-        let reply = match &request.op {
+            }),
             Op::Get { key } if key.starts_with(b"slow") => {
                 let tx = tx.clone();
                 let id = request.id;
@@ -240,7 +228,8 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
             }),
         };
         let every = state.hang_up_every.load(Ordering::SeqCst);
-        if matches!(request.op, Op::Set { .. })
+        if !unavailable
+            && matches!(request.op, Op::Set { .. })
             && every > 0
             && (state.sets.fetch_add(1, Ordering::SeqCst) + 1) % every == 0
         {
