@@ -20,38 +20,54 @@ const FOLD_PER_WRITE: usize = 8;
 /// size of the `Box<[u8]>` variant with its tag.
 const INLINE_KEY: usize = 22;
 
+/// Up to `N` bytes kept in place, the unused tail zeroed, so that two are
+/// equal exactly when their lengths and whole arrays are (a fixed-size
+/// compare, no call to `memcmp`).
+#[derive(Clone, PartialEq, Eq)]
+struct Inline<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> Inline<N> {
+    /// `data` in place, if it fits (`N` is below 256).
+    fn new(data: &[u8]) -> Option<Self> {
+        if data.len() > N {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..data.len()].copy_from_slice(data);
+        // Cannot truncate: the length is at most N, which is below 256.
+        let len = data.len() as u8;
+        Some(Inline { len, bytes })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// A key as the store holds it: short keys live in the bucket itself, so
 /// comparing a key on insert or lookup reads the cache line the hash table
 /// already loaded instead of a separate allocation (profiles of a SET
 /// pipeline showed that cold read as `memcmp`, 7-13% of a replica's CPU).
 ///
-/// Invariant: a key of at most [`INLINE_KEY`] bytes is always `Inline`, with
-/// the unused tail of `bytes` zeroed, so two inline keys are equal exactly
-/// when their `len` and whole arrays are; longer keys are always `Heap`.
+/// Invariant: a key of at most [`INLINE_KEY`] bytes is always `Inline`;
+/// longer keys are always `Heap`.
 #[derive(Clone)]
 enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Inline(Inline<INLINE_KEY>),
     Heap(Box<[u8]>),
 }
 
 impl Key {
     fn new(key: &[u8]) -> Self {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key);
-            // Cannot truncate: the length is at most INLINE_KEY.
-            Key::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            Key::Heap(key.into())
-        }
+        Inline::new(key).map_or_else(|| Key::Heap(key.into()), Key::Inline)
     }
 
     fn as_slice(&self) -> &[u8] {
         match self {
-            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Inline(inline) => inline.as_slice(),
             Key::Heap(bytes) => bytes,
         }
     }
@@ -60,10 +76,7 @@ impl Key {
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            // Fixed-size compare, no call to memcmp: the tails are zeroed.
-            (Key::Inline { len: a, bytes: x }, Key::Inline { len: b, bytes: y }) => {
-                a == b && x == y
-            }
+            (Key::Inline(a), Key::Inline(b)) => a == b,
             _ => self.as_slice() == other.as_slice(),
         }
     }
@@ -105,28 +118,18 @@ const INLINE_VALUE: usize = 38;
 /// Longer values stay shared with the log entry that wrote them.
 #[derive(Clone)]
 enum Value {
-    Inline { len: u8, bytes: [u8; INLINE_VALUE] },
+    Inline(Inline<INLINE_VALUE>),
     Shared(Bytes),
 }
 
 impl Value {
     fn new(value: &Bytes) -> Self {
-        if value.len() <= INLINE_VALUE {
-            let mut bytes = [0; INLINE_VALUE];
-            bytes[..value.len()].copy_from_slice(value);
-            // Cannot truncate: the length is at most INLINE_VALUE.
-            Value::Inline {
-                len: value.len() as u8,
-                bytes,
-            }
-        } else {
-            Value::Shared(value.clone())
-        }
+        Inline::new(value).map_or_else(|| Value::Shared(value.clone()), Value::Inline)
     }
 
     fn as_slice(&self) -> &[u8] {
         match self {
-            Value::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Value::Inline(inline) => inline.as_slice(),
             Value::Shared(bytes) => bytes,
         }
     }
@@ -135,7 +138,7 @@ impl Value {
     /// allocation from a warm cache), a reference to a shared one.
     fn to_bytes(&self) -> Bytes {
         match self {
-            Value::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            Value::Inline(inline) => Bytes::copy_from_slice(inline.as_slice()),
             Value::Shared(bytes) => bytes.clone(),
         }
     }
@@ -374,7 +377,7 @@ mod tests {
                 value: value.clone(),
             });
             assert_eq!(s.get(key.as_bytes()), Some(value.clone()), "length {len}");
-            let inline = matches!(s.lookup(key.as_bytes()), Some(Value::Inline { .. }));
+            let inline = matches!(s.lookup(key.as_bytes()), Some(Value::Inline(_)));
             assert_eq!(inline, len <= INLINE_VALUE, "length {len}");
         }
         // Overwriting a long value with a short one and back.
@@ -525,11 +528,7 @@ mod tests {
         let bytes = |len: usize| -> Vec<u8> { (0..len).map(|i| (i * 7 + len) as u8).collect() };
         for len in 0..=64 {
             let key = Key::new(&bytes(len));
-            assert_eq!(
-                matches!(key, Key::Inline { .. }),
-                len <= INLINE_KEY,
-                "{len}"
-            );
+            assert_eq!(matches!(key, Key::Inline(_)), len <= INLINE_KEY, "{len}");
             assert_eq!(key.as_slice(), &bytes(len)[..]);
             assert_eq!(
                 hasher.hash_one(&key),
