@@ -14,13 +14,8 @@ use tokio_util::sync::CancellationToken;
 /// Most queue entries written before a flush.
 const MAX_BATCH: usize = 256;
 
-/// The reading half of a connection.
-pub type Source = semikv_protocol::codec::FrameReader;
-
-/// The writing half of a connection.
+/// The writing half of a connection (see `semikv_protocol::codec::split`).
 pub type Sink = semikv_protocol::codec::FrameWriter;
-
-pub use semikv_protocol::codec::split;
 
 /// What to write: one message, with the client's in-flight slot it answers,
 /// or frames its sender already encoded.

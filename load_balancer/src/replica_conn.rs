@@ -813,7 +813,7 @@ impl ReplicaLink {
             Some(Err(e)) => return Err(ConnError::Connect(e.to_string())),
             None => return Err(ConnError::Connect("closed during handshake".into())),
         }
-        let (mut stream, sink) = outbox::split(framed);
+        let (mut stream, sink) = semikv_protocol::codec::split(framed);
         let (tx, rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             open: true,

@@ -172,7 +172,7 @@ impl Router {
             return;
         }
 
-        let (mut stream, sink) = outbox::split(framed);
+        let (mut stream, sink) = semikv_protocol::codec::split(framed);
         // One more than the slots: a final Reject needs no slot.
         let (tx, rx) = mpsc::channel::<Out>(MAX_IN_FLIGHT + 1);
         let conn_closed = shutdown.child_token();
