@@ -189,13 +189,6 @@ fn deliver(
 }
 
 impl Forward {
-    fn deliver(self, reply: Reply) {
-        let Read {
-            client_id, slot, ..
-        } = self.read;
-        deliver(&self.port.reply_to, client_id, slot, reply);
-    }
-
     fn retry(self, failed_on: usize) {
         let Read {
             client_id,
@@ -240,16 +233,6 @@ impl Waiting {
         match self {
             Waiting::Reply(_) => None,
             Waiting::Read(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
-        }
-    }
-
-    fn answer(self, reply: Reply) {
-        match self {
-            Waiting::Reply(waiter) => {
-                let _ = waiter.send(reply);
-            }
-            Waiting::Read(forward, _) => forward.deliver(reply),
-            Waiting::Write(write, _) => write.settle(Ok(reply)),
         }
     }
 
@@ -348,8 +331,12 @@ fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize, buf: &m
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
             Waiting::Read(forward, _) => forward,
-            other => {
-                other.answer(reply);
+            Waiting::Reply(waiter) => {
+                let _ = waiter.send(reply);
+                continue;
+            }
+            Waiting::Write(write, _) => {
+                write.settle(Ok(reply));
                 continue;
             }
         };
