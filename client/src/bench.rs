@@ -1009,6 +1009,8 @@ fn error_kind(error: &ClientError) -> String {
             ErrorReply::Invalid { .. } => "Invalid",
             ErrorReply::StaleEpoch { .. } => "StaleEpoch",
             ErrorReply::Storage { .. } => "Storage",
+            ErrorReply::EpochConflict { .. } => "EpochConflict",
+            ErrorReply::Diverged { .. } => "Diverged",
         }
         .to_string(),
         ClientError::Timeout { .. } => "timeout".to_string(),

@@ -58,8 +58,11 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
 }
 
 /// The cluster status as JSON:
-/// `{"leader": ADDR|null, "epoch": N, "replicas": [{"id", "addr", "role",
-/// "healthy", "epoch", "last_index", "commit_index", "applied_index", "lag"}]}`.
+/// `{"leader": ADDR|null, "epoch": "TERM.COORDINATOR", "term": N, "replicas":
+/// [{"id", "addr", "role", "healthy", "epoch", "term", "last_index",
+/// "commit_index", "applied_index", "lag"}]}`. An epoch is a string because
+/// it is a 128-bit number (term and coordinator, see the README), more than
+/// a JSON number holds exactly; its term is also given as a number.
 pub fn cluster_status_json(status: &ClusterStatus) -> Value {
     let replicas: Vec<Value> = status
         .replicas
@@ -70,7 +73,8 @@ pub fn cluster_status_json(status: &ClusterStatus) -> Value {
                 "addr": r.addr,
                 "role": r.role.to_string(),
                 "healthy": r.healthy,
-                "epoch": r.epoch.0,
+                "epoch": r.epoch.to_string(),
+                "term": r.epoch.term(),
                 "last_index": r.last_index.0,
                 "commit_index": r.commit_index.0,
                 "applied_index": r.applied_index.0,
@@ -80,12 +84,14 @@ pub fn cluster_status_json(status: &ClusterStatus) -> Value {
         .collect();
     json!({
         "leader": status.leader,
-        "epoch": status.epoch.0,
+        "epoch": status.epoch.to_string(),
+        "term": status.epoch.term(),
         "replicas": replicas,
     })
 }
 
-/// One replica's own status as JSON (when connected to a replica directly).
+/// One replica's own status as JSON (when connected to a replica directly),
+/// epochs as strings as in [`cluster_status_json`].
 pub fn node_status_json(status: &NodeStatus) -> Value {
     let followers: Vec<Value> = status
         .followers
@@ -101,9 +107,10 @@ pub fn node_status_json(status: &NodeStatus) -> Value {
     json!({
         "id": status.id.0,
         "role": status.role.to_string(),
-        "epoch": status.epoch.0,
+        "epoch": status.epoch.to_string(),
+        "term": status.epoch.term(),
         "last_index": status.last_index.0,
-        "last_epoch": status.last_epoch.0,
+        "last_epoch": status.last_epoch.to_string(),
         "commit_index": status.commit_index.0,
         "applied_index": status.applied_index.0,
         "leader": status.leader,
@@ -255,7 +262,7 @@ mod tests {
     use crate::command::split_words;
     use crate::testing::sample_status;
     use bytes::Bytes;
-    use semikv_protocol::{Epoch, ErrorReply, LogIndex, NodeRole, ReplicaId};
+    use semikv_protocol::{CoordinatorId, Epoch, ErrorReply, LogIndex, NodeRole, ReplicaId};
 
     #[test]
     fn simple_replies() {
@@ -304,18 +311,18 @@ mod tests {
     fn status_table_has_every_column() {
         let text = cluster_status(&sample_status(), Style::default());
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "leader: 127.0.0.1:9001  epoch: 3");
+        assert_eq!(lines[0], "leader: 127.0.0.1:9001  epoch: 3.ab");
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
             ["id", "address", "role", "health", "epoch", "last", "index", "lag"]
         );
         assert_eq!(
             lines[2].split_whitespace().collect::<Vec<_>>(),
-            ["1", "127.0.0.1:9001", "leader", "up", "3", "42", "0"]
+            ["1", "127.0.0.1:9001", "leader", "up", "3.ab", "42", "0"]
         );
         assert_eq!(
             lines[3].split_whitespace().collect::<Vec<_>>(),
-            ["?", "127.0.0.1:9002", "follower", "down", "2", "40", "2"]
+            ["?", "127.0.0.1:9002", "follower", "down", "2.ab", "40", "2"]
         );
         assert_eq!(lines.len(), 4);
     }
@@ -329,14 +336,16 @@ mod tests {
         let text = cluster_status(&sample_status(), style);
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["leader"], "127.0.0.1:9001");
-        assert_eq!(v["epoch"], 3);
+        assert_eq!(v["epoch"], "3.ab");
+        assert_eq!(v["term"], 3);
         let r = &v["replicas"];
         assert_eq!(r.as_array().unwrap().len(), 2);
         assert_eq!(r[0]["id"], 1);
         assert_eq!(r[0]["addr"], "127.0.0.1:9001");
         assert_eq!(r[0]["role"], "leader");
         assert_eq!(r[0]["healthy"], true);
-        assert_eq!(r[0]["epoch"], 3);
+        assert_eq!(r[0]["epoch"], "3.ab");
+        assert_eq!(r[0]["term"], 3);
         assert_eq!(r[0]["last_index"], 42);
         assert_eq!(r[0]["commit_index"], 42);
         assert_eq!(r[0]["applied_index"], 42);
@@ -361,9 +370,9 @@ mod tests {
         let status = NodeStatus {
             id: ReplicaId(2),
             role: NodeRole::Follower,
-            epoch: Epoch(4),
+            epoch: Epoch::new(4, CoordinatorId(0xab)),
             last_index: LogIndex(10),
-            last_epoch: Epoch(4),
+            last_epoch: Epoch::new(4, CoordinatorId(0xab)),
             commit_index: LogIndex(9),
             applied_index: LogIndex(9),
             leader: Some("127.0.0.1:1".into()),

@@ -382,6 +382,6 @@ mod tests {
         );
         let (out, _) = text(&mut s, "status").await;
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["epoch"], 3);
+        assert_eq!(v["epoch"], "3.ab");
     }
 }

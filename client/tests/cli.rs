@@ -149,7 +149,7 @@ async fn one_shot_status_table_and_json() {
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(
-        text.starts_with("leader: 127.0.0.1:9001  epoch: 3\n"),
+        text.starts_with("leader: 127.0.0.1:9001  epoch: 3.ab\n"),
         "{text}"
     );
     assert!(text.contains("last index"));
@@ -161,7 +161,8 @@ async fn one_shot_status_table_and_json() {
         .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["leader"], "127.0.0.1:9001");
-    assert_eq!(json["epoch"], 3);
+    assert_eq!(json["epoch"], "3.ab");
+    assert_eq!(json["term"], 3);
     assert_eq!(json["replicas"][1]["healthy"], false);
     assert_eq!(json["replicas"][1]["id"], serde_json::Value::Null);
 }
@@ -178,7 +179,7 @@ async fn script_mode_one_line_per_command() {
     assert_eq!(lines.len(), 8, "{text}");
     assert_eq!(lines[..5], ["OK", "OK", "1", "\"x\\ty\"", "(nil)"]);
     let status: serde_json::Value = serde_json::from_str(lines[5]).unwrap();
-    assert_eq!(status["epoch"], 3);
+    assert_eq!(status["epoch"], "3.ab");
     assert!(lines[6].starts_with("commands: set get del"));
     assert_eq!(lines[7], "PONG");
     assert_eq!(server.value(b"b c").as_deref(), Some(&b"x\ty"[..]));

@@ -156,6 +156,8 @@ fn write_error_kind(outcome: &Result<Reply, CallError>) -> Option<&'static str> 
             ErrorReply::StaleEpoch { .. } => "stale-epoch",
             ErrorReply::Storage { .. } => "storage",
             ErrorReply::Invalid { .. } => "invalid",
+            ErrorReply::EpochConflict { .. } => "epoch-conflict",
+            ErrorReply::Diverged { .. } => "diverged",
         }),
         Ok(_) => Some("unexpected-reply"),
         Err(e) => Some(e.kind()),

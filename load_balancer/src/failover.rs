@@ -3,7 +3,10 @@
 //!
 //! Invariants: a leader is only kept or adopted when it is healthy, says it
 //! leads, and sits at the highest epoch anyone has seen; an election always
-//! uses an epoch above every epoch seen; the winner of an election is the
+//! uses an epoch above every epoch seen, minted by this coordinator (next
+//! term, its own id) or one it minted, fenced with and promoted no one at
+//! yet ([`election_epoch`]): a coordinator never promotes twice at one
+//! epoch, which is its half of "one leader per epoch"; the winner of an election is the
 //! fenced replica with the highest `(last_epoch, last_index)`, ties going to
 //! the lowest id. A leader cut off from its followers (but not from the
 //! balancer) is judged by [`StallWatch`] and replaced via
@@ -12,7 +15,7 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
-use semikv_protocol::{Epoch, LogIndex, NodeRole, NodeStatus, ReplicaId};
+use semikv_protocol::{CoordinatorId, Epoch, LogIndex, NodeRole, NodeStatus, ReplicaId};
 
 /// The parts of a replica's status the decisions depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,11 @@ pub struct Current {
     /// replica has answered (a replica that is merely slow to start may hold
     /// the most recent committed writes). Adoption is never delayed.
     pub startup_grace: bool,
+    /// This balancer's id in the epochs it mints.
+    pub coordinator: CoordinatorId,
+    /// An epoch this balancer minted and fenced with but promoted no one at
+    /// (the election was postponed): it may go on at it.
+    pub ballot: Option<Epoch>,
 }
 
 /// The decision for one round.
@@ -92,8 +100,14 @@ pub enum Plan {
     /// No usable leader: fence every reachable replica at `epoch`, then
     /// promote the best fenced one (see [`choose_leader`]).
     Elect {
-        /// The new epoch: one above every epoch seen.
+        /// The epoch to elect at (see [`election_epoch`]).
         epoch: Epoch,
+    },
+    /// An election is due but no epoch above the highest seen can be minted
+    /// (a peer pushed a replica to the last term): nothing is done.
+    Exhausted {
+        /// The highest epoch seen.
+        max: Epoch,
     },
     /// No replica is healthy: nothing can be done this round.
     Wait,
@@ -102,8 +116,8 @@ pub enum Plan {
 /// Decides what to do this round.
 ///
 /// Never elects while a healthy replica leads at the highest epoch seen;
-/// otherwise elects at `max seen + 1` if any replica is healthy (and, during
-/// the start-up grace, only once every replica is).
+/// otherwise elects (at [`election_epoch`]) if any replica is healthy (and,
+/// during the start-up grace, only once every replica is).
 pub fn plan(observed: &[Observed], current: Current) -> Plan {
     let max_epoch = max_epoch(observed, current);
     let is_valid_leader = |o: &Observed| {
@@ -136,11 +150,26 @@ pub fn plan(observed: &[Observed], current: Current) -> Plan {
         return Plan::Wait;
     }
     if observed.iter().any(|o| o.healthy && o.seen.is_some()) {
-        Plan::Elect {
-            epoch: max_epoch.next(),
+        match election_epoch(max_epoch, current) {
+            Some(epoch) => Plan::Elect { epoch },
+            None => Plan::Exhausted { max: max_epoch },
         }
     } else {
         Plan::Wait
+    }
+}
+
+/// The epoch for this coordinator's next election, given the highest epoch
+/// seen: the ballot of its own postponed election if that is still the
+/// highest (it promoted no one at it, so going on at it promotes at most
+/// once, and no epoch is burnt per retry), else the next term under its own
+/// id. `None` when the terms are exhausted.
+pub fn election_epoch(max_seen: Epoch, current: Current) -> Option<Epoch> {
+    match current.ballot {
+        Some(ballot) if ballot == max_seen && ballot.coordinator() == current.coordinator => {
+            Some(ballot)
+        }
+        _ => max_seen.successor(current.coordinator),
     }
 }
 
@@ -493,12 +522,17 @@ pub fn choose_successor(fenced: &[(usize, Seen)], stalled: usize) -> Option<usiz
 mod tests {
     use super::*;
 
+    /// The epoch of `term` minted by the coordinator of `Current::default()`.
+    fn ep(term: u64) -> Epoch {
+        Epoch::new(term, CoordinatorId::default())
+    }
+
     fn seen(id: u32, role: NodeRole, epoch: u64, last_epoch: u64, last_index: u64) -> Seen {
         Seen {
             id: ReplicaId(id),
             role,
-            epoch: Epoch(epoch),
-            last_epoch: Epoch(last_epoch),
+            epoch: ep(epoch),
+            last_epoch: ep(last_epoch),
             last_index: LogIndex(last_index),
             commit_index: LogIndex(last_index),
         }
@@ -546,10 +580,7 @@ mod tests {
             up(seen(2, Idle, 0, 0, 0)),
             up(seen(3, Idle, 0, 0, 0)),
         ];
-        assert_eq!(
-            plan(&obs, Current::default()),
-            Plan::Elect { epoch: Epoch(1) }
-        );
+        assert_eq!(plan(&obs, Current::default()), Plan::Elect { epoch: ep(1) });
     }
 
     #[test]
@@ -570,7 +601,7 @@ mod tests {
             plan(&obs, Current::default()),
             Plan::Adopt {
                 leader: 1,
-                epoch: Epoch(5),
+                epoch: ep(5),
                 follow: vec![]
             }
         );
@@ -587,7 +618,7 @@ mod tests {
             plan(&obs, Current::default()),
             Plan::Adopt {
                 leader: 1,
-                epoch: Epoch(5),
+                epoch: ep(5),
                 follow: vec![0]
             }
         );
@@ -600,10 +631,7 @@ mod tests {
             up(seen(1, Follower, 6, 5, 10)),
             up(seen(2, Leader, 5, 5, 12)),
         ];
-        assert_eq!(
-            plan(&obs, Current::default()),
-            Plan::Elect { epoch: Epoch(7) }
-        );
+        assert_eq!(plan(&obs, Current::default()), Plan::Elect { epoch: ep(7) });
     }
 
     #[test]
@@ -611,10 +639,10 @@ mod tests {
         let obs = [up(seen(1, Leader, 5, 5, 10))];
         let current = Current {
             leader: None,
-            max_epoch: Epoch(6),
+            max_epoch: ep(6),
             ..Current::default()
         };
-        assert_eq!(plan(&obs, current), Plan::Elect { epoch: Epoch(7) });
+        assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(7) });
     }
 
     #[test]
@@ -626,14 +654,14 @@ mod tests {
         ];
         let current = Current {
             leader: Some(0),
-            max_epoch: Epoch(3),
+            max_epoch: ep(3),
             ..Current::default()
         };
         assert_eq!(
             plan(&obs, current),
             Plan::Steady {
                 leader: 0,
-                epoch: Epoch(3),
+                epoch: ep(3),
                 follow: vec![]
             }
         );
@@ -648,10 +676,10 @@ mod tests {
         ];
         let current = Current {
             leader: Some(0),
-            max_epoch: Epoch(3),
+            max_epoch: ep(3),
             ..Current::default()
         };
-        assert_eq!(plan(&obs, current), Plan::Elect { epoch: Epoch(4) });
+        assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(4) });
     }
 
     #[test]
@@ -662,7 +690,7 @@ mod tests {
         ];
         assert_eq!(
             plan(&obs, Current::default()),
-            Plan::Elect { epoch: Epoch(10) }
+            Plan::Elect { epoch: ep(10) }
         );
     }
 
@@ -675,14 +703,14 @@ mod tests {
         ];
         let current = Current {
             leader: Some(1),
-            max_epoch: Epoch(4),
+            max_epoch: ep(4),
             ..Current::default()
         };
         assert_eq!(
             plan(&obs, current),
             Plan::Steady {
                 leader: 1,
-                epoch: Epoch(4),
+                epoch: ep(4),
                 follow: vec![0]
             }
         );
@@ -698,14 +726,14 @@ mod tests {
         ];
         let current = Current {
             leader: Some(1),
-            max_epoch: Epoch(4),
+            max_epoch: ep(4),
             ..Current::default()
         };
         assert_eq!(
             plan(&obs, current),
             Plan::Steady {
                 leader: 1,
-                epoch: Epoch(4),
+                epoch: ep(4),
                 follow: vec![0, 2]
             }
         );
@@ -719,14 +747,14 @@ mod tests {
         ];
         let current = Current {
             leader: Some(1),
-            max_epoch: Epoch(4),
+            max_epoch: ep(4),
             ..Current::default()
         };
         assert_eq!(
             plan(&obs, current),
             Plan::Steady {
                 leader: 1,
-                epoch: Epoch(4),
+                epoch: ep(4),
                 follow: vec![]
             }
         );
@@ -740,10 +768,10 @@ mod tests {
         ];
         let current = Current {
             leader: Some(0),
-            max_epoch: Epoch(4),
+            max_epoch: ep(4),
             ..Current::default()
         };
-        assert_eq!(plan(&obs, current), Plan::Elect { epoch: Epoch(5) });
+        assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(5) });
     }
 
     #[test]
@@ -764,10 +792,10 @@ mod tests {
         let partial = [up(seen(1, Idle, 0, 0, 0)), down(None)];
         assert_eq!(plan(&partial, grace), Plan::Wait);
         let all = [up(seen(1, Idle, 0, 0, 0)), up(seen(2, Idle, 0, 0, 0))];
-        assert_eq!(plan(&all, grace), Plan::Elect { epoch: Epoch(1) });
+        assert_eq!(plan(&all, grace), Plan::Elect { epoch: ep(1) });
         assert_eq!(
             plan(&partial, Current::default()),
-            Plan::Elect { epoch: Epoch(1) }
+            Plan::Elect { epoch: ep(1) }
         );
     }
 
@@ -782,7 +810,7 @@ mod tests {
             plan(&obs, grace),
             Plan::Adopt {
                 leader: 0,
-                epoch: Epoch(2),
+                epoch: ep(2),
                 follow: vec![]
             }
         );
@@ -849,7 +877,7 @@ mod tests {
     fn report(slot: usize, epoch: u64, seq: u64, connected: usize, others: usize) -> LeaderReport {
         LeaderReport {
             slot,
-            epoch: Epoch(epoch),
+            epoch: ep(epoch),
             seq,
             connected,
             healthy_others: others,

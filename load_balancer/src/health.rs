@@ -4,7 +4,9 @@
 //! leadership away from a leader cut off from its followers.
 //!
 //! It is the only writer of leadership in the [`Table`], and runs as one task,
-//! so elections never overlap.
+//! so elections never overlap. It sends `Promote` at most once per epoch it
+//! mints (see [`failover::election_epoch`]), whatever the answer: a promote
+//! whose answer was lost may still have made a leader.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use semikv_protocol::{Epoch, ErrorReply, Fence, Follow, Op, Promote, Reply};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::failover::{self, Plan, Seen, StallRule, StallVerdict, StallWatch};
@@ -28,6 +30,23 @@ const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 /// Least time between two "election postponed" warnings: the health loop
 /// retries every heartbeat.
 const QUORUM_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest pause between two attempts of a postponed election while no
+/// replica's health changes.
+const POSTPONED_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// An election postponed for too few fence answers, and when to try again.
+#[derive(Debug, Clone)]
+struct Postponed {
+    /// The epoch it fenced at (reused by the retry).
+    epoch: Epoch,
+    /// Which slots were healthy then: a change retries at once.
+    healthy: Vec<bool>,
+    /// No retry before this while nothing changes.
+    retry_at: Instant,
+    /// The pause that set `retry_at`; doubles per attempt.
+    backoff: Duration,
+}
 
 /// The health and failover loop.
 pub struct HealthLoop {
@@ -46,6 +65,12 @@ pub struct HealthLoop {
     stall: StallWatch,
     /// When an election was last postponed for too few answers (logged).
     quorum_warned: Option<Instant>,
+    /// An epoch this balancer minted and fenced with but promoted no one at.
+    ballot: Option<Epoch>,
+    /// The last election that was postponed, while it may go on.
+    postponed: Option<Postponed>,
+    /// When running out of epochs was last logged.
+    exhausted_warned: Option<Instant>,
 }
 
 impl HealthLoop {
@@ -67,6 +92,9 @@ impl HealthLoop {
         HealthLoop {
             stall: StallWatch::new(rule),
             quorum_warned: None,
+            ballot: None,
+            postponed: None,
+            exhausted_warned: None,
             config,
             table,
             links,
@@ -137,6 +165,11 @@ impl HealthLoop {
                     warn!(addr = %link.addr(), "replica is down (connection refused)");
                 }
             }
+            Ok(Reply::Error(ErrorReply::Diverged { reason })) => {
+                if self.table.mark_down(slot) {
+                    error!(addr = %link.addr(), reason = %reason, "replica stopped: its log diverged from its leader's; it gets no reads and no role until an operator acts");
+                }
+            }
             other => {
                 if let Err(e) = &other {
                     debug!(slot, error = %e, "health check failed");
@@ -154,8 +187,16 @@ impl HealthLoop {
         }
     }
 
-    async fn act(&mut self) {
+    /// What the decision core needs from the table and from this loop.
+    fn current(&self) -> failover::Current {
         let mut current = self.table.current();
+        current.coordinator = self.config.coordinator;
+        current.ballot = self.ballot;
+        current
+    }
+
+    async fn act(&mut self) {
+        let mut current = self.current();
         // The grace ends for good with the first leader or its deadline.
         if current.leader.is_some() || self.grace_until.is_some_and(|t| Instant::now() >= t) {
             self.grace_until = None;
@@ -201,7 +242,22 @@ impl HealthLoop {
             Plan::Elect { epoch } => {
                 self.stall.clear();
                 self.leader_lost();
+                if self.holding_off(epoch) {
+                    return;
+                }
                 self.elect(epoch).await;
+            }
+            Plan::Exhausted { max } => {
+                self.stall.clear();
+                self.leader_lost();
+                let now = Instant::now();
+                if self
+                    .exhausted_warned
+                    .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
+                {
+                    self.exhausted_warned = Some(now);
+                    error!(max_epoch = %max, "no epoch above the highest one seen can be minted (a replica was moved to the last term); no leader can be elected");
+                }
             }
             Plan::Wait => {
                 self.stall.clear();
@@ -285,6 +341,7 @@ impl HealthLoop {
 
     async fn elect(&mut self, epoch: Epoch) {
         let started = self.lost_at.unwrap_or_else(Instant::now);
+        self.ballot = Some(epoch);
         self.table.raise_epoch(epoch);
         // Fence everyone: a refused connection answers at once, so only slow
         // replicas make the election wait, and at most election_wait.
@@ -331,15 +388,22 @@ impl HealthLoop {
     /// (writes in flight on it are Indeterminate), then it is fenced too
     /// (which deposes it, and its answer gives its final commit index) and
     /// the best fit follower is promoted (see [`failover::choose_successor`]
-    /// for why no acknowledged write is lost). Without its answer, nobody is
-    /// promoted unless enough replicas answered
-    /// ([`failover::election_quorum`]). Should no follower be fit, the
-    /// election goes on as usual among every fenced replica, which
-    /// re-promotes the old leader at the new epoch.
+    /// for why no acknowledged write is lost). Nobody is promoted unless
+    /// enough replicas answered ([`failover::election_quorum`]), its answer
+    /// counting: the leader's commit index bounds what it acknowledged, but
+    /// not what a leader of a newer epoch (another balancer's) may have.
+    /// Should no follower be fit, the election goes on as usual among every
+    /// fenced replica, which re-promotes the old leader at the new epoch.
     async fn elect_away_from(&mut self, stalled: usize) {
         let started = Instant::now();
         self.stall.failed_over(started);
-        let epoch = failover::max_epoch(&self.table.observed(), self.table.current()).next();
+        let current = self.current();
+        let max = failover::max_epoch(&self.table.observed(), current);
+        let Some(epoch) = failover::election_epoch(max, current) else {
+            error!(max_epoch = %max, "no epoch above the highest one seen can be minted; keeping the stalled leader");
+            return;
+        };
+        self.ballot = Some(epoch);
         let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
         let others: Vec<usize> = (0..self.links.len())
             .filter(|&slot| slot != stalled)
@@ -360,10 +424,9 @@ impl HealthLoop {
         }
         fenced.extend(self.fence(&[stalled], epoch, wait).await);
         // With the stalled leader's answer, its commit index tells
-        // choose_successor what every acknowledged write covers; without
-        // it, only enough answers do.
-        let leader_answered = fenced.iter().any(|&(slot, _)| slot == stalled);
-        if !leader_answered && !self.enough_answers(&fenced, epoch) {
+        // choose_successor what it acknowledged; the quorum covers what any
+        // other leader (of another balancer) may have.
+        if !self.enough_answers(&fenced, epoch) {
             return;
         }
         let winner = match failover::choose_successor(&fenced, stalled) {
@@ -386,9 +449,20 @@ impl HealthLoop {
         let sync = failover::sync_replicas(self.config.sync_replicas, self.links.len());
         let needed = failover::election_quorum(self.links.len(), sync);
         if fenced.len() >= needed {
+            self.postponed = None;
             return true;
         }
         let now = Instant::now();
+        let backoff = match &self.postponed {
+            Some(p) if p.epoch == epoch => p.backoff.saturating_mul(2).min(POSTPONED_RETRY_MAX),
+            _ => self.config.heartbeat.saturating_mul(2),
+        };
+        self.postponed = Some(Postponed {
+            epoch,
+            healthy: self.healthy_slots(),
+            retry_at: now + backoff,
+            backoff,
+        });
         if self
             .quorum_warned
             .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
@@ -402,6 +476,26 @@ impl HealthLoop {
             );
         }
         false
+    }
+
+    /// Which slots are healthy now.
+    fn healthy_slots(&self) -> Vec<bool> {
+        self.table.observed().iter().map(|o| o.healthy).collect()
+    }
+
+    /// Whether the election at `epoch` was postponed and should not be tried
+    /// again yet: no replica's health changed since, and its back-off is not
+    /// over. Retrying changes no epoch (it fences again at the same one),
+    /// but every attempt costs each replica a request and the log a line.
+    fn holding_off(&mut self, epoch: Epoch) -> bool {
+        let Some(p) = &self.postponed else {
+            return false;
+        };
+        if p.epoch != epoch {
+            self.postponed = None;
+            return false;
+        }
+        p.healthy == self.healthy_slots() && Instant::now() < p.retry_at
     }
 
     /// Fences `slots` at `epoch` in parallel, each waited for at most `wait`;
@@ -425,6 +519,9 @@ impl HealthLoop {
                 Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                     warn!(addr = %self.addr(slot), epoch = %epoch, current = %current, "fence refused: stale epoch");
                     self.table.raise_epoch(current);
+                }
+                Ok(Reply::Error(e)) => {
+                    warn!(addr = %self.addr(slot), epoch = %epoch, error = %e, "fence refused");
                 }
                 Ok(_) => warn!(addr = %self.addr(slot), "unexpected answer to fence"),
                 Err(ConnError::Refused) => {
@@ -454,6 +551,10 @@ impl HealthLoop {
             async_fallback: false,
         });
         let timeout = self.config.request_timeout();
+        // From here on the epoch may have a leader, whatever the answer: the
+        // next election mints a new one.
+        self.ballot = None;
+        self.postponed = None;
         match self.links[winner].request(promote, timeout).await {
             Ok(Reply::Node(status)) => {
                 self.table.record_ok(winner, status);
@@ -482,6 +583,9 @@ impl HealthLoop {
             Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                 warn!(addr = %self.addr(winner), epoch = %epoch, current = %current, "promote refused: stale epoch");
                 self.table.raise_epoch(current);
+            }
+            Ok(Reply::Error(e)) => {
+                warn!(addr = %self.addr(winner), epoch = %epoch, error = %e, "promote refused");
             }
             Ok(_) => warn!(addr = %self.addr(winner), "unexpected answer to promote"),
             Err(e) => warn!(addr = %self.addr(winner), error = %e, "promote failed"),
@@ -517,6 +621,9 @@ impl HealthLoop {
                 Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                     warn!(addr = %self.addr(slot), epoch = %epoch, current = %current, "follow refused: stale epoch");
                     self.table.raise_epoch(current);
+                }
+                Ok(Reply::Error(e)) => {
+                    warn!(addr = %self.addr(slot), epoch = %epoch, error = %e, "follow refused");
                 }
                 Ok(_) => warn!(addr = %self.addr(slot), "unexpected answer to follow"),
                 Err(e) => debug!(slot, error = %e, "follow failed"),

@@ -66,7 +66,7 @@ impl Table {
             inner: Mutex::new(Inner {
                 rows,
                 leader: None,
-                max_epoch: Epoch(0),
+                max_epoch: Epoch::ZERO,
                 next_read: 0,
             }),
             leader_tx: watch::channel(None).0,
@@ -149,13 +149,14 @@ impl Table {
             .collect()
     }
 
-    /// What the balancer remembers: its leader and the highest epoch seen.
+    /// What the table remembers: the leader and the highest epoch seen (the
+    /// health loop adds what it keeps itself).
     pub fn current(&self) -> Current {
         let inner = self.lock();
         Current {
             leader: inner.leader.map(|l| l.slot),
             max_epoch: inner.max_epoch,
-            startup_grace: false,
+            ..Current::default()
         }
     }
 
@@ -271,9 +272,9 @@ mod tests {
         NodeStatus {
             id: ReplicaId(id),
             role,
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch.into()),
             last_index: LogIndex(last),
-            last_epoch: Epoch(epoch),
+            last_epoch: Epoch::from_raw(epoch.into()),
             commit_index: LogIndex(last),
             applied_index: LogIndex(last),
             leader: None,
@@ -318,7 +319,7 @@ mod tests {
     fn leader_report_counts_connected_followers_and_healthy_others() {
         use semikv_protocol::FollowerProgress;
         let t = table3();
-        assert_eq!(t.leader_report(0, Epoch(2)), None);
+        assert_eq!(t.leader_report(0, Epoch::from_raw(2)), None);
         let mut lead = status(1, NodeRole::Leader, 2, 10);
         lead.followers = vec![
             FollowerProgress {
@@ -334,16 +335,26 @@ mod tests {
         ];
         t.record_ok(0, lead.clone());
         t.record_ok(1, status(2, NodeRole::Follower, 2, 10));
-        let r = t.leader_report(0, Epoch(2)).unwrap();
-        assert_eq!((r.slot, r.epoch), (0, Epoch(2)));
+        let r = t.leader_report(0, Epoch::from_raw(2)).unwrap();
+        assert_eq!((r.slot, r.epoch), (0, Epoch::from_raw(2)));
         assert_eq!((r.connected, r.healthy_others), (1, 1));
         t.record_ok(0, lead);
-        let again = t.leader_report(0, Epoch(2)).unwrap();
+        let again = t.leader_report(0, Epoch::from_raw(2)).unwrap();
         assert!(again.seq != r.seq, "a new status is a new report");
         t.record_ok(2, status(3, NodeRole::Follower, 2, 4));
-        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 2);
+        assert_eq!(
+            t.leader_report(0, Epoch::from_raw(2))
+                .unwrap()
+                .healthy_others,
+            2
+        );
         t.mark_down(1);
-        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 1);
+        assert_eq!(
+            t.leader_report(0, Epoch::from_raw(2))
+                .unwrap()
+                .healthy_others,
+            1
+        );
     }
 
     #[test]
@@ -353,12 +364,22 @@ mod tests {
         // Restarted (Idle) and stale followers cannot serve a successor.
         t.record_ok(1, status(2, NodeRole::Idle, 0, 0));
         t.record_ok(2, status(3, NodeRole::Follower, 1, 9));
-        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 0);
+        assert_eq!(
+            t.leader_report(0, Epoch::from_raw(2))
+                .unwrap()
+                .healthy_others,
+            0
+        );
         t.record_ok(1, status(2, NodeRole::Follower, 2, 0));
-        assert_eq!(t.leader_report(0, Epoch(2)).unwrap().healthy_others, 1);
+        assert_eq!(
+            t.leader_report(0, Epoch::from_raw(2))
+                .unwrap()
+                .healthy_others,
+            1
+        );
         // Not a report of a leader at that epoch.
-        assert_eq!(t.leader_report(0, Epoch(3)), None);
-        assert_eq!(t.leader_report(1, Epoch(2)), None);
+        assert_eq!(t.leader_report(0, Epoch::from_raw(3)), None);
+        assert_eq!(t.leader_report(1, Epoch::from_raw(2)), None);
     }
 
     #[test]
@@ -368,11 +389,11 @@ mod tests {
         t.record_ok(1, status(2, NodeRole::Follower, 2, 7));
         t.set_leader(Some(Leader {
             slot: 0,
-            epoch: Epoch(2),
+            epoch: Epoch::from_raw(2),
         }));
         let c = t.cluster_status();
         assert_eq!(c.leader.as_deref(), Some("a:1"));
-        assert_eq!(c.epoch, Epoch(2));
+        assert_eq!(c.epoch, Epoch::from_raw(2));
         assert_eq!(c.replicas.len(), 3);
         assert_eq!(c.replicas[1].lag, 3);
         assert_eq!(c.replicas[1].id, Some(ReplicaId(2)));

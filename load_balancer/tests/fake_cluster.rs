@@ -15,9 +15,9 @@ use futures::{SinkExt, StreamExt};
 use semikv_lb::outbox::Out;
 use semikv_lb::Config;
 use semikv_protocol::{
-    Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec, NodeRole,
-    NodeStatus, Op, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome, WireError,
-    PROTOCOL_VERSION,
+    CoordinatorId, Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec,
+    NodeRole, NodeStatus, Op, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome,
+    WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,8 +33,8 @@ const T: Duration = Duration::from_secs(10);
 struct FakeState {
     id: u32,
     role: Option<NodeRole>,
-    epoch: u64,
-    last_epoch: u64,
+    epoch: Epoch,
+    last_epoch: Epoch,
     last_index: u64,
     leader_addr: Option<String>,
     map: HashMap<Bytes, Bytes>,
@@ -71,6 +71,10 @@ struct FakeState {
     fenced_at: Option<u64>,
 }
 
+/// The coordinator that minted the epochs fakes start at (an earlier
+/// balancer); tests speak of epochs by their term.
+const PAST: CoordinatorId = CoordinatorId(0xe0);
+
 /// The most other fakes any test runs next to one fake.
 const OTHER_FAKES: usize = 2;
 
@@ -82,9 +86,9 @@ impl FakeState {
         NodeStatus {
             id: ReplicaId(self.id),
             role: self.role.unwrap_or(NodeRole::Idle),
-            epoch: Epoch(self.epoch),
+            epoch: self.epoch,
             last_index: LogIndex(self.last_index),
-            last_epoch: Epoch(self.last_epoch),
+            last_epoch: self.last_epoch,
             commit_index: LogIndex(self.last_index),
             applied_index: LogIndex(self.last_index),
             leader: self.leader_addr.clone(),
@@ -99,10 +103,10 @@ impl FakeState {
     }
 
     fn stale(&self, epoch: Epoch) -> Option<Reply> {
-        (epoch.0 < self.epoch).then(|| {
+        (epoch < self.epoch).then(|| {
             Reply::Error(ErrorReply::StaleEpoch {
                 got: epoch,
-                current: Epoch(self.epoch),
+                current: self.epoch,
             })
         })
     }
@@ -123,7 +127,7 @@ impl FakeState {
                 self.fences += 1;
                 self.fenced_at
                     .get_or_insert_with(|| FENCE_CLOCK.fetch_add(1, Ordering::SeqCst));
-                self.epoch = f.epoch.0;
+                self.epoch = f.epoch;
                 if role == NodeRole::Leader {
                     self.role = Some(NodeRole::Follower);
                 }
@@ -133,19 +137,19 @@ impl FakeState {
                 if let Some(r) = self.stale(p.epoch) {
                     return Some(r);
                 }
-                self.promotes.push((p.epoch.0, p.sync_replicas));
-                self.epoch = p.epoch.0;
+                self.promotes.push((p.epoch.term(), p.sync_replicas));
+                self.epoch = p.epoch;
                 self.role = Some(NodeRole::Leader);
                 self.leader_addr = None;
                 self.last_index += 1;
-                self.last_epoch = p.epoch.0;
+                self.last_epoch = p.epoch;
                 Reply::Node(self.status())
             }
             Op::Follow(f) => {
                 if let Some(r) = self.stale(f.epoch) {
                     return Some(r);
                 }
-                self.epoch = f.epoch.0;
+                self.epoch = f.epoch;
                 self.role = Some(NodeRole::Follower);
                 self.leader_addr = Some(f.leader_addr);
                 Reply::Node(self.status())
@@ -199,8 +203,8 @@ impl Fake {
         let state = FakeState {
             id,
             role: Some(role),
-            epoch,
-            last_epoch: epoch,
+            epoch: Epoch::new(epoch, PAST),
+            last_epoch: Epoch::new(epoch, PAST),
             last_index,
             ..FakeState::default()
         };
@@ -472,13 +476,13 @@ async fn set_until_written(c: &mut Client, k: &str, v: &str) -> Reply {
 
 fn is_leader_at(f: &Fake, epoch: u64) -> bool {
     let s = f.s();
-    s.role == Some(NodeRole::Leader) && s.epoch == epoch
+    s.role == Some(NodeRole::Leader) && s.epoch.term() == epoch
 }
 
 fn follows(f: &Fake, leader: &Fake, epoch: u64) -> bool {
     let s = f.s();
     s.role == Some(NodeRole::Follower)
-        && s.epoch == epoch
+        && s.epoch.term() == epoch
         && s.leader_addr.as_deref() == Some(leader.addr.to_string().as_str())
 }
 
@@ -844,8 +848,8 @@ async fn killing_the_leader_fails_over_to_the_best_follower() {
     let old = FakeState {
         id: 1,
         role: Some(NodeRole::Leader),
-        epoch: 3,
-        last_epoch: 3,
+        epoch: Epoch::new(3, PAST),
+        last_epoch: Epoch::new(3, PAST),
         last_index: 11,
         ..FakeState::default()
     };
@@ -861,7 +865,7 @@ async fn killing_the_leader_fails_over_to_the_best_follower() {
         panic!("status is not a cluster view");
     };
     assert_eq!(cluster.leader, Some(c.addr.to_string()));
-    assert_eq!(cluster.epoch, Epoch(4));
+    assert_eq!(cluster.epoch.term(), 4);
     lb.stop().await;
 }
 
@@ -1009,13 +1013,15 @@ async fn bad_input_is_rejected_and_closed_while_others_keep_working() {
     // Admin ops from a client.
     let mut admin = Client::connect(lb.addr).await;
     admin
-        .send(Op::Fence(semikv_protocol::Fence { epoch: Epoch(99) }))
+        .send(Op::Fence(semikv_protocol::Fence {
+            epoch: Epoch::from_raw(99),
+        }))
         .await;
     match timeout(T, admin.framed.next()).await.unwrap() {
         Some(Ok(Message::Reject(WireError::WrongRole { .. }))) => {}
         other => panic!("expected WrongRole: {other:?}"),
     }
-    assert_eq!(a.s().epoch, 1, "the fence never reached the replica");
+    assert_eq!(a.s().epoch.term(), 1, "the fence never reached the replica");
 
     // Invalid request: a clear error, the connection stays.
     assert!(matches!(
@@ -1049,7 +1055,7 @@ async fn status_returns_the_cluster_view() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(cluster.leader, Some(a.addr.to_string()));
-    assert_eq!(cluster.epoch, Epoch(2));
+    assert_eq!(cluster.epoch.term(), 2);
     assert_eq!(cluster.replicas.len(), 3);
     let ra = &cluster.replicas[0];
     assert_eq!(
@@ -1228,7 +1234,7 @@ async fn a_stalled_leader_is_kept_when_no_other_replica_answers_the_fence() {
         panic!("status is not a cluster view");
     };
     assert_eq!(cluster.leader, Some(a.addr.to_string()));
-    assert_eq!(cluster.epoch, Epoch(4), "max epoch unchanged");
+    assert_eq!(cluster.epoch.term(), 4, "max epoch unchanged");
     lb.stop().await;
 }
 
@@ -1459,8 +1465,8 @@ async fn a_replica_that_comes_back_rejoins_the_read_rotation() {
         FakeState {
             id: 2,
             role: Some(NodeRole::Follower),
-            epoch: 1,
-            last_epoch: 1,
+            epoch: Epoch::new(1, PAST),
+            last_epoch: Epoch::new(1, PAST),
             ..FakeState::default()
         },
     )
@@ -1501,8 +1507,8 @@ async fn startup_waits_for_a_slow_replica_that_may_hold_newer_writes() {
         FakeState {
             id: 2,
             role: Some(NodeRole::Follower),
-            epoch: 3,
-            last_epoch: 3,
+            epoch: Epoch::new(3, PAST),
+            last_epoch: Epoch::new(3, PAST),
             last_index: 9,
             ..FakeState::default()
         },

@@ -17,5 +17,5 @@ pub mod message;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;
-pub use ids::{Epoch, LogIndex, ReplicaId, RequestId};
+pub use ids::{CoordinatorId, Epoch, LogIndex, ReplicaId, RequestId};
 pub use message::*;

@@ -18,7 +18,11 @@ use crate::ids::{Epoch, LogIndex, ReplicaId, RequestId};
 pub const MAGIC: u32 = 0x534b_5631;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2: epochs are ballots (`term << 64 | coordinator`, a `u128`; see
+/// [`crate::Epoch`]), leaders open streams with [`Message::StreamFrom`], and
+/// [`ErrorReply`] gained `EpochConflict` and `Diverged`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Longest key accepted: 64 KiB.
 pub const MAX_KEY_LEN: usize = 64 * 1024;
@@ -50,6 +54,9 @@ pub enum Message {
     Ack(Ack),
     /// Leader to follower: part of a snapshot of the whole map.
     Snapshot(SnapshotChunk),
+    /// Leader to follower: where the stream starts, and what the follower
+    /// must hold there (replaces [`Message::StreamStart`] from protocol 2).
+    StreamFrom(StreamFrom),
 }
 
 /// The role a connection declares in its handshake. Admin messages are
@@ -103,6 +110,7 @@ impl Message {
             Message::Entries(_) => "Entries",
             Message::Ack(_) => "Ack",
             Message::Snapshot(_) => "Snapshot",
+            Message::StreamFrom(_) => "StreamFrom",
         }
     }
 }
@@ -440,6 +448,24 @@ pub enum ErrorReply {
         /// The underlying failure.
         reason: String,
     },
+    /// An admin message at the replica's current epoch contradicts the role
+    /// it already took at that epoch (a second leader, a second promotion,
+    /// a promotion after a restart). An epoch has at most one leader; the
+    /// coordinator must elect again at a new epoch.
+    EpochConflict {
+        /// The epoch of the refused message (the replica's current one).
+        epoch: Epoch,
+        /// What it contradicts.
+        reason: String,
+    },
+    /// The replica found its log inconsistent with its leader's in a way the
+    /// protocol rules out, and stopped serving rather than merge them. An
+    /// operator must look at it (its log line names the index); wiping its
+    /// data directory makes it rejoin with a full copy.
+    Diverged {
+        /// What was found.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ErrorReply {
@@ -466,6 +492,12 @@ impl fmt::Display for ErrorReply {
                 write!(f, "StaleEpoch: got epoch {got}, current is {current}")
             }
             ErrorReply::Storage { reason } => write!(f, "Storage: {reason}"),
+            ErrorReply::EpochConflict { epoch, reason } => {
+                write!(f, "EpochConflict: at epoch {epoch}: {reason}")
+            }
+            ErrorReply::Diverged { reason } => {
+                write!(f, "Diverged: {reason}; this replica stopped serving")
+            }
         }
     }
 }
@@ -570,6 +602,17 @@ pub struct Entry {
     pub op: WriteOp,
 }
 
+impl Entry {
+    /// crc32 of its postcard encoding: what two replicas compare to tell
+    /// whether they hold the same entry. `None` only if it cannot be encoded.
+    pub fn checksum(&self) -> Option<u32> {
+        let mut hasher = crc32fast::Hasher::new();
+        let bytes = postcard::to_allocvec(self).ok()?;
+        hasher.update(&bytes);
+        Some(hasher.finalize())
+    }
+}
+
 /// The operation an [`Entry`] applies. Row-based and idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
@@ -615,13 +658,33 @@ pub struct Subscribe {
     pub history: Vec<EpochStart>,
 }
 
-/// Leader to follower: the stream continues after `prefix`.
+/// Leader to follower: the stream continues after `prefix` (protocol 1;
+/// leaders of protocol 2 send [`StreamFrom`] instead, and followers refuse
+/// this one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamStart {
     /// The leader's epoch.
     pub epoch: Epoch,
     /// The last index both logs agree on; the follower truncates after it.
     pub prefix: LogIndex,
+}
+
+/// Leader to follower: the stream continues after `prefix`, which both logs
+/// hold. The follower checks that its own entry at `prefix` is the leader's
+/// (same epoch and, when the leader still holds it in memory, the same
+/// bytes) before it truncates anything after it: two logs that disagree
+/// there broke log matching, and merging them would corrupt the follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFrom {
+    /// The leader's epoch.
+    pub epoch: Epoch,
+    /// The last index both logs agree on; the follower truncates after it.
+    pub prefix: LogIndex,
+    /// The epoch of the leader's entry at `prefix` (0 for index 0).
+    pub prefix_epoch: Epoch,
+    /// crc32 of the postcard encoding of the leader's entry at `prefix`, or
+    /// `None` when that entry is only in its snapshot (or `prefix` is 0).
+    pub prefix_crc: Option<u32>,
 }
 
 /// Leader to follower: entries after `prev_index`, and the commit index.

@@ -34,9 +34,9 @@ fn node_status(role: NodeRole) -> NodeStatus {
     NodeStatus {
         id: ReplicaId(1),
         role,
-        epoch: Epoch(7),
+        epoch: Epoch::from_raw(7),
         last_index: LogIndex(300),
-        last_epoch: Epoch(6),
+        last_epoch: Epoch::from_raw(6),
         commit_index: LogIndex(299),
         applied_index: LogIndex(298),
         leader: match role {
@@ -190,7 +190,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             request(
                 3,
                 Op::Promote(Promote {
-                    epoch: Epoch(5),
+                    epoch: Epoch::from_raw(5),
                     sync_replicas: 1,
                     sync_timeout_ms: 2000,
                     async_fallback: true,
@@ -202,7 +202,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             request(
                 4,
                 Op::Follow(Follow {
-                    epoch: Epoch(5),
+                    epoch: Epoch::from_raw(5),
                     leader: ReplicaId(1),
                     leader_addr: "127.0.0.1:8081".to_string(),
                 }),
@@ -210,7 +210,12 @@ fn samples() -> Vec<(&'static str, Message)> {
         ),
         (
             "request_fence",
-            request(5, Op::Fence(Fence { epoch: Epoch(6) })),
+            request(
+                5,
+                Op::Fence(Fence {
+                    epoch: Epoch::from_raw(6),
+                }),
+            ),
         ),
         (
             "response_value_some",
@@ -249,14 +254,14 @@ fn samples() -> Vec<(&'static str, Message)> {
                 2,
                 Reply::Cluster(ClusterStatus {
                     leader: Some("127.0.0.1:8081".to_string()),
-                    epoch: Epoch(7),
+                    epoch: Epoch::from_raw(7),
                     replicas: vec![
                         ReplicaView {
                             id: Some(ReplicaId(1)),
                             addr: "127.0.0.1:8081".to_string(),
                             role: NodeRole::Leader,
                             healthy: true,
-                            epoch: Epoch(7),
+                            epoch: Epoch::from_raw(7),
                             last_index: LogIndex(300),
                             commit_index: LogIndex(299),
                             applied_index: LogIndex(299),
@@ -267,7 +272,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                             addr: "127.0.0.1:8082".to_string(),
                             role: NodeRole::Idle,
                             healthy: false,
-                            epoch: Epoch(0),
+                            epoch: Epoch::from_raw(0),
                             last_index: LogIndex(0),
                             commit_index: LogIndex(0),
                             applied_index: LogIndex(0),
@@ -316,8 +321,8 @@ fn samples() -> Vec<(&'static str, Message)> {
         (
             "error_stale_epoch",
             error(ErrorReply::StaleEpoch {
-                got: Epoch(3),
-                current: Epoch(4),
+                got: Epoch::from_raw(3),
+                current: Epoch::from_raw(4),
             }),
         ),
         (
@@ -329,17 +334,17 @@ fn samples() -> Vec<(&'static str, Message)> {
         (
             "subscribe",
             Message::Subscribe(Subscribe {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 follower: ReplicaId(2),
                 last_index: LogIndex(10),
-                last_epoch: Epoch(4),
+                last_epoch: Epoch::from_raw(4),
                 history: vec![
                     EpochStart {
-                        epoch: Epoch(1),
+                        epoch: Epoch::from_raw(1),
                         start: LogIndex(1),
                     },
                     EpochStart {
-                        epoch: Epoch(4),
+                        epoch: Epoch::from_raw(4),
                         start: LogIndex(8),
                     },
                 ],
@@ -348,24 +353,24 @@ fn samples() -> Vec<(&'static str, Message)> {
         (
             "stream_start",
             Message::StreamStart(StreamStart {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 prefix: LogIndex(9),
             }),
         ),
         (
             "entries",
             Message::Entries(Entries {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 prev_index: LogIndex(9),
                 entries: vec![
                     Entry {
                         index: LogIndex(10),
-                        epoch: Epoch(5),
+                        epoch: Epoch::from_raw(5),
                         op: WriteOp::Noop,
                     },
                     Entry {
                         index: LogIndex(11),
-                        epoch: Epoch(5),
+                        epoch: Epoch::from_raw(5),
                         op: WriteOp::Set {
                             key: Bytes::from_static(b"k"),
                             value: Bytes::from_static(BINARY),
@@ -373,7 +378,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                     },
                     Entry {
                         index: LogIndex(12),
-                        epoch: Epoch(5),
+                        epoch: Epoch::from_raw(5),
                         op: WriteOp::Delete {
                             key: Bytes::from_static(b"k"),
                         },
@@ -385,7 +390,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         (
             "entries_heartbeat",
             Message::Entries(Entries {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 prev_index: LogIndex(12),
                 entries: Vec::new(),
                 commit_index: LogIndex(12),
@@ -394,23 +399,54 @@ fn samples() -> Vec<(&'static str, Message)> {
         (
             "ack",
             Message::Ack(Ack {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 match_index: LogIndex(12),
             }),
         ),
         (
             "snapshot",
             Message::Snapshot(SnapshotChunk {
-                epoch: Epoch(5),
+                epoch: Epoch::from_raw(5),
                 last_index: LogIndex(12),
-                last_epoch: Epoch(5),
+                last_epoch: Epoch::from_raw(5),
                 history: vec![EpochStart {
-                    epoch: Epoch(5),
+                    epoch: Epoch::from_raw(5),
                     start: LogIndex(10),
                 }],
                 offset: 4096,
                 data: Bytes::from_static(BINARY),
                 done: true,
+            }),
+        ),
+        (
+            "stream_from",
+            Message::StreamFrom(StreamFrom {
+                epoch: Epoch::new(7, CoordinatorId(0x8f3a_9c21_d4e0_b7f6)),
+                prefix: LogIndex(9),
+                prefix_epoch: Epoch::new(6, CoordinatorId(1)),
+                prefix_crc: Some(0xdead_beef),
+            }),
+        ),
+        (
+            "stream_from_compacted",
+            Message::StreamFrom(StreamFrom {
+                epoch: Epoch::new(7, CoordinatorId(0x8f3a_9c21_d4e0_b7f6)),
+                prefix: LogIndex(0),
+                prefix_epoch: Epoch::ZERO,
+                prefix_crc: None,
+            }),
+        ),
+        (
+            "error_epoch_conflict",
+            error(ErrorReply::EpochConflict {
+                epoch: Epoch::new(u64::MAX, CoordinatorId(u64::MAX)),
+                reason: "leads it".to_string(),
+            }),
+        ),
+        (
+            "error_diverged",
+            error(ErrorReply::Diverged {
+                reason: "index 9".to_string(),
             }),
         ),
     ]
@@ -496,6 +532,12 @@ impl Coverage {
                 data: _,
                 done: _,
             }) => 9,
+            Message::StreamFrom(StreamFrom {
+                epoch: _,
+                prefix: _,
+                prefix_epoch: _,
+                prefix_crc: _,
+            }) => 10,
         };
         self.mark("Message", index);
     }
@@ -621,6 +663,11 @@ impl Coverage {
             ErrorReply::Invalid { reason: _ } => 4,
             ErrorReply::StaleEpoch { got: _, current: _ } => 5,
             ErrorReply::Storage { reason: _ } => 6,
+            ErrorReply::EpochConflict {
+                epoch: _,
+                reason: _,
+            } => 7,
+            ErrorReply::Diverged { reason: _ } => 8,
         };
         self.mark("ErrorReply", index);
     }
@@ -884,9 +931,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 1, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 2, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x01, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x02, 0x00, 0x00]
     );
 }

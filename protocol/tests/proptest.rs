@@ -34,7 +34,10 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn epoch() -> impl Strategy<Value = Epoch> {
-    any::<u64>().prop_map(Epoch)
+    prop_oneof![
+        any::<u64>().prop_map(|e| Epoch::from_raw(u128::from(e))),
+        any::<u128>().prop_map(Epoch::from_raw),
+    ]
 }
 
 fn index() -> impl Strategy<Value = LogIndex> {
@@ -212,6 +215,8 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
         text().prop_map(|reason| ErrorReply::Invalid { reason }),
         (epoch(), epoch()).prop_map(|(got, current)| ErrorReply::StaleEpoch { got, current }),
         text().prop_map(|reason| ErrorReply::Storage { reason }),
+        (epoch(), text()).prop_map(|(epoch, reason)| ErrorReply::EpochConflict { epoch, reason }),
+        text().prop_map(|reason| ErrorReply::Diverged { reason }),
     ]
 }
 
@@ -296,6 +301,20 @@ fn message() -> impl Strategy<Value = Message> {
                         done,
                     })
                 }
+            ),
+        (
+            epoch(),
+            index(),
+            epoch(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(
+                |(epoch, prefix, prefix_epoch, prefix_crc)| Message::StreamFrom(StreamFrom {
+                    epoch,
+                    prefix,
+                    prefix_epoch,
+                    prefix_crc,
+                })
             ),
     ]
 }

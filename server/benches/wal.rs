@@ -20,7 +20,7 @@ fn batch(first: u64, n: u64) -> Vec<Record> {
         .map(|i| {
             Record::Entry(Entry {
                 index: LogIndex(i),
-                epoch: Epoch(1),
+                epoch: Epoch::from_raw(1),
                 op: WriteOp::Set {
                     key: Bytes::from(format!("bench-abcdef-7-{i}")),
                     value: Bytes::from_static(b"7:12345:xxxxxxxx"),

@@ -110,7 +110,7 @@ impl MemLog {
     /// The epoch that wrote `index`, if `index` is in the log (0 for index 0).
     pub fn epoch_at(&self, index: LogIndex) -> Option<Epoch> {
         if index == LogIndex(0) {
-            return Some(Epoch(0));
+            return Some(Epoch::from_raw(0));
         }
         if index > self.last_index() {
             return None;
@@ -265,7 +265,7 @@ mod tests {
     fn entry(index: u64, epoch: u64) -> Entry {
         Entry {
             index: LogIndex(index),
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch.into()),
             op: WriteOp::Set {
                 key: Bytes::from(format!("k{index}")),
                 value: Bytes::from_static(b"v"),
@@ -285,20 +285,20 @@ mod tests {
     fn append_tracks_history_and_refuses_gaps() {
         let mut log = log_of(&[1, 1, 2, 2, 2, 5]);
         assert_eq!(log.last_index(), LogIndex(6));
-        assert_eq!(log.last_epoch(), Epoch(5));
+        assert_eq!(log.last_epoch(), Epoch::from_raw(5));
         assert_eq!(
             log.history(),
             &[
                 EpochStart {
-                    epoch: Epoch(1),
+                    epoch: Epoch::from_raw(1),
                     start: LogIndex(1)
                 },
                 EpochStart {
-                    epoch: Epoch(2),
+                    epoch: Epoch::from_raw(2),
                     start: LogIndex(3)
                 },
                 EpochStart {
-                    epoch: Epoch(5),
+                    epoch: Epoch::from_raw(5),
                     start: LogIndex(6)
                 },
             ]
@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(log.last_index(), LogIndex(2));
         assert_eq!(log.history().len(), 1);
         log.append(entry(3, 3)).unwrap();
-        assert_eq!(log.epoch_at(LogIndex(3)), Some(Epoch(3)));
+        assert_eq!(log.epoch_at(LogIndex(3)), Some(Epoch::from_raw(3)));
     }
 
     #[test]
@@ -327,8 +327,8 @@ mod tests {
         assert_eq!(log.base_index(), LogIndex(3), "at most 3 per call");
         log.compact(LogIndex(4), 3);
         assert_eq!(log.base_index(), LogIndex(4));
-        assert_eq!(log.epoch_at(LogIndex(4)), Some(Epoch(2)));
-        assert_eq!(log.epoch_at(LogIndex(1)), Some(Epoch(1)));
+        assert_eq!(log.epoch_at(LogIndex(4)), Some(Epoch::from_raw(2)));
+        assert_eq!(log.epoch_at(LogIndex(1)), Some(Epoch::from_raw(1)));
         assert!(log.get(LogIndex(4)).is_none());
         assert!(log.entries_from(LogIndex(4), 10, 1 << 20).is_none());
         assert_eq!(log.entries_from(LogIndex(5), 10, 1 << 20).unwrap().len(), 1);

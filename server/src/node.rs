@@ -10,7 +10,47 @@
 //!   `sync_replicas` followers of its epoch acknowledged it, and the entry at
 //!   that index is of the leader's own epoch (earlier entries commit with it);
 //! - after the epoch moves on (promote, follow, fence), nothing of an older
-//!   epoch is appended or acknowledged any more.
+//!   epoch is appended or acknowledged any more;
+//! - one role per epoch: a replica leads an epoch only if it was promoted at
+//!   it before taking any other role at it in this process's life, and never
+//!   follows a second leader at an epoch (see "One leader per epoch" below);
+//! - a follower whose log disagrees with its leader's at the point where
+//!   their logs are said to agree stops (diverged) rather than merge.
+//!
+//! # One leader per epoch
+//!
+//! Log matching (two entries with the same index and epoch are the same
+//! entry, with the same entries before them) is what lets a follower find
+//! where its log and its leader's part from their epoch histories alone
+//! ([`MemLog::common_prefix`]). It holds if every epoch has at most one
+//! leader, and that leader never writes two different entries at one index:
+//!
+//! 1. An epoch names the coordinator that minted it (`term.coordinator`,
+//!    see [`Epoch`]), and a coordinator sends `Promote` for at most one
+//!    replica per epoch it mints. Two coordinators never share an epoch,
+//!    however many run and whatever they believe.
+//! 2. A replica refuses `Promote` at an epoch below its own, and at its own
+//!    epoch unless a fence moved it there in this process's life and it has
+//!    taken no role since ([`Node::promote`]). So a paused coordinator's
+//!    late `Promote` meets a newer epoch, and a leader that crashed or
+//!    stepped down never leads its old epoch again: after a crash it may
+//!    have lost unsynced entries that a follower holds, and writing other
+//!    entries at those indexes would break log matching.
+//! 3. A leader appends only at the end of its own log and truncates nothing
+//!    while it leads; a follower refuses `Follow` naming another leader at
+//!    the epoch it follows or leads (an `EpochConflict`).
+//!
+//! Why a deposed leader cannot commit once a newer election has promoted:
+//! the coordinator promotes only after `replicas - sync_replicas` replicas
+//! answered its fence (each persisted the new epoch before answering and
+//! refuses older streams from then on), and a commit at an older epoch needs
+//! its leader plus `sync_replicas` followers of that epoch. The two sets add
+//! up to more than the replicas, so they share one: it acknowledged the
+//! write before its fence (after it, it refuses the old stream), hence the
+//! fence answers show a log holding the write, and the coordinator promotes
+//! the most up-to-date answer, `(last_epoch, last_index)` first. With one
+//! leader per epoch that log holds every committed entry (Raft's leader
+//! completeness argument), for any number of coordinators.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -184,15 +224,23 @@ pub enum StreamError {
     /// The peer sent something inconsistent with our log.
     #[error("inconsistent stream: {0}")]
     Inconsistent(String),
+    /// Our log and the leader's disagree where the protocol says they
+    /// cannot: this replica stopped (see [`Node::diverged`]).
+    #[error("log diverged from the leader's: {0}")]
+    Diverged(String),
 }
 
 /// How a leader starts a follower's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamPlan {
-    /// Send `StreamStart { prefix }` and entries after it.
+    /// Send `StreamFrom` with these and entries after `prefix`.
     FromPrefix {
         /// Common prefix of both logs.
         prefix: LogIndex,
+        /// The epoch of the leader's entry at `prefix`.
+        prefix_epoch: Epoch,
+        /// The checksum of the leader's entry at `prefix`, if held in memory.
+        prefix_crc: Option<u32>,
     },
     /// The follower needs entries that only the snapshot holds.
     Snapshot,
@@ -263,6 +311,12 @@ pub struct Node {
     /// While [`Node::propose_batch`] runs, the progress and outbox signals
     /// are noted here and sent once at its end.
     held: Option<HeldSignals>,
+    /// The epoch a fence moved this node to, while it has taken no role at
+    /// it since: the only current epoch it may still be promoted at.
+    promotable: Option<Epoch>,
+    /// Set when the log was found inconsistent with the leader's in a way
+    /// the protocol rules out; the node then serves nothing.
+    diverged: Option<String>,
 }
 
 /// Signals owed while they are held back: one wake-up for a batch of
@@ -312,6 +366,8 @@ impl Node {
             log: recovered.log,
             signals,
             held: None,
+            promotable: None,
+            diverged: None,
         };
         let commit = recovered.commit.min(last).max(base);
         node.set_commit(commit);
@@ -374,6 +430,16 @@ impl Node {
         }
     }
 
+    /// The answer to a `Status` request: this replica's status, or
+    /// `Diverged` once it stopped serving (so that balancers take it out of
+    /// every rotation at once).
+    pub fn status_reply(&self) -> Reply {
+        match self.check_serving() {
+            Ok(()) => Reply::Node(self.status()),
+            Err(refused) => Reply::Error(refused),
+        }
+    }
+
     /// The error a non-leader answers writes with.
     fn not_leader(&self) -> ErrorReply {
         let leader = match &self.role {
@@ -399,8 +465,10 @@ impl Node {
     /// [`Node::forget`] drops it first. Nothing is registered on error.
     ///
     /// # Errors
-    /// `NotLeader` on a non-leader; `Storage` once the disk has failed.
+    /// `NotLeader` on a non-leader; `Storage` once the disk has failed;
+    /// `Diverged` once diverged.
     pub fn propose(&mut self, op: WriteOp, completion: Completion) -> Result<Proposed, ErrorReply> {
+        self.check_serving()?;
         if let Some(reason) = &self.failed {
             return Err(ErrorReply::Storage {
                 reason: reason.clone(),
@@ -755,6 +823,7 @@ impl Node {
         self.epoch = epoch;
         self.role = role;
         self.role_gen += 1;
+        self.promotable = None;
         let target = match &mut self.role {
             Role::Follower(t) => {
                 t.role_gen = self.role_gen;
@@ -767,13 +836,18 @@ impl Node {
     }
 
     /// Becomes leader at `epoch` (already persisted). Appends a no-op of the
-    /// new epoch so the inherited tail can commit.
+    /// new epoch so the inherited tail can commit. Promoted again at the
+    /// epoch it leads, it only takes the new settings (a coordinator that
+    /// lost the first answer).
     ///
     /// # Errors
-    /// `StaleEpoch` for an older epoch, or for this epoch once it already
-    /// follows someone in it.
+    /// `StaleEpoch` for an older epoch; `EpochConflict` at its own epoch
+    /// when it follows someone at it, or when no fence moved it there in
+    /// this process's life (it restarted in that epoch, or already left a
+    /// role at it): it may have led the epoch before and lost unsynced
+    /// entries a follower holds. `Diverged` once diverged.
     pub fn promote(&mut self, epoch: Epoch, settings: LeaderSettings) -> Result<(), ErrorReply> {
-        self.check_epoch(epoch)?;
+        self.check_admin(epoch)?;
         if epoch == self.epoch {
             match &mut self.role {
                 Role::Leader(l) => {
@@ -782,11 +856,16 @@ impl Node {
                     l.async_fallback = settings.async_fallback;
                     return Ok(());
                 }
-                Role::Follower(_) => {
-                    return Err(ErrorReply::StaleEpoch {
-                        got: epoch,
-                        current: self.epoch,
-                    })
+                Role::Follower(t) => {
+                    let reason = format!("this replica follows replica {} at this epoch", t.leader);
+                    return Err(self.conflict(reason));
+                }
+                Role::Idle if self.promotable != Some(epoch) => {
+                    return Err(self.conflict(
+                        "this replica took a role at this epoch before (or restarted in it) and \
+                         cannot lead it now; elect at a new epoch"
+                            .to_string(),
+                    ));
                 }
                 Role::Idle => {}
             }
@@ -804,28 +883,35 @@ impl Node {
         Ok(())
     }
 
-    /// Follows `leader` at `epoch` (already persisted).
+    /// Follows `leader` at `epoch` (already persisted). Told again to follow
+    /// the same leader at its epoch, it keeps its stream (or reconnects to
+    /// the new address given).
     ///
     /// # Errors
-    /// `StaleEpoch` for an older epoch, or for this epoch when this node
-    /// leads it.
+    /// `StaleEpoch` for an older epoch; `EpochConflict` at its own epoch when
+    /// it leads that epoch or follows another leader at it (an epoch has one
+    /// leader, so one of the two coordinators is wrong); `Diverged` once
+    /// diverged.
     pub fn follow(
         &mut self,
         epoch: Epoch,
         leader: ReplicaId,
         addr: String,
     ) -> Result<(), ErrorReply> {
-        self.check_epoch(epoch)?;
+        self.check_admin(epoch)?;
         if epoch == self.epoch {
             match &self.role {
                 Role::Leader(_) => {
-                    return Err(ErrorReply::StaleEpoch {
-                        got: epoch,
-                        current: self.epoch,
-                    })
+                    return Err(self.conflict("this replica leads this epoch itself".to_string()));
                 }
                 Role::Follower(t) if t.leader == leader && t.addr == addr => return Ok(()),
-                _ => {}
+                Role::Follower(t) if t.leader != leader => {
+                    return Err(self.conflict(format!(
+                        "this replica follows replica {} at this epoch, not replica {leader}",
+                        t.leader
+                    )));
+                }
+                Role::Follower(_) | Role::Idle => {}
             }
         }
         let target = FollowTarget {
@@ -839,15 +925,60 @@ impl Node {
     }
 
     /// Moves to `epoch` (already persisted) and stops leading or following.
+    /// A fence at the current epoch changes nothing.
     ///
     /// # Errors
-    /// `StaleEpoch` for an older epoch.
+    /// `StaleEpoch` for an older epoch; `Diverged` once diverged.
     pub fn fence(&mut self, epoch: Epoch) -> Result<(), ErrorReply> {
-        self.check_epoch(epoch)?;
+        self.check_admin(epoch)?;
         if epoch > self.epoch {
             self.enter_epoch(epoch, Role::Idle, "fenced");
+            self.promotable = Some(epoch);
         }
         Ok(())
+    }
+
+    /// Checks that an admin message at `epoch` may be acted on, without
+    /// changing anything (the epoch is persisted between check and apply).
+    ///
+    /// # Errors
+    /// `Diverged` once diverged; `StaleEpoch` below the current epoch.
+    pub fn check_admin(&self, epoch: Epoch) -> Result<(), ErrorReply> {
+        self.check_serving()?;
+        self.check_epoch(epoch)
+    }
+
+    fn conflict(&self, reason: String) -> ErrorReply {
+        ErrorReply::EpochConflict {
+            epoch: self.epoch,
+            reason,
+        }
+    }
+
+    /// Whether this node may serve anything.
+    ///
+    /// # Errors
+    /// `Diverged` once its log was found inconsistent with a leader's.
+    pub fn check_serving(&self) -> Result<(), ErrorReply> {
+        match &self.diverged {
+            Some(reason) => Err(ErrorReply::Diverged {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this node stopped serving, if its log diverged from a leader's.
+    pub fn diverged(&self) -> Option<&str> {
+        self.diverged.as_deref()
+    }
+
+    /// Stops for good (until restarted): stops following, refuses every
+    /// request from now on, and returns the error that says why.
+    fn diverge(&mut self, reason: String) -> StreamError {
+        self.enter_epoch(self.epoch, Role::Idle, "diverged");
+        self.diverged = Some(reason.clone());
+        StreamError::Diverged(reason)
     }
 
     /// What a follower subscribes with: its epoch, last index and epoch, and
@@ -872,16 +1003,21 @@ impl Node {
         }
     }
 
-    /// The leader says the logs agree up to `prefix`: drop everything after.
+    /// The leader says the logs agree up to `prefix`, where its entry has
+    /// `prefix_epoch` and checksum `prefix_crc`: drop everything after.
     ///
     /// # Errors
     /// `Superseded` if the role moved on; `Inconsistent` if `prefix` is past
-    /// our log or would cut a committed entry.
-    pub fn on_stream_start(
+    /// our log; `Diverged` (and the node stops) if our entry at `prefix` is
+    /// not the leader's, or `prefix` would cut a committed entry: with one
+    /// leader per epoch neither can happen, and merging would corrupt data.
+    pub fn on_stream_from(
         &mut self,
         role_gen: u64,
         epoch: Epoch,
         prefix: LogIndex,
+        prefix_epoch: Epoch,
+        prefix_crc: Option<u32>,
     ) -> Result<(), StreamError> {
         self.check_follower(role_gen, epoch)?;
         if prefix > self.log.last_index() {
@@ -891,10 +1027,31 @@ impl Node {
             )));
         }
         if prefix < self.commit {
-            return Err(StreamError::Inconsistent(format!(
-                "leader would truncate committed entries: prefix {prefix} < commit {}",
+            return Err(self.diverge(format!(
+                "the leader of epoch {epoch} would truncate committed entries: our logs agree \
+                 only up to index {prefix}, but index {} is committed here",
                 self.commit
             )));
+        }
+        // Below the base only the epoch is known (and `prefix >= commit >=
+        // base` here, so the base is as low as it gets).
+        let ours = self.log.epoch_at(prefix);
+        if ours != Some(prefix_epoch) {
+            return Err(self.diverge(format!(
+                "at index {prefix}, where the leader of epoch {epoch} says our logs agree, our \
+                 entry is of epoch {} and the leader's of epoch {prefix_epoch}",
+                ours.unwrap_or_default()
+            )));
+        }
+        let our_crc = self.log.get(prefix).and_then(Entry::checksum);
+        if let (Some(theirs), Some(ours)) = (prefix_crc, our_crc) {
+            if theirs != ours {
+                return Err(self.diverge(format!(
+                    "at index {prefix} (epoch {prefix_epoch}) our entry differs from the leader's \
+                     (checksum {ours:08x}, the leader's {theirs:08x}): two entries of one \
+                     index and epoch"
+                )));
+            }
         }
         if prefix < self.log.last_index() {
             self.log.truncate_after(prefix);
@@ -1012,7 +1169,11 @@ impl Node {
         let plan = if prefix < self.log.base_index().max(self.compact_to) {
             StreamPlan::Snapshot
         } else {
-            StreamPlan::FromPrefix { prefix }
+            StreamPlan::FromPrefix {
+                prefix,
+                prefix_epoch: self.log.epoch_at(prefix).unwrap_or_default(),
+                prefix_crc: self.log.get(prefix).and_then(Entry::checksum),
+            }
         };
         Ok((plan, self.role_gen))
     }
@@ -1107,6 +1268,10 @@ impl Node {
 }
 
 #[cfg(test)]
+#[path = "node_epoch_tests.rs"]
+mod epoch_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1120,7 +1285,7 @@ mod tests {
     fn fallback_leader() -> Node {
         let mut n = fresh(1);
         n.promote(
-            Epoch(1),
+            Epoch::from_raw(1),
             LeaderSettings {
                 async_fallback: true,
                 ..SETTINGS
@@ -1135,8 +1300,8 @@ mod tests {
             ReplicaId(id),
             format!("127.0.0.1:{}", 9000 + id),
             Recovered {
-                epoch: Epoch(0),
-                log: MemLog::new(LogIndex(0), Epoch(0), Vec::new()),
+                epoch: Epoch::from_raw(0),
+                log: MemLog::new(LogIndex(0), Epoch::from_raw(0), Vec::new()),
                 store: Store::default(),
                 commit: LogIndex(0),
             },
@@ -1154,7 +1319,7 @@ mod tests {
     fn entry(index: u64, epoch: u64, op: WriteOp) -> Entry {
         Entry {
             index: LogIndex(index),
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch.into()),
             op,
         }
     }
@@ -1186,6 +1351,19 @@ mod tests {
         Ok((proposed.ticket.index, Waiter(rx)))
     }
 
+    /// Plays a consistent leader's `StreamFrom`: the prefix's epoch as this
+    /// log has it, no checksum.
+    fn stream_from(n: &mut Node, gen: u64, epoch: u128, prefix: u64) -> Result<(), StreamError> {
+        let prefix_epoch = n.log.epoch_at(LogIndex(prefix)).unwrap_or_default();
+        n.on_stream_from(
+            gen,
+            Epoch::from_raw(epoch),
+            LogIndex(prefix),
+            prefix_epoch,
+            None,
+        )
+    }
+
     /// Plays the writer thread: everything queued becomes durable.
     fn flush(node: &mut Node) -> Vec<WalCmd> {
         let (cmds, generation, last) = node.take_outbox();
@@ -1200,11 +1378,11 @@ mod tests {
     #[test]
     fn a_write_commits_only_when_durable_and_acknowledged_by_k_followers() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         assert_eq!(n.log.last_index(), LogIndex(1), "promotion appends a no-op");
         let (index, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         assert_eq!(index, LogIndex(2));
-        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
         assert_eq!(
             n.commit_index(),
             LogIndex(0),
@@ -1221,7 +1399,7 @@ mod tests {
     fn without_enough_acknowledgements_nothing_commits_or_is_visible() {
         let mut n = fresh(1);
         n.promote(
-            Epoch(1),
+            Epoch::from_raw(1),
             LeaderSettings {
                 sync_replicas: 2,
                 ..SETTINGS
@@ -1230,22 +1408,22 @@ mod tests {
         .unwrap();
         let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(0));
         assert_eq!(value(&n, "a"), None, "uncommitted writes are never read");
         assert_eq!(n.ack_count(LogIndex(2)), (1, 2));
         assert!(!n.force_commit(LogIndex(2)), "async fallback is off");
-        n.on_ack(ReplicaId(3), Epoch(1), LogIndex(2));
+        n.on_ack(ReplicaId(3), Epoch::from_raw(1), LogIndex(2));
         assert_eq!(rx.try_recv().unwrap(), Ok(LogIndex(2)));
     }
 
     #[test]
     fn acks_of_another_epoch_are_ignored() {
         let mut n = fresh(1);
-        n.promote(Epoch(2), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
         propose(&mut n, set("a", "1")).unwrap();
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(0));
     }
 
@@ -1262,13 +1440,13 @@ mod tests {
     #[test]
     fn an_inherited_tail_commits_only_with_an_entry_of_the_new_epoch() {
         // A replica that led epoch 1 and holds an unacknowledged tail.
-        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        let mut log = MemLog::new(LogIndex(0), Epoch::from_raw(0), Vec::new());
         log.append(entry(1, 1, set("a", "old"))).unwrap();
         let mut n = Node::new(
             ReplicaId(1),
             "127.0.0.1:9001".to_string(),
             Recovered {
-                epoch: Epoch(1),
+                epoch: Epoch::from_raw(1),
                 log,
                 store: Store::default(),
                 commit: LogIndex(0),
@@ -1276,20 +1454,20 @@ mod tests {
             Signals::new(),
         );
         assert_eq!(value(&n, "a"), None, "the tail is tentative after restart");
-        n.promote(Epoch(2), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
         flush(&mut n);
         // A follower holding only the old entry does not commit it.
-        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(1));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(2), LogIndex(1));
         assert_eq!(n.commit_index(), LogIndex(0));
         // Once it holds the new epoch's no-op, both commit.
-        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(2), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(2));
         assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"old")));
     }
 
     #[test]
     fn a_new_leader_holds_reads_until_its_own_epoch_commits() {
-        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        let mut log = MemLog::new(LogIndex(0), Epoch::from_raw(0), Vec::new());
         log.append(entry(1, 1, set("a", "1"))).unwrap();
         log.append(entry(
             2,
@@ -1304,7 +1482,7 @@ mod tests {
             ReplicaId(1),
             "127.0.0.1:9001".to_string(),
             Recovered {
-                epoch: Epoch(1),
+                epoch: Epoch::from_raw(1),
                 log,
                 store: Store::default(),
                 commit: LogIndex(1),
@@ -1316,27 +1494,27 @@ mod tests {
             Some(Some(Bytes::from_static(b"1"))),
             "idle: stale is allowed"
         );
-        n.promote(Epoch(2), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
         assert_eq!(
             n.read(b"a"),
             None,
             "a leader must not answer from a lagging map"
         );
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(2), LogIndex(3));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(2), LogIndex(3));
         assert_eq!(n.read(b"a"), Some(None));
     }
 
     #[test]
     fn recovery_applies_up_to_the_recorded_commit_index_only() {
-        let mut log = MemLog::new(LogIndex(0), Epoch(0), Vec::new());
+        let mut log = MemLog::new(LogIndex(0), Epoch::from_raw(0), Vec::new());
         log.append(entry(1, 1, set("a", "1"))).unwrap();
         log.append(entry(2, 1, set("b", "2"))).unwrap();
         let n = Node::new(
             ReplicaId(1),
             "127.0.0.1:9001".to_string(),
             Recovered {
-                epoch: Epoch(1),
+                epoch: Epoch::from_raw(1),
                 log,
                 store: Store::default(),
                 commit: LogIndex(1),
@@ -1356,8 +1534,12 @@ mod tests {
             propose(&mut n, set("a", "1")).unwrap_err(),
             ErrorReply::NotLeader { leader: None }
         );
-        n.follow(Epoch(1), ReplicaId(1), "127.0.0.1:9001".to_string())
-            .unwrap();
+        n.follow(
+            Epoch::from_raw(1),
+            ReplicaId(1),
+            "127.0.0.1:9001".to_string(),
+        )
+        .unwrap();
         assert_eq!(
             propose(&mut n, set("a", "1")).unwrap_err(),
             ErrorReply::NotLeader {
@@ -1369,31 +1551,33 @@ mod tests {
     #[test]
     fn stale_epochs_are_refused_everywhere() {
         let mut n = fresh(1);
-        n.fence(Epoch(3)).unwrap();
+        n.fence(Epoch::from_raw(3)).unwrap();
         let stale = ErrorReply::StaleEpoch {
-            got: Epoch(2),
-            current: Epoch(3),
+            got: Epoch::from_raw(2),
+            current: Epoch::from_raw(3),
         };
-        assert_eq!(n.promote(Epoch(2), SETTINGS).unwrap_err(), stale);
+        assert_eq!(n.promote(Epoch::from_raw(2), SETTINGS).unwrap_err(), stale);
         assert_eq!(
-            n.follow(Epoch(2), ReplicaId(2), "x".to_string())
+            n.follow(Epoch::from_raw(2), ReplicaId(2), "x".to_string())
                 .unwrap_err(),
             stale
         );
-        assert_eq!(n.fence(Epoch(2)).unwrap_err(), stale);
+        assert_eq!(n.fence(Epoch::from_raw(2)).unwrap_err(), stale);
         // The fenced epoch itself is accepted for the election that follows.
-        n.promote(Epoch(3), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(3), SETTINGS).unwrap();
         assert_eq!(n.status().role, NodeRole::Leader);
         // A leader of an epoch cannot be told to follow in that same epoch.
-        assert!(n.follow(Epoch(3), ReplicaId(2), "x".to_string()).is_err());
+        assert!(n
+            .follow(Epoch::from_raw(3), ReplicaId(2), "x".to_string())
+            .is_err());
     }
 
     #[test]
     fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
-        n.fence(Epoch(2)).unwrap();
+        n.fence(Epoch::from_raw(2)).unwrap();
         assert!(matches!(
             rx.try_recv().unwrap(),
             Err(ErrorReply::Indeterminate { .. })
@@ -1402,35 +1586,42 @@ mod tests {
         assert!(propose(&mut n, set("b", "2")).is_err());
         // Late acks of the old epoch commit nothing.
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(2));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
         assert_eq!(n.commit_index(), LogIndex(0));
     }
 
     #[test]
     fn a_follower_applies_only_what_the_leader_committed() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let gen = n.role_gen;
-        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        stream_from(&mut n, gen, 1, 0).unwrap();
         n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(0),
             vec![entry(1, 1, WriteOp::Noop), entry(2, 1, set("a", "1"))],
             LogIndex(1),
         )
         .unwrap();
         assert_eq!(value(&n, "a"), None);
-        assert_eq!(n.ackable(gen, Epoch(1)).unwrap(), LogIndex(0));
+        assert_eq!(n.ackable(gen, Epoch::from_raw(1)).unwrap(), LogIndex(0));
         flush(&mut n);
-        assert_eq!(n.ackable(gen, Epoch(1)).unwrap(), LogIndex(2));
-        n.on_entries(gen, Epoch(1), LogIndex(2), Vec::new(), LogIndex(2))
-            .unwrap();
+        assert_eq!(n.ackable(gen, Epoch::from_raw(1)).unwrap(), LogIndex(2));
+        n.on_entries(
+            gen,
+            Epoch::from_raw(1),
+            LogIndex(2),
+            Vec::new(),
+            LogIndex(2),
+        )
+        .unwrap();
         assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
         // The commit index is recorded in the log with the next write.
         n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(2),
             vec![entry(3, 1, WriteOp::Noop)],
             LogIndex(2),
@@ -1446,11 +1637,12 @@ mod tests {
     #[test]
     fn a_batch_that_does_not_continue_the_log_is_refused() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let gen = n.role_gen;
         let gap = n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(5),
             vec![entry(6, 1, WriteOp::Noop)],
             LogIndex(0),
@@ -1458,7 +1650,7 @@ mod tests {
         assert!(matches!(gap, Err(StreamError::Inconsistent(_))));
         let future_epoch = n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(0),
             vec![entry(1, 2, WriteOp::Noop)],
             LogIndex(0),
@@ -1469,14 +1661,15 @@ mod tests {
     #[test]
     fn a_deposed_leader_truncates_its_unacknowledged_tail() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         propose(&mut n, set("lost", "x")).unwrap();
         flush(&mut n);
         assert_eq!(n.log.last_index(), LogIndex(2));
-        n.follow(Epoch(2), ReplicaId(2), "l2".to_string()).unwrap();
+        n.follow(Epoch::from_raw(2), ReplicaId(2), "l2".to_string())
+            .unwrap();
         let gen = n.role_gen;
         // The new leader shares only the no-op.
-        n.on_stream_start(gen, Epoch(2), LogIndex(1)).unwrap();
+        stream_from(&mut n, gen, 2, 1).unwrap();
         assert_eq!(n.log.last_index(), LogIndex(1));
         assert_eq!(n.durable(), LogIndex(1));
         let cmds = flush(&mut n);
@@ -1486,7 +1679,7 @@ mod tests {
         ));
         n.on_entries(
             gen,
-            Epoch(2),
+            Epoch::from_raw(2),
             LogIndex(1),
             vec![entry(2, 2, set("kept", "y"))],
             LogIndex(2),
@@ -1499,45 +1692,54 @@ mod tests {
     #[test]
     fn a_stream_may_never_cut_committed_entries() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let gen = n.role_gen;
-        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        stream_from(&mut n, gen, 1, 0).unwrap();
         n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(0),
             vec![entry(1, 1, WriteOp::Noop)],
             LogIndex(1),
         )
         .unwrap();
         assert!(matches!(
-            n.on_stream_start(gen, Epoch(1), LogIndex(0)),
-            Err(StreamError::Inconsistent(_))
+            stream_from(&mut n, gen, 1, 0),
+            Err(StreamError::Diverged(_))
+        ));
+        assert!(n.diverged().is_some(), "it stops rather than cut them");
+        assert!(matches!(
+            n.status_reply(),
+            Reply::Error(ErrorReply::Diverged { .. })
         ));
     }
 
     #[test]
     fn stream_events_of_an_old_role_are_superseded() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let old = n.role_gen;
-        n.follow(Epoch(2), ReplicaId(3), "l3".to_string()).unwrap();
+        n.follow(Epoch::from_raw(2), ReplicaId(3), "l3".to_string())
+            .unwrap();
+        assert_eq!(stream_from(&mut n, old, 1, 0), Err(StreamError::Superseded));
         assert_eq!(
-            n.on_stream_start(old, Epoch(1), LogIndex(0)),
+            n.ackable(old, Epoch::from_raw(1)),
             Err(StreamError::Superseded)
         );
-        assert_eq!(n.ackable(old, Epoch(1)), Err(StreamError::Superseded));
     }
 
     #[test]
     fn durability_reports_of_an_older_generation_are_ignored() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let gen = n.role_gen;
-        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        stream_from(&mut n, gen, 1, 0).unwrap();
         n.on_entries(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(0),
             vec![entry(1, 1, WriteOp::Noop), entry(2, 1, WriteOp::Noop)],
             LogIndex(0),
@@ -1545,7 +1747,7 @@ mod tests {
         .unwrap();
         let (_, old_generation, last) = n.take_outbox();
         // Before the writer reports, the leader truncates back to 1.
-        n.on_stream_start(gen, Epoch(1), LogIndex(1)).unwrap();
+        stream_from(&mut n, gen, 1, 1).unwrap();
         n.on_durable(old_generation, last);
         assert_eq!(
             n.durable(),
@@ -1558,7 +1760,7 @@ mod tests {
     fn lone_leader() -> Node {
         let mut n = fresh(1);
         n.promote(
-            Epoch(1),
+            Epoch::from_raw(1),
             LeaderSettings {
                 sync_replicas: 0,
                 ..SETTINGS
@@ -1586,18 +1788,21 @@ mod tests {
             .0
             .iter()
             .any(|c| matches!(c, WalCmd::Compact(LogIndex(11)))));
-        let (plan, _) = n.plan_stream(Epoch(1), LogIndex(0), &[]).unwrap();
+        let (plan, _) = n.plan_stream(Epoch::from_raw(1), LogIndex(0), &[]).unwrap();
         assert_eq!(plan, StreamPlan::Snapshot);
         let (plan, _) = n
-            .plan_stream(Epoch(1), LogIndex(11), n.log.history())
+            .plan_stream(Epoch::from_raw(1), LogIndex(11), n.log.history())
             .unwrap();
         assert_eq!(
             plan,
             StreamPlan::FromPrefix {
-                prefix: LogIndex(11)
+                prefix: LogIndex(11),
+                prefix_epoch: Epoch::from_raw(1),
+                // Index 11 is the snapshot's base: only its epoch is known.
+                prefix_crc: None,
             }
         );
-        assert!(n.plan_stream(Epoch(2), LogIndex(0), &[]).is_err());
+        assert!(n.plan_stream(Epoch::from_raw(2), LogIndex(0), &[]).is_err());
     }
 
     #[test]
@@ -1627,13 +1832,14 @@ mod tests {
     #[test]
     fn an_installed_snapshot_resets_the_compaction_target() {
         let mut n = fresh(2);
-        n.follow(Epoch(1), ReplicaId(1), "l".to_string()).unwrap();
+        n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+            .unwrap();
         let gen = n.role_gen;
-        n.on_stream_start(gen, Epoch(1), LogIndex(0)).unwrap();
+        stream_from(&mut n, gen, 1, 0).unwrap();
         let first: Vec<Entry> = (1..=10)
             .map(|i| entry(i, 1, set(&format!("k{i}"), "v")))
             .collect();
-        n.on_entries(gen, Epoch(1), LogIndex(0), first, LogIndex(10))
+        n.on_entries(gen, Epoch::from_raw(1), LogIndex(0), first, LogIndex(10))
             .unwrap();
         flush(&mut n);
         let job = n.snapshot_job(0).unwrap();
@@ -1642,14 +1848,14 @@ mod tests {
         // An older snapshot from the leader (the node does not judge that;
         // the replication layer does), then entries after it.
         let history = vec![EpochStart {
-            epoch: Epoch(1),
+            epoch: Epoch::from_raw(1),
             start: LogIndex(1),
         }];
         n.on_snapshot_installed(
             gen,
-            Epoch(1),
+            Epoch::from_raw(1),
             LogIndex(5),
-            Epoch(1),
+            Epoch::from_raw(1),
             history,
             Store::default(),
         )
@@ -1657,14 +1863,20 @@ mod tests {
         let next: Vec<Entry> = (6..=12)
             .map(|i| entry(i, 1, set(&format!("n{i}"), "w")))
             .collect();
-        n.on_entries(gen, Epoch(1), LogIndex(5), next, LogIndex(5))
+        n.on_entries(gen, Epoch::from_raw(1), LogIndex(5), next, LogIndex(5))
             .unwrap();
         flush(&mut n);
         // A snapshot check compacts a step: it must not drop what is not
         // applied yet.
         let _ = n.snapshot_job(usize::MAX);
-        n.on_entries(gen, Epoch(1), LogIndex(12), Vec::new(), LogIndex(12))
-            .unwrap();
+        n.on_entries(
+            gen,
+            Epoch::from_raw(1),
+            LogIndex(12),
+            Vec::new(),
+            LogIndex(12),
+        )
+        .unwrap();
         assert_eq!(
             n.applied,
             LogIndex(12),
@@ -1675,7 +1887,7 @@ mod tests {
     #[test]
     fn a_storage_failure_fails_pending_and_new_writes() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
         n.on_storage_failure("disk full".to_string());
         // In the log, perhaps on a follower already: its outcome is unknown.
@@ -1707,7 +1919,7 @@ mod tests {
     #[test]
     fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
         flush(&mut n);
         assert_eq!(n.waiting_writes(), 1);
@@ -1727,7 +1939,7 @@ mod tests {
         // the entry but answers nobody twice.
         assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
         assert!(!n.forget(ticket));
-        n.on_ack(ReplicaId(2), Epoch(1), ticket.index);
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
         assert_eq!(n.commit_index(), ticket.index);
         assert!(rx.try_recv().is_err());
     }
@@ -1735,10 +1947,10 @@ mod tests {
     #[test]
     fn a_committed_write_is_left_alone_by_its_expiry() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(1), ticket.index);
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
         let done = rx.try_recv().unwrap();
         assert_eq!(
             done.response.reply,
@@ -1794,7 +2006,7 @@ mod tests {
     #[test]
     fn a_batch_of_proposals_signals_once_and_registers_each_write() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         flush(&mut n);
         let progress = *n.signals.progress.borrow();
         let outbox = *n.signals.outbox.borrow();
@@ -1812,7 +2024,7 @@ mod tests {
         assert_eq!(*n.signals.outbox.borrow(), outbox + 1);
         // Signals are no longer held once the batch is done.
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(1), LogIndex(11));
+        n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(11));
         assert!(*n.signals.progress.borrow() > progress + 1);
         let mut ids: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|done| {
@@ -1828,7 +2040,7 @@ mod tests {
     #[test]
     fn a_panic_inside_a_batch_does_not_leave_signals_held() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         flush(&mut n);
         let (to, _rx) = mpsc::channel(16);
         let writes = batch(3, &to);
@@ -1848,16 +2060,16 @@ mod tests {
     #[test]
     fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
         let mut n = fresh(1);
-        n.promote(Epoch(1), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
         let (old, mut old_rx) = propose_ticket(&mut n, set("a", "1"));
-        n.fence(Epoch(2)).unwrap();
+        n.fence(Epoch::from_raw(2)).unwrap();
         let done = old_rx.try_recv().unwrap();
         assert!(matches!(
             done.response.reply,
             Reply::Error(ErrorReply::Indeterminate { .. })
         ));
         assert!(old <= done.settled, "a step-down settles every write");
-        n.promote(Epoch(2), SETTINGS).unwrap();
+        n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
         let (new, mut new_rx) = propose_ticket(&mut n, set("b", "2"));
         assert!(old < new);
         // The same index under the old generation names nothing now.
@@ -1874,7 +2086,7 @@ mod tests {
         assert!(!n.forget(new));
         // A forgotten write still commits; it is answered to nobody.
         flush(&mut n);
-        n.on_ack(ReplicaId(2), Epoch(2), new.index);
+        n.on_ack(ReplicaId(2), Epoch::from_raw(2), new.index);
         assert_eq!(n.commit_index(), new.index);
         assert!(new_rx.try_recv().is_err());
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::{
     Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
-    StreamStart, Subscribe, WireError,
+    StreamFrom, Subscribe, WireError,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -144,13 +144,19 @@ async fn stream_to(
     };
     let epoch = sub.epoch;
     let mut next = match plan {
-        StreamPlan::FromPrefix { prefix } => {
+        StreamPlan::FromPrefix {
+            prefix,
+            prefix_epoch,
+            prefix_crc,
+        } => {
             tracing::info!(follower = %sub.follower, prefix = %prefix, their_last = %sub.last_index, "streaming log to follower");
-            send(
-                &mut conn,
-                Message::StreamStart(StreamStart { epoch, prefix }),
-            )
-            .await?;
+            let from = StreamFrom {
+                epoch,
+                prefix,
+                prefix_epoch,
+                prefix_crc,
+            };
+            send(&mut conn, Message::StreamFrom(from)).await?;
             prefix.next()
         }
         StreamPlan::Snapshot => send_snapshot(replica, &mut conn, epoch, sub.follower)
@@ -296,6 +302,11 @@ pub async fn follow_loop(replica: Arc<Replica>) {
             result = follow_once(&replica, &target) => {
                 match result {
                     Err(ReplicationError::Stream(StreamError::Superseded)) => {}
+                    Err(ReplicationError::Stream(StreamError::Diverged(reason))) => {
+                        // The node stopped following and refuses everything
+                        // (a new Follow included) until an operator acts.
+                        tracing::error!(leader = %target.addr, epoch = %target.epoch, reason = %reason, "this replica's log diverged from its leader's; it stopped serving (see the README: wipe its data directory to rejoin with a full copy)");
+                    }
                     Err(e) => {
                         tracing::info!(leader = %target.addr, epoch = %target.epoch, error = %e, "replication stream from leader ended; reconnecting");
                         tokio::select! {
@@ -361,13 +372,21 @@ async fn follow_once(
     let mut announced: Option<Announced> = None;
     loop {
         match recv(&mut conn).await? {
-            Message::StreamStart(StreamStart { epoch, prefix }) => {
+            Message::StreamFrom(from) => {
                 if announced.is_some() {
                     return Err(ReplicationError::Unexpected(
-                        "StreamStart in the middle of a snapshot".to_string(),
+                        "StreamFrom in the middle of a snapshot".to_string(),
                     ));
                 }
-                replica.with(|n| n.on_stream_start(role_gen, epoch, prefix))?;
+                let StreamFrom {
+                    epoch,
+                    prefix,
+                    prefix_epoch,
+                    prefix_crc,
+                } = from;
+                replica.with(|n| {
+                    n.on_stream_from(role_gen, epoch, prefix, prefix_epoch, prefix_crc)
+                })?;
                 tracing::info!(leader = %target.addr, epoch = %epoch, prefix = %prefix, "following leader");
                 break;
             }

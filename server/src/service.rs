@@ -385,6 +385,13 @@ fn answer_reads(
         return later;
     }
     let node = replica.lock();
+    if let Err(refused) = node.check_serving() {
+        ready.extend(reads.drain(..).map(|request| Response {
+            id: request.id,
+            reply: Reply::Error(refused.clone()),
+        }));
+        return later;
+    }
     for request in reads.drain(..) {
         let value = match &request.op {
             Op::Get { key } => node.read(key),
@@ -411,7 +418,7 @@ fn answer_now(replica: &Replica, request: Request) -> Next {
     } else {
         match request.op {
             Op::Ping => Reply::Pong,
-            Op::Status => Reply::Node(replica.lock().status()),
+            Op::Status => replica.lock().status_reply(),
             Op::Get { .. } => return Next::Read(request),
             Op::Set { key, value } => return Next::Write(id, WriteOp::Set { key, value }),
             Op::Delete { key } => return Next::Write(id, WriteOp::Delete { key }),
@@ -444,7 +451,7 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
         Op::Get { key } => read(&replica, &key).await,
         op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => admin(&replica, op).await,
         Op::Ping => Reply::Pong,
-        Op::Status => Reply::Node(replica.lock().status()),
+        Op::Status => replica.lock().status_reply(),
         // `accept` proposes writes itself; answer rather than panic if one
         // ever gets here.
         Op::Set { .. } | Op::Delete { .. } => Reply::Error(ErrorReply::Invalid {
@@ -464,8 +471,14 @@ async fn read(replica: &Replica, key: &[u8]) -> Reply {
     let deadline = tokio::time::Instant::now() + READ_HOLD;
     loop {
         progress.borrow_and_update();
-        if let Some(value) = replica.lock().read(key) {
-            return Reply::Value(value);
+        {
+            let node = replica.lock();
+            if let Err(refused) = node.check_serving() {
+                return Reply::Error(refused);
+            }
+            if let Some(value) = node.read(key) {
+                return Reply::Value(value);
+            }
         }
         let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
         if !matches!(changed, Ok(Ok(()))) {
@@ -491,7 +504,7 @@ async fn admin(replica: &Replica, op: Op) -> Reply {
     };
     let current = {
         let node = replica.lock();
-        if let Err(e) = node.check_epoch(epoch) {
+        if let Err(e) = node.check_admin(epoch) {
             return Reply::Error(e);
         }
         node.epoch()
@@ -582,8 +595,8 @@ mod tests {
                 ReplicaId(1),
                 "127.0.0.1:1".to_string(),
                 Recovered {
-                    epoch: Epoch(0),
-                    log: MemLog::new(LogIndex(0), Epoch(0), Vec::new()),
+                    epoch: Epoch::from_raw(0),
+                    log: MemLog::new(LogIndex(0), Epoch::from_raw(0), Vec::new()),
                     store: Store::default(),
                     commit: LogIndex(0),
                 },
@@ -624,7 +637,7 @@ mod tests {
 
         fn promote(&self, epoch: u64, settings: LeaderSettings) {
             self.replica
-                .with(|n| n.promote(Epoch(epoch), settings))
+                .with(|n| n.promote(Epoch::from_raw(epoch.into()), settings))
                 .unwrap();
         }
 
@@ -784,7 +797,9 @@ mod tests {
         admin
             .send(Message::Request(Request {
                 id: RequestId(1),
-                op: Op::Fence(Fence { epoch: Epoch(2) }),
+                op: Op::Fence(Fence {
+                    epoch: Epoch::from_raw(2),
+                }),
             }))
             .await
             .unwrap();
@@ -835,7 +850,8 @@ mod tests {
         assert_eq!(h.waiting(), 0);
         // A late acknowledgement commits the entries; nobody hears twice.
         let last = h.replica.lock().status().last_index;
-        h.replica.with(|n| n.on_ack(ReplicaId(2), Epoch(1), last));
+        h.replica
+            .with(|n| n.on_ack(ReplicaId(2), Epoch::from_raw(1), last));
         assert_eq!(h.replica.lock().status().commit_index, last);
         ping_is_next(&mut c).await;
     }
@@ -899,7 +915,8 @@ mod tests {
         // The earlier ones commit once a follower acknowledges them.
         flush(&h.replica);
         let last = h.replica.lock().status().last_index;
-        h.replica.with(|n| n.on_ack(ReplicaId(2), Epoch(1), last));
+        h.replica
+            .with(|n| n.on_ack(ReplicaId(2), Epoch::from_raw(1), last));
         for r in responses(&mut c, 10).await {
             assert!(r.id.0 < 10, "{r:?}");
             assert!(matches!(r.reply, Reply::Written { .. }), "{r:?}");

@@ -11,7 +11,7 @@ use support::{Peer, Server};
 fn set(index: u64, epoch: u64, key: &str) -> wal::Record {
     wal::Record::Entry(Entry {
         index: LogIndex(index),
-        epoch: Epoch(epoch),
+        epoch: Epoch::from_raw(epoch.into()),
         op: WriteOp::Set {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::from_static(b"v"),
@@ -49,9 +49,9 @@ async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
     });
     let meta = SnapshotMeta {
         last_index: LogIndex(2),
-        last_epoch: Epoch(2),
+        last_epoch: Epoch::from_raw(2),
         history: vec![EpochStart {
-            epoch: Epoch(2),
+            epoch: Epoch::from_raw(2),
             start: LogIndex(1),
         }],
     };
@@ -61,7 +61,7 @@ async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
     let mut admin = Peer::connect(server.addr, Role::Balancer).await;
     let status = admin.status().await;
     assert_eq!(status.last_index, LogIndex(2), "{status:?}");
-    assert_eq!(status.last_epoch, Epoch(2));
+    assert_eq!(status.last_epoch, Epoch::from_raw(2));
     admin.fence(3).await.unwrap();
     admin.promote(3, 0).await.unwrap();
     let mut c = Peer::connect(server.addr, Role::Client).await;

@@ -26,7 +26,7 @@ async fn a_lone_leader_serves_set_get_delete() {
     assert_eq!(c.get("k").await, None);
     let status = admins[0].status().await;
     assert_eq!(status.role, NodeRole::Leader);
-    assert_eq!(status.epoch, Epoch(1));
+    assert_eq!(status.epoch, Epoch::from_raw(1));
     assert_eq!(
         status.last_index,
         LogIndex(4),
@@ -81,7 +81,9 @@ async fn a_pipelined_mix_in_one_write_is_answered_by_id() {
     // everything before it.
     msgs.push(Message::Request(semikv_protocol::Request {
         id: semikv_protocol::RequestId(1),
-        op: Op::Fence(semikv_protocol::Fence { epoch: Epoch(9) }),
+        op: Op::Fence(semikv_protocol::Fence {
+            epoch: Epoch::from_raw(9),
+        }),
     }));
     c.send_all(msgs).await;
     for _ in 0..600 {
@@ -241,7 +243,11 @@ async fn a_deposed_leader_truncates_its_unacknowledged_tail() {
         .wait_status("old leader follows", |s| s.applied_index >= index)
         .await;
     assert_eq!(s1.role, NodeRole::Follower);
-    assert_eq!(s1.last_epoch, Epoch(2), "the epoch-1 tail was replaced");
+    assert_eq!(
+        s1.last_epoch,
+        Epoch::from_raw(2),
+        "the epoch-1 tail was replaced"
+    );
     assert_eq!(c1.get("lost").await, None);
     assert_eq!(c1.get("kept").await, b("y"));
     assert_eq!(c2.get("lost").await, None);
@@ -256,8 +262,8 @@ async fn stale_epochs_are_rejected() {
     assert_eq!(
         a1.promote(4, 0).await.unwrap_err(),
         ErrorReply::StaleEpoch {
-            got: Epoch(4),
-            current: Epoch(5)
+            got: Epoch::from_raw(4),
+            current: Epoch::from_raw(5)
         }
     );
     // A replica told to follow at epoch 6 a leader that only leads epoch 5
@@ -292,7 +298,9 @@ async fn admin_ops_from_a_client_connection_are_refused() {
     let mut c = Peer::connect(servers[0].addr, Role::Client).await;
     c.send(Message::Request(semikv_protocol::Request {
         id: semikv_protocol::RequestId(1),
-        op: Op::Fence(semikv_protocol::Fence { epoch: Epoch(9) }),
+        op: Op::Fence(semikv_protocol::Fence {
+            epoch: Epoch::from_raw(9),
+        }),
     }))
     .await;
     match c.next_message().await {
@@ -303,7 +311,11 @@ async fn admin_ops_from_a_client_connection_are_refused() {
         other => panic!("expected a WrongRole rejection, got {other:?}"),
     }
     let mut admin = Peer::connect(servers[0].addr, Role::Balancer).await;
-    assert_eq!(admin.status().await.epoch, Epoch(0), "nothing was fenced");
+    assert_eq!(
+        admin.status().await.epoch,
+        Epoch::from_raw(0),
+        "nothing was fenced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +341,11 @@ async fn a_restarted_follower_catches_up_from_its_log() {
     let mut a3 = Peer::connect(f3.addr, Role::Balancer).await;
     let recovered = a3.status().await;
     assert_eq!(recovered.role, NodeRole::Idle);
-    assert_eq!(recovered.epoch, Epoch(1), "the epoch is persisted");
+    assert_eq!(
+        recovered.epoch,
+        Epoch::from_raw(1),
+        "the epoch is persisted"
+    );
     assert!(recovered.last_index >= LogIndex(51), "{recovered:?}");
     a3.follow(1, &servers[0]).await.unwrap();
     a3.wait_status("restarted follower catches up", |s| s.applied_index >= last)

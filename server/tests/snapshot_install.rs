@@ -24,7 +24,7 @@ type Conn = Framed<TcpStream, MessageCodec>;
 /// Id the fake leader claims.
 const LEADER: u32 = 9;
 /// Epoch the follower is told to follow at.
-const EPOCH: u64 = 2;
+const EPOCH: u128 = 2;
 /// The follower's commit index after recovery.
 const COMMIT: u64 = 8;
 /// Its own snapshot's index.
@@ -34,10 +34,10 @@ fn b(s: &str) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(s.as_bytes()))
 }
 
-fn set(index: u64, epoch: u64, key: &str, value: &str) -> Entry {
+fn set(index: u64, epoch: u128, key: &str, value: &str) -> Entry {
     Entry {
         index: LogIndex(index),
-        epoch: Epoch(epoch),
+        epoch: Epoch::from_raw(epoch),
         op: WriteOp::Set {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
@@ -49,7 +49,7 @@ fn set(index: u64, epoch: u64, key: &str, value: &str) -> Entry {
 /// committed, a snapshot at 5.
 fn prepare_follower(data: &Path) {
     let mut opened = storage::open(data, wal::WalOptions::default()).unwrap();
-    meta::store_epoch(data, Epoch(1)).unwrap();
+    meta::store_epoch(data, Epoch::from_raw(1)).unwrap();
     let mut store = Store::default();
     let mut records = Vec::new();
     for i in 1..=COMMIT {
@@ -65,9 +65,9 @@ fn prepare_follower(data: &Path) {
     drop(opened);
     let meta = SnapshotMeta {
         last_index: LogIndex(OWN_SNAPSHOT),
-        last_epoch: Epoch(1),
+        last_epoch: Epoch::from_raw(1),
         history: vec![EpochStart {
-            epoch: Epoch(1),
+            epoch: Epoch::from_raw(1),
             start: LogIndex(1),
         }],
     };
@@ -78,14 +78,14 @@ fn prepare_follower(data: &Path) {
 fn meta_at(index: u64) -> SnapshotMeta {
     SnapshotMeta {
         last_index: LogIndex(index),
-        last_epoch: Epoch(2),
+        last_epoch: Epoch::from_raw(2),
         history: vec![
             EpochStart {
-                epoch: Epoch(1),
+                epoch: Epoch::from_raw(1),
                 start: LogIndex(1),
             },
             EpochStart {
-                epoch: Epoch(2),
+                epoch: Epoch::from_raw(2),
                 start: LogIndex(7),
             },
         ],
@@ -179,7 +179,7 @@ async fn next(conn: &mut Conn) -> Option<Message> {
 /// One chunk of a snapshot stream: what the leader announces with it.
 #[derive(Clone)]
 struct Announce {
-    epoch: u64,
+    epoch: u128,
     meta: SnapshotMeta,
 }
 
@@ -193,7 +193,7 @@ async fn send_snapshot(conn: &mut Conn, bytes: &[u8], first: &Announce, rest: &A
         let end = (offset + step).min(bytes.len());
         let a = if offset == 0 { first } else { rest };
         conn.send(Message::Snapshot(SnapshotChunk {
-            epoch: Epoch(a.epoch),
+            epoch: Epoch::from_raw(a.epoch),
             last_index: a.meta.last_index,
             last_epoch: a.meta.last_epoch,
             history: if offset == 0 {
@@ -220,7 +220,7 @@ async fn start_follower(data: &Path, leader: &FakeLeader) -> (Server, Peer) {
     admin.fence(EPOCH).await.unwrap();
     let reply = admin
         .request(Op::Follow(Follow {
-            epoch: Epoch(EPOCH),
+            epoch: Epoch::from_raw(EPOCH),
             leader: ReplicaId(LEADER),
             leader_addr: leader.addr(),
         }))
@@ -238,7 +238,7 @@ async fn assert_all_refused(
     cases: &[(&str, Announce, Announce, Vec<u8>)],
 ) {
     let (mut conn, sub) = leader.accept().await;
-    assert_eq!(sub.epoch, Epoch(EPOCH));
+    assert_eq!(sub.epoch, Epoch::from_raw(EPOCH));
     assert_eq!(sub.last_index, LogIndex(COMMIT));
     // The follower only waits for the leader now: its disk is at rest.
     let before = tree(data);
@@ -286,7 +286,7 @@ async fn a_snapshot_unlike_its_announcement_is_refused_and_the_disk_is_untouched
     let announce = |epoch, meta| Announce { epoch, meta };
     let holds_50 = snapshot_bytes(&meta_at(50), "new", 40);
     let mut epoch_1_at_50 = meta_at(50);
-    epoch_1_at_50.last_epoch = Epoch(1);
+    epoch_1_at_50.last_epoch = Epoch::from_raw(1);
     epoch_1_at_50.history.pop();
     let mut other_history = meta_at(50);
     other_history.history[1].start = LogIndex(30);
@@ -341,7 +341,7 @@ async fn a_snapshot_below_the_commit_index_is_refused() {
     let (server, mut admin) = start_follower(&data, &leader).await;
 
     let mut below_own_snapshot = meta_at(3);
-    below_own_snapshot.last_epoch = Epoch(1);
+    below_own_snapshot.last_epoch = Epoch::from_raw(1);
     below_own_snapshot.history.pop();
     let honest = |meta: SnapshotMeta| Announce { epoch: EPOCH, meta };
     let cases = [
@@ -386,7 +386,7 @@ async fn a_good_snapshot_installs_and_survives_a_restart() {
     )
     .await;
     conn.send(Message::Entries(Entries {
-        epoch: Epoch(EPOCH),
+        epoch: Epoch::from_raw(EPOCH),
         prev_index: LogIndex(50),
         entries: vec![set(51, EPOCH, "after", "snap")],
         commit_index: LogIndex(51),
@@ -431,6 +431,6 @@ async fn a_good_snapshot_installs_and_survives_a_restart() {
     let status = admin.status().await;
     assert_eq!(status.last_index, LogIndex(51), "{status:?}");
     assert_eq!(status.commit_index, LogIndex(51), "{status:?}");
-    assert_eq!(status.epoch, Epoch(EPOCH));
+    assert_eq!(status.epoch, Epoch::from_raw(EPOCH));
     check(&server).await;
 }

@@ -225,12 +225,12 @@ impl Client {
     /// As [`Client::request`].
     pub async fn promote(
         &mut self,
-        epoch: u64,
+        epoch: u128,
         sync_replicas: u32,
         sync_timeout_ms: u64,
     ) -> anyhow::Result<Reply> {
         self.request(Op::Promote(Promote {
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch),
             sync_replicas,
             sync_timeout_ms,
             async_fallback: false,
@@ -244,12 +244,12 @@ impl Client {
     /// As [`Client::request`].
     pub async fn follow(
         &mut self,
-        epoch: u64,
+        epoch: u128,
         leader: u32,
         leader_addr: SocketAddr,
     ) -> anyhow::Result<Reply> {
         self.request(Op::Follow(Follow {
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch),
             leader: ReplicaId(leader),
             leader_addr: leader_addr.to_string(),
         }))
@@ -260,9 +260,9 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::request`].
-    pub async fn fence(&mut self, epoch: u64) -> anyhow::Result<Reply> {
+    pub async fn fence(&mut self, epoch: u128) -> anyhow::Result<Reply> {
         self.request(Op::Fence(Fence {
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch),
         }))
         .await
     }

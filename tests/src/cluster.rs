@@ -194,7 +194,7 @@ impl Cluster {
     /// # Errors
     /// Two running replicas claim leadership at the same epoch.
     pub async fn leader_index(&mut self) -> anyhow::Result<Option<usize>> {
-        let mut best: Option<(usize, u64)> = None;
+        let mut best: Option<(usize, u128)> = None;
         for i in 0..self.replicas.len() {
             if !self.replicas[i].proc.is_running() {
                 continue;
@@ -209,11 +209,11 @@ impl Cluster {
                 continue;
             }
             match best {
-                Some((j, epoch)) if epoch == status.epoch.0 => {
+                Some((j, epoch)) if epoch == status.epoch.raw() => {
                     bail!("replicas {j} and {i} both lead at epoch {epoch}")
                 }
-                Some((_, epoch)) if epoch > status.epoch.0 => {}
-                _ => best = Some((i, status.epoch.0)),
+                Some((_, epoch)) if epoch > status.epoch.raw() => {}
+                _ => best = Some((i, status.epoch.raw())),
             }
         }
         Ok(best.map(|(i, _)| i))
@@ -227,7 +227,12 @@ impl Cluster {
     /// # Errors
     /// A replica refused or did not answer, or the followers did not connect
     /// within [`CONVERGE_TIMEOUT`].
-    pub async fn elect(&self, leader: usize, epoch: u64, sync_replicas: u32) -> anyhow::Result<()> {
+    pub async fn elect(
+        &self,
+        leader: usize,
+        epoch: u128,
+        sync_replicas: u32,
+    ) -> anyhow::Result<()> {
         for i in 0..self.len() {
             let mut admin = self.connect(i, Role::Balancer).await?;
             node(&admin.fence(epoch).await?).with_context(|| format!("fencing replica {i}"))?;

@@ -38,6 +38,9 @@ pub struct WorkloadConfig {
     pub delete_pct: u64,
     /// Seed of the clients' (deterministic) choices.
     pub seed: u64,
+    /// Id of the first client: values are `c{id}-{n}`, so workloads with
+    /// disjoint ids (one per balancer) never write the same value.
+    pub first_client: usize,
 }
 
 impl Default for WorkloadConfig {
@@ -48,6 +51,7 @@ impl Default for WorkloadConfig {
             read_pct: 40,
             delete_pct: 10,
             seed: 0x5e41_4b56,
+            first_client: 0,
         }
     }
 }
@@ -70,7 +74,7 @@ impl Workload {
         let tasks = (0..config.clients)
             .map(|c| {
                 let worker = Worker {
-                    id: c,
+                    id: config.first_client + c,
                     addr,
                     keys: config.keys.max(1),
                     read_pct: config.read_pct,
@@ -238,7 +242,10 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
             ErrorReply::NotLeader { .. }
             | ErrorReply::Unavailable { .. }
             | ErrorReply::Invalid { .. }
-            | ErrorReply::StaleEpoch { .. } => Outcome::Failed,
+            | ErrorReply::StaleEpoch { .. }
+            | ErrorReply::EpochConflict { .. }
+            // A diverged replica refuses a write before appending it.
+            | ErrorReply::Diverged { .. } => Outcome::Failed,
             // In the log, or maybe: may still commit. A storage failure may
             // have left the entry half-written too: not "failed for sure".
             ErrorReply::NotEnoughReplicas { .. }

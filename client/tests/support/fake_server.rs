@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::{
-    ClusterStatus, Epoch, ErrorReply, LogIndex, Message, MessageCodec, NodeRole, Op, ReplicaId,
-    ReplicaView, Reply, Response, Welcome, WireError, PROTOCOL_VERSION,
+    ClusterStatus, CoordinatorId, Epoch, ErrorReply, LogIndex, Message, MessageCodec, NodeRole, Op,
+    ReplicaId, ReplicaView, Reply, Response, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -253,14 +253,14 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
 pub fn sample_status() -> ClusterStatus {
     ClusterStatus {
         leader: Some("127.0.0.1:9001".to_string()),
-        epoch: Epoch(3),
+        epoch: Epoch::new(3, CoordinatorId(0xab)),
         replicas: vec![
             ReplicaView {
                 id: Some(ReplicaId(1)),
                 addr: "127.0.0.1:9001".to_string(),
                 role: NodeRole::Leader,
                 healthy: true,
-                epoch: Epoch(3),
+                epoch: Epoch::new(3, CoordinatorId(0xab)),
                 last_index: LogIndex(42),
                 commit_index: LogIndex(42),
                 applied_index: LogIndex(42),
@@ -271,7 +271,7 @@ pub fn sample_status() -> ClusterStatus {
                 addr: "127.0.0.1:9002".to_string(),
                 role: NodeRole::Follower,
                 healthy: false,
-                epoch: Epoch(2),
+                epoch: Epoch::new(2, CoordinatorId(0xab)),
                 last_index: LogIndex(40),
                 commit_index: LogIndex(39),
                 applied_index: LogIndex(39),

@@ -18,10 +18,11 @@ use super::error::{io_err, StorageError};
 /// File name of the epoch inside the data directory.
 pub const EPOCH_FILE: &str = "epoch";
 
-/// Largest payload the epoch file may announce (a postcard u64 is at most 10).
-const MAX_EPOCH_PAYLOAD: usize = 16;
+/// Largest payload the epoch file may announce (a postcard u128 is at most
+/// 19 bytes).
+const MAX_EPOCH_PAYLOAD: usize = 24;
 
-/// Reads the persisted epoch; `Epoch(0)` if none was ever stored.
+/// Reads the persisted epoch; `Epoch::from_raw(0)` if none was ever stored.
 ///
 /// # Errors
 /// [`StorageError::Io`] if the file exists but cannot be read;
@@ -30,7 +31,7 @@ pub fn load_epoch(data_dir: &Path) -> Result<Epoch, StorageError> {
     let path = data_dir.join(EPOCH_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Epoch(0)),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Epoch::from_raw(0)),
         Err(e) => return Err(io_err("reading", &path)(e)),
     };
     let corrupt = |reason: String| StorageError::Corrupt {
@@ -91,11 +92,11 @@ mod tests {
     #[test]
     fn absent_is_zero_and_store_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(0));
-        store_epoch(dir.path(), Epoch(7)).unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(7));
-        store_epoch(dir.path(), Epoch(u64::MAX)).unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch(u64::MAX));
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(0));
+        store_epoch(dir.path(), Epoch::from_raw(7)).unwrap();
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(7));
+        store_epoch(dir.path(), Epoch::from_raw(u128::MAX)).unwrap();
+        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(u128::MAX));
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temp file left behind");
     }
@@ -103,7 +104,7 @@ mod tests {
     #[test]
     fn corrupt_file_is_refused_not_zero() {
         let dir = tempfile::tempdir().unwrap();
-        store_epoch(dir.path(), Epoch(5)).unwrap();
+        store_epoch(dir.path(), Epoch::from_raw(5)).unwrap();
         let path = dir.path().join(EPOCH_FILE);
         let good = fs::read(&path).unwrap();
         let mut cases: Vec<Vec<u8>> = vec![

@@ -135,7 +135,7 @@ mod tests {
     fn set(i: u64, epoch: u64) -> Entry {
         Entry {
             index: LogIndex(i),
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch.into()),
             op: WriteOp::Set {
                 key: Bytes::from(format!("k{}", i % 7)),
                 value: Bytes::from(format!("v{i}")),
@@ -148,7 +148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("nested/replica-1");
         let opened = open(&data, wal::WalOptions::default()).unwrap();
-        assert_eq!(opened.epoch, Epoch(0));
+        assert_eq!(opened.epoch, Epoch::from_raw(0));
         assert!(opened.snapshot.is_none());
         assert!(opened.store.is_empty());
         assert!(opened.entries.is_empty());
@@ -168,7 +168,7 @@ mod tests {
         let mut model = store::Store::default();
         {
             let mut opened = open(data, opts).unwrap();
-            meta::store_epoch(data, Epoch(3)).unwrap();
+            meta::store_epoch(data, Epoch::from_raw(3)).unwrap();
             for i in 1..=30 {
                 let e = set(i, 3);
                 model.apply(&e.op);
@@ -179,9 +179,9 @@ mod tests {
                 if i == 20 {
                     let meta = snapshot::SnapshotMeta {
                         last_index: LogIndex(20),
-                        last_epoch: Epoch(3),
+                        last_epoch: Epoch::from_raw(3),
                         history: vec![EpochStart {
-                            epoch: Epoch(3),
+                            epoch: Epoch::from_raw(3),
                             start: LogIndex(1),
                         }],
                     };
@@ -195,7 +195,7 @@ mod tests {
         fs::write(data.join("epoch.1.2.tmp"), b"junk").unwrap();
         fs::write(data.join(SNAPSHOT_DIR).join("snap-x.tmp"), b"junk").unwrap();
         let opened = open(data, opts).unwrap();
-        assert_eq!(opened.epoch, Epoch(3));
+        assert_eq!(opened.epoch, Epoch::from_raw(3));
         let snap = opened.snapshot.clone().unwrap();
         assert_eq!(snap.last_index, LogIndex(20));
         let idx: Vec<u64> = opened.entries.iter().map(|e| e.index.0).collect();
@@ -227,7 +227,7 @@ mod tests {
         // Crash between installing a leader's snapshot and resetting the log.
         let meta = snapshot::SnapshotMeta {
             last_index: LogIndex(50),
-            last_epoch: Epoch(2),
+            last_epoch: Epoch::from_raw(2),
             history: vec![],
         };
         snapshot::write(data, &meta, std::iter::empty()).unwrap();

@@ -482,14 +482,14 @@ mod tests {
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
             last_index: LogIndex(index),
-            last_epoch: Epoch(2),
+            last_epoch: Epoch::from_raw(2),
             history: vec![
                 EpochStart {
-                    epoch: Epoch(1),
+                    epoch: Epoch::from_raw(1),
                     start: LogIndex(1),
                 },
                 EpochStart {
-                    epoch: Epoch(2),
+                    epoch: Epoch::from_raw(2),
                     start: LogIndex(4),
                 },
             ],
@@ -685,7 +685,7 @@ mod tests {
         let before = tree(dir.path());
         let holds_50 = snapshot_bytes(&meta(50), 20);
         let mut other_epoch = meta(60);
-        other_epoch.last_epoch = Epoch(7);
+        other_epoch.last_epoch = Epoch::from_raw(7);
         let mut other_history = meta(60);
         other_history.history.pop();
         let cases = [

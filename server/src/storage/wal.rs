@@ -676,7 +676,7 @@ mod tests {
     fn entry(i: u64, epoch: u64) -> Entry {
         Entry {
             index: LogIndex(i),
-            epoch: Epoch(epoch),
+            epoch: Epoch::from_raw(epoch.into()),
             op: WriteOp::Set {
                 key: Bytes::from(format!("key-{i}")),
                 value: Bytes::from(format!("value-{i}-{epoch}")),
@@ -815,7 +815,7 @@ mod tests {
         let (mut wal, _) = reopen(dir.path(), 0, small());
         let big = Entry {
             index: LogIndex(1),
-            epoch: Epoch(1),
+            epoch: Epoch::from_raw(1),
             op: WriteOp::Set {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from(vec![7u8; 2000]),
@@ -1215,7 +1215,7 @@ mod tests {
             (
                 Record::Entry(Entry {
                     index: LogIndex(1),
-                    epoch: Epoch(2),
+                    epoch: Epoch::from_raw(2),
                     op: WriteOp::Set {
                         key: Bytes::from_static(b"k"),
                         value: Bytes::from_static(b"v"),
@@ -1226,7 +1226,7 @@ mod tests {
             (
                 Record::Entry(Entry {
                     index: LogIndex(300),
-                    epoch: Epoch(1),
+                    epoch: Epoch::from_raw(1),
                     op: WriteOp::Delete {
                         key: Bytes::from_static(b"k"),
                     },
@@ -1236,7 +1236,7 @@ mod tests {
             (
                 Record::Entry(Entry {
                     index: LogIndex(3),
-                    epoch: Epoch(3),
+                    epoch: Epoch::from_raw(3),
                     op: WriteOp::Noop,
                 }),
                 &[0, 0, 0, 4, 230, 33, 83, 170, 0, 3, 3, 2],

@@ -192,10 +192,10 @@ impl Peer {
         }
     }
 
-    pub async fn fence(&mut self, epoch: u64) -> Result<NodeStatus, ErrorReply> {
+    pub async fn fence(&mut self, epoch: u128) -> Result<NodeStatus, ErrorReply> {
         node_reply(
             self.request(Op::Fence(Fence {
-                epoch: Epoch(epoch),
+                epoch: Epoch::from_raw(epoch),
             }))
             .await,
         )
@@ -203,7 +203,7 @@ impl Peer {
 
     pub async fn promote(
         &mut self,
-        epoch: u64,
+        epoch: u128,
         sync_replicas: u32,
     ) -> Result<NodeStatus, ErrorReply> {
         self.promote_with(epoch, sync_replicas, 10_000).await
@@ -211,13 +211,13 @@ impl Peer {
 
     pub async fn promote_with(
         &mut self,
-        epoch: u64,
+        epoch: u128,
         sync_replicas: u32,
         sync_timeout_ms: u64,
     ) -> Result<NodeStatus, ErrorReply> {
         node_reply(
             self.request(Op::Promote(Promote {
-                epoch: Epoch(epoch),
+                epoch: Epoch::from_raw(epoch),
                 sync_replicas,
                 sync_timeout_ms,
                 async_fallback: false,
@@ -226,10 +226,10 @@ impl Peer {
         )
     }
 
-    pub async fn follow(&mut self, epoch: u64, leader: &Server) -> Result<NodeStatus, ErrorReply> {
+    pub async fn follow(&mut self, epoch: u128, leader: &Server) -> Result<NodeStatus, ErrorReply> {
         node_reply(
             self.request(Op::Follow(Follow {
-                epoch: Epoch(epoch),
+                epoch: Epoch::from_raw(epoch),
                 leader: ReplicaId(leader.id),
                 leader_addr: leader.addr.to_string(),
             }))
@@ -277,7 +277,12 @@ pub async fn start_many(n: u32, dir: &Path) -> Vec<Server> {
 
 /// Plays the balancer: fences everyone at `epoch`, promotes `leader` and
 /// points the others at it. Returns admin connections, by server order.
-pub async fn elect(servers: &[Server], leader: usize, epoch: u64, sync_replicas: u32) -> Vec<Peer> {
+pub async fn elect(
+    servers: &[Server],
+    leader: usize,
+    epoch: u128,
+    sync_replicas: u32,
+) -> Vec<Peer> {
     let mut admins = Vec::new();
     for s in servers {
         let mut p = Peer::connect(s.addr, Role::Balancer).await;

@@ -51,7 +51,7 @@ async fn cluster_status_lists_every_replica_and_the_leader() {
         Some(cluster.replica(leader).addr.to_string()),
         "{status:?}"
     );
-    assert!(status.epoch >= Epoch(1));
+    assert!(status.epoch >= Epoch::from_raw(1));
     for (i, addr) in cluster.replica_addrs().iter().enumerate() {
         let row = status
             .replicas

@@ -41,12 +41,12 @@ use semikv_tests::{start_balancer, Balancer, Client, Cluster, Deadline, RawConn}
 use crate::CONVERGE;
 
 /// Whether the long soak was asked for.
-fn soak() -> bool {
+pub(crate) fn soak() -> bool {
     std::env::var_os("SEMIKV_SOAK").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// `normal` rounds, or `soaked` under `SEMIKV_SOAK`.
-fn rounds(normal: usize, soaked: usize) -> usize {
+pub(crate) fn rounds(normal: usize, soaked: usize) -> usize {
     if soak() {
         soaked
     } else {
@@ -226,7 +226,7 @@ struct Snapshot {
 
 /// Waits until every replica has applied the leader's commit index and
 /// holds the same values, and returns them: the final state.
-async fn converge(
+pub(crate) async fn converge(
     cluster: &mut Cluster,
     keys: &[Bytes],
 ) -> anyhow::Result<BTreeMap<Bytes, Option<Bytes>>> {
@@ -288,7 +288,10 @@ async fn finish(name: &str, mut rig: Rig, workload: Workload, extra: Vec<Event>,
 /// The checker, fed this very history with one key's final value rolled
 /// back to an older acknowledged value, must report it: proof that the green
 /// verdict above came from a check that could fail.
-fn assert_checker_has_teeth(history: &[Event], final_state: &BTreeMap<Bytes, Option<Bytes>>) {
+pub(crate) fn assert_checker_has_teeth(
+    history: &[Event],
+    final_state: &BTreeMap<Bytes, Option<Bytes>>,
+) {
     let acked_set = |e: &&Event| e.outcome == Outcome::Ok && matches!(e.action, Action::Set(_));
     for last in history.iter().filter(acked_set) {
         if final_state.get(&last.key).cloned().flatten().as_ref()
@@ -365,7 +368,13 @@ async fn back_to_back_leader_kills_before_the_old_leader_catches_up() {
     let epoch = cluster_epoch(&rig).await;
     if let Some(d) = down {
         rig.cluster.restart_replica(d).await.unwrap();
-        wait_caught_up_follower(&rig, d, leader, Epoch(epoch.0.saturating_sub(1))).await;
+        wait_caught_up_follower(
+            &rig,
+            d,
+            leader,
+            Epoch::from_raw(epoch.raw().saturating_sub(1)),
+        )
+        .await;
     }
     let r = workload.wait_progress(PROGRESS, CONVERGE).await;
     rig.explain(r);
@@ -431,7 +440,7 @@ async fn a_follower_crashes_and_restarts_under_load() {
         rig.explain(r);
         rig.cluster.restart_replica(follower).await.unwrap();
         let leader = wait_balancer_leader(&rig, None).await;
-        let below = Epoch(epoch.0.saturating_sub(1));
+        let below = Epoch::from_raw(epoch.raw().saturating_sub(1));
         wait_caught_up_follower(&rig, follower, leader, below).await;
         // Guarantee 4: its log allowed an incremental catch-up (nothing was
         // compacted away at this size), so no full copy was shipped.
@@ -560,7 +569,7 @@ async fn torn_tails(name: &str, replica_args: &[&str]) {
             "no torn-tail warning at restart:\n{}",
             rig.cluster.replica(victim).proc.stderr_tail()
         );
-        let below = Epoch(epoch.0.saturating_sub(1));
+        let below = Epoch::from_raw(epoch.raw().saturating_sub(1));
         wait_caught_up_follower(&rig, victim, leader, below).await;
         let r = workload.wait_progress(PROGRESS, CONVERGE).await;
         rig.explain(r);
@@ -622,15 +631,15 @@ async fn hostile_peer(addr: std::net::SocketAddr, kind: Hostile, seed: u64) -> a
                 Message::Request(Request {
                     id: RequestId(1),
                     op: Op::Fence(Fence {
-                        epoch: Epoch(u64::MAX / 2),
+                        epoch: Epoch::from_raw(u128::MAX / 2),
                     }),
                 })
             } else {
                 Message::Subscribe(Subscribe {
-                    epoch: Epoch(u64::MAX / 2),
+                    epoch: Epoch::from_raw(u128::MAX / 2),
                     follower: ReplicaId(99),
                     last_index: LogIndex(0),
-                    last_epoch: Epoch(0),
+                    last_epoch: Epoch::from_raw(0),
                     history: Vec::new(),
                 })
             };
@@ -1081,7 +1090,7 @@ async fn crashes_with_constant_snapshots_lose_nothing() {
         let r = workload.wait_progress(PROGRESS, CONVERGE).await;
         rig.explain(r);
         rig.cluster.restart_replica(victim).await.unwrap();
-        let below = Epoch(epoch.0.saturating_sub(1));
+        let below = Epoch::from_raw(epoch.raw().saturating_sub(1));
         wait_caught_up_follower(&rig, victim, leader, below).await;
     }
     let installs: usize = (0..rig.cluster.len())
@@ -1108,7 +1117,7 @@ async fn a_paused_follower_and_a_paused_balancer_cost_no_acknowledged_write() {
         rig.explain(r);
         rig.cluster.replica_mut(follower).proc.cont().unwrap();
         let leader = wait_balancer_leader(&rig, None).await;
-        let below = Epoch(epoch.0.saturating_sub(1));
+        let below = Epoch::from_raw(epoch.raw().saturating_sub(1));
         wait_caught_up_follower(&rig, follower, leader, below).await;
 
         // The balancer frozen with requests in flight, then resumed.

@@ -228,17 +228,19 @@ async fn admin_ops_from_a_client_connection_are_refused() {
     let (_dir, mut r) = replica().await;
     let ops = [
         Op::Promote(Promote {
-            epoch: Epoch(1),
+            epoch: Epoch::from_raw(1),
             sync_replicas: 0,
             sync_timeout_ms: 1000,
             async_fallback: false,
         }),
         Op::Follow(Follow {
-            epoch: Epoch(1),
+            epoch: Epoch::from_raw(1),
             leader: ReplicaId(2),
             leader_addr: "127.0.0.1:1".to_string(),
         }),
-        Op::Fence(Fence { epoch: Epoch(1) }),
+        Op::Fence(Fence {
+            epoch: Epoch::from_raw(1),
+        }),
     ];
     for op in ops {
         let name = op.name();
@@ -264,7 +266,7 @@ async fn admin_ops_from_a_client_connection_are_refused() {
     let mut c = Client::connect(r.addr, Role::Client).await.unwrap();
     let status = c.status().await.unwrap();
     assert_eq!(status.role, NodeRole::Idle);
-    assert_eq!(status.epoch, Epoch(0));
+    assert_eq!(status.epoch, Epoch::from_raw(0));
     still_serves(&mut r).await;
 }
 
@@ -346,12 +348,12 @@ async fn many_pipelined_requests_are_all_answered_by_id() {
     still_serves(&mut r).await;
 }
 
-fn subscribe(epoch: u64, last_index: u64) -> Message {
+fn subscribe(epoch: u128, last_index: u64) -> Message {
     Message::Subscribe(Subscribe {
-        epoch: Epoch(epoch),
+        epoch: Epoch::from_raw(epoch),
         follower: ReplicaId(9),
         last_index: LogIndex(last_index),
-        last_epoch: Epoch(0),
+        last_epoch: Epoch::from_raw(0),
         history: Vec::new(),
     })
 }
@@ -428,11 +430,11 @@ async fn an_ack_beyond_what_was_sent_does_not_commit_later_writes() {
     fake.send_message(subscribe(1, 0)).await.unwrap();
     let start = fake.recv_message(Duration::from_secs(10)).await.unwrap();
     assert!(
-        matches!(start, Some(Message::StreamStart(_))),
+        matches!(start, Some(Message::StreamFrom(_))),
         "got {start:?}"
     );
     fake.send_message(Message::Ack(Ack {
-        epoch: Epoch(1),
+        epoch: Epoch::from_raw(1),
         match_index: LogIndex(1_000_000),
     }))
     .await

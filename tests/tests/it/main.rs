@@ -20,15 +20,19 @@ pub const CONVERGE: Duration = Duration::from_secs(30);
 /// then Promote{1, 0 sync replicas, 1 s sync timeout, no async fallback}.
 pub async fn promote_single(
     addr: std::net::SocketAddr,
-    epoch: u64,
+    epoch: u128,
 ) -> anyhow::Result<semikv_protocol::NodeStatus> {
     use semikv_protocol::{NodeRole, Role};
     let mut admin = semikv_tests::Client::connect(addr, Role::Balancer).await?;
     let fenced = semikv_tests::client::node(&admin.fence(epoch).await?)?;
-    anyhow::ensure!(fenced.epoch.0 == epoch, "fence left epoch {}", fenced.epoch);
+    anyhow::ensure!(
+        fenced.epoch.raw() == epoch,
+        "fence left epoch {}",
+        fenced.epoch
+    );
     let status = semikv_tests::client::node(&admin.promote(epoch, 0, 1000).await?)?;
     anyhow::ensure!(
-        status.role == NodeRole::Leader && status.epoch.0 == epoch,
+        status.role == NodeRole::Leader && status.epoch.raw() == epoch,
         "promote answered {status:?}"
     );
     Ok(status)

@@ -142,7 +142,7 @@ async fn restart_after_kill_9_keeps_acknowledged_writes() {
     // The epoch it accepted is durable.
     let mut c = Client::connect(r.addr, Role::Client).await.unwrap();
     let status = c.status().await.unwrap();
-    assert!(status.epoch >= Epoch(1), "{status:?}");
+    assert!(status.epoch >= Epoch::from_raw(1), "{status:?}");
     assert!(status.last_index.0 >= 51, "log lost entries: {status:?}");
 
     // Leading again, it commits the tail it was unsure of (an entry of the
@@ -204,7 +204,7 @@ async fn stale_epochs_are_rejected() {
     let mut admin = Client::connect(r.addr, Role::Balancer).await.unwrap();
     assert_eq!(
         node(&admin.fence(5).await.unwrap()).unwrap().epoch,
-        Epoch(5)
+        Epoch::from_raw(5)
     );
 
     for reply in [
@@ -218,17 +218,14 @@ async fn stale_epochs_are_rejected() {
         assert!(
             matches!(
                 error(&reply).unwrap(),
-                ErrorReply::StaleEpoch {
-                    current: Epoch(5),
-                    ..
-                }
+                ErrorReply::StaleEpoch { current, .. } if current == Epoch::from_raw(5)
             ),
             "{reply:?}"
         );
     }
     let status = admin.status().await.unwrap();
     assert_eq!(status.role, NodeRole::Idle);
-    assert_eq!(status.epoch, Epoch(5));
+    assert_eq!(status.epoch, Epoch::from_raw(5));
 
     // Equal to the fenced epoch is fine.
     let status = node(&admin.promote(5, 0, 1000).await.unwrap()).unwrap();
@@ -260,7 +257,7 @@ async fn an_epoch_survives_a_restart() {
         .await
         .unwrap();
     let mut admin = Client::connect(r.addr, Role::Balancer).await.unwrap();
-    assert_eq!(admin.status().await.unwrap().epoch, Epoch(7));
+    assert_eq!(admin.status().await.unwrap().epoch, Epoch::from_raw(7));
     let reply = admin.promote(6, 0, 1000).await.unwrap();
     assert!(
         matches!(error(&reply).unwrap(), ErrorReply::StaleEpoch { .. }),
