@@ -6,6 +6,7 @@
 
 mod args;
 mod balancer;
+mod coordinators;
 mod faults;
 mod hostile;
 mod replication;
