@@ -584,6 +584,62 @@ mod tests {
     }
 
     #[test]
+    fn an_election_mints_the_next_term_under_its_own_id() {
+        let me = CoordinatorId(0x11);
+        let other = CoordinatorId(0xffff);
+        let current = Current {
+            coordinator: me,
+            max_epoch: Epoch::new(7, other),
+            ..Current::default()
+        };
+        // Above another coordinator's epoch of the same term or not.
+        assert_eq!(
+            election_epoch(Epoch::new(7, other), current),
+            Some(Epoch::new(8, me))
+        );
+        let obs = [up(seen(1, Idle, 0, 0, 0))];
+        assert_eq!(
+            plan(&obs, current),
+            Plan::Elect {
+                epoch: Epoch::new(8, me)
+            }
+        );
+    }
+
+    #[test]
+    fn a_postponed_election_goes_on_at_its_ballot_only_while_it_is_the_highest() {
+        let me = CoordinatorId(0x11);
+        let ballot = Epoch::new(8, me);
+        let current = Current {
+            coordinator: me,
+            ballot: Some(ballot),
+            ..Current::default()
+        };
+        assert_eq!(election_epoch(ballot, current), Some(ballot));
+        // Someone went above it: a new term.
+        let higher = Epoch::new(8, CoordinatorId(0x12));
+        assert_eq!(election_epoch(higher, current), Some(Epoch::new(9, me)));
+        // A ballot of another coordinator's id is never reused.
+        let theirs = Current {
+            ballot: Some(higher),
+            ..current
+        };
+        assert_eq!(election_epoch(higher, theirs), Some(Epoch::new(9, me)));
+    }
+
+    #[test]
+    fn no_election_past_the_last_term() {
+        let last = Epoch::new(u64::MAX, CoordinatorId(1));
+        let current = Current {
+            coordinator: CoordinatorId(2),
+            max_epoch: last,
+            ..Current::default()
+        };
+        let obs = [up(seen(1, Idle, 0, 0, 0))];
+        assert_eq!(plan(&obs, current), Plan::Exhausted { max: last });
+    }
+
+    #[test]
     fn all_down_waits() {
         let obs = [down(None), down(Some(seen(2, Leader, 4, 4, 9)))];
         assert_eq!(plan(&obs, Current::default()), Plan::Wait);

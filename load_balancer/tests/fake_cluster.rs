@@ -52,6 +52,10 @@ struct FakeState {
     gets_served: u64,
     promotes: Vec<(u64, u32)>,
     fences: u64,
+    /// The epoch of every fence it accepted, in order.
+    fence_epochs: Vec<Epoch>,
+    /// The epoch of every promote it accepted, in order.
+    promote_epochs: Vec<Epoch>,
     /// Followers a leader reports connected in its status; `None`: every
     /// other fake of a test (up to [`OTHER_FAKES`]), so the balancer's stall
     /// rule leaves it alone.
@@ -125,6 +129,7 @@ impl FakeState {
                     return Some(r);
                 }
                 self.fences += 1;
+                self.fence_epochs.push(f.epoch);
                 self.fenced_at
                     .get_or_insert_with(|| FENCE_CLOCK.fetch_add(1, Ordering::SeqCst));
                 self.epoch = f.epoch;
@@ -138,6 +143,7 @@ impl FakeState {
                     return Some(r);
                 }
                 self.promotes.push((p.epoch.term(), p.sync_replicas));
+                self.promote_epochs.push(p.epoch);
                 self.epoch = p.epoch;
                 self.role = Some(NodeRole::Leader);
                 self.leader_addr = None;
@@ -1143,6 +1149,38 @@ async fn no_election_without_enough_answers_to_know_every_acknowledged_write() {
     })
     .await;
     assert!(c.s().promotes.is_empty());
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_postponed_election_goes_on_at_the_same_epoch() {
+    let a = Fake::start(1, NodeRole::Leader, 3, 10).await;
+    let b = Fake::start(2, NodeRole::Follower, 3, 10).await;
+    let c = Fake::start(3, NodeRole::Follower, 3, 8).await;
+    let lb = Balancer::start(config(&[&a, &b, &c])).await;
+    until("a leads under the balancer", || a.s().statuses >= 2).await;
+    // Too few answers (c alone of three): the election is postponed again
+    // and again, but burns no epoch: every retry fences at one ballot.
+    b.s().mute = true;
+    a.kill();
+    until("several postponed attempts reached c", || c.s().fences >= 3).await;
+    let fenced: std::collections::BTreeSet<Epoch> = c.s().fence_epochs.iter().copied().collect();
+    assert_eq!(
+        fenced.len(),
+        1,
+        "a postponed election minted new epochs: {fenced:?}"
+    );
+    let ballot = *fenced.first().unwrap();
+    assert_eq!(ballot.term(), 4, "one term above the highest seen");
+    assert_ne!(
+        ballot.coordinator(),
+        PAST,
+        "minted under the balancer's own id"
+    );
+    // Once b answers, the election completes at that very epoch.
+    b.s().mute = false;
+    until("b leads", || b.s().role == Some(NodeRole::Leader)).await;
+    assert_eq!(b.s().promote_epochs, vec![ballot]);
     lb.stop().await;
 }
 
