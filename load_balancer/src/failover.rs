@@ -53,6 +53,9 @@ impl From<&NodeStatus> for Seen {
 pub struct Observed {
     /// Whether it passes health checks now.
     pub healthy: bool,
+    /// Whether its last check was refused outright: nothing listens there
+    /// (the process is gone), as opposed to a check that went unanswered.
+    pub refused: bool,
     /// Its last collected status, if it ever answered.
     pub seen: Option<Seen>,
 }
@@ -171,6 +174,38 @@ pub fn election_epoch(max_seen: Epoch, current: Current) -> Option<Epoch> {
         }
         _ => max_seen.successor(current.coordinator),
     }
+}
+
+/// Whether a leader at `epoch` is still committing without this balancer:
+/// some healthy replica following at `epoch` reports a higher commit index
+/// now than in the `before` round, and no replica that reported leading at
+/// `epoch` refused a connection (a dead leader commits nothing; entries it
+/// sent just before dying are not worth waiting for).
+///
+/// When the balancer cannot reach the leader but its followers still commit,
+/// the leader works for someone else (another balancer's clients); electing
+/// would move leadership away from where writes succeed, the other balancer
+/// would move it back, and both would flap. Waiting costs only this
+/// balancer's writes until it reaches the leader again. A silent leader
+/// (paused, crashed host) commits nothing, so it is replaced as before.
+pub fn committing_without_us(before: &[Observed], now: &[Observed], epoch: Epoch) -> bool {
+    let leader_gone = now.iter().any(|o| {
+        o.refused
+            && o.seen
+                .is_some_and(|s| s.role == NodeRole::Leader && s.epoch == epoch)
+    });
+    if leader_gone {
+        return false;
+    }
+    now.iter().zip(before).any(|(now, before)| {
+        let following = |s: &Seen| s.role == NodeRole::Follower && s.epoch == epoch;
+        match (now.seen, before.seen) {
+            (Some(n), Some(b)) => {
+                now.healthy && following(&n) && following(&b) && n.commit_index > b.commit_index
+            }
+            _ => false,
+        }
+    })
 }
 
 /// The highest epoch any replica reported or the balancer remembers; an
@@ -541,6 +576,7 @@ mod tests {
     fn up(s: Seen) -> Observed {
         Observed {
             healthy: true,
+            refused: false,
             seen: Some(s),
         }
     }
@@ -548,7 +584,15 @@ mod tests {
     fn down(s: Option<Seen>) -> Observed {
         Observed {
             healthy: false,
+            refused: false,
             seen: s,
+        }
+    }
+
+    fn refused(s: Option<Seen>) -> Observed {
+        Observed {
+            refused: true,
+            ..down(s)
         }
     }
 
@@ -637,6 +681,42 @@ mod tests {
         };
         let obs = [up(seen(1, Idle, 0, 0, 0))];
         assert_eq!(plan(&obs, current), Plan::Exhausted { max: last });
+    }
+
+    #[test]
+    fn a_leader_whose_followers_still_commit_is_not_elected_away() {
+        let with_commit = |s: Seen, commit: u64| Seen {
+            commit_index: LogIndex(commit),
+            ..s
+        };
+        let leader = seen(1, Leader, 5, 5, 20);
+        let follower = |commit| up(with_commit(seen(2, Follower, 5, 5, 20), commit));
+        let before = [up(leader), follower(10), up(seen(3, Follower, 5, 5, 20))];
+        // The leader went silent for this balancer; its follower commits on.
+        let now = [
+            down(Some(leader)),
+            follower(12),
+            up(seen(3, Follower, 5, 5, 20)),
+        ];
+        assert!(committing_without_us(&before, &now, ep(5)));
+        // Nothing committed since the last round: a silent leader.
+        assert!(!committing_without_us(&now, &now, ep(5)));
+        // A refused leader is gone, whatever arrived just before it died.
+        let dead = [
+            refused(Some(leader)),
+            follower(12),
+            up(seen(3, Follower, 5, 5, 20)),
+        ];
+        assert!(!committing_without_us(&before, &dead, ep(5)));
+        // Followers of another epoch say nothing about this one.
+        assert!(!committing_without_us(&before, &now, ep(6)));
+        // A follower that is down now is no witness.
+        let gone = [
+            down(Some(leader)),
+            down(Some(with_commit(seen(2, Follower, 5, 5, 20), 12))),
+            up(seen(3, Follower, 5, 5, 20)),
+        ];
+        assert!(!committing_without_us(&before, &gone, ep(5)));
     }
 
     #[test]
@@ -834,6 +914,7 @@ mod tests {
     fn healthy_replica_without_status_cannot_trigger_adoption() {
         let obs = [Observed {
             healthy: true,
+            refused: false,
             seen: None,
         }];
         assert_eq!(plan(&obs, Current::default()), Plan::Wait);

@@ -71,6 +71,15 @@ pub struct HealthLoop {
     postponed: Option<Postponed>,
     /// When running out of epochs was last logged.
     exhausted_warned: Option<Instant>,
+    /// What the table showed at the previous round.
+    previous: Vec<failover::Observed>,
+    /// When holding an election back for a leader that commits without
+    /// this balancer was last logged.
+    elsewhere_warned: Option<Instant>,
+    /// The highest epoch seen, and since when.
+    max_seen: Option<(Epoch, Instant)>,
+    /// The last epoch at which this balancer saw a leader.
+    led: Option<Epoch>,
 }
 
 impl HealthLoop {
@@ -95,6 +104,10 @@ impl HealthLoop {
             ballot: None,
             postponed: None,
             exhausted_warned: None,
+            previous: Vec::new(),
+            elsewhere_warned: None,
+            max_seen: None,
+            led: None,
             config,
             table,
             links,
@@ -202,7 +215,16 @@ impl HealthLoop {
             self.grace_until = None;
         }
         current.startup_grace = self.grace_until.is_some();
-        let plan = failover::plan(&self.table.observed(), current);
+        let observed = self.table.observed();
+        let before = std::mem::replace(&mut self.previous, observed.clone());
+        let plan = failover::plan(&observed, current);
+        let max = failover::max_epoch(&observed, current);
+        if let Plan::Steady { epoch, .. } | Plan::Adopt { epoch, .. } = &plan {
+            self.led = Some(*epoch);
+        }
+        if self.max_seen.is_none_or(|(e, _)| e != max) {
+            self.max_seen = Some((max, Instant::now()));
+        }
         match plan {
             Plan::Steady {
                 leader,
@@ -242,7 +264,11 @@ impl HealthLoop {
             Plan::Elect { epoch } => {
                 self.stall.clear();
                 self.leader_lost();
-                if self.holding_off(epoch) {
+                if failover::committing_without_us(&before, &observed, max) {
+                    self.warn_committing_elsewhere(max);
+                    return;
+                }
+                if self.election_under_way_elsewhere(max) || self.holding_off(epoch) {
                     return;
                 }
                 self.elect(epoch).await;
@@ -476,6 +502,36 @@ impl HealthLoop {
             );
         }
         false
+    }
+
+    /// Says (at most once a second) why no election runs although this
+    /// balancer has no leader: see [`failover::committing_without_us`].
+    fn warn_committing_elsewhere(&mut self, epoch: Epoch) {
+        let now = Instant::now();
+        if self
+            .elsewhere_warned
+            .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
+        {
+            self.elsewhere_warned = Some(now);
+            warn!(epoch = %epoch, "the leader of the current epoch is unreachable from this balancer, but its followers still commit (another balancer reaches it); not electing, writes here are unavailable until it is reachable");
+        }
+    }
+
+    /// Whether `max`, the highest epoch seen, was minted by another
+    /// coordinator less than an election's wait ago and no leader at it was
+    /// seen yet: its election is likely still fencing or promoting, and
+    /// fencing over it would only undo it (two balancers electing in turn
+    /// forever). Once its leader shows up it is adopted; if none does in
+    /// time, this balancer elects. An epoch whose leader was seen (and
+    /// then lost) never delays a failover.
+    fn election_under_way_elsewhere(&self, max: Epoch) -> bool {
+        let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
+        max.coordinator() != self.config.coordinator
+            && max != Epoch::ZERO
+            && self.led != Some(max)
+            && self
+                .max_seen
+                .is_some_and(|(epoch, since)| epoch == max && since.elapsed() < wait)
     }
 
     /// Which slots are healthy now.

@@ -84,7 +84,7 @@ pub async fn run(
         kick,
     ));
     if let Ok(addr) = listener.local_addr() {
-        info!(addr = %addr, replicas = config.replicas.len(), "balancer listening");
+        info!(addr = %addr, replicas = config.replicas.len(), coordinator = %config.coordinator, "balancer listening");
     }
     loop {
         tokio::select! {

@@ -26,6 +26,8 @@ pub struct Leader {
 struct Row {
     addr: String,
     healthy: bool,
+    /// The last check was refused: nothing listens at the address.
+    refused: bool,
     misses: u32,
     status: Option<NodeStatus>,
     /// Statuses recorded so far: tells a fresh report from one already judged.
@@ -56,6 +58,7 @@ impl Table {
             .map(|addr| Row {
                 addr: addr.clone(),
                 healthy: false,
+                refused: false,
                 misses: 0,
                 status: None,
                 reports: 0,
@@ -96,6 +99,7 @@ impl Table {
         inner.max_epoch = inner.max_epoch.max(status.epoch);
         if let Some(row) = inner.rows.get_mut(slot) {
             row.healthy = true;
+            row.refused = false;
             row.misses = 0;
             row.status = Some(status);
             row.reports = row.reports.wrapping_add(1);
@@ -111,6 +115,7 @@ impl Table {
             return false;
         };
         row.misses = row.misses.saturating_add(1);
+        row.refused = false;
         if row.healthy && row.misses >= down_after.max(1) {
             row.healthy = false;
             return true;
@@ -127,6 +132,7 @@ impl Table {
         };
         let was = row.healthy;
         row.healthy = false;
+        row.refused = true;
         row.misses = row.misses.max(1);
         was
     }
@@ -144,6 +150,7 @@ impl Table {
             .iter()
             .map(|r| Observed {
                 healthy: r.healthy,
+                refused: r.refused,
                 seen: r.status.as_ref().map(Seen::from),
             })
             .collect()
