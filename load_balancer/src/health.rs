@@ -31,6 +31,25 @@ const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 /// retries every heartbeat.
 const QUORUM_WARN_EVERY: Duration = Duration::from_secs(1);
 
+/// A warning that may repeat every round, logged at most once per
+/// [`QUORUM_WARN_EVERY`].
+#[derive(Debug, Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether to log now (and then not again for a while).
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .0
+            .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY);
+        if due {
+            self.0 = Some(now);
+        }
+        due
+    }
+}
+
 /// Longest pause between two attempts of a postponed election while no
 /// replica's health changes.
 const POSTPONED_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -64,18 +83,18 @@ pub struct HealthLoop {
     /// Judges whether the leader is cut off from its followers.
     stall: StallWatch,
     /// When an election was last postponed for too few answers (logged).
-    quorum_warned: Option<Instant>,
+    quorum_warned: Throttle,
     /// An epoch this balancer minted and fenced with but promoted no one at.
     ballot: Option<Epoch>,
     /// The last election that was postponed, while it may go on.
     postponed: Option<Postponed>,
     /// When running out of epochs was last logged.
-    exhausted_warned: Option<Instant>,
+    exhausted_warned: Throttle,
     /// What the table showed at the previous round.
     previous: Vec<failover::Observed>,
     /// When holding an election back for a leader that commits without
     /// this balancer was last logged.
-    elsewhere_warned: Option<Instant>,
+    elsewhere_warned: Throttle,
     /// The highest epoch seen, and since when.
     max_seen: Option<(Epoch, Instant)>,
     /// The last epoch at which this balancer saw a leader.
@@ -100,12 +119,12 @@ impl HealthLoop {
         );
         HealthLoop {
             stall: StallWatch::new(rule),
-            quorum_warned: None,
+            quorum_warned: Throttle::default(),
             ballot: None,
             postponed: None,
-            exhausted_warned: None,
+            exhausted_warned: Throttle::default(),
             previous: Vec::new(),
-            elsewhere_warned: None,
+            elsewhere_warned: Throttle::default(),
             max_seen: None,
             led: None,
             config,
@@ -276,12 +295,7 @@ impl HealthLoop {
             Plan::Exhausted { max } => {
                 self.stall.clear();
                 self.leader_lost();
-                let now = Instant::now();
-                if self
-                    .exhausted_warned
-                    .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
-                {
-                    self.exhausted_warned = Some(now);
+                if self.exhausted_warned.due() {
                     error!(max_epoch = %max, "no epoch above the highest one seen can be minted (a replica was moved to the last term); no leader can be elected");
                 }
             }
@@ -489,11 +503,7 @@ impl HealthLoop {
             retry_at: now + backoff,
             backoff,
         });
-        if self
-            .quorum_warned
-            .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
-        {
-            self.quorum_warned = Some(now);
+        if self.quorum_warned.due() {
             warn!(
                 epoch = %epoch,
                 answered = fenced.len(),
@@ -507,12 +517,7 @@ impl HealthLoop {
     /// Says (at most once a second) why no election runs although this
     /// balancer has no leader: see [`failover::committing_without_us`].
     fn warn_committing_elsewhere(&mut self, epoch: Epoch) {
-        let now = Instant::now();
-        if self
-            .elsewhere_warned
-            .is_none_or(|at| now.duration_since(at) >= QUORUM_WARN_EVERY)
-        {
-            self.elsewhere_warned = Some(now);
+        if self.elsewhere_warned.due() {
             warn!(epoch = %epoch, "the leader of the current epoch is unreachable from this balancer, but its followers still commit (another balancer reaches it); not electing, writes here are unavailable until it is reachable");
         }
     }

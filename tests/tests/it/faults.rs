@@ -226,7 +226,7 @@ struct Snapshot {
 
 /// Waits until every replica has applied the leader's commit index and
 /// holds the same values, and returns them: the final state.
-pub(crate) async fn converge(
+async fn converge(
     cluster: &mut Cluster,
     keys: &[Bytes],
 ) -> anyhow::Result<BTreeMap<Bytes, Option<Bytes>>> {
@@ -251,17 +251,47 @@ pub(crate) async fn converge(
 /// Stops the workload, adds `extra` events, converges, checks, prints the
 /// figures, and fails on any violation.
 async fn finish(name: &str, mut rig: Rig, workload: Workload, extra: Vec<Event>, faults: usize) {
-    let mut keys = workload.keys();
+    let keys = workload.keys();
     let mut history = workload.stop().await.unwrap();
     history.extend(extra);
+    let lb = rig.lb.as_ref();
+    let logs = |cluster: &Cluster| {
+        let mut out = cluster.logs();
+        if let Some(lb) = lb {
+            out.push_str(&format!(
+                "==== balancer ({})\n{}\n",
+                lb.addr,
+                lb.proc.stderr_tail()
+            ));
+        }
+        out
+    };
+    verify(name, &mut rig.cluster, history, keys, faults, "", logs).await;
+}
+
+/// The end of every fault scenario: waits until every replica holds the
+/// leader's committed state (the same values at the same applied index),
+/// runs the checker over `history` against it, prints one `faults:` line
+/// (with `figures` at its end), and panics with `logs` on any violation.
+pub(crate) async fn verify(
+    name: &str,
+    cluster: &mut Cluster,
+    mut history: Vec<Event>,
+    mut keys: Vec<Bytes>,
+    faults: usize,
+    figures: &str,
+    logs: impl Fn(&Cluster) -> String,
+) {
     history.sort_by_key(|e| e.start);
     for e in &history {
         if !keys.contains(&e.key) {
             keys.push(e.key.clone());
         }
     }
-    let r = converge(&mut rig.cluster, &keys).await;
-    let final_state = rig.explain(r);
+    let final_state = match converge(cluster, &keys).await {
+        Ok(state) => state,
+        Err(e) => panic!("{name}: {e:#}\n{}", logs(cluster)),
+    };
     let report = checker::check(&history, &final_state);
     let slowest = history.iter().max_by_key(|e| e.end.duration_since(e.start));
     let (slowest_ms, slowest_kind) = slowest.map_or((0, ""), |e| {
@@ -273,13 +303,13 @@ async fn finish(name: &str, mut rig: Rig, workload: Workload, extra: Vec<Event>,
         (e.end.duration_since(e.start).as_millis(), kind)
     });
     eprintln!(
-        "faults: scenario={name} faults_injected={faults} {report} slowest_op_ms={slowest_ms} slowest_op={slowest_kind}"
+        "faults: scenario={name} faults_injected={faults} {report} slowest_op_ms={slowest_ms} slowest_op={slowest_kind} {figures}"
     );
     assert!(
         report.is_ok(),
         "{name}: {}\n{}",
         report.explain(&history),
-        rig.logs()
+        logs(cluster)
     );
     assert!(report.writes_acked > 0, "{name}: nothing was acknowledged");
     assert_checker_has_teeth(&history, &final_state);
@@ -288,10 +318,7 @@ async fn finish(name: &str, mut rig: Rig, workload: Workload, extra: Vec<Event>,
 /// The checker, fed this very history with one key's final value rolled
 /// back to an older acknowledged value, must report it: proof that the green
 /// verdict above came from a check that could fail.
-pub(crate) fn assert_checker_has_teeth(
-    history: &[Event],
-    final_state: &BTreeMap<Bytes, Option<Bytes>>,
-) {
+fn assert_checker_has_teeth(history: &[Event], final_state: &BTreeMap<Bytes, Option<Bytes>>) {
     let acked_set = |e: &&Event| e.outcome == Outcome::Ok && matches!(e.action, Action::Set(_));
     for last in history.iter().filter(acked_set) {
         if final_state.get(&last.key).cloned().flatten().as_ref()
