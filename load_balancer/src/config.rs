@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
-use semikv_protocol::CoordinatorId;
 
 /// Longest an election waits for one replica's answer to `Fence`.
 pub const MAX_ELECTION_WAIT: Duration = Duration::from_secs(3);
@@ -29,10 +28,6 @@ pub struct Config {
     pub election_wait: Duration,
     /// Longest frame accepted from clients and replicas.
     pub max_frame_len: usize,
-    /// This balancer's name in the epochs it mints: drawn at random for each
-    /// process (and each `Config`), so no two coordinators, a restarted one
-    /// included, ever mint the same epoch.
-    pub coordinator: CoordinatorId,
 }
 
 impl Config {
@@ -48,7 +43,6 @@ impl Config {
             write_wait: Duration::ZERO,
             election_wait: Duration::ZERO,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            coordinator: draw_coordinator(),
         };
         config.derive_waits();
         config
@@ -73,22 +67,4 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(3)
     }
-}
-
-/// 64 random bits from the operating system, never 0 (the coordinator of
-/// epochs minted before coordinators were named). Should the OS source fail,
-/// std's randomly keyed hasher over the time and process id stands in.
-fn draw_coordinator() -> CoordinatorId {
-    use std::hash::{BuildHasher, Hasher};
-    let drawn = getrandom::u64().unwrap_or_else(|_| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.finish()
-    });
-    CoordinatorId(drawn.max(1))
 }

@@ -177,10 +177,12 @@ pub fn election_epoch(max_seen: Epoch, current: Current) -> Option<Epoch> {
 }
 
 /// Whether a leader at `epoch` is still committing without this balancer:
-/// some healthy replica following at `epoch` reports a higher commit index
-/// now than in the `before` round, and no replica that reported leading at
-/// `epoch` refused a connection (a dead leader commits nothing; entries it
-/// sent just before dying are not worth waiting for).
+/// the highest commit index among the healthy replicas following at `epoch`
+/// is higher now than in the `before` round, and no replica that reported
+/// leading at `epoch` refused a connection (a dead leader commits nothing;
+/// entries it sent just before dying are not worth waiting for). The
+/// highest, not each one: a follower catching up a backlog, or installing
+/// a snapshot, raises its own commit index without anything new committing.
 ///
 /// When the balancer cannot reach the leader but its followers still commit,
 /// the leader works for someone else (another balancer's clients); electing
@@ -189,22 +191,30 @@ pub fn election_epoch(max_seen: Epoch, current: Current) -> Option<Epoch> {
 /// balancer's writes until it reaches the leader again. A silent leader
 /// (paused, crashed host) commits nothing, so it is replaced as before.
 pub fn committing_without_us(before: &[Observed], now: &[Observed], epoch: Epoch) -> bool {
-    let leader_gone = now.iter().any(|o| {
+    if leader_refused(now, epoch) {
+        return false;
+    }
+    let highest = |observed: &[Observed]| {
+        observed
+            .iter()
+            .filter(|o| o.healthy)
+            .filter_map(|o| o.seen)
+            .filter(|s| s.role == NodeRole::Follower && s.epoch == epoch)
+            .map(|s| s.commit_index)
+            .max()
+    };
+    match (highest(before), highest(now)) {
+        (Some(before), Some(now)) => now > before,
+        _ => false,
+    }
+}
+
+/// Whether a replica last seen leading at `epoch` now refuses connections.
+pub fn leader_refused(observed: &[Observed], epoch: Epoch) -> bool {
+    observed.iter().any(|o| {
         o.refused
             && o.seen
                 .is_some_and(|s| s.role == NodeRole::Leader && s.epoch == epoch)
-    });
-    if leader_gone {
-        return false;
-    }
-    now.iter().zip(before).any(|(now, before)| {
-        let following = |s: &Seen| s.role == NodeRole::Follower && s.epoch == epoch;
-        match (now.seen, before.seen) {
-            (Some(n), Some(b)) => {
-                now.healthy && following(&n) && following(&b) && n.commit_index > b.commit_index
-            }
-            _ => false,
-        }
     })
 }
 
@@ -297,9 +307,26 @@ pub struct StallRule {
     pub grace: Duration,
     /// Shortest pause after a stall failover before the next one.
     pub damping: Duration,
+    /// Healthy followers needed besides the leader for a stall failover to
+    /// be possible at all: `sync`, and enough that with the leader they make
+    /// an [`election_quorum`] (see [`StallRule::with_quorum`]).
+    pub others_needed: usize,
 }
 
 impl StallRule {
+    /// The same rule, judging a leader stalled only while enough replicas
+    /// are healthy to elect its successor: with the leader's own answer,
+    /// `quorum` fence answers. Moving leadership needs that many answers
+    /// (another balancer's leader may hold writes this one's does not), so
+    /// with fewer it would only depose a leader whose followers may yet come
+    /// back, and leave the cluster with none.
+    pub fn with_quorum(self, quorum: usize) -> StallRule {
+        StallRule {
+            others_needed: self.sync.max(quorum.saturating_sub(1)),
+            ..self
+        }
+    }
+
     /// The rule for a balancer with these settings: `checks = down_after`
     /// (the same patience as for a dead replica); `grace =
     /// max(election_wait, 1 s)`, since an election waits that long for a
@@ -316,8 +343,10 @@ impl StallRule {
         heartbeat: Duration,
         election_wait: Duration,
     ) -> StallRule {
+        let sync = usize::try_from(sync).unwrap_or(usize::MAX);
         StallRule {
-            sync: usize::try_from(sync).unwrap_or(usize::MAX),
+            sync,
+            others_needed: sync,
             checks: down_after.max(1),
             grace: election_wait.max(MIN_STALL_GRACE),
             damping: heartbeat
@@ -471,9 +500,10 @@ impl StallWatch {
             return StallVerdict::Fine;
         }
         self.enough_since = None;
-        if report.healthy_others < needed {
+        if report.healthy_others < self.rule.others_needed {
             // Nowhere better to go (followers down, restarting or not yet
-            // told to follow): this is no stall streak.
+            // told to follow, or too few to elect a successor): this is no
+            // stall streak.
             self.short = 0;
             return StallVerdict::Fine;
         }
@@ -691,22 +721,15 @@ mod tests {
         };
         let leader = seen(1, Leader, 5, 5, 20);
         let follower = |commit| up(with_commit(seen(2, Follower, 5, 5, 20), commit));
-        let before = [up(leader), follower(10), up(seen(3, Follower, 5, 5, 20))];
+        let other = || up(with_commit(seen(3, Follower, 5, 5, 20), 8));
+        let before = [up(leader), follower(10), other()];
         // The leader went silent for this balancer; its follower commits on.
-        let now = [
-            down(Some(leader)),
-            follower(12),
-            up(seen(3, Follower, 5, 5, 20)),
-        ];
+        let now = [down(Some(leader)), follower(12), other()];
         assert!(committing_without_us(&before, &now, ep(5)));
         // Nothing committed since the last round: a silent leader.
         assert!(!committing_without_us(&now, &now, ep(5)));
         // A refused leader is gone, whatever arrived just before it died.
-        let dead = [
-            refused(Some(leader)),
-            follower(12),
-            up(seen(3, Follower, 5, 5, 20)),
-        ];
+        let dead = [refused(Some(leader)), follower(12), other()];
         assert!(!committing_without_us(&before, &dead, ep(5)));
         // Followers of another epoch say nothing about this one.
         assert!(!committing_without_us(&before, &now, ep(6)));
@@ -714,7 +737,7 @@ mod tests {
         let gone = [
             down(Some(leader)),
             down(Some(with_commit(seen(2, Follower, 5, 5, 20), 12))),
-            up(seen(3, Follower, 5, 5, 20)),
+            other(),
         ];
         assert!(!committing_without_us(&before, &gone, ep(5)));
     }
@@ -1126,6 +1149,38 @@ mod tests {
             w.observe(report(1, 2, 8, 0, 2), t + 40 * HB),
             StallVerdict::Fine
         );
+    }
+
+    #[test]
+    fn no_failover_without_enough_healthy_replicas_to_elect_a_successor() {
+        // Five replicas, one sync replica: moving leadership needs four fence
+        // answers, the leader's included. Two healthy followers are not
+        // enough, whatever the leader's streams say; three are.
+        let rule = StallRule::new(1, 3, HB, Duration::from_millis(600)).with_quorum(4);
+        assert_eq!(rule.others_needed, 3);
+        let mut w = StallWatch::new(rule);
+        let t = Instant::now();
+        for seq in 0..20 {
+            let at = t + HB * u32::try_from(seq).unwrap();
+            assert_eq!(w.observe(report(0, 1, seq, 0, 2), at), StallVerdict::Fine);
+        }
+        let verdicts: Vec<StallVerdict> = (20..23)
+            .map(|seq| {
+                w.observe(
+                    report(0, 1, seq, 0, 3),
+                    t + HB * u32::try_from(seq).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            verdicts.last(),
+            Some(&StallVerdict::Stalled {
+                connected: 0,
+                needed: 1
+            })
+        );
+        // The quorum never lowers what the sync replicas need.
+        assert_eq!(StallRule::new(2, 3, HB, HB).with_quorum(1).others_needed, 2);
     }
 
     #[test]

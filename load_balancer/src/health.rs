@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use semikv_protocol::{Epoch, ErrorReply, Fence, Follow, Op, Promote, Reply};
+use semikv_protocol::{CoordinatorId, Epoch, ErrorReply, Fence, Follow, Op, Promote, Reply};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -67,9 +67,32 @@ struct Postponed {
     backoff: Duration,
 }
 
+/// 64 random bits from the operating system, never 0 (the coordinator of
+/// epochs minted before coordinators were named): a fresh id for every
+/// health loop, because the loop is what remembers which epochs it
+/// promoted at; two loops with one id could promote twice at one epoch.
+/// Should the OS source fail, std's randomly keyed hasher over the time and
+/// process id stands in.
+fn draw_coordinator() -> CoordinatorId {
+    use std::hash::{BuildHasher, Hasher};
+    let drawn = getrandom::u64().unwrap_or_else(|_| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    });
+    CoordinatorId(drawn.max(1))
+}
+
 /// The health and failover loop.
 pub struct HealthLoop {
     config: Arc<Config>,
+    /// This loop's name in the epochs it mints.
+    coordinator: CoordinatorId,
     table: Arc<Table>,
     links: Arc<Vec<Arc<ReplicaLink>>>,
     broken_rx: mpsc::Receiver<usize>,
@@ -90,8 +113,11 @@ pub struct HealthLoop {
     postponed: Option<Postponed>,
     /// When running out of epochs was last logged.
     exhausted_warned: Throttle,
-    /// What the table showed at the previous round.
+    /// What the table showed at the previous full round.
     previous: Vec<failover::Observed>,
+    /// Whether, at the last full round, followers of the highest epoch
+    /// committed without this balancer ([`failover::committing_without_us`]).
+    committing_elsewhere: bool,
     /// When holding an election back for a leader that commits without
     /// this balancer was last logged.
     elsewhere_warned: Throttle,
@@ -111,19 +137,23 @@ impl HealthLoop {
         broken_rx: mpsc::Receiver<usize>,
         kick: Arc<Notify>,
     ) -> HealthLoop {
+        let sync = failover::sync_replicas(config.sync_replicas, links.len());
         let rule = StallRule::new(
-            failover::sync_replicas(config.sync_replicas, links.len()),
+            sync,
             config.down_after,
             config.heartbeat,
             config.election_wait,
-        );
+        )
+        .with_quorum(failover::election_quorum(links.len(), sync));
         HealthLoop {
             stall: StallWatch::new(rule),
+            coordinator: draw_coordinator(),
             quorum_warned: Throttle::default(),
             ballot: None,
             postponed: None,
             exhausted_warned: Throttle::default(),
             previous: Vec::new(),
+            committing_elsewhere: false,
             elsewhere_warned: Throttle::default(),
             max_seen: None,
             led: None,
@@ -138,17 +168,26 @@ impl HealthLoop {
         }
     }
 
+    /// This loop's coordinator id: its name in the epochs it mints.
+    pub fn coordinator(&self) -> CoordinatorId {
+        self.coordinator
+    }
+
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.grace_until = Some(Instant::now() + self.config.election_wait);
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Whether every replica was checked this round (not only the
+            // ones whose connection broke).
+            let mut full = true;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => self.check_all().await,
                 _ = self.kick.notified() => self.check_all().await,
                 slot = self.broken_rx.recv() => {
+                    full = false;
                     let Some(slot) = slot else { break };
                     // Fast path: a crashed process closes its sockets at once;
                     // one probe tells a crash (refused) from a hiccup.
@@ -167,7 +206,7 @@ impl HealthLoop {
             if shutdown.is_cancelled() {
                 break;
             }
-            self.act().await;
+            self.act(full).await;
         }
     }
 
@@ -222,12 +261,14 @@ impl HealthLoop {
     /// What the decision core needs from the table and from this loop.
     fn current(&self) -> failover::Current {
         let mut current = self.table.current();
-        current.coordinator = self.config.coordinator;
+        current.coordinator = self.coordinator;
         current.ballot = self.ballot;
         current
     }
 
-    async fn act(&mut self) {
+    /// Decides and acts on the table as the checks left it; `full` when
+    /// every replica was checked just before.
+    async fn act(&mut self, full: bool) {
         let mut current = self.current();
         // The grace ends for good with the first leader or its deadline.
         if current.leader.is_some() || self.grace_until.is_some_and(|t| Instant::now() >= t) {
@@ -235,9 +276,18 @@ impl HealthLoop {
         }
         current.startup_grace = self.grace_until.is_some();
         let observed = self.table.observed();
-        let before = std::mem::replace(&mut self.previous, observed.clone());
         let plan = failover::plan(&observed, current);
         let max = failover::max_epoch(&observed, current);
+        // Commit progress is judged between two full rounds only: after a
+        // round that checked just a broken link, the other rows are as old
+        // as the previous round's and would show no progress.
+        if full {
+            self.committing_elsewhere =
+                failover::committing_without_us(&self.previous, &observed, max);
+            self.previous = observed.clone();
+        } else if failover::leader_refused(&observed, max) {
+            self.committing_elsewhere = false;
+        }
         if let Plan::Steady { epoch, .. } | Plan::Adopt { epoch, .. } = &plan {
             self.led = Some(*epoch);
         }
@@ -283,11 +333,11 @@ impl HealthLoop {
             Plan::Elect { epoch } => {
                 self.stall.clear();
                 self.leader_lost();
-                if failover::committing_without_us(&before, &observed, max) {
+                if self.committing_elsewhere {
                     self.warn_committing_elsewhere(max);
                     return;
                 }
-                if self.election_under_way_elsewhere(max) || self.holding_off(epoch) {
+                if self.election_under_way_elsewhere(max, &observed) || self.holding_off(epoch) {
                     return;
                 }
                 self.elect(epoch).await;
@@ -523,16 +573,22 @@ impl HealthLoop {
     }
 
     /// Whether `max`, the highest epoch seen, was minted by another
-    /// coordinator less than an election's wait ago and no leader at it was
-    /// seen yet: its election is likely still fencing or promoting, and
-    /// fencing over it would only undo it (two balancers electing in turn
-    /// forever). Once its leader shows up it is adopted; if none does in
-    /// time, this balancer elects. An epoch whose leader was seen (and
-    /// then lost) never delays a failover.
-    fn election_under_way_elsewhere(&self, max: Epoch) -> bool {
+    /// coordinator less than an election's wait ago, a replica sits fenced
+    /// (idle) at it, and no leader at it was seen yet: that election is
+    /// likely still fencing or promoting, and fencing over it would only
+    /// undo it (two balancers electing in turn forever). Once its leader
+    /// shows up it is adopted; if none does in time, this balancer elects.
+    /// An epoch whose leader was seen (and then lost), or whose replicas
+    /// already follow someone, never delays a failover.
+    fn election_under_way_elsewhere(&self, max: Epoch, observed: &[failover::Observed]) -> bool {
         let wait = self.config.election_wait.max(MIN_CHECK_TIMEOUT);
-        max.coordinator() != self.config.coordinator
+        let fenced_idle = observed.iter().any(|o| {
+            o.seen
+                .is_some_and(|s| s.role == semikv_protocol::NodeRole::Idle && s.epoch == max)
+        });
+        max.coordinator() != self.coordinator
             && max != Epoch::ZERO
+            && fenced_idle
             && self.led != Some(max)
             && self
                 .max_seen

@@ -76,6 +76,7 @@ pub async fn run(
         broken_rx,
         kick.clone(),
     );
+    let coordinator = health.coordinator();
     tasks.spawn(health.run(shutdown.clone()));
     let router = Arc::new(router::Router::new(
         config.clone(),
@@ -84,7 +85,7 @@ pub async fn run(
         kick,
     ));
     if let Ok(addr) = listener.local_addr() {
-        info!(addr = %addr, replicas = config.replicas.len(), coordinator = %config.coordinator, "balancer listening");
+        info!(addr = %addr, replicas = config.replicas.len(), coordinator = %coordinator, "balancer listening");
     }
     loop {
         tokio::select! {
