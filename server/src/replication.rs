@@ -304,8 +304,17 @@ pub async fn follow_loop(replica: Arc<Replica>) {
                     Err(ReplicationError::Stream(StreamError::Superseded)) => {}
                     Err(ReplicationError::Stream(StreamError::Diverged(reason))) => {
                         // The node stopped following and refuses everything
-                        // (a new Follow included) until an operator acts.
+                        // (a new Follow included) until an operator acts; the
+                        // marker keeps it stopped across restarts.
                         tracing::error!(leader = %target.addr, epoch = %target.epoch, reason = %reason, "this replica's log diverged from its leader's; it stopped serving (see the README: wipe its data directory to rejoin with a full copy)");
+                        let dir = replica.config.data_dir.clone();
+                        let marked = tokio::task::spawn_blocking(move || {
+                            storage::meta::mark_diverged(&dir, &reason)
+                        })
+                        .await;
+                        if !matches!(marked, Ok(Ok(()))) {
+                            tracing::error!(?marked, "could not record the divergence in the data directory; a restart would serve the diverged log");
+                        }
                     }
                     Err(e) => {
                         tracing::info!(leader = %target.addr, epoch = %target.epoch, error = %e, "replication stream from leader ended; reconnecting");

@@ -9,17 +9,13 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use semikv_protocol::{
-    Ack, Entries, Entry, Epoch, EpochStart, Follow, LogIndex, Message, MessageCodec, NodeRole, Op,
-    ReplicaId, Reply, Role, SnapshotChunk, Subscribe, Welcome, WriteOp, PROTOCOL_VERSION,
+    Ack, Entries, Entry, Epoch, EpochStart, Follow, LogIndex, Message, NodeRole, Op, ReplicaId,
+    Reply, Role, SnapshotChunk, WriteOp,
 };
 use semikv_server::storage::{self, meta, snapshot, snapshot::SnapshotMeta, store::Store, wal};
-use support::{Peer, Server, WAIT};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
-
-type Conn = Framed<TcpStream, MessageCodec>;
+use support::{next, Conn, FakeLeader, Peer, Server};
 
 /// Id the fake leader claims.
 const LEADER: u32 = 9;
@@ -127,55 +123,6 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
     out
 }
 
-/// Plays a leader of epoch [`EPOCH`] on 127.0.0.1:0.
-struct FakeLeader {
-    listener: TcpListener,
-}
-
-impl FakeLeader {
-    async fn bind() -> FakeLeader {
-        FakeLeader {
-            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.listener.local_addr().unwrap().to_string()
-    }
-
-    /// Accepts the follower's next stream and answers its handshake;
-    /// returns it with the follower's subscription.
-    async fn accept(&self) -> (Conn, Subscribe) {
-        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .expect("the follower did not (re)connect")
-            .unwrap();
-        let mut conn = Framed::new(stream, MessageCodec::default());
-        match next(&mut conn).await {
-            Some(Message::Hello(h)) => assert_eq!(h.role, Role::Replica),
-            other => panic!("expected Hello, got {other:?}"),
-        }
-        conn.send(Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            node: Some(ReplicaId(LEADER)),
-        }))
-        .await
-        .unwrap();
-        match next(&mut conn).await {
-            Some(Message::Subscribe(sub)) => (conn, sub),
-            other => panic!("expected Subscribe, got {other:?}"),
-        }
-    }
-}
-
-/// The next message, or `None` once the peer closed the connection.
-async fn next(conn: &mut Conn) -> Option<Message> {
-    tokio::time::timeout(WAIT, conn.next())
-        .await
-        .expect("the follower neither sent anything nor closed")
-        .and_then(Result::ok)
-}
-
 /// One chunk of a snapshot stream: what the leader announces with it.
 #[derive(Clone)]
 struct Announce {
@@ -280,7 +227,7 @@ async fn a_snapshot_unlike_its_announcement_is_refused_and_the_disk_is_untouched
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("r1");
     prepare_follower(&data);
-    let leader = FakeLeader::bind().await;
+    let leader = FakeLeader::bind(LEADER).await;
     let (server, _admin) = start_follower(&data, &leader).await;
 
     let announce = |epoch, meta| Announce { epoch, meta };
@@ -337,7 +284,7 @@ async fn a_snapshot_below_the_commit_index_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("r1");
     prepare_follower(&data);
-    let leader = FakeLeader::bind().await;
+    let leader = FakeLeader::bind(LEADER).await;
     let (server, mut admin) = start_follower(&data, &leader).await;
 
     let mut below_own_snapshot = meta_at(3);
@@ -370,7 +317,7 @@ async fn a_good_snapshot_installs_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("r1");
     prepare_follower(&data);
-    let leader = FakeLeader::bind().await;
+    let leader = FakeLeader::bind(LEADER).await;
     let (server, mut admin) = start_follower(&data, &leader).await;
 
     let (mut conn, _) = leader.accept().await;

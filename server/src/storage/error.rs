@@ -54,6 +54,21 @@ pub enum StorageError {
         /// Why.
         reason: String,
     },
+    /// This replica stopped earlier because its log diverged from its
+    /// leader's ([`super::meta::mark_diverged`]); it will not start on that
+    /// log again.
+    #[error(
+        "{} says this replica's log diverged from its leader's ({reason}); it will not \
+         serve that log again: keep the data directory for inspection, then wipe it \
+         and start the replica to rejoin with a full copy",
+        path.display()
+    )]
+    Diverged {
+        /// The marker file.
+        path: PathBuf,
+        /// What was found, as recorded.
+        reason: String,
+    },
 }
 
 /// Builds a `map_err` closure that wraps an `io::Error` with `op` and `path`.

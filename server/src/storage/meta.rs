@@ -1,6 +1,8 @@
 //! The persisted epoch: the highest epoch this replica has been fenced,
 //! promoted or told to follow at. It must never go backwards, so it is
-//! replaced atomically and a damaged file is an error, never epoch 0.
+//! replaced atomically and a damaged file is an error, never epoch 0. And
+//! the divergence marker: once a replica found its log inconsistent with
+//! its leader's, it never serves that log again, restarts included.
 //!
 //! Layout of `<data_dir>/epoch`: one frame (`len u32 BE | crc32 u32 BE |
 //! postcard(Epoch)`), nothing after it.
@@ -84,10 +86,59 @@ pub fn store_epoch(data_dir: &Path, epoch: Epoch) -> Result<(), StorageError> {
     super::sync_dir(data_dir)
 }
 
+/// File name of the divergence marker inside the data directory.
+pub const DIVERGED_FILE: &str = "DIVERGED";
+
+/// Durably records that this replica's log diverged from its leader's, with
+/// why: [`super::open`] then refuses the directory until an operator acts.
+///
+/// # Errors
+/// [`StorageError::Io`] if the marker cannot be written and synced.
+pub fn mark_diverged(data_dir: &Path, reason: &str) -> Result<(), StorageError> {
+    let path = data_dir.join(DIVERGED_FILE);
+    fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(reason.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        })
+        .map_err(io_err("writing", &path))?;
+    super::sync_dir(data_dir)
+}
+
+/// Fails if this data directory holds the divergence marker.
+///
+/// # Errors
+/// [`StorageError::Diverged`] with the recorded reason, or
+/// [`StorageError::Io`] if the marker exists but cannot be read.
+pub fn check_not_diverged(data_dir: &Path) -> Result<(), StorageError> {
+    let path = data_dir.join(DIVERGED_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => Err(StorageError::Diverged {
+            reason: String::from_utf8_lossy(&bytes).trim().to_string(),
+            path,
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("reading", &path)(e)),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diverged_directory_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        check_not_diverged(dir.path()).unwrap();
+        mark_diverged(dir.path(), "at index 9 our entry differs").unwrap();
+        let err = check_not_diverged(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Diverged { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("at index 9 our entry differs"), "{text}");
+        assert!(text.contains("wipe it"), "{text}");
+    }
 
     #[test]
     fn absent_is_zero_and_store_load_round_trips() {

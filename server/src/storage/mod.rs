@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <data_dir>/epoch                                   current epoch (meta)
+//! <data_dir>/DIVERGED                                why it stopped, if its log diverged (meta)
 //! <data_dir>/wal/<first index, 20 digits>.wal        log segments (wal)
 //! <data_dir>/snapshot/snap-<index, 20 digits>.bin    latest snapshot (snapshot)
 //! ```
@@ -61,13 +62,15 @@ pub struct Opened {
 /// # Errors
 /// [`StorageError::Io`] if a file cannot be read, written or created;
 /// [`StorageError::Corrupt`] for a corrupt epoch file, snapshot or log
-/// (anything but a torn tail).
+/// (anything but a torn tail); [`StorageError::Diverged`] if the replica
+/// stopped on a diverged log.
 pub fn open(data_dir: &Path, opts: wal::WalOptions) -> Result<Opened, StorageError> {
     let wal_dir = data_dir.join(WAL_DIR);
     let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
     for dir in [data_dir, &wal_dir, &snapshot_dir] {
         fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
     }
+    meta::check_not_diverged(data_dir)?;
     sync_dir(data_dir)?;
     remove_temp_files(data_dir)?;
     remove_temp_files(&snapshot_dir)?;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::{
     Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
-    Promote, ReplicaId, Reply, Request, RequestId, Role,
+    Promote, ReplicaId, Reply, Request, RequestId, Role, Subscribe, Welcome, PROTOCOL_VERSION,
 };
 use semikv_server::{Config, FsyncPolicy};
 use tokio::net::{TcpListener, TcpStream};
@@ -87,6 +87,60 @@ impl Drop for Server {
             task.abort();
         }
     }
+}
+
+/// A replication stream, as a fake leader holds it.
+pub type Conn = Framed<TcpStream, MessageCodec>;
+
+/// Plays a leader on 127.0.0.1:0: the test drives the stream by hand.
+pub struct FakeLeader {
+    listener: TcpListener,
+    id: u32,
+}
+
+impl FakeLeader {
+    pub async fn bind(id: u32) -> FakeLeader {
+        FakeLeader {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            id,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
+    }
+
+    /// Accepts the follower's next stream and answers its handshake;
+    /// returns it with the follower's subscription.
+    pub async fn accept(&self) -> (Conn, Subscribe) {
+        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("the follower did not (re)connect")
+            .unwrap();
+        let mut conn = Framed::new(stream, MessageCodec::default());
+        match next(&mut conn).await {
+            Some(Message::Hello(h)) => assert_eq!(h.role, Role::Replica),
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        conn.send(Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            node: Some(ReplicaId(self.id)),
+        }))
+        .await
+        .unwrap();
+        match next(&mut conn).await {
+            Some(Message::Subscribe(sub)) => (conn, sub),
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+    }
+}
+
+/// The next message, or `None` once the peer closed the connection.
+pub async fn next(conn: &mut Conn) -> Option<Message> {
+    tokio::time::timeout(WAIT, conn.next())
+        .await
+        .expect("the follower neither sent anything nor closed")
+        .and_then(Result::ok)
 }
 
 /// A connection that speaks the client protocol, one request at a time.
