@@ -237,8 +237,11 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-/// A connection that has said Hello and been welcomed, split in halves.
-pub(crate) struct Handshaken {
+/// A connection that has said Hello and been welcomed, split in halves:
+/// what [`handshake`] returns, for callers that drive the frames
+/// themselves (the load generator).
+#[derive(Debug)]
+pub struct Handshaken {
     /// The read half, with whatever the peer sent after its Welcome.
     pub reader: FramedRead<OwnedReadHalf, MessageCodec>,
     /// The write half (its buffer is empty: the Hello was flushed).
@@ -248,15 +251,12 @@ pub(crate) struct Handshaken {
 }
 
 /// Connects to `addr` and handshakes as [`Role::Client`], all within
-/// `config.connect_timeout`.
+/// `config.connect_timeout`. [`Client::connect`] is built on it.
 ///
 /// # Errors
 /// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
 /// [`ClientError::Rejected`] or [`ClientError::Handshake`].
-pub(crate) async fn handshake(
-    addr: &str,
-    config: &ClientConfig,
-) -> Result<Handshaken, ClientError> {
+pub async fn handshake(addr: &str, config: &ClientConfig) -> Result<Handshaken, ClientError> {
     let timed_out = || ClientError::ConnectTimeout {
         addr: addr.to_string(),
         after: config.connect_timeout,

@@ -1,22 +1,34 @@
-//! The semikv client library: a pipelined [`conn::Client`], the command
-//! language of the `semikv` tool, its output formats, and the REPL, script and
-//! local-cluster front ends built on them.
+//! The semikv client library: a pipelined connection to a semikv balancer
+//! (or a replica) that carries many requests at once.
+//!
+//! ```no_run
+//! use semikv_client::{Client, ClientConfig};
+//!
+//! # async fn demo() -> Result<(), semikv_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:8080", &ClientConfig::default()).await?;
+//! client.set("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! client.delete("greeting").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every type in a signature here is re-exported, so an application needs
+//! no other semikv crate. The `semikv` and `semikv-bench` tools live in the
+//! `semikv-cli` crate; depending on this one compiles only the protocol,
+//! tokio and bytes.
 
-pub mod bench;
-pub mod command;
-pub mod conn;
-pub mod local;
-pub mod output;
-pub mod repl;
-pub mod script;
-pub mod session;
+mod conn;
 
-pub use command::{parse_line, parse_words, quote, Command, ParseError};
-pub use conn::{Client, ClientConfig, ClientError};
-pub use session::{Outcome, Session};
+pub use bytes::Bytes;
+pub use conn::{handshake, Client, ClientConfig, ClientError, Handshaken};
+pub use semikv_protocol::{
+    ClusterStatus, ErrorReply, LogIndex, MessageCodec, NodeStatus, Op, ProtocolError, ReplicaId,
+    ReplicaView, Reply, Welcome, WireError,
+};
 
-// The same fake server the integration tests use, so the unit tests of `conn`
-// and `session` exercise the real codec and handshake.
+// The same fake server the integration tests use, so the unit tests of
+// `conn` exercise the real codec and handshake.
 #[cfg(test)]
 #[path = "../tests/support/fake_server.rs"]
 pub(crate) mod testing;

@@ -264,7 +264,7 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
 }
 
 /// The load generator's seedable SplitMix64, so both replay the same way.
-pub use semikv_client::bench::Rng;
+pub use semikv_cli::bench::Rng;
 
 #[cfg(test)]
 mod tests {

@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Barrier};
 use tokio::time::Instant;
 
-use crate::conn::{Client, ClientConfig, ClientError};
+use semikv_client::{Client, ClientConfig, ClientError};
 
 mod driver;
 mod wire;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use semikv_client::bench::{self, BenchConfig, Progress, Stop};
-use semikv_client::conn::ClientConfig;
+use semikv_cli::bench::{self, BenchConfig, Progress, Stop};
+use semikv_client::ClientConfig;
 
 /// Load-test a semikv cluster.
 ///

@@ -93,9 +93,9 @@ pub async fn run_once(session: &mut Session, words: Vec<OsString>) -> Outcome {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::conn::ClientConfig;
     use crate::output::Style;
     use crate::testing::FakeServer;
+    use semikv_client::ClientConfig;
 
     fn session(addr: &str) -> Session {
         Session::new(

@@ -9,13 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use semikv_client::conn::ClientConfig;
-use semikv_client::local::{
+use semikv_cli::local::{
     self, LocalCluster, LocalOptions, Reaper, BALANCER_SUBCOMMAND, REPLICA_SUBCOMMAND,
 };
-use semikv_client::output::Style;
-use semikv_client::script::{run_once, run_script};
-use semikv_client::{repl, Session};
+use semikv_cli::output::Style;
+use semikv_cli::script::{run_once, run_script};
+use semikv_cli::{repl, Session};
+use semikv_client::ClientConfig;
 
 /// Replicas `--local` starts when no N is given.
 const DEFAULT_LOCAL_REPLICAS: u32 = 3;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use semikv_client::local::{LocalCluster, LocalOptions};
+use semikv_cli::local::{LocalCluster, LocalOptions};
 use semikv_client::{Client, ClientConfig};
 use semikv_protocol::ReplicaId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

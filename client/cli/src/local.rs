@@ -24,7 +24,7 @@ use std::time::Duration;
 use semikv_protocol::ReplicaId;
 use tokio::time::Instant;
 
-use crate::conn::{Client, ClientConfig};
+use semikv_client::{Client, ClientConfig};
 
 /// Hidden subcommand that runs `semikv_server::cli::main`.
 pub const REPLICA_SUBCOMMAND: &str = "__replica";

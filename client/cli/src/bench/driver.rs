@@ -21,7 +21,7 @@ use super::{
     error_kind, judge, outcome_unknown, parse_value, record, wire, Lane, Latencies, Model, Phase,
     ReadCheck, Rng, Shared, Stop, Tally, MAX_EXAMPLES, MAX_RECONNECT_BACKOFF,
 };
-use crate::conn::{handshake, ClientError};
+use semikv_client::{handshake, ClientError};
 
 /// Answers taken from the read buffer per wake-up before the lanes that got
 /// them send again: bounds the work between two writes.

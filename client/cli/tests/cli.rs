@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/fake_server.rs"]
+#[path = "../../tests/support/fake_server.rs"]
 mod fake_server;
 
 use std::ffi::OsString;

@@ -14,9 +14,9 @@ use std::time::Duration;
 use semikv_protocol::{Op, Reply};
 
 use crate::command::{parse_line, Command};
-use crate::conn::{Client, ClientConfig, ClientError};
 use crate::local::LocalCluster;
 use crate::output::{self, Style};
+use semikv_client::{Client, ClientConfig, ClientError};
 
 /// How lost connections are retried.
 #[derive(Debug, Clone, Copy)]
