@@ -308,6 +308,16 @@ impl Client {
     /// Connects to `addr` and handshakes as [`Role::Client`].
     ///
     /// Must be called within a tokio runtime; the connection's tasks run on it.
+    /// A `Client` is cheap to clone: clones share the connection, and their
+    /// requests are pipelined on it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), semikv_client::ClientError> {
+    /// use semikv_client::{Client, ClientConfig};
+    /// let client = Client::connect("127.0.0.1:8080", &ClientConfig::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
@@ -429,6 +439,15 @@ impl Client {
 
     /// Reads `key`: its committed value or `None`.
     ///
+    /// ```no_run
+    /// # async fn demo(client: semikv_client::Client) -> Result<(), semikv_client::ClientError> {
+    /// if let Some(value) = client.get("greeting").await? {
+    ///     println!("{}", String::from_utf8_lossy(&value));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// As [`Client::request`], plus [`ClientError::Server`] and
     /// [`ClientError::UnexpectedReply`].
@@ -441,8 +460,17 @@ impl Client {
 
     /// Writes `key`; returns the write's log index once committed.
     ///
+    /// ```no_run
+    /// # async fn demo(client: semikv_client::Client) -> Result<(), semikv_client::ClientError> {
+    /// let index = client.set("greeting", "hello").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
-    /// As [`Client::get`].
+    /// As [`Client::get`]. `Indeterminate` and `NotEnoughReplicas` error
+    /// replies, [`ClientError::ConnectionLost`] and [`ClientError::Timeout`]
+    /// mean the write may or may not have been applied.
     pub async fn set(
         &self,
         key: impl Into<Bytes>,
@@ -460,8 +488,15 @@ impl Client {
 
     /// Deletes `key`; returns the write's log index once committed.
     ///
+    /// ```no_run
+    /// # async fn demo(client: semikv_client::Client) -> Result<(), semikv_client::ClientError> {
+    /// client.delete("greeting").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
-    /// As [`Client::get`].
+    /// As [`Client::set`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<LogIndex, ClientError> {
         match self.request(Op::Delete { key: key.into() }).await? {
             Reply::Written { index } => Ok(index),
@@ -505,7 +540,7 @@ impl Client {
     }
 }
 
-fn unexpected(op: &'static str, reply: Reply) -> ClientError {
+pub(crate) fn unexpected(op: &'static str, reply: Reply) -> ClientError {
     match reply {
         Reply::Error(e) => ClientError::Server(e),
         reply => ClientError::UnexpectedReply {

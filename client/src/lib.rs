@@ -1,5 +1,7 @@
-//! The semikv client library: a pipelined connection to a semikv balancer
-//! (or a replica) that carries many requests at once.
+//! The semikv client library: [`Client`], a pipelined connection to a
+//! semikv balancer (or a replica) that carries many requests at once, and
+//! [`RetryingClient`], which reconnects and retries what is safe to retry
+//! (never a write whose outcome is unknown).
 //!
 //! ```no_run
 //! use semikv_client::{Client, ClientConfig};
@@ -19,9 +21,11 @@
 //! tokio and bytes.
 
 mod conn;
+mod retry;
 
 pub use bytes::Bytes;
 pub use conn::{handshake, Client, ClientConfig, ClientError, Handshaken};
+pub use retry::{NoticeSink, RetryPolicy, RetryingClient};
 pub use semikv_protocol::{
     ClusterStatus, ErrorReply, LogIndex, MessageCodec, NodeStatus, Op, ProtocolError, ReplicaId,
     ReplicaView, Reply, Welcome, WireError,

@@ -1,43 +1,17 @@
-//! [`Session`]: what a user's commands act on — one server address, a
-//! connection to it that is re-opened with backoff when it is lost, and, in
-//! local mode, the [`LocalCluster`] that `kill` and `restart` act on.
-//!
-//! Retry rules: a request that certainly never reached the server (connect
-//! failures, a connection already known dead) is retried on a fresh
-//! connection; so is a read (`get`, `ping`, `status`) whose connection broke
-//! while it was in flight. A write whose connection broke in flight is not
-//! retried: it may have been applied, and the user is told so. Every retry is
-//! announced through the session's notice sink (stderr by default).
+//! [`Session`]: what a user's commands act on — one server address, reached
+//! through the client library's [`RetryingClient`] (which reconnects and
+//! retries what is safe to retry, and never a write whose outcome is
+//! unknown: the user is told so), and, in local mode, the [`LocalCluster`]
+//! that `kill` and `restart` act on. Every retry is announced through the
+//! session's notice sink (stderr by default).
 
-use std::time::Duration;
-
+use semikv_client::{ClientConfig, ClientError, RetryingClient};
+pub use semikv_client::{NoticeSink, RetryPolicy};
 use semikv_protocol::{Op, Reply};
 
 use crate::command::{parse_line, Command};
 use crate::local::LocalCluster;
 use crate::output::{self, Style};
-use semikv_client::{Client, ClientConfig, ClientError};
-
-/// How lost connections are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Tries per command, the first included (at least 1).
-    pub attempts: u32,
-    /// Wait before the first retry; doubled after each.
-    pub first_backoff: Duration,
-    /// Longest wait between two tries.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-        }
-    }
-}
 
 /// The result of one line or command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,27 +47,19 @@ impl Outcome {
     }
 }
 
-/// Where retry notices go.
-pub type NoticeSink = Box<dyn FnMut(&str) + Send>;
-
 /// A user's session against one address. Not shared: one front end drives
 /// it, one command at a time.
 pub struct Session {
-    addr: String,
-    config: ClientConfig,
-    retry: RetryPolicy,
+    kv: RetryingClient,
     style: Style,
-    client: Option<Client>,
     cluster: Option<LocalCluster>,
-    notice: NoticeSink,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("addr", &self.addr)
+            .field("kv", &self.kv)
             .field("style", &self.style)
-            .field("connected", &self.client.is_some())
             .field("local", &self.cluster.is_some())
             .finish_non_exhaustive()
     }
@@ -104,25 +70,22 @@ impl Session {
     /// needs it.
     pub fn new(addr: impl Into<String>, config: ClientConfig, style: Style) -> Session {
         Session {
-            addr: addr.into(),
-            config,
-            retry: RetryPolicy::default(),
+            kv: RetryingClient::new(addr, config)
+                .with_notices(Box::new(|notice| eprintln!("semikv: {notice}"))),
             style,
-            client: None,
             cluster: None,
-            notice: Box::new(|notice| eprintln!("semikv: {notice}")),
         }
     }
 
     /// Replaces the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Session {
-        self.retry = retry;
+        self.kv = self.kv.with_policy(retry);
         self
     }
 
     /// Replaces where retry notices go (stderr by default).
     pub fn with_notice_sink(mut self, sink: NoticeSink) -> Session {
-        self.notice = sink;
+        self.kv = self.kv.with_notices(sink);
         self
     }
 
@@ -135,7 +98,7 @@ impl Session {
 
     /// The address commands go to.
     pub fn addr(&self) -> &str {
-        &self.addr
+        self.kv.addr()
     }
 
     /// Whether this session runs a local cluster.
@@ -204,70 +167,12 @@ impl Session {
         }
     }
 
-    /// Sends `op`, re-opening the connection and retrying as the module docs
-    /// describe.
+    /// Sends `op` through the retrying client (see the module docs).
     ///
     /// # Errors
     /// The last [`ClientError`] once retries are exhausted or not allowed.
     pub async fn request(&mut self, op: Op) -> Result<Reply, ClientError> {
-        let attempts = self.retry.attempts.max(1);
-        let mut backoff = self.retry.first_backoff;
-        let mut attempt = 1;
-        loop {
-            let result = match self.connection().await {
-                Ok(client) => client.request(op.clone()).await,
-                Err(e) => Err(e),
-            };
-            let error = match result {
-                Ok(reply) => return Ok(reply),
-                Err(e) => e,
-            };
-            if error.is_connection_error() {
-                self.client = None;
-            }
-            if !retryable(&error, op.is_write()) || attempt >= attempts {
-                return Err(error);
-            }
-            attempt += 1;
-            (self.notice)(&format!(
-                "{error}; retrying in {backoff:?} (attempt {attempt}/{attempts})"
-            ));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.retry.max_backoff);
-        }
-    }
-
-    /// The open connection, dialling a new one if there is none or the old
-    /// one has ended.
-    async fn connection(&mut self) -> Result<Client, ClientError> {
-        if let Some(client) = &self.client {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
-            (self.notice)(&format!(
-                "connection to {} was lost; reconnecting",
-                self.addr
-            ));
-            self.client = None;
-        }
-        let client = Client::connect(&self.addr, &self.config).await?;
-        self.client = Some(client.clone());
-        Ok(client)
-    }
-}
-
-fn retryable(error: &ClientError, is_write: bool) -> bool {
-    match error {
-        ClientError::Connect { .. }
-        | ClientError::ConnectTimeout { .. }
-        | ClientError::Handshake { .. }
-        | ClientError::NotConnected { .. } => true,
-        ClientError::ConnectionLost { .. } => !is_write,
-        ClientError::Rejected { .. }
-        | ClientError::Timeout { .. }
-        | ClientError::Encode(_)
-        | ClientError::Server(_)
-        | ClientError::UnexpectedReply { .. } => false,
+        self.kv.request(op).await
     }
 }
 
@@ -277,6 +182,7 @@ mod tests {
     use super::*;
     use crate::testing::FakeServer;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     fn quick_retry() -> RetryPolicy {
         RetryPolicy {
