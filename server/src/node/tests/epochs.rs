@@ -11,8 +11,6 @@ use semikv_protocol::{
 };
 
 use super::*;
-use crate::log::MemLog;
-use crate::storage::store::Store;
 
 const SETTINGS: LeaderSettings = LeaderSettings {
     sync_replicas: 1,

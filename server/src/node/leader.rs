@@ -1,0 +1,279 @@
+//! The leader's side of the state machine: proposing writes, counting
+//! acknowledgements into the commit index, answering and expiring waiters,
+//! and planning each follower's stream.
+
+use super::*;
+
+impl Node {
+    /// Whether this node leads, and with which sync timeout.
+    pub fn leader_timeout(&self) -> Option<Duration> {
+        match &self.role {
+            Role::Leader(l) => Some(l.sync_timeout),
+            _ => None,
+        }
+    }
+
+    /// Appends a write to the log as leader and registers `completion` as
+    /// its waiter: exactly one answer is pushed to it, `Written` once the
+    /// write commits, `Indeterminate` if this leadership ends first,
+    /// `Storage` if the disk fails, or what [`Node::expire`] decides; unless
+    /// [`Node::forget`] drops it first. Nothing is registered on error.
+    ///
+    /// # Errors
+    /// `NotLeader` on a non-leader; `Storage` once the disk has failed;
+    /// `Diverged` once diverged.
+    pub fn propose(&mut self, op: WriteOp, completion: Completion) -> Result<Proposed, ErrorReply> {
+        self.check_serving()?;
+        if let Some(reason) = &self.failed {
+            return Err(ErrorReply::Storage {
+                reason: reason.clone(),
+            });
+        }
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        let index = self.append_local(op);
+        let mut sync_timeout = Duration::ZERO;
+        if let Role::Leader(l) = &mut self.role {
+            l.waiters.insert(index, completion);
+            sync_timeout = l.sync_timeout;
+        }
+        self.advance_commit();
+        Ok(Proposed {
+            ticket: Ticket {
+                role_gen: self.role_gen,
+                index,
+            },
+            sync_timeout,
+        })
+    }
+
+    /// Proposes each write of `writes` as [`Node::propose`] does, telling
+    /// `answer` the outcome under the request's id, and wakes the WAL writer
+    /// and the follower streams once for the whole batch rather than twice
+    /// per write.
+    pub fn propose_batch(
+        &mut self,
+        writes: impl IntoIterator<Item = (WriteOp, Completion)>,
+        mut answer: impl FnMut(RequestId, Result<Proposed, ErrorReply>),
+    ) {
+        /// Sends what was held when dropped, so a panic mid-batch (the
+        /// node's lock recovers from poisoning) cannot leave every later
+        /// signal held back.
+        struct Release<'a>(&'a mut Node);
+
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.release_signals();
+            }
+        }
+
+        self.held = Some(HeldSignals::default());
+        let node = Release(self);
+        for (op, completion) in writes {
+            let id = completion.id;
+            answer(id, node.0.propose(op, completion));
+        }
+    }
+
+    pub(super) fn append_local(&mut self, op: WriteOp) -> LogIndex {
+        let entry = Entry {
+            index: self.log.last_index().next(),
+            epoch: self.epoch,
+            op,
+        };
+        let index = entry.index;
+        // Cannot fail: the index is the next one and the epoch is ours, which
+        // is at least the last entry's.
+        let appended = self.log.append(entry.clone());
+        debug_assert!(appended.is_ok());
+        self.push_record(Record::Entry(entry));
+        self.signal_progress();
+        index
+    }
+
+    /// A follower of this leader acknowledged `match_index` at `epoch`.
+    pub fn on_ack(&mut self, follower: ReplicaId, epoch: Epoch, match_index: LogIndex) {
+        if epoch != self.epoch {
+            return;
+        }
+        let last = self.log.last_index();
+        if let Role::Leader(l) = &mut self.role {
+            let p = l.followers.entry(follower).or_default();
+            p.match_index = p.match_index.max(match_index.min(last));
+        }
+        self.advance_commit();
+    }
+
+    /// A follower's stream opened (`+1`) or closed (`-1`).
+    pub fn on_follower_stream(&mut self, follower: ReplicaId, opened: bool) {
+        if let Role::Leader(l) = &mut self.role {
+            let p = l.followers.entry(follower).or_default();
+            if opened {
+                p.streams += 1;
+            } else {
+                p.streams = p.streams.saturating_sub(1);
+            }
+        }
+    }
+
+    pub(super) fn advance_commit(&mut self) {
+        let Role::Leader(l) = &self.role else {
+            return;
+        };
+        let k = l.sync_replicas as usize;
+        let candidate = if k == 0 {
+            self.durable
+        } else {
+            let mut matches: Vec<LogIndex> = l.followers.values().map(|p| p.match_index).collect();
+            if matches.len() < k {
+                return;
+            }
+            matches.sort_unstable_by(|a, b| b.cmp(a));
+            matches[k - 1].min(self.durable)
+        };
+        if candidate > self.commit && self.log.epoch_at(candidate) == Some(self.epoch) {
+            self.set_commit(candidate);
+        }
+    }
+
+    /// A registered write's sync timeout passed. If it is still waiting:
+    /// with async fallback on and the write durable here, commit without the
+    /// followers (pushing `Written`); otherwise answer `NotEnoughReplicas`
+    /// with the acknowledgement counts and drop the waiter. A write already
+    /// answered is left alone, so no write is ever answered twice.
+    pub fn expire(&mut self, ticket: Ticket) -> Expiry {
+        if ticket.role_gen != self.role_gen {
+            return Expiry::AlreadyAnswered;
+        }
+        let Role::Leader(l) = &self.role else {
+            return Expiry::AlreadyAnswered;
+        };
+        if !l.waiters.contains_key(&ticket.index) {
+            return Expiry::AlreadyAnswered;
+        }
+        // A commit at or past the index answers the waiter itself.
+        if self.force_commit(ticket.index) {
+            return Expiry::CommittedAsync;
+        }
+        let (acked, required) = self.ack_count(ticket.index);
+        if let Role::Leader(l) = &mut self.role {
+            if let Some(completion) = l.waiters.remove(&ticket.index) {
+                let reply = Reply::Error(ErrorReply::NotEnoughReplicas { acked, required });
+                // Says nothing about other writes of this generation.
+                let settled = Ticket {
+                    role_gen: self.role_gen,
+                    index: LogIndex(0),
+                };
+                deliver(completion, reply, settled);
+            }
+        }
+        Expiry::NotEnoughReplicas
+    }
+
+    /// Drops a registered write's waiter without answering it (its
+    /// connection is gone); `true` if it was still waiting.
+    pub fn forget(&mut self, ticket: Ticket) -> bool {
+        if ticket.role_gen != self.role_gen {
+            return false;
+        }
+        match &mut self.role {
+            Role::Leader(l) => l.waiters.remove(&ticket.index).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Writes registered and not answered yet.
+    pub fn waiting_writes(&self) -> usize {
+        match &self.role {
+            Role::Leader(l) => l.waiters.len(),
+            _ => 0,
+        }
+    }
+
+    /// After a sync timeout with asynchronous fallback on: commit what is
+    /// durable here without the followers.
+    pub fn force_commit(&mut self, index: LogIndex) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return false;
+        };
+        if !l.async_fallback {
+            return false;
+        }
+        let candidate = index.min(self.durable);
+        if candidate > self.commit && self.log.epoch_at(candidate) == Some(self.epoch) {
+            self.set_commit(candidate);
+        }
+        self.commit >= index
+    }
+
+    /// Acknowledged followers and required ones, for `NotEnoughReplicas`.
+    pub fn ack_count(&self, index: LogIndex) -> (u32, u32) {
+        match &self.role {
+            Role::Leader(l) => {
+                let acked = l
+                    .followers
+                    .values()
+                    .filter(|p| p.match_index >= index)
+                    .count();
+                (u32::try_from(acked).unwrap_or(u32::MAX), l.sync_replicas)
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// As leader: how to start the stream of a follower that subscribed.
+    ///
+    /// # Errors
+    /// `NotLeader` or `StaleEpoch` when this node does not lead at `epoch`.
+    pub fn plan_stream(
+        &self,
+        epoch: Epoch,
+        their_last: LogIndex,
+        their_history: &[EpochStart],
+    ) -> Result<(StreamPlan, u64), ErrorReply> {
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(self.not_leader());
+        }
+        if epoch != self.epoch {
+            return Err(ErrorReply::StaleEpoch {
+                got: epoch,
+                current: self.epoch,
+            });
+        }
+        let prefix = self.log.common_prefix(their_last, their_history);
+        // Entries up to `compact_to` are being dropped in steps: a follower
+        // that needs them gets the snapshot rather than a stream cut short.
+        let plan = if prefix < self.log.base_index().max(self.compact_to) {
+            StreamPlan::Snapshot
+        } else {
+            StreamPlan::FromPrefix {
+                prefix,
+                prefix_epoch: self.log.epoch_at(prefix).unwrap_or_default(),
+                prefix_crc: self.log.get(prefix).and_then(Entry::checksum),
+            }
+        };
+        Ok((plan, self.role_gen))
+    }
+
+    /// As leader of `role_gen`: entries from `next` on and the commit index;
+    /// `Ok(None)` when they were compacted away (the follower must resubscribe).
+    ///
+    /// # Errors
+    /// `Superseded` when this node no longer leads that generation.
+    pub fn entries_for(
+        &self,
+        role_gen: u64,
+        next: LogIndex,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<Entry>, LogIndex)>, StreamError> {
+        if self.role_gen != role_gen || !matches!(self.role, Role::Leader(_)) {
+            return Err(StreamError::Superseded);
+        }
+        Ok(self
+            .log
+            .entries_from(next, max_count, max_bytes)
+            .map(|e| (e, self.commit)))
+    }
+}

@@ -1,0 +1,595 @@
+//! The replica's state machine: role, epoch, log, commit index and map, and
+//! every rule that changes them. No I/O happens here: disk writes are queued
+//! in an outbox that the WAL writer thread drains (one batch per fsync, which
+//! is what makes group commit), and network tasks call in with events.
+//!
+//! Invariants:
+//! - only entries up to `commit` are applied to the map, so no read ever sees
+//!   a value a failover can take back;
+//! - a leader commits an index only when it is durable locally, at least
+//!   `sync_replicas` followers of its epoch acknowledged it, and the entry at
+//!   that index is of the leader's own epoch (earlier entries commit with it);
+//! - after the epoch moves on (promote, follow, fence), nothing of an older
+//!   epoch is appended or acknowledged any more;
+//! - one role per epoch: a replica leads an epoch only if it was promoted at
+//!   it before taking any other role at it in this process's life, and never
+//!   follows a second leader at an epoch (see "One leader per epoch" below);
+//! - a follower whose log disagrees with its leader's at the point where
+//!   their logs are said to agree stops (diverged) rather than merge.
+//!
+//! # One leader per epoch
+//!
+//! Log matching (two entries with the same index and epoch are the same
+//! entry, with the same entries before them) is what lets a follower find
+//! where its log and its leader's part from their epoch histories alone
+//! ([`MemLog::common_prefix`]). It holds if every epoch has at most one
+//! leader, and that leader never writes two different entries at one index:
+//!
+//! 1. An epoch names the coordinator that minted it (`term.coordinator`,
+//!    see [`Epoch`]), and a coordinator sends `Promote` for at most one
+//!    replica per epoch it mints. Two coordinators never share an epoch,
+//!    however many run and whatever they believe.
+//! 2. A replica refuses `Promote` at an epoch below its own, and at its own
+//!    epoch unless a fence moved it there in this process's life and it has
+//!    taken no role since ([`Node::promote`]). So a paused coordinator's
+//!    late `Promote` meets a newer epoch, and a leader that crashed or
+//!    stepped down never leads its old epoch again: after a crash it may
+//!    have lost unsynced entries that a follower holds, and writing other
+//!    entries at those indexes would break log matching.
+//! 3. A leader appends only at the end of its own log and truncates nothing
+//!    while it leads; a follower refuses `Follow` naming another leader at
+//!    the epoch it follows or leads (an `EpochConflict`).
+//!
+//! Why a deposed leader cannot commit once a newer election has promoted:
+//! the coordinator promotes only after `replicas - sync_replicas` replicas
+//! answered its fence (each persisted the new epoch before answering and
+//! refuses older streams from then on), and a commit at an older epoch needs
+//! its leader plus `sync_replicas` followers of that epoch. The two sets add
+//! up to more than the replicas, so they share one: it acknowledged the
+//! write before its fence (after it, it refuses the old stream), hence the
+//! fence answers show a log holding the write, and the coordinator promotes
+//! the most up-to-date answer, `(last_epoch, last_index)` first. With one
+//! leader per epoch that log holds every committed entry (Raft's leader
+//! completeness argument), for any number of coordinators.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use semikv_protocol::{
+    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeRole, NodeStatus,
+    ReplicaId, Reply, RequestId, Response, WriteOp,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::log::MemLog;
+use crate::storage::snapshot::SnapshotMeta;
+use crate::storage::store::Store;
+use crate::storage::wal::Record;
+
+/// Overlay entries folded into the store at each snapshot check (every
+/// 100 ms), under the node lock: about a millisecond of work.
+const FOLD_PER_SNAPSHOT_CHECK: usize = 16_384;
+
+/// Log entries dropped from memory per step after a snapshot (at each
+/// snapshot check, every 100 ms): a few milliseconds under the node lock,
+/// and over 300,000 entries a second, faster than any write rate.
+const COMPACT_PER_STEP: usize = 32_768;
+
+/// One proposed write, for as long as its leadership lasts: the role
+/// generation it was proposed in and its log index. Within a generation an
+/// index is proposed at most once, so a ticket names one waiter. Ordered by
+/// generation, then index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket {
+    /// Role generation of the leadership that proposed it.
+    pub role_gen: u64,
+    /// Its log index.
+    pub index: LogIndex,
+}
+
+/// Where a write's answer goes: a connection's completion queue and the
+/// request it answers.
+///
+/// The queue must have room for every write its connection has registered
+/// and not yet received back: the node pushes with `try_send` under its
+/// lock and never waits.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The connection's completion queue.
+    pub to: mpsc::Sender<WriteDone>,
+    /// The request this write answers.
+    pub id: RequestId,
+}
+
+/// A write's answer, as pushed to its connection's completion queue. Every
+/// registered write gets exactly one, unless its connection forgot it
+/// ([`Node::forget`]).
+#[derive(Debug)]
+pub struct WriteDone {
+    /// The answer for the client.
+    pub response: Response,
+    /// Every write whose ticket is at most this one had its answer pushed by
+    /// the time this one was: the connection may stop tracking them.
+    pub settled: Ticket,
+}
+
+/// A registered write: what [`Node::propose`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposed {
+    /// Names the write's waiter until it is answered.
+    pub ticket: Ticket,
+    /// How long it may wait for its acknowledgements before
+    /// [`Node::expire`] is due.
+    pub sync_timeout: Duration,
+}
+
+/// What [`Node::expire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing: the write was already answered (or its leadership is over,
+    /// which answered it).
+    AlreadyAnswered,
+    /// Committed without the sync acknowledgements (async fallback is on);
+    /// `Written` was pushed.
+    CommittedAsync,
+    /// `NotEnoughReplicas` was pushed.
+    NotEnoughReplicas,
+}
+
+/// Pushes `reply` to the write's connection. Room is guaranteed by the
+/// connection (see [`Completion`]); a closed queue means the connection is
+/// gone and nobody is left to tell.
+fn deliver(completion: Completion, reply: Reply, settled: Ticket) {
+    let pushed = completion.to.try_send(WriteDone {
+        response: Response {
+            id: completion.id,
+            reply,
+        },
+        settled,
+    });
+    debug_assert!(
+        !matches!(pushed, Err(mpsc::error::TrySendError::Full(_))),
+        "a completion queue had no room for a write it registered"
+    );
+}
+
+/// The leader a follower pulls from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowTarget {
+    /// Epoch of the leadership.
+    pub epoch: Epoch,
+    /// Leader's id.
+    pub leader: ReplicaId,
+    /// Leader's address.
+    pub addr: String,
+    /// Role generation this target belongs to; stream events of another
+    /// generation are refused.
+    pub role_gen: u64,
+}
+
+/// Work for the WAL writer thread, in the order it must happen on disk.
+#[derive(Debug)]
+pub enum WalCmd {
+    /// Append records.
+    Append(Vec<Record>),
+    /// Drop entries after an index.
+    TruncateAfter(LogIndex),
+    /// Delete segments covered by a snapshot at this index.
+    Compact(LogIndex),
+    /// Throw the whole log away: a snapshot at this index replaced it.
+    Reset(LogIndex),
+}
+
+/// Leader-only state.
+#[derive(Debug)]
+struct LeaderState {
+    sync_replicas: u32,
+    sync_timeout: Duration,
+    async_fallback: bool,
+    followers: HashMap<ReplicaId, Progress>,
+    waiters: BTreeMap<LogIndex, Completion>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    match_index: LogIndex,
+    streams: u32,
+}
+
+#[derive(Debug)]
+enum Role {
+    Idle,
+    Leader(LeaderState),
+    Follower(FollowTarget),
+}
+
+/// Settings of a leadership, from `Promote`.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderSettings {
+    /// Followers whose acknowledgement a commit needs.
+    pub sync_replicas: u32,
+    /// How long a write waits for them.
+    pub sync_timeout: Duration,
+    /// Whether to commit without them after the timeout.
+    pub async_fallback: bool,
+}
+
+/// Why a replication event was refused; the stream is closed on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The role or epoch changed since the stream started.
+    #[error("stream superseded by a newer role or epoch")]
+    Superseded,
+    /// The peer sent something inconsistent with our log.
+    #[error("inconsistent stream: {0}")]
+    Inconsistent(String),
+    /// Our log and the leader's disagree where the protocol says they
+    /// cannot: this replica stopped (see [`Node::diverged`]).
+    #[error("log diverged from the leader's: {0}")]
+    Diverged(String),
+}
+
+/// How a leader starts a follower's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPlan {
+    /// Send `StreamFrom` with these and entries after `prefix`.
+    FromPrefix {
+        /// Common prefix of both logs.
+        prefix: LogIndex,
+        /// The epoch of the leader's entry at `prefix`.
+        prefix_epoch: Epoch,
+        /// The checksum of the leader's entry at `prefix`, if held in memory.
+        prefix_crc: Option<u32>,
+    },
+    /// The follower needs entries that only the snapshot holds.
+    Snapshot,
+}
+
+/// Everything a new snapshot needs, taken under the lock.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    /// Last index covered, its epoch and the history up to it.
+    pub meta: SnapshotMeta,
+    /// The map at that index.
+    pub store: Store,
+}
+
+/// Channels that wake the async tasks when the node changes.
+#[derive(Debug)]
+pub struct Signals {
+    /// Bumped whenever entries are appended or the commit index moves.
+    pub progress: watch::Sender<u64>,
+    /// The durable last index (followers acknowledge it).
+    pub durable: watch::Sender<LogIndex>,
+    /// The leader to follow, if any.
+    pub target: watch::Sender<Option<FollowTarget>>,
+    /// Bumped when the outbox has work for the writer.
+    pub outbox: watch::Sender<u64>,
+}
+
+impl Signals {
+    /// Fresh channels.
+    pub fn new() -> Signals {
+        Signals {
+            progress: watch::Sender::new(0),
+            durable: watch::Sender::new(LogIndex(0)),
+            target: watch::Sender::new(None),
+            outbox: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
+    }
+}
+
+/// The replica state machine. Callers hold it behind a mutex that is never
+/// held across an `.await`.
+#[derive(Debug)]
+pub struct Node {
+    id: ReplicaId,
+    addr: String,
+    epoch: Epoch,
+    role: Role,
+    role_gen: u64,
+    log: MemLog,
+    commit: LogIndex,
+    applied: LogIndex,
+    store: Store,
+    durable: LogIndex,
+    generation: u64,
+    outbox: Vec<WalCmd>,
+    recorded_commit: LogIndex,
+    failed: Option<String>,
+    snapshot_running: bool,
+    /// The in-memory log is dropped up to here, a step at a time.
+    compact_to: LogIndex,
+    signals: Signals,
+    /// While [`Node::propose_batch`] runs, the progress and outbox signals
+    /// are noted here and sent once at its end.
+    held: Option<HeldSignals>,
+    /// The epoch a fence moved this node to, while it has taken no role at
+    /// it since: the only current epoch it may still be promoted at.
+    promotable: Option<Epoch>,
+    /// Set when the log was found inconsistent with the leader's in a way
+    /// the protocol rules out; the node then serves nothing.
+    diverged: Option<String>,
+}
+
+/// Signals owed while they are held back: one wake-up for a batch of
+/// writes instead of two per write.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeldSignals {
+    progress: bool,
+    outbox: bool,
+}
+
+/// What recovery found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Persisted epoch.
+    pub epoch: Epoch,
+    /// The log (after the snapshot base).
+    pub log: MemLog,
+    /// Map as of the snapshot.
+    pub store: Store,
+    /// Commit index recorded in the log.
+    pub commit: LogIndex,
+}
+
+impl Node {
+    /// A node over recovered state. Entries up to the recorded commit index
+    /// are applied; the rest is a tentative tail that a leader will either
+    /// confirm or truncate.
+    pub fn new(id: ReplicaId, addr: String, recovered: Recovered, signals: Signals) -> Node {
+        let base = recovered.log.base_index();
+        let last = recovered.log.last_index();
+        let mut node = Node {
+            id,
+            addr,
+            epoch: recovered.epoch,
+            role: Role::Idle,
+            role_gen: 0,
+            commit: base,
+            applied: base,
+            store: recovered.store,
+            durable: last,
+            generation: 0,
+            outbox: Vec::new(),
+            recorded_commit: recovered.commit,
+            failed: None,
+            snapshot_running: false,
+            compact_to: LogIndex(0),
+            log: recovered.log,
+            signals,
+            held: None,
+            promotable: None,
+            diverged: None,
+        };
+        let commit = recovered.commit.min(last).max(base);
+        node.set_commit(commit);
+        node.signals.durable.send_replace(last);
+        node
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The value of `key` for a client read, or `None` while this node leads
+    /// but has not yet committed an entry of its own epoch.
+    ///
+    /// A new leader may have recovered a commit index that lags what was
+    /// acknowledged (the index is recorded lazily), so until its promotion
+    /// no-op commits, its map can miss acknowledged writes; reading it then
+    /// would break read-your-writes through the leader (Raft holds reads for
+    /// the same reason). Followers answer at once: their reads may be stale
+    /// by design.
+    pub fn read(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        if matches!(self.role, Role::Leader(_))
+            && self.log.epoch_at(self.commit) != Some(self.epoch)
+        {
+            return None;
+        }
+        Some(self.store.get(key))
+    }
+
+    /// This replica's status report.
+    pub fn status(&self) -> NodeStatus {
+        let (role, leader, followers) = match &self.role {
+            Role::Idle => (NodeRole::Idle, None, Vec::new()),
+            Role::Follower(t) => (NodeRole::Follower, Some(t.addr.clone()), Vec::new()),
+            Role::Leader(l) => {
+                let mut followers: Vec<_> = l
+                    .followers
+                    .iter()
+                    .map(|(id, p)| FollowerProgress {
+                        id: *id,
+                        match_index: p.match_index,
+                        connected: p.streams > 0,
+                    })
+                    .collect();
+                followers.sort_by_key(|f| f.id);
+                (NodeRole::Leader, Some(self.addr.clone()), followers)
+            }
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            epoch: self.epoch,
+            last_index: self.log.last_index(),
+            last_epoch: self.log.last_epoch(),
+            commit_index: self.commit,
+            applied_index: self.applied,
+            leader,
+            followers,
+        }
+    }
+
+    /// The answer to a `Status` request: this replica's status, or
+    /// `Diverged` once it stopped serving (so that balancers take it out of
+    /// every rotation at once).
+    pub fn status_reply(&self) -> Reply {
+        match self.check_serving() {
+            Ok(()) => Reply::Node(self.status()),
+            Err(refused) => Reply::Error(refused),
+        }
+    }
+
+    /// The error a non-leader answers writes with.
+    fn not_leader(&self) -> ErrorReply {
+        let leader = match &self.role {
+            Role::Follower(t) => Some(t.addr.clone()),
+            Role::Leader(_) => Some(self.addr.clone()),
+            Role::Idle => None,
+        };
+        ErrorReply::NotLeader { leader }
+    }
+
+    /// Sends the signals [`Node::propose_batch`] held back, once each.
+    fn release_signals(&mut self) {
+        if let Some(held) = self.held.take() {
+            if held.outbox {
+                self.signal_outbox();
+            }
+            if held.progress {
+                self.signal_progress();
+            }
+        }
+    }
+
+    /// Tells the follower streams (and held reads) that the log or the
+    /// commit index moved.
+    fn signal_progress(&mut self) {
+        match &mut self.held {
+            Some(held) => held.progress = true,
+            None => self.signals.progress.send_modify(|p| *p += 1),
+        }
+    }
+
+    /// Tells the WAL writer there is work queued.
+    fn signal_outbox(&mut self) {
+        match &mut self.held {
+            Some(held) => held.outbox = true,
+            None => self.signals.outbox.send_modify(|n| *n += 1),
+        }
+    }
+
+    /// Queues one WAL record, into the batch already queued if there is one
+    /// (no vector allocated per write).
+    fn push_record(&mut self, record: Record) {
+        match self.outbox.last_mut() {
+            Some(WalCmd::Append(records)) => records.push(record),
+            _ => self.outbox.push(WalCmd::Append(vec![record])),
+        }
+        self.signal_outbox();
+    }
+
+    fn push_wal(&mut self, cmd: WalCmd) {
+        match (self.outbox.last_mut(), cmd) {
+            (Some(WalCmd::Append(records)), WalCmd::Append(more)) => records.extend(more),
+            (_, cmd) => self.outbox.push(cmd),
+        }
+        self.signal_outbox();
+    }
+
+    /// Gives the writer everything queued, plus the generation and last index
+    /// the disk will match once it is written.
+    pub fn take_outbox(&mut self) -> (Vec<WalCmd>, u64, LogIndex) {
+        let mut cmds = std::mem::take(&mut self.outbox);
+        if !cmds.is_empty() && self.commit > self.recorded_commit {
+            cmds.push(WalCmd::Append(vec![Record::Commit(self.commit)]));
+            self.recorded_commit = self.commit;
+        }
+        (cmds, self.generation, self.log.last_index())
+    }
+
+    /// Whether the writer has work.
+    pub fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    /// The writer made the log durable up to `index` as of `generation`.
+    pub fn on_durable(&mut self, generation: u64, index: LogIndex) {
+        if generation != self.generation {
+            return;
+        }
+        let index = index.min(self.log.last_index());
+        if index > self.durable {
+            self.durable = index;
+            self.signals.durable.send_replace(index);
+            self.advance_commit();
+        }
+    }
+
+    /// The disk failed: stop acknowledging anything and fail every waiter.
+    /// Waiting writes are `Indeterminate`, not `Storage`: they are in the
+    /// log and may already be on a follower, which can commit them after a
+    /// failover. New writes are refused with `Storage` (never appended).
+    pub fn on_storage_failure(&mut self, reason: String) {
+        let settled = Ticket {
+            role_gen: self.role_gen,
+            index: LogIndex(u64::MAX),
+        };
+        if let Role::Leader(l) = &mut self.role {
+            for (_, completion) in std::mem::take(&mut l.waiters) {
+                let reply = Reply::Error(ErrorReply::Indeterminate {
+                    reason: format!("the leader's disk failed with the write in flight: {reason}"),
+                });
+                deliver(completion, reply, settled);
+            }
+        }
+        self.failed = Some(reason);
+    }
+
+    fn set_commit(&mut self, commit: LogIndex) {
+        if commit <= self.commit {
+            return;
+        }
+        self.commit = commit;
+        while self.applied < self.commit {
+            let next = self.applied.next();
+            match self.log.get(next) {
+                Some(entry) => self.store.apply(&entry.op),
+                None => break,
+            }
+            self.applied = next;
+        }
+        if let Role::Leader(l) = &mut self.role {
+            let settled = Ticket {
+                role_gen: self.role_gen,
+                index: commit,
+            };
+            while let Some(entry) = l.waiters.first_entry() {
+                if *entry.key() > commit {
+                    break;
+                }
+                let (index, completion) = entry.remove_entry();
+                deliver(completion, Reply::Written { index }, settled);
+            }
+        }
+        self.signal_progress();
+    }
+
+    /// Durable last index.
+    pub fn durable(&self) -> LogIndex {
+        self.durable
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+}
+
+mod compaction;
+mod follower;
+mod leader;
+mod roles;
+
+#[cfg(test)]
+mod tests;

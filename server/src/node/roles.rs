@@ -1,0 +1,195 @@
+//! Epochs and roles: fence, promote and follow, with the one-leader-per-epoch
+//! rules (see the module doc of `node`), and the diverged stop.
+
+use super::*;
+
+impl Node {
+    /// Checks that an admin message at `epoch` may be acted on, without
+    /// changing anything (the epoch is persisted between check and apply).
+    ///
+    /// # Errors
+    /// `StaleEpoch` if `epoch` is below the current one.
+    pub fn check_epoch(&self, epoch: Epoch) -> Result<(), ErrorReply> {
+        if epoch < self.epoch {
+            return Err(ErrorReply::StaleEpoch {
+                got: epoch,
+                current: self.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn enter_epoch(&mut self, epoch: Epoch, role: Role, reason: &str) {
+        if let Role::Leader(l) = &mut self.role {
+            let settled = Ticket {
+                role_gen: self.role_gen,
+                index: LogIndex(u64::MAX),
+            };
+            for (_, completion) in std::mem::take(&mut l.waiters) {
+                let reply = Reply::Error(ErrorReply::Indeterminate {
+                    reason: format!("leader stepped down: {reason}"),
+                });
+                deliver(completion, reply, settled);
+            }
+        }
+        self.epoch = epoch;
+        self.role = role;
+        self.role_gen += 1;
+        self.promotable = None;
+        let target = match &mut self.role {
+            Role::Follower(t) => {
+                t.role_gen = self.role_gen;
+                Some(t.clone())
+            }
+            _ => None,
+        };
+        self.signals.target.send_replace(target);
+        self.signal_progress();
+    }
+
+    /// Becomes leader at `epoch` (already persisted). Appends a no-op of the
+    /// new epoch so the inherited tail can commit. Promoted again at the
+    /// epoch it leads, it only takes the new settings (a coordinator that
+    /// lost the first answer).
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch; `EpochConflict` at its own epoch
+    /// when it follows someone at it, or when no fence moved it there in
+    /// this process's life (it restarted in that epoch, or already left a
+    /// role at it): it may have led the epoch before and lost unsynced
+    /// entries a follower holds. `Diverged` once diverged.
+    pub fn promote(&mut self, epoch: Epoch, settings: LeaderSettings) -> Result<(), ErrorReply> {
+        self.check_admin(epoch)?;
+        if epoch == self.epoch {
+            match &mut self.role {
+                Role::Leader(l) => {
+                    l.sync_replicas = settings.sync_replicas;
+                    l.sync_timeout = settings.sync_timeout;
+                    l.async_fallback = settings.async_fallback;
+                    return Ok(());
+                }
+                Role::Follower(t) => {
+                    let reason = format!("this replica follows replica {} at this epoch", t.leader);
+                    return Err(self.conflict(reason));
+                }
+                Role::Idle if self.promotable != Some(epoch) => {
+                    return Err(self.conflict(
+                        "this replica took a role at this epoch before (or restarted in it) and \
+                         cannot lead it now; elect at a new epoch"
+                            .to_string(),
+                    ));
+                }
+                Role::Idle => {}
+            }
+        }
+        let state = LeaderState {
+            sync_replicas: settings.sync_replicas,
+            sync_timeout: settings.sync_timeout,
+            async_fallback: settings.async_fallback,
+            followers: HashMap::new(),
+            waiters: BTreeMap::new(),
+        };
+        self.enter_epoch(epoch, Role::Leader(state), "promoted again");
+        self.append_local(WriteOp::Noop);
+        self.advance_commit();
+        Ok(())
+    }
+
+    /// Follows `leader` at `epoch` (already persisted). Told again to follow
+    /// the same leader at its epoch, it keeps its stream (or reconnects to
+    /// the new address given).
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch; `EpochConflict` at its own epoch when
+    /// it leads that epoch or follows another leader at it (an epoch has one
+    /// leader, so one of the two coordinators is wrong); `Diverged` once
+    /// diverged.
+    pub fn follow(
+        &mut self,
+        epoch: Epoch,
+        leader: ReplicaId,
+        addr: String,
+    ) -> Result<(), ErrorReply> {
+        self.check_admin(epoch)?;
+        if epoch == self.epoch {
+            match &self.role {
+                Role::Leader(_) => {
+                    return Err(self.conflict("this replica leads this epoch itself".to_string()));
+                }
+                Role::Follower(t) if t.leader == leader && t.addr == addr => return Ok(()),
+                Role::Follower(t) if t.leader != leader => {
+                    return Err(self.conflict(format!(
+                        "this replica follows replica {} at this epoch, not replica {leader}",
+                        t.leader
+                    )));
+                }
+                Role::Follower(_) | Role::Idle => {}
+            }
+        }
+        let target = FollowTarget {
+            epoch,
+            leader,
+            addr,
+            role_gen: 0,
+        };
+        self.enter_epoch(epoch, Role::Follower(target), "told to follow");
+        Ok(())
+    }
+
+    /// Moves to `epoch` (already persisted) and stops leading or following.
+    /// A fence at the current epoch changes nothing.
+    ///
+    /// # Errors
+    /// `StaleEpoch` for an older epoch; `Diverged` once diverged.
+    pub fn fence(&mut self, epoch: Epoch) -> Result<(), ErrorReply> {
+        self.check_admin(epoch)?;
+        if epoch > self.epoch {
+            self.enter_epoch(epoch, Role::Idle, "fenced");
+            self.promotable = Some(epoch);
+        }
+        Ok(())
+    }
+
+    /// Checks that an admin message at `epoch` may be acted on, without
+    /// changing anything (the epoch is persisted between check and apply).
+    ///
+    /// # Errors
+    /// `Diverged` once diverged; `StaleEpoch` below the current epoch.
+    pub fn check_admin(&self, epoch: Epoch) -> Result<(), ErrorReply> {
+        self.check_serving()?;
+        self.check_epoch(epoch)
+    }
+
+    pub(super) fn conflict(&self, reason: String) -> ErrorReply {
+        ErrorReply::EpochConflict {
+            epoch: self.epoch,
+            reason,
+        }
+    }
+
+    /// Whether this node may serve anything.
+    ///
+    /// # Errors
+    /// `Diverged` once its log was found inconsistent with a leader's.
+    pub fn check_serving(&self) -> Result<(), ErrorReply> {
+        match &self.diverged {
+            Some(reason) => Err(ErrorReply::Diverged {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this node stopped serving, if its log diverged from a leader's.
+    pub fn diverged(&self) -> Option<&str> {
+        self.diverged.as_deref()
+    }
+
+    /// Stops for good (until restarted): stops following, refuses every
+    /// request from now on, and returns the error that says why.
+    pub(super) fn diverge(&mut self, reason: String) -> StreamError {
+        self.enter_epoch(self.epoch, Role::Idle, "diverged");
+        self.diverged = Some(reason.clone());
+        StreamError::Diverged(reason)
+    }
+}

@@ -1,0 +1,221 @@
+//! Write waiters: storage failure, sync-timeout expiry, batches, and
+//! tickets of older leaderships.
+
+use super::*;
+
+#[test]
+fn a_storage_failure_fails_pending_and_new_writes() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
+    n.on_storage_failure("disk full".to_string());
+    // In the log, perhaps on a follower already: its outcome is unknown.
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        Err(ErrorReply::Indeterminate { .. })
+    ));
+    assert!(matches!(
+        propose(&mut n, set("b", "2")).unwrap_err(),
+        ErrorReply::Storage { .. }
+    ));
+}
+
+/// Proposes `op` and returns its ticket and answer queue.
+fn propose_ticket(n: &mut Node, op: WriteOp) -> (Ticket, mpsc::Receiver<WriteDone>) {
+    let (to, rx) = mpsc::channel(4);
+    let proposed = n
+        .propose(
+            op,
+            Completion {
+                to,
+                id: RequestId(9),
+            },
+        )
+        .unwrap();
+    (proposed.ticket, rx)
+}
+
+#[test]
+fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
+    flush(&mut n);
+    assert_eq!(n.waiting_writes(), 1);
+    assert_eq!(n.expire(ticket), Expiry::NotEnoughReplicas);
+    let done = rx.try_recv().unwrap();
+    assert_eq!(done.response.id, RequestId(9));
+    assert_eq!(
+        done.response.reply,
+        Reply::Error(ErrorReply::NotEnoughReplicas {
+            acked: 0,
+            required: 1
+        })
+    );
+    assert!(done.settled < ticket, "an expiry settles no other write");
+    assert_eq!(n.waiting_writes(), 0);
+    // Expiring or forgetting it again does nothing; a late ack commits
+    // the entry but answers nobody twice.
+    assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
+    assert!(!n.forget(ticket));
+    n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
+    assert_eq!(n.commit_index(), ticket.index);
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn a_committed_write_is_left_alone_by_its_expiry() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
+    flush(&mut n);
+    n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
+    let done = rx.try_recv().unwrap();
+    assert_eq!(
+        done.response.reply,
+        Reply::Written {
+            index: ticket.index
+        }
+    );
+    assert!(ticket <= done.settled);
+    assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
+    let mut n = fallback_leader();
+    let (first, mut rx1) = propose_ticket(&mut n, set("a", "1"));
+    let (second, mut rx2) = propose_ticket(&mut n, set("b", "2"));
+    // Not durable yet: the fallback cannot commit it.
+    assert_eq!(n.expire(first), Expiry::NotEnoughReplicas);
+    assert!(matches!(
+        rx1.try_recv().unwrap().response.reply,
+        Reply::Error(ErrorReply::NotEnoughReplicas { .. })
+    ));
+    flush(&mut n);
+    assert_eq!(n.expire(second), Expiry::CommittedAsync);
+    let done = rx2.try_recv().unwrap();
+    assert_eq!(
+        done.response.reply,
+        Reply::Written {
+            index: second.index
+        }
+    );
+    assert!(second <= done.settled);
+    assert_eq!(value(&n, "b"), Some(Bytes::from_static(b"2")));
+    assert_eq!(n.expire(second), Expiry::AlreadyAnswered);
+    assert!(rx1.try_recv().is_err() && rx2.try_recv().is_err());
+    assert_eq!(n.waiting_writes(), 0);
+}
+
+/// Writes `k0..k{n-1}` answered on `to` under request ids `0..n`.
+fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(WriteOp, Completion)> {
+    (0..n)
+        .map(|i| {
+            let completion = Completion {
+                to: to.clone(),
+                id: RequestId(i),
+            };
+            (set(&format!("k{i}"), "v"), completion)
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_proposals_signals_once_and_registers_each_write() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    flush(&mut n);
+    let progress = *n.signals.progress.borrow();
+    let outbox = *n.signals.outbox.borrow();
+    let (to, mut rx) = mpsc::channel(16);
+    let writes = batch(10, &to);
+    let mut answered = Vec::new();
+    n.propose_batch(writes, |id, outcome| answered.push((id, outcome.is_ok())));
+    assert_eq!(
+        answered,
+        (0..10).map(|i| (RequestId(i), true)).collect::<Vec<_>>()
+    );
+    assert_eq!(n.waiting_writes(), 10);
+    // Two wake-ups for the batch, not two per write.
+    assert_eq!(*n.signals.progress.borrow(), progress + 1);
+    assert_eq!(*n.signals.outbox.borrow(), outbox + 1);
+    // Signals are no longer held once the batch is done.
+    flush(&mut n);
+    n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(11));
+    assert!(*n.signals.progress.borrow() > progress + 1);
+    let mut ids: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|done| {
+            assert!(matches!(done.response.reply, Reply::Written { .. }));
+            done.response.id.0
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    assert_eq!(n.waiting_writes(), 0);
+}
+
+#[test]
+fn a_panic_inside_a_batch_does_not_leave_signals_held() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    flush(&mut n);
+    let (to, _rx) = mpsc::channel(16);
+    let writes = batch(3, &to);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        n.propose_batch(writes, |_, _| panic!("an answer handler failed"));
+    }));
+    assert!(panicked.is_err());
+    // What the batch held was sent on the way out...
+    let progress = *n.signals.progress.borrow();
+    let outbox = *n.signals.outbox.borrow();
+    // ...and later writes signal at once again.
+    propose(&mut n, set("after", "v")).unwrap();
+    assert!(*n.signals.progress.borrow() > progress);
+    assert!(*n.signals.outbox.borrow() > outbox);
+}
+
+#[test]
+fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
+    let mut n = fresh(1);
+    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    let (old, mut old_rx) = propose_ticket(&mut n, set("a", "1"));
+    n.fence(Epoch::from_raw(2)).unwrap();
+    let done = old_rx.try_recv().unwrap();
+    assert!(matches!(
+        done.response.reply,
+        Reply::Error(ErrorReply::Indeterminate { .. })
+    ));
+    assert!(old <= done.settled, "a step-down settles every write");
+    n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
+    let (new, mut new_rx) = propose_ticket(&mut n, set("b", "2"));
+    assert!(old < new);
+    // The same index under the old generation names nothing now.
+    let stale = Ticket {
+        role_gen: old.role_gen,
+        index: new.index,
+    };
+    assert_eq!(n.expire(stale), Expiry::AlreadyAnswered);
+    assert!(!n.forget(stale));
+    assert_eq!(n.waiting_writes(), 1);
+    assert!(new_rx.try_recv().is_err());
+    assert!(n.forget(new));
+    assert_eq!(n.waiting_writes(), 0);
+    assert!(!n.forget(new));
+    // A forgotten write still commits; it is answered to nobody.
+    flush(&mut n);
+    n.on_ack(ReplicaId(2), Epoch::from_raw(2), new.index);
+    assert_eq!(n.commit_index(), new.index);
+    assert!(new_rx.try_recv().is_err());
+}
+
+#[test]
+fn answers_go_to_a_closed_queue_without_harm() {
+    let mut n = lone_leader();
+    let (ticket, rx) = propose_ticket(&mut n, set("a", "1"));
+    drop(rx);
+    flush(&mut n);
+    assert_eq!(n.commit_index(), ticket.index);
+    assert_eq!(n.waiting_writes(), 0);
+}
