@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use semikv_protocol::{MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -34,10 +35,13 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub down_after: u32,
     /// Followers that must acknowledge a write (capped at the other replicas).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SYNC_REPLICAS)))]
     pub sync_replicas: u32,
-    /// How long a write waits for those acknowledgements, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// How long a write waits for those acknowledgements, in milliseconds
+    /// (at most an hour: replicas refuse longer).
+    #[arg(long, default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SYNC_TIMEOUT_MS))]
     pub sync_timeout_ms: u64,
     /// Once listening, write the bound address here (atomically).
     #[arg(long)]
@@ -220,6 +224,30 @@ mod tests {
         assert_eq!(c.down_after, 2);
         assert_eq!(c.sync_replicas, 2);
         assert_eq!(args.ready_file, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn settings_replicas_would_refuse_are_usage_errors() {
+        for bad in [
+            ["--sync-timeout-ms", "3600001"],
+            ["--sync-timeout-ms", "0"],
+            ["--sync-replicas", "256"],
+        ] {
+            let err =
+                Args::try_parse_from(["semikv-lb", "127.0.0.1:0", "127.0.0.1:1", bad[0], bad[1]])
+                    .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        let edge = Args::try_parse_from([
+            "semikv-lb",
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            "--sync-timeout-ms",
+            "3600000",
+            "--sync-replicas",
+            "255",
+        ]);
+        assert!(edge.is_ok());
     }
 
     #[test]

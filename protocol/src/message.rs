@@ -332,6 +332,15 @@ pub fn validate_key(key: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Most followers a [`Promote`] may make a write wait for: far more than
+/// any cluster has. Replicas refuse more.
+pub const MAX_SYNC_REPLICAS: u32 = 255;
+
+/// Longest sync timeout a [`Promote`] may carry, in milliseconds (an hour):
+/// past it a hung follower would hold every write, and the balancer's
+/// patience, for good. Replicas refuse longer ones.
+pub const MAX_SYNC_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Admin: become leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Promote {

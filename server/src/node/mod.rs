@@ -58,7 +58,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use semikv_protocol::{
     Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeRole, NodeStatus,
-    ReplicaId, Reply, RequestId, Response, WriteOp,
+    ReplicaId, Reply, RequestId, Response, WriteOp, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -213,6 +213,34 @@ pub struct LeaderSettings {
     pub sync_timeout: Duration,
     /// Whether to commit without them after the timeout.
     pub async_fallback: bool,
+}
+
+impl LeaderSettings {
+    /// Checks the settings a `Promote` carries against the protocol's
+    /// bounds ([`MAX_SYNC_REPLICAS`], [`MAX_SYNC_TIMEOUT_MS`]).
+    ///
+    /// # Errors
+    /// `Invalid`, naming the value and its bound.
+    pub fn check(&self) -> Result<(), ErrorReply> {
+        if self.sync_replicas > MAX_SYNC_REPLICAS {
+            return Err(ErrorReply::Invalid {
+                reason: format!(
+                    "sync_replicas {} is above the most a replica accepts ({MAX_SYNC_REPLICAS})",
+                    self.sync_replicas
+                ),
+            });
+        }
+        if self.sync_timeout > Duration::from_millis(MAX_SYNC_TIMEOUT_MS) {
+            return Err(ErrorReply::Invalid {
+                reason: format!(
+                    "a sync timeout of {} ms is above the most a replica accepts \
+                     ({MAX_SYNC_TIMEOUT_MS} ms)",
+                    self.sync_timeout.as_millis()
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Why a replication event was refused; the stream is closed on it.
@@ -590,6 +618,8 @@ mod compaction;
 mod follower;
 mod leader;
 mod roles;
+
+pub use roles::MAX_TERM_JUMP;
 
 #[cfg(test)]
 mod tests;

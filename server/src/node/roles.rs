@@ -3,17 +3,34 @@
 
 use super::*;
 
+/// Most terms an admin message may jump over the replica's current epoch:
+/// far more elections than a cluster ever holds (a billion a second for
+/// four seconds), far fewer than the 2^64 terms there are.
+pub const MAX_TERM_JUMP: u64 = 1 << 32;
+
 impl Node {
     /// Checks that an admin message at `epoch` may be acted on, without
     /// changing anything (the epoch is persisted between check and apply).
     ///
     /// # Errors
-    /// `StaleEpoch` if `epoch` is below the current one.
+    /// `StaleEpoch` if `epoch` is below the current one; `Invalid` if its
+    /// term is more than [`MAX_TERM_JUMP`] above the current one: no
+    /// coordinator gets there by elections, and accepting it would persist
+    /// an epoch no coordinator could ever go above.
     pub fn check_epoch(&self, epoch: Epoch) -> Result<(), ErrorReply> {
         if epoch < self.epoch {
             return Err(ErrorReply::StaleEpoch {
                 got: epoch,
                 current: self.epoch,
+            });
+        }
+        if epoch.term() - self.epoch.term() > MAX_TERM_JUMP {
+            return Err(ErrorReply::Invalid {
+                reason: format!(
+                    "epoch {epoch} is more than {MAX_TERM_JUMP} terms above this replica's \
+                     {}; refused",
+                    self.epoch
+                ),
             });
         }
         Ok(())
@@ -57,9 +74,11 @@ impl Node {
     /// when it follows someone at it, or when no fence moved it there in
     /// this process's life (it restarted in that epoch, or already left a
     /// role at it): it may have led the epoch before and lost unsynced
-    /// entries a follower holds. `Diverged` once diverged.
+    /// entries a follower holds. `Diverged` once diverged. `Invalid` for
+    /// settings out of range ([`LeaderSettings::check`]).
     pub fn promote(&mut self, epoch: Epoch, settings: LeaderSettings) -> Result<(), ErrorReply> {
         self.check_admin(epoch)?;
+        settings.check()?;
         if epoch == self.epoch {
             match &mut self.role {
                 Role::Leader(l) => {

@@ -359,3 +359,44 @@ fn the_same_entry_at_the_prefix_truncates_only_the_tail() {
     assert_eq!(f.log.last_index(), LogIndex(2));
     assert!(f.diverged().is_none());
 }
+
+#[test]
+fn an_absurd_epoch_or_promote_is_refused_and_changes_nothing() {
+    let now = Epoch::new(7, A);
+    let mut n = node(1, Epoch::ZERO, MemLog::default());
+    n.fence(now).unwrap();
+    // A jump past any number of elections would persist an epoch no
+    // coordinator could ever go above.
+    let absurd = Epoch::new(7 + MAX_TERM_JUMP + 1, B);
+    for refused in [
+        n.fence(absurd),
+        n.promote(absurd, SETTINGS),
+        n.follow(absurd, ReplicaId(2), addr(2)),
+    ] {
+        assert!(
+            matches!(refused, Err(ErrorReply::Invalid { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(n.epoch(), now);
+    n.fence(Epoch::new(7 + MAX_TERM_JUMP, B)).unwrap();
+    // Settings no balancer sends: every write would hang or wait forever.
+    let mut fresh = node(2, Epoch::ZERO, MemLog::default());
+    for settings in [
+        LeaderSettings {
+            sync_replicas: MAX_SYNC_REPLICAS + 1,
+            ..SETTINGS
+        },
+        LeaderSettings {
+            sync_timeout: Duration::MAX,
+            ..SETTINGS
+        },
+    ] {
+        let refused = fresh.promote(Epoch::new(1, B), settings);
+        assert!(
+            matches!(refused, Err(ErrorReply::Invalid { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(fresh.status().role, NodeRole::Idle);
+}
