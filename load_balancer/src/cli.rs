@@ -46,6 +46,10 @@ pub struct Args {
     /// Once listening, write the bound address here (atomically).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Client connections held open at once; more are refused [default:
+    /// 10000, or the open-file limit less 128 if that is lower].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 }
 
 /// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
@@ -137,7 +141,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         info!("shutdown requested");
         signals.cancel();
     });
-    crate::run(args.config(), listener, shutdown).await
+    let mut config = args.config();
+    config.max_connections = semikv_protocol::process::connection_limit(args.max_connections);
+    crate::run(config, listener, shutdown).await
 }
 
 /// Writes `addr` and a newline to `path` via a temporary file and a rename,

@@ -28,6 +28,9 @@ pub struct Config {
     pub election_wait: Duration,
     /// Longest frame accepted from clients and replicas.
     pub max_frame_len: usize,
+    /// Client connections held open at once; past it new ones are refused
+    /// with a frame that says so.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -43,6 +46,7 @@ impl Config {
             write_wait: Duration::ZERO,
             election_wait: Duration::ZERO,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_connections: 10_000,
         };
         config.derive_waits();
         config

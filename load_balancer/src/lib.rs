@@ -16,6 +16,7 @@ pub mod replica_conn;
 pub mod router;
 pub mod table;
 
+use semikv_protocol::admission::{Admission, Admitted};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,14 +88,26 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, replicas = config.replicas.len(), coordinator = %coordinator, "balancer listening");
     }
+    let admission = Admission::new(config.max_connections);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tracing::debug!(peer = %peer, "client connected");
-                    tasks.spawn(router.clone().serve(stream, shutdown.clone()));
-                }
+                Ok((stream, peer)) => match admission.admit(stream) {
+                    Admitted::Yes(stream, slot) => {
+                        tracing::debug!(peer = %peer, "client connected");
+                        let serving = router.clone().serve(stream, shutdown.clone());
+                        tasks.spawn(async move {
+                            serving.await;
+                            drop(slot);
+                        });
+                    }
+                    Admitted::No { first } => {
+                        if first {
+                            warn!(peer = %peer, max = admission.max(), "connection limit reached; refusing new clients until some close");
+                        }
+                    }
+                },
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     warn!(error = %e, "accept failed");

@@ -8,12 +8,17 @@
 //!   replication, admin). Enums only ever grow at the end; golden vectors in
 //!   `tests/golden.rs` freeze their encoding.
 //! - [`codec`]: a `tokio_util` codec of [`Message`]s over a byte stream.
+//! - [`admission`]: the connection limit every listener applies, refusing
+//!   the extra ones with a frame that says so.
 
+pub mod admission;
 pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod message;
+#[cfg(feature = "process")]
+pub mod process;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;

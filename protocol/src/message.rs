@@ -20,8 +20,9 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// The protocol version this build speaks.
 ///
 /// Version 2: epochs are ballots (`term << 64 | coordinator`, a `u128`; see
-/// [`crate::Epoch`]), leaders open streams with [`Message::StreamFrom`], and
-/// [`ErrorReply`] gained `EpochConflict` and `Diverged`.
+/// [`crate::Epoch`]), leaders open streams with [`Message::StreamFrom`],
+/// [`ErrorReply`] gained `EpochConflict` and `Diverged`, and [`WireError`]
+/// `TooManyConnections`.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Longest key accepted: 64 KiB.
@@ -197,6 +198,12 @@ pub enum WireError {
         /// What was received.
         what: String,
     },
+    /// The listener already holds as many connections as it allows; this
+    /// one is closed right after this frame. Retry later, or elsewhere.
+    TooManyConnections {
+        /// The listener's limit.
+        max: u64,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -221,6 +228,9 @@ impl fmt::Display for WireError {
                 write!(f, "{what} is not allowed on a {role} connection")
             }
             WireError::Unexpected { what } => write!(f, "unexpected message: {what}"),
+            WireError::TooManyConnections { max } => {
+                write!(f, "too many connections: this listener allows {max}")
+            }
         }
     }
 }

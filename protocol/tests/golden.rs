@@ -449,6 +449,10 @@ fn samples() -> Vec<(&'static str, Message)> {
                 reason: "index 9".to_string(),
             }),
         ),
+        (
+            "reject_too_many_conns",
+            reject(WireError::TooManyConnections { max: 10_000 }),
+        ),
     ]
 }
 
@@ -567,6 +571,7 @@ impl Coverage {
                 6
             }
             WireError::Unexpected { what: _ } => 7,
+            WireError::TooManyConnections { max: _ } => 8,
         };
         self.mark("WireError", index);
     }

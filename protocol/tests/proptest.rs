@@ -95,6 +95,7 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         Just(WireError::HandshakeRequired),
         (role(), text()).prop_map(|(role, what)| WireError::WrongRole { role, what }),
         text().prop_map(|what| WireError::Unexpected { what }),
+        any::<u64>().prop_map(|max| WireError::TooManyConnections { max }),
     ]
 }
 

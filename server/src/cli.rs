@@ -44,6 +44,10 @@ pub struct Args {
     /// Log bytes since the last snapshot that trigger a new snapshot.
     #[arg(long, default_value_t = DEFAULT_SNAPSHOT_BYTES, value_name = "BYTES")]
     pub snapshot_bytes: usize,
+    /// Connections held open at once; more are refused [default: 10000, or
+    /// the open-file limit less 128 if that is lower].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 }
 
 impl Args {
@@ -72,6 +76,7 @@ impl Args {
         config.max_frame_len = self.max_frame;
         config.snapshot_bytes = self.snapshot_bytes;
         config.ready_file = self.ready_file;
+        config.max_connections = semikv_protocol::process::connection_limit(self.max_connections);
         Ok((config, listen))
     }
 }

@@ -66,6 +66,10 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Where to write the bound address once serving.
     pub ready_file: Option<PathBuf>,
+    /// Connections the listener holds open at once (clients, balancers and
+    /// followers together); past it new ones are refused with a frame that
+    /// says so.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             segment_bytes: 64 * 1024 * 1024,
             ready_file: None,
+            max_connections: 10_000,
         }
     }
 }

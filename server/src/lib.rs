@@ -26,6 +26,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, FsyncPolicy};
 
+use semikv_protocol::admission::{Admission, Admitted};
+
 use crate::log::MemLog;
 use crate::node::{Node, Recovered, Signals};
 use crate::replica::{Replica, Watches};
@@ -108,12 +110,24 @@ pub async fn run(
     }
     tracing::info!(replica = %config.id, addr = %addr, "serving");
 
+    let admission = Admission::new(config.max_connections);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tasks.spawn(service::serve(replica.clone(), stream));
-                }
+                Ok((stream, peer)) => match admission.admit(stream) {
+                    Admitted::Yes(stream, slot) => {
+                        let replica = replica.clone();
+                        tasks.spawn(async move {
+                            service::serve(replica, stream).await;
+                            drop(slot);
+                        });
+                    }
+                    Admitted::No { first } => {
+                        if first {
+                            tracing::warn!(peer = %peer, max = admission.max(), "connection limit reached; refusing new connections until some close");
+                        }
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");

@@ -30,7 +30,8 @@ pub mod workload;
 pub use client::{Client, RawConn};
 pub use cluster::Cluster;
 pub use node::{
-    start_balancer, start_balancer_at, start_replica, start_replica_at, Balancer, Replica,
+    start_balancer, start_balancer_at, start_replica, start_replica_at,
+    start_replica_with_open_files, Balancer, Replica,
 };
 pub use process::Proc;
 pub use wait::{wait_for, wait_until, Deadline};

@@ -74,9 +74,49 @@ pub async fn start_replica_at<S: AsRef<OsStr>>(
     listen: SocketAddr,
     extra_args: &[S],
 ) -> anyhow::Result<Replica> {
+    launch_replica(id, data_dir, listen, None, extra_args).await
+}
+
+/// As [`start_replica`], with the process's open-file limit (soft and
+/// hard) set to `open_files` by util-linux's `prlimit`: the way to make a
+/// descriptor flood small enough for a test.
+///
+/// # Errors
+/// As [`start_replica`]; `prlimit` missing is an error, never a skip.
+pub async fn start_replica_with_open_files<S: AsRef<OsStr>>(
+    id: u32,
+    data_dir: &Path,
+    open_files: u64,
+    extra_args: &[S],
+) -> anyhow::Result<Replica> {
+    launch_replica(
+        id,
+        data_dir,
+        "127.0.0.1:0".parse()?,
+        Some(open_files),
+        extra_args,
+    )
+    .await
+}
+
+async fn launch_replica<S: AsRef<OsStr>>(
+    id: u32,
+    data_dir: &Path,
+    listen: SocketAddr,
+    open_files: Option<u64>,
+    extra_args: &[S],
+) -> anyhow::Result<Replica> {
     let exe = tokio::task::spawn_blocking(bin::server).await??;
     let ready = with_suffix(data_dir, ".ready");
-    let mut cmd = Command::new(exe);
+    let mut cmd = match open_files {
+        None => Command::new(exe),
+        Some(n) => {
+            // prlimit sets its own limit, then execs the replica: one pid.
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
+            cmd
+        }
+    };
     cmd.arg(id.to_string())
         .arg("--listen")
         .arg(listen.to_string())

@@ -9,6 +9,7 @@ mod balancer;
 mod coordinators;
 mod faults;
 mod hostile;
+mod limits;
 mod replication;
 mod single;
 

@@ -1,0 +1,161 @@
+//! How many connections one listener holds open: a fixed number of slots,
+//! each held by an accepted connection until it closes. A connection that
+//! finds no free slot is told so with a `TooManyConnections` reject frame
+//! and closed at once, so a flood of connections costs one descriptor each
+//! only for as long as it takes to write that frame, never the descriptors
+//! the process needs for its log, snapshots and replication.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::frame;
+use crate::message::{Message, WireError};
+
+/// Descriptors kept out of every connection limit: the write-ahead log's
+/// segments and directory, snapshots being written or sent, the replication
+/// stream to a leader, the balancer's links and health checks, stdio.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The default connection limit: 10,000, or fewer when the descriptor
+/// limit leaves less once [`RESERVED_DESCRIPTORS`] are set aside (at least
+/// 16 whatever the limit, so a tiny limit still serves someone).
+pub fn default_max_connections(descriptor_limit: u64) -> usize {
+    let room = descriptor_limit
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .max(16);
+    usize::try_from(room.min(10_000)).unwrap_or(10_000)
+}
+
+/// A slot held by an admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The connection limit of one listener.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// Whether the last connection offered was refused (for logging the
+    /// edges only, not every refusal of a flood).
+    full: Arc<AtomicBool>,
+}
+
+/// What [`Admission::admit`] decided.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Serve it; hold the slot for as long as the connection lives.
+    Yes(TcpStream, Slot),
+    /// Refused: the reject frame was written (if the socket took it) and the
+    /// connection closed. `first` is true for the first refusal after a
+    /// connection was last admitted: the one worth a log line.
+    No {
+        /// The first refusal since the listener was last below its limit.
+        first: bool,
+    },
+}
+
+impl Admission {
+    /// A limit of `max` open connections (at least 1).
+    pub fn new(max: usize) -> Admission {
+        let max = max.max(1);
+        Admission {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            full: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// Admits `stream` if a slot is free; otherwise writes the reject frame
+    /// without waiting (a fresh socket's send buffer always takes a few
+    /// bytes) and closes it.
+    pub fn admit(&self, stream: TcpStream) -> Admitted {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.full.store(false, Ordering::Relaxed);
+                Admitted::Yes(stream, Slot { _permit: permit })
+            }
+            Err(_) => {
+                let first = !self.full.swap(true, Ordering::Relaxed);
+                let refusal = Message::Reject(WireError::TooManyConnections {
+                    max: u64::try_from(self.max).unwrap_or(u64::MAX),
+                });
+                let mut buf = BytesMut::new();
+                if frame::encode(&refusal, frame::DEFAULT_MAX_FRAME_LEN, &mut buf).is_ok() {
+                    let _ = stream.try_write(&buf);
+                }
+                Admitted::No { first }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::net::TcpListener;
+    use tokio_util::codec::FramedRead;
+
+    use super::*;
+    use crate::MessageCodec;
+
+    #[test]
+    fn the_default_leaves_room_for_the_process_itself() {
+        assert_eq!(default_max_connections(1_048_576), 10_000);
+        assert_eq!(default_max_connections(1024), 1024 - 128);
+        assert_eq!(default_max_connections(100), 16);
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_connections_are_told_and_closed_and_slots_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admission = Admission::new(2);
+        let mut held = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            let (stream, _) = listener.accept().await.unwrap();
+            match admission.admit(stream) {
+                Admitted::Yes(stream, slot) => held.push((stream, slot)),
+                Admitted::No { .. } => panic!("refused below the limit"),
+            }
+        }
+        assert_eq!(admission.open(), 2);
+        for first in [true, false] {
+            let extra = TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            match admission.admit(stream) {
+                Admitted::No { first: f } => assert_eq!(f, first),
+                Admitted::Yes(..) => panic!("admitted past the limit"),
+            }
+            let mut frames = FramedRead::new(extra, MessageCodec::default());
+            let told = frames.next().await.unwrap().unwrap();
+            assert_eq!(
+                told,
+                Message::Reject(WireError::TooManyConnections { max: 2 })
+            );
+            assert!(frames.next().await.is_none(), "closed after the frame");
+        }
+        held.pop();
+        let _again = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(matches!(admission.admit(stream), Admitted::Yes(..)));
+    }
+}

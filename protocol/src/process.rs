@@ -1,0 +1,102 @@
+//! Process set-up the semikv binaries share (the `process` feature, which
+//! the client library does without).
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+use crate::admission::{default_max_connections, RESERVED_DESCRIPTORS};
+
+/// Raises this process's open-descriptor limit to its hard limit and
+/// returns the limit now in force, so that connection limits can be sized
+/// below it (see [`crate::admission::default_max_connections`]).
+///
+/// # Errors
+/// The limit could not be read; a failure to raise it only keeps the
+/// current one, which is returned.
+pub fn raise_descriptor_limit() -> Result<u64, String> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("reading the open-file limit: {e}"))?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Ok(hard);
+    }
+    Ok(soft)
+}
+
+/// The connection limit a process runs with, and how it was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// Connections its listener holds open at once.
+    pub max: usize,
+    /// The open-file limit in force (after raising it), if it could be read.
+    pub open_files: Option<u64>,
+    /// The limit asked for, when it was above what the open-file limit can
+    /// back and was lowered to `max`: the caller should say so.
+    pub lowered_from: Option<u64>,
+}
+
+/// The connection limit to run with: `asked` if given, else
+/// [`default_max_connections`] of the open-file limit, which this raises to
+/// its hard limit first. An asked limit the descriptors cannot back is
+/// lowered, with a warning: past it a flood would make the log's own files
+/// fail to open.
+pub fn connection_limit(asked: Option<u64>) -> usize {
+    let limit = limit_for(asked, raise_descriptor_limit().ok());
+    if let Some(asked) = limit.lowered_from {
+        tracing::warn!(asked, max = limit.max, open_file_limit = ?limit.open_files, "--max-connections is above what the open-file limit can back; lowered");
+    }
+    if limit.open_files.is_none() {
+        tracing::warn!(
+            max = limit.max,
+            "cannot read the open-file limit; connection limit sized for 1024"
+        );
+    }
+    limit.max
+}
+
+/// [`connection_limit`]'s decision, given the open-file limit.
+fn limit_for(asked: Option<u64>, open_files: Option<u64>) -> ConnectionLimit {
+    // Unreadable: assume the common default rather than no limit at all.
+    let descriptors = open_files.unwrap_or(1024);
+    let backed = descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(16);
+    let (max, lowered_from) = match asked {
+        None => (
+            u64::try_from(default_max_connections(descriptors)).unwrap_or(u64::MAX),
+            None,
+        ),
+        Some(asked) if asked > backed => (backed, Some(asked)),
+        Some(asked) => (asked, None),
+    };
+    ConnectionLimit {
+        max: usize::try_from(max).unwrap_or(usize::MAX),
+        open_files,
+        lowered_from,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_asked_limit_is_kept_unless_the_descriptors_cannot_back_it() {
+        let limit = limit_for(Some(10), Some(20_000));
+        assert_eq!((limit.max, limit.lowered_from), (10, None));
+        let huge = limit_for(Some(u64::MAX), Some(20_000));
+        assert_eq!(
+            (huge.max, huge.lowered_from),
+            (20_000 - 128, Some(u64::MAX))
+        );
+        assert_eq!(limit_for(None, Some(20_000)).max, 10_000);
+        assert_eq!(
+            limit_for(None, None).max,
+            1024 - 128,
+            "unreadable: sized for 1024"
+        );
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(raise_descriptor_limit().unwrap(), hard);
+    }
+}

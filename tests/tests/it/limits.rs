@@ -1,0 +1,133 @@
+//! Floods cost a bounded amount (issue #16, connections): past its
+//! connection limit a listener refuses new connections with a
+//! `TooManyConnections` frame and closes them, so a flood can no longer
+//! take the descriptors a replica needs for its write-ahead log (before,
+//! about 20,000 idle connections made the leader exit on "Too many open
+//! files" while syncing its log directory). Clients connected before the
+//! flood keep being served, and new ones get in once it ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use semikv_protocol::{Message, MessageCodec, Reply, Role, WireError};
+use semikv_tests::{start_replica_with_open_files, Client, Cluster};
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+use crate::promote_single;
+
+/// How long a flooding connection waits for a refusal frame; an admitted
+/// one gets nothing (it never says Hello) and is counted as admitted.
+const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens `n` connections to `addr` that never say Hello, and returns them
+/// with how many were refused with `TooManyConnections`.
+async fn flood(addr: SocketAddr, n: usize) -> (Vec<FramedRead<TcpStream, MessageCodec>>, usize) {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect during the flood");
+        conns.push(FramedRead::new(stream, MessageCodec::default()));
+    }
+    let told = join_all(conns.iter_mut().map(|c| async move {
+        matches!(
+            tokio::time::timeout(REFUSAL_WAIT, c.next()).await,
+            Ok(Some(Ok(Message::Reject(
+                WireError::TooManyConnections { .. }
+            ))))
+        )
+    }))
+    .await;
+    let refused = told.iter().filter(|&&t| t).count();
+    (conns, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_cannot_take_the_descriptors_a_replica_writes_with() {
+    let dir = tempfile::tempdir().unwrap();
+    // 256 open files: the default limit is then 256 - 128 = 128 connections.
+    // Small snapshots make the replica open files and sync its log
+    // directory all along (a snapshot, then the log segments it covers
+    // deleted): what failed when a flood had taken every descriptor.
+    let mut replica = start_replica_with_open_files(
+        1,
+        &dir.path().join("replica-1"),
+        256,
+        &["--snapshot-bytes", "4096"],
+    )
+    .await
+    .unwrap();
+    promote_single(replica.addr, 1).await.unwrap();
+    let mut client = Client::connect(replica.addr, Role::Client).await.unwrap();
+
+    let (flooders, refused) = flood(replica.addr, 400).await;
+    assert!(
+        refused >= 400 - 128,
+        "only {refused} of 400 connections were refused"
+    );
+    // Every write still reaches the disk (fsync always) and is acknowledged,
+    // through several snapshots.
+    for i in 0..300 {
+        let reply = client.set(format!("k{i}"), "v".repeat(100)).await.unwrap();
+        assert!(
+            matches!(reply, Reply::Written { .. }),
+            "{reply:?}\n{}",
+            replica.proc.stderr_tail()
+        );
+    }
+    assert!(replica.proc.is_running(), "{}", replica.proc.stderr_tail());
+    // The process never ran out of descriptors (without the limit, its
+    // accepts failed with EMFILE here, and so would any file it opened).
+    let log = replica.proc.stderr_tail();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(
+        replica
+            .proc
+            .stderr_tail()
+            .contains("connection limit reached"),
+        "the refusal is logged"
+    );
+    // Once the flood ends, new clients get in again.
+    drop(flooders);
+    let deadline = semikv_tests::Deadline::new(crate::CONVERGE, "a new client to be admitted");
+    loop {
+        if let Ok(mut c) = Client::connect(replica.addr, Role::Client).await {
+            if matches!(c.get("k0").await, Ok(Reply::Value(Some(_)))) {
+                break;
+            }
+        }
+        deadline.tick().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_refuses_clients_past_its_limit_and_serves_the_others() {
+    let cluster = Cluster::with_balancer(3, &[], &["--max-connections", "20"])
+        .await
+        .unwrap();
+    let mut client = cluster.connect_balancer().await.unwrap();
+    let r = client
+        .set_until_acked("before", "flood", crate::CONVERGE)
+        .await;
+    cluster.explain(r).unwrap();
+
+    let (flooders, refused) = flood(cluster.balancer_addr(), 60).await;
+    // 20 slots: the client above holds one.
+    assert!(refused >= 60 - 19, "only {refused} of 60 were refused");
+    let reply = client.set("during", "flood").await.unwrap();
+    assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
+
+    drop(flooders);
+    let deadline = semikv_tests::Deadline::new(crate::CONVERGE, "a new client to be admitted");
+    loop {
+        if let Ok(mut c) = cluster.connect_balancer().await {
+            if matches!(c.get("during").await, Ok(Reply::Value(Some(_)))) {
+                break;
+            }
+        }
+        deadline.tick().await.unwrap();
+    }
+}
