@@ -452,10 +452,7 @@ impl Client {
     /// As [`Client::request`], plus [`ClientError::Server`] and
     /// [`ClientError::UnexpectedReply`].
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
-        match self.request(Op::Get { key: key.into() }).await? {
-            Reply::Value(v) => Ok(v),
-            other => Err(unexpected("get", other)),
-        }
+        value_of(self.request(Op::Get { key: key.into() }).await?)
     }
 
     /// Writes `key`; returns the write's log index once committed.
@@ -480,10 +477,7 @@ impl Client {
             key: key.into(),
             value: value.into(),
         };
-        match self.request(op).await? {
-            Reply::Written { index } => Ok(index),
-            other => Err(unexpected("set", other)),
-        }
+        written("set", self.request(op).await?)
     }
 
     /// Deletes `key`; returns the write's log index once committed.
@@ -498,10 +492,10 @@ impl Client {
     /// # Errors
     /// As [`Client::set`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<LogIndex, ClientError> {
-        match self.request(Op::Delete { key: key.into() }).await? {
-            Reply::Written { index } => Ok(index),
-            other => Err(unexpected("delete", other)),
-        }
+        written(
+            "delete",
+            self.request(Op::Delete { key: key.into() }).await?,
+        )
     }
 
     /// Checks the peer answers.
@@ -540,7 +534,24 @@ impl Client {
     }
 }
 
-pub(crate) fn unexpected(op: &'static str, reply: Reply) -> ClientError {
+/// A get's reply as its value; an error reply or another reply is an error.
+pub(crate) fn value_of(reply: Reply) -> Result<Option<Bytes>, ClientError> {
+    match reply {
+        Reply::Value(v) => Ok(v),
+        other => Err(unexpected("get", other)),
+    }
+}
+
+/// A write's reply as its log index; an error reply or another reply is an
+/// error.
+pub(crate) fn written(op: &'static str, reply: Reply) -> Result<LogIndex, ClientError> {
+    match reply {
+        Reply::Written { index } => Ok(index),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+fn unexpected(op: &'static str, reply: Reply) -> ClientError {
     match reply {
         Reply::Error(e) => ClientError::Server(e),
         reply => ClientError::UnexpectedReply {

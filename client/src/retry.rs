@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use semikv_protocol::{ErrorReply, LogIndex, Op, Reply};
 
-use crate::conn::{unexpected, Client, ClientConfig, ClientError};
+use crate::conn::{value_of, written, Client, ClientConfig, ClientError};
 
 /// How a [`RetryingClient`] retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,10 +154,7 @@ impl RetryingClient {
     /// As [`RetryingClient::request`], plus [`ClientError::Server`] for an
     /// error reply.
     pub async fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
-        match self.request(Op::Get { key: key.into() }).await? {
-            Reply::Value(v) => Ok(v),
-            other => Err(unexpected("get", other)),
-        }
+        value_of(self.request(Op::Get { key: key.into() }).await?)
     }
 
     /// Writes `key`; returns the write's log index once committed.
@@ -176,10 +173,7 @@ impl RetryingClient {
             key: key.into(),
             value: value.into(),
         };
-        match self.request(op).await? {
-            Reply::Written { index } => Ok(index),
-            other => Err(unexpected("set", other)),
-        }
+        written("set", self.request(op).await?)
     }
 
     /// Deletes `key`; returns the write's log index once committed.
@@ -187,10 +181,10 @@ impl RetryingClient {
     /// # Errors
     /// As [`RetryingClient::set`].
     pub async fn delete(&mut self, key: impl Into<Bytes>) -> Result<LogIndex, ClientError> {
-        match self.request(Op::Delete { key: key.into() }).await? {
-            Reply::Written { index } => Ok(index),
-            other => Err(unexpected("delete", other)),
-        }
+        written(
+            "delete",
+            self.request(Op::Delete { key: key.into() }).await?,
+        )
     }
 
     /// The open connection, dialling a new one if there is none or the old

@@ -5,18 +5,9 @@
 //! and the log-level consequences (a restarted leader never writes its old
 //! epoch again, a log that breaks log matching is caught, not merged).
 
-use bytes::Bytes;
-use semikv_protocol::{
-    CoordinatorId, Entry, Epoch, ErrorReply, LogIndex, NodeRole, ReplicaId, WriteOp,
-};
+use semikv_protocol::CoordinatorId;
 
 use super::*;
-
-const SETTINGS: LeaderSettings = LeaderSettings {
-    sync_replicas: 1,
-    sync_timeout: Duration::from_secs(1),
-    async_fallback: false,
-};
 
 const A: CoordinatorId = CoordinatorId(0xa);
 const B: CoordinatorId = CoordinatorId(0xb);
@@ -253,14 +244,7 @@ fn a_leader_is_never_told_to_follow_at_its_own_epoch() {
     assert_eq!(n.status().role, NodeRole::Leader);
 }
 
-fn set(key: &str, value: &str) -> WriteOp {
-    WriteOp::Set {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-    }
-}
-
-fn entry(index: u64, epoch: Epoch, op: WriteOp) -> Entry {
+fn entry_at(index: u64, epoch: Epoch, op: WriteOp) -> Entry {
     Entry {
         index: LogIndex(index),
         epoch,
@@ -277,7 +261,7 @@ fn a_leader_that_restarts_in_its_epoch_never_leads_it_again() {
     leader.fence(e).unwrap();
     leader.promote(e, SETTINGS).unwrap();
     let mut durable = MemLog::default();
-    durable.append(entry(1, e, WriteOp::Noop)).unwrap();
+    durable.append(entry_at(1, e, WriteOp::Noop)).unwrap();
     let mut back = node(1, e, durable);
     // Led again at e, it would write another entry at index 2 of epoch e:
     // two different entries with one index and epoch.
@@ -298,7 +282,7 @@ fn a_leader_that_restarts_in_its_epoch_never_leads_it_again() {
 fn follower_with(e: Epoch, ops: &[WriteOp]) -> Node {
     let mut log = MemLog::default();
     for (i, op) in ops.iter().enumerate() {
-        log.append(entry(i as u64 + 1, e, op.clone())).unwrap();
+        log.append(entry_at(i as u64 + 1, e, op.clone())).unwrap();
     }
     node(3, e, log)
 }
@@ -309,7 +293,7 @@ fn two_entries_of_one_index_and_epoch_are_caught_at_stream_start() {
     // holds one leader's entry at index 2, the new leader the other's.
     let old = Epoch::new(7, A);
     let mut f = follower_with(old, &[WriteOp::Noop, set("k", "from-one-leader")]);
-    let theirs = entry(2, old, set("k", "from-the-other"));
+    let theirs = entry_at(2, old, set("k", "from-the-other"));
     let new = Epoch::new(8, B);
     f.fence(new).unwrap();
     f.follow(new, ReplicaId(1), addr(1)).unwrap();
@@ -350,7 +334,7 @@ fn the_same_entry_at_the_prefix_truncates_only_the_tail() {
     let old = Epoch::new(2, A);
     let ops = [WriteOp::Noop, set("a", "1"), set("b", "unacked")];
     let mut f = follower_with(old, &ops);
-    let shared = entry(2, old, set("a", "1"));
+    let shared = entry_at(2, old, set("a", "1"));
     let new = Epoch::new(3, B);
     f.follow(new, ReplicaId(1), addr(1)).unwrap();
     let gen = f.role_gen;
