@@ -17,8 +17,10 @@
 //!
 //! Every type in a signature here is re-exported, so an application needs
 //! no other semikv crate. The `semikv` and `semikv-bench` tools live in the
-//! `semikv-cli` crate; depending on this one compiles only the protocol,
-//! tokio and bytes.
+//! `semikv-cli` crate; depending on this one compiles the protocol crate,
+//! tokio, bytes and the small crates they share (futures, postcard, serde,
+//! thiserror, tracing), never the server, the balancer or the tools'
+//! dependencies.
 
 mod conn;
 mod retry;

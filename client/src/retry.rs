@@ -3,22 +3,25 @@
 //!
 //! Retried, with backoff, up to [`RetryPolicy::attempts`] tries in all:
 //! - anything that certainly never reached the server (a failed connect or
-//!   handshake, a connection already known dead);
+//!   handshake, a listener full of connections, a connection already known
+//!   dead);
 //! - anything answered `Unavailable` (no leader during a failover: nothing
-//!   was applied), waiting at least the server's retry hint;
-//! - a read (`get`, `ping`, `status`) whose connection broke or timed out
-//!   in flight.
+//!   was applied), waiting the server's retry hint (at most the policy's
+//!   longest backoff);
+//! - a read (`get`, `ping`, `status`) whose connection broke in flight.
 //!
 //! Never retried: a write whose outcome is unknown (`Indeterminate`,
 //! `NotEnoughReplicas`, or its connection lost or timed out in flight). It
 //! may have been applied; retrying it could apply it twice, or after a
-//! later write. The caller gets the error and decides. Every retry is
+//! later write. The caller gets the error and decides. Nor a request that
+//! timed out: a server that does not answer within the request timeout
+//! would only make the caller wait that long again per try. Every retry is
 //! announced to the notice sink, if one is set.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use semikv_protocol::{ErrorReply, LogIndex, Op, Reply};
+use semikv_protocol::{ErrorReply, LogIndex, Op, Reply, WireError};
 
 use crate::conn::{value_of, written, Client, ClientConfig, ClientError};
 
@@ -223,9 +226,11 @@ fn retry_after(result: &Result<Reply, ClientError>, is_write: bool) -> Option<Du
             | ClientError::ConnectTimeout { .. }
             | ClientError::Handshake { .. }
             | ClientError::NotConnected { .. } => Some(Duration::ZERO),
-            ClientError::ConnectionLost { .. } | ClientError::Timeout { .. } if !is_write => {
-                Some(Duration::ZERO)
-            }
+            ClientError::Rejected {
+                error: WireError::TooManyConnections { .. },
+                ..
+            } => Some(Duration::ZERO),
+            ClientError::ConnectionLost { .. } if !is_write => Some(Duration::ZERO),
             ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. }
             | ClientError::Rejected { .. }
@@ -336,6 +341,23 @@ mod tests {
         let lost = || ClientError::ConnectionLost { reason: "x".into() };
         assert_eq!(retry_after(&Err(lost()), false), Some(Duration::ZERO));
         assert_eq!(retry_after(&Err(lost()), true), None);
+        let timeout = || ClientError::Timeout {
+            after: Duration::from_secs(10),
+        };
+        assert_eq!(retry_after(&Err(timeout()), false), None, "a hung server");
+        let full = ClientError::Rejected {
+            addr: "a".into(),
+            error: WireError::TooManyConnections { max: 1 },
+        };
+        assert_eq!(retry_after(&Err(full), true), Some(Duration::ZERO));
+        let version = ClientError::Rejected {
+            addr: "a".into(),
+            error: WireError::UnsupportedVersion {
+                got: 1,
+                supported: 2,
+            },
+        };
+        assert_eq!(retry_after(&Err(version), false), None);
         let indeterminate = Ok(Reply::Error(ErrorReply::Indeterminate {
             reason: "x".into(),
         }));

@@ -102,9 +102,9 @@ pub async fn run(
                             drop(slot);
                         });
                     }
-                    Admitted::No { first } => {
-                        if first {
-                            warn!(peer = %peer, max = admission.max(), "connection limit reached; refusing new clients until some close");
+                    Admitted::No { report } => {
+                        if let Some(refused) = report {
+                            warn!(peer = %peer, max = admission.max(), refused, "connection limit reached; refusing new clients until some close");
                         }
                     }
                 },

@@ -5,8 +5,9 @@
 //! only for as long as it takes to write that frame, never the descriptors
 //! the process needs for its log, snapshots and replication.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -30,6 +31,11 @@ pub fn default_max_connections(descriptor_limit: u64) -> usize {
     usize::try_from(room.min(10_000)).unwrap_or(10_000)
 }
 
+/// Least time between two log lines about refused connections: a flood
+/// refuses thousands a second, and slots that free up and fill again must
+/// not turn each refusal into a line.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// A slot held by an admitted connection; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
@@ -41,9 +47,10 @@ pub struct Slot {
 pub struct Admission {
     slots: Arc<Semaphore>,
     max: usize,
-    /// Whether the last connection offered was refused (for logging the
-    /// edges only, not every refusal of a flood).
-    full: Arc<AtomicBool>,
+    /// Refusals since the last report.
+    refused: Arc<AtomicU64>,
+    /// When refusals were last reported.
+    reported: Arc<Mutex<Option<Instant>>>,
 }
 
 /// What [`Admission::admit`] decided.
@@ -52,11 +59,11 @@ pub enum Admitted {
     /// Serve it; hold the slot for as long as the connection lives.
     Yes(TcpStream, Slot),
     /// Refused: the reject frame was written (if the socket took it) and the
-    /// connection closed. `first` is true for the first refusal after a
-    /// connection was last admitted: the one worth a log line.
+    /// connection closed.
     No {
-        /// The first refusal since the listener was last below its limit.
-        first: bool,
+        /// When a log line is due (at most one per [`REPORT_EVERY`]): the
+        /// connections refused since the last one, this one included.
+        report: Option<u64>,
     },
 }
 
@@ -67,7 +74,8 @@ impl Admission {
         Admission {
             slots: Arc::new(Semaphore::new(max)),
             max,
-            full: Arc::new(AtomicBool::new(false)),
+            refused: Arc::new(AtomicU64::new(0)),
+            reported: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -86,12 +94,21 @@ impl Admission {
     /// bytes) and closes it.
     pub fn admit(&self, stream: TcpStream) -> Admitted {
         match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.full.store(false, Ordering::Relaxed);
-                Admitted::Yes(stream, Slot { _permit: permit })
-            }
+            Ok(permit) => Admitted::Yes(stream, Slot { _permit: permit }),
             Err(_) => {
-                let first = !self.full.swap(true, Ordering::Relaxed);
+                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                let report = {
+                    // A poisoned lock only means a panic elsewhere mid-store.
+                    let mut last = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    if last.is_none_or(|at| now.duration_since(at) >= REPORT_EVERY) {
+                        *last = Some(now);
+                        self.refused.fetch_sub(refused, Ordering::Relaxed);
+                        Some(refused)
+                    } else {
+                        None
+                    }
+                };
                 let refusal = Message::Reject(WireError::TooManyConnections {
                     max: u64::try_from(self.max).unwrap_or(u64::MAX),
                 });
@@ -99,7 +116,7 @@ impl Admission {
                 if frame::encode(&refusal, frame::DEFAULT_MAX_FRAME_LEN, &mut buf).is_ok() {
                     let _ = stream.try_write(&buf);
                 }
-                Admitted::No { first }
+                Admitted::No { report }
             }
         }
     }
@@ -138,11 +155,11 @@ mod tests {
             }
         }
         assert_eq!(admission.open(), 2);
-        for first in [true, false] {
+        for report in [Some(1), None] {
             let extra = TcpStream::connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
             match admission.admit(stream) {
-                Admitted::No { first: f } => assert_eq!(f, first),
+                Admitted::No { report: r } => assert_eq!(r, report, "one line per window"),
                 Admitted::Yes(..) => panic!("admitted past the limit"),
             }
             let mut frames = FramedRead::new(extra, MessageCodec::default());

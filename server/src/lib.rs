@@ -122,9 +122,9 @@ pub async fn run(
                             drop(slot);
                         });
                     }
-                    Admitted::No { first } => {
-                        if first {
-                            tracing::warn!(peer = %peer, max = admission.max(), "connection limit reached; refusing new connections until some close");
+                    Admitted::No { report } => {
+                        if let Some(refused) = report {
+                            tracing::warn!(peer = %peer, max = admission.max(), refused, "connection limit reached; refusing new connections until some close");
                         }
                     }
                 },

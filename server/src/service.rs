@@ -502,6 +502,13 @@ async fn admin(replica: &Replica, op: Op) -> Reply {
             })
         }
     };
+    // Everything that can refuse a promotion at a new epoch is checked
+    // before that epoch is persisted: a refused message changes nothing.
+    if let Op::Promote(p) = &op {
+        if let Err(e) = leader_settings(p).check() {
+            return Reply::Error(e);
+        }
+    }
     let current = {
         let node = replica.lock();
         if let Err(e) = node.check_admin(epoch) {
@@ -530,14 +537,7 @@ async fn admin(replica: &Replica, op: Op) -> Reply {
     }
     let result = replica.with(|n| {
         match op {
-            Op::Promote(p) => n.promote(
-                p.epoch,
-                LeaderSettings {
-                    sync_replicas: p.sync_replicas,
-                    sync_timeout: Duration::from_millis(p.sync_timeout_ms),
-                    async_fallback: p.async_fallback,
-                },
-            ),
+            Op::Promote(p) => n.promote(p.epoch, leader_settings(&p)),
             Op::Follow(f) => n.follow(f.epoch, f.leader, f.leader_addr),
             Op::Fence(f) => n.fence(f.epoch),
             _ => Ok(()),
@@ -550,6 +550,15 @@ async fn admin(replica: &Replica, op: Op) -> Reply {
             Reply::Node(status)
         }
         Err(e) => Reply::Error(e),
+    }
+}
+
+/// The leadership settings a `Promote` carries.
+fn leader_settings(p: &semikv_protocol::Promote) -> LeaderSettings {
+    LeaderSettings {
+        sync_replicas: p.sync_replicas,
+        sync_timeout: Duration::from_millis(p.sync_timeout_ms),
+        async_fallback: p.async_fallback,
     }
 }
 

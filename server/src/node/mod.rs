@@ -619,7 +619,7 @@ mod follower;
 mod leader;
 mod roles;
 
-pub use roles::MAX_TERM_JUMP;
+pub use roles::MAX_TERM;
 
 #[cfg(test)]
 mod tests;
