@@ -13,11 +13,17 @@ use crate::error::ProtocolError;
 use crate::frame::{self, Header, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use crate::message::Message;
 
+/// Most buffer the decoder reserves ahead of the bytes that arrived for a
+/// partial frame: the buffer grows with what a peer actually sends, so a
+/// header announcing 16 MiB followed by silence costs 64 KiB, not 16 MiB.
+pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Frames [`Message`]s with a payload limit in both directions.
 ///
-/// The decoder reserves at most one frame of buffer, and only after the
-/// header's length has passed the limit check. After it returns an error the
-/// stream is unusable: send the peer [`Message::Reject`] and close.
+/// The decoder reserves buffer only after the header's length has passed
+/// the limit check, and at most [`MAX_RESERVE_AHEAD`] beyond the bytes
+/// received. After it returns an error the stream is unusable: send the
+/// peer [`Message::Reject`] and close.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageCodec {
     max_frame_len: usize,
@@ -53,7 +59,7 @@ impl Decoder for MessageCodec {
         frame::check_len(header, self.max_frame_len)?;
         let frame_len = header.frame_len();
         if src.len() < frame_len {
-            src.reserve(frame_len - src.len());
+            src.reserve((frame_len - src.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         let result = frame::decode_payload(header, &src[HEADER_LEN..frame_len]);
@@ -182,6 +188,37 @@ mod tests {
             } if max == DEFAULT_MAX_FRAME_LEN as u64
         ));
         assert!(buf.capacity() <= before.max(64), "decoder grew the buffer");
+    }
+
+    #[test]
+    fn a_partial_frame_reserves_only_a_bounded_step_ahead() {
+        let mut codec = MessageCodec::default();
+        // A header announcing 15 MiB, and one byte of it.
+        let len = 15 * 1024 * 1024u32;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= HEADER_LEN + 1 + 2 * MAX_RESERVE_AHEAD,
+            "reserved {} bytes for 9 received",
+            buf.capacity()
+        );
+        // A whole frame still decodes when it arrives in pieces.
+        let mut whole = BytesMut::new();
+        let big = Message::Reject(crate::message::WireError::Undecodable {
+            reason: "x".repeat(300 * 1024),
+        });
+        codec.encode(&big, &mut whole).unwrap();
+        let mut fed = BytesMut::new();
+        let mut out = None;
+        for piece in whole.chunks(7 * 1024) {
+            fed.extend_from_slice(piece);
+            if let Some(m) = codec.decode(&mut fed).unwrap() {
+                out = Some(m);
+            }
+        }
+        assert_eq!(out, Some(big));
     }
 
     #[test]
