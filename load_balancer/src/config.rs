@@ -31,6 +31,9 @@ pub struct Config {
     /// Client connections held open at once; past it new ones are refused
     /// with a frame that says so.
     pub max_connections: usize,
+    /// Longest a client's request frame may take to arrive whole once its
+    /// first bytes did; past it the connection is closed.
+    pub frame_timeout: Duration,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             election_wait: Duration::ZERO,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_connections: 10_000,
+            frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
         };
         config.derive_waits();
         config

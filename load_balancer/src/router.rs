@@ -10,6 +10,7 @@
 //! their own ids). Bad input gets a `Reject` frame and closes that connection
 //! only.
 
+use semikv_protocol::codec::FrameClock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,6 +208,8 @@ impl Router {
         // One wait for the whole loop, not a waiter registered per batch.
         let closed = conn_closed.cancelled();
         tokio::pin!(closed);
+        // Gives up on a frame that starts arriving and stalls.
+        let mut clock = FrameClock::new(self.config.frame_timeout);
         loop {
             tokio::select! {
                 _ = &mut closed => break,
@@ -228,7 +231,16 @@ impl Router {
                     }
                 }
                 Some(retry) = retry_rx.recv() => in_flight.push(router.answer(retry.into())),
+                // Only while a slot is free: without one, whole frames wait
+                // in the buffer, and they are not stalled.
+                () = clock.tick(), if slots.available_permits() > 0 => {
+                    if let Err(stalled) = clock.check(&stream) {
+                        debug!(error = %stalled, "closing a client that stalled mid-frame");
+                        break;
+                    }
+                }
                 frame = next_frame(&mut stream, &slots) => {
+                    clock.frame_arrived();
                     // Every request already buffered is taken now, and the
                     // reads among them go to one replica: their answers then
                     // come back together and leave in one write, instead of

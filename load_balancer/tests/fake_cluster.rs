@@ -1185,6 +1185,35 @@ async fn a_postponed_election_goes_on_at_the_same_epoch() {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_mid_frame_is_closed_and_others_are_served() {
+    let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
+    let mut cfg = config(&[&a]);
+    cfg.frame_timeout = Duration::from_millis(300);
+    let lb = Balancer::start(cfg).await;
+    let mut other = Client::connect(lb.addr).await;
+    let stream = TcpStream::connect(lb.addr).await.unwrap();
+    let mut framed = Framed::new(stream, MessageCodec::default());
+    framed
+        .send(Message::Hello(Hello::new(Role::Client, None)))
+        .await
+        .unwrap();
+    assert!(matches!(framed.next().await, Some(Ok(Message::Welcome(_)))));
+    let mut raw = framed.into_inner();
+    // A header announcing 1000 bytes and 10 of them, then nothing.
+    let mut partial = 1000u32.to_be_bytes().to_vec();
+    partial.extend_from_slice(&[0; 14]);
+    raw.write_all(&partial).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = timeout(T, raw.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "a stalled frame kept its connection: {closed:?}"
+    );
+    assert_eq!(other.call(Op::Ping).await, Reply::Pong);
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn a_leader_reporting_its_followers_connected_is_never_replaced() {
     let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
     let b = Fake::start(2, NodeRole::Follower, 4, 10).await;

@@ -128,6 +128,72 @@ pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (FrameReader, FrameWrit
     (reader, writer)
 }
 
+/// Longest a frame may take to arrive whole, from the moment its first
+/// bytes are buffered, by default: a peer that starts a frame and stalls
+/// holds the bytes it sent, so it must not hold them for ever.
+pub const DEFAULT_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Watches one connection's read buffer for a frame that started arriving
+/// and stalls: [`FrameClock::tick`] wakes twice per limit (one timer per
+/// connection, nothing per request), and [`FrameClock::check`] then says
+/// whether the unfinished frame in the buffer has waited longer than the
+/// limit. An idle connection (nothing buffered) is never stalled.
+#[derive(Debug)]
+pub struct FrameClock {
+    limit: std::time::Duration,
+    ticks: tokio::time::Interval,
+    partial_since: Option<tokio::time::Instant>,
+}
+
+impl FrameClock {
+    /// A clock for frames that must arrive whole within `limit` of their
+    /// first bytes.
+    pub fn new(limit: std::time::Duration) -> FrameClock {
+        let period = (limit / 2).max(std::time::Duration::from_millis(10));
+        let start = tokio::time::Instant::now() + period;
+        let mut ticks = tokio::time::interval_at(start, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        FrameClock {
+            limit,
+            ticks,
+            partial_since: None,
+        }
+    }
+
+    /// Waits for the next look at the buffer.
+    pub async fn tick(&mut self) {
+        self.ticks.tick().await;
+    }
+
+    /// Looks at `reader`'s buffer.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Stalled`] when bytes of an unfinished frame have sat
+    /// there since a look at least `limit` ago.
+    pub fn check(&mut self, reader: &FrameReader) -> Result<(), ProtocolError> {
+        let have = reader.read_buffer().len();
+        if have == 0 {
+            self.partial_since = None;
+            return Ok(());
+        }
+        let since = *self
+            .partial_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= self.limit {
+            return Err(ProtocolError::Stalled {
+                have: have as u64,
+                after: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// A whole frame arrived: whatever was pending is no longer stalled.
+    pub fn frame_arrived(&mut self) {
+        self.partial_since = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +285,48 @@ mod tests {
             }
         }
         assert_eq!(out, Some(big));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_is_given_up_on_and_an_idle_connection_is_not() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut reader, _writer) = split(Framed::new(server, MessageCodec::default()));
+        let limit = std::time::Duration::from_secs(30);
+        let mut clock = FrameClock::new(limit);
+        // Idle for ten limits: never stalled.
+        for _ in 0..20 {
+            clock.tick().await;
+            clock.check(&reader).unwrap();
+        }
+        // A header announcing 1000 bytes, then 10 of them, then silence: the
+        // reader takes them in, and within 1.5 limits the clock gives up.
+        let mut partial = 1000u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0; 14]);
+        client.write_all(&partial).await.unwrap();
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+        assert!(pending.is_err(), "a partial frame decoded: {pending:?}");
+        let started = tokio::time::Instant::now();
+        let stalled = loop {
+            clock.tick().await;
+            if let Err(e) = clock.check(&reader) {
+                break e;
+            }
+        };
+        assert!(
+            matches!(stalled, ProtocolError::Stalled { have: 18, .. }),
+            "{stalled}"
+        );
+        assert!(started.elapsed() <= limit * 3 / 2 + std::time::Duration::from_millis(100));
+        // A frame that arrives resets it.
+        clock.frame_arrived();
+        assert!(clock.partial_since.is_none());
     }
 
     #[test]

@@ -44,6 +44,15 @@ pub enum ProtocolError {
         /// Why.
         reason: String,
     },
+    /// A frame started arriving but did not complete within the reader's
+    /// limit (see [`crate::codec::FrameClock`]): the peer stalled mid-frame.
+    #[error("a frame stalled: {have} bytes of it received, none completed it within {after:?}")]
+    Stalled {
+        /// Bytes of the unfinished frame received.
+        have: u64,
+        /// The limit.
+        after: std::time::Duration,
+    },
     /// The underlying stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
@@ -64,6 +73,7 @@ impl ProtocolError {
                 reason: reason.clone(),
             }),
             ProtocolError::Truncated { .. }
+            | ProtocolError::Stalled { .. }
             | ProtocolError::Unencodable { .. }
             | ProtocolError::Io(_) => None,
         }

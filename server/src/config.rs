@@ -70,6 +70,9 @@ pub struct Config {
     /// followers together); past it new ones are refused with a frame that
     /// says so.
     pub max_connections: usize,
+    /// Longest a request frame may take to arrive whole once its first
+    /// bytes did; past it the connection is closed.
+    pub frame_timeout: Duration,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             segment_bytes: 64 * 1024 * 1024,
             ready_file: None,
             max_connections: 10_000,
+            frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use semikv_protocol::codec::FrameClock;
 use semikv_protocol::{
     ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
     WireError, WriteOp, PROTOCOL_VERSION,
@@ -265,6 +266,7 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     let mut reading = true;
     let drain = tokio::time::sleep(DRAIN_TIMEOUT);
     tokio::pin!(drain);
+    let mut clock = FrameClock::new(replica.config.frame_timeout);
     loop {
         if !reading && in_flight.is_empty() && writes.pending == 0 {
             break;
@@ -288,7 +290,16 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     return;
                 }
             }
+            // Only while reading: past the in-flight bound whole frames wait
+            // in the buffer, and they are not stalled.
+            () = clock.tick(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
+                if let Err(stalled) = clock.check(&stream) {
+                    tracing::info!(error = %stalled, "closing a connection that stalled mid-frame");
+                    break;
+                }
+            }
             msg = stream.next(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
+                clock.frame_arrived();
                 // Everything already in the read buffer is taken now too, and
                 // what can be answered at once is, without a future per
                 // request: a pipelined batch costs one wake-up, one lock for
