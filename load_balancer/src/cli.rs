@@ -2,7 +2,7 @@
 //! runtime, the ready file and signal handling around [`crate::run`].
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -95,15 +95,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only help a human at a terminal; log files stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    semikv_protocol::process::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,44 +127,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutdown requested");
-        signals.cancel();
-    });
+    semikv_protocol::process::cancel_on_signals(shutdown.clone());
     let mut config = args.config();
     config.max_connections = semikv_protocol::process::connection_limit(args.max_connections);
     crate::run(config, listener, shutdown).await
 }
 
-/// Writes `addr` and a newline to `path` via a temporary file and a rename,
-/// so readers never see a partial address.
-///
-/// # Errors
-/// The file system's.
-pub fn write_ready_file(path: &Path, addr: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, path)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+pub use semikv_protocol::process::write_ready_file;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,9 +1,59 @@
 //! Process set-up the semikv binaries share (the `process` feature, which
-//! the client library does without).
+//! the client library does without): logging, the descriptor limit and the
+//! connection limit it allows, shutdown signals, the ready file.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::admission::{default_max_connections, RESERVED_DESCRIPTORS};
+
+/// Sets up logging to stderr: level info, `RUST_LOG` overrides; colours
+/// only on a terminal. Stdout stays for program output.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM (logged). Needs a tokio
+/// runtime.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        tracing::info!("signal received; shutting down");
+        token.cancel();
+    });
+}
+
+/// Writes `addr` and a newline to `path` through a temporary file and a
+/// rename, so a reader never sees half an address.
+///
+/// # Errors
+/// Any I/O failure writing or renaming the file.
+pub fn write_ready_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
 
 /// Raises this process's open-descriptor limit to its hard limit and
 /// returns the limit now in force, so that connection limits can be sized

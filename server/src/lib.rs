@@ -243,14 +243,4 @@ async fn snapshotter(replica: Arc<Replica>) {
     }
 }
 
-/// Writes `addr` and a newline to `path` atomically, so a reader never sees
-/// half an address.
-///
-/// # Errors
-/// Any I/O failure writing or renaming the file.
-pub fn write_ready_file(path: &Path, addr: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, path)
-}
+pub use semikv_protocol::process::write_ready_file;

@@ -110,7 +110,7 @@ fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    semikv_server::cli::init_tracing();
+    semikv_protocol::process::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

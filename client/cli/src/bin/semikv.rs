@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         return run_child(&sub, args);
     }
     let cli = Cli::parse_from(optional_local_count(args));
-    semikv_server::cli::init_tracing();
+    semikv_protocol::process::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
