@@ -88,6 +88,11 @@ fn draw_coordinator() -> CoordinatorId {
     CoordinatorId(drawn.max(1))
 }
 
+/// Which of `observed` are healthy.
+fn healthy(observed: &[failover::Observed]) -> Vec<bool> {
+    observed.iter().map(|o| o.healthy).collect()
+}
+
 /// The health and failover loop.
 pub struct HealthLoop {
     config: Arc<Config>,
@@ -337,7 +342,9 @@ impl HealthLoop {
                     self.warn_committing_elsewhere(max);
                     return;
                 }
-                if self.election_under_way_elsewhere(max, &observed) || self.holding_off(epoch) {
+                if self.election_under_way_elsewhere(max, &observed)
+                    || self.holding_off(epoch, &observed)
+                {
                     return;
                 }
                 self.elect(epoch).await;
@@ -597,14 +604,14 @@ impl HealthLoop {
 
     /// Which slots are healthy now.
     fn healthy_slots(&self) -> Vec<bool> {
-        self.table.observed().iter().map(|o| o.healthy).collect()
+        healthy(&self.table.observed())
     }
 
     /// Whether the election at `epoch` was postponed and should not be tried
     /// again yet: no replica's health changed since, and its back-off is not
     /// over. Retrying changes no epoch (it fences again at the same one),
     /// but every attempt costs each replica a request and the log a line.
-    fn holding_off(&mut self, epoch: Epoch) -> bool {
+    fn holding_off(&mut self, epoch: Epoch, observed: &[failover::Observed]) -> bool {
         let Some(p) = &self.postponed else {
             return false;
         };
@@ -612,7 +619,7 @@ impl HealthLoop {
             self.postponed = None;
             return false;
         }
-        p.healthy == self.healthy_slots() && Instant::now() < p.retry_at
+        p.healthy == healthy(observed) && Instant::now() < p.retry_at
     }
 
     /// Fences `slots` at `epoch` in parallel, each waited for at most `wait`;

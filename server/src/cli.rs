@@ -76,7 +76,6 @@ impl Args {
         config.max_frame_len = self.max_frame;
         config.snapshot_bytes = self.snapshot_bytes;
         config.ready_file = self.ready_file;
-        config.max_connections = semikv_protocol::process::connection_limit(self.max_connections);
         Ok((config, listen))
     }
 }
@@ -106,7 +105,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn run_main(args: Args) -> anyhow::Result<()> {
-    let (config, listen) = args.into_config()?;
+    let asked = args.max_connections;
+    let (mut config, listen) = args.into_config()?;
+    // Raises the process's open-file limit: done here, at start-up, not
+    // when merely turning arguments into a configuration.
+    config.max_connections = semikv_protocol::process::connection_limit(asked);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
