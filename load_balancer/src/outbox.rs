@@ -1,5 +1,6 @@
-//! The writing half of a connection: a task that drains a bounded queue of
-//! messages onto a socket, flushing once per batch instead of once per message
+//! The writing half of a semikv-framed connection (to a replica, or a client
+//! of the semikv door): a task that drains a bounded queue of messages onto
+//! a socket, flushing once per batch instead of once per message
 //! (many pipelined requests then share one system call), with a write timeout
 //! so a peer that stops reading cannot hold the task forever.
 
@@ -7,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use semikv_protocol::Message;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use semikv_protocol::{frame, Message, ProtocolError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Most queue entries written before a flush.
@@ -17,61 +18,55 @@ const MAX_BATCH: usize = 256;
 /// The writing half of a connection (see `semikv_protocol::codec::split`).
 pub type Sink = semikv_protocol::codec::FrameWriter;
 
-/// What to write: one message, with the client's in-flight slot it answers,
-/// or frames its sender already encoded.
-///
-/// A slot is released only once its message has left the queue, so a client
-/// connection's queued answers never outnumber its slots: senders that
-/// cannot wait (a replica link's reader answering a forwarded read) can rely
-/// on `try_send` finding room in a queue of slots + 1.
-#[derive(Debug)]
-pub enum Out {
-    /// One message.
-    Message {
-        /// The message.
-        message: Message,
-        /// The in-flight slot it frees, if it answers a client request.
-        slot: Option<OwnedSemaphorePermit>,
-    },
-    /// Whole frames, written as they are: a client's burst of requests for
-    /// one replica, or a replica's answers to one client's burst, encoded by
-    /// the task that had them.
-    Frames {
-        /// The frames.
-        frames: Bytes,
-        /// The in-flight slots they free (merged into one), if they answer
-        /// client requests.
-        slot: Option<OwnedSemaphorePermit>,
-    },
-}
-
-impl From<Message> for Out {
-    fn from(message: Message) -> Out {
-        Out::Message {
-            message,
-            slot: None,
-        }
-    }
-}
-
-impl Out {
+/// One entry of an outbox's queue.
+pub trait Outgoing: Send + 'static {
     /// Whether the connection ends once this is written.
+    fn is_last(&self) -> bool;
+
+    /// Encodes this into what `sink` writes at its next flush; anything it
+    /// holds (a client's in-flight slot) is released once it returns, i.e.
+    /// once it has left the queue.
+    ///
+    /// # Errors
+    /// A message that cannot be encoded (longer than a frame): the
+    /// connection ends.
+    fn write_into(self, sink: &mut Sink) -> Result<(), ProtocolError>;
+}
+
+/// Encodes `message` into what `sink` writes at its next flush.
+///
+/// # Errors
+/// The message is longer than the sink's frame limit.
+pub fn encode(message: &Message, sink: &mut Sink) -> Result<(), ProtocolError> {
+    let max = sink.encoder().max_frame_len();
+    frame::encode(message, max, sink.write_buffer_mut())
+}
+
+/// What a replica link writes: one message, or frames its sender already
+/// encoded (a client's burst of reads for one replica).
+#[derive(Debug)]
+pub enum Outbound {
+    /// One message.
+    Message(Message),
+    /// Whole frames, written as they are.
+    Frames(Bytes),
+}
+
+impl From<Message> for Outbound {
+    fn from(message: Message) -> Outbound {
+        Outbound::Message(message)
+    }
+}
+
+impl Outgoing for Outbound {
     fn is_last(&self) -> bool {
-        matches!(
-            self,
-            Out::Message {
-                message: Message::Reject(_),
-                ..
-            }
-        )
+        matches!(self, Outbound::Message(Message::Reject(_)))
     }
 
-    /// Adds this to what `sink` writes at its next flush.
-    async fn feed(self, sink: &mut Sink) -> Result<(), semikv_protocol::ProtocolError> {
+    fn write_into(self, sink: &mut Sink) -> Result<(), ProtocolError> {
         match self {
-            // The slot goes once the message has left the queue.
-            Out::Message { message, slot: _ } => sink.feed(message).await,
-            Out::Frames { frames, slot: _ } => {
+            Outbound::Message(message) => encode(&message, sink),
+            Outbound::Frames(frames) => {
                 sink.write_buffer_mut().extend_from_slice(&frames);
                 Ok(())
             }
@@ -80,12 +75,12 @@ impl Out {
 }
 
 /// Writes everything `rx` yields to `sink` until `rx` closes, `closed` is
-/// cancelled, a write fails or takes longer than `write_timeout`, or a
-/// [`Message::Reject`] has been written (the connection ends after it).
+/// cancelled, a write fails or takes longer than `write_timeout`, or an
+/// entry that [`Outgoing::is_last`] has been written.
 /// Cancels `closed` when it stops.
-pub async fn run(
+pub async fn run<T: Outgoing>(
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: mpsc::Receiver<T>,
     closed: CancellationToken,
     write_timeout: Duration,
 ) {
@@ -105,16 +100,16 @@ pub async fn run(
         tokio::task::yield_now().await;
         let batch = async {
             let mut last = first.is_last();
-            first.feed(&mut sink).await?;
+            first.write_into(&mut sink)?;
             let mut n = 1;
             while !last && n < MAX_BATCH {
                 let Ok(more) = rx.try_recv() else { break };
                 last = more.is_last();
-                more.feed(&mut sink).await?;
+                more.write_into(&mut sink)?;
                 n += 1;
             }
             SinkExt::<Message>::flush(&mut sink).await?;
-            Ok::<bool, semikv_protocol::ProtocolError>(last)
+            Ok::<bool, ProtocolError>(last)
         };
         match tokio::time::timeout(write_timeout, batch).await {
             Ok(Ok(false)) => {}

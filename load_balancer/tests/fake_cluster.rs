@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use semikv_lb::outbox::Out;
+use semikv_lb::group::link::{ForwardWrite, ReplicaLink};
+use semikv_lb::request::{Answer, AnswerSink, ClientPort, Tag};
 use semikv_lb::Config;
 use semikv_protocol::{
     CoordinatorId, Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec,
@@ -876,6 +877,51 @@ async fn killing_the_leader_fails_over_to_the_best_follower() {
 }
 
 #[tokio::test]
+async fn two_replica_groups_in_one_balancer_elect_and_fail_over_independently() {
+    use semikv_lb::group::ReplicaGroup;
+    use semikv_lb::router::{ReadPolicy, Router};
+    let a1 = Fake::start(1, NodeRole::Idle, 2, 9).await;
+    let b1 = Fake::start(2, NodeRole::Idle, 2, 5).await;
+    let a2 = Fake::start(1, NodeRole::Idle, 7, 5).await;
+    let b2 = Fake::start(2, NodeRole::Idle, 7, 9).await;
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let one = ReplicaGroup::start(Arc::new(config(&[&a1, &b1])), &shutdown, &tasks);
+    let two = ReplicaGroup::start(Arc::new(config(&[&a2, &b2])), &shutdown, &tasks);
+    assert_ne!(one.coordinator(), two.coordinator(), "one shared election");
+    until("each group elects its own most up-to-date replica", || {
+        is_leader_at(&a1, 3) && follows(&b1, &a1, 3) && is_leader_at(&b2, 8) && follows(&a2, &b2, 8)
+    })
+    .await;
+    let router = Router::new(vec![one.clone(), two.clone()], ReadPolicy::RoundRobin);
+    a2.s().map.insert(Bytes::from("k"), Bytes::from("two"));
+    b2.s().map.insert(Bytes::from("k"), Bytes::from("two"));
+    let get = Op::Get {
+        key: Bytes::from("k"),
+    };
+    assert_eq!(
+        router
+            .read_from(router.group(1), get.clone(), None, None, 2)
+            .await,
+        Reply::Value(Some(Bytes::from("two")))
+    );
+    assert_eq!(
+        router.read_from(router.group(0), get, None, None, 2).await,
+        Reply::Value(None),
+        "a read of one group reached the other"
+    );
+
+    a1.kill();
+    until("group one fails over to b1", || is_leader_at(&b1, 4)).await;
+    assert!(is_leader_at(&b2, 8), "group two's leader changed");
+    assert_eq!(two.table().leader().map(|l| l.slot), Some(1));
+    assert!(a2.s().promotes.is_empty() && b2.s().promotes.len() == 1);
+    shutdown.cancel();
+    tasks.close();
+    timeout(T, tasks.wait()).await.unwrap();
+}
+
+#[tokio::test]
 async fn write_in_flight_when_the_leader_dies_is_indeterminate() {
     let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
     let b = Fake::start(2, NodeRole::Follower, 1, 0).await;
@@ -1588,7 +1634,7 @@ async fn startup_waits_for_a_slow_replica_that_may_hold_newer_writes() {
 
 #[tokio::test]
 async fn callers_queued_behind_a_failed_connect_share_its_failure() {
-    use semikv_lb::replica_conn::{ConnError, ReplicaLink};
+    use semikv_lb::group::link::ConnError;
     // A replica that accepts connections and never answers the handshake:
     // every connect attempt lasts the whole connect timeout.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1611,6 +1657,7 @@ async fn callers_queued_behind_a_failed_connect_share_its_failure() {
         1 << 20,
         Duration::from_millis(200),
         broken_tx,
+        Arc::new(tokio::sync::Notify::new()),
         shutdown.clone(),
         tasks.clone(),
     ));
@@ -1658,7 +1705,7 @@ async fn callers_queued_behind_a_failed_connect_share_its_failure() {
 
 #[tokio::test]
 async fn replica_link_reports_refusal_breakage_and_notifies() {
-    use semikv_lb::replica_conn::{ConnError, ReplicaLink};
+    use semikv_lb::group::link::ConnError;
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gone_addr = gone.local_addr().unwrap();
     drop(gone);
@@ -1671,6 +1718,7 @@ async fn replica_link_reports_refusal_breakage_and_notifies() {
         1 << 20,
         Duration::from_secs(5),
         broken_tx.clone(),
+        Arc::new(tokio::sync::Notify::new()),
         shutdown.clone(),
         tasks.clone(),
     );
@@ -1687,6 +1735,7 @@ async fn replica_link_reports_refusal_breakage_and_notifies() {
         1 << 20,
         Duration::from_secs(5),
         broken_tx,
+        Arc::new(tokio::sync::Notify::new()),
         shutdown.clone(),
         tasks.clone(),
     ));
@@ -1772,13 +1821,23 @@ async fn many_pipelining_clients_share_the_replica_connections() {
 /// In-flight slots of a [`WriteHarness`] client.
 const SLOTS: usize = 64;
 
+/// A client's answer sink that queues what the link hands it.
+#[derive(Debug)]
+struct QueuedAnswers(tokio::sync::mpsc::Sender<Answer>);
+
+impl AnswerSink for QueuedAnswers {
+    fn deliver(&self, answer: Answer) {
+        self.0.try_send(answer).expect("room for every slot");
+    }
+}
+
 /// A replica link to one fake, and the client side its forwarded writes
-/// answer: an outbox, in-flight slots and the health loop's kick.
+/// answer: a port, in-flight slots and the health loop's kick.
 struct WriteHarness {
-    link: semikv_lb::replica_conn::ReplicaLink,
+    link: ReplicaLink,
     broken_rx: tokio::sync::mpsc::Receiver<usize>,
-    outbox: tokio::sync::mpsc::Sender<semikv_lb::outbox::Out>,
-    answers: tokio::sync::mpsc::Receiver<semikv_lb::outbox::Out>,
+    port: Arc<ClientPort>,
+    answers: tokio::sync::mpsc::Receiver<Answer>,
     slots: Arc<tokio::sync::Semaphore>,
     kick: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
@@ -1794,23 +1853,29 @@ impl WriteHarness {
         let (broken_tx, broken_rx) = tokio::sync::mpsc::channel(8);
         let shutdown = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        let link = semikv_lb::replica_conn::ReplicaLink::new(
+        let kick = Arc::new(tokio::sync::Notify::new());
+        let link = ReplicaLink::new(
             HARNESS_SLOT,
             fake.addr.to_string(),
             1 << 20,
             Duration::from_secs(5),
             broken_tx,
+            kick.clone(),
             shutdown.clone(),
             tasks.clone(),
         );
-        let (outbox, answers) = tokio::sync::mpsc::channel(SLOTS + 1);
+        let (answers_tx, answers) = tokio::sync::mpsc::channel(SLOTS + 1);
+        let (retry, _) = tokio::sync::mpsc::channel(SLOTS);
         WriteHarness {
             link,
             broken_rx,
-            outbox,
+            port: Arc::new(ClientPort {
+                answers: Arc::new(QueuedAnswers(answers_tx)),
+                retry,
+            }),
             answers,
             slots: Arc::new(tokio::sync::Semaphore::new(SLOTS)),
-            kick: Arc::new(tokio::sync::Notify::new()),
+            kick,
             shutdown,
             tasks,
         }
@@ -1821,12 +1886,11 @@ impl WriteHarness {
         assert_eq!(self.link.request(Op::Ping, T).await.unwrap(), Reply::Pong);
     }
 
-    fn write(&self, id: u64, op: Op) -> semikv_lb::replica_conn::ForwardWrite {
-        semikv_lb::replica_conn::ForwardWrite {
-            reply_to: self.outbox.clone(),
-            client_id: RequestId(id),
+    fn write(&self, id: u64, op: Op) -> ForwardWrite {
+        ForwardWrite {
+            port: self.port.clone(),
+            tag: Tag(id),
             op,
-            kick: self.kick.clone(),
             slot: self.slots.clone().try_acquire_owned().unwrap(),
         }
     }
@@ -1834,22 +1898,24 @@ impl WriteHarness {
     /// Forwards `op` as the client's request `id`; it must be sent.
     fn forward(&self, id: u64, op: Op, deadline: Duration) {
         if let Err(back) = self.link.forward_write(self.write(id, op), deadline) {
-            panic!("write {:?} not sent on an open connection", back.client_id);
+            panic!("write {:?} not sent on an open connection", back.tag);
         }
     }
 
-    /// The next answer written to the client, which must free a slot.
+    /// The next answer handed to the client, as a response under the
+    /// client's id. Holding a slot is in its type.
     async fn answer(&mut self) -> Response {
-        let out = timeout(T, self.answers.recv()).await.unwrap().unwrap();
-        match out {
-            Out::Message {
-                message: Message::Response(r),
-                slot,
-            } => {
-                assert!(slot.is_some(), "an answer that frees no slot");
-                r
-            }
-            other => panic!("expected a response: {other:?}"),
+        let answer = timeout(T, self.answers.recv()).await.unwrap().unwrap();
+        match answer {
+            Answer::One {
+                tag,
+                reply,
+                slot: _,
+            } => Response {
+                id: RequestId(tag.0),
+                reply,
+            },
+            other => panic!("expected one write's answer: {other:?}"),
         }
     }
 
@@ -1859,13 +1925,13 @@ impl WriteHarness {
         self.kick.notified().now_or_never().is_some()
     }
 
-    /// Checks that nothing more is ever answered: once our own sender is
+    /// Checks that nothing more is ever answered: once our own port is
     /// dropped the queue closes only when the link holds no answer either.
     async fn no_more_answers(mut self) {
-        drop(self.outbox);
+        drop(self.port);
         match timeout(T, self.answers.recv()).await.unwrap() {
             None => {}
-            Some(out) => panic!("answered again: {out:?}"),
+            Some(answer) => panic!("answered again: {answer:?}"),
         }
         assert_eq!(self.slots.available_permits(), SLOTS, "a slot never freed");
         self.shutdown.cancel();
@@ -1895,7 +1961,7 @@ async fn forwarded_writes_need_an_open_connection_and_are_answered_by_id() {
         .link
         .forward_write(h.write(1000, set_op("k", "v")), T)
         .unwrap_err();
-    assert_eq!(back.client_id, RequestId(1000));
+    assert_eq!(back.tag, Tag(1000));
     assert_eq!(back.op, set_op("k", "v"));
     drop(back);
     h.open().await;

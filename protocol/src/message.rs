@@ -303,6 +303,14 @@ impl Op {
         matches!(self, Op::Set { .. } | Op::Delete { .. })
     }
 
+    /// The key this op reads or writes; `None` for ops about no key.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Get { key } | Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Checks key and value limits.
     ///
     /// # Errors

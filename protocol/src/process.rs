@@ -1,14 +1,69 @@
 //! Process set-up the semikv binaries share (the `process` feature, which
 //! the client library does without): logging, the descriptor limit and the
-//! connection limit it allows, shutdown signals, the ready file.
+//! connection limit it allows, shutdown signals, the ready file, the accept
+//! loop.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::admission::{default_max_connections, RESERVED_DESCRIPTORS};
+use crate::admission::{default_max_connections, Admission, Admitted, RESERVED_DESCRIPTORS};
+
+/// How long the accept loop pauses after a failed accept (usually out of
+/// file descriptors) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts connections on `listener` until `shutdown` is cancelled, each
+/// through a slot of `admission` (refused with a frame that says so when
+/// none is free, logged at most every [`crate::admission::REPORT_EVERY`]),
+/// and runs `serve(stream, peer)` for it on `tasks`, holding its slot until
+/// that ends. A failed accept is logged and retried after a pause; it never
+/// stops the loop. `what` names the listener in log lines.
+pub async fn accept_loop<F, S>(
+    listener: &TcpListener,
+    admission: &Admission,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    what: &str,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match admission.admit(stream) {
+                    Admitted::Yes(stream, slot) => {
+                        tracing::debug!(peer = %peer, listener = what, "connection accepted");
+                        let serving = serve(stream, peer);
+                        tasks.spawn(async move {
+                            serving.await;
+                            drop(slot);
+                        });
+                    }
+                    Admitted::No { report } => {
+                        if let Some(refused) = report {
+                            tracing::warn!(peer = %peer, listener = what, max = admission.max(), refused, "connection limit reached; refusing new connections until some close");
+                        }
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
 
 /// Sets up logging to stderr: level info, `RUST_LOG` overrides; colours
 /// only on a terminal. Stdout stays for program output.

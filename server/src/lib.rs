@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, FsyncPolicy};
 
-use semikv_protocol::admission::{Admission, Admitted};
+use semikv_protocol::admission::Admission;
 
 use crate::log::MemLog;
 use crate::node::{Node, Recovered, Signals};
@@ -111,32 +111,15 @@ pub async fn run(
     tracing::info!(replica = %config.id, addr = %addr, "serving");
 
     let admission = Admission::new(config.max_connections);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match admission.admit(stream) {
-                    Admitted::Yes(stream, slot) => {
-                        let replica = replica.clone();
-                        tasks.spawn(async move {
-                            service::serve(replica, stream).await;
-                            drop(slot);
-                        });
-                    }
-                    Admitted::No { report } => {
-                        if let Some(refused) = report {
-                            tracing::warn!(peer = %peer, max = admission.max(), refused, "connection limit reached; refusing new connections until some close");
-                        }
-                    }
-                },
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        }
-    }
+    semikv_protocol::process::accept_loop(
+        &listener,
+        &admission,
+        &shutdown,
+        &tasks,
+        "replica",
+        |stream, _peer| service::serve(replica.clone(), stream),
+    )
+    .await;
     drop(listener);
     tracing::info!(replica = %config.id, "shutting down");
     tasks.close();

@@ -11,7 +11,7 @@ use std::time::Instant;
 use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
 use tokio::sync::watch;
 
-use crate::failover::{Current, LeaderReport, Observed, Seen};
+use super::failover::{Current, LeaderReport, Observed, Seen};
 
 /// The leader writes go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The health loop: checks every replica each heartbeat, reacts at once when a
-//! replica connection breaks, and carries out the [`crate::failover`] plan
+//! replica connection breaks, and carries out the [`failover`] plan
 //! (adopt, elect with fencing, tell replicas to follow), including moving
 //! leadership away from a leader cut off from its followers.
 //!
@@ -18,10 +18,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::failover::{self, Plan, Seen, StallRule, StallVerdict, StallWatch};
+use super::link::{ConnError, ReplicaLink};
+use super::table::{Leader, Table};
 use crate::config::Config;
-use crate::failover::{self, Plan, Seen, StallRule, StallVerdict, StallWatch};
-use crate::replica_conn::{ConnError, ReplicaLink};
-use crate::table::{Leader, Table};
 
 /// Shortest timeout of one health check, so a very short heartbeat does not
 /// declare a busy replica dead.

@@ -8,9 +8,9 @@
 //! failure detection); the next request reconnects.
 //!
 //! Client reads and writes can also be forwarded without a future of their
-//! own ([`ReplicaLink::forward`], [`ReplicaLink::forward_write`]): the pending
-//! map then holds where the answer goes, and the connection's reader writes
-//! it to the client's outbox. Whoever takes an entry out of the map (the
+//! own ([`ReplicaLink::forward_reads`], [`ReplicaLink::forward_write`]): the
+//! pending map then holds where the answer goes, and the connection's reader
+//! hands it to the client's [`ClientPort`], in no client's wire format. Whoever takes an entry out of the map (the
 //! reader with the reply, the reader's sweep at the deadline, the reader's
 //! drain when the connection breaks) answers it, so each request is answered
 //! exactly once; `open` turns false under the same lock as the drain, so
@@ -34,15 +34,16 @@ use semikv_protocol::{
     frame, Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::outbox::{self, Out};
-use crate::router::write_reply;
+use super::replies::write_reply;
+use crate::outbox::{self, Outbound};
+use crate::request::{Answer, ClientPort, Retry, Slot, Tag};
 
 /// Requests queued for one replica's socket before senders wait.
 const SEND_QUEUE: usize = 1024;
@@ -93,27 +94,15 @@ const MAX_REPLIES_PER_LOCK: usize = 256;
 /// How often a link looks for forwarded requests past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Where the answers to one client connection's forwarded reads go: shared
-/// by all its reads in flight (one reference count each, not two senders).
-/// The slots of the reads sent with one port must all come from one
-/// semaphore (the connection's): their answers' slots are merged.
-#[derive(Debug)]
-pub struct ClientPort {
-    /// The client connection's outbox.
-    pub reply_to: mpsc::Sender<Out>,
-    /// Where a read a replica failed goes to be retried.
-    pub retry: mpsc::Sender<Retry>,
-}
-
 /// One read of a client's burst, for [`ReplicaLink::forward_reads`].
 #[derive(Debug)]
 pub struct Read {
-    /// The client's id for the request.
-    pub client_id: RequestId,
+    /// The request's tag.
+    pub tag: Tag,
     /// The read, kept to retry it elsewhere.
     pub op: Op,
-    /// The client's in-flight slot, held until the answer is written.
-    pub slot: OwnedSemaphorePermit,
+    /// The request's slot, held until the answer is written.
+    pub slot: Slot,
 }
 
 /// A client's read forwarded without a future of its own: the replica's
@@ -124,93 +113,51 @@ struct Forward {
     read: Read,
 }
 
-/// A forwarded read that got no answer from `failed_on` (its connection
-/// broke, or the deadline passed): the client connection retries it on
-/// another replica, as it would a read of its own.
-#[derive(Debug)]
-pub struct Retry {
-    /// The client's id for the request.
-    pub client_id: RequestId,
-    /// The read.
-    pub op: Op,
-    /// The replica that failed it.
-    pub failed_on: usize,
-    /// The client's in-flight slot.
-    pub slot: OwnedSemaphorePermit,
-}
-
 /// A client's write forwarded to the leader without a future of its own:
-/// the leader's answer goes straight to the client's outbox, under the
-/// client's id, told as the router's own path tells it: the reply as is,
-/// except `NotLeader`, which becomes `Unavailable` with a retry hint; a
-/// broken connection or no reply in time is `Indeterminate`. Once sent it is
-/// never sent again, not even after a broken link: it may have been applied.
+/// the leader's answer goes straight to the client's port, told as
+/// [`write_reply`] tells it: the reply as is, except `NotLeader`, which
+/// becomes `Unavailable` with a retry hint; a broken connection or no reply
+/// in time is `Indeterminate`. Once sent it is never sent again, not even
+/// after a broken link: it may have been applied.
 #[derive(Debug)]
 pub struct ForwardWrite {
-    /// The client connection's outbox.
-    pub reply_to: mpsc::Sender<Out>,
-    /// The client's id for the request.
-    pub client_id: RequestId,
+    /// Where the answer goes.
+    pub port: Arc<ClientPort>,
+    /// The request's tag.
+    pub tag: Tag,
     /// The write (`Set` or `Delete`).
     pub op: Op,
-    /// Asks the health loop for an immediate round: told when the leader
-    /// says it is not the leader, or its connection breaks.
-    pub kick: Arc<Notify>,
-    /// The client's in-flight slot, held until the answer is written.
-    pub slot: OwnedSemaphorePermit,
+    /// The request's slot, held until the answer is written.
+    pub slot: Slot,
 }
 
 /// A forwarded write once sent: its op is gone (never needed again).
 #[derive(Debug)]
 struct WriteInFlight {
-    reply_to: mpsc::Sender<Out>,
-    client_id: RequestId,
-    kick: Arc<Notify>,
-    slot: OwnedSemaphorePermit,
+    port: Arc<ClientPort>,
+    tag: Tag,
+    slot: Slot,
     timeout: Duration,
-}
-
-/// Writes `reply` to a client's outbox, freeing `slot` once it is written.
-fn deliver(
-    reply_to: &mpsc::Sender<Out>,
-    client_id: RequestId,
-    slot: OwnedSemaphorePermit,
-    reply: Reply,
-) {
-    let out = Out::Message {
-        message: Message::Response(Response {
-            id: client_id,
-            reply,
-        }),
-        slot: Some(slot),
-    };
-    // Room is certain (see `Out`); failing means the client is gone.
-    let _ = reply_to.try_send(out);
 }
 
 impl Forward {
     fn retry(self, failed_on: usize) {
-        let Read {
-            client_id,
-            op,
-            slot,
-        } = self.read;
-        let retry = Retry {
-            client_id,
+        let Read { tag, op, slot } = self.read;
+        self.port.retry(Retry {
+            tag,
             op,
             failed_on,
             slot,
-        };
-        // Room is certain: every queued retry holds one of the slots it
-        // is sized for. Failing means the client is gone.
-        let _ = self.port.retry.try_send(retry);
+        });
     }
 }
 
 impl WriteInFlight {
-    fn settle(self, outcome: Result<Reply, ConnError>) {
-        let reply = write_reply(outcome, &self.kick);
-        deliver(&self.reply_to, self.client_id, self.slot, reply);
+    /// Answers the client; `kick` asks for a health round when the outcome
+    /// says the leader looks wrong.
+    fn settle(self, outcome: Result<Reply, ConnError>, kick: &Notify) {
+        let reply = write_reply(outcome, kick);
+        self.port.answer(self.tag, reply, self.slot);
     }
 }
 
@@ -238,7 +185,7 @@ impl Waiting {
 
     /// Ends a request that got no reply from replica `failed_on`: `late`
     /// when its deadline passed, otherwise its connection broke.
-    fn fail(self, failed_on: usize, late: bool) {
+    fn fail(self, failed_on: usize, late: bool, kick: &Notify) {
         match self {
             // Dropping the sender answers the caller Broken.
             Waiting::Reply(_) => {}
@@ -249,7 +196,7 @@ impl Waiting {
                 } else {
                     ConnError::Broken
                 };
-                write.settle(Err(error));
+                write.settle(Err(error), kick);
             }
         }
     }
@@ -297,20 +244,17 @@ fn checked_frame(
     id: u64,
     op: &mut Op,
     max_frame_len: usize,
-) -> Result<Option<Out>, semikv_protocol::ProtocolError> {
+) -> Result<Option<Outbound>, semikv_protocol::ProtocolError> {
     if surely_fits(op, max_frame_len) {
         return Ok(None);
     }
     let mut frame = BytesMut::new();
     encode_request(id, op, max_frame_len, &mut frame)?;
-    Ok(Some(Out::Frames {
-        frames: frame.freeze(),
-        slot: None,
-    }))
+    Ok(Some(Outbound::Frames(frame.freeze())))
 }
 
 /// The queue entry for request `id`, encoded by the outbox.
-fn request_out(id: u64, op: Op) -> Out {
+fn request_out(id: u64, op: Op) -> Outbound {
     Message::Request(Request {
         id: RequestId(id),
         op,
@@ -319,14 +263,11 @@ fn request_out(id: u64, op: Op) -> Out {
 }
 
 /// Answers the replies matched in one go (drained): each run of forwarded
-/// reads of one client goes to its outbox as one queue entry, encoded here,
-/// freeing all their slots once written; the rest one by one. A burst's
-/// reads went to one replica together, so their replies mostly come back
-/// together too: one entry and one wake-up for the run, not one per read.
-///
-/// The runs are encoded into `buf` and split off it, so its capacity is
-/// reused rather than allocated per run.
-fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize, buf: &mut BytesMut) {
+/// reads of one client goes to its port as one [`Answer::Run`], freeing all
+/// their slots once written; the rest one by one. A burst's reads went to
+/// one replica together, so their replies mostly come back together too:
+/// one queue entry and one wake-up for the run, not one per read.
+fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify) {
     let mut run: Option<ReadRun> = None;
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
@@ -336,59 +277,42 @@ fn answer_all(matched: &mut Vec<(Waiting, Reply)>, max_frame_len: usize, buf: &m
                 continue;
             }
             Waiting::Write(write, _) => {
-                write.settle(Ok(reply));
+                write.settle(Ok(reply), kick);
                 continue;
             }
         };
         match &mut run {
-            Some(same) if Arc::ptr_eq(&same.port, &forward.port) => {
-                same.add(forward.read, reply, max_frame_len, buf);
-            }
+            Some(same) if Arc::ptr_eq(&same.port, &forward.port) => same.add(forward.read, reply),
             _ => {
                 if let Some(done) = run.take() {
-                    done.send(buf);
+                    done.send();
                 }
                 let mut new = ReadRun {
                     port: forward.port,
+                    replies: Vec::new(),
                     slot: None,
                 };
-                new.add(forward.read, reply, max_frame_len, buf);
+                new.add(forward.read, reply);
                 run = Some(new);
             }
         }
     }
     if let Some(done) = run.take() {
-        done.send(buf);
+        done.send();
     }
 }
 
-/// Answers to forwarded reads of one client, encoded together (into the
-/// buffer [`answer_all`] passes).
+/// Answers to forwarded reads of one client that arrived together.
 struct ReadRun {
     port: Arc<ClientPort>,
-    /// The slots of the answers encoded so far, merged.
-    slot: Option<OwnedSemaphorePermit>,
+    replies: Vec<(Tag, Reply)>,
+    /// The slots of the answers so far, merged.
+    slot: Option<Slot>,
 }
 
 impl ReadRun {
-    fn add(&mut self, read: Read, reply: Reply, max_frame_len: usize, buf: &mut BytesMut) {
-        let message = Message::Response(Response {
-            id: read.client_id,
-            reply,
-        });
-        if frame::encode(&message, max_frame_len, buf).is_err() {
-            // Too long for a frame under the client's id: sent alone, for
-            // the outbox to fail it as it would any message.
-            if let Message::Response(response) = message {
-                deliver(
-                    &self.port.reply_to,
-                    read.client_id,
-                    read.slot,
-                    response.reply,
-                );
-            }
-            return;
-        }
+    fn add(&mut self, read: Read, reply: Reply) {
+        self.replies.push((read.tag, reply));
         // All from the client's one semaphore: `merge` requires it.
         match &mut self.slot {
             Some(slot) => slot.merge(read.slot),
@@ -396,18 +320,20 @@ impl ReadRun {
         }
     }
 
-    /// Sends what `buf` holds (this run's answers) and leaves it empty.
-    fn send(self, buf: &mut BytesMut) {
-        if buf.is_empty() {
-            return;
-        }
-        let out = Out::Frames {
-            frames: buf.split().freeze(),
-            slot: self.slot,
+    fn send(mut self) {
+        let Some(slot) = self.slot else { return };
+        let answer = if self.replies.len() == 1 {
+            let Some((tag, reply)) = self.replies.pop() else {
+                return;
+            };
+            Answer::One { tag, reply, slot }
+        } else {
+            Answer::Run {
+                replies: self.replies,
+                slot,
+            }
         };
-        // Room is certain (see `Out`): this entry holds at least one slot.
-        // Failing means the client is gone.
-        let _ = self.port.reply_to.try_send(out);
+        self.port.answers.deliver(answer);
     }
 }
 
@@ -443,7 +369,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Outbound>,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
 }
@@ -530,6 +456,9 @@ pub struct ReplicaLink {
     control: Channel,
     next_id: AtomicU64,
     broken_tx: mpsc::Sender<usize>,
+    /// The group's health loop: told when a forwarded write's outcome says
+    /// the leader looks wrong.
+    kick: Arc<Notify>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -537,13 +466,16 @@ pub struct ReplicaLink {
 impl ReplicaLink {
     /// A link to `addr` (slot `slot`); it does not connect until used. When an
     /// established connection breaks, `slot` is sent (without waiting) on
-    /// `broken_tx`.
+    /// `broken_tx`; `kick` is notified when a forwarded write says the
+    /// leader looks wrong.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: usize,
         addr: String,
         max_frame_len: usize,
         connect_timeout: Duration,
         broken_tx: mpsc::Sender<usize>,
+        kick: Arc<Notify>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> ReplicaLink {
@@ -556,6 +488,7 @@ impl ReplicaLink {
             control: Channel::default(),
             next_id: AtomicU64::new(1),
             broken_tx,
+            kick,
             shutdown,
             tasks,
         }
@@ -671,15 +604,12 @@ impl ReplicaLink {
         // In the map before they are sent, so no reply can arrive before it
         // is known. If the connection broke in between, the drain has
         // already sent them to be retried and this goes nowhere.
-        room.send(Out::Frames {
-            frames: buf.split().freeze(),
-            slot: None,
-        });
+        room.send(Outbound::Frames(buf.split().freeze()));
     }
 
     /// Sends a client's write on the data connection if it is open and has
     /// room right now, without waiting. Once sent, the client gets exactly
-    /// one answer, written by this link to `write.reply_to` as
+    /// one answer, handed by this link to `write.port` as
     /// [`ForwardWrite`] says: from the replica's reply, or `Indeterminate`
     /// when the connection breaks first or `timeout` passes (the sweep runs
     /// every 100 ms). `NotLeader` and a broken connection also kick the
@@ -714,16 +644,14 @@ impl ReplicaLink {
                 return Err(write);
             }
             let ForwardWrite {
-                reply_to,
-                client_id,
+                port,
+                tag,
                 op,
-                kick,
                 slot,
             } = write;
             let in_flight = WriteInFlight {
-                reply_to,
-                client_id,
-                kick,
+                port,
+                tag,
                 slot,
                 timeout,
             };
@@ -801,7 +729,7 @@ impl ReplicaLink {
             None => return Err(ConnError::Connect("closed during handshake".into())),
         }
         let (mut stream, sink) = semikv_protocol::codec::split(framed);
-        let (tx, rx) = mpsc::channel::<Out>(SEND_QUEUE);
+        let (tx, rx) = mpsc::channel::<Outbound>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {
             open: true,
             map: HashMap::default(),
@@ -815,7 +743,7 @@ impl ReplicaLink {
         let reader_closed = closed.clone();
         let broken_tx = self.broken_tx.clone();
         let slot = self.slot;
-        let max_frame_len = self.max_frame_len;
+        let kick = self.kick.clone();
         self.tasks.spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -827,13 +755,12 @@ impl ReplicaLink {
             // client connections insert into the same map from other threads.
             let mut replies: Vec<Response> = Vec::new();
             let mut matched: Vec<(Waiting, Reply)> = Vec::new();
-            let mut encoded = BytesMut::new();
             'read: loop {
                 let frame = tokio::select! {
                     _ = &mut closed => break,
                     _ = sweep.tick() => {
                         for waiting in expired(&reader_pending, Instant::now()) {
-                            waiting.fail(slot, true);
+                            waiting.fail(slot, true, &kick);
                         }
                         continue;
                     }
@@ -861,7 +788,7 @@ impl ReplicaLink {
                         }
                     }
                 }
-                answer_all(&mut matched, max_frame_len, &mut encoded);
+                answer_all(&mut matched, &kick);
                 if ended {
                     break 'read;
                 }
@@ -875,7 +802,7 @@ impl ReplicaLink {
             // Waiters get Broken; forwarded reads go back to their clients
             // to be retried; forwarded writes are answered Indeterminate.
             for waiting in orphans {
-                waiting.fail(slot, false);
+                waiting.fail(slot, false, &kick);
             }
             debug!(slot, "replica connection closed");
             // Best effort: a full queue means the health loop already knows.

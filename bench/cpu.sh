@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# bench/cpu.sh: CPU time per request in every process of a semikv cluster.
+#
+# Builds the release binaries, starts 3 replicas (`--fsync interval:1000`) and
+# a balancer (`--sync-replicas 1`) on free loopback ports, waits for a leader,
+# then ROUNDS times runs SET and GET with 50 clients at pipeline 16 and 16-byte
+# values for DURATION s each (keyspace 16 * PIPELINE keys per client, filled by
+# semikv-bench --prefill before its timed run, as compare.sh does), and prints
+# one row per run: ops/s, then microseconds of CPU (user + system) per
+# completed request in semikv-bench, the balancer, the leader and each
+# follower. Everything it starts is killed on every exit path.
+#
+# Method: utime + stime of the balancer and of each replica are read from
+# /proc/PID/stat (clock ticks, `getconf CLK_TCK`) just before semikv-bench
+# starts and just after it exits; semikv-bench's own CPU is the growth of this
+# shell's cutime + cstime over the same window (it is the only child reaped in
+# it: the snapshots use shell builtins, no forks). Each delta is divided by the
+# requests semikv-bench completed ("ok" in its JSON). The window also holds the
+# bench's connection set-up and untimed prefill (12,800 writes at the defaults,
+# well under 1% of a run). "others" is the CPU the rest of the machine used in
+# the window, in cores (/proc/stat busy minus ours): the machine is shared.
+# The leader is read from the balancer (`semikv --json status`) before and
+# after each run; a run during which it changed is marked "LEADER CHANGED".
+#
+# Usage: bench/cpu.sh
+# Knobs (environment): DURATION (seconds per run, default 10), ROUNDS (3),
+# PIPELINE (16), CLIENTS (50), VALUE_SIZE (16), FSYNC (interval:1000),
+# KEEP=1 keeps the temp dir (logs, data, every run's JSON).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+PIPELINE=${PIPELINE:-16}
+CLIENTS=${CLIENTS:-50}
+VALUE_SIZE=${VALUE_SIZE:-16}
+FSYNC=${FSYNC:-interval:1000}
+HZ=$(getconf CLK_TCK)
+
+PIDS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-cpu.XXXXXX")
+
+log() { echo "cpu: $*" >&2; }
+
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+
+# run_bg CMD...: runs CMD in the background and waits for it, so that a signal
+# to this script interrupts the wait at once (see compare.sh).
+run_bg() {
+    "$@" &
+    local pid=$! rc=0 p kept=()
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]+"${kept[@]}"}")
+    return "$rc"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
+        log "logs and data kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_for_file FILE SECONDS
+wait_for_file() {
+    local deadline=$((SECONDS + $2))
+    until [[ -s "$1" ]]; do
+        ((SECONDS < deadline)) || { log "timed out waiting for $1"; return 1; }
+        sleep 0.1
+    done
+}
+
+# ---- build -------------------------------------------------------------------
+log "building release binaries"
+run_bg cargo build --manifest-path "$ROOT/Cargo.toml" --release --quiet \
+    --bin semikv-server --bin semikv-lb --bin semikv-bench --bin semikv
+TARGET=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BIN="$TARGET/release"
+
+# ---- cluster -------------------------------------------------------------------
+log "starting 3 replicas (--fsync $FSYNC) and a balancer (--sync-replicas 1)"
+ADDRS=()
+REPLICA_PIDS=()
+for id in 1 2 3; do
+    "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$WORK/data-$id" \
+        --fsync "$FSYNC" --ready-file "$WORK/replica-$id.addr" 2>"$WORK/replica-$id.log" &
+    PIDS+=($!)
+    REPLICA_PIDS+=($!)
+done
+for id in 1 2 3; do
+    wait_for_file "$WORK/replica-$id.addr" 30
+    ADDRS+=("$(tr -d '\n' <"$WORK/replica-$id.addr")")
+done
+"$BIN/semikv-lb" 127.0.0.1:0 "${ADDRS[@]}" --sync-replicas 1 \
+    --ready-file "$WORK/lb.addr" 2>"$WORK/lb.log" &
+PIDS+=($!)
+LB_PID=$!
+wait_for_file "$WORK/lb.addr" 30
+LB_ADDR=$(tr -d '\n' <"$WORK/lb.addr")
+# Ready once a leader is elected and a write commits through the balancer.
+deadline=$((SECONDS + 30))
+until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
+    --value-size "$VALUE_SIZE" --timeout-ms 1000 --json 2>/dev/null |
+    python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["failed"] == 0 else 1)' 2>/dev/null; do
+    ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $WORK)"; exit 1; }
+    sleep 0.2
+done
+
+# leader_id: prints the id (1-3) of the replica the balancer calls leader, or 0.
+leader_id() {
+    local addr i
+    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json status |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader") or "")')
+    for i in 0 1 2; do
+        [[ ${ADDRS[$i]} == "$addr" ]] && { echo $((i + 1)); return; }
+    done
+    echo 0
+}
+
+# snap NAME: NAME=(balancer, replica 1, 2, 3 utime+stime; this shell's
+# cutime+cstime; machine busy ticks; wall clock). Builtins only: no child is
+# forked (and so none reaped) while taking it.
+snap() {
+    local -n out=$1
+    local pid line f
+    out=()
+    for pid in "$LB_PID" "${REPLICA_PIDS[@]}"; do
+        read -r line <"/proc/$pid/stat"
+        read -r -a f <<<"${line##*) }" # fields from 3 (state) on: utime is [11]
+        out+=($((f[11] + f[12])))
+    done
+    read -r line <"/proc/$$/stat"
+    read -r -a f <<<"${line##*) }"
+    out+=($((f[13] + f[14])))
+    read -r -a f </proc/stat # cpu user nice system idle iowait irq softirq steal
+    out+=($((f[1] + f[2] + f[3] + f[6] + f[7] + f[8])))
+    out+=("$EPOCHREALTIME")
+}
+
+# ---- runs ----------------------------------------------------------------------
+echo "machine: $(nproc) cores, CLK_TCK $HZ; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "semikv at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'): 3 replicas --fsync $FSYNC + balancer --sync-replicas 1;" \
+    "$CLIENTS clients, pipeline $PIPELINE, $VALUE_SIZE-byte values, $DURATION s per run"
+echo "CPU per request in us (user + system); others = CPU of the rest of the machine, in cores"
+echo
+FMT="%-5s %-8s %9s %8s %9s %11s %11s %11s %7s  %s\n"
+printf "$FMT" round workload ops/s bench balancer leader follower follower others note
+declare -a A B
+# us TICKS: microseconds of CPU per request of the run ($ok requests).
+us() { awk -v t="$1" -v hz="$HZ" -v n="$ok" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }'; }
+for round in $(seq 1 "$ROUNDS"); do
+    for op in SET GET; do
+        ratio=1:0
+        [[ $op == GET ]] && ratio=0:1
+        lead=$(leader_id)
+        snap A
+        run_bg "$BIN/semikv-bench" --addr "$LB_ADDR" --clients "$CLIENTS" --pipeline "$PIPELINE" \
+            --ratio "$ratio" --keyspace "$((16 * PIPELINE))" --value-size "$VALUE_SIZE" --prefill \
+            --duration "$DURATION" --json >"$WORK/run.json" 2>>"$WORK/bench.log"
+        snap B
+        cat "$WORK/run.json" >>"$WORK/bench.json"
+        lead_after=$(leader_id)
+        read -r ok ops bad < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["ok"], "%.0f" % r["ops_per_sec"], r["failed"] + r["wrong_values"])' "$WORK/run.json")
+        note=""
+        ((bad == 0)) || note="$bad failed or wrong (see $WORK/bench.json) "
+        [[ $lead == "$lead_after" && $lead != 0 ]] || note+="LEADER CHANGED ($lead -> $lead_after)"
+        # Columns: bench, balancer, leader, the two followers (ids in labels).
+        cols=("$op" "$ops")
+        cols+=("$(us $((B[4] - A[4])))" "$(us $((B[0] - A[0])))")
+        cols+=("$(us $((B[lead] - A[lead])))[$lead]")
+        for id in 1 2 3; do
+            ((id == lead)) || cols+=("$(us $((B[id] - A[id])))[$id]")
+        done
+        ours=$((B[0] - A[0] + B[1] - A[1] + B[2] - A[2] + B[3] - A[3] + B[4] - A[4]))
+        cols+=("$(awk -v t="$((B[5] - A[5] - ours))" -v hz="$HZ" -v a="${A[6]}" -v b="${B[6]}" \
+            'BEGIN { printf "%.2f", t / hz / (b - a) }')")
+        printf "$FMT" "$round" "${cols[@]}" "$note"
+    done
+done
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

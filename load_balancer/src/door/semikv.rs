@@ -1,0 +1,262 @@
+//! The semikv-protocol door: its listener, the server side of the handshake,
+//! request frames in and response frames out. Everything between is the
+//! router's: this door turns each `Request` into a tagged op for the
+//! connection's [`Session`] (the request's id is its tag) and each
+//! [`Answer`] into `Response` frames. Bad input gets a `Reject` frame and
+//! closes that connection only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use semikv_protocol::admission::Admission;
+use semikv_protocol::codec::FrameClock;
+use semikv_protocol::{
+    Message, MessageCodec, ProtocolError, RequestId, Response, Role, Welcome, WireError,
+    PROTOCOL_VERSION,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::outbox::{self, Outgoing, Sink};
+use crate::request::{Answer, AnswerSink, Tag};
+use crate::router::{Router, Session};
+
+/// Requests one client may have in flight before the balancer stops reading
+/// from it.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// How long a new connection has to send its `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long writing one frame to a client may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves semikv-protocol clients on `listener` until `shutdown`, each
+/// connection on `tasks`, at most `config.max_connections` at once.
+pub async fn run(
+    listener: TcpListener,
+    router: Arc<Router>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let admission = Admission::new(config.max_connections);
+    semikv_protocol::process::accept_loop(
+        &listener,
+        &admission,
+        &shutdown,
+        &tasks,
+        "semikv",
+        |stream, _peer| serve(router.clone(), config.clone(), stream, shutdown.clone()),
+    )
+    .await;
+}
+
+/// What the connection's writer sends: the door's own messages (`Welcome`
+/// and `Reject`) and the router's answers.
+#[derive(Debug)]
+enum ToClient {
+    Message(Message),
+    Answer(Answer),
+}
+
+impl Outgoing for ToClient {
+    fn is_last(&self) -> bool {
+        matches!(self, ToClient::Message(Message::Reject(_)))
+    }
+
+    fn write_into(self, sink: &mut Sink) -> Result<(), ProtocolError> {
+        match self {
+            ToClient::Message(message) => outbox::encode(&message, sink),
+            // The slots go once their answers are encoded.
+            ToClient::Answer(Answer::One {
+                tag,
+                reply,
+                slot: _,
+            }) => outbox::encode(&response(tag, reply), sink),
+            ToClient::Answer(Answer::Run { replies, slot: _ }) => {
+                for (tag, reply) in replies {
+                    outbox::encode(&response(tag, reply), sink)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn response(tag: Tag, reply: semikv_protocol::Reply) -> Message {
+    Message::Response(Response {
+        id: RequestId(tag.0),
+        reply,
+    })
+}
+
+/// The connection's answer sink: its writer's queue, with room for every
+/// slot and one closing message.
+#[derive(Debug)]
+struct Answers(mpsc::Sender<ToClient>);
+
+impl AnswerSink for Answers {
+    fn deliver(&self, answer: Answer) {
+        let _ = self.0.try_send(ToClient::Answer(answer));
+    }
+}
+
+/// Serves one client connection until it closes, errs, or `shutdown`.
+/// Never panics on bad input: protocol errors are answered with `Reject`.
+async fn serve(
+    router: Arc<Router>,
+    config: Arc<Config>,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, MessageCodec::new(config.max_frame_len));
+    let Some(role) = handshake(&mut framed).await else {
+        return;
+    };
+    let (mut stream, sink) = semikv_protocol::codec::split(framed);
+    // One more than the slots: a final Reject needs no slot.
+    let (tx, rx) = mpsc::channel::<ToClient>(MAX_IN_FLIGHT + 1);
+    let conn_closed = shutdown.child_token();
+    let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
+    let mut session = Session::new(&router, Arc::new(Answers(tx.clone())), MAX_IN_FLIGHT);
+    let slots = session.slots().clone();
+    // One wait for the whole loop, not a waiter registered per batch.
+    let closed = conn_closed.cancelled();
+    tokio::pin!(closed);
+    // Gives up on a frame that starts arriving and stalls.
+    let mut clock = FrameClock::new(config.frame_timeout);
+    loop {
+        tokio::select! {
+            _ = &mut closed => break,
+            () = session.progress() => {}
+            // Only while a slot is free: without one, whole frames wait in
+            // the buffer, and they are not stalled.
+            () = clock.tick(), if slots.available_permits() > 0 => {
+                if let Err(stalled) = clock.check(&stream) {
+                    debug!(error = %stalled, "closing a client that stalled mid-frame");
+                    break;
+                }
+            }
+            frame = next_frame(&mut stream, &slots) => {
+                clock.frame_arrived();
+                // Every request already buffered is taken now, as one burst:
+                // its reads go to one replica, so their answers come back
+                // together and leave in one write.
+                let mut frame = Some(frame);
+                let mut refused = None;
+                while let Some(one) = frame.take() {
+                    if let Err(reason) = take(&mut session, one, role) {
+                        refused = Some(reason);
+                        break;
+                    }
+                    if session.burst_has_room() {
+                        frame = stream.next().now_or_never();
+                    }
+                }
+                // Sent even when the connection is ending: a client that
+                // only closed its sending half still gets its answers
+                // (after a Reject the writer stops at once, and they go
+                // nowhere).
+                session.end_burst();
+                if let Some(reason) = refused {
+                    if let Some(wire) = reason {
+                        let _ = tx.send(ToClient::Message(Message::Reject(wire))).await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    // The socket closes once the writer also lets go of its half: at once
+    // after a Reject, otherwise when the answers in flight are written.
+    drop(stream);
+    session.finish().await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Takes one frame of a burst into the session.
+///
+/// # Errors
+/// The connection ends: with the `Reject` to send, if there is a reason to
+/// give (none when the client closed or the frame was unreadable without
+/// a wire error).
+fn take(
+    session: &mut Session<'_>,
+    frame: Option<Result<Message, ProtocolError>>,
+    role: Role,
+) -> Result<(), Option<WireError>> {
+    let request = match frame {
+        Some(Ok(Message::Request(request))) => request,
+        Some(Ok(other)) => {
+            let what = other.name().to_string();
+            return Err(Some(WireError::Unexpected { what }));
+        }
+        Some(Err(e)) => return Err(e.to_wire()),
+        None => return Err(None),
+    };
+    if request.op.is_admin() {
+        let what = request.op.name().to_string();
+        return Err(Some(WireError::WrongRole { role, what }));
+    }
+    // The caller saw a free slot, and only this task takes them.
+    session
+        .submit(Tag(request.id.0), request.op)
+        .map_err(|_| None)
+}
+
+/// The server side of the handshake: the client's role once it said a
+/// valid `Hello` and was welcomed; `None` (after a `Reject` saying why,
+/// when there is a reason to give) otherwise.
+async fn handshake(framed: &mut Framed<TcpStream, MessageCodec>) -> Option<Role> {
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
+    let refusal = match first {
+        Ok(Some(Ok(Message::Hello(hello)))) => match hello.check() {
+            Err(wire) => wire,
+            Ok(()) if hello.role == Role::Replica => WireError::WrongRole {
+                role: hello.role,
+                what: "connecting to the balancer".into(),
+            },
+            Ok(()) => {
+                let welcome = Message::Welcome(Welcome {
+                    version: PROTOCOL_VERSION,
+                    node: None,
+                });
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, framed.send(welcome)).await;
+                return matches!(sent, Ok(Ok(()))).then_some(hello.role);
+            }
+        },
+        Ok(Some(Ok(_))) | Err(_) => WireError::HandshakeRequired,
+        Ok(Some(Err(e))) => e.to_wire()?,
+        Ok(None) => return None,
+    };
+    debug!(error = %refusal, "rejecting client connection");
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Message::Reject(refusal))).await;
+    None
+}
+
+/// The client's next frame, once one of its in-flight slots is free.
+///
+/// Waits on the semaphore itself when every slot is taken: forwarded answers
+/// free their slots from other tasks (the writer, once written), and only a
+/// waiter on the semaphore hears of it; a loop that merely stopped polling
+/// the socket at the limit never read from a deep-pipelining client again.
+async fn next_frame<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    slots: &Semaphore,
+) -> Option<S::Item> {
+    if slots.available_permits() == 0 {
+        // Given back at once: `submit` takes its own, and only this task
+        // takes slots, so it is still there. The semaphore is never closed.
+        drop(slots.acquire().await);
+    }
+    stream.next().await
+}

@@ -1,0 +1,176 @@
+//! The router: between the front doors and the replica groups. It maps a
+//! key to the group that holds it ([`Router::group_for`]), picks the replica
+//! a read goes to by a [`ReadPolicy`], sends writes to the group's leader,
+//! and answers what the balancer answers itself (`Ping`, `Status`). Each
+//! client connection routes through its own [`Session`], whatever its door.
+//!
+//! Requests take one of two paths. The fast one hands a read or write to a
+//! replica link at once, and the link answers the client's port itself: no
+//! future, oneshot or timer per request. The router's own path
+//! ([`Router::handle`]) runs as a future of the client's session: for what
+//! could not be handed over (no leader yet, a link not connected, a read to
+//! retry), and for everything that is not a plain read or write.
+
+pub mod policy;
+pub mod session;
+
+use std::sync::Arc;
+
+use semikv_protocol::{ErrorReply, Op, Reply};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::group::link::ConnError;
+use crate::group::replies::{too_large, unavailable, write_reply};
+use crate::group::table::Leader;
+use crate::group::ReplicaGroup;
+pub use policy::ReadPolicy;
+pub use session::Session;
+
+/// Routes requests to replica groups; shared by every client connection of
+/// every door.
+#[derive(Debug)]
+pub struct Router {
+    /// At least one; see [`Router::group_for`].
+    groups: Vec<Arc<ReplicaGroup>>,
+    policy: ReadPolicy,
+}
+
+impl Router {
+    /// A router over `groups`, reading by `policy`.
+    ///
+    /// # Panics
+    /// When `groups` is empty (a balancer always has a group).
+    pub fn new(groups: Vec<Arc<ReplicaGroup>>, policy: ReadPolicy) -> Router {
+        assert!(!groups.is_empty(), "a router needs a replica group");
+        Router { groups, policy }
+    }
+
+    /// The group that holds `key` (by index in [`Self::group`]); ops about
+    /// no key go to the first. One group holds every key today: this is
+    /// where a range map goes when the key space is split.
+    pub fn group_for(&self, _key: Option<&[u8]>) -> usize {
+        0
+    }
+
+    /// Group `index` (as [`Self::group_for`] returns); the first for any
+    /// index out of range.
+    pub fn group(&self, index: usize) -> &Arc<ReplicaGroup> {
+        self.groups.get(index).unwrap_or(&self.groups[0])
+    }
+
+    /// The policy reads are routed by.
+    pub fn policy(&self) -> ReadPolicy {
+        self.policy
+    }
+
+    /// Routes one operation and returns its reply, waiting out a failover
+    /// for a bounded time.
+    pub async fn handle(&self, op: Op) -> Reply {
+        match &op {
+            Op::Ping => return Reply::Pong,
+            Op::Status => return Reply::Cluster(self.group(0).table().cluster_status()),
+            _ => {}
+        }
+        if let Err(reason) = op.validate(usize::MAX) {
+            return Reply::Error(ErrorReply::Invalid { reason });
+        }
+        let group = self.group(self.group_for(op.key().map(|k| &k[..])));
+        if op.is_write() {
+            write(group, op).await
+        } else {
+            self.read_from(group, op, None, None, 2).await
+        }
+    }
+
+    /// Reads on up to `attempts` replicas of `group`: `first` if given, then
+    /// ones the policy picks other than `tried`.
+    pub async fn read_from(
+        &self,
+        group: &ReplicaGroup,
+        op: Op,
+        mut first: Option<usize>,
+        mut tried: Option<usize>,
+        attempts: usize,
+    ) -> Reply {
+        let timeout = group.config().request_timeout();
+        for _ in 0..attempts {
+            let next = first.take().or_else(|| self.policy.pick(group, tried));
+            let slot = match next {
+                Some(slot) => slot,
+                None if tried.is_none() => {
+                    // Nothing healthy yet (start-up or failover): wait a bounded
+                    // time for a leader, which is healthy by definition.
+                    let deadline = Instant::now() + group.config().write_wait;
+                    match wait_leader(group, deadline, None).await {
+                        Some(leader) => leader.slot,
+                        None => return unavailable("no healthy replica"),
+                    }
+                }
+                None => break,
+            };
+            let Some(link) = group.link(slot) else {
+                break;
+            };
+            match link.request(op.clone(), timeout).await {
+                Ok(reply) => return reply,
+                Err(ConnError::TooLarge(reason)) => return too_large(reason),
+                Err(e) => {
+                    debug!(slot, error = %e, "read failed; retrying elsewhere");
+                    group.kick();
+                    tried = Some(slot);
+                }
+            }
+        }
+        unavailable("read failed on every replica tried")
+    }
+}
+
+/// Sends a write to `group`'s leader, waiting a bounded time for one; a
+/// write that certainly never left may wait for the next leader, one that
+/// may have left is never sent again.
+async fn write(group: &ReplicaGroup, op: Op) -> Reply {
+    let deadline = Instant::now() + group.config().write_wait;
+    let mut skip: Option<Leader> = None;
+    loop {
+        let Some(leader) = wait_leader(group, deadline, skip).await else {
+            return unavailable("no leader; failover in progress");
+        };
+        let Some(link) = group.link(leader.slot) else {
+            return unavailable("no leader");
+        };
+        match link
+            .request(op.clone(), group.config().write_timeout())
+            .await
+        {
+            Err(ConnError::TooLarge(reason)) => return too_large(reason),
+            Err(e) if e.never_sent() => {
+                // Safe to wait for another leader: the write never left.
+                group.kick();
+                skip = Some(leader);
+            }
+            outcome => return write_reply(outcome, group.kicker()),
+        }
+    }
+}
+
+/// Waits until `group` has a leader other than `skip`, or `deadline`.
+async fn wait_leader(
+    group: &ReplicaGroup,
+    deadline: Instant,
+    skip: Option<Leader>,
+) -> Option<Leader> {
+    let mut rx = group.watch_leader();
+    loop {
+        let current = *rx.borrow_and_update();
+        if let Some(leader) = current {
+            if Some(leader) != skip {
+                return Some(leader);
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}

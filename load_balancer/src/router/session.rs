@@ -1,0 +1,367 @@
+//! One client connection's routing, whatever door it came through: its
+//! bound on requests in flight, the order of its writes, its bursts of reads,
+//! the requests answered by the router's own path and the reads to retry.
+//!
+//! A door drives it: it takes the requests it decoded in one go as a burst
+//! ([`Session::submit`] each, then [`Session::end_burst`]), polls
+//! [`Session::progress`] beside its socket, and ends with
+//! [`Session::finish`]. Answers reach the door's [`AnswerSink`], tagged with
+//! the door's own ids, in whatever order they complete.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use semikv_protocol::Op;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::Router;
+use crate::group::link::{ForwardWrite, Read};
+use crate::group::table::Leader;
+use crate::request::{Answer, AnswerSink, ClientPort, Retry, Slot, Tag};
+
+/// Requests taken in one burst (their reads going to one replica) before
+/// the connection's other work gets a turn.
+pub const MAX_BURST: usize = 256;
+
+/// How a request answered by the router's own path is routed.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// As any request: see [`Router::handle`].
+    New,
+    /// A read that could not be forwarded to this replica: read there first.
+    ReadAt(usize),
+    /// A forwarded read this replica failed: one more try elsewhere.
+    RetryAfter(usize),
+}
+
+/// A request the router's own path answers.
+#[derive(Debug)]
+struct Job {
+    tag: Tag,
+    op: Op,
+    slot: Slot,
+    route: Route,
+}
+
+impl From<Retry> for Job {
+    fn from(retry: Retry) -> Job {
+        Job {
+            tag: retry.tag,
+            op: retry.op,
+            slot: retry.slot,
+            route: Route::RetryAfter(retry.failed_on),
+        }
+    }
+}
+
+/// The requests of one client taken in one go.
+#[derive(Debug, Default)]
+struct Burst {
+    /// The group its reads go to, and the replica there, chosen at the
+    /// first read (the rotation advances once per burst, not per read).
+    reader: Option<(usize, usize)>,
+    /// Requests taken so far.
+    taken: usize,
+    /// Its valid reads, sent to `reader` together when the burst ends.
+    reads: Vec<Read>,
+    /// Where they are encoded (its capacity kept from burst to burst).
+    frames: BytesMut,
+}
+
+/// A request [`Session::submit`] could not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no free slot for another request in flight")]
+pub struct NoSlot;
+
+/// One client connection's routing state; see the module doc.
+pub struct Session<'r> {
+    router: &'r Router,
+    answers: Arc<dyn AnswerSink>,
+    /// Handed to forwarded requests; dropped by [`Self::finish`] so that
+    /// the retry queue closes once none is left.
+    port: Arc<ClientPort>,
+    /// A slot per request until its answer is written: forwarded requests
+    /// and the router's own futures share the bound.
+    slots: Arc<Semaphore>,
+    retries: mpsc::Receiver<Retry>,
+    /// Requests on the router's own path; each says whether it was a write.
+    own: FuturesUnordered<BoxFuture<'r, (Answer, bool)>>,
+    /// Writes on the router's own path not yet answered: while there are
+    /// any, later writes take that path too, so that a write forwarded at
+    /// once cannot overtake an earlier one that had to wait (the leader
+    /// applies them in the order it reads them).
+    slow_writes: usize,
+    /// Each group's leader, as it changes (by group index).
+    leaders: Vec<watch::Receiver<Option<Leader>>>,
+    burst: Burst,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field(
+                "in_flight",
+                &(self.max_in_flight() - self.slots.available_permits()),
+            )
+            .field("own", &self.own.len())
+            .field("slow_writes", &self.slow_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> Session<'r> {
+    /// A session whose answers go to `answers`, with at most `max_in_flight`
+    /// requests unanswered. The door must make room in its queue for that
+    /// many answers (see [`AnswerSink::deliver`]).
+    pub fn new(router: &'r Router, answers: Arc<dyn AnswerSink>, max_in_flight: usize) -> Self {
+        let (retry_tx, retries) = mpsc::channel(max_in_flight.max(1));
+        let port = Arc::new(ClientPort {
+            answers: answers.clone(),
+            retry: retry_tx,
+        });
+        let leaders = (0..router.groups.len())
+            .map(|i| router.group(i).watch_leader())
+            .collect();
+        Session {
+            router,
+            answers,
+            port,
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            retries,
+            own: FuturesUnordered::new(),
+            slow_writes: 0,
+            leaders,
+            burst: Burst::default(),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.retries.max_capacity()
+    }
+
+    /// The semaphore of the session's slots: a door reads a request only
+    /// while one is free (see [`Self::room`]).
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Whether another request can be taken now.
+    pub fn has_room(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
+    /// Whether the current burst may take another request.
+    pub fn burst_has_room(&self) -> bool {
+        self.burst.taken < MAX_BURST && self.has_room()
+    }
+
+    /// Takes one request of the current burst: a valid read joins the
+    /// burst's reads (sent at [`Self::end_burst`]), a valid write goes to
+    /// its group's leader at once when it can, the rest run on the router's
+    /// own path. Admin ops are the door's to refuse before this.
+    ///
+    /// # Errors
+    /// [`NoSlot`] when every slot is taken: the door read a request it had
+    /// no room for.
+    pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| NoSlot)?;
+        self.burst.taken += 1;
+        let job = Job {
+            tag,
+            op,
+            slot,
+            route: Route::New,
+        };
+        let unforwarded = if !job.op.is_write() {
+            self.take_read(job)
+        } else if self.slow_writes > 0 {
+            Some(job)
+        } else {
+            self.forward_write(job)
+        };
+        if let Some(job) = unforwarded {
+            self.run_own(job);
+        }
+        Ok(())
+    }
+
+    /// Ends the current burst: its reads go to their replica together.
+    pub fn end_burst(&mut self) {
+        self.flush_reads();
+        self.burst.taken = 0;
+        self.burst.reader = None;
+    }
+
+    /// Waits for the router's own path to answer something, or for a read
+    /// to retry, and hands on what is ready. Cancel-safe: meant for a
+    /// `select!` beside the door's socket.
+    pub async fn progress(&mut self) {
+        tokio::select! {
+            Some((answer, write)) = self.own.next(), if !self.own.is_empty() => {
+                self.slow_writes = self.slow_writes.saturating_sub(usize::from(write));
+                self.answers.deliver(answer);
+                // Those that completed together are queued together, so
+                // the door writes them with one system call.
+                while let Some(Some((more, write))) = self.own.next().now_or_never() {
+                    self.slow_writes = self.slow_writes.saturating_sub(usize::from(write));
+                    self.answers.deliver(more);
+                }
+            }
+            Some(retry) = self.retries.recv() => self.run_own(retry.into()),
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Once the client sends no more: answers everything still in flight,
+    /// forwarded or not (each is bounded by its own timeouts: a forwarded
+    /// read by its link's sweep, after which it comes back as a retry, a
+    /// forwarded write by its link's sweep too).
+    pub async fn finish(mut self) {
+        self.end_burst();
+        // The retry queue closes once no forwarded request holds the port.
+        drop(self.port);
+        loop {
+            tokio::select! {
+                Some((answer, _)) = self.own.next(), if !self.own.is_empty() => {
+                    self.answers.deliver(answer);
+                }
+                retry = self.retries.recv() => match retry {
+                    Some(retry) => {
+                        let job = Job::from(retry);
+                        self.own.push(answer(self.router, job));
+                    }
+                    None => break,
+                },
+            }
+        }
+        while let Some((answer, _)) = self.own.next().await {
+            self.answers.deliver(answer);
+        }
+    }
+
+    fn run_own(&mut self, job: Job) {
+        self.slow_writes += usize::from(job.op.is_write());
+        self.own.push(answer(self.router, job));
+    }
+
+    /// Adds a valid read to the burst's reads, for the replica the burst
+    /// reads from in the read's group (picked by the router's policy at
+    /// the burst's first read); gives the request back when it is not a
+    /// valid read or no replica qualifies.
+    fn take_read(&mut self, job: Job) -> Option<Job> {
+        let Op::Get { key } = &job.op else {
+            return Some(job);
+        };
+        if job.op.validate(usize::MAX).is_err() {
+            return Some(job);
+        }
+        let group = self.router.group_for(Some(key));
+        if self.burst.reader.is_some_and(|(g, _)| g != group) {
+            // A burst's reads go to one replica of one group.
+            self.flush_reads();
+            self.burst.reader = None;
+        }
+        if self.burst.reader.is_none() {
+            let replica = self.router.policy.pick(self.router.group(group), None);
+            self.burst.reader = replica.map(|replica| (group, replica));
+        }
+        let Some((_, replica)) = self.burst.reader else {
+            return Some(job);
+        };
+        if self.router.group(group).link(replica).is_none() {
+            return Some(job);
+        }
+        self.burst.reads.push(Read {
+            tag: job.tag,
+            op: job.op,
+            slot: job.slot,
+        });
+        None
+    }
+
+    /// Hands the burst's reads to the link of the replica they are for,
+    /// which answers the client itself; runs them on the router's own path,
+    /// at that replica first, when they could not be sent at once (its data
+    /// connection may just not be open yet: the own path opens it, so the
+    /// rotation still reaches every replica).
+    fn flush_reads(&mut self) {
+        let Some((group, replica)) = self.burst.reader else {
+            return;
+        };
+        if let Some(link) = self.router.group(group).link(replica) {
+            let timeout = self.router.group(group).config().request_timeout();
+            link.forward_reads(
+                &self.port,
+                &mut self.burst.reads,
+                &mut self.burst.frames,
+                timeout,
+            );
+        }
+        let unsent: Vec<Read> = self.burst.reads.drain(..).collect();
+        for read in unsent {
+            self.run_own(Job {
+                tag: read.tag,
+                op: read.op,
+                slot: read.slot,
+                route: Route::ReadAt(replica),
+            });
+        }
+    }
+
+    /// Hands a valid write to its group's leader's link, which answers the
+    /// client itself; gives it back when there is no leader, or the link's
+    /// data connection is not open or has no room: the write was not sent.
+    fn forward_write(&mut self, job: Job) -> Option<Job> {
+        if job.op.validate(usize::MAX).is_err() {
+            return Some(job);
+        }
+        let group_index = self.router.group_for(job.op.key().map(|k| &k[..]));
+        let group = self.router.group(group_index);
+        let leader = self
+            .leaders
+            .get(group_index)
+            .and_then(|leader| *leader.borrow());
+        let Some(link) = leader.and_then(|leader| group.link(leader.slot)) else {
+            return Some(job);
+        };
+        let write = ForwardWrite {
+            port: self.port.clone(),
+            tag: job.tag,
+            op: job.op,
+            slot: job.slot,
+        };
+        link.forward_write(write, group.config().write_timeout())
+            .err()
+            .map(|write| Job {
+                tag: write.tag,
+                op: write.op,
+                slot: write.slot,
+                route: Route::New,
+            })
+    }
+}
+
+/// Answers one request on the router's own path, routed as its `route`
+/// says; also says whether it was a write.
+fn answer(router: &Router, job: Job) -> BoxFuture<'_, (Answer, bool)> {
+    async move {
+        let Job {
+            tag,
+            op,
+            slot,
+            route,
+        } = job;
+        let write = op.is_write();
+        let group = router.group(router.group_for(op.key().map(|k| &k[..])));
+        let reply = match route {
+            Route::New => router.handle(op).await,
+            Route::ReadAt(replica) => router.read_from(group, op, Some(replica), None, 2).await,
+            Route::RetryAfter(failed) => router.read_from(group, op, None, Some(failed), 1).await,
+        };
+        (Answer::One { tag, reply, slot }, write)
+    }
+    .boxed()
+}
