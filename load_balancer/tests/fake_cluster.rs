@@ -53,27 +53,16 @@ struct FakeState {
     gets_served: u64,
     promotes: Vec<(u64, u32)>,
     fences: u64,
-    /// The epoch of every fence it accepted, in order.
-    fence_epochs: Vec<Epoch>,
-    /// The epoch of every promote it accepted, in order.
-    promote_epochs: Vec<Epoch>,
     /// Followers a leader reports connected in its status; `None`: every
     /// other fake of a test (up to [`OTHER_FAKES`]), so the balancer's stall
     /// rule leaves it alone.
     connected_followers: Option<usize>,
-    /// Answers everything but fences (a leader that hangs just then).
-    mute_fences: bool,
-    /// Fences it left unanswered because of `mute_fences`.
-    fences_ignored: u64,
     /// Answers writes `NotLeader` while its status still says leader (a
     /// leader that stepped down between two health checks).
     refuse_writes: bool,
     /// Once this many sets were seen, the connection a set arrives on
     /// closes (unanswered), while the fake itself stays up.
     hang_up_at_sets: Option<u64>,
-    /// When it was first fenced, on [`FENCE_CLOCK`] (orders fences across
-    /// fakes).
-    fenced_at: Option<u64>,
 }
 
 /// The coordinator that minted the epochs fakes start at (an earlier
@@ -82,9 +71,6 @@ const PAST: CoordinatorId = CoordinatorId(0xe0);
 
 /// The most other fakes any test runs next to one fake.
 const OTHER_FAKES: usize = 2;
-
-/// A global order of fences.
-static FENCE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
 impl FakeState {
     fn status(&self) -> NodeStatus {
@@ -130,9 +116,6 @@ impl FakeState {
                     return Some(r);
                 }
                 self.fences += 1;
-                self.fence_epochs.push(f.epoch);
-                self.fenced_at
-                    .get_or_insert_with(|| FENCE_CLOCK.fetch_add(1, Ordering::SeqCst));
                 self.epoch = f.epoch;
                 if role == NodeRole::Leader {
                     self.role = Some(NodeRole::Follower);
@@ -144,7 +127,6 @@ impl FakeState {
                     return Some(r);
                 }
                 self.promotes.push((p.epoch.term(), p.sync_replicas));
-                self.promote_epochs.push(p.epoch);
                 self.epoch = p.epoch;
                 self.role = Some(NodeRole::Leader);
                 self.leader_addr = None;
@@ -295,12 +277,7 @@ async fn fake_conn(stream: TcpStream, state: Arc<Mutex<FakeState>>, kill: Cancel
         let is_get = matches!(op, Op::Get { .. });
         let (reply, wedge, hang_up, hold) = {
             let mut s = state.lock().unwrap();
-            let ignored = s.mute_fences && matches!(op, Op::Fence(_));
-            if ignored {
-                s.fences_ignored += 1;
-            }
-            let muted = s.mute || ignored;
-            let reply = if muted { None } else { s.apply(op) };
+            let reply = if s.mute { None } else { s.apply(op) };
             let hang_up = is_set && s.hang_up_at_sets.is_some_and(|n| s.sets_seen >= n);
             (
                 reply,
@@ -1166,71 +1143,6 @@ async fn a_leader_that_stops_answering_is_replaced_after_missed_checks() {
 }
 
 #[tokio::test]
-async fn no_election_without_enough_answers_to_know_every_acknowledged_write() {
-    // Semi-sync to one follower: a write is acknowledged once the leader and
-    // one follower hold it. Here b holds everything; c lags.
-    let a = Fake::start(1, NodeRole::Leader, 3, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 3, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 3, 8).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    let mut client = Client::connect(lb.addr).await;
-    set_until_written(&mut client, "k", "v1").await;
-    // The leader dies while b is too busy to answer: c alone cannot tell
-    // whether b holds writes it lacks, so c must not be promoted.
-    b.s().mute = true;
-    a.kill();
-    until("several election attempts reached c", || {
-        let c = c.s();
-        c.fences >= 5 || !c.promotes.is_empty()
-    })
-    .await;
-    assert!(
-        c.s().promotes.is_empty(),
-        "a lagging replica was promoted without hearing from b"
-    );
-    // Once b answers again, the election can see every acknowledged write.
-    b.s().mute = false;
-    until("b (holding every write) leads", || {
-        b.s().role == Some(NodeRole::Leader)
-    })
-    .await;
-    assert!(c.s().promotes.is_empty());
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_postponed_election_goes_on_at_the_same_epoch() {
-    let a = Fake::start(1, NodeRole::Leader, 3, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 3, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 3, 8).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a leads under the balancer", || a.s().statuses >= 2).await;
-    // Too few answers (c alone of three): the election is postponed again
-    // and again, but burns no epoch: every retry fences at one ballot.
-    b.s().mute = true;
-    a.kill();
-    until("several postponed attempts reached c", || c.s().fences >= 3).await;
-    let fenced: std::collections::BTreeSet<Epoch> = c.s().fence_epochs.iter().copied().collect();
-    assert_eq!(
-        fenced.len(),
-        1,
-        "a postponed election minted new epochs: {fenced:?}"
-    );
-    let ballot = *fenced.first().unwrap();
-    assert_eq!(ballot.term(), 4, "one term above the highest seen");
-    assert_ne!(
-        ballot.coordinator(),
-        PAST,
-        "minted under the balancer's own id"
-    );
-    // Once b answers, the election completes at that very epoch.
-    b.s().mute = false;
-    until("b leads", || b.s().role == Some(NodeRole::Leader)).await;
-    assert_eq!(b.s().promote_epochs, vec![ballot]);
-    lb.stop().await;
-}
-
-#[tokio::test]
 async fn a_client_that_stalls_mid_frame_is_closed_and_others_are_served() {
     let a = Fake::start(1, NodeRole::Leader, 1, 0).await;
     let mut cfg = config(&[&a]);
@@ -1256,98 +1168,6 @@ async fn a_client_that_stalls_mid_frame_is_closed_and_others_are_served() {
         "a stalled frame kept its connection: {closed:?}"
     );
     assert_eq!(other.call(Op::Ping).await, Reply::Pong);
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_leader_reporting_its_followers_connected_is_never_replaced() {
-    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    // 3 s of 20 ms heartbeats: well past the stall grace and damping.
-    until("150 health checks of the leader", || a.s().statuses >= 150).await;
-    assert!(is_leader_at(&a, 4));
-    assert_eq!(a.s().fences + b.s().fences + c.s().fences, 0, "no election");
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_leader_without_connected_followers_is_replaced_by_a_follower() {
-    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
-    a.s().connected_followers = Some(0);
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a follower leads at epoch 5", || {
-        is_leader_at(&b, 5) || is_leader_at(&c, 5)
-    })
-    .await;
-    let (new, other) = if is_leader_at(&b, 5) {
-        (&b, &c)
-    } else {
-        (&c, &b)
-    };
-    until("the old leader and the other follower follow it", || {
-        follows(&a, new, 5) && follows(other, new, 5)
-    })
-    .await;
-    assert!(
-        a.s().promotes.is_empty(),
-        "the stalled leader was re-promoted"
-    );
-    let (fa, fb, fc) = (a.s().fenced_at, b.s().fenced_at, c.s().fenced_at);
-    let (fa, fb, fc) = (fa.unwrap(), fb.unwrap(), fc.unwrap());
-    assert!(fb < fa && fc < fa, "followers fenced before the leader");
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_stalled_leader_is_re_promoted_when_no_follower_holds_its_commits() {
-    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 4, 8).await;
-    let c = Fake::start(3, NodeRole::Follower, 4, 8).await;
-    a.s().connected_followers = Some(0);
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a re-promoted at epoch 5", || is_leader_at(&a, 5)).await;
-    until("b and c follow it", || {
-        follows(&b, &a, 5) && follows(&c, &a, 5)
-    })
-    .await;
-    assert_eq!(a.s().promotes, vec![(5, 1)]);
-    assert!(b.s().promotes.is_empty() && c.s().promotes.is_empty());
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_stalled_leader_is_kept_when_no_other_replica_answers_the_fence() {
-    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 4, 10).await;
-    a.s().connected_followers = Some(0);
-    b.s().mute_fences = true;
-    c.s().mute_fences = true;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("both followers were sent a fence", || {
-        b.s().fences_ignored >= 1 && c.s().fences_ignored >= 1
-    })
-    .await;
-    // Another second of heartbeats, within the 5 s damping: with no answer
-    // there is no new epoch anywhere, and the leader stays.
-    let checked = a.s().statuses;
-    until("50 more checks of the leader", || {
-        a.s().statuses >= checked + 50
-    })
-    .await;
-    assert!(is_leader_at(&a, 4));
-    assert_eq!(a.s().fences, 0);
-    assert!(a.s().promotes.is_empty());
-    let mut client = Client::connect(lb.addr).await;
-    let Reply::Cluster(cluster) = client.call(Op::Status).await else {
-        panic!("status is not a cluster view");
-    };
-    assert_eq!(cluster.leader, Some(a.addr.to_string()));
-    assert_eq!(cluster.epoch.term(), 4, "max epoch unchanged");
     lb.stop().await;
 }
 
@@ -1385,34 +1205,6 @@ async fn a_write_hanging_on_a_stalled_leader_is_indeterminate_at_the_failover() 
         is_leader_at(&b, 5) || is_leader_at(&c, 5)
     })
     .await;
-    lb.stop().await;
-}
-
-#[tokio::test]
-async fn a_mute_stalled_leader_and_one_lagging_answer_promote_nobody() {
-    // Semi-sync to one follower of three: b may hold writes c lacks.
-    let a = Fake::start(1, NodeRole::Leader, 4, 10).await;
-    let b = Fake::start(2, NodeRole::Follower, 4, 10).await;
-    let c = Fake::start(3, NodeRole::Follower, 4, 8).await;
-    let lb = Balancer::start(config(&[&a, &b, &c])).await;
-    until("a adopted and checked", || a.s().statuses >= 5).await;
-    // The leader loses its followers and hangs on fences; b is unreachable.
-    b.s().mute = true;
-    {
-        let mut a = a.s();
-        a.connected_followers = Some(0);
-        a.mute_fences = true;
-    }
-    until("several elections reached c", || {
-        let c = c.s();
-        c.fences >= 3 || !c.promotes.is_empty()
-    })
-    .await;
-    assert!(
-        c.s().promotes.is_empty(),
-        "a lagging replica was promoted without hearing from b or the leader"
-    );
-    assert!(a.s().promotes.is_empty() && b.s().promotes.is_empty());
     lb.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //! Nothing in it is process-wide: a balancer may run several groups side by
 //! side, each with its own table, links and health loop.
 
+pub mod election;
 pub mod failover;
 pub mod health;
 pub mod link;

@@ -6,7 +6,6 @@
 //! writes waiting out a failover wake as soon as a leader exists.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
 use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
 use tokio::sync::watch;
@@ -32,7 +31,6 @@ struct Row {
     status: Option<NodeStatus>,
     /// Statuses recorded so far: tells a fresh report from one already judged.
     reports: u64,
-    last_seen: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -62,7 +60,6 @@ impl Table {
                 misses: 0,
                 status: None,
                 reports: 0,
-                last_seen: None,
             })
             .collect();
         Table {
@@ -103,7 +100,6 @@ impl Table {
             row.misses = 0;
             row.status = Some(status);
             row.reports = row.reports.wrapping_add(1);
-            row.last_seen = Some(Instant::now());
         }
     }
 
