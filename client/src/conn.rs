@@ -13,12 +13,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+// The lock is only ever held for a map operation, never across an await, and
+// a panic while holding it leaves the map consistent: poisoning is ignored.
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+use semikv_protocol::handshake::{self, HandshakeError};
+use semikv_protocol::sync::lock;
 use semikv_protocol::{
     ClusterStatus, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
     ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome, WireError,
@@ -167,12 +171,6 @@ struct Pending {
 
 type SharedPending = Arc<Mutex<Pending>>;
 
-// The lock is only ever held for a map operation, never across an await, and
-// a panic while holding it leaves the map consistent; so poisoning is ignored.
-fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Marks the connection closed (keeping the first reason) and fails every
 /// waiter.
 fn close(pending: &Mutex<Pending>, reason: String) {
@@ -278,12 +276,10 @@ pub async fn handshake(addr: &str, config: &ClientConfig) -> Result<Handshaken, 
     let exchange = async {
         let hello = Message::Hello(Hello::new(Role::Client, None));
         writer.send(hello).await.map_err(|e| e.to_string())?;
-        match reader.next().await {
-            Some(Ok(Message::Welcome(welcome))) => Ok(Ok(welcome)),
-            Some(Ok(Message::Reject(error))) => Ok(Err(error)),
-            Some(Ok(other)) => Err(format!("expected Welcome, got {}", other.name())),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("connection closed during the handshake".to_string()),
+        match handshake::welcome(reader.next().await) {
+            Ok(welcome) => Ok(Ok(welcome)),
+            Err(HandshakeError::Rejected(error)) => Ok(Err(error)),
+            Err(other) => Err(other.to_string()),
         }
     };
     let welcome = timeout_at(deadline, exchange)

@@ -98,8 +98,8 @@ impl Admission {
             Err(_) => {
                 let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 let report = {
-                    // A poisoned lock only means a panic elsewhere mid-store.
-                    let mut last = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+                    // Only ever a single store: consistent past any panic.
+                    let mut last = crate::sync::lock(&self.reported);
                     let now = Instant::now();
                     if last.is_none_or(|at| now.duration_since(at) >= REPORT_EVERY) {
                         *last = Some(now);

@@ -15,10 +15,12 @@ pub mod admission;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod ids;
 pub mod message;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod sync;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;

@@ -62,7 +62,7 @@ impl Replica {
     /// state is still the last consistent one every rule left it in, because
     /// node methods validate before they mutate.
     pub fn lock(&self) -> MutexGuard<'_, Node> {
-        self.node.lock().unwrap_or_else(|e| e.into_inner())
+        semikv_protocol::sync::lock(&self.node)
     }
 
     /// Runs `f` on the node and wakes the WAL writer if it queued disk work.

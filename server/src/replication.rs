@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::{
     Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
     StreamFrom, Subscribe, WireError,
@@ -346,18 +347,18 @@ async fn follow_once(
     stream.set_nodelay(true)?;
     let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
     let id = replica.config.id;
-    send(
-        &mut conn,
-        Message::Hello(Hello::new(Role::Replica, Some(id))),
-    )
-    .await?;
-    match timeout(CONNECT_TIMEOUT, conn.next()).await {
+    let hello = handshake::hello(&mut conn, Hello::new(Role::Replica, Some(id)));
+    match timeout(CONNECT_TIMEOUT, hello).await {
         Err(_) => return Err(ReplicationError::Timeout),
-        Ok(None) => return Err(ReplicationError::Closed),
-        Ok(Some(Ok(Message::Welcome(_)))) => {}
-        Ok(Some(Ok(Message::Reject(e)))) => return Err(ReplicationError::Rejected(e.to_string())),
-        Ok(Some(Ok(other))) => return Err(ReplicationError::Unexpected(other.name().to_string())),
-        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+        Ok(Err(HandshakeError::Closed)) => return Err(ReplicationError::Closed),
+        Ok(Err(HandshakeError::Rejected(e))) => {
+            return Err(ReplicationError::Rejected(e.to_string()))
+        }
+        Ok(Err(HandshakeError::Unexpected(what))) => {
+            return Err(ReplicationError::Unexpected(what.to_string()))
+        }
+        Ok(Err(HandshakeError::Protocol(e))) => return Err(e.into()),
     }
     let (epoch, last_index, last_epoch, history) = replica.lock().subscribe_info();
     if epoch != target.epoch {

@@ -701,13 +701,9 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut conn = Framed::new(stream, MessageCodec::default());
-        conn.send(Message::Hello(Hello::new(role, None)))
-            .await
-            .unwrap();
-        match timeout(WAIT, conn.next()).await.unwrap() {
-            Some(Ok(Message::Welcome(_))) => conn,
-            other => panic!("expected Welcome, got {other:?}"),
-        }
+        let hello = semikv_protocol::handshake::hello(&mut conn, Hello::new(role, None));
+        timeout(WAIT, hello).await.unwrap().unwrap();
+        conn
     }
 
     fn set(id: u64) -> Message {

@@ -25,13 +25,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
+use semikv_protocol::handshake;
+use semikv_protocol::sync::lock;
 use semikv_protocol::{
-    frame, Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
+    frame, Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -374,11 +376,6 @@ struct Conn {
     closed: CancellationToken,
 }
 
-fn lock<T>(p: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Updates are single map operations: a poisoned lock is still consistent.
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Takes the forwarded requests past their deadline out of the pending map.
 fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Waiting> {
     let mut p = lock(pending);
@@ -715,19 +712,9 @@ impl ReplicaLink {
         // Latency matters more than packet count for small requests.
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
-        framed
-            .send(Message::Hello(Hello::new(Role::Balancer, None)))
+        handshake::hello(&mut framed, Hello::new(Role::Balancer, None))
             .await
             .map_err(|e| ConnError::Connect(e.to_string()))?;
-        match framed.next().await {
-            Some(Ok(Message::Welcome(Welcome { .. }))) => {}
-            Some(Ok(Message::Reject(e))) => {
-                return Err(ConnError::Connect(format!("handshake rejected: {e}")))
-            }
-            Some(Ok(_)) => return Err(ConnError::Connect("unexpected handshake answer".into())),
-            Some(Err(e)) => return Err(ConnError::Connect(e.to_string())),
-            None => return Err(ConnError::Connect("closed during handshake".into())),
-        }
         let (mut stream, sink) = semikv_protocol::codec::split(framed);
         let (tx, rx) = mpsc::channel::<Outbound>(SEND_QUEUE);
         let pending = Arc::new(Mutex::new(Pending {

@@ -76,7 +76,7 @@ impl Table {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the table inconsistent
         // (every update is a plain field store), so a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        semikv_protocol::sync::lock(&self.inner)
     }
 
     /// The last status `slot` reported, if any.

@@ -157,13 +157,8 @@ impl Peer {
             .unwrap()
             .unwrap();
         let mut conn = Framed::new(stream, MessageCodec::default());
-        conn.send(Message::Hello(Hello::new(role, None)))
-            .await
-            .unwrap();
-        match tokio::time::timeout(WAIT, conn.next()).await.unwrap() {
-            Some(Ok(Message::Welcome(_))) => {}
-            other => panic!("expected Welcome, got {other:?}"),
-        }
+        let hello = semikv_protocol::handshake::hello(&mut conn, Hello::new(role, None));
+        tokio::time::timeout(WAIT, hello).await.unwrap().unwrap();
         Peer { conn, next: 1 }
     }
 
