@@ -10,8 +10,8 @@
 //! Client reads and writes can also be forwarded without a future of their
 //! own ([`ReplicaLink::forward_reads`], [`ReplicaLink::forward_write`]): the
 //! pending map then holds where the answer goes, and the connection's reader
-//! hands it to the client's [`ClientPort`], in no client's wire format. Whoever takes an entry out of the map (the
-//! reader with the reply, the reader's sweep at the deadline, the reader's
+//! hands it to the client's [`ClientPort`], in no client's wire format.
+//! Whoever takes an entry out of the map (the reader with the reply, the reader's sweep at the deadline, the reader's
 //! drain when the connection breaks) answers it, so each request is answered
 //! exactly once; `open` turns false under the same lock as the drain, so
 //! nothing is added to a map nobody will drain.
@@ -21,8 +21,10 @@
 //! queued behind thousands of pipelined writes, so a busy but healthy leader
 //! missed its checks and was failed over.
 
+mod encode;
+mod pending;
+
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,9 +34,7 @@ use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use semikv_protocol::handshake;
 use semikv_protocol::sync::lock;
-use semikv_protocol::{
-    frame, Hello, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role,
-};
+use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Response, Role};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -43,9 +43,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::replies::write_reply;
 use crate::outbox::{self, Outbound};
-use crate::request::{Answer, ClientPort, Retry, Slot, Tag};
+use crate::request::ClientPort;
+use encode::{checked_frame, encode_request, request_out};
+use pending::{
+    answer_all, expired, Forward, Pending, Waiter, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK,
+    SWEEP_EVERY,
+};
+pub use pending::{ForwardWrite, Read};
 
 /// Requests queued for one replica's socket before senders wait.
 const SEND_QUEUE: usize = 1024;
@@ -89,323 +94,11 @@ impl ConnError {
     }
 }
 
-/// Replies a connection's reader takes from its buffer before matching them
-/// all under one lock of the pending map.
-const MAX_REPLIES_PER_LOCK: usize = 256;
-
-/// How often a link looks for forwarded requests past their deadline.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// One read of a client's burst, for [`ReplicaLink::forward_reads`].
-#[derive(Debug)]
-pub struct Read {
-    /// The request's tag.
-    pub tag: Tag,
-    /// The read, kept to retry it elsewhere.
-    pub op: Op,
-    /// The request's slot, held until the answer is written.
-    pub slot: Slot,
-}
-
-/// A client's read forwarded without a future of its own: the replica's
-/// answer goes straight to the client's outbox, under the client's id.
-#[derive(Debug)]
-struct Forward {
-    port: Arc<ClientPort>,
-    read: Read,
-}
-
-/// A client's write forwarded to the leader without a future of its own:
-/// the leader's answer goes straight to the client's port, told as
-/// [`write_reply`] tells it: the reply as is, except `NotLeader`, which
-/// becomes `Unavailable` with a retry hint; a broken connection or no reply
-/// in time is `Indeterminate`. Once sent it is never sent again, not even
-/// after a broken link: it may have been applied.
-#[derive(Debug)]
-pub struct ForwardWrite {
-    /// Where the answer goes.
-    pub port: Arc<ClientPort>,
-    /// The request's tag.
-    pub tag: Tag,
-    /// The write (`Set` or `Delete`).
-    pub op: Op,
-    /// The request's slot, held until the answer is written.
-    pub slot: Slot,
-}
-
-/// A forwarded write once sent: its op is gone (never needed again).
-#[derive(Debug)]
-struct WriteInFlight {
-    port: Arc<ClientPort>,
-    tag: Tag,
-    slot: Slot,
-    timeout: Duration,
-}
-
-impl Forward {
-    fn retry(self, failed_on: usize) {
-        let Read { tag, op, slot } = self.read;
-        self.port.retry(Retry {
-            tag,
-            op,
-            failed_on,
-            slot,
-        });
-    }
-}
-
-impl WriteInFlight {
-    /// Answers the client; `kick` asks for a health round when the outcome
-    /// says the leader looks wrong.
-    fn settle(self, outcome: Result<Reply, ConnError>, kick: &Notify) {
-        let reply = write_reply(outcome, kick);
-        self.port.answer(self.tag, reply, self.slot);
-    }
-}
-
-/// What a request in flight on a replica connection is waiting with.
-#[derive(Debug)]
-enum Waiting {
-    /// A caller's future, on a oneshot.
-    Reply(oneshot::Sender<Reply>),
-    /// A forwarded client read, answered by the connection's reader, or
-    /// retried elsewhere if it fails; and its deadline.
-    Read(Forward, Instant),
-    /// A forwarded client write, answered by the connection's reader however
-    /// it ends; and its deadline.
-    Write(WriteInFlight, Instant),
-}
-
-impl Waiting {
-    /// When the sweep ends it; `None`: its caller's own timeout does.
-    fn deadline(&self) -> Option<Instant> {
-        match self {
-            Waiting::Reply(_) => None,
-            Waiting::Read(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
-        }
-    }
-
-    /// Ends a request that got no reply from replica `failed_on`: `late`
-    /// when its deadline passed, otherwise its connection broke.
-    fn fail(self, failed_on: usize, late: bool, kick: &Notify) {
-        match self {
-            // Dropping the sender answers the caller Broken.
-            Waiting::Reply(_) => {}
-            Waiting::Read(forward, _) => forward.retry(failed_on),
-            Waiting::Write(write, _) => {
-                let error = if late {
-                    ConnError::Timeout(write.timeout)
-                } else {
-                    ConnError::Broken
-                };
-                write.settle(Err(error), kick);
-            }
-        }
-    }
-}
-
-/// Appends the frame of request `id` for `op` to `buf`, from the op itself
-/// (put back afterwards, so it can stay with its pending entry); on an error
-/// (too long for a frame) `buf` is as it was.
-fn encode_request(
-    id: u64,
-    op: &mut Op,
-    max_frame_len: usize,
-    buf: &mut BytesMut,
-) -> Result<(), semikv_protocol::ProtocolError> {
-    let message = Message::Request(Request {
-        id: RequestId(id),
-        op: std::mem::replace(op, Op::Ping),
-    });
-    let encoded = frame::encode(&message, max_frame_len, buf);
-    if let Message::Request(request) = message {
-        *op = request.op;
-    }
-    encoded
-}
-
-/// Whether `op` fits in a frame of `max_frame_len` under any request id,
-/// from a bound on its encoding (tags, the longest id, length prefixes and
-/// its bytes); `false` only means "encode it to find out". Most requests
-/// are far below the limit and go to the outbox unencoded, with no buffer
-/// of their own.
-fn surely_fits(op: &Op, max_frame_len: usize) -> bool {
-    const OVERHEAD: usize = 32;
-    let body = match op {
-        Op::Get { key } | Op::Delete { key } => key.len(),
-        Op::Set { key, value } => key.len().saturating_add(value.len()),
-        _ => return false,
-    };
-    body.saturating_add(OVERHEAD) <= max_frame_len
-}
-
-/// The queue entry for request `id` when `op` may be near the frame limit
-/// (encoded here, so that one too long is refused before it is registered),
-/// `None` when it surely fits (see [`request_out`]).
-fn checked_frame(
-    id: u64,
-    op: &mut Op,
-    max_frame_len: usize,
-) -> Result<Option<Outbound>, semikv_protocol::ProtocolError> {
-    if surely_fits(op, max_frame_len) {
-        return Ok(None);
-    }
-    let mut frame = BytesMut::new();
-    encode_request(id, op, max_frame_len, &mut frame)?;
-    Ok(Some(Outbound::Frames(frame.freeze())))
-}
-
-/// The queue entry for request `id`, encoded by the outbox.
-fn request_out(id: u64, op: Op) -> Outbound {
-    Message::Request(Request {
-        id: RequestId(id),
-        op,
-    })
-    .into()
-}
-
-/// Answers the replies matched in one go (drained): each run of forwarded
-/// reads of one client goes to its port as one [`Answer::Run`], freeing all
-/// their slots once written; the rest one by one. A burst's reads went to
-/// one replica together, so their replies mostly come back together too:
-/// one queue entry and one wake-up for the run, not one per read.
-fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify) {
-    let mut run: Option<ReadRun> = None;
-    for (waiting, reply) in matched.drain(..) {
-        let forward = match waiting {
-            Waiting::Read(forward, _) => forward,
-            Waiting::Reply(waiter) => {
-                let _ = waiter.send(reply);
-                continue;
-            }
-            Waiting::Write(write, _) => {
-                write.settle(Ok(reply), kick);
-                continue;
-            }
-        };
-        match &mut run {
-            Some(same) if Arc::ptr_eq(&same.port, &forward.port) => same.add(forward.read, reply),
-            _ => {
-                if let Some(done) = run.take() {
-                    done.send();
-                }
-                let mut new = ReadRun {
-                    port: forward.port,
-                    replies: Vec::new(),
-                    slot: None,
-                };
-                new.add(forward.read, reply);
-                run = Some(new);
-            }
-        }
-    }
-    if let Some(done) = run.take() {
-        done.send();
-    }
-}
-
-/// Answers to forwarded reads of one client that arrived together.
-struct ReadRun {
-    port: Arc<ClientPort>,
-    replies: Vec<(Tag, Reply)>,
-    /// The slots of the answers so far, merged.
-    slot: Option<Slot>,
-}
-
-impl ReadRun {
-    fn add(&mut self, read: Read, reply: Reply) {
-        self.replies.push((read.tag, reply));
-        // All from the client's one semaphore: `merge` requires it.
-        match &mut self.slot {
-            Some(slot) => slot.merge(read.slot),
-            None => self.slot = Some(read.slot),
-        }
-    }
-
-    fn send(mut self) {
-        let Some(slot) = self.slot else { return };
-        let answer = if self.replies.len() == 1 {
-            let Some((tag, reply)) = self.replies.pop() else {
-                return;
-            };
-            Answer::One { tag, reply, slot }
-        } else {
-            Answer::Run {
-                replies: self.replies,
-                slot,
-            }
-        };
-        self.port.answers.deliver(answer);
-    }
-}
-
-/// Hashes a link's own request ids with one multiplication instead of
-/// SipHash: every forwarded request costs the pending map an insert and a
-/// remove, and the ids are a counter of ours that no peer chooses, so there
-/// is no flooding to resist. Sequential ids spread over every bucket (the
-/// multiplier is odd) and over the high bits the table's tags use.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    open: bool,
-    map: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
-}
-
 #[derive(Debug)]
 struct Conn {
     tx: mpsc::Sender<Outbound>,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
-}
-
-/// Takes the forwarded requests past their deadline out of the pending map.
-fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Waiting> {
-    let mut p = lock(pending);
-    let late: Vec<u64> = p
-        .map
-        .iter()
-        .filter(|(_, w)| w.deadline().is_some_and(|deadline| deadline <= now))
-        .map(|(&id, _)| id)
-        .collect();
-    late.into_iter()
-        .filter_map(|id| p.map.remove(&id))
-        .collect()
-}
-
-/// Takes a request's entry out of the pending map however the request ends
-/// without a reply: its own timeout, or the caller dropping the future (the
-/// health check wraps requests in a timeout that also covers the connect),
-/// so the map cannot grow on a live connection.
-struct Waiter<'a> {
-    pending: &'a Mutex<Pending>,
-    id: u64,
-    armed: bool,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(self.pending).map.remove(&self.id);
-        }
-    }
 }
 
 /// One connection slot of a link.
@@ -801,58 +494,5 @@ impl ReplicaLink {
             pending,
             closed,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::hash::BuildHasher;
-
-    use super::*;
-
-    #[test]
-    fn a_request_that_surely_fits_encodes_under_the_longest_id() {
-        for max in [32, 40, 64, 300, 70_000, 200_000] {
-            for len in (0..max + 2).step_by(if max > 1000 { 997 } else { 1 }) {
-                let key = bytes::Bytes::from(vec![b'k'; len.min(66_000)]);
-                let ops = [
-                    Op::Get { key: key.clone() },
-                    Op::Delete { key: key.clone() },
-                    Op::Set {
-                        key: key.slice(..key.len() / 2),
-                        value: vec![b'v'; len - key.len() / 2].into(),
-                    },
-                ];
-                for mut op in ops {
-                    if surely_fits(&op, max) {
-                        let mut buf = BytesMut::new();
-                        assert!(
-                            encode_request(u64::MAX, &mut op, max, &mut buf).is_ok(),
-                            "{len} bytes judged to fit in {max}"
-                        );
-                    }
-                }
-            }
-        }
-        // And the bound is not so loose that ordinary requests miss the
-        // fast path.
-        let op = Op::Set {
-            key: "key".into(),
-            value: vec![0u8; 100].into(),
-        };
-        assert!(surely_fits(&op, 200));
-    }
-
-    #[test]
-    fn sequential_ids_spread_over_buckets_and_tags() {
-        let build = BuildHasherDefault::<IdHasher>::default();
-        let hashes: Vec<u64> = (1..=4096u64).map(|id| build.hash_one(id)).collect();
-        // A table of 4096 buckets indexes by the low bits: no two collide.
-        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
-        assert_eq!(buckets.len(), 4096);
-        // The table's tags are the top 7 bits: all 128 of them are used.
-        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        assert_eq!(tags.len(), 128);
     }
 }
