@@ -5,6 +5,7 @@
 //! cancelled; the `semikv-server` binary only parses arguments around it
 //! ([`cli`]). Tests run it in-process on `127.0.0.1:0`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod log;

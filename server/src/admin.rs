@@ -1,0 +1,85 @@
+//! Admin requests from a balancer (promote, follow, fence): checked, the new
+//! epoch persisted before anything acts on it, then the role changed, one
+//! request at a time.
+
+use std::time::Duration;
+
+use semikv_protocol::{ErrorReply, Op, Reply};
+
+use crate::node::LeaderSettings;
+use crate::replica::Replica;
+use crate::storage;
+
+/// Carries out one admin op; refusals change nothing (every check runs
+/// before the epoch is persisted).
+pub async fn admin(replica: &Replica, op: Op) -> Reply {
+    let _serial = replica.admin.lock().await;
+    let epoch = match &op {
+        Op::Promote(p) => p.epoch,
+        Op::Follow(f) => f.epoch,
+        Op::Fence(f) => f.epoch,
+        _ => {
+            return Reply::Error(ErrorReply::Invalid {
+                reason: "not an admin op".to_string(),
+            })
+        }
+    };
+    // Everything that can refuse a promotion at a new epoch is checked
+    // before that epoch is persisted: a refused message changes nothing.
+    if let Op::Promote(p) = &op {
+        if let Err(e) = leader_settings(p).check() {
+            return Reply::Error(e);
+        }
+    }
+    let current = {
+        let node = replica.lock();
+        if let Err(e) = node.check_admin(epoch) {
+            return Reply::Error(e);
+        }
+        node.epoch()
+    };
+    if epoch > current {
+        let dir = replica.config.data_dir.clone();
+        let persisted =
+            tokio::task::spawn_blocking(move || storage::meta::store_epoch(&dir, epoch)).await;
+        match persisted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, epoch = %epoch, "could not persist the epoch");
+                return Reply::Error(ErrorReply::Storage {
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                return Reply::Error(ErrorReply::Storage {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    let result = replica.with(|n| {
+        match op {
+            Op::Promote(p) => n.promote(p.epoch, leader_settings(&p)),
+            Op::Follow(f) => n.follow(f.epoch, f.leader, f.leader_addr),
+            Op::Fence(f) => n.fence(f.epoch),
+            _ => Ok(()),
+        }
+        .map(|()| n.status())
+    });
+    match result {
+        Ok(status) => {
+            tracing::info!(epoch = %status.epoch, role = %status.role, last_index = %status.last_index, "role changed by the balancer");
+            Reply::Node(status)
+        }
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// The leadership settings a `Promote` carries.
+pub fn leader_settings(p: &semikv_protocol::Promote) -> LeaderSettings {
+    LeaderSettings {
+        sync_replicas: p.sync_replicas,
+        sync_timeout: Duration::from_millis(p.sync_timeout_ms),
+        async_fallback: p.async_fallback,
+    }
+}

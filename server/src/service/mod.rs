@@ -1,0 +1,363 @@
+//! Client, balancer and replica connections: handshake, role checks, and
+//! pipelined request handling. One bad peer costs only its own connection.
+//!
+//! Writes take no future, channel or timer of their own: a connection
+//! registers each with the node together with its completion queue
+//! ([`crate::node::Completion`]), the node pushes the answer when the write
+//! commits or fails, and the connection keeps the writes' sync deadlines in
+//! one queue behind one timer. Every accepted request gets exactly one
+//! answer; at most [`MAX_IN_FLIGHT`] are unanswered per connection, which is
+//! also the completion queue's capacity, so the node never finds it full.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use semikv_protocol::codec::FrameClock;
+use semikv_protocol::{
+    ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
+    WireError, WriteOp, PROTOCOL_VERSION,
+};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::replica::Replica;
+use crate::replication;
+use writes::Writes;
+
+/// How long a new connection may take to say Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests one connection may have in flight; past it we stop reading.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Longest a read waits for a new leader to commit its first entry.
+const READ_HOLD: Duration = Duration::from_secs(2);
+/// How long in-flight requests get to finish when a connection closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on writing one response batch to a client that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Conn = Framed<TcpStream, MessageCodec>;
+
+/// Serves one accepted connection to its end.
+pub async fn serve(replica: Arc<Replica>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
+    let hello = match timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
+        Err(_) | Ok(None) => return,
+        Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
+        Ok(Some(Ok(Message::Hello(hello)))) => hello,
+        Ok(Some(Ok(_))) => return reject(&mut conn, WireError::HandshakeRequired).await,
+    };
+    if let Err(e) = hello.check() {
+        return reject(&mut conn, e).await;
+    }
+    let welcome = Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        node: Some(replica.config.id),
+    });
+    if timeout(SEND_TIMEOUT, conn.send(welcome)).await.is_err() {
+        return;
+    }
+    match hello.role {
+        Role::Replica => replication::serve_follower(replica, conn, hello.node).await,
+        Role::Client | Role::Balancer => serve_requests(replica, conn, hello.role).await,
+    }
+}
+
+async fn reject(conn: &mut Conn, error: WireError) {
+    tracing::debug!(error = %error, "rejecting connection");
+    let _ = timeout(Duration::from_secs(1), conn.send(Message::Reject(error))).await;
+}
+
+async fn reject_protocol(conn: &mut Conn, error: &semikv_protocol::ProtocolError) {
+    tracing::info!(error = %error, "protocol error from peer; closing its connection");
+    if let Some(wire) = error.to_wire() {
+        reject(conn, wire).await;
+    }
+}
+
+/// Frames taken from the read buffer per wake-up before the answers ready so
+/// far are written: bounds the batch a pipelining peer can make us hold.
+const MAX_DRAIN: usize = 256;
+
+/// What one message from a client or balancer asks of the loop.
+enum Handling {
+    /// Answered at once.
+    Ready(Response),
+    /// A valid write: proposed to the node with the rest of its batch.
+    Write(RequestId, WriteOp),
+    /// A valid read: answered with the rest of its batch under one lock.
+    Read(Request),
+    /// Has to wait for something else (an admin request, a read held by a
+    /// new leader).
+    Later(Request),
+    /// Stop reading; say why if there is a reason to give.
+    Close(Option<WireError>),
+}
+
+async fn serve_requests(replica: Arc<Replica>, conn: Conn, role: Role) {
+    let mut writes = Writes::new();
+    serve_until_closed(&replica, conn, role, &mut writes).await;
+    writes.abandon(&replica);
+}
+
+async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writes: &mut Writes) {
+    let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
+    let mut in_flight = FuturesUnordered::new();
+    // Answers known at once (reads, pings, status), written together.
+    let mut ready: Vec<Response> = Vec::new();
+    // Writes taken in one wake-up, proposed under one lock.
+    let mut proposals: Vec<(RequestId, WriteOp)> = Vec::new();
+    // Reads taken in one wake-up, answered under one lock.
+    let mut reads: Vec<Request> = Vec::new();
+    let mut closing: Option<WireError> = None;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    // Once reading stops (the client closed, erred, or we shut down), what
+    // was already accepted is still answered, within DRAIN_TIMEOUT, by the
+    // same arms; then we say why we close.
+    let mut reading = true;
+    let drain = tokio::time::sleep(DRAIN_TIMEOUT);
+    tokio::pin!(drain);
+    let mut clock = FrameClock::new(replica.config.frame_timeout);
+    loop {
+        if !reading && in_flight.is_empty() && writes.pending == 0 {
+            break;
+        }
+        if let Some(at) = writes.rearm() {
+            timer.as_mut().reset(at);
+        }
+        tokio::select! {
+            Some(done) = writes.rx.recv(), if writes.pending > 0 => {
+                if send_batch(&mut sink, writes.answers(done)).await.is_err() {
+                    return;
+                }
+            }
+            () = &mut timer, if writes.armed.is_some() => writes.expire_due(replica),
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut batch = vec![response];
+                while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    batch.push(more);
+                }
+                if send_batch(&mut sink, batch).await.is_err() {
+                    return;
+                }
+            }
+            // Only while reading: past the in-flight bound whole frames wait
+            // in the buffer, and they are not stalled.
+            () = clock.tick(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
+                if let Err(stalled) = clock.check(&stream) {
+                    tracing::info!(error = %stalled, "closing a connection that stalled mid-frame");
+                    break;
+                }
+            }
+            msg = stream.next(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
+                clock.frame_arrived();
+                // Everything already in the read buffer is taken now too, and
+                // what can be answered at once is, without a future per
+                // request: a pipelined batch costs one wake-up, one lock for
+                // its writes and one write for its answers.
+                let mut msg = Some(msg);
+                let mut taken = 0;
+                let mut close = None;
+                while let Some(one) = msg.take() {
+                    match accept(replica, role, one) {
+                        Handling::Ready(response) => ready.push(response),
+                        Handling::Write(id, op) => proposals.push((id, op)),
+                        Handling::Read(request) => reads.push(request),
+                        Handling::Later(request) => in_flight.push(handle(replica.clone(), request)),
+                        Handling::Close(why) => {
+                            close = Some(why);
+                            break;
+                        }
+                    }
+                    taken += 1;
+                    if taken < MAX_DRAIN
+                        && in_flight.len() + writes.pending + proposals.len() + reads.len()
+                            < MAX_IN_FLIGHT
+                    {
+                        msg = stream.next().now_or_never();
+                    }
+                }
+                // Reads before the batch's writes are proposed, as if each
+                // had been answered when it was read.
+                for request in answer_reads(replica, &mut reads, &mut ready) {
+                    in_flight.push(handle(replica.clone(), request));
+                }
+                if !proposals.is_empty() {
+                    writes.propose(replica, &mut proposals, &mut ready);
+                }
+                if !ready.is_empty() && send_batch(&mut sink, std::mem::take(&mut ready)).await.is_err() {
+                    return;
+                }
+                if let Some(why) = close {
+                    closing = why;
+                    reading = false;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                }
+            }
+            () = replica.shutdown.cancelled(), if reading => {
+                reading = false;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+            }
+            () = &mut drain, if !reading => break,
+        }
+    }
+    if let Some(error) = closing {
+        tracing::debug!(error = %error, "rejecting connection");
+        let _ = timeout(Duration::from_secs(1), sink.send(Message::Reject(error))).await;
+    }
+}
+
+/// Sorts one message: answered now, answered later, or the end.
+fn accept(
+    replica: &Replica,
+    role: Role,
+    msg: Option<Result<Message, semikv_protocol::ProtocolError>>,
+) -> Handling {
+    match msg {
+        None => Handling::Close(None),
+        Some(Err(e)) => {
+            tracing::info!(error = %e, "protocol error from peer; closing its connection");
+            Handling::Close(e.to_wire())
+        }
+        Some(Ok(Message::Request(request))) => {
+            if request.op.is_admin() && role != Role::Balancer {
+                return Handling::Close(Some(WireError::WrongRole {
+                    role,
+                    what: request.op.name().to_string(),
+                }));
+            }
+            answer_now(replica, request)
+        }
+        Some(Ok(other)) => Handling::Close(Some(WireError::Unexpected {
+            what: other.name().to_string(),
+        })),
+    }
+}
+
+/// Answers `reads` (drained) from the node's committed state, under one lock
+/// for the batch, into `ready`; gives back those the node cannot serve yet
+/// (a new leader before its first commit), to wait as futures.
+fn answer_reads(
+    replica: &Replica,
+    reads: &mut Vec<Request>,
+    ready: &mut Vec<Response>,
+) -> Vec<Request> {
+    let mut later = Vec::new();
+    if reads.is_empty() {
+        return later;
+    }
+    let node = replica.lock();
+    if let Err(refused) = node.check_serving() {
+        ready.extend(reads.drain(..).map(|request| Response {
+            id: request.id,
+            reply: Reply::Error(refused.clone()),
+        }));
+        return later;
+    }
+    for request in reads.drain(..) {
+        let value = match &request.op {
+            Op::Get { key } => node.read(key),
+            _ => None,
+        };
+        match value {
+            Some(value) => ready.push(Response {
+                id: request.id,
+                reply: Reply::Value(value),
+            }),
+            None => later.push(request),
+        }
+    }
+    later
+}
+
+/// The answer to `request` if it needs no waiting (a ping, a status, or a
+/// request that fails validation), else the read or write to batch or the
+/// request to defer.
+fn answer_now(replica: &Replica, request: Request) -> Handling {
+    let id = request.id;
+    let reply = if let Err(reason) = request.op.validate(replica.config.max_value_len) {
+        Reply::Error(ErrorReply::Invalid { reason })
+    } else {
+        match request.op {
+            Op::Ping => Reply::Pong,
+            Op::Status => replica.lock().status_reply(),
+            Op::Get { .. } => return Handling::Read(request),
+            Op::Set { key, value } => return Handling::Write(id, WriteOp::Set { key, value }),
+            Op::Delete { key } => return Handling::Write(id, WriteOp::Delete { key }),
+            Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => return Handling::Later(request),
+        }
+    };
+    Handling::Ready(Response { id, reply })
+}
+
+async fn send_batch<S>(sink: &mut S, batch: Vec<Response>) -> Result<(), ()>
+where
+    S: futures::Sink<Message, Error = semikv_protocol::ProtocolError> + Unpin,
+{
+    let write = async {
+        for response in batch {
+            sink.feed(Message::Response(response)).await?;
+        }
+        sink.flush().await
+    };
+    match timeout(SEND_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Answers a request that waits on something other than a write's commit:
+/// a read held by a new leader, or an admin request.
+async fn handle(replica: Arc<Replica>, request: Request) -> Response {
+    let reply = match request.op {
+        Op::Get { key } => read(&replica, &key).await,
+        op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => {
+            crate::admin::admin(&replica, op).await
+        }
+        Op::Ping => Reply::Pong,
+        Op::Status => replica.lock().status_reply(),
+        // `accept` proposes writes itself; answer rather than panic if one
+        // ever gets here.
+        Op::Set { .. } | Op::Delete { .. } => Reply::Error(ErrorReply::Invalid {
+            reason: "a write reached the deferred path".to_string(),
+        }),
+    };
+    Response {
+        id: request.id,
+        reply,
+    }
+}
+
+/// Answers a read, waiting (bounded) while a new leader commits its first
+/// entry; see [`crate::node::Node::read`].
+async fn read(replica: &Replica, key: &[u8]) -> Reply {
+    let mut progress = replica.watch.progress.clone();
+    let deadline = tokio::time::Instant::now() + READ_HOLD;
+    loop {
+        progress.borrow_and_update();
+        {
+            let node = replica.lock();
+            if let Err(refused) = node.check_serving() {
+                return Reply::Error(refused);
+            }
+            if let Some(value) = node.read(key) {
+                return Reply::Value(value);
+            }
+        }
+        let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Reply::Error(ErrorReply::Unavailable {
+                retry_after_ms: 100,
+                reason: "new leader has not committed its first entry yet".to_string(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+mod writes;
