@@ -31,14 +31,12 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
             return Reply::Error(e);
         }
     }
-    let current = {
-        let node = replica.lock();
-        if let Err(e) = node.check_admin(epoch) {
-            return Reply::Error(e);
-        }
-        node.epoch()
+    let to_persist = replica.lock().epoch_to_persist(epoch);
+    let to_persist = match to_persist {
+        Ok(to_persist) => to_persist,
+        Err(e) => return Reply::Error(e),
     };
-    if epoch > current {
+    if let Some(epoch) = to_persist {
         let dir = replica.config.data_dir.clone();
         let persisted =
             tokio::task::spawn_blocking(move || storage::meta::store_epoch(&dir, epoch)).await;
@@ -56,6 +54,7 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
                 });
             }
         }
+        replica.with(|n| n.epoch_persisted(epoch));
     }
     let result = replica.with(|n| {
         match op {

@@ -342,6 +342,9 @@ pub struct Node {
     /// The epoch a fence moved this node to, while it has taken no role at
     /// it since: the only current epoch it may still be promoted at.
     promotable: Option<Epoch>,
+    /// The highest epoch known to be on disk: no role is taken at a higher
+    /// one (see [`Node::epoch_to_persist`]).
+    persisted: Epoch,
     /// Set when the log was found inconsistent with the leader's in a way
     /// the protocol rules out; the node then serves nothing.
     diverged: Option<String>,
@@ -395,6 +398,7 @@ impl Node {
             signals,
             held: None,
             promotable: None,
+            persisted: recovered.epoch,
             diverged: None,
         };
         let commit = recovered.commit.min(last).max(base);

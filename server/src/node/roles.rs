@@ -80,7 +80,7 @@ impl Node {
     /// entries a follower holds. `Diverged` once diverged. `Invalid` for
     /// settings out of range ([`LeaderSettings::check`]).
     pub fn promote(&mut self, epoch: Epoch, settings: LeaderSettings) -> Result<(), ErrorReply> {
-        self.check_admin(epoch)?;
+        self.check_acting(epoch)?;
         settings.check()?;
         if epoch == self.epoch {
             match &mut self.role {
@@ -132,7 +132,7 @@ impl Node {
         leader: ReplicaId,
         addr: String,
     ) -> Result<(), ErrorReply> {
-        self.check_admin(epoch)?;
+        self.check_acting(epoch)?;
         if epoch == self.epoch {
             match &self.role {
                 Role::Leader(_) => {
@@ -164,7 +164,7 @@ impl Node {
     /// # Errors
     /// `StaleEpoch` for an older epoch; `Diverged` once diverged.
     pub fn fence(&mut self, epoch: Epoch) -> Result<(), ErrorReply> {
-        self.check_admin(epoch)?;
+        self.check_acting(epoch)?;
         if epoch > self.epoch {
             self.enter_epoch(epoch, Role::Idle, "fenced");
             self.promotable = Some(epoch);
@@ -180,6 +180,41 @@ impl Node {
     pub fn check_admin(&self, epoch: Epoch) -> Result<(), ErrorReply> {
         self.check_serving()?;
         self.check_epoch(epoch)
+    }
+
+    /// The epoch an admin message at `epoch` needs on disk before the node
+    /// may act on it: `Some(epoch)` when it is above the highest epoch
+    /// persisted, `None` when nothing needs writing. The caller persists it
+    /// and reports it with [`Node::epoch_persisted`]; until then `promote`,
+    /// `follow` and `fence` at it are refused. A replica that acted on an
+    /// epoch it had not persisted could, after a crash, come back below it
+    /// and accept the deposed leader's stream again.
+    ///
+    /// # Errors
+    /// As [`Node::check_admin`]: the message is refused and nothing is
+    /// written.
+    pub fn epoch_to_persist(&self, epoch: Epoch) -> Result<Option<Epoch>, ErrorReply> {
+        self.check_admin(epoch)?;
+        Ok((epoch > self.persisted).then_some(epoch))
+    }
+
+    /// Records that `epoch` is on disk (fsynced): roles may be taken at it.
+    pub fn epoch_persisted(&mut self, epoch: Epoch) {
+        self.persisted = self.persisted.max(epoch);
+    }
+
+    /// [`Node::check_admin`], and the epoch is on disk.
+    fn check_acting(&self, epoch: Epoch) -> Result<(), ErrorReply> {
+        self.check_admin(epoch)?;
+        if epoch > self.persisted {
+            return Err(ErrorReply::Storage {
+                reason: format!(
+                    "epoch {epoch} is not on disk yet (persisted: {}); refusing to act on it",
+                    self.persisted
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn conflict(&self, reason: String) -> ErrorReply {
@@ -213,5 +248,40 @@ impl Node {
         self.enter_epoch(self.epoch, Role::Idle, "diverged");
         self.diverged = Some(reason.clone());
         StreamError::Diverged(reason)
+    }
+}
+
+/// The admin path as tests take it: the epoch persisted (as `admin` does
+/// before acting), then the role change.
+#[cfg(test)]
+impl Node {
+    pub(crate) fn persist_and_promote(
+        &mut self,
+        epoch: Epoch,
+        settings: LeaderSettings,
+    ) -> Result<(), ErrorReply> {
+        if let Ok(Some(epoch)) = self.epoch_to_persist(epoch) {
+            self.epoch_persisted(epoch);
+        }
+        self.promote(epoch, settings)
+    }
+
+    pub(crate) fn persist_and_follow(
+        &mut self,
+        epoch: Epoch,
+        leader: ReplicaId,
+        addr: String,
+    ) -> Result<(), ErrorReply> {
+        if let Ok(Some(epoch)) = self.epoch_to_persist(epoch) {
+            self.epoch_persisted(epoch);
+        }
+        self.follow(epoch, leader, addr)
+    }
+
+    pub(crate) fn persist_and_fence(&mut self, epoch: Epoch) -> Result<(), ErrorReply> {
+        if let Ok(Some(epoch)) = self.epoch_to_persist(epoch) {
+            self.epoch_persisted(epoch);
+        }
+        self.fence(epoch)
     }
 }

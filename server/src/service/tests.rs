@@ -85,7 +85,7 @@ impl Harness {
 
     fn promote(&self, epoch: u64, settings: LeaderSettings) {
         self.replica
-            .with(|n| n.promote(Epoch::from_raw(epoch.into()), settings))
+            .with(|n| n.persist_and_promote(Epoch::from_raw(epoch.into()), settings))
             .unwrap();
     }
 

@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn a_write_commits_only_when_durable_and_acknowledged_by_k_followers() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     assert_eq!(n.log.last_index(), LogIndex(1), "promotion appends a no-op");
     let (index, mut rx) = propose(&mut n, set("a", "1")).unwrap();
     assert_eq!(index, LogIndex(2));
@@ -26,7 +26,7 @@ fn a_write_commits_only_when_durable_and_acknowledged_by_k_followers() {
 #[test]
 fn without_enough_acknowledgements_nothing_commits_or_is_visible() {
     let mut n = fresh(1);
-    n.promote(
+    n.persist_and_promote(
         Epoch::from_raw(1),
         LeaderSettings {
             sync_replicas: 2,
@@ -48,7 +48,7 @@ fn without_enough_acknowledgements_nothing_commits_or_is_visible() {
 #[test]
 fn acks_of_another_epoch_are_ignored() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(2), SETTINGS).unwrap();
     propose(&mut n, set("a", "1")).unwrap();
     flush(&mut n);
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
@@ -82,7 +82,7 @@ fn an_inherited_tail_commits_only_with_an_entry_of_the_new_epoch() {
         Signals::new(),
     );
     assert_eq!(value(&n, "a"), None, "the tail is tentative after restart");
-    n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(2), SETTINGS).unwrap();
     flush(&mut n);
     // A follower holding only the old entry does not commit it.
     n.on_ack(ReplicaId(2), Epoch::from_raw(2), LogIndex(1));
@@ -122,7 +122,7 @@ fn a_new_leader_holds_reads_until_its_own_epoch_commits() {
         Some(Some(Bytes::from_static(b"1"))),
         "idle: stale is allowed"
     );
-    n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(2), SETTINGS).unwrap();
     assert_eq!(
         n.read(b"a"),
         None,
@@ -162,7 +162,7 @@ fn a_follower_refuses_writes_naming_its_leader() {
         propose(&mut n, set("a", "1")).unwrap_err(),
         ErrorReply::NotLeader { leader: None }
     );
-    n.follow(
+    n.persist_and_follow(
         Epoch::from_raw(1),
         ReplicaId(1),
         "127.0.0.1:9001".to_string(),
@@ -179,33 +179,37 @@ fn a_follower_refuses_writes_naming_its_leader() {
 #[test]
 fn stale_epochs_are_refused_everywhere() {
     let mut n = fresh(1);
-    n.fence(Epoch::from_raw(3)).unwrap();
+    n.persist_and_fence(Epoch::from_raw(3)).unwrap();
     let stale = ErrorReply::StaleEpoch {
         got: Epoch::from_raw(2),
         current: Epoch::from_raw(3),
     };
-    assert_eq!(n.promote(Epoch::from_raw(2), SETTINGS).unwrap_err(), stale);
     assert_eq!(
-        n.follow(Epoch::from_raw(2), ReplicaId(2), "x".to_string())
+        n.persist_and_promote(Epoch::from_raw(2), SETTINGS)
             .unwrap_err(),
         stale
     );
-    assert_eq!(n.fence(Epoch::from_raw(2)).unwrap_err(), stale);
+    assert_eq!(
+        n.persist_and_follow(Epoch::from_raw(2), ReplicaId(2), "x".to_string())
+            .unwrap_err(),
+        stale
+    );
+    assert_eq!(n.persist_and_fence(Epoch::from_raw(2)).unwrap_err(), stale);
     // The fenced epoch itself is accepted for the election that follows.
-    n.promote(Epoch::from_raw(3), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(3), SETTINGS).unwrap();
     assert_eq!(n.status().role, NodeRole::Leader);
     // A leader of an epoch cannot be told to follow in that same epoch.
     assert!(n
-        .follow(Epoch::from_raw(3), ReplicaId(2), "x".to_string())
+        .persist_and_follow(Epoch::from_raw(3), ReplicaId(2), "x".to_string())
         .is_err());
 }
 
 #[test]
 fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
-    n.fence(Epoch::from_raw(2)).unwrap();
+    n.persist_and_fence(Epoch::from_raw(2)).unwrap();
     assert!(matches!(
         rx.try_recv().unwrap(),
         Err(ErrorReply::Indeterminate { .. })

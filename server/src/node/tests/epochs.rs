@@ -63,11 +63,11 @@ fn deliver(id: u32, msgs: &[Msg]) -> Lifetime {
         let before = n.epoch;
         match msg {
             Msg::Fence(e) => {
-                let _ = n.fence(e);
+                let _ = n.persist_and_fence(e);
             }
             Msg::Promote(e) => {
                 let was_leader = matches!(n.role, Role::Leader(_)) && n.epoch == e;
-                if n.promote(e, SETTINGS).is_ok() && !was_leader {
+                if n.persist_and_promote(e, SETTINGS).is_ok() && !was_leader {
                     life.led.push(e);
                 }
             }
@@ -76,7 +76,8 @@ fn deliver(id: u32, msgs: &[Msg]) -> Lifetime {
                     Role::Follower(t) => Some((t.epoch, t.leader)),
                     _ => None,
                 };
-                if n.follow(e, ReplicaId(leader), addr(leader)).is_ok()
+                if n.persist_and_follow(e, ReplicaId(leader), addr(leader))
+                    .is_ok()
                     && was != Some((e, ReplicaId(leader)))
                 {
                     life.followed.push((e, leader));
@@ -196,11 +197,11 @@ fn a_paused_coordinators_late_promote_meets_the_newer_epoch() {
     // term 6 and told replica 1 to follow. A's promote arrives now.
     let (old, new) = (Epoch::new(5, A), Epoch::new(6, B));
     let mut n = node(1, Epoch::ZERO, MemLog::default());
-    n.fence(old).unwrap();
-    n.fence(new).unwrap();
-    n.follow(new, ReplicaId(2), addr(2)).unwrap();
+    n.persist_and_fence(old).unwrap();
+    n.persist_and_fence(new).unwrap();
+    n.persist_and_follow(new, ReplicaId(2), addr(2)).unwrap();
     assert!(matches!(
-        n.promote(old, SETTINGS),
+        n.persist_and_promote(old, SETTINGS),
         Err(ErrorReply::StaleEpoch { .. })
     ));
     assert_eq!(n.status().role, NodeRole::Follower);
@@ -210,19 +211,20 @@ fn a_paused_coordinators_late_promote_meets_the_newer_epoch() {
 fn a_follower_never_switches_to_a_second_leader_of_its_epoch() {
     let e = Epoch::new(3, A);
     let mut n = node(3, Epoch::ZERO, MemLog::default());
-    n.fence(e).unwrap();
-    n.follow(e, ReplicaId(1), addr(1)).unwrap();
+    n.persist_and_fence(e).unwrap();
+    n.persist_and_follow(e, ReplicaId(1), addr(1)).unwrap();
     assert!(matches!(
-        n.follow(e, ReplicaId(2), addr(2)),
+        n.persist_and_follow(e, ReplicaId(2), addr(2)),
         Err(ErrorReply::EpochConflict { .. })
     ));
     assert!(matches!(
-        n.promote(e, SETTINGS),
+        n.persist_and_promote(e, SETTINGS),
         Err(ErrorReply::EpochConflict { .. })
     ));
     // The same leader again (another balancer knows it by another
     // address) is no conflict.
-    n.follow(e, ReplicaId(1), "10.0.0.1:1".to_string()).unwrap();
+    n.persist_and_follow(e, ReplicaId(1), "10.0.0.1:1".to_string())
+        .unwrap();
     assert_eq!(n.status().leader.as_deref(), Some("10.0.0.1:1"));
 }
 
@@ -230,17 +232,17 @@ fn a_follower_never_switches_to_a_second_leader_of_its_epoch() {
 fn a_leader_is_never_told_to_follow_at_its_own_epoch() {
     let e = Epoch::new(3, A);
     let mut n = node(1, Epoch::ZERO, MemLog::default());
-    n.fence(e).unwrap();
-    n.promote(e, SETTINGS).unwrap();
+    n.persist_and_fence(e).unwrap();
+    n.persist_and_promote(e, SETTINGS).unwrap();
     assert!(matches!(
-        n.follow(e, ReplicaId(2), addr(2)),
+        n.persist_and_follow(e, ReplicaId(2), addr(2)),
         Err(ErrorReply::EpochConflict { .. })
     ));
     // A repeated promote (its answer was lost) keeps it leading.
-    n.promote(e, SETTINGS).unwrap();
+    n.persist_and_promote(e, SETTINGS).unwrap();
     assert_eq!(n.status().role, NodeRole::Leader);
     // A fence at its own epoch changes nothing either.
-    n.fence(e).unwrap();
+    n.persist_and_fence(e).unwrap();
     assert_eq!(n.status().role, NodeRole::Leader);
 }
 
@@ -258,24 +260,24 @@ fn a_leader_that_restarts_in_its_epoch_never_leads_it_again() {
     // replica 1 crashed before its own fsync and came back without it.
     let e = Epoch::new(4, A);
     let mut leader = node(1, Epoch::ZERO, MemLog::default());
-    leader.fence(e).unwrap();
-    leader.promote(e, SETTINGS).unwrap();
+    leader.persist_and_fence(e).unwrap();
+    leader.persist_and_promote(e, SETTINGS).unwrap();
     let mut durable = MemLog::default();
     durable.append(entry_at(1, e, WriteOp::Noop)).unwrap();
     let mut back = node(1, e, durable);
     // Led again at e, it would write another entry at index 2 of epoch e:
     // two different entries with one index and epoch.
     assert!(matches!(
-        back.promote(e, SETTINGS),
+        back.persist_and_promote(e, SETTINGS),
         Err(ErrorReply::EpochConflict { .. })
     ));
     // Even a fence at e (no change) does not make it promotable at e.
-    back.fence(e).unwrap();
-    assert!(back.promote(e, SETTINGS).is_err());
+    back.persist_and_fence(e).unwrap();
+    assert!(back.persist_and_promote(e, SETTINGS).is_err());
     // A new epoch is fine.
     let next = Epoch::new(5, A);
-    back.fence(next).unwrap();
-    back.promote(next, SETTINGS).unwrap();
+    back.persist_and_fence(next).unwrap();
+    back.persist_and_promote(next, SETTINGS).unwrap();
 }
 
 /// A follower of epoch `e` at replica 3 holding `ops` from index 1.
@@ -295,8 +297,8 @@ fn two_entries_of_one_index_and_epoch_are_caught_at_stream_start() {
     let mut f = follower_with(old, &[WriteOp::Noop, set("k", "from-one-leader")]);
     let theirs = entry_at(2, old, set("k", "from-the-other"));
     let new = Epoch::new(8, B);
-    f.fence(new).unwrap();
-    f.follow(new, ReplicaId(1), addr(1)).unwrap();
+    f.persist_and_fence(new).unwrap();
+    f.persist_and_follow(new, ReplicaId(1), addr(1)).unwrap();
     let gen = f.role_gen;
     let refused = f.on_stream_from(gen, new, LogIndex(2), old, theirs.checksum());
     assert!(
@@ -310,7 +312,7 @@ fn two_entries_of_one_index_and_epoch_are_caught_at_stream_start() {
         Reply::Error(ErrorReply::Diverged { .. })
     ));
     assert!(matches!(
-        f.follow(Epoch::new(9, B), ReplicaId(1), addr(1)),
+        f.persist_and_follow(Epoch::new(9, B), ReplicaId(1), addr(1)),
         Err(ErrorReply::Diverged { .. })
     ));
     assert!(f.check_serving().is_err(), "reads are refused too");
@@ -320,7 +322,7 @@ fn two_entries_of_one_index_and_epoch_are_caught_at_stream_start() {
 fn an_entry_of_another_epoch_at_the_prefix_is_caught() {
     let mut f = follower_with(Epoch::new(2, A), &[WriteOp::Noop, WriteOp::Noop]);
     let new = Epoch::new(3, B);
-    f.follow(new, ReplicaId(1), addr(1)).unwrap();
+    f.persist_and_follow(new, ReplicaId(1), addr(1)).unwrap();
     let gen = f.role_gen;
     let refused = f.on_stream_from(gen, new, LogIndex(2), Epoch::new(2, B), None);
     assert!(
@@ -336,7 +338,7 @@ fn the_same_entry_at_the_prefix_truncates_only_the_tail() {
     let mut f = follower_with(old, &ops);
     let shared = entry_at(2, old, set("a", "1"));
     let new = Epoch::new(3, B);
-    f.follow(new, ReplicaId(1), addr(1)).unwrap();
+    f.persist_and_follow(new, ReplicaId(1), addr(1)).unwrap();
     let gen = f.role_gen;
     f.on_stream_from(gen, new, LogIndex(2), old, shared.checksum())
         .unwrap();
@@ -348,14 +350,14 @@ fn the_same_entry_at_the_prefix_truncates_only_the_tail() {
 fn an_absurd_epoch_or_promote_is_refused_and_changes_nothing() {
     let now = Epoch::new(7, A);
     let mut n = node(1, Epoch::ZERO, MemLog::default());
-    n.fence(now).unwrap();
+    n.persist_and_fence(now).unwrap();
     // Past any number of elections: a persisted epoch there could leave no
     // epoch to elect at.
     let absurd = Epoch::new(MAX_TERM + 1, B);
     for refused in [
-        n.fence(absurd),
-        n.promote(absurd, SETTINGS),
-        n.follow(absurd, ReplicaId(2), addr(2)),
+        n.persist_and_fence(absurd),
+        n.persist_and_promote(absurd, SETTINGS),
+        n.persist_and_follow(absurd, ReplicaId(2), addr(2)),
     ] {
         assert!(
             matches!(refused, Err(ErrorReply::Invalid { .. })),
@@ -365,7 +367,7 @@ fn an_absurd_epoch_or_promote_is_refused_and_changes_nothing() {
     assert_eq!(n.epoch(), now);
     // However far below it, a jump is fine: replicas moved by different
     // amounts still take each other's epochs.
-    n.fence(Epoch::new(MAX_TERM, B)).unwrap();
+    n.persist_and_fence(Epoch::new(MAX_TERM, B)).unwrap();
     assert!(Epoch::new(MAX_TERM, B).successor(A).is_some());
     // Settings no balancer sends: every write would hang or wait forever.
     let mut fresh = node(2, Epoch::ZERO, MemLog::default());
@@ -379,11 +381,44 @@ fn an_absurd_epoch_or_promote_is_refused_and_changes_nothing() {
             ..SETTINGS
         },
     ] {
-        let refused = fresh.promote(Epoch::new(1, B), settings);
+        let refused = fresh.persist_and_promote(Epoch::new(1, B), settings);
         assert!(
             matches!(refused, Err(ErrorReply::Invalid { .. })),
             "{refused:?}"
         );
     }
     assert_eq!(fresh.status().role, NodeRole::Idle);
+}
+
+#[test]
+fn no_role_is_taken_at_an_epoch_before_it_is_on_disk() {
+    let e1 = Epoch::new(1, A);
+    let e2 = Epoch::new(2, A);
+    let mut n = node(1, e1, MemLog::default());
+    // At or below what recovery read from disk, nothing needs writing.
+    assert_eq!(n.epoch_to_persist(e1), Ok(None));
+    assert_eq!(n.epoch_to_persist(e2), Ok(Some(e2)));
+    // Acting before the write is reported is refused, and changes nothing.
+    for refused in [
+        n.fence(e2),
+        n.promote(e2, SETTINGS),
+        n.follow(e2, ReplicaId(2), addr(2)),
+    ] {
+        assert!(
+            matches!(&refused, Err(ErrorReply::Storage { reason }) if reason.contains("not on disk")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(n.epoch(), e1);
+    assert_eq!(n.status().role, NodeRole::Idle);
+    n.epoch_persisted(e2);
+    assert_eq!(n.epoch_to_persist(e2), Ok(None));
+    n.fence(e2).unwrap();
+    n.promote(e2, SETTINGS).unwrap();
+    assert_eq!((n.epoch(), n.status().role), (e2, NodeRole::Leader));
+    // A stale epoch is refused before anything would be written.
+    assert!(matches!(
+        n.epoch_to_persist(e1),
+        Err(ErrorReply::StaleEpoch { .. })
+    ));
 }

@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn a_follower_applies_only_what_the_leader_committed() {
     let mut n = fresh(2);
-    n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
         .unwrap();
     let gen = n.role_gen;
     stream_from(&mut n, gen, 1, 0).unwrap();
@@ -50,7 +50,7 @@ fn a_follower_applies_only_what_the_leader_committed() {
 #[test]
 fn a_batch_that_does_not_continue_the_log_is_refused() {
     let mut n = fresh(2);
-    n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
         .unwrap();
     let gen = n.role_gen;
     let gap = n.on_entries(
@@ -74,11 +74,11 @@ fn a_batch_that_does_not_continue_the_log_is_refused() {
 #[test]
 fn a_deposed_leader_truncates_its_unacknowledged_tail() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     propose(&mut n, set("lost", "x")).unwrap();
     flush(&mut n);
     assert_eq!(n.log.last_index(), LogIndex(2));
-    n.follow(Epoch::from_raw(2), ReplicaId(2), "l2".to_string())
+    n.persist_and_follow(Epoch::from_raw(2), ReplicaId(2), "l2".to_string())
         .unwrap();
     let gen = n.role_gen;
     // The new leader shares only the no-op.
@@ -105,7 +105,7 @@ fn a_deposed_leader_truncates_its_unacknowledged_tail() {
 #[test]
 fn a_stream_may_never_cut_committed_entries() {
     let mut n = fresh(2);
-    n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
         .unwrap();
     let gen = n.role_gen;
     stream_from(&mut n, gen, 1, 0).unwrap();
@@ -131,10 +131,10 @@ fn a_stream_may_never_cut_committed_entries() {
 #[test]
 fn stream_events_of_an_old_role_are_superseded() {
     let mut n = fresh(2);
-    n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
         .unwrap();
     let old = n.role_gen;
-    n.follow(Epoch::from_raw(2), ReplicaId(3), "l3".to_string())
+    n.persist_and_follow(Epoch::from_raw(2), ReplicaId(3), "l3".to_string())
         .unwrap();
     assert_eq!(stream_from(&mut n, old, 1, 0), Err(StreamError::Superseded));
     assert_eq!(
@@ -146,7 +146,7 @@ fn stream_events_of_an_old_role_are_superseded() {
 #[test]
 fn durability_reports_of_an_older_generation_are_ignored() {
     let mut n = fresh(2);
-    n.follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
         .unwrap();
     let gen = n.role_gen;
     stream_from(&mut n, gen, 1, 0).unwrap();

@@ -12,7 +12,7 @@ const SETTINGS: LeaderSettings = LeaderSettings {
 /// Replica 1 leading epoch 1 with async fallback on.
 fn fallback_leader() -> Node {
     let mut n = fresh(1);
-    n.promote(
+    n.persist_and_promote(
         Epoch::from_raw(1),
         LeaderSettings {
             async_fallback: true,
@@ -106,7 +106,7 @@ fn value(node: &Node, key: &str) -> Option<Bytes> {
 /// A leader at epoch 1 that needs no follower acknowledgement.
 fn lone_leader() -> Node {
     let mut n = fresh(1);
-    n.promote(
+    n.persist_and_promote(
         Epoch::from_raw(1),
         LeaderSettings {
             sync_replicas: 0,

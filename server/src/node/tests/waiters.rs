@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn a_storage_failure_fails_pending_and_new_writes() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
     n.on_storage_failure("disk full".to_string());
     // In the log, perhaps on a follower already: its outcome is unknown.
@@ -38,7 +38,7 @@ fn propose_ticket(n: &mut Node, op: WriteOp) -> (Ticket, mpsc::Receiver<WriteDon
 #[test]
 fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
     flush(&mut n);
     assert_eq!(n.waiting_writes(), 1);
@@ -66,7 +66,7 @@ fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
 #[test]
 fn a_committed_write_is_left_alone_by_its_expiry() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
     flush(&mut n);
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
@@ -125,7 +125,7 @@ fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(WriteOp, Completion)> {
 #[test]
 fn a_batch_of_proposals_signals_once_and_registers_each_write() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     flush(&mut n);
     let progress = *n.signals.progress.borrow();
     let outbox = *n.signals.outbox.borrow();
@@ -159,7 +159,7 @@ fn a_batch_of_proposals_signals_once_and_registers_each_write() {
 #[test]
 fn a_panic_inside_a_batch_does_not_leave_signals_held() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     flush(&mut n);
     let (to, _rx) = mpsc::channel(16);
     let writes = batch(3, &to);
@@ -179,16 +179,16 @@ fn a_panic_inside_a_batch_does_not_leave_signals_held() {
 #[test]
 fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
     let mut n = fresh(1);
-    n.promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (old, mut old_rx) = propose_ticket(&mut n, set("a", "1"));
-    n.fence(Epoch::from_raw(2)).unwrap();
+    n.persist_and_fence(Epoch::from_raw(2)).unwrap();
     let done = old_rx.try_recv().unwrap();
     assert!(matches!(
         done.response.reply,
         Reply::Error(ErrorReply::Indeterminate { .. })
     ));
     assert!(old <= done.settled, "a step-down settles every write");
-    n.promote(Epoch::from_raw(2), SETTINGS).unwrap();
+    n.persist_and_promote(Epoch::from_raw(2), SETTINGS).unwrap();
     let (new, mut new_rx) = propose_ticket(&mut n, set("b", "2"));
     assert!(old < new);
     // The same index under the old generation names nothing now.
