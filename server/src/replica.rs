@@ -1,6 +1,8 @@
-//! The running replica: the node state machine behind its lock, the signal
-//! that wakes the WAL writer, and what every task shares.
+//! The running replica: the node state machine behind its lock, the guard
+//! that carries out what each change asks for, the signal that wakes the
+//! WAL writer, and what every task shares.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
@@ -47,7 +49,14 @@ impl Watches {
 
 impl Replica {
     /// Wraps a node.
-    pub fn new(node: Node, watch: Watches, config: Config, shutdown: CancellationToken) -> Replica {
+    pub fn new(
+        mut node: Node,
+        watch: Watches,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Replica {
+        // What building the node asked for (its durable index) goes out now.
+        node.flush_effects();
         Replica {
             node: Mutex::new(node),
             writer_wake: Condvar::new(),
@@ -58,24 +67,30 @@ impl Replica {
         }
     }
 
-    /// Locks the node. A poisoned lock means a task panicked mid-change; the
-    /// state is still the last consistent one every rule left it in, because
-    /// node methods validate before they mutate.
-    pub fn lock(&self) -> MutexGuard<'_, Node> {
+    /// Locks the node; what the changes made through the guard ask for is
+    /// carried out when it drops. A poisoned lock means a task panicked
+    /// mid-change; the state is still the last consistent one every rule
+    /// left it in, because node methods validate before they mutate.
+    pub fn lock(&self) -> NodeGuard<'_> {
+        NodeGuard {
+            node: semikv_protocol::sync::lock(&self.node),
+            writer_wake: &self.writer_wake,
+        }
+    }
+
+    /// Locks the node for the WAL writer's wait ([`Self::wait_for_work`]),
+    /// without the guard: the writer only takes the outbox, which asks for
+    /// nothing.
+    pub fn lock_for_writer(&self) -> MutexGuard<'_, Node> {
         semikv_protocol::sync::lock(&self.node)
     }
 
-    /// Runs `f` on the node and wakes the WAL writer if it queued disk work.
-    /// Never call it across an `.await`.
+    /// Runs `f` on the node, then carries out what it asked for (answers,
+    /// wake-ups of the streams and of the WAL writer). Never call it across
+    /// an `.await`.
     pub fn with<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
         let mut node = self.lock();
-        let r = f(&mut node);
-        let wake = !node.outbox_is_empty();
-        drop(node);
-        if wake {
-            self.writer_wake.notify_one();
-        }
-        r
+        f(&mut node)
     }
 
     /// For the writer: waits on the node lock until woken or `timeout`.
@@ -93,5 +108,37 @@ impl Replica {
     /// Wakes the writer (at shutdown).
     pub fn wake_writer(&self) {
         self.writer_wake.notify_all();
+    }
+}
+
+/// The locked node. Dropping it carries out what the changes made through
+/// it asked for ([`Node::flush_effects`]), still under the lock so that
+/// effects leave in the order of the changes, and wakes the WAL writer when
+/// it has work.
+#[derive(Debug)]
+pub struct NodeGuard<'a> {
+    node: MutexGuard<'a, Node>,
+    writer_wake: &'a Condvar,
+}
+
+impl Deref for NodeGuard<'_> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl DerefMut for NodeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        if self.node.flush_effects() {
+            self.writer_wake.notify_one();
+        }
     }
 }

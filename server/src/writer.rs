@@ -54,7 +54,7 @@ fn write_loop(
     let mut last_sync = Instant::now();
     loop {
         let (cmds, generation, last) = {
-            let mut node = replica.lock();
+            let mut node = replica.lock_for_writer();
             loop {
                 if !node.outbox_is_empty() {
                     break node.take_outbox();
@@ -76,7 +76,7 @@ fn write_loop(
                     drop(node);
                     last_sync = fsync(wal, stats)?;
                     unsynced = false;
-                    node = replica.lock();
+                    node = replica.lock_for_writer();
                     continue;
                 }
                 node = replica.wait_for_work(node, wait);

@@ -81,7 +81,7 @@ impl Node {
             self.log.truncate_after(prefix);
             self.generation += 1;
             self.durable = self.durable.min(prefix);
-            self.signals.durable.send_replace(self.durable);
+            self.effects.durable = Some(self.durable);
             self.push_wal(WalCmd::TruncateAfter(prefix));
         }
         Ok(())
@@ -162,7 +162,7 @@ impl Node {
         self.recorded_commit = last_index;
         self.generation += 1;
         self.durable = last_index;
-        self.signals.durable.send_replace(last_index);
+        self.effects.durable = Some(last_index);
         self.push_wal(WalCmd::Reset(last_index));
         self.signal_progress();
         Ok(())

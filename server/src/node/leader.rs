@@ -57,22 +57,11 @@ impl Node {
         writes: impl IntoIterator<Item = (WriteOp, Completion)>,
         mut answer: impl FnMut(RequestId, Result<Proposed, ErrorReply>),
     ) {
-        /// Sends what was held when dropped, so a panic mid-batch (the
-        /// node's lock recovers from poisoning) cannot leave every later
-        /// signal held back.
-        struct Release<'a>(&'a mut Node);
-
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.release_signals();
-            }
-        }
-
-        self.held = Some(HeldSignals::default());
-        let node = Release(self);
+        // The wake-ups are effects, sent once at the flush however many
+        // writes asked for them.
         for (op, completion) in writes {
             let id = completion.id;
-            answer(id, node.0.propose(op, completion));
+            answer(id, self.propose(op, completion));
         }
     }
 
@@ -165,7 +154,7 @@ impl Node {
                     role_gen: self.role_gen,
                     index: LogIndex(0),
                 };
-                deliver(completion, reply, settled);
+                answer(&mut self.effects, completion, reply, settled);
             }
         }
         Expiry::NotEnoughReplicas

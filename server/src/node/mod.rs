@@ -137,21 +137,73 @@ pub enum Expiry {
     NotEnoughReplicas,
 }
 
-/// Pushes `reply` to the write's connection. Room is guaranteed by the
-/// connection (see [`Completion`]); a closed queue means the connection is
-/// gone and nobody is left to tell.
-fn deliver(completion: Completion, reply: Reply, settled: Ticket) {
-    let pushed = completion.to.try_send(WriteDone {
+/// What the node asks of the tasks around it after a change: the node's
+/// methods only record these, and whoever holds the node's lock carries them
+/// out when it lets go ([`Node::flush_effects`], which the replica's lock
+/// guard calls), so no method of the node sends on a channel and a test can
+/// see what a call asked for ([`Node::take_effects`]).
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Answers to registered writes, in the order they were settled.
+    pub answers: Vec<(Completion, WriteDone)>,
+    /// The log grew or the commit index moved: wake the follower streams
+    /// and the reads held for a new leader's first commit.
+    pub progress: bool,
+    /// The WAL outbox has work: wake the writer.
+    pub outbox: bool,
+    /// The durable last index moved here (followers acknowledge it).
+    pub durable: Option<LogIndex>,
+    /// The leader to follow changed to this.
+    pub target: Option<Option<FollowTarget>>,
+}
+
+impl Effects {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+            && !self.progress
+            && !self.outbox
+            && self.durable.is_none()
+            && self.target.is_none()
+    }
+
+    /// Carries them out on `signals`: each answer pushed to its
+    /// connection's queue (room is guaranteed by the connection, see
+    /// [`Completion`]; a closed queue means nobody is left to tell), each
+    /// signal sent once, however many changes asked for it.
+    pub fn apply(self, signals: &Signals) {
+        for (completion, done) in self.answers {
+            let pushed = completion.to.try_send(done);
+            debug_assert!(
+                !matches!(pushed, Err(mpsc::error::TrySendError::Full(_))),
+                "a completion queue had no room for a write it registered"
+            );
+        }
+        if let Some(target) = self.target {
+            signals.target.send_replace(target);
+        }
+        if let Some(durable) = self.durable {
+            signals.durable.send_replace(durable);
+        }
+        if self.outbox {
+            signals.outbox.send_modify(|n| *n += 1);
+        }
+        if self.progress {
+            signals.progress.send_modify(|p| *p += 1);
+        }
+    }
+}
+
+/// Records the answer `reply` to a registered write.
+fn answer(effects: &mut Effects, completion: Completion, reply: Reply, settled: Ticket) {
+    let done = WriteDone {
         response: Response {
             id: completion.id,
             reply,
         },
         settled,
-    });
-    debug_assert!(
-        !matches!(pushed, Err(mpsc::error::TrySendError::Full(_))),
-        "a completion queue had no room for a write it registered"
-    );
+    };
+    effects.answers.push((completion, done));
 }
 
 /// The leader a follower pulls from.
@@ -336,9 +388,8 @@ pub struct Node {
     /// The in-memory log is dropped up to here, a step at a time.
     compact_to: LogIndex,
     signals: Signals,
-    /// While [`Node::propose_batch`] runs, the progress and outbox signals
-    /// are noted here and sent once at its end.
-    held: Option<HeldSignals>,
+    /// What the changes since the last flush ask of the tasks around.
+    effects: Effects,
     /// The epoch a fence moved this node to, while it has taken no role at
     /// it since: the only current epoch it may still be promoted at.
     promotable: Option<Epoch>,
@@ -348,14 +399,6 @@ pub struct Node {
     /// Set when the log was found inconsistent with the leader's in a way
     /// the protocol rules out; the node then serves nothing.
     diverged: Option<String>,
-}
-
-/// Signals owed while they are held back: one wake-up for a batch of
-/// writes instead of two per write.
-#[derive(Debug, Default, Clone, Copy)]
-struct HeldSignals {
-    progress: bool,
-    outbox: bool,
 }
 
 /// What recovery found on disk.
@@ -396,14 +439,14 @@ impl Node {
             compact_to: LogIndex(0),
             log: recovered.log,
             signals,
-            held: None,
+            effects: Effects::default(),
             promotable: None,
             persisted: recovered.epoch,
             diverged: None,
         };
         let commit = recovered.commit.min(last).max(base);
         node.set_commit(commit);
-        node.signals.durable.send_replace(last);
+        node.effects.durable = Some(last);
         node
     }
 
@@ -482,33 +525,32 @@ impl Node {
         ErrorReply::NotLeader { leader }
     }
 
-    /// Sends the signals [`Node::propose_batch`] held back, once each.
-    fn release_signals(&mut self) {
-        if let Some(held) = self.held.take() {
-            if held.outbox {
-                self.signal_outbox();
-            }
-            if held.progress {
-                self.signal_progress();
-            }
+    /// What the changes since the last flush asked for, taken (for tests,
+    /// and for callers that carry them out elsewhere).
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Carries out what the changes since the last flush asked for (see
+    /// [`Effects::apply`]); returns whether the WAL writer has work.
+    pub fn flush_effects(&mut self) -> bool {
+        let effects = self.take_effects();
+        let outbox = effects.outbox;
+        if !effects.is_empty() {
+            effects.apply(&self.signals);
         }
+        outbox
     }
 
     /// Tells the follower streams (and held reads) that the log or the
     /// commit index moved.
     fn signal_progress(&mut self) {
-        match &mut self.held {
-            Some(held) => held.progress = true,
-            None => self.signals.progress.send_modify(|p| *p += 1),
-        }
+        self.effects.progress = true;
     }
 
     /// Tells the WAL writer there is work queued.
     fn signal_outbox(&mut self) {
-        match &mut self.held {
-            Some(held) => held.outbox = true,
-            None => self.signals.outbox.send_modify(|n| *n += 1),
-        }
+        self.effects.outbox = true;
     }
 
     /// Queues one WAL record, into the batch already queued if there is one
@@ -553,7 +595,7 @@ impl Node {
         let index = index.min(self.log.last_index());
         if index > self.durable {
             self.durable = index;
-            self.signals.durable.send_replace(index);
+            self.effects.durable = Some(index);
             self.advance_commit();
         }
     }
@@ -572,7 +614,7 @@ impl Node {
                 let reply = Reply::Error(ErrorReply::Indeterminate {
                     reason: format!("the leader's disk failed with the write in flight: {reason}"),
                 });
-                deliver(completion, reply, settled);
+                answer(&mut self.effects, completion, reply, settled);
             }
         }
         self.failed = Some(reason);
@@ -601,7 +643,12 @@ impl Node {
                     break;
                 }
                 let (index, completion) = entry.remove_entry();
-                deliver(completion, Reply::Written { index }, settled);
+                answer(
+                    &mut self.effects,
+                    completion,
+                    Reply::Written { index },
+                    settled,
+                );
             }
         }
         self.signal_progress();

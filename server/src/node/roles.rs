@@ -49,7 +49,7 @@ impl Node {
                 let reply = Reply::Error(ErrorReply::Indeterminate {
                     reason: format!("leader stepped down: {reason}"),
                 });
-                deliver(completion, reply, settled);
+                answer(&mut self.effects, completion, reply, settled);
             }
         }
         self.epoch = epoch;
@@ -63,7 +63,7 @@ impl Node {
             }
             _ => None,
         };
-        self.signals.target.send_replace(target);
+        self.effects.target = Some(target);
         self.signal_progress();
     }
 

@@ -16,9 +16,11 @@ fn a_write_commits_only_when_durable_and_acknowledged_by_k_followers() {
         LogIndex(0),
         "not durable on the leader yet"
     );
+    n.flush_effects();
     assert!(rx.try_recv().is_err());
     flush(&mut n);
     assert_eq!(n.commit_index(), LogIndex(2));
+    n.flush_effects();
     assert_eq!(rx.try_recv().unwrap(), Ok(LogIndex(2)));
     assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
 }
@@ -42,6 +44,7 @@ fn without_enough_acknowledgements_nothing_commits_or_is_visible() {
     assert_eq!(n.ack_count(LogIndex(2)), (1, 2));
     assert!(!n.force_commit(LogIndex(2)), "async fallback is off");
     n.on_ack(ReplicaId(3), Epoch::from_raw(1), LogIndex(2));
+    n.flush_effects();
     assert_eq!(rx.try_recv().unwrap(), Ok(LogIndex(2)));
 }
 
@@ -210,6 +213,7 @@ fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
     n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
     n.persist_and_fence(Epoch::from_raw(2)).unwrap();
+    n.flush_effects();
     assert!(matches!(
         rx.try_recv().unwrap(),
         Err(ErrorReply::Indeterminate { .. })

@@ -10,6 +10,7 @@ fn a_storage_failure_fails_pending_and_new_writes() {
     let (_, mut rx) = propose(&mut n, set("a", "1")).unwrap();
     n.on_storage_failure("disk full".to_string());
     // In the log, perhaps on a follower already: its outcome is unknown.
+    n.flush_effects();
     assert!(matches!(
         rx.try_recv().unwrap(),
         Err(ErrorReply::Indeterminate { .. })
@@ -43,6 +44,7 @@ fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
     flush(&mut n);
     assert_eq!(n.waiting_writes(), 1);
     assert_eq!(n.expire(ticket), Expiry::NotEnoughReplicas);
+    n.flush_effects();
     let done = rx.try_recv().unwrap();
     assert_eq!(done.response.id, RequestId(9));
     assert_eq!(
@@ -60,6 +62,7 @@ fn an_expired_write_is_answered_not_enough_replicas_exactly_once() {
     assert!(!n.forget(ticket));
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
     assert_eq!(n.commit_index(), ticket.index);
+    n.flush_effects();
     assert!(rx.try_recv().is_err());
 }
 
@@ -70,6 +73,7 @@ fn a_committed_write_is_left_alone_by_its_expiry() {
     let (ticket, mut rx) = propose_ticket(&mut n, set("a", "1"));
     flush(&mut n);
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), ticket.index);
+    n.flush_effects();
     let done = rx.try_recv().unwrap();
     assert_eq!(
         done.response.reply,
@@ -79,6 +83,7 @@ fn a_committed_write_is_left_alone_by_its_expiry() {
     );
     assert!(ticket <= done.settled);
     assert_eq!(n.expire(ticket), Expiry::AlreadyAnswered);
+    n.flush_effects();
     assert!(rx.try_recv().is_err());
 }
 
@@ -89,12 +94,14 @@ fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
     let (second, mut rx2) = propose_ticket(&mut n, set("b", "2"));
     // Not durable yet: the fallback cannot commit it.
     assert_eq!(n.expire(first), Expiry::NotEnoughReplicas);
+    n.flush_effects();
     assert!(matches!(
         rx1.try_recv().unwrap().response.reply,
         Reply::Error(ErrorReply::NotEnoughReplicas { .. })
     ));
     flush(&mut n);
     assert_eq!(n.expire(second), Expiry::CommittedAsync);
+    n.flush_effects();
     let done = rx2.try_recv().unwrap();
     assert_eq!(
         done.response.reply,
@@ -105,6 +112,7 @@ fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
     assert!(second <= done.settled);
     assert_eq!(value(&n, "b"), Some(Bytes::from_static(b"2")));
     assert_eq!(n.expire(second), Expiry::AlreadyAnswered);
+    n.flush_effects();
     assert!(rx1.try_recv().is_err() && rx2.try_recv().is_err());
     assert_eq!(n.waiting_writes(), 0);
 }
@@ -123,10 +131,11 @@ fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(WriteOp, Completion)> {
 }
 
 #[test]
-fn a_batch_of_proposals_signals_once_and_registers_each_write() {
+fn a_batch_of_proposals_asks_for_each_wake_up_once_and_registers_each_write() {
     let mut n = fresh(1);
     n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     flush(&mut n);
+    n.flush_effects();
     let progress = *n.signals.progress.borrow();
     let outbox = *n.signals.outbox.borrow();
     let (to, mut rx) = mpsc::channel(16);
@@ -138,40 +147,52 @@ fn a_batch_of_proposals_signals_once_and_registers_each_write() {
         (0..10).map(|i| (RequestId(i), true)).collect::<Vec<_>>()
     );
     assert_eq!(n.waiting_writes(), 10);
-    // Two wake-ups for the batch, not two per write.
+    // The node sent nothing itself: the batch asks for two wake-ups, once
+    // each, and answers nobody yet.
+    assert_eq!(*n.signals.progress.borrow(), progress);
+    let effects = n.take_effects();
+    assert!(effects.progress && effects.outbox && effects.answers.is_empty());
+    effects.apply(&n.signals);
     assert_eq!(*n.signals.progress.borrow(), progress + 1);
     assert_eq!(*n.signals.outbox.borrow(), outbox + 1);
-    // Signals are no longer held once the batch is done.
+    // One acknowledgement commits the batch: ten answers, in index order,
+    // one progress wake-up.
     flush(&mut n);
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(11));
-    assert!(*n.signals.progress.borrow() > progress + 1);
-    let mut ids: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
-        .map(|done| {
+    let effects = n.take_effects();
+    assert!(effects.progress);
+    let ids: Vec<u64> = effects
+        .answers
+        .iter()
+        .map(|(completion, done)| {
             assert!(matches!(done.response.reply, Reply::Written { .. }));
+            assert_eq!(completion.id, done.response.id);
             done.response.id.0
         })
         .collect();
-    ids.sort_unstable();
     assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    effects.apply(&n.signals);
+    assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 10);
     assert_eq!(n.waiting_writes(), 0);
 }
 
 #[test]
-fn a_panic_inside_a_batch_does_not_leave_signals_held() {
+fn a_panic_inside_a_batch_loses_no_wake_up() {
     let mut n = fresh(1);
     n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     flush(&mut n);
+    n.flush_effects();
     let (to, _rx) = mpsc::channel(16);
     let writes = batch(3, &to);
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         n.propose_batch(writes, |_, _| panic!("an answer handler failed"));
     }));
     assert!(panicked.is_err());
-    // What the batch held was sent on the way out...
+    // The write proposed before the panic is in the outbox, and its
+    // wake-ups are still asked for: the next flush sends them.
     let progress = *n.signals.progress.borrow();
     let outbox = *n.signals.outbox.borrow();
-    // ...and later writes signal at once again.
-    propose(&mut n, set("after", "v")).unwrap();
+    assert!(n.flush_effects(), "the writer is not woken");
     assert!(*n.signals.progress.borrow() > progress);
     assert!(*n.signals.outbox.borrow() > outbox);
 }
@@ -182,6 +203,7 @@ fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
     n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
     let (old, mut old_rx) = propose_ticket(&mut n, set("a", "1"));
     n.persist_and_fence(Epoch::from_raw(2)).unwrap();
+    n.flush_effects();
     let done = old_rx.try_recv().unwrap();
     assert!(matches!(
         done.response.reply,
@@ -199,6 +221,7 @@ fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
     assert_eq!(n.expire(stale), Expiry::AlreadyAnswered);
     assert!(!n.forget(stale));
     assert_eq!(n.waiting_writes(), 1);
+    n.flush_effects();
     assert!(new_rx.try_recv().is_err());
     assert!(n.forget(new));
     assert_eq!(n.waiting_writes(), 0);
@@ -207,6 +230,7 @@ fn a_ticket_of_an_older_leadership_never_touches_a_newer_waiter() {
     flush(&mut n);
     n.on_ack(ReplicaId(2), Epoch::from_raw(2), new.index);
     assert_eq!(n.commit_index(), new.index);
+    n.flush_effects();
     assert!(new_rx.try_recv().is_err());
 }
 
