@@ -17,12 +17,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::FramedRead;
 
-use super::{
-    error_kind, judge, outcome_unknown, parse_value, record, wire, Lane, Latencies, Model, Phase,
-    ReadCheck, Rng, Shared, Stop, Tally, MAX_EXAMPLES, MAX_RECONNECT_BACKOFF,
-};
+use super::config::Stop;
+use super::model::{judge, outcome_unknown, parse_value, Lane, Model, ReadCheck, Rng};
+use super::report::{error_kind, record, Latencies, Tally, MAX_EXAMPLES};
+use super::run::{Phase, Shared};
+use super::wire;
 use semikv_client::{handshake, ClientError};
 
+/// Longest wait between reconnection attempts.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// Answers taken from the read buffer per wake-up before the lanes that got
 /// them send again: bounds the work between two writes.
 const MAX_DRAIN: usize = 1024;

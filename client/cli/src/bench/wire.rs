@@ -49,8 +49,8 @@ pub(super) fn write_key(out: &mut String, prefix: &str, k: u64) {
 }
 
 /// Replaces `out` with value `seq` of `client` for its key number `key`, the
-/// same bytes as [`super::make_value`]: `{client}:{seq}:{key}:` padded with
-/// `x` to `size`.
+/// same bytes as [`super::model::make_value`]: `{client}:{seq}:{key}:`
+/// padded with `x` to `size`.
 pub(super) fn write_value(out: &mut String, client: u32, key: u64, seq: u64, size: usize) {
     out.clear();
     push_decimal(out, u64::from(client));
@@ -188,7 +188,7 @@ mod tests {
             write_value(&mut out, client, key, seq, size);
             assert_eq!(
                 out.as_bytes(),
-                &super::super::make_value(client, key, seq, size)[..]
+                &crate::bench::model::make_value(client, key, seq, size)[..]
             );
         }
         let mut expected = String::new();

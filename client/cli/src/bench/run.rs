@@ -1,0 +1,213 @@
+//! One run from start to end: probe, drivers, prefill, start line, results into a [`Report`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use semikv_client::Client;
+use tokio::sync::{watch, Barrier};
+use tokio::time::Instant;
+
+use super::config::{BenchConfig, BenchError, Stop};
+use super::driver;
+use super::model::Rng;
+use super::progress::{sampled, ConnCounts, Observer, Progress, Sampler};
+use super::report::{histogram, merge_histogram, percentiles, Gap, Latencies, Report, Tally};
+
+/// Which part of a run: the prefill or the measured run (and which one a
+/// [`Progress`] sample describes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `prefill` writing every key once before the measured run.
+    Prefill,
+    /// The measured run.
+    Run,
+}
+
+/// Shared run state.
+pub(super) struct Shared {
+    pub(super) config: BenchConfig,
+    pub(super) run_id: u64,
+    issued: AtomicU64,
+    /// Each client connection's live counts, by client number.
+    pub(super) counts: Box<[ConnCounts]>,
+    /// When the measured run began (after any prefill).
+    pub(super) start: OnceLock<Instant>,
+    /// When a `--duration` run ends; unset until it begins.
+    deadline: OnceLock<Instant>,
+    /// Gaps between successes of any kind.
+    any_gap: Gap,
+    /// Gaps between successful writes.
+    pub(super) write_gap: Gap,
+    /// Every connection and `run` meet here once prefill is done.
+    pub(super) prefilled: Barrier,
+    /// Flips to true once `start` is set: the measured run begins.
+    pub(super) go: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(super) fn new(config: BenchConfig, run_id: u64, clients: usize) -> Shared {
+        Shared {
+            config,
+            run_id,
+            issued: AtomicU64::new(0),
+            counts: (0..clients).map(|_| ConnCounts::default()).collect(),
+            start: OnceLock::new(),
+            deadline: OnceLock::new(),
+            any_gap: Gap::default(),
+            write_gap: Gap::default(),
+            prefilled: Barrier::new(clients + 1),
+            go: watch::channel(false).0,
+        }
+    }
+
+    /// Claims the next request, or `false` when the run is over.
+    pub(super) fn claim(&self) -> bool {
+        self.claim_at(Instant::now())
+    }
+
+    /// Claims the next request as of `now` (a caller sending a batch reads
+    /// the clock once for all of it), or `false` when the run is over.
+    pub(super) fn claim_at(&self, now: Instant) -> bool {
+        match self.config.stop {
+            Stop::Requests(n) => self.issued.fetch_add(1, Ordering::Relaxed) < n,
+            Stop::Duration(_) => self.deadline.get().is_none_or(|d| now < *d),
+        }
+    }
+
+    /// Records a success. Lock-free: with hundreds of lanes a mutex here
+    /// showed up as contention.
+    pub(super) fn succeeded(&self, write: bool, at: Instant) {
+        let start = self.start.get().copied().unwrap_or(at);
+        let now =
+            u64::try_from(at.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX);
+        self.any_gap.record(now);
+        if write {
+            self.write_gap.record(now);
+        }
+    }
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// [`BenchError::Invalid`] for bad settings, [`BenchError::Unreachable`]
+/// when the first connection fails. Failures during the run are counted in
+/// the report, not returned.
+pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
+    run_sampled(config, None).await
+}
+
+/// Runs the benchmark like [`run`], calling `observer` with a [`Progress`]
+/// sample every `interval` (at least 1 ms) during the prefill, if any, and
+/// the measured run; never after the last request is answered, so the
+/// caller may clear what it drew once this returns. Sampling reads each
+/// connection's counts; requests themselves never touch shared progress state.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_progress(
+    config: BenchConfig,
+    interval: Duration,
+    observer: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Report, BenchError> {
+    run_sampled(config, Some((interval, observer))).await
+}
+
+async fn run_sampled(
+    config: BenchConfig,
+    observer: Option<(Duration, Observer<'_>)>,
+) -> Result<Report, BenchError> {
+    config.validate()?;
+    // Probe once so that a wrong address is an error, not a report of errors.
+    Client::connect(&config.addr, &config.client)
+        .await
+        .map_err(|error| BenchError::Unreachable {
+            addr: config.addr.clone(),
+            error,
+        })?;
+    let run_id = Rng::new(config.seed ^ u64::from(std::process::id())).next_u64() & 0xff_ffff;
+    let clients = usize::try_from(config.clients)
+        .map_err(|_| BenchError::Invalid("too many clients".to_string()))?;
+    let shared = Arc::new(Shared::new(config, run_id, clients));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..shared.config.clients {
+        tasks.spawn(driver::Driver::new(shared.clone(), client).run());
+    }
+    let mut sampler = observer.map(|(period, observer)| {
+        // A zero period would make tokio panic.
+        let period = period.max(Duration::from_millis(1));
+        let began = Instant::now();
+        let mut interval = tokio::time::interval_at(began + period, period);
+        // After a stall, one late sample beats a burst of catch-up redraws.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Sampler {
+            shared: shared.clone(),
+            interval,
+            observer,
+            began,
+            previous: None,
+        }
+    });
+    sampled(shared.prefilled.wait(), &mut sampler).await;
+    let start = Instant::now();
+    let _ = shared.start.set(start);
+    if let Stop::Duration(d) = shared.config.stop {
+        let _ = shared.deadline.set(start + d);
+    }
+    shared.go.send_replace(true);
+    let collect = async {
+        let mut total = Tally::new();
+        let mut latencies: Latencies = (None, None);
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok((tally, (sets, gets))) => {
+                    total.merge(tally);
+                    merge_histogram(&mut latencies.0, sets);
+                    merge_histogram(&mut latencies.1, gets);
+                }
+                Err(e) => {
+                    *total
+                        .errors
+                        .entry(format!("client crashed: {e}"))
+                        .or_default() += 1;
+                }
+            }
+        }
+        (total, latencies)
+    };
+    let (total, latencies) = sampled(collect, &mut sampler).await;
+    let elapsed = start.elapsed();
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let longest_gap = shared.any_gap.longest(elapsed_us);
+    // Only meaningful when the run writes at all.
+    let longest_write_gap = if shared.config.set_weight == 0 {
+        Duration::ZERO
+    } else {
+        shared.write_gap.longest(elapsed_us)
+    };
+    let (sets, gets) = latencies;
+    let sets = sets.unwrap_or_else(histogram);
+    let gets = gets.unwrap_or_else(histogram);
+    let mut all = sets.clone();
+    let _ = all.add(&gets);
+    Ok(Report {
+        elapsed,
+        sets: sets.len(),
+        gets: gets.len(),
+        errors: total.errors,
+        wrong_values: total.wrong_values,
+        stale_reads: total.stale_reads,
+        examples: total.examples,
+        longest_gap,
+        longest_write_gap,
+        set_latency_us: percentiles(&sets),
+        get_latency_us: percentiles(&gets),
+        all_latency_us: percentiles(&all),
+        seed: shared.config.seed,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
