@@ -66,7 +66,7 @@ impl BenchConfig {
     ///
     /// # Errors
     /// [`BenchError::Invalid`] naming the first bad setting.
-    pub fn validate(&self) -> Result<(), BenchError> {
+    pub(super) fn validate(&self) -> Result<(), BenchError> {
         let invalid = |m: &str| Err(BenchError::Invalid(m.to_string()));
         if self.clients == 0 {
             return invalid("--clients must be at least 1");

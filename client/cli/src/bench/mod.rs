@@ -22,7 +22,7 @@ mod run;
 mod wire;
 
 pub use config::{BenchConfig, BenchError, Stop};
-pub use model::{judge, make_value, parse_value, Model, ReadCheck, Rng};
+pub use model::Rng;
 pub use progress::{progress_line, Progress, MAX_PROGRESS_WIDTH, PROGRESS_INTERVAL};
 pub use report::Report;
 pub use run::{run, run_with_progress, Phase};

@@ -11,7 +11,6 @@
 //! counted); a value the key never held is a consistency violation
 //! (`wrong_values`, exit code 1 in the binary).
 
-use bytes::Bytes;
 use semikv_client::ClientError;
 use semikv_protocol::ErrorReply;
 
@@ -60,7 +59,7 @@ impl Lane {
 
 /// What a read returned, judged against what the lane wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadCheck {
+pub(super) enum ReadCheck {
     /// The latest value (or one of the possible latest ones).
     Fresh,
     /// A value the key held before its latest one.
@@ -84,7 +83,7 @@ pub enum ReadCheck {
 /// number the lane has issued is one it wrote there: an old value. The
 /// caller checks the key a value names ([`judge`]).
 #[derive(Debug, Default)]
-pub struct Model {
+pub(super) struct Model {
     /// By key: the value a fresh read returns unless one of its `pending`
     /// writes landed.
     settled: Vec<Option<u64>>,
@@ -98,7 +97,7 @@ pub struct Model {
 
 impl Model {
     /// A model for keys `0..keys` (it grows if a larger key shows up).
-    pub fn with_keys(keys: usize) -> Model {
+    pub(super) fn with_keys(keys: usize) -> Model {
         Model {
             settled: vec![None; keys],
             pending: Vec::new(),
@@ -123,7 +122,7 @@ impl Model {
     /// unknown landed: [`Model::read`] judges a read of exactly this fresh,
     /// and changes nothing. Lets a caller fetch it while the key's lines are
     /// warm and compare the answer later without touching the model.
-    pub fn settled(&self, key: u64) -> Option<u64> {
+    pub(super) fn settled(&self, key: u64) -> Option<u64> {
         usize::try_from(key)
             .ok()
             .and_then(|at| self.settled.get(at))
@@ -132,7 +131,7 @@ impl Model {
     }
 
     /// A write of value `seq` to `key` was acknowledged.
-    pub fn written(&mut self, key: u64, seq: u64) {
+    pub(super) fn written(&mut self, key: u64, seq: u64) {
         let at = self.slot(key);
         self.settled[at] = Some(seq);
         if !self.pending.is_empty() {
@@ -142,7 +141,7 @@ impl Model {
     }
 
     /// A write of `seq` to `key` may or may not have happened.
-    pub fn maybe_written(&mut self, key: u64, seq: u64) {
+    pub(super) fn maybe_written(&mut self, key: u64, seq: u64) {
         self.slot(key);
         self.pending.push((key, seq));
         self.remember(seq);
@@ -151,7 +150,7 @@ impl Model {
     /// Judges a read of `key` that returned `got`, a value that names `key`
     /// (or no value). A fresh answer settles the key's value. Values are
     /// numbered in increasing order: one the lane has issued is an old one.
-    pub fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
+    pub(super) fn read(&mut self, key: u64, got: Option<u64>) -> ReadCheck {
         let at = self.slot(key);
         if got == self.settled[at] {
             return ReadCheck::Fresh;
@@ -179,16 +178,24 @@ impl Model {
 
 /// The bytes of value `seq` that `client` writes to its key number `key`:
 /// `{client}:{seq}:{key}:` padded with `x` to `size` (longer if the tag is).
-pub fn make_value(client: u32, key: u64, seq: u64, size: usize) -> Bytes {
+/// The format spelled plainly: the bench renders values with the faster
+/// [`super::wire::write_value`], which the tests hold to this.
+#[cfg(test)]
+pub(super) fn make_value(client: u32, key: u64, seq: u64, size: usize) -> bytes::Bytes {
     let mut v = format!("{client}:{seq}:{key}:").into_bytes();
     v.resize(size.max(v.len()), b'x');
-    Bytes::from(v)
+    bytes::Bytes::from(v)
 }
 
 /// Judges a read of a lane's key `i` (the client's key number `key`) that
 /// returned `got`, as [`parse_value`] read it (`None`: no value): a value of
 /// another client or another key is wrong whatever the model says.
-pub fn judge(model: &mut Model, i: u64, key: u64, got: Option<Option<(u64, u64)>>) -> ReadCheck {
+pub(super) fn judge(
+    model: &mut Model,
+    i: u64,
+    key: u64,
+    got: Option<Option<(u64, u64)>>,
+) -> ReadCheck {
     match got {
         None => model.read(i, None),
         Some(Some((seq, named))) if named == key => model.read(i, Some(seq)),
@@ -198,7 +205,7 @@ pub fn judge(model: &mut Model, i: u64, key: u64, got: Option<Option<(u64, u64)>
 
 /// The value number and key number in a value written by `client`, if it
 /// is one.
-pub fn parse_value(client: u32, value: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn parse_value(client: u32, value: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(value.get(..value.len().min(32))?).ok()?;
     // Byte searches, not a `splitn` iterator: this runs for every get, and
     // the iterator was a few percent of the bench's CPU. `:` is ASCII, so
