@@ -18,9 +18,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::codec::FramedRead;
 
 use super::config::Stop;
-use super::model::{judge, outcome_unknown, parse_value, Lane, Model, ReadCheck, Rng};
+use super::model::{judge, outcome_unknown, parse_value, LaneKeys, LaneModel, ReadCheck, Rng};
 use super::report::{error_kind, record, Latencies, Tally, MAX_EXAMPLES};
-use super::run::{Phase, Shared};
+use super::run::{Phase, RunState};
 use super::wire;
 use semikv_client::{handshake, ClientError};
 
@@ -31,16 +31,16 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_DRAIN: usize = 1024;
 
 /// The socket of a driven connection.
-struct Wire {
+struct Socket {
     reader: FramedRead<OwnedReadHalf, MessageCodec>,
     writer: OwnedWriteHalf,
     /// Encoded requests not yet written.
-    out: BytesMut,
+    unwritten: BytesMut,
 }
 
 /// A request on the wire.
 #[derive(Debug, Clone, Copy)]
-struct Sent {
+struct SentRequest {
     id: u64,
     /// The lane-local key number.
     i: u64,
@@ -56,11 +56,11 @@ struct Sent {
 
 /// Where one lane stands.
 #[derive(Debug, Clone, Copy)]
-enum Slot {
+enum LaneStatus {
     /// Ready to send its next request.
     Idle,
     /// Waiting for the answer to a request.
-    InFlight(Sent),
+    InFlight(SentRequest),
     /// Honouring an `Unavailable` hint until then.
     Parked(Instant),
     /// Finished the current phase.
@@ -69,23 +69,23 @@ enum Slot {
 
 /// One lane: a private slice of the client's keys with at most one request
 /// in flight, so the value each read should return is known.
-struct LaneState {
-    lane: Lane,
+struct Lane {
+    keys: LaneKeys,
     /// How many keys the lane has (numbered `0..key_count`).
     key_count: u64,
-    model: Model,
+    model: LaneModel,
     rng: Rng,
     seq: u64,
     /// The next key the prefill writes.
     prefilled: u64,
-    slot: Slot,
+    status: LaneStatus,
 }
 
 /// One client connection and its lanes.
 pub(super) struct Driver {
-    shared: Arc<Shared>,
+    shared: Arc<RunState>,
     client: u32,
-    lanes: Vec<LaneState>,
+    lanes: Vec<Lane>,
     /// The measured run's results.
     tally: Tally,
     /// The prefill's results: only its count is ever shown.
@@ -104,19 +104,19 @@ pub(super) struct Driver {
     /// The value of the set being encoded.
     value: String,
     /// The requests [`Driver::send_idle`] is sending, kept for its buffer.
-    picks: Vec<Pick>,
+    picks: Vec<PickedRequest>,
 }
 
 /// A request a lane picked, not yet encoded.
 #[derive(Debug, Clone, Copy)]
-struct Pick {
+struct PickedRequest {
     /// The lane's index.
     index: usize,
     /// The lane-local key number.
     i: u64,
     /// The value's sequence number, for a set.
     set: Option<u64>,
-    /// For a get, the key's settled value (see [`Sent::expected`]).
+    /// For a get, the key's settled value (see [`SentRequest::expected`]).
     expected: Option<u64>,
 }
 
@@ -129,19 +129,19 @@ fn lost(reason: impl Into<String>) -> ClientError {
 
 impl Driver {
     /// The driver of client number `client`, its lanes not yet started.
-    pub(super) fn new(shared: Arc<Shared>, client: u32) -> Driver {
+    pub(super) fn new(shared: Arc<RunState>, client: u32) -> Driver {
         let config = &shared.config;
         let pipeline = u64::from(config.pipeline);
         let lanes = (0..config.pipeline)
             .map(|lane| {
                 let keys = (config.keyspace - u64::from(lane)).div_ceil(pipeline);
-                LaneState {
-                    lane: Lane {
+                Lane {
+                    keys: LaneKeys {
                         pipeline,
                         lane: u64::from(lane),
                     },
                     key_count: keys,
-                    model: Model::with_keys(usize::try_from(keys).unwrap_or(0)),
+                    model: LaneModel::with_keys(usize::try_from(keys).unwrap_or(0)),
                     rng: Rng::new(
                         config.seed
                             ^ (u64::from(client) << 32 | u64::from(lane))
@@ -149,7 +149,7 @@ impl Driver {
                     ),
                     seq: 0,
                     prefilled: 0,
-                    slot: Slot::Idle,
+                    status: LaneStatus::Idle,
                 }
             })
             .collect();
@@ -174,53 +174,57 @@ impl Driver {
     /// Prefills (if asked), meets the other clients at the start line, runs
     /// the measured phase, and returns its results.
     pub(super) async fn run(mut self) -> (Tally, Latencies) {
-        let mut wire = None;
+        let mut socket = None;
         if self.shared.config.prefill {
-            self.drive(Phase::Prefill, &mut wire).await;
+            self.drive(Phase::Prefill, &mut socket).await;
         }
         self.shared.prefilled.wait().await;
         let _ = self.shared.go.subscribe().wait_for(|go| *go).await;
         for lane in &mut self.lanes {
-            lane.slot = Slot::Idle;
+            lane.status = LaneStatus::Idle;
         }
         self.wake = None;
-        self.drive(Phase::Run, &mut wire).await;
+        self.drive(Phase::Run, &mut socket).await;
         (self.tally, self.latencies)
     }
 
     /// Runs `phase` until every lane is done with it, reconnecting as needed.
-    async fn drive(&mut self, phase: Phase, wire: &mut Option<Wire>) {
+    async fn drive(&mut self, phase: Phase, socket: &mut Option<Socket>) {
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
         loop {
-            let Some(w) = wire.as_mut() else {
+            let Some(open) = socket.as_mut() else {
                 match self.connect().await {
-                    Some(w) => *wire = Some(w),
+                    Some(opened) => *socket = Some(opened),
                     None => {
                         // The run ended while no connection could be made.
                         for lane in &mut self.lanes {
-                            lane.slot = Slot::Done;
+                            lane.status = LaneStatus::Done;
                         }
                         return;
                     }
                 }
                 continue;
             };
-            self.send_idle(phase, &mut w.out);
+            self.send_idle(phase, &mut open.unwritten);
             self.publish(phase);
-            if self.lanes.iter().all(|l| matches!(l.slot, Slot::Done)) {
+            if self
+                .lanes
+                .iter()
+                .all(|l| matches!(l.status, LaneStatus::Done))
+            {
                 return;
             }
             // Most of the time the socket takes it all at once: no wake-up
             // spent on waiting to be writable.
-            if !w.out.is_empty() {
-                match w.writer.try_write(&w.out) {
+            if !open.unwritten.is_empty() {
+                match open.writer.try_write(&open.unwritten) {
                     Ok(n) => {
-                        let _ = w.out.split_to(n);
+                        let _ = open.unwritten.split_to(n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         self.lose(phase, &lost(format!("write failed: {e}")));
-                        *wire = None;
+                        *socket = None;
                         continue;
                     }
                 }
@@ -231,7 +235,7 @@ impl Driver {
                 }
             }
             let ended = tokio::select! {
-                first = w.reader.next() => {
+                first = open.reader.next() => {
                     let mut next = Some(first);
                     let mut taken = 0;
                     let now = Instant::now();
@@ -252,12 +256,12 @@ impl Driver {
                         }
                         taken += 1;
                         if ended.is_none() && taken < MAX_DRAIN {
-                            next = w.reader.next().now_or_never();
+                            next = open.reader.next().now_or_never();
                         }
                     }
                     ended
                 }
-                writable = w.writer.writable(), if !w.out.is_empty() => {
+                writable = open.writer.writable(), if !open.unwritten.is_empty() => {
                     writable.err().map(|e| format!("write failed: {e}"))
                 }
                 () = timer.as_mut(), if self.wake.is_some() => {
@@ -265,13 +269,13 @@ impl Driver {
                     let expired = self.expire(phase, now);
                     // A request that waited its whole timeout while our own
                     // bytes could not be written: the connection is wedged.
-                    (expired && !w.out.is_empty())
+                    (expired && !open.unwritten.is_empty())
                         .then(|| "writes blocked for the request timeout".to_string())
                 }
             };
             if let Some(reason) = ended {
                 self.lose(phase, &lost(reason));
-                *wire = None;
+                *socket = None;
             }
         }
     }
@@ -279,16 +283,16 @@ impl Driver {
     /// Opens the connection, retrying with backoff; `None` once the run is
     /// over (a run bounded by requests waits for the server as long as it
     /// takes).
-    async fn connect(&self) -> Option<Wire> {
+    async fn connect(&self) -> Option<Socket> {
         let config = &self.shared.config;
         let mut backoff = Duration::from_millis(20);
         loop {
             match handshake(&config.addr, &config.client).await {
                 Ok(h) => {
-                    return Some(Wire {
+                    return Some(Socket {
                         reader: h.reader,
                         writer: h.writer.into_inner(),
-                        out: BytesMut::new(),
+                        unwritten: BytesMut::new(),
                     })
                 }
                 Err(_) => {
@@ -319,7 +323,7 @@ impl Driver {
         let mut picks = std::mem::take(&mut self.picks);
         picks.clear();
         for (index, lane) in self.lanes.iter_mut().enumerate() {
-            if !matches!(lane.slot, Slot::Idle) {
+            if !matches!(lane.status, LaneStatus::Idle) {
                 continue;
             }
             let (i, set) = match phase {
@@ -329,11 +333,11 @@ impl Driver {
                     (lane.prefilled - 1, Some(lane.seq))
                 }
                 Phase::Prefill => {
-                    lane.slot = Slot::Done;
+                    lane.status = LaneStatus::Done;
                     continue;
                 }
                 Phase::Run if !self.shared.claim_at(*now.get_or_insert_with(Instant::now)) => {
-                    lane.slot = Slot::Done;
+                    lane.status = LaneStatus::Done;
                     continue;
                 }
                 Phase::Run => {
@@ -349,7 +353,7 @@ impl Driver {
                 Some(_) => None,
                 None => lane.model.settled(i),
             };
-            picks.push(Pick {
+            picks.push(PickedRequest {
                 index,
                 i,
                 set,
@@ -360,7 +364,7 @@ impl Driver {
             let Some(lane) = self.lanes.get_mut(pick.index) else {
                 continue;
             };
-            let key = lane.lane.key_number(pick.i);
+            let key = lane.keys.key_number(pick.i);
             wire::write_key(&mut self.key, &self.key_prefix, key);
             let id = self
                 .next_request
@@ -387,11 +391,11 @@ impl Driver {
                     .entry(error_kind(&ClientError::Encode(e)))
                     .or_default() += 1;
                 tally.failed += 1;
-                lane.slot = Slot::Done;
+                lane.status = LaneStatus::Done;
                 continue;
             }
             let at = *now.get_or_insert_with(Instant::now);
-            lane.slot = Slot::InFlight(Sent {
+            lane.status = LaneStatus::InFlight(SentRequest {
                 id,
                 i: pick.i,
                 set: pick.set,
@@ -428,13 +432,13 @@ impl Driver {
         };
         // An answer to a request already given up on (timed out) is late
         // news: the lane has moved on.
-        let Slot::InFlight(sent) = lane.slot else {
+        let LaneStatus::InFlight(sent) = lane.status else {
             return;
         };
         if sent.id != id.0 {
             return;
         }
-        lane.slot = Slot::Idle;
+        lane.status = LaneStatus::Idle;
         let timed = phase == Phase::Run;
         let micros =
             u64::try_from(now.saturating_duration_since(sent.at).as_micros()).unwrap_or(u64::MAX);
@@ -462,7 +466,7 @@ impl Driver {
                     self.shared.succeeded(false, now);
                 }
                 let client = self.client;
-                let key = lane.lane.key_number(sent.i);
+                let key = lane.keys.key_number(sent.i);
                 let got = value.as_deref().map(|v| parse_value(client, v));
                 let check = match got {
                     // What `judge` would find fresh without a change.
@@ -478,7 +482,7 @@ impl Driver {
                     ReadCheck::Wrong => {
                         tally.wrong_values += 1;
                         if tally.examples.len() < MAX_EXAMPLES {
-                            let k = lane.lane.key_number(sent.i);
+                            let k = lane.keys.key_number(sent.i);
                             tally
                                 .examples
                                 .push(format!("client {client} key {k}: read {:?}", got.flatten()));
@@ -498,7 +502,7 @@ impl Driver {
                 if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
                     // Honour the balancer's hint instead of hammering it.
                     let until = now + Duration::from_millis((*retry_after_ms).min(1000));
-                    lane.slot = Slot::Parked(until);
+                    lane.status = LaneStatus::Parked(until);
                     self.wake = Some(self.wake.map_or(until, |w| w.min(until)));
                 }
             }
@@ -512,9 +516,9 @@ impl Driver {
             Phase::Run => &mut self.tally,
         };
         for lane in &mut self.lanes {
-            if let Slot::InFlight(sent) = lane.slot {
+            if let LaneStatus::InFlight(sent) = lane.status {
                 fail(lane, tally, sent, error);
-                lane.slot = Slot::Idle;
+                lane.status = LaneStatus::Idle;
             }
         }
     }
@@ -531,22 +535,22 @@ impl Driver {
         let mut expired = false;
         let mut wake: Option<Instant> = None;
         for lane in &mut self.lanes {
-            let next = match lane.slot {
-                Slot::InFlight(sent) if sent.at + timeout <= now => {
+            let lane_wake = match lane.status {
+                LaneStatus::InFlight(sent) if sent.at + timeout <= now => {
                     fail(lane, tally, sent, &ClientError::Timeout { after: timeout });
-                    lane.slot = Slot::Idle;
+                    lane.status = LaneStatus::Idle;
                     expired = true;
                     None
                 }
-                Slot::InFlight(sent) => Some(sent.at + timeout),
-                Slot::Parked(until) if until <= now => {
-                    lane.slot = Slot::Idle;
+                LaneStatus::InFlight(sent) => Some(sent.at + timeout),
+                LaneStatus::Parked(until) if until <= now => {
+                    lane.status = LaneStatus::Idle;
                     None
                 }
-                Slot::Parked(until) => Some(until),
-                Slot::Idle | Slot::Done => None,
+                LaneStatus::Parked(until) => Some(until),
+                LaneStatus::Idle | LaneStatus::Done => None,
             };
-            if let Some(at) = next {
+            if let Some(at) = lane_wake {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
@@ -557,7 +561,7 @@ impl Driver {
 
 /// Counts the failure of request `sent` of `lane`, and models a write whose
 /// outcome it leaves unknown.
-fn fail(lane: &mut LaneState, tally: &mut Tally, sent: Sent, error: &ClientError) {
+fn fail(lane: &mut Lane, tally: &mut Tally, sent: SentRequest, error: &ClientError) {
     if let (Some(seq), true) = (sent.set, outcome_unknown(error)) {
         lane.model.maybe_written(sent.i, seq);
     }

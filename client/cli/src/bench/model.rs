@@ -46,12 +46,12 @@ impl Rng {
 
 /// One lane's fixed view of the run: which keys are its own (key number
 /// `lane + pipeline * i` is its lane-local key `i`).
-pub(super) struct Lane {
+pub(super) struct LaneKeys {
     pub(super) pipeline: u64,
     pub(super) lane: u64,
 }
 
-impl Lane {
+impl LaneKeys {
     pub(super) fn key_number(&self, i: u64) -> u64 {
         self.lane + self.pipeline * i
     }
@@ -83,7 +83,7 @@ pub(super) enum ReadCheck {
 /// number the lane has issued is one it wrote there: an old value. The
 /// caller checks the key a value names ([`judge`]).
 #[derive(Debug, Default)]
-pub(super) struct Model {
+pub(super) struct LaneModel {
     /// By key: the value a fresh read returns unless one of its `pending`
     /// writes landed.
     settled: Vec<Option<u64>>,
@@ -95,10 +95,10 @@ pub(super) struct Model {
     issued: Option<u64>,
 }
 
-impl Model {
+impl LaneModel {
     /// A model for keys `0..keys` (it grows if a larger key shows up).
-    pub(super) fn with_keys(keys: usize) -> Model {
-        Model {
+    pub(super) fn with_keys(keys: usize) -> LaneModel {
+        LaneModel {
             settled: vec![None; keys],
             pending: Vec::new(),
             issued: None,
@@ -119,9 +119,10 @@ impl Model {
     }
 
     /// What a fresh read of `key` returns unless a write whose outcome is
-    /// unknown landed: [`Model::read`] judges a read of exactly this fresh,
-    /// and changes nothing. Lets a caller fetch it while the key's lines are
-    /// warm and compare the answer later without touching the model.
+    /// unknown landed: [`LaneModel::read`] judges a read of exactly this
+    /// fresh, and changes nothing. Lets a caller fetch it while the key's
+    /// lines are warm and compare the answer later without touching the
+    /// model.
     pub(super) fn settled(&self, key: u64) -> Option<u64> {
         usize::try_from(key)
             .ok()
@@ -191,7 +192,7 @@ pub(super) fn make_value(client: u32, key: u64, seq: u64, size: usize) -> bytes:
 /// returned `got`, as [`parse_value`] read it (`None`: no value): a value of
 /// another client or another key is wrong whatever the model says.
 pub(super) fn judge(
-    model: &mut Model,
+    model: &mut LaneModel,
     i: u64,
     key: u64,
     got: Option<Option<(u64, u64)>>,

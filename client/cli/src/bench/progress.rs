@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::config::Stop;
 use super::report::Tally;
-use super::run::{Phase, Shared};
+use super::run::{Phase, RunState};
 
 /// How often the binary redraws its progress line: 5 times a second.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
@@ -161,7 +161,7 @@ pub(super) type Observer<'a> = &'a mut (dyn FnMut(&Progress) + Send);
 /// Samples the connections' counts on every tick of its interval and hands the
 /// result to the observer.
 pub(super) struct Sampler<'a> {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<RunState>,
     pub(super) interval: tokio::time::Interval,
     pub(super) observer: Observer<'a>,
     /// When the prefill began (when the connections were started).

@@ -91,12 +91,12 @@ pub(super) fn histogram() -> Histogram<u64> {
 /// The longest time between two events, kept lock-free in microseconds
 /// from the start of the run.
 #[derive(Debug, Default)]
-pub(super) struct Gap {
+pub(super) struct LongestGap {
     last_us: AtomicU64,
     longest_us: AtomicU64,
 }
 
-impl Gap {
+impl LongestGap {
     /// Records an event at `now_us`. Events within [`GAP_RESOLUTION_US`] of
     /// the last recorded one only read the shared counters: every lane
     /// writing them on every success kept their cache line bouncing between
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn gaps_are_measured_to_within_their_resolution() {
-        let gap = Gap::default();
+        let gap = LongestGap::default();
         // Successes every 10 us for 1 ms, then nothing until 5 ms.
         for t in (0..=1_000).step_by(10) {
             gap.record(t);

@@ -12,7 +12,9 @@ use super::config::{BenchConfig, BenchError, Stop};
 use super::driver;
 use super::model::Rng;
 use super::progress::{sampled, ConnCounts, Observer, Progress, Sampler};
-use super::report::{histogram, merge_histogram, percentiles, Gap, Latencies, Report, Tally};
+use super::report::{
+    histogram, merge_histogram, percentiles, Latencies, LongestGap, Report, Tally,
+};
 
 /// Which part of a run: the prefill or the measured run (and which one a
 /// [`Progress`] sample describes).
@@ -24,8 +26,8 @@ pub enum Phase {
     Run,
 }
 
-/// Shared run state.
-pub(super) struct Shared {
+/// The state of one run that its connections, its sampler and `run` share.
+pub(super) struct RunState {
     pub(super) config: BenchConfig,
     pub(super) run_id: u64,
     issued: AtomicU64,
@@ -36,26 +38,26 @@ pub(super) struct Shared {
     /// When a `--duration` run ends; unset until it begins.
     deadline: OnceLock<Instant>,
     /// Gaps between successes of any kind.
-    any_gap: Gap,
+    any_gap: LongestGap,
     /// Gaps between successful writes.
-    pub(super) write_gap: Gap,
+    pub(super) write_gap: LongestGap,
     /// Every connection and `run` meet here once prefill is done.
     pub(super) prefilled: Barrier,
     /// Flips to true once `start` is set: the measured run begins.
     pub(super) go: watch::Sender<bool>,
 }
 
-impl Shared {
-    pub(super) fn new(config: BenchConfig, run_id: u64, clients: usize) -> Shared {
-        Shared {
+impl RunState {
+    pub(super) fn new(config: BenchConfig, run_id: u64, clients: usize) -> RunState {
+        RunState {
             config,
             run_id,
             issued: AtomicU64::new(0),
             counts: (0..clients).map(|_| ConnCounts::default()).collect(),
             start: OnceLock::new(),
             deadline: OnceLock::new(),
-            any_gap: Gap::default(),
-            write_gap: Gap::default(),
+            any_gap: LongestGap::default(),
+            write_gap: LongestGap::default(),
             prefilled: Barrier::new(clients + 1),
             go: watch::channel(false).0,
         }
@@ -129,7 +131,7 @@ async fn run_sampled(
     let run_id = Rng::new(config.seed ^ u64::from(std::process::id())).next_u64() & 0xff_ffff;
     let clients = usize::try_from(config.clients)
         .map_err(|_| BenchError::Invalid("too many clients".to_string()))?;
-    let shared = Arc::new(Shared::new(config, run_id, clients));
+    let shared = Arc::new(RunState::new(config, run_id, clients));
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..shared.config.clients {
         tasks.spawn(driver::Driver::new(shared.clone(), client).run());

@@ -7,7 +7,7 @@ use super::*;
 #[test]
 fn model_tells_fresh_stale_and_wrong_reads() {
     use ReadCheck::{Fresh, Stale, Wrong};
-    let mut m = Model::default();
+    let mut m = LaneModel::default();
     assert_eq!(m.read(1, None), Fresh);
     assert_eq!(m.read(1, Some(1)), Wrong);
     m.written(1, 1);
@@ -32,7 +32,7 @@ fn model_tells_fresh_stale_and_wrong_reads() {
 #[test]
 fn a_value_naming_another_key_or_client_is_wrong() {
     use ReadCheck::{Fresh, Stale, Wrong};
-    let mut m = Model::default();
+    let mut m = LaneModel::default();
     // Lane-local keys 0 and 1 are the client's keys 3 and 19.
     m.written(0, 1);
     m.written(1, 2);
@@ -142,7 +142,7 @@ fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
     })
 }
 
-fn agrees_with_the_reference(ops: &[ModelOp], mut model: Model) -> Result<(), String> {
+fn agrees_with_the_reference(ops: &[ModelOp], mut model: LaneModel) -> Result<(), String> {
     let mut reference = ReferenceModel::default();
     for (n, op) in ops.iter().enumerate() {
         match *op {
@@ -189,7 +189,7 @@ proptest::proptest! {
         ops in model_ops(),
         presized in proptest::prelude::any::<bool>(),
     ) {
-        let model = if presized { Model::with_keys(3) } else { Model::default() };
+        let model = if presized { LaneModel::with_keys(3) } else { LaneModel::default() };
         let verdict = agrees_with_the_reference(&ops, model);
         proptest::prop_assert!(verdict.is_ok(), "{}", verdict.unwrap_err());
     }

@@ -156,9 +156,9 @@ async fn sampler_sums_the_connections_of_the_current_phase() {
         stop: Stop::Duration(Duration::from_secs(30)),
         ..config("x".into())
     };
-    let shared = Arc::new(Shared::new(cfg, 1, 3));
-    let mut seen = Vec::new();
-    let mut observer = |p: &Progress| seen.push(*p);
+    let shared = Arc::new(RunState::new(cfg, 1, 3));
+    let mut samples = Vec::new();
+    let mut observer = |p: &Progress| samples.push(*p);
     let began = Instant::now();
     let at = |ms| began + Duration::from_millis(ms);
     let mut sampler = Sampler {
@@ -187,7 +187,7 @@ async fn sampler_sums_the_connections_of_the_current_phase() {
     drop(sampler);
     let keys = 64 * 4;
     assert_eq!(
-        seen,
+        samples,
         vec![
             Progress {
                 phase: Phase::Prefill,
@@ -222,7 +222,7 @@ async fn sampler_sums_the_connections_of_the_current_phase() {
 
 #[tokio::test]
 async fn sampler_shows_nothing_before_a_run_without_prefill() {
-    let shared = Arc::new(Shared::new(config("x".into()), 1, 2));
+    let shared = Arc::new(RunState::new(config("x".into()), 1, 2));
     let mut calls = 0;
     let mut observer = |_: &Progress| calls += 1;
     let mut sampler = Sampler {

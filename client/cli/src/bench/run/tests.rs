@@ -137,25 +137,25 @@ async fn run_with_progress_reports_while_running() {
         stop: Stop::Duration(Duration::from_millis(400)),
         ..config(server.addr())
     };
-    let mut seen = Vec::new();
-    let mut observer = |p: &Progress| seen.push(*p);
+    let mut samples = Vec::new();
+    let mut observer = |p: &Progress| samples.push(*p);
     let report = run_with_progress(cfg, Duration::from_millis(1), &mut observer)
         .await
         .unwrap();
     // Not a timing assertion: the run cannot end before its deadline,
     // hundreds of sampling periods after it began.
-    assert!(!seen.is_empty());
-    for pair in seen.windows(2) {
+    assert!(!samples.is_empty());
+    for pair in samples.windows(2) {
         assert!(pair[0].done <= pair[1].done, "{pair:?}");
         assert!(pair[0].elapsed <= pair[1].elapsed, "{pair:?}");
     }
-    for p in &seen {
+    for p in &samples {
         assert_eq!(p.phase, Phase::Run);
         assert_eq!(p.errors, 0);
         assert!(p.write_gap.is_some());
     }
     // Sampling stops once every request is answered.
-    let last = seen.last().unwrap();
+    let last = samples.last().unwrap();
     assert!(last.done <= report.sets + report.gets, "{last:?}");
 }
 
