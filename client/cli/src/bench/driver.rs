@@ -1,9 +1,9 @@
 //! One benchmark connection driven by one task: the requests of all its
 //! lanes are encoded into one buffer and written together, and the answers
 //! are judged as they are read, with no task, channel, oneshot or timer per
-//! request. Through the general-purpose [`crate::Client`] (a task per lane,
-//! a oneshot and a timeout per request) the load generator spent more CPU
-//! per request than the balancer it was measuring.
+//! request. Through the general-purpose [`semikv_client::Client`] (a task
+//! per lane, a oneshot and a timeout per request) the load generator spent
+//! more CPU per request than the balancer it was measuring.
 
 use std::fmt::Write as _;
 use std::pin::Pin;
