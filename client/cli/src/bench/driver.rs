@@ -386,11 +386,7 @@ impl Driver {
                 };
                 // Not sent, so nothing to model; the settings make every
                 // request of this lane too big, so it stops.
-                *tally
-                    .errors
-                    .entry(error_kind(&ClientError::Encode(e)))
-                    .or_default() += 1;
-                tally.failed += 1;
+                tally.count_failure(error_kind(&ClientError::Encode(e)));
                 lane.status = LaneStatus::Done;
                 continue;
             }
@@ -490,13 +486,7 @@ impl Driver {
                     }
                 }
             }
-            Ok(_) => {
-                *tally
-                    .errors
-                    .entry("unexpected_reply".to_string())
-                    .or_default() += 1;
-                tally.failed += 1;
-            }
+            Ok(_) => tally.count_failure("unexpected_reply"),
             Err(e) => {
                 fail(lane, tally, sent, &e);
                 if let ClientError::Server(ErrorReply::Unavailable { retry_after_ms, .. }) = &e {
@@ -565,6 +555,5 @@ fn fail(lane: &mut Lane, tally: &mut Tally, sent: SentRequest, error: &ClientErr
     if let (Some(seq), true) = (sent.set, outcome_unknown(error)) {
         lane.model.maybe_written(sent.i, seq);
     }
-    *tally.errors.entry(error_kind(error)).or_default() += 1;
-    tally.failed += 1;
+    tally.count_failure(error_kind(error));
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::config::Stop;
-use super::report::Tally;
+use super::report::{micros, Tally};
 use super::run::{Phase, RunState};
 
 /// How often the binary redraws its progress line: 5 times a second.
@@ -137,21 +137,23 @@ pub(super) struct ConnCounts {
 impl ConnCounts {
     /// Publishes `tally`'s totals as the connection's counts for `phase`.
     pub(super) fn publish(&self, phase: Phase, tally: &Tally) {
-        let (ok, failed) = match phase {
-            Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
-            Phase::Run => (&self.ok, &self.failed),
-        };
+        let (ok, failed) = self.counters(phase);
         ok.store(tally.ok, Ordering::Relaxed);
         failed.store(tally.failed, Ordering::Relaxed);
     }
 
     /// The connection's (successful, failed) counts for `phase`.
     fn load(&self, phase: Phase) -> (u64, u64) {
-        let (ok, failed) = match phase {
+        let (ok, failed) = self.counters(phase);
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
+    /// The (successful, failed) counters of `phase`.
+    fn counters(&self, phase: Phase) -> (&AtomicU64, &AtomicU64) {
+        match phase {
             Phase::Prefill => (&self.prefill_ok, &self.prefill_failed),
             Phase::Run => (&self.ok, &self.failed),
-        };
-        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+        }
     }
 }
 
@@ -161,17 +163,35 @@ pub(super) type Observer<'a> = &'a mut (dyn FnMut(&Progress) + Send);
 /// Samples the connections' counts on every tick of its interval and hands the
 /// result to the observer.
 pub(super) struct Sampler<'a> {
-    pub(super) shared: Arc<RunState>,
-    pub(super) interval: tokio::time::Interval,
-    pub(super) observer: Observer<'a>,
+    shared: Arc<RunState>,
+    interval: tokio::time::Interval,
+    observer: Observer<'a>,
     /// When the prefill began (when the connections were started).
-    pub(super) began: Instant,
+    began: Instant,
     /// The phase, successful count and time of the previous sample, for the
     /// current rate.
-    pub(super) previous: Option<(Phase, u64, Instant)>,
+    previous: Option<(Phase, u64, Instant)>,
 }
 
-impl Sampler<'_> {
+impl<'a> Sampler<'a> {
+    /// A sampler of the run `shared`, just started, that hands `observer` a
+    /// sample every `period` (at least 1 ms).
+    pub(super) fn new(shared: Arc<RunState>, period: Duration, observer: Observer<'a>) -> Self {
+        // A zero period would make tokio panic.
+        let period = period.max(Duration::from_millis(1));
+        let began = Instant::now();
+        let mut interval = tokio::time::interval_at(began + period, period);
+        // After a stall, one late sample beats a burst of catch-up redraws.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Sampler {
+            shared,
+            interval,
+            observer,
+            began,
+            previous: None,
+        }
+    }
+
     /// Takes a sample as of `now`.
     fn sample(&mut self, now: Instant) {
         let config = &self.shared.config;
@@ -205,10 +225,8 @@ impl Sampler<'_> {
         };
         self.previous = Some((phase, ok, now));
         let elapsed = now.saturating_duration_since(phase_start);
-        let write_gap = (phase == Phase::Run && config.set_weight > 0).then(|| {
-            let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-            self.shared.write_gap.longest(elapsed_us)
-        });
+        let write_gap = (phase == Phase::Run && config.set_weight > 0)
+            .then(|| self.shared.write_gap.longest(micros(elapsed)));
         (self.observer)(&Progress {
             phase,
             elapsed,

@@ -46,6 +46,17 @@ impl Tally {
         }
     }
 
+    /// Counts a failed request of `kind` (an [`error_kind`]).
+    pub(super) fn count_failure(&mut self, kind: &str) {
+        match self.errors.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.errors.insert(kind.to_string(), 1);
+            }
+        }
+        self.failed += 1;
+    }
+
     pub(super) fn merge(&mut self, other: Tally) {
         // Same bounds on both sides: addition cannot fail.
         for (kind, n) in other.errors {
@@ -63,8 +74,14 @@ impl Tally {
 /// Latency histograms of sets and of gets, created on first use.
 pub(super) type Latencies = (Option<Histogram<u64>>, Option<Histogram<u64>>);
 
+/// Adds the histograms of `other` into those of `into`.
+pub(super) fn merge_latencies(into: &mut Latencies, other: Latencies) {
+    merge_histogram(&mut into.0, other.0);
+    merge_histogram(&mut into.1, other.1);
+}
+
 /// Adds `other` into `into`; both have the same bounds, so this cannot fail.
-pub(super) fn merge_histogram(into: &mut Option<Histogram<u64>>, other: Option<Histogram<u64>>) {
+fn merge_histogram(into: &mut Option<Histogram<u64>>, other: Option<Histogram<u64>>) {
     match (into.as_mut(), other) {
         (Some(into), Some(other)) => {
             let _ = into.add(&other);
@@ -84,8 +101,14 @@ pub(super) fn record(h: &mut Option<Histogram<u64>>, micros: u64) {
 
 // The bounds are constants that hdrhistogram accepts: this cannot fail.
 #[allow(clippy::expect_used)]
-pub(super) fn histogram() -> Histogram<u64> {
+fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// `duration` in whole microseconds, the unit of latencies and gaps
+/// (`u64::MAX` past half a million years).
+pub(super) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The longest time between two events, kept lock-free in microseconds
@@ -153,7 +176,7 @@ pub struct Report {
     pub seed: u64,
 }
 
-pub(super) fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
+fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
     if h.is_empty() {
         return [0; 5];
     }
@@ -167,6 +190,39 @@ pub(super) fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
 }
 
 impl Report {
+    /// The report of a run that lasted `elapsed`, from its connections'
+    /// merged `tally` and `latencies`, its longest gaps without a success and
+    /// without a successful write, and its `seed`.
+    pub(super) fn new(
+        elapsed: Duration,
+        tally: Tally,
+        latencies: Latencies,
+        longest_gap: Duration,
+        longest_write_gap: Duration,
+        seed: u64,
+    ) -> Report {
+        let (sets, gets) = latencies;
+        let sets = sets.unwrap_or_else(histogram);
+        let gets = gets.unwrap_or_else(histogram);
+        let mut all = sets.clone();
+        let _ = all.add(&gets);
+        Report {
+            elapsed,
+            sets: sets.len(),
+            gets: gets.len(),
+            errors: tally.errors,
+            wrong_values: tally.wrong_values,
+            stale_reads: tally.stale_reads,
+            examples: tally.examples,
+            longest_gap,
+            longest_write_gap,
+            set_latency_us: percentiles(&sets),
+            get_latency_us: percentiles(&gets),
+            all_latency_us: percentiles(&all),
+            seed,
+        }
+    }
+
     /// Successful requests per second.
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -286,7 +342,8 @@ impl Report {
     }
 }
 
-pub(super) fn error_kind(error: &ClientError) -> String {
+/// The name failures like `error` are counted under in the report.
+pub(super) fn error_kind(error: &ClientError) -> &'static str {
     match error {
         ClientError::Server(e) => match e {
             ErrorReply::NotLeader { .. } => "NotLeader",
@@ -298,17 +355,16 @@ pub(super) fn error_kind(error: &ClientError) -> String {
             ErrorReply::Storage { .. } => "Storage",
             ErrorReply::EpochConflict { .. } => "EpochConflict",
             ErrorReply::Diverged { .. } => "Diverged",
-        }
-        .to_string(),
-        ClientError::Timeout { .. } => "timeout".to_string(),
-        ClientError::ConnectionLost { .. } => "connection_lost".to_string(),
+        },
+        ClientError::Timeout { .. } => "timeout",
+        ClientError::ConnectionLost { .. } => "connection_lost",
         ClientError::NotConnected { .. }
         | ClientError::Connect { .. }
         | ClientError::ConnectTimeout { .. }
         | ClientError::Handshake { .. }
-        | ClientError::Rejected { .. } => "not_connected".to_string(),
-        ClientError::Encode(_) => "encode".to_string(),
-        ClientError::UnexpectedReply { .. } => "unexpected_reply".to_string(),
+        | ClientError::Rejected { .. } => "not_connected",
+        ClientError::Encode(_) => "encode",
+        ClientError::UnexpectedReply { .. } => "unexpected_reply",
     }
 }
 

@@ -12,9 +12,7 @@ use super::config::{BenchConfig, BenchError, Stop};
 use super::driver;
 use super::model::Rng;
 use super::progress::{sampled, ConnCounts, Observer, Progress, Sampler};
-use super::report::{
-    histogram, merge_histogram, percentiles, Latencies, LongestGap, Report, Tally,
-};
+use super::report::{merge_latencies, micros, Latencies, LongestGap, Report, Tally};
 
 /// Which part of a run: the prefill or the measured run (and which one a
 /// [`Progress`] sample describes).
@@ -81,8 +79,7 @@ impl RunState {
     /// showed up as contention.
     pub(super) fn succeeded(&self, write: bool, at: Instant) {
         let start = self.start.get().copied().unwrap_or(at);
-        let now =
-            u64::try_from(at.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX);
+        let now = micros(at.saturating_duration_since(start));
         self.any_gap.record(now);
         if write {
             self.write_gap.record(now);
@@ -136,21 +133,8 @@ async fn run_sampled(
     for client in 0..shared.config.clients {
         tasks.spawn(driver::Driver::new(shared.clone(), client).run());
     }
-    let mut sampler = observer.map(|(period, observer)| {
-        // A zero period would make tokio panic.
-        let period = period.max(Duration::from_millis(1));
-        let began = Instant::now();
-        let mut interval = tokio::time::interval_at(began + period, period);
-        // After a stall, one late sample beats a burst of catch-up redraws.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Sampler {
-            shared: shared.clone(),
-            interval,
-            observer,
-            began,
-            previous: None,
-        }
-    });
+    let mut sampler =
+        observer.map(|(period, observer)| Sampler::new(shared.clone(), period, observer));
     sampled(shared.prefilled.wait(), &mut sampler).await;
     let start = Instant::now();
     let _ = shared.start.set(start);
@@ -163,24 +147,18 @@ async fn run_sampled(
         let mut latencies: Latencies = (None, None);
         while let Some(result) = tasks.join_next().await {
             match result {
-                Ok((tally, (sets, gets))) => {
+                Ok((tally, connection_latencies)) => {
                     total.merge(tally);
-                    merge_histogram(&mut latencies.0, sets);
-                    merge_histogram(&mut latencies.1, gets);
+                    merge_latencies(&mut latencies, connection_latencies);
                 }
-                Err(e) => {
-                    *total
-                        .errors
-                        .entry(format!("client crashed: {e}"))
-                        .or_default() += 1;
-                }
+                Err(e) => total.count_failure(&format!("client crashed: {e}")),
             }
         }
         (total, latencies)
     };
     let (total, latencies) = sampled(collect, &mut sampler).await;
     let elapsed = start.elapsed();
-    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let elapsed_us = micros(elapsed);
     let longest_gap = shared.any_gap.longest(elapsed_us);
     // Only meaningful when the run writes at all.
     let longest_write_gap = if shared.config.set_weight == 0 {
@@ -188,26 +166,14 @@ async fn run_sampled(
     } else {
         shared.write_gap.longest(elapsed_us)
     };
-    let (sets, gets) = latencies;
-    let sets = sets.unwrap_or_else(histogram);
-    let gets = gets.unwrap_or_else(histogram);
-    let mut all = sets.clone();
-    let _ = all.add(&gets);
-    Ok(Report {
+    Ok(Report::new(
         elapsed,
-        sets: sets.len(),
-        gets: gets.len(),
-        errors: total.errors,
-        wrong_values: total.wrong_values,
-        stale_reads: total.stale_reads,
-        examples: total.examples,
+        total,
+        latencies,
         longest_gap,
         longest_write_gap,
-        set_latency_us: percentiles(&sets),
-        get_latency_us: percentiles(&gets),
-        all_latency_us: percentiles(&all),
-        seed: shared.config.seed,
-    })
+        shared.config.seed,
+    ))
 }
 
 #[cfg(test)]

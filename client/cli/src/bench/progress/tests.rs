@@ -159,15 +159,9 @@ async fn sampler_sums_the_connections_of_the_current_phase() {
     let shared = Arc::new(RunState::new(cfg, 1, 3));
     let mut samples = Vec::new();
     let mut observer = |p: &Progress| samples.push(*p);
-    let began = Instant::now();
+    let mut sampler = Sampler::new(shared.clone(), PROGRESS_INTERVAL, &mut observer);
+    let began = sampler.began;
     let at = |ms| began + Duration::from_millis(ms);
-    let mut sampler = Sampler {
-        shared: shared.clone(),
-        interval: tokio::time::interval(PROGRESS_INTERVAL),
-        observer: &mut observer,
-        began,
-        previous: None,
-    };
     let tally = |ok, failed| Tally {
         ok,
         failed,
@@ -225,13 +219,7 @@ async fn sampler_shows_nothing_before_a_run_without_prefill() {
     let shared = Arc::new(RunState::new(config("x".into()), 1, 2));
     let mut calls = 0;
     let mut observer = |_: &Progress| calls += 1;
-    let mut sampler = Sampler {
-        shared,
-        interval: tokio::time::interval(PROGRESS_INTERVAL),
-        observer: &mut observer,
-        began: Instant::now(),
-        previous: None,
-    };
+    let mut sampler = Sampler::new(shared, PROGRESS_INTERVAL, &mut observer);
     sampler.sample(Instant::now() + Duration::from_secs(1));
     drop(sampler);
     assert_eq!(calls, 0);
