@@ -19,7 +19,7 @@ use tokio_util::codec::FramedRead;
 
 use super::config::Stop;
 use super::model::{judge, outcome_unknown, parse_value, LaneKeys, LaneModel, ReadCheck, Rng};
-use super::report::{error_kind, record, Latencies, Tally, MAX_EXAMPLES};
+use super::report::{error_kind, micros, record, Latencies, Tally, MAX_EXAMPLES};
 use super::run::{Phase, RunState};
 use super::wire;
 use semikv_client::{handshake, ClientError};
@@ -86,10 +86,8 @@ pub(super) struct Driver {
     shared: Arc<RunState>,
     client: u32,
     lanes: Vec<Lane>,
-    /// The measured run's results.
-    tally: Tally,
-    /// The prefill's results: only its count is ever shown.
-    prefill: Tally,
+    /// The results of the prefill and of the measured run.
+    tallies: Tallies,
     latencies: Latencies,
     /// Request ids are `n * lanes + lane`, so an answer finds its lane.
     next_request: u64,
@@ -118,6 +116,32 @@ struct PickedRequest {
     set: Option<u64>,
     /// For a get, the key's settled value (see [`SentRequest::expected`]).
     expected: Option<u64>,
+}
+
+/// A connection's results, one tally per phase.
+struct Tallies {
+    /// The prefill's results: only its count is ever shown.
+    prefill: Tally,
+    /// The measured run's results.
+    run: Tally,
+}
+
+impl Tallies {
+    /// The results of `phase`.
+    fn of(&self, phase: Phase) -> &Tally {
+        match phase {
+            Phase::Prefill => &self.prefill,
+            Phase::Run => &self.run,
+        }
+    }
+
+    /// The results of `phase`, to count in.
+    fn of_mut(&mut self, phase: Phase) -> &mut Tally {
+        match phase {
+            Phase::Prefill => &mut self.prefill,
+            Phase::Run => &mut self.run,
+        }
+    }
 }
 
 /// What ended a connection, counted against the requests it had in flight.
@@ -159,8 +183,10 @@ impl Driver {
             shared,
             client,
             lanes,
-            tally: Tally::new(),
-            prefill: Tally::new(),
+            tallies: Tallies {
+                prefill: Tally::new(),
+                run: Tally::new(),
+            },
             latencies: (None, None),
             next_request: 0,
             wake: None,
@@ -185,7 +211,7 @@ impl Driver {
         }
         self.wake = None;
         self.drive(Phase::Run, &mut socket).await;
-        (self.tally, self.latencies)
+        (self.tallies.run, self.latencies)
     }
 
     /// Runs `phase` until every lane is done with it, reconnecting as needed.
@@ -380,13 +406,11 @@ impl Driver {
                 None => wire::encode_get(id, &self.key, max, out),
             };
             if let Err(e) = encoded {
-                let tally = match phase {
-                    Phase::Prefill => &mut self.prefill,
-                    Phase::Run => &mut self.tally,
-                };
                 // Not sent, so nothing to model; the settings make every
                 // request of this lane too big, so it stops.
-                tally.count_failure(error_kind(&ClientError::Encode(e)));
+                self.tallies
+                    .of_mut(phase)
+                    .count_failure(error_kind(&ClientError::Encode(e)));
                 lane.status = LaneStatus::Done;
                 continue;
             }
@@ -401,17 +425,14 @@ impl Driver {
             // No later than this deadline: a parked lane may have set a later
             // wake-up.
             let deadline = at + timeout;
-            self.wake = Some(self.wake.map_or(deadline, |w| w.min(deadline)));
+            wake_by(&mut self.wake, deadline);
         }
         self.picks = picks;
     }
 
     /// Publishes this connection's counts for the progress line.
     fn publish(&self, phase: Phase) {
-        let tally = match phase {
-            Phase::Prefill => &self.prefill,
-            Phase::Run => &self.tally,
-        };
+        let tally = self.tallies.of(phase);
         if let Some(counts) = usize::try_from(self.client)
             .ok()
             .and_then(|c| self.shared.counts.get(c))
@@ -436,29 +457,25 @@ impl Driver {
         }
         lane.status = LaneStatus::Idle;
         let timed = phase == Phase::Run;
-        let micros =
-            u64::try_from(now.saturating_duration_since(sent.at).as_micros()).unwrap_or(u64::MAX);
+        let latency_us = micros(now.saturating_duration_since(sent.at));
         let result = match reply {
             Reply::Error(e) => Err(ClientError::Server(e)),
             other => Ok(other),
         };
-        let tally = match phase {
-            Phase::Prefill => &mut self.prefill,
-            Phase::Run => &mut self.tally,
-        };
+        let tally = self.tallies.of_mut(phase);
         match result {
             Ok(Reply::Written { .. }) if sent.set.is_some() => {
                 lane.model.written(sent.i, sent.set.unwrap_or_default());
                 tally.ok += 1;
                 if timed {
-                    record(&mut self.latencies.0, micros);
+                    record(&mut self.latencies.0, latency_us);
                     self.shared.succeeded(true, now);
                 }
             }
             Ok(Reply::Value(value)) if sent.set.is_none() => {
                 tally.ok += 1;
                 if timed {
-                    record(&mut self.latencies.1, micros);
+                    record(&mut self.latencies.1, latency_us);
                     self.shared.succeeded(false, now);
                 }
                 let client = self.client;
@@ -493,7 +510,7 @@ impl Driver {
                     // Honour the balancer's hint instead of hammering it.
                     let until = now + Duration::from_millis((*retry_after_ms).min(1000));
                     lane.status = LaneStatus::Parked(until);
-                    self.wake = Some(self.wake.map_or(until, |w| w.min(until)));
+                    wake_by(&mut self.wake, until);
                 }
             }
         }
@@ -501,10 +518,7 @@ impl Driver {
 
     /// Fails every request in flight with `error` (the connection ended).
     fn lose(&mut self, phase: Phase, error: &ClientError) {
-        let tally = match phase {
-            Phase::Prefill => &mut self.prefill,
-            Phase::Run => &mut self.tally,
-        };
+        let tally = self.tallies.of_mut(phase);
         for lane in &mut self.lanes {
             if let LaneStatus::InFlight(sent) = lane.status {
                 fail(lane, tally, sent, error);
@@ -518,10 +532,7 @@ impl Driver {
     /// request timed out.
     fn expire(&mut self, phase: Phase, now: Instant) -> bool {
         let timeout = self.shared.config.client.request_timeout;
-        let tally = match phase {
-            Phase::Prefill => &mut self.prefill,
-            Phase::Run => &mut self.tally,
-        };
+        let tally = self.tallies.of_mut(phase);
         let mut expired = false;
         let mut wake: Option<Instant> = None;
         for lane in &mut self.lanes {
@@ -541,7 +552,7 @@ impl Driver {
                 LaneStatus::Idle | LaneStatus::Done => None,
             };
             if let Some(at) = lane_wake {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                wake_by(&mut wake, at);
             }
         }
         self.wake = wake;
@@ -556,4 +567,9 @@ fn fail(lane: &mut Lane, tally: &mut Tally, sent: SentRequest, error: &ClientErr
         lane.model.maybe_written(sent.i, seq);
     }
     tally.count_failure(error_kind(error));
+}
+
+/// Moves the wake-up `wake` to `at` if that is sooner, or sets it.
+fn wake_by(wake: &mut Option<Instant>, at: Instant) {
+    *wake = Some(wake.map_or(at, |w| w.min(at)));
 }
