@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::config::Stop;
-use super::report::{micros, Tally};
+use super::report::{micros, millis, Tally};
 use super::run::{Phase, RunState};
 
 /// How often the binary redraws its progress line: 5 times a second.
@@ -99,7 +99,7 @@ pub fn progress_line(progress: &Progress, width: usize) -> String {
         fields.push(if gap >= GAP_IN_SECONDS {
             format!("write gap {:.1} s", gap.as_secs_f64())
         } else {
-            format!("write gap {:.0} ms", gap.as_secs_f64() * 1000.0)
+            format!("write gap {:.0} ms", millis(gap))
         });
     }
     let text = fields.join("  ");

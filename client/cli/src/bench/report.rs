@@ -111,6 +111,11 @@ pub(super) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `duration` in milliseconds, the unit gaps are shown in.
+pub(super) fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
 /// The longest time between two events, kept lock-free in microseconds
 /// from the start of the run.
 #[derive(Debug, Default)]
@@ -256,8 +261,8 @@ impl Report {
             "p50_us": self.all_latency_us[0],
             "p99_us": self.all_latency_us[2],
             "p999_us": self.all_latency_us[3],
-            "longest_gap_ms": self.longest_gap.as_secs_f64() * 1000.0,
-            "longest_write_gap_ms": self.longest_write_gap.as_secs_f64() * 1000.0,
+            "longest_gap_ms": millis(self.longest_gap),
+            "longest_write_gap_ms": millis(self.longest_write_gap),
             "latency_us": {
                 "all": lat(&self.all_latency_us),
                 "set": lat(&self.set_latency_us),
@@ -299,12 +304,12 @@ impl Report {
         let _ = writeln!(
             out,
             "longest gap without a success: {:.1} ms",
-            self.longest_gap.as_secs_f64() * 1000.0
+            millis(self.longest_gap)
         );
         let _ = writeln!(
             out,
             "longest gap without a successful write: {:.1} ms",
-            self.longest_write_gap.as_secs_f64() * 1000.0
+            millis(self.longest_write_gap)
         );
         let _ = writeln!(
             out,
@@ -326,7 +331,7 @@ impl Report {
         format!(
             "availability: longest window without a successful write {:.1} ms; \
              Indeterminate {}, Unavailable {}, NotEnoughReplicas {}, connection or timeout {}",
-            self.longest_write_gap.as_secs_f64() * 1000.0,
+            millis(self.longest_write_gap),
             count("Indeterminate"),
             count("Unavailable"),
             count("NotEnoughReplicas"),
