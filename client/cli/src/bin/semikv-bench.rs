@@ -97,15 +97,12 @@ fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
     let (set, get) = text
         .split_once(':')
         .ok_or_else(|| "expected SET:GET, e.g. 1:9".to_string())?;
-    let set = set
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad SET weight: {e}"))?;
-    let get = get
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad GET weight: {e}"))?;
-    Ok((set, get))
+    let weight = |text: &str, name: &str| {
+        text.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("bad {name} weight: {e}"))
+    };
+    Ok((weight(set, "SET")?, weight(get, "GET")?))
 }
 
 fn main() -> ExitCode {
