@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod expiry;
 pub mod log;
 pub mod node;
 pub mod replica;
@@ -104,6 +105,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(replication::follow_loop(replica.clone()));
     tasks.spawn(snapshotter(replica.clone()));
+    tasks.spawn(expiry::run(replica.clone()));
 
     if let Some(path) = &config.ready_file {
         write_ready_file(path, &addr.to_string())

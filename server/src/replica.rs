@@ -34,6 +34,8 @@ pub struct Watches {
     pub durable: tokio::sync::watch::Receiver<semikv_protocol::LogIndex>,
     /// Leader to follow.
     pub target: tokio::sync::watch::Receiver<Option<crate::node::FollowTarget>>,
+    /// An earlier sync deadline appeared.
+    pub deadline: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Watches {
@@ -43,6 +45,7 @@ impl Watches {
             progress: signals.progress.subscribe(),
             durable: signals.durable.subscribe(),
             target: signals.target.subscribe(),
+            deadline: signals.deadline.subscribe(),
         }
     }
 }

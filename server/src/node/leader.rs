@@ -16,13 +16,19 @@ impl Node {
     /// Appends a write to the log as leader and registers `completion` as
     /// its waiter: exactly one answer is pushed to it, `Written` once the
     /// write commits, `Indeterminate` if this leadership ends first,
-    /// `Storage` if the disk fails, or what [`Node::expire`] decides; unless
+    /// `Storage` if the disk fails, or what [`Node::expire`] decides once
+    /// its sync deadline (`now` plus the sync timeout) passes; unless
     /// [`Node::forget`] drops it first. Nothing is registered on error.
     ///
     /// # Errors
     /// `NotLeader` on a non-leader; `Storage` once the disk has failed;
     /// `Diverged` once diverged.
-    pub fn propose(&mut self, op: WriteOp, completion: Completion) -> Result<Proposed, ErrorReply> {
+    pub fn propose(
+        &mut self,
+        op: WriteOp,
+        completion: Completion,
+        now: Instant,
+    ) -> Result<Proposed, ErrorReply> {
         self.check_serving()?;
         if let Some(reason) = &self.failed {
             return Err(ErrorReply::Storage {
@@ -37,6 +43,20 @@ impl Node {
         if let Role::Leader(l) = &mut self.role {
             l.waiters.insert(index, completion);
             sync_timeout = l.sync_timeout;
+            let deadline = now + sync_timeout;
+            match l.deadlines.back() {
+                // A re-promotion shortened the sync timeout: keep the order.
+                Some(&(last, _)) if last > deadline => {
+                    let at = l.deadlines.partition_point(|&(d, _)| d <= deadline);
+                    l.deadlines.insert(at, (deadline, index));
+                    self.effects.deadline |= at == 0;
+                }
+                Some(_) => l.deadlines.push_back((deadline, index)),
+                None => {
+                    l.deadlines.push_back((deadline, index));
+                    self.effects.deadline = true;
+                }
+            }
         }
         self.advance_commit();
         Ok(Proposed {
@@ -55,13 +75,14 @@ impl Node {
     pub fn propose_batch(
         &mut self,
         writes: impl IntoIterator<Item = (WriteOp, Completion)>,
+        now: Instant,
         mut answer: impl FnMut(RequestId, Result<Proposed, ErrorReply>),
     ) {
         // The wake-ups are effects, sent once at the flush however many
         // writes asked for them.
         for (op, completion) in writes {
             let id = completion.id;
-            answer(id, self.propose(op, completion));
+            answer(id, self.propose(op, completion, now));
         }
     }
 
@@ -158,6 +179,35 @@ impl Node {
             }
         }
         Expiry::NotEnoughReplicas
+    }
+
+    /// The earliest sync deadline of a write still (possibly) waiting: when
+    /// [`Node::expire_due`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.role {
+            Role::Leader(l) => l.deadlines.front().map(|&(at, _)| at),
+            _ => None,
+        }
+    }
+
+    /// Expires every write whose sync deadline is at or before `now` and
+    /// that is still waiting (see [`Node::expire`]); returns how many were
+    /// committed without their acknowledgements (async fallback).
+    pub fn expire_due(&mut self, now: Instant) -> usize {
+        let mut due = Vec::new();
+        if let Role::Leader(l) = &mut self.role {
+            while let Some(&(at, index)) = l.deadlines.front() {
+                if at > now {
+                    break;
+                }
+                l.deadlines.pop_front();
+                due.push(index);
+            }
+        }
+        let role_gen = self.role_gen;
+        due.into_iter()
+            .filter(|&index| self.expire(Ticket { role_gen, index }) == Expiry::CommittedAsync)
+            .count()
     }
 
     /// Drops a registered write's waiter without answering it (its

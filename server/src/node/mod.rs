@@ -52,8 +52,8 @@
 //! leader per epoch that log holds every committed entry (Raft's leader
 //! completeness argument), for any number of coordinators.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::{
@@ -155,6 +155,9 @@ pub struct Effects {
     pub durable: Option<LogIndex>,
     /// The leader to follow changed to this.
     pub target: Option<Option<FollowTarget>>,
+    /// The earliest sync deadline moved earlier (or appeared): the expiry
+    /// timer must re-arm ([`Node::next_deadline`]).
+    pub deadline: bool,
 }
 
 impl Effects {
@@ -165,6 +168,7 @@ impl Effects {
             && !self.outbox
             && self.durable.is_none()
             && self.target.is_none()
+            && !self.deadline
     }
 
     /// Carries them out on `signals`: each answer pushed to its
@@ -190,6 +194,9 @@ impl Effects {
         }
         if self.progress {
             signals.progress.send_modify(|p| *p += 1);
+        }
+        if self.deadline {
+            signals.deadline.send_modify(|d| *d += 1);
         }
     }
 }
@@ -241,6 +248,10 @@ struct LeaderState {
     async_fallback: bool,
     followers: HashMap<ReplicaId, Progress>,
     waiters: BTreeMap<LogIndex, Completion>,
+    /// Each waiter's sync deadline, earliest first (in proposal order
+    /// while the sync timeout stays the same). Entries of writes answered
+    /// otherwise are dropped when a commit passes them, or when due.
+    deadlines: VecDeque<(Instant, LogIndex)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -346,6 +357,8 @@ pub struct Signals {
     pub target: watch::Sender<Option<FollowTarget>>,
     /// Bumped when the outbox has work for the writer.
     pub outbox: watch::Sender<u64>,
+    /// Bumped when the earliest sync deadline moved earlier.
+    pub deadline: watch::Sender<u64>,
 }
 
 impl Signals {
@@ -356,6 +369,7 @@ impl Signals {
             durable: watch::Sender::new(LogIndex(0)),
             target: watch::Sender::new(None),
             outbox: watch::Sender::new(0),
+            deadline: watch::Sender::new(0),
         }
     }
 }
@@ -634,6 +648,14 @@ impl Node {
             self.applied = next;
         }
         if let Role::Leader(l) = &mut self.role {
+            // Committed writes need no deadline any more.
+            while l
+                .deadlines
+                .front()
+                .is_some_and(|&(_, index)| index <= commit)
+            {
+                l.deadlines.pop_front();
+            }
             let settled = Ticket {
                 role_gen: self.role_gen,
                 index: commit,

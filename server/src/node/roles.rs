@@ -110,6 +110,7 @@ impl Node {
             async_fallback: settings.async_fallback,
             followers: HashMap::new(),
             waiters: BTreeMap::new(),
+            deadlines: VecDeque::new(),
         };
         self.enter_epoch(epoch, Role::Leader(state), "promoted again");
         self.append_local(WriteOp::Noop);

@@ -3,9 +3,9 @@
 //!
 //! Writes take no future, channel or timer of their own: a connection
 //! registers each with the node together with its completion queue
-//! ([`crate::node::Completion`]), the node pushes the answer when the write
-//! commits or fails, and the connection keeps the writes' sync deadlines in
-//! one queue behind one timer. Every accepted request gets exactly one
+//! ([`crate::node::Completion`]), and the node answers it when the write
+//! commits, fails, or passes its sync deadline (the replica's one expiry
+//! timer, [`crate::expiry`]). Every accepted request gets exactly one
 //! answer; at most [`MAX_IN_FLIGHT`] are unanswered per connection, which is
 //! also the completion queue's capacity, so the node never finds it full.
 
@@ -113,8 +113,6 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     // Reads taken in one wake-up, answered under one lock.
     let mut reads: Vec<Request> = Vec::new();
     let mut closing: Option<WireError> = None;
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
     // Once reading stops (the client closed, erred, or we shut down), what
     // was already accepted is still answered, within DRAIN_TIMEOUT, by the
     // same arms; then we say why we close.
@@ -126,16 +124,12 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
         if !reading && in_flight.is_empty() && writes.pending == 0 {
             break;
         }
-        if let Some(at) = writes.rearm() {
-            timer.as_mut().reset(at);
-        }
         tokio::select! {
             Some(done) = writes.rx.recv(), if writes.pending > 0 => {
                 if send_batch(&mut sink, writes.answers(done)).await.is_err() {
                     return;
                 }
             }
-            () = &mut timer, if writes.armed.is_some() => writes.expire_due(replica),
             Some(response) = in_flight.next(), if !in_flight.is_empty() => {
                 let mut batch = vec![response];
                 while let Some(Some(more)) = in_flight.next().now_or_never() {

@@ -65,6 +65,7 @@ impl Harness {
                 }
             });
         }
+        tokio::spawn(crate::expiry::run(replica.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         {

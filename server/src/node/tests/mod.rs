@@ -75,6 +75,7 @@ fn propose(n: &mut Node, op: WriteOp) -> Result<(LogIndex, Waiter), ErrorReply> 
             to,
             id: RequestId(7),
         },
+        Instant::now(),
     )?;
     Ok((proposed.ticket.index, Waiter(rx)))
 }

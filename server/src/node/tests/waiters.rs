@@ -31,6 +31,7 @@ fn propose_ticket(n: &mut Node, op: WriteOp) -> (Ticket, mpsc::Receiver<WriteDon
                 to,
                 id: RequestId(9),
             },
+            Instant::now(),
         )
         .unwrap();
     (proposed.ticket, rx)
@@ -141,7 +142,9 @@ fn a_batch_of_proposals_asks_for_each_wake_up_once_and_registers_each_write() {
     let (to, mut rx) = mpsc::channel(16);
     let writes = batch(10, &to);
     let mut answered = Vec::new();
-    n.propose_batch(writes, |id, outcome| answered.push((id, outcome.is_ok())));
+    n.propose_batch(writes, Instant::now(), |id, outcome| {
+        answered.push((id, outcome.is_ok()))
+    });
     assert_eq!(
         answered,
         (0..10).map(|i| (RequestId(i), true)).collect::<Vec<_>>()
@@ -185,7 +188,9 @@ fn a_panic_inside_a_batch_loses_no_wake_up() {
     let (to, _rx) = mpsc::channel(16);
     let writes = batch(3, &to);
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        n.propose_batch(writes, |_, _| panic!("an answer handler failed"));
+        n.propose_batch(writes, Instant::now(), |_, _| {
+            panic!("an answer handler failed")
+        });
     }));
     assert!(panicked.is_err());
     // The write proposed before the panic is in the outbox, and its
@@ -242,4 +247,85 @@ fn answers_go_to_a_closed_queue_without_harm() {
     flush(&mut n);
     assert_eq!(n.commit_index(), ticket.index);
     assert_eq!(n.waiting_writes(), 0);
+}
+
+/// Proposes `op` at `now`, answered on `to` under request `id`.
+fn propose_at(
+    n: &mut Node,
+    op: WriteOp,
+    to: &mpsc::Sender<WriteDone>,
+    id: u64,
+    now: Instant,
+) -> Ticket {
+    let completion = Completion {
+        to: to.clone(),
+        id: RequestId(id),
+    };
+    n.propose(op, completion, now).unwrap().ticket
+}
+
+#[test]
+fn the_node_expires_writes_at_their_sync_deadline_on_the_clock_it_is_given() {
+    let mut n = fresh(1);
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    flush(&mut n);
+    n.take_effects();
+    let t0 = Instant::now();
+    let (to, _rx) = mpsc::channel(8);
+    let a = propose_at(&mut n, set("a", "1"), &to, 1, t0);
+    // The first deadline asks for the timer; later ones are behind it.
+    assert!(n.take_effects().deadline);
+    let b = propose_at(
+        &mut n,
+        set("b", "2"),
+        &to,
+        2,
+        t0 + Duration::from_millis(300),
+    );
+    assert!(!n.take_effects().deadline);
+    assert_eq!(n.next_deadline(), Some(t0 + SETTINGS.sync_timeout));
+    flush(&mut n);
+    // Before the deadline nothing happens, whatever the wall clock says.
+    assert_eq!(n.expire_due(t0 + Duration::from_millis(999)), 0);
+    assert!(n.take_effects().answers.is_empty());
+    // At it, the first write (and only it) is answered NotEnoughReplicas.
+    assert_eq!(n.expire_due(t0 + SETTINGS.sync_timeout), 0);
+    let answers = n.take_effects().answers;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].1.response.id, RequestId(1));
+    assert!(matches!(
+        answers[0].1.response.reply,
+        Reply::Error(ErrorReply::NotEnoughReplicas {
+            acked: 0,
+            required: 1
+        })
+    ));
+    assert_eq!(n.waiting_writes(), 1);
+    // A commit answers the second and drops its deadline: nothing is due
+    // any more, and a later expiry answers nobody twice.
+    n.on_ack(ReplicaId(2), Epoch::from_raw(1), b.index);
+    assert!(n.take_effects().answers.len() == 1 && a < b);
+    assert_eq!(n.next_deadline(), None);
+    assert_eq!(n.expire_due(t0 + Duration::from_secs(60)), 0);
+    assert!(n.take_effects().answers.is_empty());
+}
+
+#[test]
+fn with_async_fallback_the_node_commits_what_is_due_and_counts_it() {
+    let mut n = fallback_leader();
+    flush(&mut n);
+    n.take_effects();
+    let t0 = Instant::now();
+    let (to, _rx) = mpsc::channel(8);
+    let ticket = propose_at(&mut n, set("a", "1"), &to, 1, t0);
+    flush(&mut n);
+    assert_eq!(n.expire_due(t0 + SETTINGS.sync_timeout), 1);
+    let answers = n.take_effects().answers;
+    assert_eq!(
+        answers[0].1.response.reply,
+        Reply::Written {
+            index: ticket.index
+        }
+    );
+    assert_eq!(n.commit_index(), ticket.index);
 }
