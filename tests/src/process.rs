@@ -2,7 +2,8 @@
 //! and reaps the child, so a failing test never leaks a server.
 //!
 //! The child's stderr (and stdout) go to files, appended to across restarts,
-//! so a failure can show what the process said.
+//! so a failure can show what the process said, and figures a process logs
+//! can be read back from them ([`Proc::last_logged`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -19,6 +20,10 @@ pub const TAIL_LINES: usize = 40;
 
 /// How often exit is polled while waiting for one.
 const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// How often `/proc` is read while waiting for a SIGSTOP to land: fine, as
+/// failover timings count from that moment.
+const STOP_POLL: Duration = Duration::from_millis(1);
 
 /// A running (or exited, not yet dropped) child process.
 #[derive(Debug)]
@@ -134,6 +139,36 @@ impl Proc {
         self.signal(Signal::SIGCONT)
     }
 
+    /// Waits until the kernel reports the process stopped (state `T` in
+    /// `/proc/PID/stat`): after [`Proc::stop`] returns, the signal may not
+    /// have landed yet, and a measurement that starts "once the process is
+    /// frozen" must wait for this.
+    ///
+    /// # Errors
+    /// The process exited, `/proc` could not be read, or it was not stopped
+    /// within `timeout`.
+    pub async fn wait_stopped(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                bail!("{} exited with {status} instead of stopping", self.name);
+            }
+            let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let state = proc_state(&stat);
+            if state == Some("T") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} not stopped within {timeout:?} (state {state:?})",
+                    self.name
+                );
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
     /// SIGTERM, then waits up to `timeout` for a graceful exit.
     ///
     /// # Errors
@@ -169,6 +204,32 @@ impl Proc {
     pub fn stderr_tail(&self) -> String {
         tail(&self.stderr_path, TAIL_LINES)
     }
+
+    /// The value of `field` on the last line of its stderr that contains
+    /// `message`: a figure a process logs as a structured `tracing` field
+    /// (`3` from `... promoted new leader ... elapsed_ms=3`). `None`
+    /// when no such line or field exists or the log cannot be read.
+    pub fn last_logged(&self, message: &str, field: &str) -> Option<String> {
+        let text = std::fs::read_to_string(&self.stderr_path).ok()?;
+        let line = text.lines().rev().find(|l| l.contains(message))?;
+        logged_field(line, field).map(str::to_string)
+    }
+}
+
+/// The process state letter of a `/proc/PID/stat` line (`R`, `S`, `T`,
+/// ...). It follows the command name, which is in parentheses and may itself
+/// hold spaces and parentheses, so the last `)` is the anchor.
+fn proc_state(stat: &str) -> Option<&str> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().next()
+}
+
+/// The value of `field=value` in a `tracing` fmt line (up to the next space).
+fn logged_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!(" {field}=");
+    let start = line.find(&key)? + key.len();
+    let value = line.get(start..)?.split_whitespace().next()?;
+    Some(value)
 }
 
 impl Drop for Proc {
@@ -198,5 +259,27 @@ pub fn tail(path: &Path, lines: usize) -> String {
             all[all.len().saturating_sub(lines)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_follows_the_last_parenthesis() {
+        assert_eq!(proc_state("42 (semikv-server) T 1 42"), Some("T"));
+        assert_eq!(proc_state("42 (a) b (c)) S 1"), Some("S"));
+        assert_eq!(proc_state("garbage"), None);
+    }
+
+    #[test]
+    fn a_logged_field_is_read_up_to_the_next_space() {
+        let line = "2026-12-06T02:50:00Z  INFO semikv_lb::group::election::ballot: \
+                    promoted new leader leader=127.0.0.1:4 epoch=7 elapsed_ms=12";
+        assert_eq!(logged_field(line, "elapsed_ms"), Some("12"));
+        assert_eq!(logged_field(line, "epoch"), Some("7"));
+        assert_eq!(logged_field(line, "ms"), None);
+        assert_eq!(logged_field(line, "missing"), None);
     }
 }
