@@ -22,6 +22,9 @@ use tokio_util::codec::{Decoder, Framed};
 /// Bound on connecting, the handshake, and each request.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Requests [`Client::get_many`] keeps in flight.
+pub const GET_WINDOW: usize = 256;
+
 /// A connection that has completed the handshake.
 #[derive(Debug)]
 pub struct Client {
@@ -142,6 +145,39 @@ impl Client {
     /// As [`Client::request`].
     pub async fn get(&mut self, key: impl Into<Bytes>) -> anyhow::Result<Reply> {
         self.request(Op::Get { key: key.into() }).await
+    }
+
+    /// `Get` of every one of `keys`, pipelined with up to [`GET_WINDOW`]
+    /// requests in flight (a read-back of tens of thousands of keys takes
+    /// a moment, not a round trip each). The replies come in the order of
+    /// `keys`.
+    ///
+    /// # Errors
+    /// As [`Client::send`] and [`Client::recv`], or a response carried an id
+    /// this call did not send.
+    pub async fn get_many(&mut self, keys: &[Bytes]) -> anyhow::Result<Vec<Reply>> {
+        let mut replies: Vec<Option<Reply>> = vec![None; keys.len()];
+        let mut slots = std::collections::HashMap::with_capacity(GET_WINDOW);
+        let mut next = keys.iter().enumerate();
+        loop {
+            while slots.len() < GET_WINDOW {
+                let Some((slot, key)) = next.next() else {
+                    break;
+                };
+                let id = self.send(Op::Get { key: key.clone() }).await?;
+                slots.insert(id, slot);
+            }
+            if slots.is_empty() {
+                break;
+            }
+            let response = self.recv().await?;
+            let slot = slots.remove(&response.id).with_context(|| {
+                format!("a response to request {} that was not sent", response.id)
+            })?;
+            replies[slot] = Some(response.reply);
+        }
+        // Every slot was sent and answered exactly once.
+        Ok(replies.into_iter().flatten().collect())
     }
 
     /// `Set key value`.
@@ -272,12 +308,22 @@ async fn next(
     framed: &mut Framed<TcpStream, MessageCodec>,
     wait: Duration,
 ) -> anyhow::Result<Option<Message>> {
-    match timeout(wait, framed.next()).await {
-        Err(_) => bail!("no message within {wait:?}"),
-        Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(anyhow!(e).context("reading a frame")),
-        Ok(Some(Ok(m))) => Ok(Some(m)),
+    // The timeout stays in the error's chain, so [`is_timeout`] can tell it
+    // from a broken connection.
+    match timeout(wait, framed.next())
+        .await
+        .with_context(|| format!("no message within {wait:?}"))?
+    {
+        None => Ok(None),
+        Some(Err(e)) => Err(anyhow!(e).context("reading a frame")),
+        Some(Ok(m)) => Ok(Some(m)),
     }
+}
+
+/// Whether `error` (from a [`Client`] or [`RawConn`] call) is a timeout:
+/// the peer did not answer in time, rather than the connection failing.
+pub fn is_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.is::<tokio::time::error::Elapsed>())
 }
 
 /// The log index of a [`Reply::Written`].

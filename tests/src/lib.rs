@@ -11,6 +11,7 @@
 //! - [`wait`]: bounded polling.
 //! - [`workload`]: concurrent recorded clients for fault tests.
 //! - [`checker`]: the history checker behind guarantees 1-3.
+//! - [`readback`]: every key of a history read back from one address.
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
 //!
 //! Every wait is bounded; nothing here sleeps as synchronisation.
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod readback;
 pub mod wait;
 pub mod workload;
 
