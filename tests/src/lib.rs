@@ -12,6 +12,7 @@
 //! - [`workload`]: concurrent recorded clients for fault tests.
 //! - [`checker`]: the history checker behind guarantees 1-3.
 //! - [`readback`]: every key of a history read back from one address.
+//! - [`timing`]: failover figures from a history (first write, longest gap).
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
 //!
 //! Every wait is bounded; nothing here sleeps as synchronisation.
@@ -26,6 +27,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod readback;
+pub mod timing;
 pub mod wait;
 pub mod workload;
 
