@@ -7,23 +7,35 @@
 //! breaks (or whose request times out) records the operation as unknown and
 //! reconnects; a connection that cannot be made records nothing (no request
 //! left), and the client retries after a short backoff until stopped.
+//!
+//! Besides the history, a [`Tally`] counts the writes acknowledged and the
+//! failures by kind, and the history so far can be looked at while the
+//! clients run ([`Workload::with_history`]), so figures such as a failover's
+//! longest write gap can be taken round by round.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use semikv_protocol::sync::lock;
 use semikv_protocol::{ErrorReply, Op, Reply, Role};
 use tokio::task::JoinHandle;
 
 use crate::checker::{Action, Event, Outcome};
-use crate::client::Client;
+use crate::client::{is_timeout, Client};
 use crate::wait::Deadline;
 
 /// Pause before reconnecting after a failed connect or a broken connection,
 /// so a dead balancer is not hammered (a backoff, not a synchronisation).
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Longest pause an `Unavailable` reply's retry hint imposes on a client
+/// that honours it ([`WorkloadConfig::honour_retry_after`]).
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Shape of a workload.
 #[derive(Debug, Clone)]
@@ -41,6 +53,16 @@ pub struct WorkloadConfig {
     /// Id of the first client: values are `c{id}-{n}`, so workloads with
     /// disjoint ids (one per balancer) never write the same value.
     pub first_client: usize,
+    /// Every set writes a key of its own, `u{id}-{n}` (with value
+    /// `c{id}-{n}`), instead of one of the shared `keys` (gets and deletes
+    /// still use those): no later write can mask a lost one, so reading
+    /// back every key the history names finds each loss.
+    pub unique_keys: bool,
+    /// Pause as long as an `Unavailable` reply's `retry_after_ms` asks (at
+    /// most [`MAX_RETRY_PAUSE`]) before the next operation, as a
+    /// well-behaved client does. Off in the fault tests, to keep the
+    /// pressure on; on where the clients' experience is measured.
+    pub honour_retry_after: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -52,6 +74,8 @@ impl Default for WorkloadConfig {
             delete_pct: 10,
             seed: 0x5e41_4b56,
             first_client: 0,
+            unique_keys: false,
+            honour_retry_after: false,
         }
     }
 }
@@ -61,16 +85,36 @@ impl Default for WorkloadConfig {
 #[derive(Debug)]
 pub struct Workload {
     stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<Vec<Event>>>,
+    record: Arc<Record>,
+    tasks: Vec<JoinHandle<()>>,
     config: WorkloadConfig,
+}
+
+/// What the clients record, shared with the [`Workload`]. Locks are held
+/// for a push, an increment or a caller's quick look (never across an
+/// `.await`); every update is one push or one increment, so a poisoned lock
+/// still holds consistent data.
+#[derive(Debug, Default)]
+struct Record {
+    history: Mutex<Vec<Event>>,
+    tally: Mutex<Tally>,
+}
+
+impl Record {
+    fn history(&self) -> MutexGuard<'_, Vec<Event>> {
+        lock(&self.history)
+    }
+
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        lock(&self.tally)
+    }
 }
 
 impl Workload {
     /// Starts `config.clients` clients against `addr` (role Client).
     pub fn start(addr: SocketAddr, config: WorkloadConfig) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
+        let record = Arc::new(Record::default());
         let tasks = (0..config.clients)
             .map(|c| {
                 let worker = Worker {
@@ -79,16 +123,18 @@ impl Workload {
                     keys: config.keys.max(1),
                     read_pct: config.read_pct,
                     delete_pct: config.delete_pct,
+                    unique_keys: config.unique_keys,
+                    honour_retry_after: config.honour_retry_after,
                     rng: Rng::new(config.seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                     stop: stop.clone(),
-                    acked: acked.clone(),
+                    record: record.clone(),
                 };
                 tokio::spawn(worker.run())
             })
             .collect();
         Workload {
             stop,
-            acked,
+            record,
             tasks,
             config,
         }
@@ -101,7 +147,22 @@ impl Workload {
 
     /// Writes acknowledged so far.
     pub fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
+        self.record.tally().acked
+    }
+
+    /// The writes acknowledged and failed so far, and the connections that
+    /// could not be made (kind `connect`, or `connect-timeout`). Take one
+    /// at each phase of a run and [`Tally::since`] gives each phase's share.
+    pub fn tally(&self) -> Tally {
+        self.record.tally().clone()
+    }
+
+    /// Runs `f` over the history so far (each client's operations in order,
+    /// the clients interleaved as they finished), e.g. to take a figure while
+    /// the clients go on. Clients finishing an operation wait while `f`
+    /// runs, so it should be quick.
+    pub fn with_history<T>(&self, f: impl FnOnce(&[Event]) -> T) -> T {
+        f(&self.record.history())
     }
 
     /// Waits until `more` writes beyond those acknowledged now are
@@ -123,14 +184,23 @@ impl Workload {
     ///
     /// # Errors
     /// A client task panicked.
-    pub async fn stop(mut self) -> anyhow::Result<Vec<Event>> {
+    pub async fn stop(self) -> anyhow::Result<Vec<Event>> {
+        Ok(self.stop_tallied().await?.0)
+    }
+
+    /// As [`Workload::stop`], with the final [`Tally`] (the last operations'
+    /// outcomes included).
+    ///
+    /// # Errors
+    /// A client task panicked.
+    pub async fn stop_tallied(mut self) -> anyhow::Result<(Vec<Event>, Tally)> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut history = Vec::new();
         for task in self.tasks.drain(..) {
-            history.extend(task.await?);
+            task.await?;
         }
+        let mut history = std::mem::take(&mut *self.record.history());
         history.sort_by_key(|e| e.start);
-        Ok(history)
+        Ok((history, self.tally()))
     }
 }
 
@@ -155,14 +225,15 @@ struct Worker {
     keys: usize,
     read_pct: u64,
     delete_pct: u64,
+    unique_keys: bool,
+    honour_retry_after: bool,
     rng: Rng,
     stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
+    record: Arc<Record>,
 }
 
 impl Worker {
-    async fn run(mut self) -> Vec<Event> {
-        let mut history = Vec::new();
+    async fn run(mut self) {
         let mut conn: Option<Client> = None;
         let mut seq = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
@@ -170,13 +241,19 @@ impl Worker {
                 Some(c) => c,
                 None => match Client::connect(self.addr, Role::Client).await {
                     Ok(c) => conn.insert(c),
-                    Err(_) => {
+                    Err(e) => {
+                        let kind = if is_timeout(&e) {
+                            "connect-timeout"
+                        } else {
+                            "connect"
+                        };
+                        self.record.tally().record(Some(kind));
                         tokio::time::sleep(RECONNECT_BACKOFF).await;
                         continue;
                     }
                 },
             };
-            let key = Bytes::from(format!("k{}", self.rng.below(self.keys as u64)));
+            let mut key = Bytes::from(format!("k{}", self.rng.below(self.keys as u64)));
             let roll = self.rng.below(100);
             let action = if roll < self.read_pct {
                 Action::Get(None)
@@ -184,6 +261,9 @@ impl Worker {
                 Action::Delete
             } else {
                 seq += 1;
+                if self.unique_keys {
+                    key = Bytes::from(format!("u{}-{seq}", self.id));
+                }
                 Action::Set(Bytes::from(format!("c{}-{seq}", self.id)))
             };
             let op = match &action {
@@ -197,8 +277,18 @@ impl Worker {
             let start = Instant::now();
             let result = client.request(op).await;
             let end = Instant::now();
-            let (action, outcome, detail) = match result {
-                Ok(reply) => classify(action, reply),
+            let mut pause = None;
+            let (action, outcome, detail, kind) = match result {
+                Ok(reply) => {
+                    let kind = reply_kind(&reply);
+                    if let Reply::Error(ErrorReply::Unavailable { retry_after_ms, .. }) = &reply {
+                        pause = self
+                            .honour_retry_after
+                            .then(|| Duration::from_millis(*retry_after_ms).min(MAX_RETRY_PAUSE));
+                    }
+                    let (action, outcome, detail) = classify(action, reply);
+                    (action, outcome, detail, kind)
+                }
                 Err(e) => {
                     // Whether the request left is unknown: it may have.
                     conn = None;
@@ -206,13 +296,15 @@ impl Worker {
                         Action::Get(_) => Outcome::Failed,
                         _ => Outcome::Unknown,
                     };
-                    (action, outcome, format!("connection error: {e:#}"))
+                    let detail = format!("connection error: {e:#}");
+                    (action, outcome, detail, error_kind(&e))
                 }
             };
-            if outcome == Outcome::Ok && !matches!(action, Action::Get(_)) {
-                self.acked.fetch_add(1, Ordering::Relaxed);
+            if !matches!(action, Action::Get(_)) {
+                let failure = (outcome != Outcome::Ok).then_some(kind);
+                self.record.tally().record(failure);
             }
-            history.push(Event {
+            self.record.history().push(Event {
                 client: self.id,
                 key,
                 action,
@@ -222,10 +314,110 @@ impl Worker {
                 detail,
             });
             if conn.is_none() {
-                tokio::time::sleep(RECONNECT_BACKOFF).await;
+                pause = Some(RECONNECT_BACKOFF);
+            }
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
             }
         }
-        history
+    }
+}
+
+/// Writes acknowledged and writes failed, by kind of failure ([`reply_kind`]
+/// of the error reply, [`error_kind`] of a failed request), for a report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Writes acknowledged.
+    pub acked: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    /// Counts one write: acknowledged when `failure` is `None`, else failed
+    /// that way.
+    pub fn record(&mut self, failure: Option<&'static str>) {
+        match failure {
+            None => self.acked += 1,
+            Some(kind) => *self.errors.entry(kind).or_default() += 1,
+        }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Tally) {
+        self.acked += other.acked;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+    }
+
+    /// What was counted after `earlier`, a copy of this tally taken before.
+    pub fn since(&self, earlier: &Tally) -> Tally {
+        Tally {
+            acked: self.acked.saturating_sub(earlier.acked),
+            errors: self
+                .errors
+                .iter()
+                .map(|(&kind, &n)| {
+                    let before = earlier.errors.get(kind).copied().unwrap_or(0);
+                    (kind, n.saturating_sub(before))
+                })
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+        }
+    }
+
+    /// The failures as `kind=n kind=n`, or `none`.
+    pub fn errors(&self) -> impl fmt::Display + '_ {
+        Errors(&self.errors)
+    }
+}
+
+struct Errors<'a>(&'a BTreeMap<&'static str, u64>);
+
+impl fmt::Display for Errors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (kind, n)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{kind}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A reply in a word, for tallies: `written`, `value`, or the error's kind
+/// (`unavailable`, `not-leader`, `indeterminate`, ...).
+pub fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Written { .. } => "written",
+        Reply::Value(_) => "value",
+        Reply::Pong => "pong",
+        Reply::Node(_) => "node-status",
+        Reply::Cluster(_) => "cluster-status",
+        Reply::Error(e) => match e {
+            ErrorReply::NotLeader { .. } => "not-leader",
+            ErrorReply::NotEnoughReplicas { .. } => "not-enough-replicas",
+            ErrorReply::Unavailable { .. } => "unavailable",
+            ErrorReply::Indeterminate { .. } => "indeterminate",
+            ErrorReply::Invalid { .. } => "invalid",
+            ErrorReply::StaleEpoch { .. } => "stale-epoch",
+            ErrorReply::Storage { .. } => "storage",
+            ErrorReply::EpochConflict { .. } => "epoch-conflict",
+            ErrorReply::Diverged { .. } => "diverged",
+        },
+    }
+}
+
+/// A failed request in a word, for tallies: `client-timeout` when the peer
+/// did not answer in time, else `connection`.
+pub fn error_kind(error: &anyhow::Error) -> &'static str {
+    if is_timeout(error) {
+        "client-timeout"
+    } else {
+        "connection"
     }
 }
 
@@ -303,6 +495,24 @@ mod tests {
         assert_eq!((a, o), (Action::Get(Some("x".into())), Outcome::Ok));
         let (_, o, _) = classify(Action::Get(None), Reply::Pong);
         assert_eq!(o, Outcome::Failed);
+    }
+
+    #[test]
+    fn a_tally_splits_into_phases() {
+        let mut t = Tally::default();
+        t.record(None);
+        t.record(Some("unavailable"));
+        let warm_up = t.clone();
+        t.record(None);
+        t.record(Some("unavailable"));
+        t.record(Some("indeterminate"));
+        let phase = t.since(&warm_up);
+        assert_eq!(phase.acked, 1);
+        assert_eq!(phase.errors().to_string(), "indeterminate=1 unavailable=1");
+        assert_eq!(t.since(&t).errors().to_string(), "none");
+        let mut sum = warm_up.clone();
+        sum.add(&phase);
+        assert_eq!(sum, t);
     }
 
     #[test]
