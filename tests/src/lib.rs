@@ -10,6 +10,8 @@
 //! - [`client`]: an async test client and a raw-bytes connection.
 //! - [`wait`]: bounded polling.
 //! - [`workload`]: concurrent recorded clients for fault tests.
+//! - [`probe`]: single writes aimed at a fault (when do writes flow again,
+//!   does a deposed leader acknowledge).
 //! - [`checker`]: the history checker behind guarantees 1-3.
 //! - [`readback`]: every key of a history read back from one address.
 //! - [`timing`]: failover figures from a history (first write, longest gap).
@@ -24,6 +26,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod node;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod readback;
