@@ -7,7 +7,8 @@
 //! target dir, no manual `cargo build` first.
 //!
 //! `SEMIKV_SERVER_BIN` / `SEMIKV_LB_BIN` override the path (to test another
-//! build, e.g. a release binary) and skip the build.
+//! build, e.g. a release binary) and skip the build; so does [`use_server`],
+//! for a tool that takes the replica binary on its command line.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -32,9 +33,22 @@ pub const BALANCER_ENV: &str = "SEMIKV_LB_BIN";
 /// The build failed (the error carries cargo's message). The failure is
 /// cached: later calls fail the same way without rebuilding.
 pub fn server() -> anyhow::Result<PathBuf> {
-    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    cached(&PATH, SERVER_ENV, SERVER, SERVER)
+    cached(&SERVER_PATH, SERVER_ENV, SERVER, SERVER)
 }
+
+/// Makes [`server`] return `path` instead of building (or reading
+/// [`SERVER_ENV`]).
+///
+/// # Errors
+/// [`server`] was already called: the binary is chosen once per process.
+pub fn use_server(path: PathBuf) -> anyhow::Result<()> {
+    SERVER_PATH
+        .set(Ok(path))
+        .map_err(|_| anyhow!("the {SERVER} binary was already chosen"))
+}
+
+/// The `semikv-server` binary once chosen (or the build's error).
+static SERVER_PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// Path of the `semikv-lb` binary, building it on first use.
 ///

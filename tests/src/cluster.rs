@@ -6,8 +6,10 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context};
-use semikv_protocol::{LogIndex, NodeRole, NodeStatus, Role};
+use semikv_protocol::{ClusterStatus, LogIndex, NodeRole, NodeStatus, Role};
 use tempfile::TempDir;
 
 use crate::client::{node, Client};
@@ -77,6 +79,12 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Leaves the temp dir (data dirs and logs) in place when the cluster
+    /// is dropped, for a look after a failure; the processes die as ever.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     /// Number of replicas.
     pub fn len(&self) -> usize {
         self.replicas.len()
@@ -120,8 +128,81 @@ impl Cluster {
     }
 
     /// The balancer, if any.
+    pub fn balancer(&self) -> Option<&Balancer> {
+        self.balancer.as_ref()
+    }
+
+    /// The balancer, if any, mutably (to signal its process).
     pub fn balancer_mut(&mut self) -> Option<&mut Balancer> {
         self.balancer.as_mut()
+    }
+
+    /// The index of the replica at `addr` as the balancer names it.
+    pub fn index_of(&self, addr: &str) -> Option<usize> {
+        self.replicas
+            .iter()
+            .position(|r| r.addr.to_string() == addr)
+    }
+
+    /// The index of the replica the balancer routes writes to, `None` while
+    /// it knows no leader.
+    ///
+    /// # Errors
+    /// There is no balancer, it did not answer, or it names a leader that is
+    /// not one of the replicas.
+    pub async fn balancer_leader(&self) -> anyhow::Result<Option<usize>> {
+        let status = self.connect_balancer().await?.cluster_status().await?;
+        self.leader_in(&status)
+    }
+
+    fn leader_in(&self, status: &ClusterStatus) -> anyhow::Result<Option<usize>> {
+        match &status.leader {
+            None => Ok(None),
+            Some(addr) => self
+                .index_of(addr)
+                .map(Some)
+                .with_context(|| format!("the balancer's leader {addr} is not a replica")),
+        }
+    }
+
+    /// Waits until the balancer sees a steady cluster: every replica
+    /// healthy at the balancer's epoch, one leading, the others following,
+    /// each having applied what the leader had committed when the wait
+    /// began. Returns the leader's index.
+    ///
+    /// # Errors
+    /// There is no balancer, it stopped answering, or the cluster was not
+    /// steady within `timeout`.
+    pub async fn wait_steady(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let mut balancer = self.connect_balancer().await?;
+        let deadline = Deadline::new(timeout, "a steady cluster (all healthy, caught up)");
+        let mut goal = None;
+        loop {
+            let status = balancer.cluster_status().await?;
+            let leader = status
+                .leader
+                .as_ref()
+                .and_then(|l| status.replicas.iter().find(|r| &r.addr == l));
+            if let Some(leader) = leader {
+                let goal = *goal.get_or_insert(leader.commit_index);
+                let steady = leader.role == NodeRole::Leader
+                    && status.replicas.iter().all(|r| {
+                        r.healthy
+                            && r.epoch == status.epoch
+                            && r.applied_index >= goal
+                            && (r.role == NodeRole::Follower || r.addr == leader.addr)
+                    });
+                if steady {
+                    if let Some(i) = self.leader_in(&status)? {
+                        return Ok(i);
+                    }
+                }
+            }
+            if deadline.expired() {
+                bail!("cluster not steady within {timeout:?}: {status:?}");
+            }
+            deadline.tick().await?;
+        }
     }
 
     /// SIGKILLs the balancer and starts a new one on the same address, in
@@ -182,9 +263,14 @@ impl Cluster {
     /// A client connection to the balancer.
     ///
     /// # Errors
-    /// As [`Client::connect`].
+    /// As [`Client::connect`], or there is no balancer.
     pub async fn connect_balancer(&self) -> anyhow::Result<Client> {
-        Client::connect(self.balancer_addr(), Role::Client).await
+        let addr = self
+            .balancer
+            .as_ref()
+            .context("the cluster has no balancer")?
+            .addr;
+        Client::connect(addr, Role::Client).await
     }
 
     /// The index of the replica that says it leads at the highest epoch, or
