@@ -17,6 +17,9 @@
 //! - [`timing`]: failover figures from a history (first write, longest gap).
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
 //!
+//! The failover timing harness (`benches/failover_timing/`) is built from
+//! the same pieces.
+//!
 //! Every wait is bounded; nothing here sleeps as synchronisation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
