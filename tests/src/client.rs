@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use semikv_protocol::handshake;
 use semikv_protocol::{
     ClusterStatus, Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message, MessageCodec,
     NodeStatus, Op, Promote, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome,
@@ -54,15 +55,10 @@ impl Client {
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut framed = Framed::new(stream, MessageCodec::default());
-        timeout(IO_TIMEOUT, framed.send(Message::Hello(hello)))
+        let welcome = timeout(IO_TIMEOUT, handshake::hello(&mut framed, hello))
             .await
-            .context("sending Hello timed out")??;
-        let welcome = match next(&mut framed, IO_TIMEOUT).await? {
-            Some(Message::Welcome(w)) => w,
-            Some(Message::Reject(e)) => bail!("{addr} rejected the handshake: {e}"),
-            Some(other) => bail!("{addr} answered Hello with {other:?}"),
-            None => bail!("{addr} closed the connection during the handshake"),
-        };
+            .with_context(|| format!("handshake with {addr} timed out"))?
+            .with_context(|| format!("handshake with {addr}"))?;
         Ok(Client {
             framed,
             next_id: 1,
