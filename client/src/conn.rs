@@ -4,25 +4,23 @@
 //! A writer task owns the socket's write half and a reader task its read
 //! half; callers hand requests to the writer through a bounded channel and
 //! wait for their response on a oneshot registered, under a fresh request id,
-//! in the pending map the reader completes. When the connection ends, for any
+//! in the pending map the reader completes (the [`PendingMap`] every
+//! multiplexed semikv connection uses). When the connection ends, for any
 //! reason, the reader records why, drops every pending sender (each waiter
 //! then reports [`ClientError::ConnectionLost`]) and later calls fail fast
 //! with [`ClientError::NotConnected`]. In-flight requests are bounded by a
 //! semaphore, and every wait (connect, handshake, permit, send, response)
 //! ends at a deadline.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-// The lock is only ever held for a map operation, never across an await, and
-// a panic while holding it leaves the map consistent: poisoning is ignored.
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::handshake::{self, HandshakeError};
-use semikv_protocol::sync::lock;
+use semikv_protocol::pending::PendingMap;
 use semikv_protocol::{
     ClusterStatus, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
     ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome, WireError,
@@ -162,26 +160,14 @@ impl ClientError {
     }
 }
 
-/// Waiters by request id, and why the connection ended once it has.
-#[derive(Default)]
-struct Pending {
-    waiters: HashMap<RequestId, oneshot::Sender<Reply>>,
-    closed: Option<String>,
-}
-
-type SharedPending = Arc<Mutex<Pending>>;
+/// Waiters by request id, and why the connection ended once it has (the
+/// map every semikv connection shares).
+type SharedPending = Arc<PendingMap<oneshot::Sender<Reply>>>;
 
 /// Marks the connection closed (keeping the first reason) and fails every
-/// waiter.
-fn close(pending: &Mutex<Pending>, reason: String) {
-    let waiters = {
-        let mut p = lock(pending);
-        if p.closed.is_none() {
-            p.closed = Some(reason);
-        }
-        std::mem::take(&mut p.waiters)
-    };
-    drop(waiters);
+/// waiter: dropping its sender tells it the connection was lost.
+fn close(pending: &SharedPending, reason: String) {
+    drop(pending.close(reason));
 }
 
 /// One connection to a semikv process. Cheap to clone; clones share the
@@ -219,19 +205,6 @@ impl std::fmt::Debug for Client {
             .field("addr", &self.inner.addr)
             .field("node", &self.inner.node)
             .finish_non_exhaustive()
-    }
-}
-
-/// Removes a waiter from the pending map if its request is abandoned (timeout
-/// or the caller's future dropped), so the map never keeps dead entries.
-struct WaiterGuard<'a> {
-    pending: &'a Mutex<Pending>,
-    id: RequestId,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        lock(self.pending).waiters.remove(&self.id);
     }
 }
 
@@ -365,7 +338,7 @@ impl Client {
     /// Whether the connection has ended; requests would fail with
     /// [`ClientError::NotConnected`].
     pub fn is_closed(&self) -> bool {
-        lock(&self.inner.pending).closed.is_some()
+        self.inner.pending.closed().is_some()
     }
 
     /// Sends `op` under a fresh request id and waits for its reply.
@@ -392,19 +365,12 @@ impl Client {
         };
         let id = request.id;
         let (tx, rx) = oneshot::channel();
-        {
-            let mut p = lock(&inner.pending);
-            if let Some(reason) = &p.closed {
-                return Err(ClientError::NotConnected {
-                    reason: reason.clone(),
-                });
-            }
-            p.waiters.insert(id, tx);
+        if let Err((_, reason)) = inner.pending.insert(id.0, tx) {
+            return Err(ClientError::NotConnected { reason });
         }
-        let _guard = WaiterGuard {
-            pending: &inner.pending,
-            id,
-        };
+        // Takes the entry out if the wait ends without an answer (timeout,
+        // the caller's future dropped); a no-op once the reader took it.
+        let _guard = inner.pending.guard(id.0);
         // Reject what cannot be framed here: past the writer, an encode error
         // would look like a broken connection.
         check_encodable(&request, inner.config.max_frame_len).map_err(ClientError::Encode)?;
@@ -427,9 +393,9 @@ impl Client {
     }
 
     fn close_reason(&self) -> String {
-        lock(&self.inner.pending)
-            .closed
-            .clone()
+        self.inner
+            .pending
+            .closed()
             .unwrap_or_else(|| "connection closed".to_string())
     }
 
@@ -634,7 +600,7 @@ async fn read_loop(
         };
         match message {
             Some(Ok(Message::Response(response))) => {
-                let waiter = lock(&pending).waiters.remove(&response.id);
+                let waiter = pending.remove(response.id.0);
                 if let Some(waiter) = waiter {
                     // The caller may have given up; its loss.
                     let _ = waiter.send(response.reply);
@@ -699,7 +665,7 @@ mod tests {
         while let Some(result) = tasks.join_next().await {
             result.unwrap();
         }
-        assert_eq!(lock(&client.inner.pending).waiters.len(), 0);
+        assert_eq!(client.inner.pending.len(), 0);
     }
 
     #[tokio::test]
@@ -714,7 +680,7 @@ mod tests {
         };
         // Wait until the slow request is registered before racing it.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&client.inner.pending).waiters.is_empty() {
+        while client.inner.pending.is_empty() {
             assert!(Instant::now() < deadline, "slow request never registered");
             tokio::task::yield_now().await;
         }
@@ -764,7 +730,7 @@ mod tests {
         let client = Client::connect(&server.addr(), &config).await.unwrap();
         let err = client.get("never").await.unwrap_err();
         assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
-        assert_eq!(lock(&client.inner.pending).waiters.len(), 0);
+        assert_eq!(client.inner.pending.len(), 0);
         // The connection itself is still fine.
         client.ping().await.unwrap();
     }

@@ -11,10 +11,10 @@
 //! own ([`ReplicaLink::forward_reads`], [`ReplicaLink::forward_write`]): the
 //! pending map then holds where the answer goes, and the connection's reader
 //! hands it to the client's [`ClientPort`], in no client's wire format.
-//! Whoever takes an entry out of the map (the reader with the reply, the reader's sweep at the deadline, the reader's
-//! drain when the connection breaks) answers it, so each request is answered
-//! exactly once; `open` turns false under the same lock as the drain, so
-//! nothing is added to a map nobody will drain.
+//! The map is the shared [`PendingMap`]: whoever takes an entry out (the
+//! reader with the reply, the reader's sweep at the deadline, the reader's
+//! drain when the connection breaks) answers it, so each request is
+//! answered exactly once, and nothing is added once it is drained.
 //!
 //! Health checks and admin requests (`Status`, `Fence`, `Promote`, `Follow`)
 //! travel on a second connection of their own: on the data connection they
@@ -24,7 +24,6 @@
 mod encode;
 mod pending;
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,11 +45,9 @@ use tracing::debug;
 use crate::outbox::{self, Outbound};
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
-use pending::{
-    answer_all, expired, Forward, Pending, Waiter, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK,
-    SWEEP_EVERY,
-};
+use pending::{answer_all, Forward, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK, SWEEP_EVERY};
 pub use pending::{ForwardWrite, Read};
+use semikv_protocol::pending::PendingMap;
 
 /// Requests queued for one replica's socket before senders wait.
 const SEND_QUEUE: usize = 1024;
@@ -97,7 +94,7 @@ impl ConnError {
 #[derive(Debug)]
 struct Conn {
     tx: mpsc::Sender<Outbound>,
-    pending: Arc<Mutex<Pending>>,
+    pending: Arc<PendingMap<Waiting>>,
     closed: CancellationToken,
 }
 
@@ -206,18 +203,10 @@ impl ReplicaLink {
         let frame = checked_frame(id, &mut op, self.max_frame_len)
             .map_err(|e| ConnError::TooLarge(e.to_string()))?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = lock(&conn.pending);
-            if !pending.open {
-                return Err(ConnError::Connect("connection closed".into()));
-            }
-            pending.map.insert(id, Waiting::Reply(reply_tx));
+        if conn.pending.insert(id, Waiting::Reply(reply_tx)).is_err() {
+            return Err(ConnError::Connect("connection closed".into()));
         }
-        let mut waiter = Waiter {
-            pending: &conn.pending,
-            id,
-            armed: true,
-        };
+        let waiter = conn.pending.guard(id);
         let out = frame.unwrap_or_else(|| request_out(id, op));
         let outcome = tokio::time::timeout(timeout, async {
             if conn.tx.send(out).await.is_err() {
@@ -227,11 +216,12 @@ impl ReplicaLink {
         })
         .await;
         match outcome {
-            Ok(result) => {
-                // The reader removed the entry when it delivered the reply.
-                waiter.armed = result.is_err();
-                result
+            Ok(Ok(reply)) => {
+                // The reader took the entry out when it delivered the reply.
+                waiter.answered();
+                Ok(reply)
             }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnError::Timeout(timeout)),
         }
     }
@@ -274,21 +264,20 @@ impl ReplicaLink {
             }
         }
         {
-            let mut pending = lock(&conn.pending);
-            // Checked under the lock the reader drains with: once it is
-            // false, nobody would ever answer what we insert.
-            if !pending.open {
+            // Open is checked under the lock the reader drains with: once
+            // closed, nobody would ever answer what we insert.
+            let Some(mut pending) = conn.pending.open() else {
                 buf.clear();
                 return;
-            }
+            };
             let deadline = Instant::now() + timeout;
-            pending.map.reserve(reads.len());
+            pending.reserve(reads.len());
             for (id, read) in (first..).zip(reads.drain(..)) {
                 let forward = Forward {
                     port: port.clone(),
                     read,
                 };
-                pending.map.insert(id, Waiting::Read(forward, deadline));
+                pending.insert(id, Waiting::Read(forward, deadline));
             }
         }
         // In the map before they are sent, so no reply can arrive before it
@@ -327,12 +316,11 @@ impl ReplicaLink {
             Err(_) => return Err(write),
         };
         let op = {
-            let mut pending = lock(&conn.pending);
-            // Checked under the lock the reader drains with: once it is
-            // false, nobody would ever answer what we insert.
-            if !pending.open {
+            // Open is checked under the lock the reader drains with: once
+            // closed, nobody would ever answer what we insert.
+            let Some(mut pending) = conn.pending.open() else {
                 return Err(write);
-            }
+            };
             let ForwardWrite {
                 port,
                 tag,
@@ -346,7 +334,7 @@ impl ReplicaLink {
                 timeout,
             };
             let deadline = Instant::now() + timeout;
-            pending.map.insert(id, Waiting::Write(in_flight, deadline));
+            pending.insert(id, Waiting::Write(in_flight, deadline));
             op
         };
         // In the map before it is sent, so no reply can arrive before it is
@@ -410,10 +398,7 @@ impl ReplicaLink {
             .map_err(|e| ConnError::Connect(e.to_string()))?;
         let (mut stream, sink) = semikv_protocol::codec::split(framed);
         let (tx, rx) = mpsc::channel::<Outbound>(SEND_QUEUE);
-        let pending = Arc::new(Mutex::new(Pending {
-            open: true,
-            map: HashMap::default(),
-        }));
+        let pending = Arc::new(PendingMap::new());
         let closed = self.shutdown.child_token();
 
         self.tasks
@@ -439,7 +424,10 @@ impl ReplicaLink {
                 let frame = tokio::select! {
                     _ = &mut closed => break,
                     _ = sweep.tick() => {
-                        for waiting in expired(&reader_pending, Instant::now()) {
+                        let now = Instant::now();
+                        let late = reader_pending
+                            .take_due(|w: &Waiting| w.deadline().is_some_and(|deadline| deadline <= now));
+                        for waiting in late {
                             waiting.fail(slot, true, &kick);
                         }
                         continue;
@@ -460,25 +448,17 @@ impl ReplicaLink {
                         frame = stream.next().now_or_never();
                     }
                 }
-                {
-                    let mut pending = lock(&reader_pending);
-                    for resp in replies.drain(..) {
-                        if let Some(waiting) = pending.map.remove(&resp.id.0) {
-                            matched.push((waiting, resp.reply));
-                        }
-                    }
-                }
+                reader_pending.take_answered(
+                    replies.drain(..).map(|resp| (resp.id.0, resp.reply)),
+                    &mut matched,
+                );
                 answer_all(&mut matched, &kick);
                 if ended {
                     break 'read;
                 }
             }
             reader_closed.cancel();
-            let orphans: Vec<Waiting> = {
-                let mut p = lock(&reader_pending);
-                p.open = false;
-                p.map.drain().map(|(_, waiting)| waiting).collect()
-            };
+            let orphans = reader_pending.close("replica connection closed");
             // Waiters get Broken; forwarded reads go back to their clients
             // to be retried; forwarded writes are answered Indeterminate.
             for waiting in orphans {

@@ -2,12 +2,9 @@
 //! that holds it until it is answered, and how answers that arrive together
 //! go to their clients together.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use semikv_protocol::sync::lock;
 use semikv_protocol::{Op, Reply};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -105,7 +102,7 @@ pub(super) enum Waiting {
 
 impl Waiting {
     /// When the sweep ends it; `None`: its caller's own timeout does.
-    fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         match self {
             Waiting::Reply(_) => None,
             Waiting::Read(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
@@ -203,87 +200,5 @@ impl ReadRun {
             }
         };
         self.port.answers.deliver(answer);
-    }
-}
-
-/// Hashes a link's own request ids with one multiplication instead of
-/// SipHash: every forwarded request costs the pending map an insert and a
-/// remove, and the ids are a counter of ours that no peer chooses, so there
-/// is no flooding to resist. Sequential ids spread over every bucket (the
-/// multiplier is odd) and over the high bits the table's tags use.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-#[derive(Debug, Default)]
-pub(super) struct Pending {
-    pub(super) open: bool,
-    pub(super) map: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
-}
-
-/// Takes the forwarded requests past their deadline out of the pending map.
-pub(super) fn expired(pending: &Mutex<Pending>, now: Instant) -> Vec<Waiting> {
-    let mut p = lock(pending);
-    let late: Vec<u64> = p
-        .map
-        .iter()
-        .filter(|(_, w)| w.deadline().is_some_and(|deadline| deadline <= now))
-        .map(|(&id, _)| id)
-        .collect();
-    late.into_iter()
-        .filter_map(|id| p.map.remove(&id))
-        .collect()
-}
-
-/// Takes a request's entry out of the pending map however the request ends
-/// without a reply: its own timeout, or the caller dropping the future (the
-/// health check wraps requests in a timeout that also covers the connect),
-/// so the map cannot grow on a live connection.
-pub(super) struct Waiter<'a> {
-    pub(super) pending: &'a Mutex<Pending>,
-    pub(super) id: u64,
-    pub(super) armed: bool,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(self.pending).map.remove(&self.id);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::hash::BuildHasher;
-
-    use super::*;
-
-    #[test]
-    fn sequential_ids_spread_over_buckets_and_tags() {
-        let build = BuildHasherDefault::<IdHasher>::default();
-        let hashes: Vec<u64> = (1..=4096u64).map(|id| build.hash_one(id)).collect();
-        // A table of 4096 buckets indexes by the low bits: no two collide.
-        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
-        assert_eq!(buckets.len(), 4096);
-        // The table's tags are the top 7 bits: all 128 of them are used.
-        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        assert_eq!(tags.len(), 128);
     }
 }
