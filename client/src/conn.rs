@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::handshake::{self, HandshakeError};
+use semikv_protocol::outbox;
 use semikv_protocol::pending::PendingMap;
 use semikv_protocol::{
     ClusterStatus, ErrorReply, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
@@ -29,7 +30,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -543,47 +544,21 @@ fn check_encodable(request: &Request, max_frame_len: usize) -> Result<(), Protoc
     )
 }
 
+/// The connection's writer (the shared batched [`outbox`]); a failed or
+/// blocked write ends the connection with its reason, recorded before the
+/// reader sees the shutdown, so callers are told why.
 async fn write_loop(
-    mut writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
-    mut from_callers: mpsc::Receiver<Request>,
+    writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    from_callers: mpsc::Receiver<Request>,
     pending: SharedPending,
     shutdown: CancellationToken,
     write_timeout: Duration,
 ) {
-    loop {
-        let request = tokio::select! {
-            () = shutdown.cancelled() => break,
-            request = from_callers.recv() => match request {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        // Let the callers that are ready right now queue theirs too, then
-        // batch everything queued into one flush: one `writev` per request
-        // was most of the load generator's own CPU.
-        tokio::task::yield_now().await;
-        let mut batch = vec![request];
-        while batch.len() < 256 {
-            match from_callers.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let send = async {
-            for request in batch {
-                writer.feed(Message::Request(request)).await?;
-            }
-            SinkExt::<Message>::flush(&mut writer).await
-        };
-        let failure = match timeout(write_timeout, send).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => format!("write failed: {e}"),
-            Err(_) => format!("write blocked for {write_timeout:?}"),
-        };
+    let written = outbox::run(writer, from_callers, shutdown.child_token(), write_timeout).await;
+    if let Err(failure) = written {
         tracing::debug!(reason = %failure, "client connection write side failed");
-        close(&pending, failure);
+        close(&pending, failure.to_string());
         shutdown.cancel();
-        break;
     }
     // Dropping the write half here closes our side of the socket.
 }

@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod door;
 pub mod group;
-pub mod outbox;
 pub mod request;
 pub mod router;
 

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod handshake;
 pub mod ids;
 pub mod message;
+pub mod outbox;
 pub mod pending;
 #[cfg(feature = "process")]
 pub mod process;

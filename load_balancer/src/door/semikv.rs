@@ -23,9 +23,9 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::outbox::{self, Outgoing, Sink};
 use crate::request::{Answer, AnswerSink, Tag};
 use crate::router::{Router, Session};
+use semikv_protocol::outbox::{self, Outgoing, Sink};
 
 /// Requests one client may have in flight before the balancer stops reading
 /// from it.

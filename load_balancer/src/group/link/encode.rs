@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use semikv_protocol::{frame, Message, Op, Request, RequestId};
 
-use crate::outbox::Outbound;
+use semikv_protocol::outbox::Outbound;
 
 /// Appends the frame of request `id` for `op` to `buf`, from the op itself
 /// (put back afterwards, so it can stay with its pending entry); on an error

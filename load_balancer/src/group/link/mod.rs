@@ -42,11 +42,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::outbox::{self, Outbound};
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
 use pending::{answer_all, Forward, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK, SWEEP_EVERY};
 pub use pending::{ForwardWrite, Read};
+use semikv_protocol::outbox::{self, Outbound};
 use semikv_protocol::pending::PendingMap;
 
 /// Requests queued for one replica's socket before senders wait.

@@ -1,14 +1,14 @@
-//! The writing half of a semikv-framed connection (to a replica, or a client
-//! of the semikv door): a task that drains a bounded queue of messages onto
-//! a socket, flushing once per batch instead of once per message
+//! The writing half of a multiplexed semikv connection (the balancer's links
+//! and its semikv door, the client library's connections): a task that
+//! drains a bounded queue of messages onto a socket, flushing once per batch instead of once per message
 //! (many pipelined requests then share one system call), with a write timeout
 //! so a peer that stops reading cannot hold the task forever.
 
 use std::time::Duration;
 
+use crate::{frame, Message, ProtocolError};
 use bytes::Bytes;
 use futures::SinkExt;
-use semikv_protocol::{frame, Message, ProtocolError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 const MAX_BATCH: usize = 256;
 
 /// The writing half of a connection (see `semikv_protocol::codec::split`).
-pub type Sink = semikv_protocol::codec::FrameWriter;
+pub type Sink = crate::codec::FrameWriter;
 
 /// One entry of an outbox's queue.
 pub trait Outgoing: Send + 'static {
@@ -78,12 +78,38 @@ impl Outgoing for Outbound {
 /// cancelled, a write fails or takes longer than `write_timeout`, or an
 /// entry that [`Outgoing::is_last`] has been written.
 /// Cancels `closed` when it stops.
+///
+/// # Errors
+/// Why writing stopped, when a write failed or blocked (not when the queue
+/// closed, `closed` was cancelled or a last entry was written).
 pub async fn run<T: Outgoing>(
     mut sink: Sink,
     mut rx: mpsc::Receiver<T>,
     closed: CancellationToken,
     write_timeout: Duration,
-) {
+) -> Result<(), WriteFailed> {
+    let ended = write_all(&mut sink, &mut rx, &closed, write_timeout).await;
+    closed.cancel();
+    ended
+}
+
+/// Why an outbox stopped writing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteFailed {
+    /// Encoding or writing failed.
+    #[error("write failed: {0}")]
+    Failed(#[from] ProtocolError),
+    /// The peer read nothing for the whole write timeout.
+    #[error("write blocked for {0:?}")]
+    Blocked(Duration),
+}
+
+async fn write_all<T: Outgoing>(
+    sink: &mut Sink,
+    rx: &mut mpsc::Receiver<T>,
+    closed: &CancellationToken,
+    write_timeout: Duration,
+) -> Result<(), WriteFailed> {
     // One wait for the whole loop, not a waiter registered per batch.
     let cancelled = closed.cancelled();
     tokio::pin!(cancelled);
@@ -100,21 +126,34 @@ pub async fn run<T: Outgoing>(
         tokio::task::yield_now().await;
         let batch = async {
             let mut last = first.is_last();
-            first.write_into(&mut sink)?;
+            first.write_into(sink)?;
             let mut n = 1;
             while !last && n < MAX_BATCH {
                 let Ok(more) = rx.try_recv() else { break };
                 last = more.is_last();
-                more.write_into(&mut sink)?;
+                more.write_into(sink)?;
                 n += 1;
             }
-            SinkExt::<Message>::flush(&mut sink).await?;
+            SinkExt::<Message>::flush(sink).await?;
             Ok::<bool, ProtocolError>(last)
         };
         match tokio::time::timeout(write_timeout, batch).await {
             Ok(Ok(false)) => {}
-            Ok(Ok(true)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(true)) => break,
+            Ok(Err(e)) => return Err(WriteFailed::Failed(e)),
+            Err(_) => return Err(WriteFailed::Blocked(write_timeout)),
         }
     }
-    closed.cancel();
+    Ok(())
+}
+
+/// A request written as it is (the client library's queue entries).
+impl Outgoing for crate::Request {
+    fn is_last(&self) -> bool {
+        false
+    }
+
+    fn write_into(self, sink: &mut Sink) -> Result<(), ProtocolError> {
+        encode(&Message::Request(self), sink)
+    }
 }
