@@ -2,6 +2,7 @@
 //! helpers shared by the files of this directory.
 
 use super::*;
+use tokio::sync::mpsc;
 
 const SETTINGS: LeaderSettings = LeaderSettings {
     sync_replicas: 1,
