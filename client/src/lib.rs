@@ -23,6 +23,7 @@
 //! dependencies.
 
 mod conn;
+mod error;
 mod retry;
 
 pub use bytes::Bytes;
