@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
 use tokio::sync::watch;
 
-use super::failover::{Current, LeaderReport, Observed, Seen};
+use super::failover::{BalancerView, LeaderReport, Observed, StatusSummary};
 
 /// The leader writes go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,19 +147,19 @@ impl Table {
             .map(|r| Observed {
                 healthy: r.healthy,
                 refused: r.refused,
-                seen: r.status.as_ref().map(Seen::from),
+                seen: r.status.as_ref().map(StatusSummary::from),
             })
             .collect()
     }
 
     /// What the table remembers: the leader and the highest epoch seen (the
     /// health loop adds what it keeps itself).
-    pub fn current(&self) -> Current {
+    pub fn current(&self) -> BalancerView {
         let inner = self.lock();
-        Current {
+        BalancerView {
             leader: inner.leader.map(|l| l.slot),
             max_epoch: inner.max_epoch,
-            ..Current::default()
+            ..BalancerView::default()
         }
     }
 

@@ -18,7 +18,7 @@ use semikv_protocol::Op;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::Router;
-use crate::group::link::{ForwardWrite, Read};
+use crate::group::link::{ForwardRead, ForwardWrite};
 use crate::group::table::Leader;
 use crate::request::{Answer, AnswerSink, ClientPort, Retry, Slot, Tag};
 
@@ -39,16 +39,16 @@ enum Route {
 
 /// A request the router's own path answers.
 #[derive(Debug)]
-struct Job {
+struct OwnPathRequest {
     tag: Tag,
     op: Op,
     slot: Slot,
     route: Route,
 }
 
-impl From<Retry> for Job {
-    fn from(retry: Retry) -> Job {
-        Job {
+impl From<Retry> for OwnPathRequest {
+    fn from(retry: Retry) -> OwnPathRequest {
+        OwnPathRequest {
             tag: retry.tag,
             op: retry.op,
             slot: retry.slot,
@@ -66,7 +66,7 @@ struct Burst {
     /// Requests taken so far.
     taken: usize,
     /// Its valid reads, sent to `reader` together when the burst ends.
-    reads: Vec<Read>,
+    reads: Vec<ForwardRead>,
     /// Where they are encoded (its capacity kept from burst to burst).
     frames: BytesMut,
 }
@@ -169,7 +169,7 @@ impl<'r> Session<'r> {
     pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| NoSlot)?;
         self.burst.taken += 1;
-        let job = Job {
+        let job = OwnPathRequest {
             tag,
             op,
             slot,
@@ -230,7 +230,7 @@ impl<'r> Session<'r> {
                 }
                 retry = self.retries.recv() => match retry {
                     Some(retry) => {
-                        let job = Job::from(retry);
+                        let job = OwnPathRequest::from(retry);
                         self.own.push(answer(self.router, job));
                     }
                     None => break,
@@ -242,7 +242,7 @@ impl<'r> Session<'r> {
         }
     }
 
-    fn run_own(&mut self, job: Job) {
+    fn run_own(&mut self, job: OwnPathRequest) {
         self.slow_writes += usize::from(job.op.is_write());
         self.own.push(answer(self.router, job));
     }
@@ -251,7 +251,7 @@ impl<'r> Session<'r> {
     /// reads from in the read's group (picked by the router's policy at
     /// the burst's first read); gives the request back when it is not a
     /// valid read or no replica qualifies.
-    fn take_read(&mut self, job: Job) -> Option<Job> {
+    fn take_read(&mut self, job: OwnPathRequest) -> Option<OwnPathRequest> {
         let Op::Get { key } = &job.op else {
             return Some(job);
         };
@@ -274,7 +274,7 @@ impl<'r> Session<'r> {
         if self.router.group(group).link(replica).is_none() {
             return Some(job);
         }
-        self.burst.reads.push(Read {
+        self.burst.reads.push(ForwardRead {
             tag: job.tag,
             op: job.op,
             slot: job.slot,
@@ -300,9 +300,9 @@ impl<'r> Session<'r> {
                 timeout,
             );
         }
-        let unsent: Vec<Read> = self.burst.reads.drain(..).collect();
+        let unsent: Vec<ForwardRead> = self.burst.reads.drain(..).collect();
         for read in unsent {
-            self.run_own(Job {
+            self.run_own(OwnPathRequest {
                 tag: read.tag,
                 op: read.op,
                 slot: read.slot,
@@ -314,7 +314,7 @@ impl<'r> Session<'r> {
     /// Hands a valid write to its group's leader's link, which answers the
     /// client itself; gives it back when there is no leader, or the link's
     /// data connection is not open or has no room: the write was not sent.
-    fn forward_write(&mut self, job: Job) -> Option<Job> {
+    fn forward_write(&mut self, job: OwnPathRequest) -> Option<OwnPathRequest> {
         if job.op.validate(usize::MAX).is_err() {
             return Some(job);
         }
@@ -335,7 +335,7 @@ impl<'r> Session<'r> {
         };
         link.forward_write(write, group.config().write_timeout())
             .err()
-            .map(|write| Job {
+            .map(|write| OwnPathRequest {
                 tag: write.tag,
                 op: write.op,
                 slot: write.slot,
@@ -346,9 +346,9 @@ impl<'r> Session<'r> {
 
 /// Answers one request on the router's own path, routed as its `route`
 /// says; also says whether it was a write.
-fn answer(router: &Router, job: Job) -> BoxFuture<'_, (Answer, bool)> {
+fn answer(router: &Router, job: OwnPathRequest) -> BoxFuture<'_, (Answer, bool)> {
     async move {
-        let Job {
+        let OwnPathRequest {
             tag,
             op,
             slot,

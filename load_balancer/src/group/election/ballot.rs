@@ -9,7 +9,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     healthy, Answer, Command, Engine, Postponed, Step, MIN_CHECK_TIMEOUT, POSTPONED_RETRY_MAX,
 };
-use crate::group::failover::{self, Observed, Seen};
+use crate::group::failover::{self, Observed, StatusSummary};
 use crate::group::table::Leader;
 
 impl Engine {
@@ -103,7 +103,11 @@ impl Engine {
     }
 
     /// Goes on with the election the fence answers `fenced` belong to.
-    pub(super) fn fenced(&mut self, mut fenced: Vec<(usize, Seen)>, now: Instant) -> Vec<Command> {
+    pub(super) fn fenced(
+        &mut self,
+        mut fenced: Vec<(usize, StatusSummary)>,
+        now: Instant,
+    ) -> Vec<Command> {
         match std::mem::replace(&mut self.step, Step::Idle) {
             Step::Fencing { epoch, started } => {
                 if !self.enough_answers(&fenced, epoch, now) {
@@ -188,7 +192,7 @@ impl Engine {
     /// replica's health changes.
     pub(super) fn enough_answers(
         &mut self,
-        fenced: &[(usize, Seen)],
+        fenced: &[(usize, StatusSummary)],
         epoch: Epoch,
         now: Instant,
     ) -> bool {
@@ -268,7 +272,7 @@ impl Engine {
     pub(super) fn promote(
         &mut self,
         winner: usize,
-        fenced: &[(usize, Seen)],
+        fenced: &[(usize, StatusSummary)],
         epoch: Epoch,
         started: Instant,
     ) -> Vec<Command> {

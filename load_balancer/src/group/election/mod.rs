@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use semikv_protocol::{CoordinatorId, Epoch, Follow, Promote, Reply};
 use tracing::{debug, error, info, warn};
 
-use super::failover::{self, Observed, Plan, Seen, StallRule, StallVerdict, StallWatch};
+use super::failover::{self, Observed, Plan, StallRule, StallVerdict, StallWatch, StatusSummary};
 use super::link::ConnError;
 use super::table::{Leader, Table};
 use crate::config::Config;
@@ -184,7 +184,7 @@ enum Step {
         epoch: Epoch,
         started: Instant,
         stalled: usize,
-        fenced: Vec<(usize, Seen)>,
+        fenced: Vec<(usize, StatusSummary)>,
     },
     /// Promoting `winner`; the others in `fenced` follow it next.
     Promoting {
@@ -332,7 +332,7 @@ impl Engine {
     }
 
     /// What the decision core needs from the table and from this engine.
-    fn current(&self) -> failover::Current {
+    fn current(&self) -> failover::BalancerView {
         let mut current = self.table.current();
         current.coordinator = self.coordinator;
         current.ballot = self.ballot;

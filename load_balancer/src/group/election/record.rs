@@ -5,7 +5,7 @@ use semikv_protocol::{Epoch, ErrorReply, Follow, ReplicaId, Reply};
 use tracing::{debug, error, info, warn};
 
 use super::{Answer, Command, Engine, Step};
-use crate::group::failover::Seen;
+use crate::group::failover::StatusSummary;
 use crate::group::link::ConnError;
 
 impl Engine {
@@ -48,7 +48,10 @@ impl Engine {
     }
 
     /// Records fence answers in the table; returns those that accepted.
-    pub(super) fn record_fences(&mut self, answers: Vec<(usize, Answer)>) -> Vec<(usize, Seen)> {
+    pub(super) fn record_fences(
+        &mut self,
+        answers: Vec<(usize, Answer)>,
+    ) -> Vec<(usize, StatusSummary)> {
         let epoch = match &self.step {
             Step::Fencing { epoch, .. }
             | Step::FencingOthers { epoch, .. }
@@ -60,7 +63,7 @@ impl Engine {
             let addr = self.addr(slot);
             match answer {
                 Ok(Reply::Node(status)) => {
-                    fenced.push((slot, Seen::from(&status)));
+                    fenced.push((slot, StatusSummary::from(&status)));
                     self.table.record_ok(slot, status);
                 }
                 Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {

@@ -18,7 +18,7 @@ use semikv_protocol::{CoordinatorId, Epoch, LogIndex, NodeRole, NodeStatus, Repl
 
 /// The parts of a replica's status the decisions depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
+pub struct StatusSummary {
     /// The replica's id.
     pub id: ReplicaId,
     /// What it says it is doing.
@@ -33,9 +33,9 @@ pub struct Seen {
     pub commit_index: LogIndex,
 }
 
-impl From<&NodeStatus> for Seen {
-    fn from(s: &NodeStatus) -> Seen {
-        Seen {
+impl From<&NodeStatus> for StatusSummary {
+    fn from(s: &NodeStatus) -> StatusSummary {
+        StatusSummary {
             id: s.id,
             role: s.role,
             epoch: s.epoch,
@@ -56,12 +56,12 @@ pub struct Observed {
     /// (the process is gone), as opposed to a check that went unanswered.
     pub refused: bool,
     /// Its last collected status, if it ever answered.
-    pub seen: Option<Seen>,
+    pub seen: Option<StatusSummary>,
 }
 
 /// What the balancer itself remembers (in memory only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Current {
+pub struct BalancerView {
     /// The slot of the leader it routes writes to.
     pub leader: Option<usize>,
     /// The highest epoch it has seen or fenced at.
@@ -120,7 +120,7 @@ pub enum Plan {
 /// Never elects while a healthy replica leads at the highest epoch seen;
 /// otherwise elects (at [`election_epoch`]) if any replica is healthy (and,
 /// during the start-up grace, only once every replica is).
-pub fn plan(observed: &[Observed], current: Current) -> Plan {
+pub fn plan(observed: &[Observed], current: BalancerView) -> Plan {
     let max_epoch = max_epoch(observed, current);
     let is_valid_leader = |o: &Observed| {
         o.healthy
@@ -166,7 +166,7 @@ pub fn plan(observed: &[Observed], current: Current) -> Plan {
 /// highest (it promoted no one at it, so going on at it promotes at most
 /// once, and no epoch is burnt per retry), else the next term under its own
 /// id. `None` when the terms are exhausted.
-pub fn election_epoch(max_seen: Epoch, current: Current) -> Option<Epoch> {
+pub fn election_epoch(max_seen: Epoch, current: BalancerView) -> Option<Epoch> {
     match current.ballot {
         Some(ballot) if ballot == max_seen && ballot.coordinator() == current.coordinator => {
             Some(ballot)
@@ -219,7 +219,7 @@ pub fn leader_refused(observed: &[Observed], epoch: Epoch) -> bool {
 
 /// The highest epoch any replica reported or the balancer remembers; an
 /// election must use one above it.
-pub fn max_epoch(observed: &[Observed], current: Current) -> Epoch {
+pub fn max_epoch(observed: &[Observed], current: BalancerView) -> Epoch {
     observed
         .iter()
         .filter_map(|o| o.seen.map(|s| s.epoch))
@@ -245,7 +245,7 @@ fn followers_to_fix(observed: &[Observed], leader: usize, epoch: Epoch) -> Vec<u
 /// Picks the election winner among replicas that answered the fence: the
 /// highest `(last_epoch, last_index)`, ties to the lowest id. `None` when
 /// nobody answered.
-pub fn choose_leader(fenced: &[(usize, Seen)]) -> Option<usize> {
+pub fn choose_leader(fenced: &[(usize, StatusSummary)]) -> Option<usize> {
     fenced
         .iter()
         .max_by_key(|(_, s)| (s.last_epoch, s.last_index, Reverse(s.id)))

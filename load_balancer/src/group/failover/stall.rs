@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use semikv_protocol::{Epoch, LogIndex};
 
-use super::{choose_leader, Seen};
+use super::{choose_leader, StatusSummary};
 
 /// Shortest time a leader leads before it can be judged stalled. Right after
 /// a promotion (or an adoption by a restarted balancer) its followers are
@@ -293,15 +293,15 @@ impl StallWatch {
 /// the caller must first have [`election_quorum`] answers, which include a
 /// holder of every acknowledged write. The old leader's extra tail was
 /// never acknowledged; it is truncated when it follows.
-pub fn choose_successor(fenced: &[(usize, Seen)], stalled: usize) -> Option<usize> {
+pub fn choose_successor(fenced: &[(usize, StatusSummary)], stalled: usize) -> Option<usize> {
     let floor = fenced
         .iter()
         .find(|&&(slot, _)| slot == stalled)
         .map(|(_, s)| (s.last_epoch, s.commit_index));
-    let holds = |s: &Seen, (epoch, commit): (Epoch, LogIndex)| {
+    let holds = |s: &StatusSummary, (epoch, commit): (Epoch, LogIndex)| {
         (s.last_epoch, s.last_index) >= (epoch, commit) || s.commit_index >= commit
     };
-    let fit: Vec<(usize, Seen)> = fenced
+    let fit: Vec<(usize, StatusSummary)> = fenced
         .iter()
         .filter(|&&(slot, s)| slot != stalled && floor.is_none_or(|f| holds(&s, f)))
         .copied()

@@ -45,7 +45,7 @@ use tracing::debug;
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
 use pending::{answer_all, Forward, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK, SWEEP_EVERY};
-pub use pending::{ForwardWrite, Read};
+pub use pending::{ForwardRead, ForwardWrite};
 use semikv_protocol::outbox::{self, Outbound};
 use semikv_protocol::pending::PendingMap;
 
@@ -237,7 +237,7 @@ impl ReplicaLink {
     pub fn forward_reads(
         &self,
         port: &Arc<ClientPort>,
-        reads: &mut Vec<Read>,
+        reads: &mut Vec<ForwardRead>,
         buf: &mut BytesMut,
         timeout: Duration,
     ) {
@@ -277,7 +277,7 @@ impl ReplicaLink {
                     port: port.clone(),
                     read,
                 };
-                pending.insert(id, Waiting::Read(forward, deadline));
+                pending.insert(id, Waiting::ForwardRead(forward, deadline));
             }
         }
         // In the map before they are sent, so no reply can arrive before it

@@ -22,7 +22,7 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// One read of a client's burst, for [`ReplicaLink::forward_reads`].
 #[derive(Debug)]
-pub struct Read {
+pub struct ForwardRead {
     /// The request's tag.
     pub tag: Tag,
     /// The read, kept to retry it elsewhere.
@@ -36,7 +36,7 @@ pub struct Read {
 #[derive(Debug)]
 pub(super) struct Forward {
     pub(super) port: Arc<ClientPort>,
-    pub(super) read: Read,
+    pub(super) read: ForwardRead,
 }
 
 /// A client's write forwarded to the leader without a future of its own:
@@ -68,7 +68,7 @@ pub(super) struct WriteInFlight {
 
 impl Forward {
     fn retry(self, failed_on: usize) {
-        let Read { tag, op, slot } = self.read;
+        let ForwardRead { tag, op, slot } = self.read;
         self.port.retry(Retry {
             tag,
             op,
@@ -94,7 +94,7 @@ pub(super) enum Waiting {
     Reply(oneshot::Sender<Reply>),
     /// A forwarded client read, answered by the connection's reader, or
     /// retried elsewhere if it fails; and its deadline.
-    Read(Forward, Instant),
+    ForwardRead(Forward, Instant),
     /// A forwarded client write, answered by the connection's reader however
     /// it ends; and its deadline.
     Write(WriteInFlight, Instant),
@@ -105,7 +105,7 @@ impl Waiting {
     pub(super) fn deadline(&self) -> Option<Instant> {
         match self {
             Waiting::Reply(_) => None,
-            Waiting::Read(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
+            Waiting::ForwardRead(_, deadline) | Waiting::Write(_, deadline) => Some(*deadline),
         }
     }
 
@@ -115,7 +115,7 @@ impl Waiting {
         match self {
             // Dropping the sender answers the caller Broken.
             Waiting::Reply(_) => {}
-            Waiting::Read(forward, _) => forward.retry(failed_on),
+            Waiting::ForwardRead(forward, _) => forward.retry(failed_on),
             Waiting::Write(write, _) => {
                 let error = if late {
                     ConnError::Timeout(write.timeout)
@@ -137,7 +137,7 @@ pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify) {
     let mut run: Option<ReadRun> = None;
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
-            Waiting::Read(forward, _) => forward,
+            Waiting::ForwardRead(forward, _) => forward,
             Waiting::Reply(waiter) => {
                 let _ = waiter.send(reply);
                 continue;
@@ -177,7 +177,7 @@ pub(super) struct ReadRun {
 }
 
 impl ReadRun {
-    fn add(&mut self, read: Read, reply: Reply) {
+    fn add(&mut self, read: ForwardRead, reply: Reply) {
         self.replies.push((read.tag, reply));
         // All from the client's one semaphore: `merge` requires it.
         match &mut self.slot {

@@ -7,13 +7,13 @@ mod stall;
 use super::*;
 use semikv_protocol::{CoordinatorId, Epoch, LogIndex, NodeRole, ReplicaId};
 
-/// The epoch of `term` minted by the coordinator of `Current::default()`.
+/// The epoch of `term` minted by the coordinator of `BalancerView::default()`.
 fn ep(term: u64) -> Epoch {
     Epoch::new(term, CoordinatorId::default())
 }
 
-fn seen(id: u32, role: NodeRole, epoch: u64, last_epoch: u64, last_index: u64) -> Seen {
-    Seen {
+fn seen(id: u32, role: NodeRole, epoch: u64, last_epoch: u64, last_index: u64) -> StatusSummary {
+    StatusSummary {
         id: ReplicaId(id),
         role,
         epoch: ep(epoch),
@@ -23,7 +23,7 @@ fn seen(id: u32, role: NodeRole, epoch: u64, last_epoch: u64, last_index: u64) -
     }
 }
 
-fn up(s: Seen) -> Observed {
+fn up(s: StatusSummary) -> Observed {
     Observed {
         healthy: true,
         refused: false,
@@ -31,7 +31,7 @@ fn up(s: Seen) -> Observed {
     }
 }
 
-fn down(s: Option<Seen>) -> Observed {
+fn down(s: Option<StatusSummary>) -> Observed {
     Observed {
         healthy: false,
         refused: false,
@@ -39,7 +39,7 @@ fn down(s: Option<Seen>) -> Observed {
     }
 }
 
-fn refused(s: Option<Seen>) -> Observed {
+fn refused(s: Option<StatusSummary>) -> Observed {
     Observed {
         refused: true,
         ..down(s)

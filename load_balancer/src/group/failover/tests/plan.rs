@@ -26,17 +26,20 @@ fn fresh_cluster_elects_at_epoch_one() {
         up(seen(2, Idle, 0, 0, 0)),
         up(seen(3, Idle, 0, 0, 0)),
     ];
-    assert_eq!(plan(&obs, Current::default()), Plan::Elect { epoch: ep(1) });
+    assert_eq!(
+        plan(&obs, BalancerView::default()),
+        Plan::Elect { epoch: ep(1) }
+    );
 }
 
 #[test]
 fn an_election_mints_the_next_term_under_its_own_id() {
     let me = CoordinatorId(0x11);
     let other = CoordinatorId(0xffff);
-    let current = Current {
+    let current = BalancerView {
         coordinator: me,
         max_epoch: Epoch::new(7, other),
-        ..Current::default()
+        ..BalancerView::default()
     };
     // Above another coordinator's epoch of the same term or not.
     assert_eq!(
@@ -56,17 +59,17 @@ fn an_election_mints_the_next_term_under_its_own_id() {
 fn a_postponed_election_goes_on_at_its_ballot_only_while_it_is_the_highest() {
     let me = CoordinatorId(0x11);
     let ballot = Epoch::new(8, me);
-    let current = Current {
+    let current = BalancerView {
         coordinator: me,
         ballot: Some(ballot),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(election_epoch(ballot, current), Some(ballot));
     // Someone went above it: a new term.
     let higher = Epoch::new(8, CoordinatorId(0x12));
     assert_eq!(election_epoch(higher, current), Some(Epoch::new(9, me)));
     // A ballot of another coordinator's id is never reused.
-    let theirs = Current {
+    let theirs = BalancerView {
         ballot: Some(higher),
         ..current
     };
@@ -76,10 +79,10 @@ fn a_postponed_election_goes_on_at_its_ballot_only_while_it_is_the_highest() {
 #[test]
 fn no_election_past_the_last_term() {
     let last = Epoch::new(u64::MAX, CoordinatorId(1));
-    let current = Current {
+    let current = BalancerView {
         coordinator: CoordinatorId(2),
         max_epoch: last,
-        ..Current::default()
+        ..BalancerView::default()
     };
     let obs = [up(seen(1, Idle, 0, 0, 0))];
     assert_eq!(plan(&obs, current), Plan::Exhausted { max: last });
@@ -87,7 +90,7 @@ fn no_election_past_the_last_term() {
 
 #[test]
 fn a_leader_whose_followers_still_commit_is_not_elected_away() {
-    let with_commit = |s: Seen, commit: u64| Seen {
+    let with_commit = |s: StatusSummary, commit: u64| StatusSummary {
         commit_index: LogIndex(commit),
         ..s
     };
@@ -117,8 +120,8 @@ fn a_leader_whose_followers_still_commit_is_not_elected_away() {
 #[test]
 fn all_down_waits() {
     let obs = [down(None), down(Some(seen(2, Leader, 4, 4, 9)))];
-    assert_eq!(plan(&obs, Current::default()), Plan::Wait);
-    assert_eq!(plan(&[], Current::default()), Plan::Wait);
+    assert_eq!(plan(&obs, BalancerView::default()), Plan::Wait);
+    assert_eq!(plan(&[], BalancerView::default()), Plan::Wait);
 }
 
 #[test]
@@ -129,7 +132,7 @@ fn live_leader_at_highest_epoch_is_adopted_without_new_epoch() {
         up(seen(3, Follower, 5, 5, 11)),
     ];
     assert_eq!(
-        plan(&obs, Current::default()),
+        plan(&obs, BalancerView::default()),
         Plan::Adopt {
             leader: 1,
             epoch: ep(5),
@@ -146,7 +149,7 @@ fn adopted_leader_tells_idle_replicas_to_follow() {
         down(Some(seen(3, Idle, 0, 0, 0))),
     ];
     assert_eq!(
-        plan(&obs, Current::default()),
+        plan(&obs, BalancerView::default()),
         Plan::Adopt {
             leader: 1,
             epoch: ep(5),
@@ -162,16 +165,19 @@ fn leader_below_highest_epoch_is_not_adopted() {
         up(seen(1, Follower, 6, 5, 10)),
         up(seen(2, Leader, 5, 5, 12)),
     ];
-    assert_eq!(plan(&obs, Current::default()), Plan::Elect { epoch: ep(7) });
+    assert_eq!(
+        plan(&obs, BalancerView::default()),
+        Plan::Elect { epoch: ep(7) }
+    );
 }
 
 #[test]
 fn balancer_memory_of_a_higher_epoch_prevents_adoption() {
     let obs = [up(seen(1, Leader, 5, 5, 10))];
-    let current = Current {
+    let current = BalancerView {
         leader: None,
         max_epoch: ep(6),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(7) });
 }
@@ -183,10 +189,10 @@ fn healthy_leader_at_highest_epoch_is_kept() {
         up(seen(2, Follower, 3, 3, 10)),
         down(Some(seen(3, Follower, 3, 3, 2))),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(0),
         max_epoch: ep(3),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(
         plan(&obs, current),
@@ -205,10 +211,10 @@ fn dead_leader_triggers_election_above_every_epoch_seen() {
         up(seen(2, Follower, 3, 3, 10)),
         up(seen(3, Follower, 3, 2, 4)),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(0),
         max_epoch: ep(3),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(4) });
 }
@@ -220,7 +226,7 @@ fn unhealthy_replica_epochs_still_raise_the_new_epoch() {
         up(seen(2, Idle, 2, 2, 1)),
     ];
     assert_eq!(
-        plan(&obs, Current::default()),
+        plan(&obs, BalancerView::default()),
         Plan::Elect { epoch: ep(10) }
     );
 }
@@ -232,10 +238,10 @@ fn returning_deposed_leader_is_told_to_follow() {
         up(seen(2, Leader, 4, 4, 11)),
         up(seen(3, Follower, 4, 4, 11)),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(1),
         max_epoch: ep(4),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(
         plan(&obs, current),
@@ -255,10 +261,10 @@ fn stale_follower_and_idle_replica_are_told_to_follow() {
         up(seen(3, Idle, 4, 0, 0)),
         up(seen(4, Follower, 4, 4, 11)),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(1),
         max_epoch: ep(4),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(
         plan(&obs, current),
@@ -276,10 +282,10 @@ fn unhealthy_replicas_are_not_told_anything() {
         down(Some(seen(1, Leader, 3, 3, 12))),
         up(seen(2, Leader, 4, 4, 11)),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(1),
         max_epoch: ep(4),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(
         plan(&obs, current),
@@ -297,10 +303,10 @@ fn current_leader_that_stepped_down_is_replaced_by_election() {
         up(seen(1, Follower, 4, 4, 12)),
         up(seen(2, Follower, 4, 4, 12)),
     ];
-    let current = Current {
+    let current = BalancerView {
         leader: Some(0),
         max_epoch: ep(4),
-        ..Current::default()
+        ..BalancerView::default()
     };
     assert_eq!(plan(&obs, current), Plan::Elect { epoch: ep(5) });
 }
@@ -312,30 +318,30 @@ fn healthy_replica_without_status_cannot_trigger_adoption() {
         refused: false,
         seen: None,
     }];
-    assert_eq!(plan(&obs, Current::default()), Plan::Wait);
+    assert_eq!(plan(&obs, BalancerView::default()), Plan::Wait);
 }
 
 #[test]
 fn startup_grace_waits_for_every_replica_before_electing() {
-    let grace = Current {
+    let grace = BalancerView {
         startup_grace: true,
-        ..Current::default()
+        ..BalancerView::default()
     };
     let partial = [up(seen(1, Idle, 0, 0, 0)), down(None)];
     assert_eq!(plan(&partial, grace), Plan::Wait);
     let all = [up(seen(1, Idle, 0, 0, 0)), up(seen(2, Idle, 0, 0, 0))];
     assert_eq!(plan(&all, grace), Plan::Elect { epoch: ep(1) });
     assert_eq!(
-        plan(&partial, Current::default()),
+        plan(&partial, BalancerView::default()),
         Plan::Elect { epoch: ep(1) }
     );
 }
 
 #[test]
 fn startup_grace_does_not_delay_adoption() {
-    let grace = Current {
+    let grace = BalancerView {
         startup_grace: true,
-        ..Current::default()
+        ..BalancerView::default()
     };
     let obs = [up(seen(1, Leader, 2, 2, 5)), down(None)];
     assert_eq!(

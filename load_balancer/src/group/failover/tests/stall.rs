@@ -332,8 +332,8 @@ fn repeated_stall_failovers_back_off_until_a_leader_recovers() {
     assert_eq!(gap.as_secs(), 5);
 }
 
-fn seen_c(id: u32, last_epoch: u64, last_index: u64, commit: u64) -> Seen {
-    Seen {
+fn seen_c(id: u32, last_epoch: u64, last_index: u64, commit: u64) -> StatusSummary {
+    StatusSummary {
         commit_index: LogIndex(commit),
         ..seen(id, Follower, 9, last_epoch, last_index)
     }
