@@ -37,90 +37,15 @@ VALUE_SIZE=${VALUE_SIZE:-16}
 FSYNC=${FSYNC:-interval:1000}
 HZ=$(getconf CLK_TCK)
 
-PIDS=()
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-cpu.XXXXXX")
+LOG_PREFIX=cpu
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$ROOT/bench/lib.sh"
 
-log() { echo "cpu: $*" >&2; }
+build_release semikv-server semikv-lb semikv-bench semikv
 
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-
-# run_bg CMD...: runs CMD in the background and waits for it, so that a signal
-# to this script interrupts the wait at once (see compare.sh).
-run_bg() {
-    "$@" &
-    local pid=$! rc=0 p kept=()
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-    return "$rc"
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
-        log "logs and data kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# wait_for_file FILE SECONDS
-wait_for_file() {
-    local deadline=$((SECONDS + $2))
-    until [[ -s "$1" ]]; do
-        ((SECONDS < deadline)) || { log "timed out waiting for $1"; return 1; }
-        sleep 0.1
-    done
-}
-
-# ---- build -------------------------------------------------------------------
-log "building release binaries"
-run_bg cargo build --manifest-path "$ROOT/Cargo.toml" --release --quiet \
-    --bin semikv-server --bin semikv-lb --bin semikv-bench --bin semikv
-TARGET=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN="$TARGET/release"
-
-# ---- cluster -------------------------------------------------------------------
 log "starting 3 replicas (--fsync $FSYNC) and a balancer (--sync-replicas 1)"
-ADDRS=()
-REPLICA_PIDS=()
-for id in 1 2 3; do
-    "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$WORK/data-$id" \
-        --fsync "$FSYNC" --ready-file "$WORK/replica-$id.addr" 2>"$WORK/replica-$id.log" &
-    PIDS+=($!)
-    REPLICA_PIDS+=($!)
-done
-for id in 1 2 3; do
-    wait_for_file "$WORK/replica-$id.addr" 30
-    ADDRS+=("$(tr -d '\n' <"$WORK/replica-$id.addr")")
-done
-"$BIN/semikv-lb" 127.0.0.1:0 "${ADDRS[@]}" --sync-replicas 1 \
-    --ready-file "$WORK/lb.addr" 2>"$WORK/lb.log" &
-PIDS+=($!)
-LB_PID=$!
-wait_for_file "$WORK/lb.addr" 30
-LB_ADDR=$(tr -d '\n' <"$WORK/lb.addr")
-# Ready once a leader is elected and a write commits through the balancer.
-deadline=$((SECONDS + 30))
-until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
-    --value-size "$VALUE_SIZE" --timeout-ms 1000 --json 2>/dev/null |
-    python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["failed"] == 0 else 1)' 2>/dev/null; do
-    ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $WORK)"; exit 1; }
-    sleep 0.2
-done
+start_cluster "$WORK" "$FSYNC"
 
 # leader_id: prints the id (1-3) of the replica the balancer calls leader, or 0.
 leader_id() {
