@@ -19,73 +19,16 @@ REDIS_N16=${REDIS_N16:-1000000}
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-16}
 
-PIDS=()
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-compare.XXXXXX")
-
-log() { echo "compare: $*" >&2; }
-
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-
-# run_bg CMD...: runs CMD in the background and waits for it, so that a
-# signal to this script interrupts the wait at once (bash defers traps while a
-# foreground child runs, and ignores SIGINT if that child does not die of it).
-run_bg() {
-    "$@" &
-    local pid=$! rc=0 p kept=()
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    # Forget it once reaped: its pid may be reused by someone else's process.
-    for p in "${PIDS[@]}"; do
-        [[ $p == "$pid" ]] || kept+=("$p")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-    return "$rc"
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_all
-    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
-        log "logs and data kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+LOG_PREFIX=compare
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$ROOT/bench/lib.sh"
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# wait_for_file FILE SECONDS
-wait_for_file() {
-    local deadline=$((SECONDS + $2))
-    until [[ -s "$1" ]]; do
-        ((SECONDS < deadline)) || { log "timed out waiting for $1"; return 1; }
-        sleep 0.1
-    done
-}
-
-# ---- build -----------------------------------------------------------------
-log "building release binaries"
-run_bg cargo build --manifest-path "$ROOT/Cargo.toml" --release --quiet \
-    --bin semikv-server --bin semikv-lb --bin semikv-bench
-TARGET=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN="$TARGET/release"
+build_release semikv-server semikv-lb semikv-bench
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     log "installing Redis (redis-server, redis-tools)"
@@ -95,38 +38,6 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >"$WORK/apt.log" 2>&1
 fi
-
-# ---- semikv ------------------------------------------------------------------
-# start_semikv FSYNC: three replicas and a balancer; sets LB_ADDR.
-# Both clusters and Redis run for the whole measurement (idle ones cost
-# only heartbeats), so that the three columns of one row are measured
-# minutes apart at most and a change in the machine's load skews them less.
-start_semikv() {
-    local fsync=$1 dir="$WORK/semikv-${1//[:]/-}" id addrs=()
-    mkdir -p "$dir"
-    for id in 1 2 3; do
-        "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$dir/data-$id" \
-            --fsync "$fsync" --ready-file "$dir/replica-$id.addr" 2>"$dir/replica-$id.log" &
-        PIDS+=($!)
-    done
-    for id in 1 2 3; do
-        wait_for_file "$dir/replica-$id.addr" 30
-        addrs+=("$(tr -d '\n' <"$dir/replica-$id.addr")")
-    done
-    "$BIN/semikv-lb" 127.0.0.1:0 "${addrs[@]}" --sync-replicas 1 \
-        --ready-file "$dir/lb.addr" 2>"$dir/lb.log" &
-    PIDS+=($!)
-    wait_for_file "$dir/lb.addr" 30
-    LB_ADDR=$(tr -d '\n' <"$dir/lb.addr")
-    # Ready once a leader is elected and a write commits through the balancer.
-    local deadline=$((SECONDS + 30))
-    until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
-        --value-size "$VALUE_SIZE" --timeout-ms 1000 --json 2>/dev/null |
-        python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["failed"] == 0 else 1)' 2>/dev/null; do
-        ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $dir)"; return 1; }
-        sleep 0.2
-    done
-}
 
 # semikv_ops ADDR PIPELINE RATIO: sets OPS to the ops/s of one semikv-bench
 # run against the balancer at ADDR.
@@ -145,10 +56,13 @@ if r["failed"] or r["wrong_values"]:
 print("%.0f" % r["ops_per_sec"])' "$WORK/run.json")
 }
 
+# Both clusters and Redis run for the whole measurement (idle ones cost
+# only heartbeats), so that the three columns of one row are measured
+# minutes apart at most and a change in the machine's load skews them less.
 declare -A RESULT LB
 for fsync in always interval:1000; do
     log "starting semikv with --fsync $fsync"
-    start_semikv "$fsync"
+    start_cluster "$WORK/semikv-${fsync//[:]/-}" "$fsync"
     LB[$fsync]=$LB_ADDR
 done
 
