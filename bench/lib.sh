@@ -26,7 +26,10 @@
 
 PIDS=()
 
-log() { echo "$LOG_PREFIX: $*" >&2; }
+# The script's stderr, kept: cleanup may run while a benchmark's stderr is
+# redirected into a log file, and what it says must still reach the user.
+exec {LOG_FD}>&2
+log() { echo "$LOG_PREFIX: $*" >&"$LOG_FD"; }
 
 stop_all() {
     local pid
