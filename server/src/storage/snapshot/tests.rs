@@ -1,0 +1,296 @@
+//! The snapshot tests: round trips, replacement of older files, refusal of
+//! damaged files, and every check `install` makes before touching the disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::storage::store::Store;
+use crate::storage::{StorageError, SNAPSHOT_DIR};
+
+fn meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        last_index: LogIndex(index),
+        last_epoch: Epoch::from_raw(2),
+        history: vec![
+            EpochStart {
+                epoch: Epoch::from_raw(1),
+                start: LogIndex(1),
+            },
+            EpochStart {
+                epoch: Epoch::from_raw(2),
+                start: LogIndex(4),
+            },
+        ],
+    }
+}
+
+/// A store big enough to span several pair chunks.
+fn store(n: usize) -> Store {
+    let mut s = Store::default();
+    for i in 0..n {
+        s.insert(
+            Bytes::from(format!("key-{i}")),
+            Bytes::from(vec![(i % 251) as u8; 700 + i % 13]),
+        );
+    }
+    s
+}
+
+fn sorted(s: &Store) -> Vec<(Bytes, Bytes)> {
+    let mut v: Vec<_> = s
+        .iter()
+        .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn snap_files(data: &Path) -> Vec<String> {
+    let mut v: Vec<_> = fs::read_dir(data.join(SNAPSHOT_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn write_load_read_install_round_trip() {
+    let a = tempfile::tempdir().unwrap();
+    assert!(load_latest(a.path()).unwrap().is_none());
+    assert!(read_latest(a.path()).unwrap().is_none());
+    let s = store(3000);
+    let path = write(a.path(), &meta(10), s.iter()).unwrap();
+    assert!(path.ends_with("snap-00000000000000000010.bin"));
+    let (m, loaded) = load_latest(a.path()).unwrap().unwrap();
+    assert_eq!(m, meta(10));
+    assert_eq!(sorted(&loaded), sorted(&s));
+
+    let (m, bytes) = read_latest(a.path()).unwrap().unwrap();
+    assert_eq!(m, meta(10));
+    assert!(bytes.len() > 2 * CHUNK_BYTES, "expected several chunks");
+
+    let b = tempfile::tempdir().unwrap();
+    let (m, installed) = install(b.path(), &bytes, &meta(10), LogIndex(0)).unwrap();
+    assert_eq!(m, meta(10));
+    assert_eq!(sorted(&installed), sorted(&s));
+    let (m, reloaded) = load_latest(b.path()).unwrap().unwrap();
+    assert_eq!(m, meta(10));
+    assert_eq!(sorted(&reloaded), sorted(&s));
+}
+
+#[test]
+fn empty_store_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &meta(0), Store::default().iter()).unwrap();
+    let (m, s) = load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!(m, meta(0));
+    assert!(s.is_empty());
+}
+
+#[test]
+fn newer_snapshot_replaces_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &meta(5), store(3).iter()).unwrap();
+    write(dir.path(), &meta(9), store(4).iter()).unwrap();
+    assert_eq!(
+        snap_files(dir.path()),
+        vec!["snap-00000000000000000009.bin"]
+    );
+    assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 4);
+    // A leader's newer snapshot replaces it and prunes it.
+    let other = tempfile::tempdir().unwrap();
+    write(other.path(), &meta(12), store(2).iter()).unwrap();
+    let (_, bytes) = read_latest(other.path()).unwrap().unwrap();
+    install(dir.path(), &bytes, &meta(12), LogIndex(12)).unwrap();
+    assert_eq!(
+        snap_files(dir.path()),
+        vec!["snap-00000000000000000012.bin"]
+    );
+    assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 2);
+}
+
+#[test]
+fn corrupt_or_truncated_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &meta(4), store(40).iter()).unwrap();
+    let good = fs::read(&path).unwrap();
+    let mut damaged = Vec::new();
+    for cut in [0, 1, 7, 8, 9, good.len() / 2, good.len() - 1] {
+        damaged.push(good[..cut].to_vec());
+    }
+    for at in [0, 5, 9, good.len() / 3, good.len() - 1] {
+        let mut b = good.clone();
+        b[at] ^= 0x20;
+        damaged.push(b);
+    }
+    let mut longer = good.clone();
+    longer.extend_from_slice(&good[..20]);
+    damaged.push(longer);
+    for bytes in &damaged {
+        fs::write(&path, bytes).unwrap();
+        let err = load_latest(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string().contains("snap-00000000000000000004.bin"),
+            "{err}"
+        );
+        assert!(matches!(
+            read_latest(dir.path()),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+    // A file renamed to the wrong index is refused too.
+    fs::write(&path, &good).unwrap();
+    fs::rename(
+        &path,
+        dir.path()
+            .join(SNAPSHOT_DIR)
+            .join("snap-00000000000000000005.bin"),
+    )
+    .unwrap();
+    assert!(matches!(
+        load_latest(dir.path()),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn install_refuses_bad_bytes_without_touching_the_current_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let current = write(dir.path(), &meta(3), store(5).iter()).unwrap();
+    let before = fs::read(&current).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), &meta(20), store(50).iter()).unwrap();
+    let (_, good) = read_latest(src.path()).unwrap().unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    for bad in [good[..good.len() - 1].to_vec(), flipped, Vec::new()] {
+        let err = install(dir.path(), &bad, &meta(20), LogIndex(3)).unwrap_err();
+        assert!(
+            matches!(err, InstallError::Invalid(StorageError::Corrupt { .. })),
+            "{err}"
+        );
+        assert_eq!(
+            snap_files(dir.path()),
+            vec!["snap-00000000000000000003.bin"]
+        );
+        assert_eq!(fs::read(&current).unwrap(), before);
+    }
+}
+
+/// Every file under `dir` with its contents, by relative path.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for item in fs::read_dir(dir).unwrap() {
+            let path = item.unwrap().path();
+            if path.is_dir() {
+                out.push((path.strip_prefix(root).unwrap().to_path_buf(), Vec::new()));
+                walk(root, &path, out);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                out.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Bytes of a valid snapshot of `meta` holding `n` pairs.
+fn snapshot_bytes(meta: &SnapshotMeta, n: usize) -> Vec<u8> {
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), meta, store(n).iter()).unwrap();
+    read_latest(src.path()).unwrap().unwrap().1
+}
+
+#[test]
+fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &meta(3), store(5).iter()).unwrap();
+    let before = tree(dir.path());
+    let holds_50 = snapshot_bytes(&meta(50), 20);
+    let mut other_epoch = meta(60);
+    other_epoch.last_epoch = Epoch::from_raw(7);
+    let mut other_history = meta(60);
+    other_history.history.pop();
+    let cases = [
+        ("last index", meta(60), holds_50.clone()),
+        ("last index", meta(40), holds_50.clone()),
+        (
+            "last epoch",
+            other_epoch.clone(),
+            snapshot_bytes(&meta(60), 20),
+        ),
+        (
+            "epoch history",
+            other_history.clone(),
+            snapshot_bytes(&meta(60), 20),
+        ),
+        ("last epoch", meta(60), snapshot_bytes(&other_epoch, 20)),
+    ];
+    for (field, announced, bytes) in cases {
+        let err = install(dir.path(), &bytes, &announced, LogIndex(3)).unwrap_err();
+        assert!(
+            matches!(err, InstallError::Mismatch { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+        assert_eq!(tree(dir.path()), before, "{field}: data dir changed");
+    }
+    // Into an empty data dir, nothing is even created.
+    let empty = tempfile::tempdir().unwrap();
+    let err = install(empty.path(), &holds_50, &meta(60), LogIndex(0)).unwrap_err();
+    assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
+    assert!(tree(empty.path()).is_empty());
+    // The current snapshot still loads as it was.
+    let (m, s) = load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!(m, meta(3));
+    assert_eq!(sorted(&s), sorted(&store(5)));
+}
+
+#[test]
+fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &meta(9), store(4).iter()).unwrap();
+    let before = tree(dir.path());
+    // Below the caller's commit index.
+    let bytes = snapshot_bytes(&meta(12), 2);
+    let err = install(dir.path(), &bytes, &meta(12), LogIndex(13)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::Stale {
+                index: LogIndex(12),
+                floor: LogIndex(13)
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(tree(dir.path()), before);
+    // Below the snapshot already on disk, even with a lax floor.
+    let bytes = snapshot_bytes(&meta(7), 2);
+    let err = install(dir.path(), &bytes, &meta(7), LogIndex(0)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::Stale {
+                index: LogIndex(7),
+                floor: LogIndex(9)
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(tree(dir.path()), before);
+    // At exactly the commit index it installs.
+    let bytes = snapshot_bytes(&meta(13), 2);
+    install(dir.path(), &bytes, &meta(13), LogIndex(13)).unwrap();
+    assert_eq!(
+        snap_files(dir.path()),
+        vec!["snap-00000000000000000013.bin"]
+    );
+}
