@@ -1,0 +1,97 @@
+//! The handshake: the [`Hello`] every connection opens with, the role it
+//! declares, and the [`Welcome`] that accepts it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use super::WireError;
+use crate::ids::ReplicaId;
+
+/// First field of every [`Hello`]: "SKV1". A peer that sends anything else is
+/// not speaking semikv.
+pub const MAGIC: u32 = 0x534b_5631;
+
+/// The protocol version this build speaks.
+///
+/// Version 2: epochs are ballots (`term << 64 | coordinator`, a `u128`; see
+/// [`crate::Epoch`]), leaders open streams with [`Message::StreamFrom`],
+/// [`ErrorReply`] gained `EpochConflict` and `Diverged`, and [`WireError`]
+/// `TooManyConnections`.
+///
+/// [`Message::StreamFrom`]: super::Message::StreamFrom
+/// [`ErrorReply`]: super::ErrorReply
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The role a connection declares in its handshake. Admin messages are
+/// accepted only from `Balancer` connections, replication messages only from
+/// `Replica` connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// An application or the `semikv` REPL.
+    Client,
+    /// The load balancer / coordinator.
+    Balancer,
+    /// Another replica (a follower subscribing to its leader).
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Client => "client",
+            Role::Balancer => "balancer",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// Handshake opener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must be [`MAGIC`].
+    pub magic: u32,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// What the sender is.
+    pub role: Role,
+    /// The sender's replica id, when `role` is `Replica`.
+    pub node: Option<ReplicaId>,
+}
+
+impl Hello {
+    /// A hello of this build's magic and version.
+    pub fn new(role: Role, node: Option<ReplicaId>) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role,
+            node,
+        }
+    }
+
+    /// Checks magic and version.
+    ///
+    /// # Errors
+    /// The [`WireError`] to reject the connection with.
+    pub fn check(&self) -> Result<(), WireError> {
+        if self.magic != MAGIC {
+            return Err(WireError::BadMagic { got: self.magic });
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion {
+                got: self.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Handshake answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The accepting side's protocol version.
+    pub version: u16,
+    /// The accepting side's replica id, or `None` for the balancer.
+    pub node: Option<ReplicaId>,
+}

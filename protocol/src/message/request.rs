@@ -1,0 +1,160 @@
+//! Client operations and their outcomes: a [`Request`] carries an [`Op`],
+//! its [`Response`] a [`Reply`]; and the key and value limits every op is
+//! checked against.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterStatus, ErrorReply, Fence, Follow, NodeStatus, Promote};
+use crate::ids::{LogIndex, RequestId};
+
+/// Longest key accepted: 64 KiB.
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+
+/// Default longest value accepted: 8 MiB. Servers may be configured lower, and
+/// higher up to what fits in a frame.
+pub const DEFAULT_MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
+
+/// A request: an operation and the id its response will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the sender, echoed in the response.
+    pub id: RequestId,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Client and admin operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Read a key's committed value.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write a key (leader only).
+    Set {
+        /// The key.
+        key: Bytes,
+        /// Its new value.
+        value: Bytes,
+    },
+    /// Remove a key (leader only).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Liveness check; answered [`Reply::Pong`].
+    Ping,
+    /// A replica answers [`Reply::Node`]; the balancer [`Reply::Cluster`].
+    Status,
+    /// Admin (balancer only): become leader at an epoch.
+    Promote(Promote),
+    /// Admin (balancer only): follow a leader at an epoch.
+    Follow(Follow),
+    /// Admin (balancer only): move to a new epoch and stop accepting the old
+    /// leader's stream, before the balancer reads the log positions it will
+    /// elect from. Answered with the replica's status after the fence.
+    Fence(Fence),
+}
+
+impl Op {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Get { .. } => "get",
+            Op::Set { .. } => "set",
+            Op::Delete { .. } => "delete",
+            Op::Ping => "ping",
+            Op::Status => "status",
+            Op::Promote(_) => "promote",
+            Op::Follow(_) => "follow",
+            Op::Fence(_) => "fence",
+        }
+    }
+
+    /// Whether only a balancer connection may send this op.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Op::Promote(_) | Op::Follow(_) | Op::Fence(_))
+    }
+
+    /// Whether this op changes data (and so must go to the leader).
+    pub fn is_write(&self) -> bool {
+        matches!(self, Op::Set { .. } | Op::Delete { .. })
+    }
+
+    /// The key this op reads or writes; `None` for ops about no key.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Get { key } | Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Checks key and value limits.
+    ///
+    /// # Errors
+    /// A human-readable reason, to send back as [`ErrorReply::Invalid`].
+    pub fn validate(&self, max_value_len: usize) -> Result<(), String> {
+        match self {
+            Op::Get { key } | Op::Delete { key } => validate_key(key),
+            Op::Set { key, value } => {
+                validate_key(key)?;
+                if value.len() > max_value_len {
+                    return Err(format!(
+                        "value of {} bytes exceeds the limit of {max_value_len} bytes",
+                        value.len()
+                    ));
+                }
+                Ok(())
+            }
+            Op::Ping | Op::Status | Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => Ok(()),
+        }
+    }
+}
+
+/// Checks a key against the key limits: not empty, at most [`MAX_KEY_LEN`].
+///
+/// # Errors
+/// A human-readable reason.
+pub fn validate_key(key: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("empty key".to_string());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_LEN} bytes",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: RequestId,
+    /// The outcome.
+    pub reply: Reply,
+}
+
+/// Outcomes of operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A `Get`'s result: the committed value, or `None` for no such key.
+    Value(Option<Bytes>),
+    /// A `Set` or `Delete` committed at this log index.
+    Written {
+        /// The write's log index.
+        index: LogIndex,
+    },
+    /// Answer to `Ping`.
+    Pong,
+    /// A replica's own status (answer to `Status`, `Promote`, `Follow`).
+    Node(NodeStatus),
+    /// The balancer's view of the cluster (answer to `Status` via the balancer).
+    Cluster(ClusterStatus),
+    /// The operation failed.
+    Error(ErrorReply),
+}

@@ -1,0 +1,96 @@
+//! What replicas and the balancer report: a replica's [`NodeStatus`], the
+//! balancer's [`ClusterStatus`], and the rows they are made of.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ids::{Epoch, LogIndex, ReplicaId};
+
+/// What a replica is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeRole {
+    /// Started, not yet told to lead or follow.
+    Idle,
+    /// Accepting writes.
+    Leader,
+    /// Pulling the log from a leader.
+    Follower,
+}
+
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeRole::Idle => "idle",
+            NodeRole::Leader => "leader",
+            NodeRole::Follower => "follower",
+        })
+    }
+}
+
+/// A replica's own view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: ReplicaId,
+    /// Its role.
+    pub role: NodeRole,
+    /// Highest epoch it has accepted.
+    pub epoch: Epoch,
+    /// Index of its last log entry.
+    pub last_index: LogIndex,
+    /// Epoch of its last log entry.
+    pub last_epoch: Epoch,
+    /// Highest index it knows to be committed.
+    pub commit_index: LogIndex,
+    /// Highest index applied to its map (visible to reads).
+    pub applied_index: LogIndex,
+    /// The leader's address, when following.
+    pub leader: Option<String>,
+    /// When leading: each follower's progress.
+    pub followers: Vec<FollowerProgress>,
+}
+
+/// A leader's view of one follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerProgress {
+    /// The follower's id.
+    pub id: ReplicaId,
+    /// Highest index it has acknowledged.
+    pub match_index: LogIndex,
+    /// Whether its stream is connected now.
+    pub connected: bool,
+}
+
+/// The balancer's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader's address, if there is one.
+    pub leader: Option<String>,
+    /// The current epoch.
+    pub epoch: Epoch,
+    /// Every replica the balancer was given.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One row of [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Its id, once it has answered a handshake.
+    pub id: Option<ReplicaId>,
+    /// Its address.
+    pub addr: String,
+    /// Its role, as last reported.
+    pub role: NodeRole,
+    /// Whether it passes health checks.
+    pub healthy: bool,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its last log index.
+    pub last_index: LogIndex,
+    /// Its commit index.
+    pub commit_index: LogIndex,
+    /// Its applied index.
+    pub applied_index: LogIndex,
+    /// Entries it is behind the leader's last index.
+    pub lag: u64,
+}
