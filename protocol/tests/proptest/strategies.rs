@@ -1,0 +1,308 @@
+//! Strategies: one per wire type, covering every variant, and [`message`]
+//! for any message at all.
+
+use bytes::Bytes;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use semikv_protocol::*;
+
+/// Raw bytes: empty, short binary, and the occasional longer run, so keys and
+/// values are never assumed to be text.
+fn raw_bytes() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        vec(any::<u8>(), 0..16).prop_map(Bytes::from),
+        vec(any::<u8>(), 0..300).prop_map(Bytes::from),
+    ]
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), any::<String>()]
+}
+
+fn epoch() -> impl Strategy<Value = Epoch> {
+    prop_oneof![
+        any::<u64>().prop_map(|e| Epoch::from_raw(u128::from(e))),
+        any::<u128>().prop_map(Epoch::from_raw),
+    ]
+}
+
+fn index() -> impl Strategy<Value = LogIndex> {
+    any::<u64>().prop_map(LogIndex)
+}
+
+fn replica_id() -> impl Strategy<Value = ReplicaId> {
+    any::<u32>().prop_map(ReplicaId)
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Client),
+        Just(Role::Balancer),
+        Just(Role::Replica)
+    ]
+}
+
+fn node_role() -> impl Strategy<Value = NodeRole> {
+    prop_oneof![
+        Just(NodeRole::Idle),
+        Just(NodeRole::Leader),
+        Just(NodeRole::Follower)
+    ]
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (
+        prop_oneof![Just(MAGIC), any::<u32>()],
+        prop_oneof![Just(PROTOCOL_VERSION), any::<u16>()],
+        role(),
+        proptest::option::of(replica_id()),
+    )
+        .prop_map(|(magic, version, role, node)| Hello {
+            magic,
+            version,
+            role,
+            node,
+        })
+}
+
+fn welcome() -> impl Strategy<Value = Welcome> {
+    (any::<u16>(), proptest::option::of(replica_id()))
+        .prop_map(|(version, node)| Welcome { version, node })
+}
+
+fn wire_error() -> impl Strategy<Value = WireError> {
+    prop_oneof![
+        (any::<u64>(), any::<u64>()).prop_map(|(len, max)| WireError::FrameTooLarge { len, max }),
+        Just(WireError::ChecksumMismatch),
+        text().prop_map(|reason| WireError::Undecodable { reason }),
+        any::<u32>().prop_map(|got| WireError::BadMagic { got }),
+        (any::<u16>(), any::<u16>())
+            .prop_map(|(got, supported)| WireError::UnsupportedVersion { got, supported }),
+        Just(WireError::HandshakeRequired),
+        (role(), text()).prop_map(|(role, what)| WireError::WrongRole { role, what }),
+        text().prop_map(|what| WireError::Unexpected { what }),
+        any::<u64>().prop_map(|max| WireError::TooManyConnections { max }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        raw_bytes().prop_map(|key| Op::Get { key }),
+        (raw_bytes(), raw_bytes()).prop_map(|(key, value)| Op::Set { key, value }),
+        raw_bytes().prop_map(|key| Op::Delete { key }),
+        Just(Op::Ping),
+        Just(Op::Status),
+        (epoch(), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+            |(epoch, sync_replicas, sync_timeout_ms, async_fallback)| Op::Promote(Promote {
+                epoch,
+                sync_replicas,
+                sync_timeout_ms,
+                async_fallback,
+            })
+        ),
+        (epoch(), replica_id(), text()).prop_map(|(epoch, leader, leader_addr)| Op::Follow(
+            Follow {
+                epoch,
+                leader,
+                leader_addr,
+            }
+        )),
+        epoch().prop_map(|epoch| Op::Fence(Fence { epoch })),
+    ]
+}
+
+fn follower_progress() -> impl Strategy<Value = FollowerProgress> {
+    (replica_id(), index(), any::<bool>()).prop_map(|(id, match_index, connected)| {
+        FollowerProgress {
+            id,
+            match_index,
+            connected,
+        }
+    })
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    (
+        (replica_id(), node_role(), epoch(), index(), epoch()),
+        (
+            index(),
+            index(),
+            proptest::option::of(text()),
+            vec(follower_progress(), 0..4),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, role, epoch, last_index, last_epoch),
+                (commit_index, applied_index, leader, followers),
+            )| NodeStatus {
+                id,
+                role,
+                epoch,
+                last_index,
+                last_epoch,
+                commit_index,
+                applied_index,
+                leader,
+                followers,
+            },
+        )
+}
+
+fn replica_view() -> impl Strategy<Value = ReplicaView> {
+    (
+        (
+            proptest::option::of(replica_id()),
+            text(),
+            node_role(),
+            any::<bool>(),
+        ),
+        (epoch(), index(), index(), index(), any::<u64>()),
+    )
+        .prop_map(
+            |((id, addr, role, healthy), (epoch, last_index, commit_index, applied_index, lag))| {
+                ReplicaView {
+                    id,
+                    addr,
+                    role,
+                    healthy,
+                    epoch,
+                    last_index,
+                    commit_index,
+                    applied_index,
+                    lag,
+                }
+            },
+        )
+}
+
+fn cluster_status() -> impl Strategy<Value = ClusterStatus> {
+    (
+        proptest::option::of(text()),
+        epoch(),
+        vec(replica_view(), 0..4),
+    )
+        .prop_map(|(leader, epoch, replicas)| ClusterStatus {
+            leader,
+            epoch,
+            replicas,
+        })
+}
+
+fn error_reply() -> impl Strategy<Value = ErrorReply> {
+    prop_oneof![
+        proptest::option::of(text()).prop_map(|leader| ErrorReply::NotLeader { leader }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(acked, required)| ErrorReply::NotEnoughReplicas { acked, required }),
+        (any::<u64>(), text()).prop_map(|(retry_after_ms, reason)| ErrorReply::Unavailable {
+            retry_after_ms,
+            reason
+        }),
+        text().prop_map(|reason| ErrorReply::Indeterminate { reason }),
+        text().prop_map(|reason| ErrorReply::Invalid { reason }),
+        (epoch(), epoch()).prop_map(|(got, current)| ErrorReply::StaleEpoch { got, current }),
+        text().prop_map(|reason| ErrorReply::Storage { reason }),
+        (epoch(), text()).prop_map(|(epoch, reason)| ErrorReply::EpochConflict { epoch, reason }),
+        text().prop_map(|reason| ErrorReply::Diverged { reason }),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        proptest::option::of(raw_bytes()).prop_map(Reply::Value),
+        index().prop_map(|index| Reply::Written { index }),
+        Just(Reply::Pong),
+        node_status().prop_map(Reply::Node),
+        cluster_status().prop_map(Reply::Cluster),
+        error_reply().prop_map(Reply::Error),
+    ]
+}
+
+fn write_op() -> impl Strategy<Value = WriteOp> {
+    prop_oneof![
+        (raw_bytes(), raw_bytes()).prop_map(|(key, value)| WriteOp::Set { key, value }),
+        raw_bytes().prop_map(|key| WriteOp::Delete { key }),
+        Just(WriteOp::Noop),
+    ]
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (index(), epoch(), write_op()).prop_map(|(index, epoch, op)| Entry { index, epoch, op })
+}
+
+fn history() -> impl Strategy<Value = Vec<EpochStart>> {
+    vec(
+        (epoch(), index()).prop_map(|(epoch, start)| EpochStart { epoch, start }),
+        0..4,
+    )
+}
+
+/// Any message of any variant.
+pub(crate) fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        hello().prop_map(Message::Hello),
+        welcome().prop_map(Message::Welcome),
+        wire_error().prop_map(Message::Reject),
+        (any::<u64>(), op()).prop_map(|(id, op)| Message::Request(Request {
+            id: RequestId(id),
+            op
+        })),
+        (any::<u64>(), reply()).prop_map(|(id, reply)| Message::Response(Response {
+            id: RequestId(id),
+            reply
+        })),
+        (epoch(), replica_id(), index(), epoch(), history()).prop_map(
+            |(epoch, follower, last_index, last_epoch, history)| Message::Subscribe(Subscribe {
+                epoch,
+                follower,
+                last_index,
+                last_epoch,
+                history,
+            })
+        ),
+        (epoch(), index())
+            .prop_map(|(epoch, prefix)| Message::StreamStart(StreamStart { epoch, prefix })),
+        (epoch(), index(), vec(entry(), 0..4), index()).prop_map(
+            |(epoch, prev_index, entries, commit_index)| Message::Entries(Entries {
+                epoch,
+                prev_index,
+                entries,
+                commit_index,
+            })
+        ),
+        (epoch(), index())
+            .prop_map(|(epoch, match_index)| Message::Ack(Ack { epoch, match_index })),
+        (
+            (epoch(), index(), epoch(), history()),
+            (any::<u64>(), raw_bytes(), any::<bool>())
+        )
+            .prop_map(
+                |((epoch, last_index, last_epoch, history), (offset, data, done))| {
+                    Message::Snapshot(SnapshotChunk {
+                        epoch,
+                        last_index,
+                        last_epoch,
+                        history,
+                        offset,
+                        data,
+                        done,
+                    })
+                }
+            ),
+        (
+            epoch(),
+            index(),
+            epoch(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(
+                |(epoch, prefix, prefix_epoch, prefix_crc)| Message::StreamFrom(StreamFrom {
+                    epoch,
+                    prefix,
+                    prefix_epoch,
+                    prefix_crc,
+                })
+            ),
+    ]
+}
