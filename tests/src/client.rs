@@ -411,6 +411,21 @@ impl RawConn {
         self.send_bytes(&encode(message)?).await
     }
 
+    /// A handshake by hand: sends a `Hello` as `role` (no replica id) and
+    /// reads the answer, which must be a `Welcome`. What follows can then be
+    /// bytes no [`Client`] would send.
+    ///
+    /// # Errors
+    /// Writing or reading failed, or the peer answered anything but a
+    /// `Welcome` (the error shows what).
+    pub async fn handshake(&mut self, role: Role) -> anyhow::Result<Welcome> {
+        self.send(&Message::Hello(Hello::new(role, None))).await?;
+        match self.recv().await? {
+            Some(Message::Welcome(welcome)) => Ok(welcome),
+            other => bail!("the handshake was answered with {other:?}"),
+        }
+    }
+
     /// Closes the write half: the peer sees EOF.
     ///
     /// # Errors

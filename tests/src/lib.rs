@@ -16,6 +16,8 @@
 //! - [`readback`]: every key of a history read back from one address.
 //! - [`timing`]: failover figures from a history (first write, longest gap).
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
+//! - [`hostile`]: peers that misbehave at the wire level, byte by byte,
+//!   and frames built by hand.
 //!
 //! The failover timing harness (`benches/failover_timing/`) is built from
 //! the same pieces.
@@ -28,6 +30,7 @@ pub mod bin;
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod hostile;
 pub mod node;
 pub mod probe;
 pub mod process;

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use semikv_protocol::*;
 use semikv_tests::checker::{self, Action, Event, Outcome};
-use semikv_tests::client::{encode, value};
+use semikv_tests::client::value;
+use semikv_tests::hostile::{trickle_hello, HostilePeer};
 use semikv_tests::proxy::Proxy;
 use semikv_tests::workload::{classify, Workload, WorkloadConfig};
 use semikv_tests::{start_balancer, Balancer, Client, Cluster, Deadline, RawConn};
@@ -604,108 +605,11 @@ async fn torn_tails(name: &str, replica_args: &[&str]) {
     finish(name, rig, workload, Vec::new(), faults).await;
 }
 
-/// One hostile peer's behaviour.
-#[derive(Debug, Clone, Copy)]
-enum Hostile {
-    RandomBytes,
-    OversizedLength,
-    CutFrame,
-    WrongMagic,
-    WrongVersion,
-    AdminFromClient,
-    ReplicationFromClient,
-}
-
-/// Runs one hostile peer against `addr`; it must end with the peer closing
-/// (possibly after a Reject) within the I/O timeout, and never with an
-/// acknowledgement of the admin or replication message.
-async fn hostile_peer(addr: std::net::SocketAddr, kind: Hostile, seed: u64) -> anyhow::Result<()> {
-    let mut rng = semikv_tests::workload::Rng::new(seed);
-    let mut conn = RawConn::connect(addr).await?;
-    let hello = |role| Message::Hello(Hello::new(role, None));
-    match kind {
-        Hostile::RandomBytes => {
-            let bytes: Vec<u8> = (0..512).map(|_| rng.next_u64() as u8).collect();
-            conn.send_bytes(&bytes).await?;
-        }
-        Hostile::OversizedLength => {
-            conn.send_bytes(&[0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0])
-                .await?;
-        }
-        Hostile::CutFrame => {
-            let frame = encode(&hello(Role::Client))?;
-            conn.send_bytes(&frame[..frame.len() / 2]).await?;
-            conn.shutdown_write().await?;
-        }
-        Hostile::WrongMagic | Hostile::WrongVersion => {
-            let mut h = Hello::new(Role::Client, None);
-            if matches!(kind, Hostile::WrongMagic) {
-                h.magic ^= 0xdead_beef;
-            } else {
-                h.version = h.version.wrapping_add(1000);
-            }
-            conn.send(&Message::Hello(h)).await?;
-        }
-        Hostile::AdminFromClient | Hostile::ReplicationFromClient => {
-            conn.send(&hello(Role::Client)).await?;
-            let welcome = conn.recv().await?;
-            anyhow::ensure!(
-                matches!(welcome, Some(Message::Welcome(_))),
-                "handshake answered {welcome:?}"
-            );
-            let message = if matches!(kind, Hostile::AdminFromClient) {
-                // An epoch that would wedge the cluster if it were obeyed.
-                Message::Request(Request {
-                    id: RequestId(1),
-                    op: Op::Fence(Fence {
-                        epoch: Epoch::from_raw(u128::MAX / 2),
-                    }),
-                })
-            } else {
-                Message::Subscribe(Subscribe {
-                    epoch: Epoch::from_raw(u128::MAX / 2),
-                    follower: ReplicaId(99),
-                    last_index: LogIndex(0),
-                    last_epoch: Epoch::from_raw(0),
-                    history: Vec::new(),
-                })
-            };
-            conn.send(&message).await?;
-            // Either an error reply on a live connection, or a Reject and a
-            // close; never a Node status (the fence obeyed).
-            match conn.recv().await? {
-                Some(Message::Response(Response {
-                    reply: Reply::Error(_),
-                    ..
-                }))
-                | Some(Message::Reject(_))
-                | None => return Ok(()),
-                other => anyhow::bail!("{kind:?} answered {other:?}"),
-            }
-        }
-    }
-    let frames = conn.recv_until_closed().await?;
-    anyhow::ensure!(
-        frames.iter().all(|m| matches!(m, Message::Reject(_))),
-        "{kind:?} got {frames:?}"
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_on_every_port_cost_nothing_but_their_connection() {
     let (mut rig, workload) = loaded_cluster().await;
     let mut ports = rig.cluster.replica_addrs();
     ports.push(rig.cluster.balancer_addr());
-    let kinds = [
-        Hostile::RandomBytes,
-        Hostile::OversizedLength,
-        Hostile::CutFrame,
-        Hostile::WrongMagic,
-        Hostile::WrongVersion,
-        Hostile::AdminFromClient,
-        Hostile::ReplicationFromClient,
-    ];
     let mut faults = 0;
 
     // Idle connections (500 on the balancer, 100 on each replica) and one
@@ -726,34 +630,16 @@ async fn hostile_peers_on_every_port_cost_nothing_but_their_connection() {
     };
     let slow: Vec<_> = ports
         .iter()
-        .map(|&addr| {
-            tokio::spawn(async move {
-                let mut conn = RawConn::connect(addr).await?;
-                let frame = encode(&Message::Hello(Hello::new(Role::Client, None)))?;
-                let end = Instant::now() + slow_for;
-                for b in frame.iter() {
-                    if Instant::now() >= end {
-                        break;
-                    }
-                    // A write failing means the peer hung up on the slow
-                    // peer: allowed.
-                    if conn.send_bytes(&[*b]).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                anyhow::Ok(())
-            })
-        })
+        .map(|&addr| tokio::spawn(trickle_hello(addr, slow_for)))
         .collect();
     faults += slow.len();
 
     for round in 0..rounds(2, 10) {
         let mut peers = Vec::new();
         for (p, &addr) in ports.iter().enumerate() {
-            for (k, &kind) in kinds.iter().enumerate() {
+            for (k, &kind) in HostilePeer::ALL.iter().enumerate() {
                 let seed = (round * 1000 + p * 100 + k) as u64;
-                peers.push((addr, kind, tokio::spawn(hostile_peer(addr, kind, seed))));
+                peers.push((addr, kind, tokio::spawn(kind.run(addr, seed))));
             }
         }
         faults += peers.len();

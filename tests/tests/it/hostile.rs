@@ -6,6 +6,7 @@ use std::time::Duration;
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::*;
 use semikv_tests::client::{encode, error};
+use semikv_tests::hostile::{hand_frame, subscribe};
 use semikv_tests::{start_replica, Client, RawConn, Replica};
 
 async fn replica() -> (tempfile::TempDir, Replica) {
@@ -32,41 +33,10 @@ async fn still_serves(r: &mut Replica) {
 async fn send_and_collect(r: &Replica, hello_first: bool, bytes: &[u8]) -> Vec<Message> {
     let mut conn = RawConn::connect(r.addr).await.unwrap();
     if hello_first {
-        conn.send(&Message::Hello(Hello::new(Role::Client, None)))
-            .await
-            .unwrap();
-        let welcome = conn.recv().await.unwrap();
-        assert!(
-            matches!(welcome, Some(Message::Welcome(_))),
-            "got {welcome:?}"
-        );
+        conn.handshake(Role::Client).await.unwrap();
     }
     conn.send_bytes(bytes).await.unwrap();
     conn.recv_until_closed().await.unwrap()
-}
-
-fn frame_of(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32(payload).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// IEEE CRC-32, bitwise: the test does not trust the code under test for it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[tokio::test]
@@ -134,7 +104,7 @@ async fn undecodable_payload_is_rejected() {
     let (_dir, mut r) = replica().await;
     // Variant 200 of Message does not exist.
     for hello_first in [false, true] {
-        let got = send_and_collect(&r, hello_first, &frame_of(&[200, 1, 2, 3])).await;
+        let got = send_and_collect(&r, hello_first, &hand_frame(&[200, 1, 2, 3]).unwrap()).await;
         assert!(
             matches!(
                 got.as_slice(),
@@ -159,13 +129,7 @@ async fn frame_cut_off_then_eof_closes_without_an_answer() {
     .unwrap();
     for cut in [3, 8, frame.len() - 1] {
         let mut conn = RawConn::connect(r.addr).await.unwrap();
-        conn.send(&Message::Hello(Hello::new(Role::Client, None)))
-            .await
-            .unwrap();
-        assert!(matches!(
-            conn.recv().await.unwrap(),
-            Some(Message::Welcome(_))
-        ));
+        conn.handshake(Role::Client).await.unwrap();
         conn.send_bytes(&frame[..cut]).await.unwrap();
         conn.shutdown_write().await.unwrap();
         let got = conn.recv_until_closed().await.unwrap();
@@ -348,18 +312,16 @@ async fn many_pipelined_requests_are_all_answered_by_id() {
     still_serves(&mut r).await;
 }
 
-fn subscribe(epoch: u128, last_index: u64) -> Message {
-    Message::Subscribe(Subscribe {
-        epoch: Epoch::from_raw(epoch),
-        follower: ReplicaId(9),
-        last_index: LogIndex(last_index),
-        last_epoch: Epoch::from_raw(0),
-        history: Vec::new(),
-    })
+/// The replica id the tests' fake followers claim.
+const FAKE_FOLLOWER: ReplicaId = ReplicaId(9);
+
+/// A `Subscribe` from [`FAKE_FOLLOWER`] with an empty log, at `epoch`.
+fn subscribe_from_scratch(epoch: u128) -> Message {
+    subscribe(Epoch::from_raw(epoch), FAKE_FOLLOWER, LogIndex(0))
 }
 
 async fn replica_conn(r: &Replica) -> Client {
-    Client::connect_as(r.addr, Hello::new(Role::Replica, Some(ReplicaId(9))))
+    Client::connect_as(r.addr, Hello::new(Role::Replica, Some(FAKE_FOLLOWER)))
         .await
         .unwrap()
 }
@@ -393,7 +355,7 @@ async fn a_replica_connection_must_subscribe_first() {
 async fn subscribing_to_a_replica_that_does_not_lead_is_rejected() {
     let (_dir, mut r) = replica().await;
     let mut c = replica_conn(&r).await;
-    c.send_message(subscribe(1, 0)).await.unwrap();
+    c.send_message(subscribe_from_scratch(1)).await.unwrap();
     let got = until_closed(&mut c).await;
     assert!(
         matches!(got.as_slice(), [Message::Reject(_)]),
@@ -407,7 +369,7 @@ async fn subscribing_at_a_stale_epoch_is_rejected() {
     let (_dir, mut r) = replica().await;
     crate::promote_single(r.addr, 2).await.unwrap();
     let mut c = replica_conn(&r).await;
-    c.send_message(subscribe(1, 0)).await.unwrap();
+    c.send_message(subscribe_from_scratch(1)).await.unwrap();
     let got = until_closed(&mut c).await;
     assert!(
         matches!(got.as_slice(), [Message::Reject(_)]),
@@ -427,7 +389,7 @@ async fn an_ack_beyond_what_was_sent_does_not_commit_later_writes() {
     semikv_tests::client::node(&admin.promote(1, 1, 1000).await.unwrap()).unwrap();
 
     let mut fake = replica_conn(&r).await;
-    fake.send_message(subscribe(1, 0)).await.unwrap();
+    fake.send_message(subscribe_from_scratch(1)).await.unwrap();
     let start = fake.recv_message(Duration::from_secs(10)).await.unwrap();
     assert!(
         matches!(start, Some(Message::StreamFrom(_))),
