@@ -16,6 +16,7 @@
 //! - [`readback`]: every key of a history read back from one address.
 //! - [`timing`]: failover figures from a history (first write, longest gap).
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
+//! - [`torn_tail`]: a WAL tail torn as by a crash mid-append.
 //! - [`hostile`]: peers that misbehave at the wire level, byte by byte,
 //!   and frames built by hand.
 //!
@@ -37,6 +38,7 @@ pub mod process;
 pub mod proxy;
 pub mod readback;
 pub mod timing;
+pub mod torn_tail;
 pub mod wait;
 pub mod workload;
 

@@ -205,6 +205,17 @@ impl Proc {
         tail(&self.stderr_path, TAIL_LINES)
     }
 
+    /// How often `message` occurs in its stderr, over all its runs (a
+    /// warning at each restart, say).
+    ///
+    /// # Errors
+    /// The stderr file cannot be read.
+    pub fn count_logged(&self, message: &str) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(&self.stderr_path)
+            .with_context(|| format!("reading {}", self.stderr_path.display()))?;
+        Ok(text.matches(message).count())
+    }
+
     /// The value of `field` on the last line of its stderr that contains
     /// `message`: a figure a process logs as a structured `tracing` field
     /// (`3` from `... promoted new leader ... elapsed_ms=3`). `None`

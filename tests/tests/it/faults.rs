@@ -25,9 +25,7 @@
 //! two and a half minutes on 2 cores.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +34,7 @@ use semikv_tests::checker::{self, Action, Event, Outcome};
 use semikv_tests::client::value;
 use semikv_tests::hostile::{trickle_hello, HostilePeer};
 use semikv_tests::proxy::Proxy;
+use semikv_tests::torn_tail::{last_segment, tear_tail, TORN_TAIL_WARNING};
 use semikv_tests::workload::{classify, Workload, WorkloadConfig};
 use semikv_tests::{start_balancer, Balancer, Client, Cluster, Deadline, RawConn};
 
@@ -473,7 +472,7 @@ async fn a_follower_crashes_and_restarts_under_load() {
         // Guarantee 4: its log allowed an incremental catch-up (nothing was
         // compacted away at this size), so no full copy was shipped.
         assert_eq!(
-            log_count(&rig.cluster, follower, "installed snapshot from leader"),
+            log_count(&rig.cluster, follower, SNAPSHOT_INSTALLED),
             0,
             "a restarted follower was sent a full snapshot:\n{}",
             rig.logs()
@@ -503,46 +502,12 @@ async fn the_whole_cluster_killed_and_restarted_keeps_every_acked_write() {
     finish("whole-cluster-kill-9", rig, workload, Vec::new(), faults).await;
 }
 
-/// The last WAL segment of a replica's data dir.
-fn last_segment(data_dir: &Path) -> PathBuf {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    segments.sort();
-    segments
-        .pop()
-        .unwrap_or_else(|| panic!("no WAL segment in {}", data_dir.display()))
-}
-
-/// Appends what a crash mid-append leaves: a record header announcing more
-/// bytes than follow, then part of a payload.
-fn tear_tail(segment: &Path, seed: u64) {
-    let mut rng = semikv_tests::workload::Rng::new(seed);
-    let mut garbage = Vec::new();
-    garbage.extend_from_slice(&300u32.to_be_bytes());
-    garbage.extend_from_slice(&(rng.next_u64() as u32).to_be_bytes());
-    garbage.extend((0..57).map(|_| rng.next_u64() as u8));
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(segment)
-        .unwrap();
-    f.write_all(&garbage).unwrap();
-    f.sync_all().unwrap();
-}
-
-/// Occurrences of the WAL's torn-tail warning in replica `i`'s stderr.
-fn torn_warnings(cluster: &Cluster, i: usize) -> usize {
-    log_count(cluster, i, "truncating a torn record")
-}
+/// What a replica logs when a leader sent it a full snapshot.
+const SNAPSHOT_INSTALLED: &str = "installed snapshot from leader";
 
 /// Occurrences of `message` in replica `i`'s stderr (all its runs).
 fn log_count(cluster: &Cluster, i: usize, message: &str) -> usize {
-    std::fs::read_to_string(cluster.replica(i).proc.stderr_path())
-        .unwrap_or_default()
-        .matches(message)
-        .count()
+    cluster.replica(i).proc.count_logged(message).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,12 +544,10 @@ async fn torn_tails(name: &str, replica_args: &[&str]) {
             (leader + 1) % rig.cluster.len()
         };
         rig.cluster.kill_replica(victim).unwrap();
-        tear_tail(
-            &last_segment(&rig.cluster.replica(victim).data_dir),
-            round as u64,
-        );
+        let segment = last_segment(&rig.cluster.replica(victim).data_dir).unwrap();
+        tear_tail(&segment, round as u64).unwrap();
         faults += 2;
-        let warned = torn_warnings(&rig.cluster, victim);
+        let warned = log_count(&rig.cluster, victim, TORN_TAIL_WARNING);
         let leader = if victim == leader {
             wait_balancer_leader(&rig, Some(victim)).await
         } else {
@@ -592,7 +555,7 @@ async fn torn_tails(name: &str, replica_args: &[&str]) {
         };
         rig.cluster.restart_replica(victim).await.unwrap();
         assert_eq!(
-            torn_warnings(&rig.cluster, victim),
+            log_count(&rig.cluster, victim, TORN_TAIL_WARNING),
             warned + 1,
             "no torn-tail warning at restart:\n{}",
             rig.cluster.replica(victim).proc.stderr_tail()
@@ -1007,7 +970,7 @@ async fn crashes_with_constant_snapshots_lose_nothing() {
         wait_caught_up_follower(&rig, victim, leader, below).await;
     }
     let installs: usize = (0..rig.cluster.len())
-        .map(|i| log_count(&rig.cluster, i, "installed snapshot from leader"))
+        .map(|i| log_count(&rig.cluster, i, SNAPSHOT_INSTALLED))
         .sum();
     eprintln!("faults: snapshots installed from a leader: {installs}");
     finish("snapshot-churn", rig, workload, Vec::new(), faults).await;
