@@ -1,8 +1,9 @@
 //! Writes aimed at a fault, recorded as [`checker::Event`]s beside a
 //! workload's: a [`Probe`] that writes through the balancer at a fixed
 //! interval until a write is acknowledged again (when did writes flow after
-//! the fault?), and [`write_once`], one write straight to a replica (does a
-//! deposed leader acknowledge anything?).
+//! the fault?), [`write_once`], one write straight to a replica (does a
+//! deposed leader acknowledge anything?), and [`read_once`], one read
+//! straight to a replica (does it serve a value it must not have?).
 //!
 //! A workload's clients run one request at a time, so right after a fault
 //! their first new writes wait behind ones stuck at the failed leader; the
@@ -204,4 +205,31 @@ pub async fn write_once(
         detail,
     };
     (event, (outcome != Outcome::Ok).then_some(kind))
+}
+
+/// One `Get key` on a fresh connection to `addr` (a replica directly,
+/// say), recorded as `client`'s event. A read changes nothing, so one that
+/// got no answer (no connection, a broken one) is recorded as failed: it
+/// returned nothing the checker could judge.
+pub async fn read_once(addr: SocketAddr, client: usize, key: Bytes) -> Event {
+    let start = Instant::now();
+    let reply = async {
+        let mut c = Client::connect(addr, Role::Client).await?;
+        c.get(key.clone()).await
+    }
+    .await;
+    let end = Instant::now();
+    let (action, outcome, detail) = match reply {
+        Ok(reply) => classify(Action::Get(None), reply),
+        Err(e) => (Action::Get(None), Outcome::Failed, format!("error: {e:#}")),
+    };
+    Event {
+        client,
+        key,
+        action,
+        start,
+        end,
+        outcome,
+        detail,
+    }
 }

@@ -33,9 +33,10 @@ use semikv_protocol::*;
 use semikv_tests::checker::{self, Action, Event, Outcome};
 use semikv_tests::client::value;
 use semikv_tests::hostile::{trickle_hello, HostilePeer};
+use semikv_tests::probe::{read_once, write_once};
 use semikv_tests::proxy::Proxy;
 use semikv_tests::torn_tail::{last_segment, tear_tail, TORN_TAIL_WARNING};
-use semikv_tests::workload::{classify, Workload, WorkloadConfig};
+use semikv_tests::workload::{Workload, WorkloadConfig};
 use semikv_tests::{start_balancer, Balancer, Client, Cluster, Deadline, RawConn};
 
 use crate::CONVERGE;
@@ -635,6 +636,9 @@ async fn hostile_peers_on_every_port_cost_nothing_but_their_connection() {
     finish("hostile-peers", rig, workload, Vec::new(), faults).await;
 }
 
+/// Client id of the events a test records itself, straight to a replica.
+const DIRECT: usize = usize::MAX;
+
 /// Writes straight to replica `i` (bypassing the balancer and its proxy) and
 /// fails the test if the write is acknowledged: `i` was deposed, and a newer
 /// epoch holds its followers. Returns the attempt as a history event, so the
@@ -642,33 +646,16 @@ async fn hostile_peers_on_every_port_cost_nothing_but_their_connection() {
 async fn probe_deposed(rig: &Rig, i: usize, tag: &str) -> Event {
     let key = Bytes::from("probe");
     let val = Bytes::from(format!("probe-{tag}"));
-    let start = Instant::now();
-    let reply = async {
-        let mut direct = rig.cluster.connect(i, Role::Client).await?;
-        direct.set(key.clone(), val.clone()).await
-    }
-    .await;
-    let end = Instant::now();
-    let (action, outcome, detail) = match reply {
-        Ok(r) => classify(Action::Set(val), r),
-        Err(e) => (Action::Set(val), Outcome::Unknown, format!("error: {e:#}")),
-    };
+    let (event, _) = write_once(rig.cluster.replica(i).addr, DIRECT, key, val).await;
+    let detail = &event.detail;
     eprintln!("faults: probe of the deposed leader {i} answered {detail}");
     assert_ne!(
-        outcome,
+        event.outcome,
         Outcome::Ok,
         "the deposed leader acknowledged a write after the new epoch: {detail}\n{}",
         rig.logs()
     );
-    Event {
-        client: usize::MAX,
-        key,
-        action,
-        start,
-        end,
-        outcome,
-        detail,
-    }
+    event
 }
 
 /// How long a partition lasts: past the sync timeout (2 s), so writes stuck
@@ -814,26 +801,7 @@ async fn slow_and_flaky_links_lose_nothing() {
 /// A direct `Get` of `key` from replica `i`, as a history event (outcome
 /// `Failed` when it did not answer with a value).
 async fn direct_read(rig: &Rig, i: usize, key: &Bytes) -> Event {
-    let start = Instant::now();
-    let reply = async {
-        let mut c = rig.cluster.connect(i, Role::Client).await?;
-        c.get(key.clone()).await
-    }
-    .await;
-    let end = Instant::now();
-    let (action, outcome, detail) = match reply {
-        Ok(r) => classify(Action::Get(None), r),
-        Err(e) => (Action::Get(None), Outcome::Failed, format!("error: {e:#}")),
-    };
-    Event {
-        client: usize::MAX,
-        key: key.clone(),
-        action,
-        start,
-        end,
-        outcome,
-        detail,
-    }
+    read_once(rig.cluster.replica(i).addr, DIRECT, key.clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -857,31 +825,15 @@ async fn an_unacknowledged_tail_is_never_read_and_is_truncated_after_a_crash() {
         for n in 0..3 {
             let key = Bytes::from(format!("phantom-{round}-{n}"));
             let val = Bytes::from(format!("tentative-{round}-{n}"));
-            let start = Instant::now();
-            let reply = async {
-                let mut c = rig.cluster.connect(old, Role::Client).await?;
-                c.set(key.clone(), val.clone()).await
-            }
-            .await;
-            let end = Instant::now();
-            let (action, outcome, detail) = match reply {
-                Ok(r) => classify(Action::Set(val), r),
-                Err(e) => (Action::Set(val), Outcome::Unknown, format!("error: {e:#}")),
-            };
+            let addr = rig.cluster.replica(old).addr;
+            let (event, _) = write_once(addr, DIRECT, key.clone(), val).await;
             assert_ne!(
-                outcome,
+                event.outcome,
                 Outcome::Ok,
-                "a leader without followers acknowledged: {detail}"
+                "a leader without followers acknowledged: {}",
+                event.detail
             );
-            extra.push(Event {
-                client: usize::MAX,
-                key: key.clone(),
-                action,
-                start,
-                end,
-                outcome,
-                detail,
-            });
+            extra.push(event);
             phantoms.push(key);
         }
         rig.cluster.kill_replica(old).unwrap();
