@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use semikv_protocol::{ClusterStatus, LogIndex, NodeRole, NodeStatus, Role};
+use semikv_protocol::{ClusterStatus, Epoch, LogIndex, NodeRole, NodeStatus, Role};
 use tempfile::TempDir;
 
 use crate::client::{node, Client};
@@ -364,6 +364,37 @@ impl Cluster {
             let status = c.status().await?;
             if status.commit_index >= index && status.applied_index >= index {
                 return Ok(status);
+            }
+            deadline.tick().await?;
+        }
+    }
+
+    /// Waits until replica `i` follows at an epoch above `above` and has
+    /// applied everything replica `leader` had committed when the wait
+    /// began: a replica back from a fault has rejoined and caught up.
+    ///
+    /// # Errors
+    /// `leader` or `i` did not answer, or `i` had not rejoined within
+    /// `timeout`.
+    pub async fn wait_rejoined(
+        &self,
+        i: usize,
+        leader: usize,
+        above: Epoch,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let target = self
+            .connect(leader, Role::Client)
+            .await?
+            .status()
+            .await?
+            .commit_index;
+        let mut c = self.connect(i, Role::Client).await?;
+        let deadline = Deadline::new(timeout, "a replica to rejoin as a caught-up follower");
+        loop {
+            let s = c.status().await?;
+            if s.role == NodeRole::Follower && s.epoch > above && s.applied_index >= target {
+                return Ok(());
             }
             deadline.tick().await?;
         }

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use semikv_protocol::*;
 use semikv_tests::checker::{self, Action, Event, Outcome};
-use semikv_tests::client::value;
 use semikv_tests::hostile::{trickle_hello, HostilePeer};
 use semikv_tests::probe::{read_once, write_once};
 use semikv_tests::proxy::Proxy;
+use semikv_tests::readback::converged_state;
 use semikv_tests::torn_tail::{last_segment, tear_tail, TORN_TAIL_WARNING};
 use semikv_tests::workload::{Workload, WorkloadConfig};
 use semikv_tests::{start_balancer, Balancer, Client, Cluster, Deadline, RawConn};
@@ -183,21 +183,7 @@ async fn wait_balancer_leader(rig: &Rig, not: Option<usize>) -> usize {
 /// Waits until replica `i` follows at an epoch above `above` and has applied
 /// everything the leader `leader` had committed when the wait began.
 async fn wait_caught_up_follower(rig: &Rig, i: usize, leader: usize, above: Epoch) {
-    let cluster = &rig.cluster;
-    let r = async {
-        let mut lc = cluster.connect(leader, Role::Client).await?;
-        let target = lc.status().await?.commit_index;
-        let mut c = cluster.connect(i, Role::Client).await?;
-        let deadline = Deadline::new(CONVERGE, "a replica to rejoin as a caught-up follower");
-        loop {
-            let s = c.status().await?;
-            if s.role == NodeRole::Follower && s.epoch > above && s.applied_index >= target {
-                return anyhow::Ok(());
-            }
-            deadline.tick().await?;
-        }
-    }
-    .await;
+    let r = rig.cluster.wait_rejoined(i, leader, above, CONVERGE).await;
     rig.explain(r);
 }
 
@@ -207,46 +193,6 @@ async fn cluster_epoch(rig: &Rig) -> Epoch {
         .await
         .unwrap();
     c.cluster_status().await.unwrap().epoch
-}
-
-/// Every key's value on replica `i`.
-async fn read_all(cluster: &Cluster, i: usize, keys: &[Bytes]) -> anyhow::Result<Snapshot> {
-    let mut c = cluster.connect(i, Role::Client).await?;
-    let status = c.status().await?;
-    let mut values = BTreeMap::new();
-    for k in keys {
-        values.insert(k.clone(), value(&c.get(k.clone()).await?)?);
-    }
-    Ok(Snapshot { status, values })
-}
-
-struct Snapshot {
-    status: NodeStatus,
-    values: BTreeMap<Bytes, Option<Bytes>>,
-}
-
-/// Waits until every replica has applied the leader's commit index and
-/// holds the same values, and returns them: the final state.
-async fn converge(
-    cluster: &mut Cluster,
-    keys: &[Bytes],
-) -> anyhow::Result<BTreeMap<Bytes, Option<Bytes>>> {
-    let deadline = Deadline::new(CONVERGE, "every replica to converge on the leader's state");
-    loop {
-        if let Some(leader) = cluster.leader_index().await? {
-            let lead = read_all(cluster, leader, keys).await?;
-            let mut agree = lead.status.applied_index >= lead.status.commit_index;
-            for i in (0..cluster.len()).filter(|&i| i != leader) {
-                let other = read_all(cluster, i, keys).await?;
-                agree &= other.status.applied_index == lead.status.commit_index
-                    && other.values == lead.values;
-            }
-            if agree {
-                return Ok(lead.values);
-            }
-        }
-        deadline.tick().await?;
-    }
 }
 
 /// Stops the workload, adds `extra` events, converges, checks, prints the
@@ -289,7 +235,7 @@ pub(crate) async fn verify(
             keys.push(e.key.clone());
         }
     }
-    let final_state = match converge(cluster, &keys).await {
+    let final_state = match converged_state(cluster, &keys, CONVERGE).await {
         Ok(state) => state,
         Err(e) => panic!("{name}: {e:#}\n{}", logs(cluster)),
     };
