@@ -16,6 +16,8 @@
 //! - [`readback`]: every key of a history read back from one address.
 //! - [`timing`]: failover figures from a history (first write, longest gap).
 //! - [`proxy`]: a TCP fault relay (delay, blackhole per role, cut).
+//! - [`relayed`]: a balancer that knows the replicas through relays of its
+//!   own, to partition replicas per role.
 //! - [`torn_tail`]: a WAL tail torn as by a crash mid-append.
 //! - [`hostile`]: peers that misbehave at the wire level, byte by byte,
 //!   and frames built by hand.
@@ -37,6 +39,7 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod readback;
+pub mod relayed;
 pub mod timing;
 pub mod torn_tail;
 pub mod wait;

@@ -13,13 +13,12 @@
 //! epoch, no replica diverged, and both balancers serve writes again soon
 //! after each heal.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use semikv_protocol::{Epoch, Role};
-use semikv_tests::proxy::Proxy;
+use semikv_tests::relayed::RelayedBalancer;
 use semikv_tests::workload::{Workload, WorkloadConfig};
-use semikv_tests::{start_balancer, Balancer, Cluster};
+use semikv_tests::Cluster;
 
 use crate::faults::{rounds, soak, verify};
 use crate::CONVERGE;
@@ -36,29 +35,18 @@ fn cut_time() -> Duration {
     }
 }
 
-/// One balancer and the relays it knows the replicas by.
-struct Door {
-    // Dropped first: the balancer, then its relays.
-    lb: Balancer,
-    proxies: Vec<Proxy>,
-}
-
 /// The balancers' stderr tails, for failure messages.
-fn balancer_logs(doors: &[Door]) -> String {
+fn balancer_logs(balancers: &[RelayedBalancer]) -> String {
     let mut out = String::new();
-    for (i, door) in doors.iter().enumerate() {
-        out.push_str(&format!(
-            "==== balancer {i} ({})\n{}\n",
-            door.lb.addr,
-            door.lb.proc.stderr_tail()
-        ));
+    for (i, balancer) in balancers.iter().enumerate() {
+        out.push_str(&balancer.logs(&format!("balancer {i}")));
     }
     out
 }
 
 /// Replicas behind two balancers.
 struct Rig {
-    doors: Vec<Door>,
+    balancers: Vec<RelayedBalancer>,
     cluster: Cluster,
 }
 
@@ -66,25 +54,21 @@ impl Rig {
     async fn start(replicas: usize, sync_replicas: u32) -> Rig {
         let cluster = Cluster::replicas(replicas, &[]).await.unwrap();
         let sync = sync_replicas.to_string();
-        let mut doors = Vec::new();
+        let mut balancers = Vec::new();
         for name in ["lb-a", "lb-b"] {
             let dir = cluster.dir().join(name);
             std::fs::create_dir_all(&dir).unwrap();
-            let mut proxies = Vec::new();
-            for addr in cluster.replica_addrs() {
-                proxies.push(Proxy::start(addr).await.unwrap());
-            }
-            let addrs: Vec<SocketAddr> = proxies.iter().map(Proxy::addr).collect();
-            let lb = start_balancer(&dir, &addrs, &["--sync-replicas", &sync])
-                .await
-                .unwrap();
-            doors.push(Door { lb, proxies });
+            let balancer =
+                RelayedBalancer::start(&dir, &cluster.replica_addrs(), &["--sync-replicas", &sync])
+                    .await
+                    .unwrap();
+            balancers.push(balancer);
         }
-        Rig { doors, cluster }
+        Rig { balancers, cluster }
     }
 
     fn logs(&self) -> String {
-        self.cluster.logs() + &balancer_logs(&self.doors)
+        self.cluster.logs() + &balancer_logs(&self.balancers)
     }
 
     fn explain<T>(&self, result: anyhow::Result<T>) -> T {
@@ -97,16 +81,16 @@ impl Rig {
     /// One workload per balancer, with disjoint client ids (so disjoint
     /// values) and seeds.
     fn workloads(&self) -> Vec<Workload> {
-        self.doors
+        self.balancers
             .iter()
             .enumerate()
-            .map(|(i, door)| {
+            .map(|(i, balancer)| {
                 let config = WorkloadConfig {
                     first_client: 100 * i,
                     seed: 0x2b_a1a0 + i as u64,
                     ..WorkloadConfig::default()
                 };
-                Workload::start(door.lb.addr, config)
+                Workload::start(balancer.addr(), config)
             })
             .collect()
     }
@@ -153,14 +137,12 @@ async fn two_balancers_cut_off_different_replicas(name: &str, replicas: usize, s
         } else {
             &[Role::Balancer]
         };
-        rig.doors[0].proxies[a].blackhole(roles);
-        rig.doors[1].proxies[b].blackhole(roles);
+        rig.balancers[0].proxies[a].blackhole(roles);
+        rig.balancers[1].proxies[b].blackhole(roles);
         faults += 2;
         tokio::time::sleep(cut_time()).await;
-        for door in &rig.doors {
-            for p in &door.proxies {
-                p.heal();
-            }
+        for balancer in &rig.balancers {
+            balancer.heal_all();
         }
         // Both balancers serve writes again: the split does not outlive
         // the partition.
@@ -177,8 +159,8 @@ async fn two_balancers_cut_off_different_replicas(name: &str, replicas: usize, s
     for w in workloads {
         history.extend(w.stop().await.unwrap());
     }
-    let doors = &rig.doors;
-    let logs = |cluster: &Cluster| cluster.logs() + &balancer_logs(doors);
+    let balancers = &rig.balancers;
+    let logs = |cluster: &Cluster| cluster.logs() + &balancer_logs(balancers);
     let figures = format!("terms={}..{}", start_epoch.term(), end_epoch.term());
     verify(
         name,
