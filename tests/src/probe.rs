@@ -1,9 +1,10 @@
-//! Writes aimed at a fault, recorded as [`checker::Event`]s beside a
-//! workload's: a [`Probe`] that writes through the balancer at a fixed
-//! interval until a write is acknowledged again (when did writes flow after
-//! the fault?), [`write_once`], one write straight to a replica (does a
-//! deposed leader acknowledge anything?), and [`read_once`], one read
-//! straight to a replica (does it serve a value it must not have?).
+//! Writes aimed at a fault, recorded as
+//! [`checker::Event`](crate::checker::Event)s beside a workload's: a
+//! [`Probe`] that writes through the balancer at a fixed interval until a
+//! write is acknowledged again (when did writes flow after the fault?),
+//! [`write_once`], one write straight to a replica (does a deposed leader
+//! acknowledge anything?), and [`read_once`], one read straight to a
+//! replica (does it serve a value it must not have?).
 //!
 //! A workload's clients run one request at a time, so right after a fault
 //! their first new writes wait behind ones stuck at the failed leader; the

@@ -1,7 +1,8 @@
 //! Failover figures from a recorded history (pure code over
-//! [`checker::Event`]s, no I/O): how soon after a fault a write was
-//! acknowledged again, the longest stretch with no acknowledged write, and
-//! the median, minimum and maximum of a figure over many rounds.
+//! [`checker::Event`](crate::checker::Event)s, no I/O): how soon after a
+//! fault a write was acknowledged again, the longest stretch with no
+//! acknowledged write, and the median, minimum and maximum of a figure over
+//! many rounds.
 //!
 //! Only acknowledged writes count (`Set` or `Delete` with
 //! [`Outcome::Ok`]); an acknowledgement's time is its event's `end`, when

@@ -30,7 +30,7 @@
 //! and cut links, a crashed unacknowledged tail), [`wal_and_snapshots`]
 //! (torn WAL tails, constant snapshots) and [`hostile_peers`]. The cluster
 //! under test and the workload on it are set up in [`rig`]; every scenario
-//! ends in [`verify`].
+//! ends in [`verify::finish`].
 
 mod follower_and_balancer_failures;
 mod hostile_peers;
