@@ -50,6 +50,11 @@ pub struct Args {
     /// 10000, or the open-file limit less 128 if that is lower].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Bytes of answers one client may leave unread before it is
+    /// disconnected (at least 1 MiB) [default: 256 MiB].
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub max_client_output: Option<u64>,
 }
 
 /// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
@@ -76,6 +81,9 @@ impl Args {
         config.down_after = self.down_after;
         config.sync_replicas = self.sync_replicas;
         config.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
+        if let Some(bytes) = self.max_client_output {
+            config.max_client_output = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
         config.derive_waits();
         config
     }

@@ -34,7 +34,14 @@ pub struct Config {
     /// Longest a client's request frame may take to arrive whole once its
     /// first bytes did; past it the connection is closed.
     pub frame_timeout: Duration,
+    /// Bytes of answers one client connection may leave unread (queued for
+    /// it, not yet written to its socket); past it the connection is closed.
+    pub max_client_output: usize,
 }
+
+/// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
+/// of the largest value, far above what a client that reads needs.
+pub const DEFAULT_MAX_CLIENT_OUTPUT: usize = 256 * 1024 * 1024;
 
 impl Config {
     /// The defaults of `semikv-lb` for these replicas: heartbeat 100 ms, down
@@ -51,6 +58,7 @@ impl Config {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_connections: 10_000,
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
+            max_client_output: DEFAULT_MAX_CLIENT_OUTPUT,
         };
         config.derive_waits();
         config

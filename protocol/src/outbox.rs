@@ -15,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Most queue entries written before a flush.
 const MAX_BATCH: usize = 256;
 
+/// Bytes encoded into the socket's buffer after which a batch is flushed
+/// before it takes more: what a peer that reads slowly leaves buffered is
+/// this plus one entry, not a whole batch of large values.
+pub const MAX_UNFLUSHED: usize = 256 * 1024;
+
 /// The writing half of a connection (see `semikv_protocol::codec::split`).
 pub type Sink = crate::codec::FrameWriter;
 
@@ -115,6 +120,9 @@ async fn write_all<T: Outgoing>(
     tokio::pin!(cancelled);
     loop {
         let first = tokio::select! {
+            // A cancelled connection writes nothing more, however much is
+            // queued (a client cut off at its output limit, say).
+            biased;
             _ = &mut cancelled => break,
             msg = rx.recv() => msg,
         };
@@ -128,7 +136,10 @@ async fn write_all<T: Outgoing>(
             let mut last = first.is_last();
             first.write_into(sink)?;
             let mut n = 1;
-            while !last && n < MAX_BATCH {
+            while !last && n < MAX_BATCH && !closed.is_cancelled() {
+                if sink.write_buffer().len() >= MAX_UNFLUSHED {
+                    SinkExt::<Message>::flush(sink).await?;
+                }
                 let Ok(more) = rx.try_recv() else { break };
                 last = more.is_last();
                 more.write_into(sink)?;
@@ -137,7 +148,15 @@ async fn write_all<T: Outgoing>(
             SinkExt::<Message>::flush(sink).await?;
             Ok::<bool, ProtocolError>(last)
         };
-        match tokio::time::timeout(write_timeout, batch).await {
+        // A cancelled connection stops even while a write is stuck on a
+        // peer that does not read: it would otherwise hold the queue (and
+        // everything queued in it) for the whole write timeout.
+        let outcome = tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            outcome = tokio::time::timeout(write_timeout, batch) => outcome,
+        };
+        match outcome {
             Ok(Ok(false)) => {}
             Ok(Ok(true)) => break,
             Ok(Err(e)) => return Err(WriteFailed::Failed(e)),

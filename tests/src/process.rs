@@ -216,6 +216,24 @@ impl Proc {
         Ok(text.matches(message).count())
     }
 
+    /// The most memory the process has held resident so far (`VmHWM` in
+    /// `/proc/PID/status`), in bytes.
+    ///
+    /// # Errors
+    /// The status file cannot be read (the process is gone) or has no such
+    /// line.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("no VmHWM line in {path}"))?;
+        Ok(kib * 1024)
+    }
+
     /// The value of `field` on the last line of its stderr that contains
     /// `message`: a figure a process logs as a structured `tracing` field
     /// (`3` from `... promoted new leader ... elapsed_ms=3`). `None`

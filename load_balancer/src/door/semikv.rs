@@ -5,6 +5,8 @@
 //! [`Answer`] into `Response` frames. Bad input gets a `Reject` frame and
 //! closes that connection only.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::Admission;
 use semikv_protocol::codec::FrameClock;
 use semikv_protocol::{
-    Message, MessageCodec, ProtocolError, RequestId, Response, Role, Welcome, WireError,
+    Message, MessageCodec, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError,
     PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +22,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
@@ -53,17 +55,86 @@ pub async fn run(
         &shutdown,
         &tasks,
         "semikv",
-        |stream, _peer| serve(router.clone(), config.clone(), stream, shutdown.clone()),
+        |stream, peer| {
+            serve(
+                router.clone(),
+                config.clone(),
+                stream,
+                peer,
+                shutdown.clone(),
+            )
+        },
     )
     .await;
 }
 
 /// What the connection's writer sends: the door's own messages (`Welcome`
-/// and `Reject`) and the router's answers.
+/// and `Reject`) and the router's answers, each charged to the client's
+/// output budget until it is encoded.
 #[derive(Debug)]
 enum ToClient {
     Message(Message),
-    Answer(Answer),
+    Answer(Answer, Charge),
+}
+
+/// Bytes an answer costs while it waits for its client, about: its values
+/// and a little per reply.
+fn answer_bytes(answer: &Answer) -> usize {
+    fn reply_bytes(reply: &Reply) -> usize {
+        const PER_REPLY: usize = 32;
+        match reply {
+            Reply::Value(Some(value)) => value.len() + PER_REPLY,
+            Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
+            _ => PER_REPLY,
+        }
+    }
+    match answer {
+        Answer::One { reply, .. } => reply_bytes(reply),
+        Answer::Run { replies, .. } => replies.iter().map(|(_, r)| reply_bytes(r)).sum(),
+    }
+}
+
+/// The bytes of answers queued for one client and not yet encoded into its
+/// socket's buffer: what a client that stops reading costs the balancer.
+/// Past the limit the connection is closed, with a log line; other clients
+/// see nothing. (The writer's own buffer is bounded apart, see
+/// [`outbox::MAX_UNFLUSHED`].)
+#[derive(Debug)]
+struct OutputBudget {
+    queued: AtomicUsize,
+    limit: usize,
+    peer: SocketAddr,
+    closed: CancellationToken,
+}
+
+impl OutputBudget {
+    /// Charges `bytes` for an answer until the returned charge drops.
+    fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        let after = before.saturating_add(bytes);
+        if before <= self.limit && after > self.limit {
+            warn!(peer = %self.peer, unread = after, limit = self.limit, "client leaves its answers unread past the output limit; disconnecting it");
+            self.closed.cancel();
+        }
+        Charge {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+}
+
+/// One answer's share of its client's [`OutputBudget`], given back when
+/// the answer is encoded (or dropped with its connection).
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<OutputBudget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Outgoing for ToClient {
@@ -74,13 +145,16 @@ impl Outgoing for ToClient {
     fn write_into(self, sink: &mut Sink) -> Result<(), ProtocolError> {
         match self {
             ToClient::Message(message) => outbox::encode(&message, sink),
-            // The slots go once their answers are encoded.
-            ToClient::Answer(Answer::One {
-                tag,
-                reply,
-                slot: _,
-            }) => outbox::encode(&response(tag, reply), sink),
-            ToClient::Answer(Answer::Run { replies, slot: _ }) => {
+            // The slots and the charges go once their answers are encoded.
+            ToClient::Answer(
+                Answer::One {
+                    tag,
+                    reply,
+                    slot: _,
+                },
+                _charge,
+            ) => outbox::encode(&response(tag, reply), sink),
+            ToClient::Answer(Answer::Run { replies, slot: _ }, _charge) => {
                 for (tag, reply) in replies {
                     outbox::encode(&response(tag, reply), sink)?;
                 }
@@ -98,13 +172,21 @@ fn response(tag: Tag, reply: semikv_protocol::Reply) -> Message {
 }
 
 /// The connection's answer sink: its writer's queue, with room for every
-/// slot and one closing message.
+/// slot and one closing message, and its output budget.
 #[derive(Debug)]
-struct Answers(mpsc::Sender<ToClient>);
+struct Answers {
+    queue: mpsc::Sender<ToClient>,
+    budget: Arc<OutputBudget>,
+}
 
 impl AnswerSink for Answers {
     fn deliver(&self, answer: Answer) {
-        let _ = self.0.try_send(ToClient::Answer(answer));
+        if self.budget.closed.is_cancelled() {
+            // The connection is closing: nobody will write this.
+            return;
+        }
+        let charge = self.budget.charge(answer_bytes(&answer));
+        let _ = self.queue.try_send(ToClient::Answer(answer, charge));
     }
 }
 
@@ -114,6 +196,7 @@ async fn serve(
     router: Arc<Router>,
     config: Arc<Config>,
     stream: TcpStream,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -126,7 +209,17 @@ async fn serve(
     let (tx, rx) = mpsc::channel::<ToClient>(MAX_IN_FLIGHT + 1);
     let conn_closed = shutdown.child_token();
     let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
-    let mut session = Session::new(&router, Arc::new(Answers(tx.clone())), MAX_IN_FLIGHT);
+    let budget = Arc::new(OutputBudget {
+        queued: AtomicUsize::new(0),
+        limit: config.max_client_output,
+        peer,
+        closed: conn_closed.clone(),
+    });
+    let answers = Answers {
+        queue: tx.clone(),
+        budget,
+    };
+    let mut session = Session::new(&router, Arc::new(answers), MAX_IN_FLIGHT);
     let slots = session.slots().clone();
     // One wait for the whole loop, not a waiter registered per batch.
     let closed = conn_closed.cancelled();

@@ -4,7 +4,8 @@
 //! take the descriptors a replica needs for its write-ahead log (before,
 //! about 20,000 idle connections made the leader exit on "Too many open
 //! files" while syncing its log directory). Clients connected before the
-//! flood keep being served, and new ones get in once it ends.
+//! flood keep being served, and new ones get in once it ends. A client
+//! that never reads its answers is disconnected at its output limit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -130,4 +131,73 @@ async fn the_balancer_refuses_clients_past_its_limit_and_serves_the_others() {
         }
         deadline.tick().await.unwrap();
     }
+}
+
+/// A client that pipelines reads of a large value and never reads its
+/// answers (the report: 4,096 gets of an 8 MiB value took the balancer from
+/// 569 MiB to 3.7 GB) is disconnected once its unread answers pass
+/// `--max-client-output`; the balancer's peak memory stays far below what
+/// the answers would take, and other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_at_its_output_limit() {
+    const VALUE: usize = 256 * 1024;
+    const GETS: usize = 1024; // 256 MiB of answers
+    const LIMIT: usize = 4 * 1024 * 1024;
+    let cluster = Cluster::with_balancer(3, &[], &["--max-client-output", &LIMIT.to_string()])
+        .await
+        .unwrap();
+    let mut client = cluster.connect_balancer().await.unwrap();
+    let value = "v".repeat(VALUE);
+    let r = client
+        .set_until_acked("big", value.as_str(), crate::CONVERGE)
+        .await;
+    cluster.explain(r).unwrap();
+    let balancer = cluster.balancer().expect("a balancer");
+    let peak_before = balancer.proc.peak_rss_bytes().unwrap();
+
+    let mut greedy = Client::connect(cluster.balancer_addr(), Role::Client)
+        .await
+        .unwrap();
+    for _ in 0..GETS {
+        if greedy
+            .send(semikv_protocol::Op::Get { key: "big".into() })
+            .await
+            .is_err()
+        {
+            break; // already disconnected
+        }
+    }
+    let deadline = semikv_tests::Deadline::new(crate::CONVERGE, "the output limit to be logged");
+    while balancer.proc.count_logged("past the output limit").unwrap() == 0 {
+        deadline.tick().await.unwrap();
+    }
+    // Served throughout.
+    let reply = client.get("big").await.unwrap();
+    assert!(
+        matches!(&reply, Reply::Value(Some(v)) if v.len() == VALUE),
+        "{reply:?}"
+    );
+    // What the greedy client finally reads ends early: the connection was
+    // closed with most of its answers never sent.
+    let mut answered = 0usize;
+    while let Ok(Some(Message::Response(_))) = greedy.recv_message(Duration::from_secs(10)).await {
+        answered += 1;
+    }
+    assert!(
+        answered < GETS / 2,
+        "{answered} of {GETS} answers were kept for it"
+    );
+    let peak_after = balancer.proc.peak_rss_bytes().unwrap();
+    let grew = peak_after.saturating_sub(peak_before);
+    eprintln!(
+        "greedy client: {answered} of {GETS} answers sent before the close; balancer peak memory {} MiB -> {} MiB",
+        peak_before >> 20,
+        peak_after >> 20
+    );
+    assert!(
+        grew < 96 * 1024 * 1024,
+        "the balancer's peak memory grew by {} MiB for one greedy client (its answers: {} MiB)",
+        grew >> 20,
+        (GETS * VALUE) >> 20
+    );
 }

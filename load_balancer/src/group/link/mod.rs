@@ -44,7 +44,10 @@ use tracing::debug;
 
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
-use pending::{answer_all, Forward, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK, SWEEP_EVERY};
+use pending::{
+    answer_all, Forward, Waiting, WriteInFlight, MAX_REPLIES_PER_LOCK, MAX_REPLY_BYTES_PER_LOCK,
+    SWEEP_EVERY,
+};
 pub use pending::{ForwardRead, ForwardWrite};
 use semikv_protocol::outbox::{self, Outbound};
 use semikv_protocol::pending::PendingMap;
@@ -436,15 +439,21 @@ impl ReplicaLink {
                 };
                 let mut frame = Some(frame);
                 let mut ended = false;
+                let mut batch_bytes = 0usize;
                 while let Some(next) = frame.take() {
                     match next {
-                        Some(Ok(Message::Response(resp))) => replies.push(resp),
+                        Some(Ok(Message::Response(resp))) => {
+                            if let Reply::Value(Some(value)) = &resp.reply {
+                                batch_bytes = batch_bytes.saturating_add(value.len());
+                            }
+                            replies.push(resp);
+                        }
                         Some(Ok(_)) | Some(Err(_)) | None => {
                             ended = true;
                             break;
                         }
                     }
-                    if replies.len() < MAX_REPLIES_PER_LOCK {
+                    if replies.len() < MAX_REPLIES_PER_LOCK && batch_bytes < MAX_REPLY_BYTES_PER_LOCK {
                         frame = stream.next().now_or_never();
                     }
                 }

@@ -17,6 +17,11 @@ use crate::request::{Answer, ClientPort, Retry, Slot, Tag};
 /// all under one lock of the pending map.
 pub(super) const MAX_REPLIES_PER_LOCK: usize = 256;
 
+/// Bytes of values a connection's reader holds decoded before it hands
+/// them on: answers to large reads go out one batch at a time instead of
+/// 256 of them (up to 2 GiB of 8 MiB values) at once.
+pub(super) const MAX_REPLY_BYTES_PER_LOCK: usize = 1024 * 1024;
+
 /// How often a link looks for forwarded requests past their deadline.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
