@@ -5,9 +5,10 @@
 //! `.await`. Leader changes are also published on a `watch` channel so that
 //! writes waiting out a failover wake as soon as a leader exists.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use semikv_protocol::{ClusterStatus, Epoch, NodeRole, NodeStatus, ReplicaView};
+use semikv_protocol::{ClusterStatus, Epoch, LogIndex, NodeRole, NodeStatus, ReplicaView};
 use tokio::sync::watch;
 
 use super::failover::{BalancerView, LeaderReport, Observed, StatusSummary};
@@ -33,12 +34,46 @@ struct Row {
     reports: u64,
 }
 
+/// Full health rounds a follower gets to apply what the leader had
+/// committed: it stays in the read rotation while it has applied at least
+/// the leader's commit index of this many rounds ago (1 s at the default
+/// heartbeat), and leaves it (until it catches up) when it falls further
+/// behind: a stream that fails, a snapshot it cannot install, a backlog
+/// that keeps growing.
+pub const CATCH_UP_ROUNDS: usize = 10;
+
 #[derive(Debug)]
 struct Inner {
     rows: Vec<Row>,
     leader: Option<Leader>,
     max_epoch: Epoch,
     next_read: usize,
+    /// The leader's commit index at each of the last full rounds, oldest
+    /// first (at most [`CATCH_UP_ROUNDS`]); cleared when the leader
+    /// changes.
+    leader_commits: VecDeque<LogIndex>,
+}
+
+impl Inner {
+    /// Whether reads may go to `slot`: it is healthy, and it is the leader
+    /// or has applied what the leader had committed [`CATCH_UP_ROUNDS`]
+    /// rounds ago (any healthy replica until that many rounds were seen,
+    /// so a new leader does not empty the rotation).
+    fn readable(&self, slot: usize) -> bool {
+        let Some(row) = self.rows.get(slot).filter(|r| r.healthy) else {
+            return false;
+        };
+        if self.leader.is_some_and(|l| l.slot == slot) {
+            return true;
+        }
+        let Some(&due) = self.leader_commits.front() else {
+            return true;
+        };
+        if self.leader_commits.len() < CATCH_UP_ROUNDS {
+            return true;
+        }
+        row.status.as_ref().is_some_and(|s| s.applied_index >= due)
+    }
 }
 
 /// Shared replica table.
@@ -68,6 +103,7 @@ impl Table {
                 leader: None,
                 max_epoch: Epoch::ZERO,
                 next_read: 0,
+                leader_commits: VecDeque::new(),
             }),
             leader_tx: watch::channel(None).0,
         }
@@ -207,6 +243,9 @@ impl Table {
             if let Some(l) = leader {
                 inner.max_epoch = inner.max_epoch.max(l.epoch);
             }
+            if inner.leader.map(|l| l.slot) != leader.map(|l| l.slot) {
+                inner.leader_commits.clear();
+            }
             inner.leader = leader;
         }
         self.leader_tx.send_replace(leader);
@@ -217,14 +256,42 @@ impl Table {
         self.leader_tx.subscribe()
     }
 
-    /// The next healthy replica for a read, round-robin, leader included,
-    /// skipping `exclude`; `None` when no (other) replica is healthy.
+    /// Ends a full health round: notes the leader's commit index, which a
+    /// follower must have applied within [`CATCH_UP_ROUNDS`] rounds to stay
+    /// in the read rotation.
+    pub fn note_round(&self) {
+        let mut inner = self.lock();
+        let commit = inner
+            .leader
+            .and_then(|l| inner.rows.get(l.slot))
+            .and_then(|r| r.status.as_ref())
+            .filter(|s| s.role == NodeRole::Leader)
+            .map(|s| s.commit_index);
+        match commit {
+            Some(commit) => {
+                inner.leader_commits.push_back(commit);
+                while inner.leader_commits.len() > CATCH_UP_ROUNDS {
+                    inner.leader_commits.pop_front();
+                }
+            }
+            None => inner.leader_commits.clear(),
+        }
+    }
+
+    /// Whether reads may go to `slot` now (see [`CATCH_UP_ROUNDS`]).
+    pub fn is_readable(&self, slot: usize) -> bool {
+        self.lock().readable(slot)
+    }
+
+    /// The next replica for a read, round-robin over the healthy ones that
+    /// keep up (see [`CATCH_UP_ROUNDS`]), leader included, skipping
+    /// `exclude`; `None` when no (other) replica qualifies.
     pub fn next_reader(&self, exclude: Option<usize>) -> Option<usize> {
         let mut inner = self.lock();
         let n = inner.rows.len();
         for step in 0..n {
             let slot = (inner.next_read + step) % n;
-            if Some(slot) != exclude && inner.rows[slot].healthy {
+            if Some(slot) != exclude && inner.readable(slot) {
                 inner.next_read = (slot + 1) % n;
                 return Some(slot);
             }
@@ -402,5 +469,73 @@ mod tests {
         assert_eq!(c.replicas[1].id, Some(ReplicaId(2)));
         assert!(!c.replicas[2].healthy);
         assert_eq!(c.replicas[2].id, None);
+    }
+
+    /// A round in which the leader (slot 0) reports `commit` and the
+    /// follower in slot 1 reports having applied `applied`.
+    fn round(t: &Table, commit: u64, applied: u64) {
+        t.record_ok(0, status(1, NodeRole::Leader, 1, commit));
+        let mut follower = status(2, NodeRole::Follower, 1, commit);
+        follower.applied_index = LogIndex(applied);
+        t.record_ok(1, follower);
+        t.note_round();
+    }
+
+    fn readers(t: &Table) -> Vec<usize> {
+        let mut picks: Vec<usize> = (0..6).filter_map(|_| t.next_reader(None)).collect();
+        picks.sort_unstable();
+        picks.dedup();
+        picks
+    }
+
+    #[test]
+    fn a_follower_that_falls_behind_leaves_the_read_rotation_until_it_catches_up() {
+        let t = Table::new(&["a:1".into(), "b:2".into()]);
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch::from_raw(1),
+        }));
+        // Applying within the window: in the rotation, round after round,
+        // even when never quite at the leader's newest commit.
+        for i in 0..(3 * CATCH_UP_ROUNDS as u64) {
+            round(&t, 100 + 10 * i, 100 + 10 * i - 5);
+            assert_eq!(readers(&t), vec![0, 1], "round {i}");
+        }
+        // Stuck (a stream that fails, a snapshot it cannot install): out
+        // once the leader's commit of CATCH_UP_ROUNDS rounds ago passes it.
+        let stuck = 500;
+        let mut left_after = None;
+        for i in 0..(2 * CATCH_UP_ROUNDS) {
+            round(&t, 1000 + 10 * i as u64, stuck);
+            if !t.is_readable(1) {
+                left_after.get_or_insert(i);
+            }
+        }
+        assert!(left_after.is_some(), "a stuck follower kept getting reads");
+        assert_eq!(readers(&t), vec![0], "the leader takes the reads alone");
+        // Caught up again: back in.
+        round(&t, 2000, 2000);
+        assert_eq!(readers(&t), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_new_leader_does_not_empty_the_rotation_before_a_full_window() {
+        let t = Table::new(&["a:1".into(), "b:2".into()]);
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch::from_raw(1),
+        }));
+        for _ in 0..(CATCH_UP_ROUNDS - 1) {
+            round(&t, 100, 0);
+            assert_eq!(readers(&t), vec![0, 1], "judged before a full window");
+        }
+        round(&t, 100, 0);
+        assert_eq!(readers(&t), vec![0]);
+        // Another leader: the window starts again.
+        t.set_leader(Some(Leader {
+            slot: 1,
+            epoch: Epoch::from_raw(2),
+        }));
+        assert_eq!(readers(&t), vec![0, 1]);
     }
 }

@@ -130,3 +130,40 @@ async fn a_replica_that_comes_back_rejoins_the_read_rotation() {
     }
     lb.stop().await;
 }
+
+#[tokio::test]
+async fn a_follower_that_stops_applying_gets_no_reads_until_it_catches_up() {
+    use semikv_lb::group::table::CATCH_UP_ROUNDS;
+    let (a, b, lb, mut client) = leader_and_reading_follower().await;
+    // The leader commits on; b applies nothing more (a stream that fails,
+    // a snapshot it cannot install): its status says so.
+    let applied = b.s().last_index;
+    a.s().last_index = applied + 1000;
+    let rounds = |f: &Fake| f.s().statuses;
+    let seen = rounds(&a);
+    until("the window of rounds passes", || {
+        rounds(&a) >= seen + CATCH_UP_ROUNDS as u64 + 2
+    })
+    .await;
+    let served = b.s().gets_served;
+    for _ in 0..20 {
+        assert!(matches!(client.get("k").await, Reply::Value(_)));
+    }
+    assert_eq!(
+        b.s().gets_served,
+        served,
+        "a follower that fell behind was read from"
+    );
+    // Caught up: back in the rotation.
+    b.s().last_index = applied + 1000;
+    let seen = rounds(&a);
+    until("two more rounds", || rounds(&a) >= seen + 2).await;
+    for _ in 0..20 {
+        assert!(matches!(client.get("k").await, Reply::Value(_)));
+    }
+    assert!(
+        b.s().gets_served > served,
+        "a follower that caught up got no reads"
+    );
+    lb.stop().await;
+}

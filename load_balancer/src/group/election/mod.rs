@@ -306,6 +306,10 @@ impl Engine {
                     .into_iter()
                     .filter_map(|(slot, answer)| self.record_check(slot, answer))
                     .collect();
+                if full {
+                    // Who keeps up with the leader, for the read rotation.
+                    self.table.note_round();
+                }
                 commands.extend(self.act(full, now));
                 commands
             }
