@@ -8,7 +8,8 @@ use crate::group::ReplicaGroup;
 /// are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ReadPolicy {
-    /// Every healthy replica in turn, the leader included: spreads the
+    /// Every healthy replica that keeps up with the leader in turn, the
+    /// leader included (see `group::table::CATCH_UP_ROUNDS`): spreads the
     /// load; a follower may lag the leader by what it has not yet applied.
     #[default]
     RoundRobin,
