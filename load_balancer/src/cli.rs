@@ -55,6 +55,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
     pub max_client_output: Option<u64>,
+    /// Close a client connection idle for this many seconds (nothing in
+    /// flight, nothing sent); 0: never.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub idle_timeout_secs: u64,
 }
 
 /// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
@@ -81,6 +85,8 @@ impl Args {
         config.down_after = self.down_after;
         config.sync_replicas = self.sync_replicas;
         config.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
+        config.idle_timeout =
+            (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs));
         if let Some(bytes) = self.max_client_output {
             config.max_client_output = usize::try_from(bytes).unwrap_or(usize::MAX);
         }

@@ -37,6 +37,9 @@ pub struct Config {
     /// Bytes of answers one client connection may leave unread (queued for
     /// it, not yet written to its socket); past it the connection is closed.
     pub max_client_output: usize,
+    /// How long a client connection may stay idle (nothing in flight,
+    /// nothing sent) before it is closed; `None`: never (the default).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -59,6 +62,7 @@ impl Config {
             max_connections: 10_000,
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
             max_client_output: DEFAULT_MAX_CLIENT_OUTPUT,
+            idle_timeout: None,
         };
         config.derive_waits();
         config

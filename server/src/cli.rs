@@ -48,6 +48,11 @@ pub struct Args {
     /// the open-file limit less 128 if that is lower].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Close a client connection idle for this many seconds (nothing in
+    /// flight, nothing sent); 0: never. Balancers and followers are never
+    /// timed out.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub idle_timeout_secs: u64,
 }
 
 impl Args {
@@ -76,6 +81,8 @@ impl Args {
         config.max_frame_len = self.max_frame;
         config.snapshot_bytes = self.snapshot_bytes;
         config.ready_file = self.ready_file;
+        config.idle_timeout = (self.idle_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.idle_timeout_secs));
         Ok((config, listen))
     }
 }

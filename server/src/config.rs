@@ -73,6 +73,10 @@ pub struct Config {
     /// Longest a request frame may take to arrive whole once its first
     /// bytes did; past it the connection is closed.
     pub frame_timeout: Duration,
+    /// How long a client connection (not a balancer's or a follower's) may
+    /// stay idle, nothing in flight and nothing sent, before it is closed;
+    /// `None`: never (the default, like Redis's `timeout 0`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -89,6 +93,7 @@ impl Config {
             ready_file: None,
             max_connections: 10_000,
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
+            idle_timeout: None,
         }
     }
 }

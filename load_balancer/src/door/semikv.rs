@@ -226,9 +226,23 @@ async fn serve(
     tokio::pin!(closed);
     // Gives up on a frame that starts arriving and stalls.
     let mut clock = FrameClock::new(config.frame_timeout);
+    // Closes a connection idle for `idle_timeout`, when one is set.
+    let idle_after = config.idle_timeout;
+    let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             _ = &mut closed => break,
+            () = &mut idle, if idle_after.is_some() => {
+                if slots.available_permits() == MAX_IN_FLIGHT {
+                    debug!(peer = %peer, "closing an idle client connection");
+                    break;
+                }
+                // Requests in flight: not idle; look again later.
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
+            }
             () = session.progress() => {}
             // Only while a slot is free: without one, whole frames wait in
             // the buffer, and they are not stalled.
@@ -240,6 +254,9 @@ async fn serve(
             }
             frame = next_frame(&mut stream, &slots) => {
                 clock.frame_arrived();
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
                 // Every request already buffered is taken now, as one burst:
                 // its reads go to one replica, so their answers come back
                 // together and leave in one write.

@@ -120,6 +120,11 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     let drain = tokio::time::sleep(DRAIN_TIMEOUT);
     tokio::pin!(drain);
     let mut clock = FrameClock::new(replica.config.frame_timeout);
+    // Closes a client connection idle for `idle_timeout`, when one is set;
+    // a balancer's or a follower's link is never idle-timed out.
+    let idle_after = replica.config.idle_timeout.filter(|_| role == Role::Client);
+    let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(idle);
     loop {
         if !reading && in_flight.is_empty() && writes.pending == 0 {
             break;
@@ -149,6 +154,9 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
             }
             msg = stream.next(), if reading && in_flight.len() + writes.pending < MAX_IN_FLIGHT => {
                 clock.frame_arrived();
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
                 // Everything already in the read buffer is taken now too, and
                 // what can be answered at once is, without a future per
                 // request: a pipelined batch costs one wake-up, one lock for
@@ -190,6 +198,16 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
                     closing = why;
                     reading = false;
                     drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                }
+            }
+            () = &mut idle, if reading && idle_after.is_some() => {
+                if in_flight.is_empty() && writes.pending == 0 {
+                    tracing::debug!("closing an idle client connection");
+                    break;
+                }
+                // Requests in flight: not idle; look again later.
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
                 }
             }
             () = replica.shutdown.cancelled(), if reading => {

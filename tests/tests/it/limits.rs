@@ -201,3 +201,58 @@ async fn a_client_that_never_reads_is_disconnected_at_its_output_limit() {
         (GETS * VALUE) >> 20
     );
 }
+
+/// Waits (bounded) for `conn`, opened at `opened`, to be closed by its
+/// peer; how long after `opened` that was.
+async fn closed_after(conn: &mut Client, opened: std::time::Instant, bound: Duration) -> Duration {
+    match conn.recv_message(bound).await {
+        Ok(None) | Err(_) if opened.elapsed() < bound => opened.elapsed(),
+        Ok(Some(other)) => panic!("an idle connection was sent {other:?}"),
+        _ => panic!("an idle connection was still open after {bound:?}"),
+    }
+}
+
+/// `--idle-timeout-secs` (off by default, like Redis's `timeout 0`): a
+/// client connection with nothing in flight and nothing sent for that long
+/// is closed, on the balancer and on a replica; a busy client is not, and
+/// neither are the balancer's links nor the followers' streams, however
+/// long they stay quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_when_asked_and_busy_ones_and_internal_links_are_not() {
+    let idle = ["--idle-timeout-secs", "1"];
+    let cluster = Cluster::with_balancer(3, &idle, &idle).await.unwrap();
+    let mut busy = cluster.connect_balancer().await.unwrap();
+    let r = busy.set_until_acked("k", "v", crate::CONVERGE).await;
+    cluster.explain(r).unwrap();
+
+    let mut idle_on_balancer = Client::connect(cluster.balancer_addr(), Role::Client)
+        .await
+        .unwrap();
+    let opened_on_balancer = std::time::Instant::now();
+    let mut idle_on_replica = cluster.connect(0, Role::Client).await.unwrap();
+    let opened_on_replica = std::time::Instant::now();
+    let bound = Duration::from_secs(20);
+    let waiting = async {
+        let on_balancer = closed_after(&mut idle_on_balancer, opened_on_balancer, bound).await;
+        let on_replica = closed_after(&mut idle_on_replica, opened_on_replica, bound).await;
+        (on_balancer, on_replica)
+    };
+    let pinging = async {
+        // Busy for longer than the timeout: a request every 200 ms.
+        for _ in 0..15 {
+            let reply = busy.ping().await.unwrap();
+            assert_eq!(reply, Reply::Pong);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let ((on_balancer, on_replica), ()) = tokio::join!(waiting, pinging);
+    assert!(
+        on_balancer >= Duration::from_millis(900),
+        "closed after {on_balancer:?}, before its timeout"
+    );
+    assert!(on_replica >= Duration::from_millis(900), "{on_replica:?}");
+    // The links and streams stayed up through the quiet: a write commits
+    // on the leader and a follower at once.
+    let reply = busy.set("after", "quiet").await.unwrap();
+    assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
+}
