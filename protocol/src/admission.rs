@@ -40,12 +40,29 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    reserved: bool,
 }
+
+impl Slot {
+    /// Whether this is one of the slots kept for peers (balancers and
+    /// followers, see [`Admission::with_reserved`]): the connection must
+    /// say it is one, quickly, or be refused as if the listener were full.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
+    }
+}
+
+/// How long a connection in a reserved slot has to say its `Hello`: a
+/// peer says it at once, and a silent connection must not hold a slot
+/// kept for peers for the whole handshake timeout.
+pub const RESERVED_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection limit of one listener.
 #[derive(Debug, Clone)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    /// Slots only peers (not clients) may keep; taken once `slots` are.
+    reserved: Arc<Semaphore>,
     max: usize,
     /// Refusals since the last report.
     refused: Arc<AtomicU64>,
@@ -68,11 +85,23 @@ pub enum Admitted {
 }
 
 impl Admission {
-    /// A limit of `max` open connections (at least 1).
+    /// A limit of `max` open connections (at least 1), all for anyone.
     pub fn new(max: usize) -> Admission {
+        Admission::with_reserved(max, 0)
+    }
+
+    /// A limit of `max` open connections (at least 1), of which `reserved`
+    /// (at most half) are kept for peers: once the others are taken, a new
+    /// connection gets one of those, and the server refuses it after its
+    /// `Hello` unless it is a balancer or a replica ([`Slot::is_reserved`]).
+    /// A flood of clients then cannot keep a reconnecting follower or a
+    /// balancer's link out.
+    pub fn with_reserved(max: usize, reserved: usize) -> Admission {
         let max = max.max(1);
+        let reserved = reserved.min(max / 2);
         Admission {
-            slots: Arc::new(Semaphore::new(max)),
+            slots: Arc::new(Semaphore::new(max - reserved)),
+            reserved: Arc::new(Semaphore::new(reserved)),
             max,
             refused: Arc::new(AtomicU64::new(0)),
             reported: Arc::new(Mutex::new(None)),
@@ -86,15 +115,29 @@ impl Admission {
 
     /// Connections admitted and still open.
     pub fn open(&self) -> usize {
-        self.max - self.slots.available_permits()
+        self.max - self.slots.available_permits() - self.reserved.available_permits()
     }
 
     /// Admits `stream` if a slot is free; otherwise writes the reject frame
     /// without waiting (a fresh socket's send buffer always takes a few
     /// bytes) and closes it.
     pub fn admit(&self, stream: TcpStream) -> Admitted {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Admitted::Yes(stream, Slot { _permit: permit }),
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Slot {
+                _permit: permit,
+                reserved: false,
+            }),
+            Err(_) => self
+                .reserved
+                .clone()
+                .try_acquire_owned()
+                .map(|permit| Slot {
+                    _permit: permit,
+                    reserved: true,
+                }),
+        };
+        match slot {
+            Ok(slot) => Admitted::Yes(stream, slot),
             Err(_) => {
                 let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 let report = {
@@ -174,5 +217,34 @@ mod tests {
         let _again = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         assert!(matches!(admission.admit(stream), Admitted::Yes(..)));
+    }
+
+    #[tokio::test]
+    async fn reserved_slots_come_last_and_are_marked() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admission = Admission::with_reserved(4, 2);
+        let mut held = Vec::new();
+        let mut clients = Vec::new();
+        for expect_reserved in [false, false, true, true] {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            let (stream, _) = listener.accept().await.unwrap();
+            match admission.admit(stream) {
+                Admitted::Yes(stream, slot) => {
+                    assert_eq!(slot.is_reserved(), expect_reserved);
+                    held.push((stream, slot));
+                }
+                Admitted::No { .. } => panic!("refused below the limit"),
+            }
+        }
+        assert_eq!(admission.open(), 4);
+        clients.push(TcpStream::connect(addr).await.unwrap());
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(matches!(admission.admit(stream), Admitted::No { .. }));
+        // At most half are reserved, whatever is asked.
+        assert_eq!(
+            Admission::with_reserved(4, 10).reserved.available_permits(),
+            2
+        );
     }
 }

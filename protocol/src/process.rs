@@ -23,8 +23,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Accepts connections on `listener` until `shutdown` is cancelled, each
 /// through a slot of `admission` (refused with a frame that says so when
 /// none is free, logged at most every [`crate::admission::REPORT_EVERY`]),
-/// and runs `serve(stream, peer)` for it on `tasks`, holding its slot until
-/// that ends. A failed accept is logged and retried after a pause; it never
+/// and runs `serve(stream, peer, reserved)` for it on `tasks`, holding its
+/// slot until that ends; `reserved`: the slot is one kept for peers
+/// ([`crate::admission::Slot::is_reserved`]). A failed accept is logged and retried after a pause; it never
 /// stops the loop. `what` names the listener in log lines.
 pub async fn accept_loop<F, S>(
     listener: &TcpListener,
@@ -34,7 +35,7 @@ pub async fn accept_loop<F, S>(
     what: &str,
     mut serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> S,
+    F: FnMut(TcpStream, SocketAddr, bool) -> S,
     S: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -44,7 +45,7 @@ pub async fn accept_loop<F, S>(
                 Ok((stream, peer)) => match admission.admit(stream) {
                     Admitted::Yes(stream, slot) => {
                         tracing::debug!(peer = %peer, listener = what, "connection accepted");
-                        let serving = serve(stream, peer);
+                        let serving = serve(stream, peer, slot.is_reserved());
                         tasks.spawn(async move {
                             serving.await;
                             drop(slot);

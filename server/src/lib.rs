@@ -35,6 +35,11 @@ use crate::node::{Node, Recovered, Signals};
 use crate::replica::{Replica, Watches};
 use crate::writer::WriterStats;
 
+/// Connection slots a replica keeps for balancers and followers (at most
+/// half of `--max-connections`): a flood of clients that fills the others
+/// cannot keep a follower's stream or a balancer's link out.
+pub const RESERVED_PEER_SLOTS: usize = 16;
+
 /// How often the snapshotter checks the log's size.
 const SNAPSHOT_CHECK: Duration = Duration::from_millis(100);
 /// How long open connections get to finish at shutdown.
@@ -113,14 +118,14 @@ pub async fn run(
     }
     tracing::info!(replica = %config.id, addr = %addr, "serving");
 
-    let admission = Admission::new(config.max_connections);
+    let admission = Admission::with_reserved(config.max_connections, RESERVED_PEER_SLOTS);
     semikv_protocol::process::accept_loop(
         &listener,
         &admission,
         &shutdown,
         &tasks,
         "replica",
-        |stream, _peer| service::serve(replica.clone(), stream),
+        |stream, _peer, reserved| service::serve(replica.clone(), stream, reserved),
     )
     .await;
     drop(listener);

@@ -55,7 +55,8 @@ pub async fn run(
         &shutdown,
         &tasks,
         "semikv",
-        |stream, peer| {
+        // No peer connects to a balancer: it reserves no slot for one.
+        |stream, peer, _reserved| {
             serve(
                 router.clone(),
                 config.clone(),

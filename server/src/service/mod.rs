@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use semikv_protocol::admission::RESERVED_HELLO_TIMEOUT;
 use semikv_protocol::codec::FrameClock;
 use semikv_protocol::{
     ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
@@ -40,11 +41,19 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Conn = Framed<TcpStream, MessageCodec>;
 
-/// Serves one accepted connection to its end.
-pub async fn serve(replica: Arc<Replica>, stream: TcpStream) {
+/// Serves one accepted connection to its end. `reserved`: it holds one of
+/// the slots kept for peers, so it must say `Hello` as a balancer or a
+/// replica within [`RESERVED_HELLO_TIMEOUT`], or be refused as if the
+/// listener were full.
+pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
-    let hello = match timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
+    let hello_timeout = if reserved {
+        RESERVED_HELLO_TIMEOUT
+    } else {
+        HANDSHAKE_TIMEOUT
+    };
+    let hello = match timeout(hello_timeout, conn.next()).await {
         Err(_) | Ok(None) => return,
         Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
         Ok(Some(Ok(Message::Hello(hello)))) => hello,
@@ -52,6 +61,10 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream) {
     };
     if let Err(e) = hello.check() {
         return reject(&mut conn, e).await;
+    }
+    if reserved && hello.role == Role::Client {
+        let max = u64::try_from(replica.config.max_connections).unwrap_or(u64::MAX);
+        return reject(&mut conn, WireError::TooManyConnections { max }).await;
     }
     let welcome = Message::Welcome(Welcome {
         version: PROTOCOL_VERSION,

@@ -72,7 +72,7 @@ impl Harness {
             let replica = replica.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(replica.clone(), stream));
+                    tokio::spawn(serve(replica.clone(), stream, false));
                 }
             });
         }

@@ -256,3 +256,49 @@ async fn idle_clients_are_closed_when_asked_and_busy_ones_and_internal_links_are
     let reply = busy.set("after", "quiet").await.unwrap();
     assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
 }
+
+/// A flood of clients that fills a replica's connection slots cannot keep
+/// a balancer's link or a follower's stream out: the last slots are kept
+/// for peers, and a client that lands in one is refused right after its
+/// `Hello`, as if the listener were full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flood_cannot_keep_peers_out_of_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 slots, of which 10 (at most half of the 16 asked) kept for peers.
+    let replica = semikv_tests::start_replica(
+        1,
+        &dir.path().join("replica-1"),
+        &["--max-connections", "20"],
+    )
+    .await
+    .unwrap();
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match Client::connect(replica.addr, Role::Client).await {
+            Ok(client) => flood.push(client),
+            Err(e) => {
+                let why = format!("{e:#}");
+                assert!(why.contains("connections"), "{why}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        flood.len(),
+        10,
+        "clients got more than the unreserved slots"
+    );
+    assert_eq!(refused, 30);
+    // With every unreserved slot held by a client, peers still get in.
+    for role in [Role::Balancer, Role::Balancer, Role::Replica] {
+        let hello = semikv_protocol::Hello::new(
+            role,
+            (role == Role::Replica).then_some(semikv_protocol::ReplicaId(2)),
+        );
+        let peer = Client::connect_as(replica.addr, hello).await;
+        assert!(peer.is_ok(), "a {role:?} was kept out: {:?}", peer.err());
+    }
+    let mut balancer = Client::connect(replica.addr, Role::Balancer).await.unwrap();
+    assert_eq!(balancer.ping().await.unwrap(), Reply::Pong);
+}
