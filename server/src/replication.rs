@@ -378,7 +378,8 @@ async fn follow_once(
     let role_gen = target.role_gen;
     // Until the leader has told us where our logs agree, our durable index
     // may cover a divergent tail: no ack may be sent before that.
-    let mut snapshot: Vec<u8> = Vec::new();
+    // A snapshot being received goes to a staging file, a chunk at a time.
+    let mut snapshot: Option<storage::snapshot::Receiving> = None;
     let mut announced: Option<Announced> = None;
     loop {
         match recv(&mut conn).await? {
@@ -401,20 +402,24 @@ async fn follow_once(
                 break;
             }
             Message::Snapshot(chunk) => {
-                if chunk.offset != snapshot.len() as u64 {
-                    return Err(ReplicationError::Snapshot(format!(
-                        "chunk at offset {} but {} bytes received",
-                        chunk.offset,
-                        snapshot.len()
-                    )));
-                }
                 // Bytes clones share the buffer.
-                let (data, done) = (chunk.data.clone(), chunk.done);
+                let (data, done, offset) = (chunk.data.clone(), chunk.done, chunk.offset);
                 match &announced {
                     None => announced = Some(Announced::from_first(chunk)),
                     Some(first) => first.check_next(&chunk)?,
                 }
-                snapshot.extend_from_slice(&data);
+                let receiving = match &mut snapshot {
+                    Some(receiving) => receiving,
+                    None => snapshot.insert(
+                        storage::snapshot::Receiving::start(&replica.config.data_dir)
+                            .await
+                            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?,
+                    ),
+                };
+                if let Err(e) = receiving.append(offset, &data).await {
+                    tracing::warn!(leader = %target.addr, error = %e, "refused the leader's snapshot stream");
+                    return Err(ReplicationError::Snapshot(e.to_string()));
+                }
                 if done {
                     let Some(announced) = announced.take() else {
                         return Err(ReplicationError::Unexpected(
@@ -422,8 +427,14 @@ async fn follow_once(
                         ));
                     };
                     let index = announced.meta.last_index;
-                    install_snapshot(replica, role_gen, announced, std::mem::take(&mut snapshot))
-                        .await?;
+                    let bytes = match snapshot.take() {
+                        Some(receiving) => receiving
+                            .finish()
+                            .await
+                            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?,
+                        None => Vec::new(),
+                    };
+                    install_snapshot(replica, role_gen, announced, bytes).await?;
                     tracing::info!(leader = %target.addr, index = %index, "installed snapshot from leader");
                     break;
                 }

@@ -20,6 +20,7 @@
 mod directory;
 mod install;
 mod read;
+mod receive;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use install::{install, InstallError};
 pub use read::{load_latest, read_latest};
+pub use receive::{ReceiveError, Receiving, FREE_MARGIN};
 pub use write::write;
 
 /// Identifies a snapshot file.

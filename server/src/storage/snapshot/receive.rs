@@ -1,0 +1,148 @@
+//! A snapshot a leader streams, written to a staging file as it arrives:
+//! memory holds one chunk at a time however long the stream, and the disk
+//! keeps a margin free (a stream that never ends, or a snapshot larger than
+//! the disk, is refused before it fills it).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::storage::SNAPSHOT_DIR;
+
+/// The staging file, in the snapshot directory (not a snapshot's name, so
+/// nothing mistakes it for one).
+const RECEIVING: &str = "receiving.tmp";
+
+/// Free space a receiving snapshot leaves on its disk: the write-ahead log
+/// and the epoch file still need room.
+pub const FREE_MARGIN: u64 = 256 * 1024 * 1024;
+
+/// Why a chunk of a streamed snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The chunk does not continue what was received.
+    #[error("chunk at offset {got} but {expected} bytes received")]
+    Offset {
+        /// Bytes received so far.
+        expected: u64,
+        /// The chunk's offset.
+        got: u64,
+    },
+    /// Writing it would leave less than [`FREE_MARGIN`] free on the disk.
+    #[error(
+        "no room for the snapshot: {received} bytes received, {free} bytes free, {FREE_MARGIN} kept free"
+    )]
+    NoRoom {
+        /// Bytes received so far.
+        received: u64,
+        /// Free bytes on the disk.
+        free: u64,
+    },
+    /// The staging file could not be written or read.
+    #[error("staging the snapshot in {path}: {source}")]
+    Io {
+        /// The staging file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// A snapshot being received; the staging file is removed when this drops.
+#[derive(Debug)]
+pub struct Receiving {
+    path: PathBuf,
+    file: tokio::fs::File,
+    received: u64,
+}
+
+/// Bytes free on the file system holding `path`, to an unprivileged user.
+// The field types are u64 on 64-bit Linux but not everywhere.
+#[allow(clippy::useless_conversion)]
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+}
+
+impl Receiving {
+    /// Starts receiving into a fresh staging file in `data_dir`'s snapshot
+    /// directory (created if missing).
+    ///
+    /// # Errors
+    /// The directory or the file cannot be created.
+    pub async fn start(data_dir: &Path) -> Result<Receiving, ReceiveError> {
+        let dir = data_dir.join(SNAPSHOT_DIR);
+        let path = dir.join(RECEIVING);
+        let io = |source| ReceiveError::Io {
+            path: path.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let file = tokio::fs::File::create(&path).await.map_err(io)?;
+        Ok(Receiving {
+            path,
+            file,
+            received: 0,
+        })
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Appends the chunk at `offset`.
+    ///
+    /// # Errors
+    /// The chunk does not continue the stream, the disk would keep less
+    /// than [`FREE_MARGIN`] free, or the write failed.
+    pub async fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), ReceiveError> {
+        if offset != self.received {
+            return Err(ReceiveError::Offset {
+                expected: self.received,
+                got: offset,
+            });
+        }
+        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        let free = free_bytes(&self.path).map_err(|source| ReceiveError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if free < len.saturating_add(FREE_MARGIN) {
+            return Err(ReceiveError::NoRoom {
+                received: self.received,
+                free,
+            });
+        }
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|source| ReceiveError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.received = self.received.saturating_add(len);
+        Ok(())
+    }
+
+    /// The whole snapshot, read back for installing (the staging file is
+    /// removed when `self` drops).
+    ///
+    /// # Errors
+    /// Flushing or reading the staging file failed.
+    pub async fn finish(mut self) -> Result<Vec<u8>, ReceiveError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReceiveError::Io { path, source }
+        };
+        self.file.flush().await.map_err(io(&self.path))?;
+        tokio::fs::read(&self.path).await.map_err(io(&self.path))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
