@@ -51,7 +51,8 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
     /// Bytes of answers one client may leave unread before it is
-    /// disconnected (at least 1 MiB) [default: 256 MiB].
+    /// disconnected (never below the frame limit, so one answer alone does
+    /// not trip it) [default: 256 MiB].
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
     pub max_client_output: Option<u64>,

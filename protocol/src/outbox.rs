@@ -136,8 +136,13 @@ async fn write_all<T: Outgoing>(
             let mut last = first.is_last();
             first.write_into(sink)?;
             let mut n = 1;
-            while !last && n < MAX_BATCH && !closed.is_cancelled() {
+            while !last && n < MAX_BATCH {
                 if sink.write_buffer().len() >= MAX_UNFLUSHED {
+                    // Checked here only (a lock per call): the select around
+                    // the batch catches a cancellation at every await.
+                    if closed.is_cancelled() {
+                        break;
+                    }
                     SinkExt::<Message>::flush(sink).await?;
                 }
                 let Ok(more) = rx.try_recv() else { break };

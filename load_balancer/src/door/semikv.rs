@@ -182,10 +182,8 @@ struct Answers {
 
 impl AnswerSink for Answers {
     fn deliver(&self, answer: Answer) {
-        if self.budget.closed.is_cancelled() {
-            // The connection is closing: nobody will write this.
-            return;
-        }
+        // A closing connection's writer has dropped its queue: the send
+        // fails and the charge goes with the answer.
         let charge = self.budget.charge(answer_bytes(&answer));
         let _ = self.queue.try_send(ToClient::Answer(answer, charge));
     }
@@ -212,7 +210,8 @@ async fn serve(
     let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
     let budget = Arc::new(OutputBudget {
         queued: AtomicUsize::new(0),
-        limit: config.max_client_output,
+        // At least one frame: a single answer never trips it alone.
+        limit: config.max_client_output.max(config.max_frame_len),
         peer,
         closed: conn_closed.clone(),
     });

@@ -48,17 +48,17 @@ struct Inner {
     leader: Option<Leader>,
     max_epoch: Epoch,
     next_read: usize,
-    /// The leader's commit index at each of the last full rounds, oldest
-    /// first (at most [`CATCH_UP_ROUNDS`]); cleared when the leader
-    /// changes.
+    /// The leader's commit index at each of the last full rounds with a
+    /// leader, oldest first (at most [`CATCH_UP_ROUNDS`]); kept across
+    /// leader changes (see [`Table::note_round`]).
     leader_commits: VecDeque<LogIndex>,
 }
 
 impl Inner {
     /// Whether reads may go to `slot`: it is healthy, and it is the leader
-    /// or has applied what the leader had committed [`CATCH_UP_ROUNDS`]
-    /// rounds ago (any healthy replica until that many rounds were seen,
-    /// so a new leader does not empty the rotation).
+    /// or has applied what the leader had committed `CATCH_UP_ROUNDS - 1`
+    /// full rounds ago (any healthy replica until that many rounds were
+    /// seen, at start-up).
     fn readable(&self, slot: usize) -> bool {
         let Some(row) = self.rows.get(slot).filter(|r| r.healthy) else {
             return false;
@@ -243,9 +243,6 @@ impl Table {
             if let Some(l) = leader {
                 inner.max_epoch = inner.max_epoch.max(l.epoch);
             }
-            if inner.leader.map(|l| l.slot) != leader.map(|l| l.slot) {
-                inner.leader_commits.clear();
-            }
             inner.leader = leader;
         }
         self.leader_tx.send_replace(leader);
@@ -267,14 +264,14 @@ impl Table {
             .and_then(|r| r.status.as_ref())
             .filter(|s| s.role == NodeRole::Leader)
             .map(|s| s.commit_index);
-        match commit {
-            Some(commit) => {
-                inner.leader_commits.push_back(commit);
-                while inner.leader_commits.len() > CATCH_UP_ROUNDS {
-                    inner.leader_commits.pop_front();
-                }
+        // Without a leader (an election) the window keeps what it has: an
+        // index once committed stays committed under any later leader, and
+        // a replica's applied index never goes back, so the bar stays valid.
+        if let Some(commit) = commit {
+            inner.leader_commits.push_back(commit);
+            while inner.leader_commits.len() > CATCH_UP_ROUNDS {
+                inner.leader_commits.pop_front();
             }
-            None => inner.leader_commits.clear(),
         }
     }
 
@@ -519,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_does_not_empty_the_rotation_before_a_full_window() {
+    fn the_rotation_is_judged_after_a_full_window_and_the_bar_outlives_a_leader() {
         let t = Table::new(&["a:1".into(), "b:2".into()]);
         t.set_leader(Some(Leader {
             slot: 0,
@@ -531,10 +528,25 @@ mod tests {
         }
         round(&t, 100, 0);
         assert_eq!(readers(&t), vec![0]);
-        // Another leader: the window starts again.
+        // No leader for a while (an election): the bar stays.
+        t.set_leader(None);
+        for _ in 0..CATCH_UP_ROUNDS {
+            t.note_round();
+        }
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch::from_raw(2),
+        }));
+        assert_eq!(
+            readers(&t),
+            vec![0],
+            "an election let a stuck follower back in"
+        );
+        // The old leader, now a follower that holds everything, is read
+        // from when another replica leads.
         t.set_leader(Some(Leader {
             slot: 1,
-            epoch: Epoch::from_raw(2),
+            epoch: Epoch::from_raw(3),
         }));
         assert_eq!(readers(&t), vec![0, 1]);
     }

@@ -1,7 +1,8 @@
 //! A snapshot a leader streams, written to a staging file as it arrives:
-//! memory holds one chunk at a time however long the stream, and the disk
-//! keeps a margin free (a stream that never ends, or a snapshot larger than
-//! the disk, is refused before it fills it).
+//! memory holds one chunk at a time however long the stream (the finished
+//! file is read back once, to install it), and the disk keeps a margin free
+//! (a stream that never ends, or a snapshot larger than the disk, is
+//! refused before it fills it).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,9 @@ use crate::storage::SNAPSHOT_DIR;
 /// nothing mistakes it for one).
 const RECEIVING: &str = "receiving.tmp";
 
-/// Free space a receiving snapshot leaves on its disk: the write-ahead log
-/// and the epoch file still need room.
+/// Free space a receiving snapshot leaves on its disk (or a twentieth of
+/// the disk, if that is less): the write-ahead log and the epoch file still
+/// need room.
 pub const FREE_MARGIN: u64 = 256 * 1024 * 1024;
 
 /// Why a chunk of a streamed snapshot was refused.
@@ -29,10 +31,9 @@ pub enum ReceiveError {
         /// The chunk's offset.
         got: u64,
     },
-    /// Writing it would leave less than [`FREE_MARGIN`] free on the disk.
-    #[error(
-        "no room for the snapshot: {received} bytes received, {free} bytes free, {FREE_MARGIN} kept free"
-    )]
+    /// Writing it would leave less than the margin ([`FREE_MARGIN`], or a
+    /// twentieth of the disk) free.
+    #[error("no room for the snapshot: {received} bytes received, {free} bytes free")]
     NoRoom {
         /// Bytes received so far.
         received: u64,
@@ -60,9 +61,14 @@ pub struct Receiving {
 /// Bytes free on the file system holding `path`, to an unprivileged user.
 // The field types are u64 on 64-bit Linux but not everywhere.
 #[allow(clippy::useless_conversion)]
-fn free_bytes(path: &Path) -> io::Result<u64> {
+/// And the margin to keep free there: [`FREE_MARGIN`], or a twentieth of
+/// the file system if that is less (a small disk still takes snapshots).
+fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
-    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+    let unit = u64::from(stat.fragment_size());
+    let free = u64::from(stat.blocks_available()).saturating_mul(unit);
+    let size = u64::from(stat.blocks()).saturating_mul(unit);
+    Ok((free, FREE_MARGIN.min(size / 20)))
 }
 
 impl Receiving {
@@ -105,11 +111,11 @@ impl Receiving {
             });
         }
         let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        let free = free_bytes(&self.path).map_err(|source| ReceiveError::Io {
+        let (free, margin) = free_bytes(&self.path).map_err(|source| ReceiveError::Io {
             path: self.path.clone(),
             source,
         })?;
-        if free < len.saturating_add(FREE_MARGIN) {
+        if free < len.saturating_add(margin) {
             return Err(ReceiveError::NoRoom {
                 received: self.received,
                 free,
