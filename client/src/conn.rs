@@ -23,8 +23,8 @@ use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::outbox;
 use semikv_protocol::pending::PendingMap;
 use semikv_protocol::{
-    ClusterStatus, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op, ProtocolError,
-    ReplicaId, Reply, Request, RequestId, Role, Welcome,
+    ClusterReport, ClusterStatus, Hello, LogIndex, Message, MessageCodec, NodeReport, NodeStatus,
+    Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -348,25 +348,42 @@ impl Client {
     /// The cluster status through a balancer.
     ///
     /// # Errors
-    /// As [`Client::get`]; a replica's [`Reply::Node`] is
+    /// As [`Client::get`]; a replica's status is
     /// [`ClientError::UnexpectedReply`].
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
-        match self.request(Op::Status).await? {
-            Reply::Cluster(status) => Ok(status),
-            other => Err(unexpected("status", other)),
-        }
+        Ok(self.cluster_report().await?.status)
+    }
+
+    /// The cluster status through a balancer, with each replica's disk and
+    /// memory as last reported.
+    ///
+    /// # Errors
+    /// As [`Client::cluster_status`].
+    pub async fn cluster_report(&self) -> Result<ClusterReport, ClientError> {
+        self.request(Op::Status)
+            .await?
+            .into_cluster_report()
+            .map_err(|other| unexpected("status", other))
     }
 
     /// A replica's own status.
     ///
     /// # Errors
-    /// As [`Client::get`]; a balancer's [`Reply::Cluster`] is
+    /// As [`Client::get`]; a balancer's status is
     /// [`ClientError::UnexpectedReply`].
     pub async fn node_status(&self) -> Result<NodeStatus, ClientError> {
-        match self.request(Op::Status).await? {
-            Reply::Node(status) => Ok(status),
-            other => Err(unexpected("status", other)),
-        }
+        Ok(self.node_report().await?.status)
+    }
+
+    /// A replica's own status with its disk and memory.
+    ///
+    /// # Errors
+    /// As [`Client::node_status`].
+    pub async fn node_report(&self) -> Result<NodeReport, ClientError> {
+        self.request(Op::Status)
+            .await?
+            .into_node_report()
+            .map_err(|other| unexpected("status", other))
     }
 }
 

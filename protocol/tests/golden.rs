@@ -453,6 +453,78 @@ fn samples() -> Vec<(&'static str, Message)> {
             "reject_too_many_conns",
             reject(WireError::TooManyConnections { max: 10_000 }),
         ),
+        (
+            "error_disk_full",
+            error(ErrorReply::DiskFull {
+                reason: "appending to wal/1.wal: No space left on device".to_string(),
+            }),
+        ),
+        (
+            "error_out_of_memory",
+            error(ErrorReply::OutOfMemory {
+                used: 1_073_741_000,
+                limit: 1 << 30,
+            }),
+        ),
+        (
+            "snapshot_offer",
+            Message::SnapshotOffer(SnapshotOffer {
+                epoch: Epoch::new(7, CoordinatorId(0x8f3a_9c21_d4e0_b7f6)),
+                last_index: LogIndex(4096),
+                total_len: 123_456_789,
+            }),
+        ),
+        (
+            "response_node_report",
+            response(
+                2,
+                Reply::NodeReport(Box::new(NodeReport {
+                    status: node_status(NodeRole::Leader),
+                    resources: Resources {
+                        disk_full: Some("no space".to_string()),
+                        memory_used: 5_000,
+                        memory_limit: Some(1 << 20),
+                    },
+                })),
+            ),
+        ),
+        (
+            "response_cluster_report",
+            response(
+                3,
+                Reply::ClusterReport(Box::new(ClusterReport {
+                    status: ClusterStatus {
+                        leader: Some("127.0.0.1:8081".to_string()),
+                        epoch: Epoch::from_raw(7),
+                        replicas: vec![
+                            ReplicaView {
+                                id: Some(ReplicaId(1)),
+                                addr: "127.0.0.1:8081".to_string(),
+                                role: NodeRole::Leader,
+                                healthy: true,
+                                epoch: Epoch::from_raw(7),
+                                last_index: LogIndex(300),
+                                commit_index: LogIndex(300),
+                                applied_index: LogIndex(300),
+                                lag: 0,
+                            },
+                            ReplicaView {
+                                id: None,
+                                addr: "127.0.0.1:8082".to_string(),
+                                role: NodeRole::Idle,
+                                healthy: false,
+                                epoch: Epoch::ZERO,
+                                last_index: LogIndex(0),
+                                commit_index: LogIndex(0),
+                                applied_index: LogIndex(0),
+                                lag: 300,
+                            },
+                        ],
+                    },
+                    resources: vec![Some(Resources::default()), None],
+                })),
+            ),
+        ),
     ]
 }
 
@@ -542,6 +614,11 @@ impl Coverage {
                 prefix_epoch: _,
                 prefix_crc: _,
             }) => 10,
+            Message::SnapshotOffer(SnapshotOffer {
+                epoch: _,
+                last_index: _,
+                total_len: _,
+            }) => 11,
         };
         self.mark("Message", index);
     }
@@ -604,53 +681,85 @@ impl Coverage {
             Reply::Value(_) => 0,
             Reply::Written { index: _ } => 1,
             Reply::Pong => 2,
-            Reply::Node(NodeStatus {
-                id: _,
-                role,
-                epoch: _,
-                last_index: _,
-                last_epoch: _,
-                commit_index: _,
-                applied_index: _,
-                leader: _,
-                followers,
-            }) => {
-                self.node_role(*role);
-                for FollowerProgress {
-                    id: _,
-                    match_index: _,
-                    connected: _,
-                } in followers
-                {}
+            Reply::Node(status) => {
+                self.node_status(status);
                 3
             }
-            Reply::Cluster(ClusterStatus {
-                leader: _,
-                epoch: _,
-                replicas,
-            }) => {
-                for ReplicaView {
-                    id: _,
-                    addr: _,
-                    role,
-                    healthy: _,
-                    epoch: _,
-                    last_index: _,
-                    commit_index: _,
-                    applied_index: _,
-                    lag: _,
-                } in replicas
-                {
-                    self.node_role(*role);
-                }
+            Reply::Cluster(status) => {
+                self.cluster_status(status);
                 4
             }
             Reply::Error(e) => {
                 self.error_reply(e);
                 5
             }
+            Reply::NodeReport(report) => {
+                let NodeReport { status, resources } = report.as_ref();
+                self.node_status(status);
+                self.resources(resources);
+                6
+            }
+            Reply::ClusterReport(report) => {
+                let ClusterReport { status, resources } = report.as_ref();
+                self.cluster_status(status);
+                for r in resources.iter().flatten() {
+                    self.resources(r);
+                }
+                7
+            }
         };
         self.mark("Reply", index);
+    }
+
+    fn resources(&mut self, r: &Resources) {
+        let Resources {
+            disk_full: _,
+            memory_used: _,
+            memory_limit: _,
+        } = r;
+    }
+
+    fn node_status(&mut self, s: &NodeStatus) {
+        let NodeStatus {
+            id: _,
+            role,
+            epoch: _,
+            last_index: _,
+            last_epoch: _,
+            commit_index: _,
+            applied_index: _,
+            leader: _,
+            followers,
+        } = s;
+        self.node_role(*role);
+        for FollowerProgress {
+            id: _,
+            match_index: _,
+            connected: _,
+        } in followers
+        {}
+    }
+
+    fn cluster_status(&mut self, s: &ClusterStatus) {
+        let ClusterStatus {
+            leader: _,
+            epoch: _,
+            replicas,
+        } = s;
+        for ReplicaView {
+            id: _,
+            addr: _,
+            role,
+            healthy: _,
+            epoch: _,
+            last_index: _,
+            commit_index: _,
+            applied_index: _,
+            lag: _,
+        } in replicas
+        {
+            self.node_role(*role);
+        }
     }
 
     fn error_reply(&mut self, e: &ErrorReply) {
@@ -673,6 +782,8 @@ impl Coverage {
                 reason: _,
             } => 7,
             ErrorReply::Diverged { reason: _ } => 8,
+            ErrorReply::DiskFull { reason: _ } => 9,
+            ErrorReply::OutOfMemory { used: _, limit: _ } => 10,
         };
         self.mark("ErrorReply", index);
     }
@@ -936,9 +1047,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 2, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 3, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x02, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x03, 0x00, 0x00]
     );
 }

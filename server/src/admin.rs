@@ -63,12 +63,13 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
             Op::Fence(f) => n.fence(f.epoch),
             _ => Ok(()),
         }
-        .map(|()| n.status())
+        .map(|()| n.report())
     });
     match result {
-        Ok(status) => {
+        Ok(report) => {
+            let status = &report.status;
             tracing::info!(epoch = %status.epoch, role = %status.role, last_index = %status.last_index, "role changed by the balancer");
-            Reply::Node(status)
+            Reply::NodeReport(Box::new(report))
         }
         Err(e) => Reply::Error(e),
     }

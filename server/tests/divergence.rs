@@ -56,7 +56,7 @@ async fn a_follower_that_finds_another_entry_at_the_prefix_stops_for_good() {
             leader_addr: leader.addr(),
         }))
         .await;
-    assert!(matches!(reply, Reply::Node(_)), "{reply:?}");
+    assert!(matches!(reply, Reply::NodeReport(_)), "{reply:?}");
 
     // The leader says the logs agree up to 3, where its entry of epoch 1
     // holds another value than the follower's.

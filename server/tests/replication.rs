@@ -97,7 +97,7 @@ async fn a_pipelined_mix_in_one_write_is_answered_by_id() {
             (_, Some(want)) => assert_eq!(r.reply, want),
             (3, None) => assert!(matches!(r.reply, Reply::Error(ErrorReply::Invalid { .. }))),
             (4, None) => assert!(matches!(r.reply, Reply::Written { .. })),
-            (_, None) => assert!(matches!(r.reply, Reply::Node(_))),
+            (_, None) => assert!(matches!(r.reply, Reply::NodeReport(_))),
         }
     }
     assert!(expected.is_empty());

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use semikv_protocol::{
     Ack, Entries, Entry, Epoch, EpochStart, Follow, LogIndex, Message, NodeRole, Op, ReplicaId,
-    Reply, Role, SnapshotChunk, WriteOp,
+    Reply, Role, SnapshotChunk, SnapshotOffer, WriteOp,
 };
 use semikv_server::storage::{self, meta, snapshot, snapshot::SnapshotMeta, store::Store, wal};
 use support::{next, Conn, FakeLeader, Peer, Server};
@@ -133,6 +133,7 @@ struct Announce {
 /// Sends `bytes` in three chunks announcing `first` on the first one and
 /// `rest` on the others, as a leader does.
 async fn send_snapshot(conn: &mut Conn, bytes: &[u8], first: &Announce, rest: &Announce) {
+    offer(conn, first, bytes.len() as u64).await;
     let bytes = Bytes::copy_from_slice(bytes);
     let step = bytes.len() / 3 + 1;
     let mut offset = 0;
@@ -158,6 +159,18 @@ async fn send_snapshot(conn: &mut Conn, bytes: &[u8], first: &Announce, rest: &A
     }
 }
 
+/// Announces a snapshot of `total_len` bytes, as a leader does before its
+/// first chunk.
+async fn offer(conn: &mut Conn, a: &Announce, total_len: u64) {
+    conn.send(Message::SnapshotOffer(SnapshotOffer {
+        epoch: Epoch::from_raw(a.epoch),
+        last_index: a.meta.last_index,
+        total_len,
+    }))
+    .await
+    .unwrap();
+}
+
 /// Starts the prepared follower and points it at `leader`.
 async fn start_follower(data: &Path, leader: &FakeLeader) -> (Server, Peer) {
     let server = Server::start(1, data, None).await;
@@ -172,7 +185,7 @@ async fn start_follower(data: &Path, leader: &FakeLeader) -> (Server, Peer) {
             leader_addr: leader.addr(),
         }))
         .await;
-    assert!(matches!(reply, Reply::Node(_)), "{reply:?}");
+    assert!(matches!(reply, Reply::NodeReport(_)), "{reply:?}");
     (server, admin)
 }
 
@@ -413,6 +426,12 @@ async fn a_snapshot_stream_that_never_ends_is_staged_on_disk_not_held_in_memory(
     let peak_before = peak_rss_bytes();
     let chunk = Bytes::from(vec![7u8; CHUNK]);
     let meta = meta_at(50);
+    let announce = Announce {
+        epoch: EPOCH,
+        meta: meta.clone(),
+    };
+    // Announced as one byte more than is ever sent: the stream never ends.
+    offer(&mut conn, &announce, (CHUNKS * CHUNK) as u64 + 1).await;
     for i in 0..CHUNKS {
         conn.send(Message::Snapshot(SnapshotChunk {
             epoch: Epoch::from_raw(EPOCH),
@@ -453,4 +472,55 @@ async fn a_snapshot_stream_that_never_ends_is_staged_on_disk_not_held_in_memory(
     assert_eq!(sub.last_index, LogIndex(COMMIT));
     assert!(!staging.exists(), "the staging file outlived its stream");
     server.stop().await.unwrap();
+}
+
+/// A leader announces a snapshot's size before streaming it: a stream that
+/// sends more than it announced, an announcement larger than the disk, and
+/// chunks with no announcement are each refused at once (the follower drops
+/// the stream and subscribes again), and nothing is left staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_streams_are_bounded_by_their_offer_and_the_free_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("r1");
+    prepare_follower(&data);
+    let leader = FakeLeader::bind(LEADER).await;
+    let (server, mut admin) = start_follower(&data, &leader).await;
+    let (mut conn, _sub) = leader.accept().await;
+    let staging = data.join(storage::SNAPSHOT_DIR).join("receiving.tmp");
+    let announce = Announce {
+        epoch: EPOCH,
+        meta: meta_at(50),
+    };
+    let chunk = |offset: u64, len: usize| {
+        Message::Snapshot(SnapshotChunk {
+            epoch: Epoch::from_raw(EPOCH),
+            last_index: announce.meta.last_index,
+            last_epoch: announce.meta.last_epoch,
+            history: announce.meta.history.clone(),
+            offset,
+            data: Bytes::from(vec![1u8; len]),
+            done: false,
+        })
+    };
+
+    // More bytes than offered.
+    offer(&mut conn, &announce, 10).await;
+    conn.send(chunk(0, 1 << 20)).await.unwrap();
+    let (mut conn, sub) = leader.accept().await;
+    assert_eq!(sub.last_index, LogIndex(COMMIT));
+    assert!(!staging.exists(), "an overrun stream left its staging file");
+
+    // An offer no disk here can hold: refused before a file is created.
+    offer(&mut conn, &announce, u64::MAX / 2).await;
+    let (mut conn, _) = leader.accept().await;
+    assert!(!staging.exists());
+
+    // Chunks with no offer before them.
+    conn.send(chunk(0, 16)).await.unwrap();
+    let (_conn, _) = leader.accept().await;
+    assert!(!staging.exists());
+
+    let status = admin.status().await;
+    assert_eq!(status.commit_index, LogIndex(COMMIT), "{status:?}");
+    assert_own_state(server, &data).await;
 }

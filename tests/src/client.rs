@@ -233,9 +233,9 @@ impl Client {
     /// # Errors
     /// As [`Client::request`], or the answer is not [`Reply::Node`].
     pub async fn status(&mut self) -> anyhow::Result<NodeStatus> {
-        match self.request(Op::Status).await? {
-            Reply::Node(status) => Ok(status),
-            other => bail!("Status answered {other:?}"),
+        match self.request(Op::Status).await?.into_node_report() {
+            Ok(report) => Ok(report.status),
+            Err(other) => bail!("Status answered {other:?}"),
         }
     }
 
@@ -244,9 +244,9 @@ impl Client {
     /// # Errors
     /// As [`Client::request`], or the answer is not [`Reply::Cluster`].
     pub async fn cluster_status(&mut self) -> anyhow::Result<ClusterStatus> {
-        match self.request(Op::Status).await? {
-            Reply::Cluster(status) => Ok(status),
-            other => bail!("Status answered {other:?}"),
+        match self.request(Op::Status).await?.into_cluster_report() {
+            Ok(report) => Ok(report.status),
+            Err(other) => bail!("Status answered {other:?}"),
         }
     }
 
@@ -344,14 +344,14 @@ pub fn value(reply: &Reply) -> anyhow::Result<Option<Bytes>> {
     }
 }
 
-/// The status in a [`Reply::Node`].
+/// The status in a replica's [`Reply::NodeReport`] (or [`Reply::Node`]).
 ///
 /// # Errors
 /// Any other reply.
 pub fn node(reply: &Reply) -> anyhow::Result<NodeStatus> {
-    match reply {
-        Reply::Node(s) => Ok(s.clone()),
-        other => bail!("expected Node, got {other:?}"),
+    match reply.node_status() {
+        Some(s) => Ok(s.clone()),
+        None => bail!("expected a replica's status, got {reply:?}"),
     }
 }
 

@@ -395,8 +395,8 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Written { .. } => "written",
         Reply::Value(_) => "value",
         Reply::Pong => "pong",
-        Reply::Node(_) => "node-status",
-        Reply::Cluster(_) => "cluster-status",
+        Reply::Node(_) | Reply::NodeReport(_) => "node-status",
+        Reply::Cluster(_) | Reply::ClusterReport(_) => "cluster-status",
         Reply::Error(e) => match e {
             ErrorReply::NotLeader { .. } => "not-leader",
             ErrorReply::NotEnoughReplicas { .. } => "not-enough-replicas",
@@ -407,6 +407,8 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
             ErrorReply::Storage { .. } => "storage",
             ErrorReply::EpochConflict { .. } => "epoch-conflict",
             ErrorReply::Diverged { .. } => "diverged",
+            ErrorReply::DiskFull { .. } => "disk-full",
+            ErrorReply::OutOfMemory { .. } => "out-of-memory",
         },
     }
 }
@@ -436,8 +438,11 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
             | ErrorReply::Invalid { .. }
             | ErrorReply::StaleEpoch { .. }
             | ErrorReply::EpochConflict { .. }
-            // A diverged replica refuses a write before appending it.
-            | ErrorReply::Diverged { .. } => Outcome::Failed,
+            // A diverged replica refuses a write before appending it, and
+            // so does one whose disk or memory is full.
+            | ErrorReply::Diverged { .. }
+            | ErrorReply::DiskFull { .. }
+            | ErrorReply::OutOfMemory { .. } => Outcome::Failed,
             // In the log, or maybe: may still commit. A storage failure may
             // have left the entry half-written too: not "failed for sure".
             ErrorReply::NotEnoughReplicas { .. }

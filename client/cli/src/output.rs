@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use semikv_protocol::{ClusterStatus, NodeStatus, Reply};
+use semikv_protocol::{ClusterReport, ClusterStatus, NodeReport, NodeStatus, Reply, Resources};
 use serde_json::{json, Value};
 
 use crate::command::quote_always;
@@ -51,10 +51,104 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
         Reply::Value(None) => ("(nil)".to_string(), true),
         Reply::Written { .. } => ("OK".to_string(), true),
         Reply::Pong => ("PONG".to_string(), true),
-        Reply::Node(status) => (node_status(status, style), true),
-        Reply::Cluster(status) => (cluster_status(status, style), true),
         Reply::Error(e) => (error(e), false),
+        Reply::Node(_) | Reply::NodeReport(_) => match reply.clone().into_node_report() {
+            Ok(report) => (node_report(&report, style), true),
+            Err(_) => (String::new(), true),
+        },
+        Reply::Cluster(_) | Reply::ClusterReport(_) => match reply.clone().into_cluster_report() {
+            Ok(report) => (cluster_report(&report, style), true),
+            Err(_) => (String::new(), true),
+        },
     }
+}
+
+/// A replica's resources as JSON fields: `disk_full` (the reason, or null),
+/// `memory_used` and `memory_limit` (bytes, or null without a limit); all
+/// null when the replica has not reported them.
+fn resources_json(resources: Option<&Resources>) -> [(&'static str, Value); 3] {
+    [
+        (
+            "disk_full",
+            json!(resources.and_then(|r| r.disk_full.clone())),
+        ),
+        ("memory_used", json!(resources.map(|r| r.memory_used))),
+        (
+            "memory_limit",
+            json!(resources.and_then(|r| r.memory_limit)),
+        ),
+    ]
+}
+
+/// A replica's resources in a table cell: `disk full` while it refuses
+/// writes for lack of disk, then the store's size and limit.
+fn resources_cell(resources: Option<&Resources>) -> String {
+    let Some(r) = resources else {
+        return "-".to_string();
+    };
+    let memory = match r.memory_limit {
+        Some(limit) => format!("{}/{}", bytes(r.memory_used), bytes(limit)),
+        None => bytes(r.memory_used),
+    };
+    match r.disk_full {
+        Some(_) => format!("DISK FULL, {memory}"),
+        None => memory,
+    }
+}
+
+/// A byte count the way people read it: `512 B`, `3.1 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The balancer's report: [`cluster_status`] with each replica's disk and
+/// memory.
+pub fn cluster_report(report: &ClusterReport, style: Style) -> String {
+    if style.json || style.one_line {
+        return render_json(&cluster_report_json(report), style);
+    }
+    cluster_table(&report.status, Some(&report.resources))
+}
+
+/// [`cluster_status_json`] with each replica's [`resources_json`] fields.
+pub fn cluster_report_json(report: &ClusterReport) -> Value {
+    let mut value = cluster_status_json(&report.status);
+    if let Some(Value::Array(rows)) = value.get_mut("replicas") {
+        for (i, row) in rows.iter_mut().enumerate() {
+            let resources = report.resources.get(i).and_then(Option::as_ref);
+            if let Value::Object(fields) = row {
+                for (name, v) in resources_json(resources) {
+                    fields.insert(name.to_string(), v);
+                }
+            }
+        }
+    }
+    value
+}
+
+/// A replica's own report: [`node_status`] with its disk and memory.
+pub fn node_report(report: &NodeReport, style: Style) -> String {
+    if style.json || style.one_line {
+        let mut value = node_status_json(&report.status);
+        if let Value::Object(fields) = &mut value {
+            for (name, v) in resources_json(Some(&report.resources)) {
+                fields.insert(name.to_string(), v);
+            }
+        }
+        return render_json(&value, style);
+    }
+    node_table(&report.status, Some(&report.resources))
 }
 
 /// The cluster status as JSON:
@@ -133,6 +227,12 @@ pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
     if style.json || style.one_line {
         return render_json(&cluster_status_json(status), style);
     }
+    cluster_table(status, None)
+}
+
+/// The table; with `resources` (a report), a last column shows each
+/// replica's disk and memory.
+fn cluster_table(status: &ClusterStatus, resources: Option<&[Option<Resources>]>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -143,8 +243,9 @@ pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
     let rows: Vec<Vec<String>> = status
         .replicas
         .iter()
-        .map(|r| {
-            vec![
+        .enumerate()
+        .map(|(i, r)| {
+            let mut row = vec![
                 r.id.map_or_else(|| "?".to_string(), |id| id.to_string()),
                 r.addr.clone(),
                 r.role.to_string(),
@@ -152,21 +253,26 @@ pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
                 r.epoch.to_string(),
                 r.last_index.to_string(),
                 r.lag.to_string(),
-            ]
+            ];
+            if let Some(resources) = resources {
+                row.push(resources_cell(resources.get(i).and_then(Option::as_ref)));
+            }
+            row
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "id",
-            "address",
-            "role",
-            "health",
-            "epoch",
-            "last index",
-            "lag",
-        ],
-        &rows,
-    ));
+    let mut header = vec![
+        "id",
+        "address",
+        "role",
+        "health",
+        "epoch",
+        "last index",
+        "lag",
+    ];
+    if resources.is_some() {
+        header.push("resources");
+    }
+    out.push_str(&table(&header, &rows));
     out
 }
 
@@ -175,7 +281,11 @@ pub fn node_status(status: &NodeStatus, style: Style) -> String {
     if style.json || style.one_line {
         return render_json(&node_status_json(status), style);
     }
-    let row = vec![
+    node_table(status, None)
+}
+
+fn node_table(status: &NodeStatus, resources: Option<&Resources>) -> String {
+    let mut row = vec![
         status.id.to_string(),
         status.role.to_string(),
         status.epoch.to_string(),
@@ -184,18 +294,20 @@ pub fn node_status(status: &NodeStatus, style: Style) -> String {
         status.applied_index.to_string(),
         status.leader.clone().unwrap_or_else(|| "-".to_string()),
     ];
-    table(
-        &[
-            "id",
-            "role",
-            "epoch",
-            "last index",
-            "commit",
-            "applied",
-            "leader",
-        ],
-        &[row],
-    )
+    let mut header = vec![
+        "id",
+        "role",
+        "epoch",
+        "last index",
+        "commit",
+        "applied",
+        "leader",
+    ];
+    if let Some(resources) = resources {
+        row.push(resources_cell(Some(resources)));
+        header.push("resources");
+    }
+    table(&header, &[row])
 }
 
 /// Left-aligned columns separated by two spaces; no trailing newline.
@@ -325,6 +437,37 @@ mod tests {
             ["?", "127.0.0.1:9002", "follower", "down", "2.ab", "40", "2"]
         );
         assert_eq!(lines.len(), 4);
+    }
+
+    fn sample_report() -> ClusterReport {
+        ClusterReport {
+            status: sample_status(),
+            resources: vec![
+                Some(Resources {
+                    disk_full: Some("no space left".to_string()),
+                    memory_used: 3 << 20,
+                    memory_limit: Some(1 << 30),
+                }),
+                None,
+            ],
+        }
+    }
+
+    #[test]
+    fn a_report_shows_disk_and_memory_in_the_table_and_the_json() {
+        let text = cluster_report(&sample_report(), Style::default());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].ends_with("resources"), "{text}");
+        assert!(lines[2].ends_with("DISK FULL, 3.0 MiB/1.0 GiB"), "{text}");
+        assert!(lines[3].ends_with('-'), "{text}");
+        let v = cluster_report_json(&sample_report());
+        let r = &v["replicas"];
+        assert_eq!(r[0]["disk_full"], "no space left");
+        assert_eq!(r[0]["memory_used"], 3 << 20);
+        assert_eq!(r[0]["memory_limit"], 1u64 << 30);
+        assert_eq!(r[1]["disk_full"], Value::Null);
+        assert_eq!(r[1]["memory_used"], Value::Null);
+        assert_eq!(r[0]["lag"], 0);
     }
 
     #[test]

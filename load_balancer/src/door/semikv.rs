@@ -86,6 +86,9 @@ fn answer_bytes(answer: &Answer) -> usize {
         match reply {
             Reply::Value(Some(value)) => value.len() + PER_REPLY,
             Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
+            Reply::ClusterReport(report) => {
+                report.status.replicas.len().saturating_mul(512) + PER_REPLY
+            }
             _ => PER_REPLY,
         }
     }

@@ -8,7 +8,10 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use semikv_protocol::{ClusterStatus, Epoch, LogIndex, NodeRole, NodeStatus, ReplicaView};
+use semikv_protocol::{
+    ClusterReport, ClusterStatus, Epoch, LogIndex, NodeReport, NodeRole, NodeStatus, ReplicaView,
+    Resources,
+};
 use tokio::sync::watch;
 
 use super::failover::{BalancerView, LeaderReport, Observed, StatusSummary};
@@ -30,6 +33,8 @@ struct Row {
     refused: bool,
     misses: u32,
     status: Option<NodeStatus>,
+    /// Its disk and memory, as it last reported them.
+    resources: Option<Resources>,
     /// Statuses recorded so far: tells a fresh report from one already judged.
     reports: u64,
 }
@@ -94,6 +99,7 @@ impl Table {
                 refused: false,
                 misses: 0,
                 status: None,
+                resources: None,
                 reports: 0,
             })
             .collect();
@@ -125,18 +131,31 @@ impl Table {
         self.lock().rows.get(slot).is_some_and(|r| r.healthy)
     }
 
-    /// Records a successful check: healthy, misses reset, status stored, and
-    /// its epoch folded into the highest epoch seen.
-    pub fn record_ok(&self, slot: usize, status: NodeStatus) {
+    /// Records a successful check: healthy, misses reset, status and
+    /// resources stored, and its epoch folded into the highest epoch seen.
+    pub fn record_report(&self, slot: usize, report: NodeReport) {
         let mut inner = self.lock();
-        inner.max_epoch = inner.max_epoch.max(status.epoch);
+        inner.max_epoch = inner.max_epoch.max(report.status.epoch);
         if let Some(row) = inner.rows.get_mut(slot) {
             row.healthy = true;
             row.refused = false;
             row.misses = 0;
-            row.status = Some(status);
+            row.status = Some(report.status);
+            row.resources = Some(report.resources);
             row.reports = row.reports.wrapping_add(1);
         }
+    }
+
+    /// [`Table::record_report`] of a status with room on disk and in memory.
+    #[cfg(test)]
+    pub fn record_ok(&self, slot: usize, status: NodeStatus) {
+        self.record_report(
+            slot,
+            NodeReport {
+                status,
+                resources: Resources::default(),
+            },
+        );
     }
 
     /// Records a missed check; returns whether `slot` just went down (its
@@ -210,7 +229,7 @@ impl Table {
             .status
             .as_ref()
             .filter(|s| s.role == NodeRole::Leader && s.epoch == epoch)?;
-        let healthy_others = inner
+        let followers: Vec<&Row> = inner
             .rows
             .iter()
             .enumerate()
@@ -221,13 +240,17 @@ impl Table {
                         .as_ref()
                         .is_some_and(|s| s.role == NodeRole::Follower && s.epoch == epoch)
             })
-            .count();
+            .map(|(_, r)| r)
+            .collect();
+        let full = |r: &Row| r.resources.as_ref().is_some_and(|r| r.disk_full.is_some());
         Some(LeaderReport {
             slot,
             epoch,
             seq: row.reports,
             connected: status.followers.iter().filter(|f| f.connected).count(),
-            healthy_others,
+            healthy_others: followers.len(),
+            // Moving leadership only helps if a follower can write.
+            disk_full: full(row) && followers.iter().any(|r| !full(r)),
         })
     }
 
@@ -294,6 +317,18 @@ impl Table {
             }
         }
         None
+    }
+
+    /// The cluster view with each replica's last reported resources.
+    pub fn cluster_report(&self) -> ClusterReport {
+        let status = self.cluster_status();
+        let resources = self
+            .lock()
+            .rows
+            .iter()
+            .map(|r| r.resources.clone())
+            .collect();
+        ClusterReport { status, resources }
     }
 
     /// The cluster view answered to a client's `Status`.

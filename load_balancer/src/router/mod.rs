@@ -69,7 +69,9 @@ impl Router {
     pub async fn handle(&self, op: Op) -> Reply {
         match &op {
             Op::Ping => return Reply::Pong,
-            Op::Status => return Reply::Cluster(self.group(0).table().cluster_status()),
+            Op::Status => {
+                return Reply::ClusterReport(Box::new(self.group(0).table().cluster_report()))
+            }
             _ => {}
         }
         if let Err(reason) = op.validate(usize::MAX) {

@@ -92,9 +92,10 @@ async fn killing_the_leader_fails_over_to_the_best_follower() {
     );
 
     let mut status_client = Client::connect(lb.addr).await;
-    let Reply::Cluster(cluster) = status_client.call(Op::Status).await else {
+    let Ok(cluster) = status_client.call(Op::Status).await.into_cluster_report() else {
         panic!("status is not a cluster view");
     };
+    let cluster = cluster.status;
     assert_eq!(cluster.leader, Some(c.addr.to_string()));
     assert_eq!(cluster.epoch.term(), 4);
     lb.stop().await;
@@ -209,7 +210,8 @@ async fn status_returns_the_cluster_view() {
     let mut client = Client::connect(lb.addr).await;
     let deadline = Instant::now() + T;
     let cluster = loop {
-        if let Reply::Cluster(cl) = client.call(Op::Status).await {
+        if let Ok(report) = client.call(Op::Status).await.into_cluster_report() {
+            let cl = report.status;
             if cl.leader.is_some() && cl.replicas.iter().filter(|r| r.healthy).count() == 2 {
                 break cl;
             }
@@ -326,9 +328,10 @@ async fn startup_waits_for_a_slow_replica_that_may_hold_newer_writes() {
     let mut status = Client::connect(lb.addr).await;
     let deadline = Instant::now() + T;
     loop {
-        let Reply::Cluster(c) = status.call(Op::Status).await else {
-            panic!()
+        let Ok(report) = status.call(Op::Status).await.into_cluster_report() else {
+            panic!("status is not a cluster view")
         };
+        let c = report.status;
         if c.replicas[0].healthy {
             break;
         }

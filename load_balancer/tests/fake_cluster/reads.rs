@@ -103,9 +103,10 @@ async fn a_replica_that_comes_back_rejoins_the_read_rotation() {
     let mut status = Client::connect(lb.addr).await;
     let deadline = Instant::now() + T;
     loop {
-        let Reply::Cluster(c) = status.call(Op::Status).await else {
-            panic!()
+        let Ok(report) = status.call(Op::Status).await.into_cluster_report() else {
+            panic!("status is not a cluster view")
         };
+        let c = report.status;
         if !c.replicas[1].healthy {
             break;
         }

@@ -18,9 +18,18 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`ErrorReply`] gained `EpochConflict` and `Diverged`, and [`WireError`]
 /// `TooManyConnections`.
 ///
+/// Version 3: [`ErrorReply`] gained `DiskFull` and `OutOfMemory`, a leader
+/// announces a snapshot's size with [`Message::SnapshotOffer`] before
+/// streaming it, and replicas and the balancer answer `Status` with
+/// [`Reply::NodeReport`] and [`Reply::ClusterReport`] (their status plus
+/// disk and memory).
+///
 /// [`Message::StreamFrom`]: super::Message::StreamFrom
+/// [`Message::SnapshotOffer`]: super::Message::SnapshotOffer
+/// [`Reply::NodeReport`]: super::Reply::NodeReport
+/// [`Reply::ClusterReport`]: super::Reply::ClusterReport
 /// [`ErrorReply`]: super::ErrorReply
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The role a connection declares in its handshake. Admin messages are
 /// accepted only from `Balancer` connections, replication messages only from

@@ -24,10 +24,14 @@ use serde::{Deserialize, Serialize};
 pub use admin::{Fence, Follow, Promote, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 pub use hello::{Hello, Role, Welcome, MAGIC, PROTOCOL_VERSION};
 pub use replication::{
-    Ack, Entries, Entry, EpochStart, SnapshotChunk, StreamFrom, StreamStart, Subscribe, WriteOp,
+    Ack, Entries, Entry, EpochStart, SnapshotChunk, SnapshotOffer, StreamFrom, StreamStart,
+    Subscribe, WriteOp,
 };
 pub use request::{validate_key, Op, Reply, Request, Response, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN};
-pub use status::{ClusterStatus, FollowerProgress, NodeRole, NodeStatus, ReplicaView};
+pub use status::{
+    ClusterReport, ClusterStatus, FollowerProgress, NodeReport, NodeRole, NodeStatus, ReplicaView,
+    Resources,
+};
 pub use wire_error::{ErrorReply, WireError};
 
 /// One frame's worth: the unit the codec reads and writes.
@@ -56,6 +60,9 @@ pub enum Message {
     /// Leader to follower: where the stream starts, and what the follower
     /// must hold there (replaces [`Message::StreamStart`] from protocol 2).
     StreamFrom(StreamFrom),
+    /// Leader to follower: the size of the snapshot that follows (from
+    /// protocol 3, always sent before its first chunk).
+    SnapshotOffer(SnapshotOffer),
 }
 
 impl Message {
@@ -74,6 +81,7 @@ impl Message {
             Message::Ack(_) => "Ack",
             Message::Snapshot(_) => "Snapshot",
             Message::StreamFrom(_) => "StreamFrom",
+            Message::SnapshotOffer(_) => "SnapshotOffer",
         }
     }
 }

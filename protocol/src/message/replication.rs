@@ -125,6 +125,20 @@ pub struct Ack {
     pub match_index: LogIndex,
 }
 
+/// Leader to follower, before the first [`SnapshotChunk`] (protocol 3):
+/// how large the snapshot it is about to stream is. The follower checks the
+/// size against its free disk before taking any of it, and refuses a stream
+/// that sends more than it announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotOffer {
+    /// The leader's epoch.
+    pub epoch: Epoch,
+    /// The last index the snapshot covers.
+    pub last_index: LogIndex,
+    /// The snapshot's size in bytes: the sum of its chunks' data.
+    pub total_len: u64,
+}
+
 /// Leader to follower: part of a snapshot; chunks arrive in order and the
 /// last one has `done` set. The follower replaces its state with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterStatus, ErrorReply, Fence, Follow, NodeStatus, Promote};
+use super::{
+    ClusterReport, ClusterStatus, ErrorReply, Fence, Follow, NodeReport, NodeStatus, Promote,
+    Resources,
+};
 use crate::ids::{LogIndex, RequestId};
 
 /// Longest key accepted: 64 KiB.
@@ -157,4 +160,54 @@ pub enum Reply {
     Cluster(ClusterStatus),
     /// The operation failed.
     Error(ErrorReply),
+    /// A replica's status with its disk and memory (protocol 3: replaces
+    /// [`Reply::Node`] as the answer to `Status`, `Promote` and `Follow`).
+    NodeReport(Box<NodeReport>),
+    /// The balancer's view with each replica's resources (protocol 3:
+    /// replaces [`Reply::Cluster`] as the balancer's answer to `Status`).
+    ClusterReport(Box<ClusterReport>),
+}
+
+impl Reply {
+    /// The replica status this reply carries, whichever of
+    /// [`Reply::Node`] and [`Reply::NodeReport`] it is.
+    pub fn node_status(&self) -> Option<&NodeStatus> {
+        match self {
+            Reply::Node(status) => Some(status),
+            Reply::NodeReport(report) => Some(&report.status),
+            _ => None,
+        }
+    }
+
+    /// A replica's status report, from [`Reply::NodeReport`] or (with
+    /// default resources) [`Reply::Node`]; any other reply is given back.
+    ///
+    /// # Errors
+    /// The reply, when it carries no replica status.
+    pub fn into_node_report(self) -> Result<NodeReport, Reply> {
+        match self {
+            Reply::NodeReport(report) => Ok(*report),
+            Reply::Node(status) => Ok(NodeReport {
+                status,
+                resources: Resources::default(),
+            }),
+            other => Err(other),
+        }
+    }
+
+    /// The balancer's report, from [`Reply::ClusterReport`] or (with no
+    /// resources known) [`Reply::Cluster`]; any other reply is given back.
+    ///
+    /// # Errors
+    /// The reply, when it carries no cluster status.
+    pub fn into_cluster_report(self) -> Result<ClusterReport, Reply> {
+        match self {
+            Reply::ClusterReport(report) => Ok(*report),
+            Reply::Cluster(status) => Ok(ClusterReport {
+                resources: vec![None; status.replicas.len()],
+                status,
+            }),
+            other => Err(other),
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! What replicas and the balancer report: a replica's [`NodeStatus`], the
-//! balancer's [`ClusterStatus`], and the rows they are made of.
+//! balancer's [`ClusterStatus`], the rows they are made of, and (from
+//! protocol 3) the [`Resources`] that [`NodeReport`] and [`ClusterReport`]
+//! add to them.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -93,4 +95,37 @@ pub struct ReplicaView {
     pub applied_index: LogIndex,
     /// Entries it is behind the leader's last index.
     pub lag: u64,
+}
+
+/// What a replica's disk and memory allow (protocol 3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Why the replica refuses writes for lack of disk space, while it does
+    /// (it retries by itself and clears this once a write succeeds).
+    pub disk_full: Option<String>,
+    /// Bytes the store holds: keys, values and per-key overhead.
+    pub memory_used: u64,
+    /// The store's limit (`--max-memory`), if one is set.
+    pub memory_limit: Option<u64>,
+}
+
+/// A replica's status with its resources: what a replica of protocol 3
+/// answers `Status`, `Promote` and `Follow` with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Its role, epoch and log.
+    pub status: NodeStatus,
+    /// Its disk and memory.
+    pub resources: Resources,
+}
+
+/// The balancer's view of the cluster with each replica's resources: what a
+/// balancer of protocol 3 answers `Status` with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// Leader, epoch and one row per replica.
+    pub status: ClusterStatus,
+    /// One entry per row of `status.replicas`, in the same order: the
+    /// replica's last reported resources, `None` before its first report.
+    pub resources: Vec<Option<Resources>>,
 }

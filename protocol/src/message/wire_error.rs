@@ -158,6 +158,23 @@ pub enum ErrorReply {
         /// What was found.
         reason: String,
     },
+    /// The replica's disk has no room for the write-ahead log (protocol 3).
+    /// A write refused with it was never appended, so it did not happen;
+    /// reads of committed data keep working, and the replica accepts writes
+    /// again by itself once space is freed.
+    DiskFull {
+        /// The failure, naming the file.
+        reason: String,
+    },
+    /// The write would grow the store past the replica's `--max-memory`
+    /// (protocol 3). It was never appended, so it did not happen; reads and
+    /// writes that shrink the store keep working.
+    OutOfMemory {
+        /// Bytes the store holds now.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for ErrorReply {
@@ -190,6 +207,15 @@ impl fmt::Display for ErrorReply {
             ErrorReply::Diverged { reason } => {
                 write!(f, "Diverged: {reason}; this replica stopped serving")
             }
+            ErrorReply::DiskFull { reason } => write!(
+                f,
+                "DiskFull: {reason}; the write was not applied, reads still work"
+            ),
+            ErrorReply::OutOfMemory { used, limit } => write!(
+                f,
+                "OutOfMemory: the store holds {used} bytes of its {limit} byte limit; \
+                 the write was not applied, reads still work"
+            ),
         }
     }
 }

@@ -190,6 +190,19 @@ fn cluster_status() -> impl Strategy<Value = ClusterStatus> {
         })
 }
 
+fn resources() -> impl Strategy<Value = Resources> {
+    (
+        proptest::option::of(text()),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(disk_full, memory_used, memory_limit)| Resources {
+            disk_full,
+            memory_used,
+            memory_limit,
+        })
+}
+
 fn error_reply() -> impl Strategy<Value = ErrorReply> {
     prop_oneof![
         proptest::option::of(text()).prop_map(|leader| ErrorReply::NotLeader { leader }),
@@ -205,6 +218,9 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
         text().prop_map(|reason| ErrorReply::Storage { reason }),
         (epoch(), text()).prop_map(|(epoch, reason)| ErrorReply::EpochConflict { epoch, reason }),
         text().prop_map(|reason| ErrorReply::Diverged { reason }),
+        text().prop_map(|reason| ErrorReply::DiskFull { reason }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(used, limit)| ErrorReply::OutOfMemory { used, limit }),
     ]
 }
 
@@ -216,6 +232,16 @@ fn reply() -> impl Strategy<Value = Reply> {
         node_status().prop_map(Reply::Node),
         cluster_status().prop_map(Reply::Cluster),
         error_reply().prop_map(Reply::Error),
+        (node_status(), resources()).prop_map(|(status, resources)| Reply::NodeReport(Box::new(
+            NodeReport { status, resources }
+        ))),
+        (
+            cluster_status(),
+            vec(proptest::option::of(resources()), 0..4)
+        )
+            .prop_map(|(status, resources)| Reply::ClusterReport(Box::new(
+                ClusterReport { status, resources }
+            ))),
     ]
 }
 
@@ -304,5 +330,12 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
                     prefix_crc,
                 })
             ),
+        (epoch(), index(), any::<u64>()).prop_map(|(epoch, last_index, total_len)| {
+            Message::SnapshotOffer(SnapshotOffer {
+                epoch,
+                last_index,
+                total_len,
+            })
+        }),
     ]
 }

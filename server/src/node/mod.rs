@@ -57,8 +57,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::{
-    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeRole, NodeStatus,
-    ReplicaId, Reply, RequestId, WriteOp, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS,
+    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeReport, NodeRole,
+    NodeStatus, ReplicaId, Reply, RequestId, Resources, WriteOp, MAX_SYNC_REPLICAS,
+    MAX_SYNC_TIMEOUT_MS,
 };
 
 mod effects;
@@ -245,6 +246,10 @@ pub struct Node {
     /// Set when the log was found inconsistent with the leader's in a way
     /// the protocol rules out; the node then serves nothing.
     diverged: Option<String>,
+    /// Set while the WAL writer cannot write for lack of disk space: new
+    /// writes are refused with `DiskFull`, reads go on, and the writer
+    /// clears it once its retry succeeds.
+    disk_full: Option<String>,
 }
 
 /// What recovery found on disk.
@@ -289,6 +294,7 @@ impl Node {
             promotable: None,
             persisted: recovered.epoch,
             diverged: None,
+            disk_full: None,
         };
         let commit = recovered.commit.min(last).max(base);
         node.set_commit(commit);
@@ -351,12 +357,29 @@ impl Node {
         }
     }
 
-    /// The answer to a `Status` request: this replica's status, or
+    /// What this replica's disk and memory allow now.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            disk_full: self.disk_full.clone(),
+            memory_used: 0,
+            memory_limit: None,
+        }
+    }
+
+    /// This replica's status with its resources.
+    pub fn report(&self) -> NodeReport {
+        NodeReport {
+            status: self.status(),
+            resources: self.resources(),
+        }
+    }
+
+    /// The answer to a `Status` request: this replica's report, or
     /// `Diverged` once it stopped serving (so that balancers take it out of
     /// every rotation at once).
     pub fn status_reply(&self) -> Reply {
         match self.check_serving() {
-            Ok(()) => Reply::Node(self.status()),
+            Ok(()) => Reply::NodeReport(Box::new(self.report())),
             Err(refused) => Reply::Error(refused),
         }
     }

@@ -256,7 +256,7 @@ async fn writes_in_flight_when_the_leader_is_fenced_are_indeterminate() {
     }
     assert!(matches!(
         responses(&mut admin, 1).await[0].reply,
-        Reply::Node(_)
+        Reply::NodeReport(_)
     ));
     // Becoming durable now commits nothing and answers nothing again.
     h.release_durability();

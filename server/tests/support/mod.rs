@@ -236,7 +236,7 @@ impl Peer {
 
     pub async fn status(&mut self) -> NodeStatus {
         match self.request(Op::Status).await {
-            Reply::Node(s) => s,
+            Reply::NodeReport(r) => r.status,
             other => panic!("status failed: {other:?}"),
         }
     }
@@ -309,7 +309,7 @@ impl Peer {
 
 fn node_reply(reply: Reply) -> Result<NodeStatus, ErrorReply> {
     match reply {
-        Reply::Node(s) => Ok(s),
+        Reply::NodeReport(r) => Ok(r.status),
         Reply::Error(e) => Err(e),
         other => panic!("expected a node status, got {other:?}"),
     }

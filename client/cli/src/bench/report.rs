@@ -360,6 +360,8 @@ pub(super) fn error_kind(error: &ClientError) -> &'static str {
             ErrorReply::Storage { .. } => "Storage",
             ErrorReply::EpochConflict { .. } => "EpochConflict",
             ErrorReply::Diverged { .. } => "Diverged",
+            ErrorReply::DiskFull { .. } => "DiskFull",
+            ErrorReply::OutOfMemory { .. } => "OutOfMemory",
         },
         ClientError::Timeout { .. } => "timeout",
         ClientError::ConnectionLost { .. } => "connection_lost",

@@ -316,9 +316,9 @@ impl Engine {
             return Vec::new();
         };
         let addr = self.addr(winner).to_string();
-        match answer {
-            Ok(Reply::Node(status)) => {
-                self.table.record_ok(winner, status);
+        match super::record::reported(answer) {
+            Ok(Reply::NodeReport(report)) => {
+                self.table.record_report(winner, *report);
                 self.table.set_leader(Some(Leader {
                     slot: winner,
                     epoch,

@@ -454,6 +454,7 @@ impl Engine {
         let Some(report) = self.table.leader_report(leader, epoch) else {
             return false;
         };
+        let disk_full = report.disk_full;
         match self.stall.observe(report, now) {
             StallVerdict::Fine => false,
             StallVerdict::Damped {
@@ -465,12 +466,18 @@ impl Engine {
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 // Once per damping window; the repeats (every `down_after`
                 // checks until it ends) say nothing new.
-                if first {
+                if first && disk_full {
+                    warn!(leader = %self.addr(leader), epoch = %epoch, wait_ms, "leader's disk is full, but the last stall failover is too recent; keeping it");
+                } else if first {
                     warn!(leader = %self.addr(leader), epoch = %epoch, connected, needed, wait_ms, "leader has too few followers connected, but the last such failover is too recent; keeping it");
                 } else {
                     debug!(leader = %self.addr(leader), epoch = %epoch, connected, needed, wait_ms, "stalled leader still kept: failover damped");
                 }
                 false
+            }
+            StallVerdict::Stalled { .. } if disk_full => {
+                warn!(leader = %self.addr(leader), epoch = %epoch, "leader refuses writes: its disk is full; failing over to a replica with room");
+                true
             }
             StallVerdict::Stalled { connected, needed } => {
                 warn!(leader = %self.addr(leader), epoch = %epoch, connected, needed, "leader stalled: too few followers connected; failing over");

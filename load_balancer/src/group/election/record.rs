@@ -8,18 +8,31 @@ use super::{Answer, Command, Engine, Step};
 use crate::group::failover::StatusSummary;
 use crate::group::link::ConnError;
 
+/// The answer with a replica's status as [`Reply::NodeReport`] whichever
+/// form it came in, so that one arm handles both.
+pub(super) fn reported(answer: Answer) -> Answer {
+    answer.map(|reply| match reply {
+        Reply::Node(_) => match reply.into_node_report() {
+            Ok(report) => Reply::NodeReport(Box::new(report)),
+            Err(reply) => reply,
+        },
+        reply => reply,
+    })
+}
+
 impl Engine {
     /// Records one health check; a replica that just went silent is
     /// disconnected, so reads already sent to it fail now and are retried
     /// elsewhere instead of sitting out their timeout.
     pub(super) fn record_check(&mut self, slot: usize, answer: Answer) -> Option<Command> {
         let addr = self.addr(slot);
-        match answer {
-            Ok(Reply::Node(status)) => {
+        match reported(answer) {
+            Ok(Reply::NodeReport(report)) => {
+                let status = &report.status;
                 if !self.table.is_healthy(slot) {
                     info!(replica = %status.id, addr = %addr, role = %status.role, epoch = %status.epoch, "replica is up");
                 }
-                self.table.record_ok(slot, status);
+                self.table.record_report(slot, *report);
             }
             Err(ConnError::Refused) => {
                 if self.table.mark_down(slot) {
@@ -61,10 +74,10 @@ impl Engine {
         let mut fenced = Vec::new();
         for (slot, answer) in answers {
             let addr = self.addr(slot);
-            match answer {
-                Ok(Reply::Node(status)) => {
-                    fenced.push((slot, StatusSummary::from(&status)));
-                    self.table.record_ok(slot, status);
+            match reported(answer) {
+                Ok(Reply::NodeReport(report)) => {
+                    fenced.push((slot, StatusSummary::from(&report.status)));
+                    self.table.record_report(slot, *report);
                 }
                 Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                     warn!(addr = %addr, epoch = %epoch, current = %current, "fence refused: stale epoch");
@@ -104,10 +117,10 @@ impl Engine {
 
     pub(super) fn record_follow(&self, slot: usize, answer: Answer) {
         let addr = self.addr(slot);
-        match answer {
-            Ok(Reply::Node(status)) => {
-                info!(replica = %status.id, epoch = %status.epoch, "replica follows leader");
-                self.table.record_ok(slot, status);
+        match reported(answer) {
+            Ok(Reply::NodeReport(report)) => {
+                info!(replica = %report.status.id, epoch = %report.status.epoch, "replica follows leader");
+                self.table.record_report(slot, *report);
             }
             Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                 warn!(addr = %addr, current = %current, "follow refused: stale epoch");

@@ -101,6 +101,10 @@ pub struct LeaderReport {
     /// replicas do not count: they are first told to follow, and only then
     /// can their missing stream be held against the leader.
     pub healthy_others: usize,
+    /// It refuses writes for lack of disk space while one of those
+    /// followers has room: it counts as stalled (it commits nothing) and
+    /// leadership moves to a replica that can write.
+    pub disk_full: bool,
 }
 
 /// What [`StallWatch::observe`] concludes.
@@ -213,7 +217,7 @@ impl StallWatch {
         }
         self.last_seq = Some(report.seq);
         let needed = self.rule.sync;
-        if report.connected >= needed {
+        if report.connected >= needed && !report.disk_full {
             self.short = 0;
             // A flapping link gives a few good reports between stalls; only
             // a leader that keeps its followers for as long as the current

@@ -1,8 +1,9 @@
 //! A snapshot a leader streams, written to a staging file as it arrives:
 //! memory holds one chunk at a time however long the stream (the finished
-//! file is read back once, to install it), and the disk keeps a margin free
-//! (a stream that never ends, or a snapshot larger than the disk, is
-//! refused before it fills it).
+//! file is read back once, to install it), the stream may not send more
+//! than the size its leader announced, and that size is checked against
+//! the free disk (keeping a margin) before the first byte is written, and
+//! again at every chunk (other files grow too).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,15 @@ pub enum ReceiveError {
         /// Free bytes on the disk.
         free: u64,
     },
+    /// The stream sent more bytes than its leader announced, or ended
+    /// short of them.
+    #[error("snapshot announced as {announced} bytes but {received} arrived")]
+    Size {
+        /// The size the leader announced.
+        announced: u64,
+        /// Bytes received, counting the chunk that broke the bound.
+        received: u64,
+    },
     /// The staging file could not be written or read.
     #[error("staging the snapshot in {path}: {source}")]
     Io {
@@ -56,6 +66,7 @@ pub struct Receiving {
     path: PathBuf,
     file: tokio::fs::File,
     received: u64,
+    announced: u64,
 }
 
 /// Bytes free on the file system holding `path`, to an unprivileged user.
@@ -72,12 +83,14 @@ fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
 }
 
 impl Receiving {
-    /// Starts receiving into a fresh staging file in `data_dir`'s snapshot
-    /// directory (created if missing).
+    /// Starts receiving a snapshot of `announced` bytes into a fresh
+    /// staging file in `data_dir`'s snapshot directory (created if missing).
     ///
     /// # Errors
-    /// The directory or the file cannot be created.
-    pub async fn start(data_dir: &Path) -> Result<Receiving, ReceiveError> {
+    /// [`ReceiveError::NoRoom`] if the disk cannot hold `announced` bytes
+    /// and keep its margin free (nothing is created then); the directory or
+    /// the file cannot be created.
+    pub async fn start(data_dir: &Path, announced: u64) -> Result<Receiving, ReceiveError> {
         let dir = data_dir.join(SNAPSHOT_DIR);
         let path = dir.join(RECEIVING);
         let io = |source| ReceiveError::Io {
@@ -85,11 +98,16 @@ impl Receiving {
             source,
         };
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let (free, margin) = free_bytes(&dir).map_err(io)?;
+        if free < announced.saturating_add(margin) {
+            return Err(ReceiveError::NoRoom { received: 0, free });
+        }
         let file = tokio::fs::File::create(&path).await.map_err(io)?;
         Ok(Receiving {
             path,
             file,
             received: 0,
+            announced,
         })
     }
 
@@ -101,8 +119,9 @@ impl Receiving {
     /// Appends the chunk at `offset`.
     ///
     /// # Errors
-    /// The chunk does not continue the stream, the disk would keep less
-    /// than [`FREE_MARGIN`] free, or the write failed.
+    /// The chunk does not continue the stream, goes past the announced size,
+    /// the disk would keep less than [`FREE_MARGIN`] free, or the write
+    /// failed.
     pub async fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), ReceiveError> {
         if offset != self.received {
             return Err(ReceiveError::Offset {
@@ -111,6 +130,13 @@ impl Receiving {
             });
         }
         let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        let after = self.received.saturating_add(len);
+        if after > self.announced {
+            return Err(ReceiveError::Size {
+                announced: self.announced,
+                received: after,
+            });
+        }
         let (free, margin) = free_bytes(&self.path).map_err(|source| ReceiveError::Io {
             path: self.path.clone(),
             source,
@@ -136,8 +162,15 @@ impl Receiving {
     /// removed when `self` drops).
     ///
     /// # Errors
-    /// Flushing or reading the staging file failed.
+    /// Fewer bytes arrived than announced; flushing or reading the staging
+    /// file failed.
     pub async fn finish(mut self) -> Result<Vec<u8>, ReceiveError> {
+        if self.received != self.announced {
+            return Err(ReceiveError::Size {
+                announced: self.announced,
+                received: self.received,
+            });
+        }
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ReceiveError::Io { path, source }

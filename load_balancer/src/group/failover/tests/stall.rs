@@ -24,6 +24,7 @@ fn report(slot: usize, epoch: u64, seq: u64, connected: usize, others: usize) ->
         seq,
         connected,
         healthy_others: others,
+        disk_full: false,
     }
 }
 
@@ -75,6 +76,24 @@ fn stalled_only_after_down_after_short_reports_in_a_row() {
             needed: 1
         }
     );
+}
+
+#[test]
+fn a_leader_whose_disk_is_full_is_stalled_even_with_its_followers_connected() {
+    let mut w = watch(1, 3);
+    let (mut at, mut seq) = (Instant::now(), 0);
+    assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 1), StallVerdict::Fine);
+    let mut last = StallVerdict::Fine;
+    for _ in 0..3 {
+        seq += 1;
+        let full = LeaderReport {
+            disk_full: true,
+            ..report(0, 1, seq, 2, 2)
+        };
+        last = w.observe(full, at);
+        at += HB;
+    }
+    assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
 }
 
 #[test]

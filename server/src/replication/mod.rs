@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::{
     Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
-    StreamFrom, Subscribe, WireError,
+    SnapshotOffer, StreamFrom, Subscribe, WireError,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -21,6 +21,9 @@ use tokio_util::codec::Framed;
 use crate::node::{FollowTarget, StreamError, StreamPlan};
 use crate::replica::Replica;
 use crate::storage;
+use intake::{install_snapshot, Intake};
+
+mod intake;
 
 /// Interval of leader heartbeats and follower acks on an idle stream.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -257,6 +260,15 @@ async fn send_snapshot(
     };
     tracing::info!(follower = %follower, index = %meta.last_index, bytes = bytes.len(), "sending snapshot to follower");
     let bytes = bytes::Bytes::from(bytes);
+    send(
+        conn,
+        Message::SnapshotOffer(SnapshotOffer {
+            epoch,
+            last_index: meta.last_index,
+            total_len: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
+        }),
+    )
+    .await?;
     let mut offset = 0usize;
     loop {
         let end = (offset + SNAPSHOT_CHUNK).min(bytes.len());
@@ -378,13 +390,11 @@ async fn follow_once(
     let role_gen = target.role_gen;
     // Until the leader has told us where our logs agree, our durable index
     // may cover a divergent tail: no ack may be sent before that.
-    // A snapshot being received goes to a staging file, a chunk at a time.
-    let mut snapshot: Option<storage::snapshot::Receiving> = None;
-    let mut announced: Option<Announced> = None;
+    let mut intake = Intake::default();
     loop {
         match recv(&mut conn).await? {
             Message::StreamFrom(from) => {
-                if announced.is_some() {
+                if intake.in_progress() {
                     return Err(ReplicationError::Unexpected(
                         "StreamFrom in the middle of a snapshot".to_string(),
                     ));
@@ -401,39 +411,22 @@ async fn follow_once(
                 tracing::info!(leader = %target.addr, epoch = %epoch, prefix = %prefix, "following leader");
                 break;
             }
+            Message::SnapshotOffer(offer) => {
+                if let Err(e) = intake.offer(&replica.config.data_dir, offer).await {
+                    tracing::warn!(leader = %target.addr, error = %e, "refused the leader's snapshot");
+                    return Err(e);
+                }
+            }
             Message::Snapshot(chunk) => {
-                // Bytes clones share the buffer.
-                let (data, done, offset) = (chunk.data.clone(), chunk.done, chunk.offset);
-                match &announced {
-                    None => announced = Some(Announced::from_first(chunk)),
-                    Some(first) => first.check_next(&chunk)?,
-                }
-                let receiving = match &mut snapshot {
-                    Some(receiving) => receiving,
-                    None => snapshot.insert(
-                        storage::snapshot::Receiving::start(&replica.config.data_dir)
-                            .await
-                            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?,
-                    ),
+                let received = match intake.chunk(chunk).await {
+                    Ok(received) => received,
+                    Err(e) => {
+                        tracing::warn!(leader = %target.addr, error = %e, "refused the leader's snapshot stream");
+                        return Err(e);
+                    }
                 };
-                if let Err(e) = receiving.append(offset, &data).await {
-                    tracing::warn!(leader = %target.addr, error = %e, "refused the leader's snapshot stream");
-                    return Err(ReplicationError::Snapshot(e.to_string()));
-                }
-                if done {
-                    let Some(announced) = announced.take() else {
-                        return Err(ReplicationError::Unexpected(
-                            "snapshot without an announcement".to_string(),
-                        ));
-                    };
+                if let Some((announced, bytes)) = received {
                     let index = announced.meta.last_index;
-                    let bytes = match snapshot.take() {
-                        Some(receiving) => receiving
-                            .finish()
-                            .await
-                            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?,
-                        None => Vec::new(),
-                    };
                     install_snapshot(replica, role_gen, announced, bytes).await?;
                     tracing::info!(leader = %target.addr, index = %index, "installed snapshot from leader");
                     break;
@@ -487,119 +480,4 @@ async fn follow_once(
         e = receive => Err(e),
         r = ack => r,
     }
-}
-
-/// What a leader announced for the snapshot it streams, in its first chunk;
-/// every later chunk must repeat it.
-#[derive(Debug)]
-struct Announced {
-    /// The leader's epoch.
-    epoch: Epoch,
-    /// Last index, its epoch, and the history up to it.
-    meta: storage::snapshot::SnapshotMeta,
-}
-
-impl Announced {
-    fn from_first(chunk: SnapshotChunk) -> Announced {
-        Announced {
-            epoch: chunk.epoch,
-            meta: storage::snapshot::SnapshotMeta {
-                last_index: chunk.last_index,
-                last_epoch: chunk.last_epoch,
-                history: chunk.history,
-            },
-        }
-    }
-
-    /// A later chunk must describe the same snapshot; the leader sends the
-    /// history only in the first one.
-    fn check_next(&self, chunk: &SnapshotChunk) -> Result<(), ReplicationError> {
-        let mismatch = |field, announced: String, found: String| {
-            Err(storage::snapshot::InstallError::Mismatch {
-                field,
-                announced,
-                found,
-            }
-            .into())
-        };
-        if chunk.epoch != self.epoch {
-            return mismatch(
-                "leader epoch in a later chunk",
-                self.epoch.to_string(),
-                chunk.epoch.to_string(),
-            );
-        }
-        if chunk.last_index != self.meta.last_index {
-            return mismatch(
-                "last index in a later chunk",
-                self.meta.last_index.to_string(),
-                chunk.last_index.to_string(),
-            );
-        }
-        if chunk.last_epoch != self.meta.last_epoch {
-            return mismatch(
-                "last epoch in a later chunk",
-                self.meta.last_epoch.to_string(),
-                chunk.last_epoch.to_string(),
-            );
-        }
-        if !chunk.history.is_empty() && chunk.history != self.meta.history {
-            return mismatch(
-                "epoch history in a later chunk",
-                format!("{:?}", self.meta.history),
-                format!("{:?}", chunk.history),
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Installs a fully received snapshot, refusing it before anything touches
-/// the data directory unless it is exactly what the leader announced and
-/// does not roll back what this replica already committed.
-async fn install_snapshot(
-    replica: &Arc<Replica>,
-    role_gen: u64,
-    announced: Announced,
-    bytes: Vec<u8>,
-) -> Result<(), ReplicationError> {
-    // The stream must still be ours at the leader's epoch, and the commit
-    // index is the floor. Only this stream advances a follower's commit, so
-    // it cannot move between here and the install.
-    let floor = {
-        let node = replica.lock();
-        node.ackable(role_gen, announced.epoch)?;
-        node.commit_index()
-    };
-    let dir = replica.config.data_dir.clone();
-    let expected = announced.meta;
-    let installed = tokio::task::spawn_blocking(move || {
-        storage::snapshot::install(&dir, &bytes, &expected, floor)
-    })
-    .await
-    .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
-    let (meta, store) = match installed {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::warn!(error = %e, commit = %floor, "refused the leader's snapshot; resubscribing later");
-            return Err(e.into());
-        }
-    };
-    // `install` returned, so the new snapshot is durable (file fsynced,
-    // renamed, directory fsynced) and only then were older snapshots
-    // deleted. Only now may the log be reset: had the reset reached the disk
-    // first, a crash in between would leave no snapshot covering the state
-    // the discarded log held. A crash after this point restarts from the new
-    // snapshot, and recovery drops log entries it covers.
-    replica.with(|n| {
-        n.on_snapshot_installed(
-            role_gen,
-            announced.epoch,
-            meta.last_index,
-            meta.last_epoch,
-            meta.history,
-            store,
-        )
-    })?;
-    Ok(())
 }
