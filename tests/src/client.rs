@@ -12,8 +12,9 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::handshake;
 use semikv_protocol::{
-    ClusterStatus, Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message, MessageCodec,
-    NodeStatus, Op, Promote, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome,
+    ClusterReport, ClusterStatus, Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message,
+    MessageCodec, NodeStatus, Op, Promote, ReplicaId, Reply, Request, RequestId, Response, Role,
+    Welcome,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -246,6 +247,17 @@ impl Client {
     pub async fn cluster_status(&mut self) -> anyhow::Result<ClusterStatus> {
         match self.request(Op::Status).await?.into_cluster_report() {
             Ok(report) => Ok(report.status),
+            Err(other) => bail!("Status answered {other:?}"),
+        }
+    }
+
+    /// The balancer's `Status` with each replica's disk and memory.
+    ///
+    /// # Errors
+    /// As [`Client::request`], or the answer is no cluster status.
+    pub async fn cluster_report(&mut self) -> anyhow::Result<ClusterReport> {
+        match self.request(Op::Status).await?.into_cluster_report() {
+            Ok(report) => Ok(report),
             Err(other) => bail!("Status answered {other:?}"),
         }
     }

@@ -40,10 +40,25 @@ impl Cluster {
     /// # Errors
     /// A replica failed to start.
     pub async fn replicas(n: usize, replica_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::replicas_prepared(n, replica_args, |_| Ok(())).await
+    }
+
+    /// [`Cluster::replicas`], after `prepare` was given the cluster's temp
+    /// dir (replica `i`'s data goes to `replica-i` in it): e.g. to mount a
+    /// small file system there first.
+    ///
+    /// # Errors
+    /// `prepare` failed, or a replica failed to start.
+    pub async fn replicas_prepared(
+        n: usize,
+        replica_args: &[&str],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("semikv-it-")
             .tempdir()
             .context("creating the cluster's temp dir")?;
+        prepare(dir.path())?;
         let replica_args: Vec<OsString> = replica_args.iter().map(OsString::from).collect();
         let mut replicas = Vec::with_capacity(n);
         for i in 0..n {
@@ -68,7 +83,21 @@ impl Cluster {
         replica_args: &[&str],
         balancer_args: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let mut cluster = Cluster::replicas(n, replica_args).await?;
+        Cluster::with_balancer_prepared(n, replica_args, balancer_args, |_| Ok(())).await
+    }
+
+    /// [`Cluster::with_balancer`] after [`Cluster::replicas_prepared`]'s
+    /// `prepare`.
+    ///
+    /// # Errors
+    /// `prepare` failed, or a process failed to start.
+    pub async fn with_balancer_prepared(
+        n: usize,
+        replica_args: &[&str],
+        balancer_args: &[&str],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::replicas_prepared(n, replica_args, prepare).await?;
         let addrs = cluster.replica_addrs();
         cluster.balancer = Some(start_balancer(cluster.dir.path(), &addrs, balancer_args).await?);
         Ok(cluster)

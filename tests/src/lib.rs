@@ -21,6 +21,7 @@
 //! - [`torn_tail`]: a WAL tail torn as by a crash mid-append.
 //! - [`hostile`]: peers that misbehave at the wire level, byte by byte,
 //!   and frames built by hand.
+//! - [`tmpfs`]: small file systems to fill, for disk-full tests.
 //!
 //! The failover timing harness (`benches/failover_timing/`) is built from
 //! the same pieces.
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod readback;
 pub mod relayed;
 pub mod timing;
+pub mod tmpfs;
 pub mod torn_tail;
 pub mod wait;
 pub mod workload;

@@ -248,7 +248,8 @@ impl Table {
             epoch,
             seq: row.reports,
             connected: status.followers.iter().filter(|f| f.connected).count(),
-            healthy_others: followers.len(),
+            // A follower whose disk is full could not write as leader either.
+            healthy_others: followers.iter().filter(|r| !full(r)).count(),
             // Moving leadership only helps if a follower can write.
             disk_full: full(row) && followers.iter().any(|r| !full(r)),
         })
@@ -457,6 +458,36 @@ mod tests {
                 .healthy_others,
             1
         );
+    }
+
+    #[test]
+    fn a_full_disk_moves_leadership_only_to_a_follower_with_room() {
+        let full = |s: NodeStatus| NodeReport {
+            status: s,
+            resources: Resources {
+                disk_full: Some("no space".to_string()),
+                ..Resources::default()
+            },
+        };
+        let t = table3();
+        let epoch = Epoch::from_raw(2);
+        t.record_report(0, full(status(1, NodeRole::Leader, 2, 10)));
+        t.record_report(1, full(status(2, NodeRole::Follower, 2, 10)));
+        t.record_ok(2, status(3, NodeRole::Follower, 2, 10));
+        let r = t.leader_report(0, epoch).unwrap();
+        assert!(r.disk_full);
+        assert_eq!(r.healthy_others, 1, "the full follower is no successor");
+        // Every disk full: nowhere better to go, the leader stays.
+        t.record_report(2, full(status(3, NodeRole::Follower, 2, 10)));
+        let r = t.leader_report(0, epoch).unwrap();
+        assert!(!r.disk_full);
+        assert_eq!(r.healthy_others, 0);
+        // The report says which replica is full.
+        let report = t.cluster_report();
+        assert!(report
+            .resources
+            .iter()
+            .all(|r| r.as_ref().is_some_and(|r| r.disk_full.is_some())));
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Node {
     ///
     /// # Errors
     /// `Superseded` if the role moved on; `Inconsistent` if the batch does not
-    /// continue our log.
+    /// continue our log; `DiskFull` if it carries entries while the disk has
+    /// no room for them (they would pile up in memory: the stream ends and
+    /// resumes once the writer finds room).
     pub fn on_entries(
         &mut self,
         role_gen: u64,
@@ -108,6 +110,9 @@ impl Node {
             )));
         }
         if !entries.is_empty() {
+            if let Some(reason) = &self.disk_full {
+                return Err(StreamError::DiskFull(reason.clone()));
+            }
             let mut records = Vec::with_capacity(entries.len());
             for entry in entries {
                 if entry.epoch > epoch {

@@ -22,6 +22,7 @@ impl Node {
     ///
     /// # Errors
     /// `NotLeader` on a non-leader; `Storage` once the disk has failed;
+    /// `DiskFull` while the disk has no room ([`Node::on_disk_full`]);
     /// `Diverged` once diverged.
     pub fn propose(
         &mut self,
@@ -37,6 +38,11 @@ impl Node {
         }
         if !matches!(self.role, Role::Leader(_)) {
             return Err(self.not_leader());
+        }
+        if let Some(reason) = &self.disk_full {
+            return Err(ErrorReply::DiskFull {
+                reason: reason.clone(),
+            });
         }
         let index = self.append_local(op);
         let mut sync_timeout = Duration::ZERO;

@@ -186,6 +186,10 @@ pub enum StreamError {
     /// cannot: this replica stopped (see [`Node::diverged`]).
     #[error("log diverged from the leader's: {0}")]
     Diverged(String),
+    /// The disk has no room for the entries: the stream ends, and is taken
+    /// up again once the WAL writer finds room (see [`Node::disk_full`]).
+    #[error("no room on disk for the leader's entries: {0}")]
+    DiskFull(String),
 }
 
 /// How a leader starts a follower's stream.
@@ -529,6 +533,25 @@ impl Node {
             }
         }
         self.signal_progress();
+    }
+
+    /// The WAL writer found the disk full: writes are refused with
+    /// `DiskFull` (never appended) until [`Node::on_disk_room`]; reads of
+    /// what was committed go on, and writes already in flight wait for the
+    /// writer's retry like any write waits for its disk.
+    pub fn on_disk_full(&mut self, reason: String) {
+        self.disk_full = Some(reason);
+    }
+
+    /// The WAL writer wrote what the full disk had refused: writes are
+    /// accepted again.
+    pub fn on_disk_room(&mut self) {
+        self.disk_full = None;
+    }
+
+    /// Why writes are refused for lack of disk space, while they are.
+    pub fn disk_full(&self) -> Option<&str> {
+        self.disk_full.as_deref()
     }
 
     /// Durable last index.

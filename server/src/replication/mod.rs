@@ -297,6 +297,18 @@ async fn send_snapshot(
     }
 }
 
+/// Waits until the WAL writer has found room for what the full disk
+/// refused (see [`crate::writer::DISK_FULL_RETRY`]); `false` on shutdown.
+async fn wait_for_disk_room(replica: &Replica) -> bool {
+    while replica.lock().disk_full().is_some() {
+        tokio::select! {
+            () = tokio::time::sleep(crate::writer::DISK_FULL_RETRY) => {}
+            () = replica.shutdown.cancelled() => return false,
+        }
+    }
+    true
+}
+
 /// Follower side: follows whatever leader the node is told to, reconnecting
 /// with backoff, until shutdown.
 pub async fn follow_loop(replica: Arc<Replica>) {
@@ -315,6 +327,13 @@ pub async fn follow_loop(replica: Arc<Replica>) {
             result = follow_once(&replica, &target) => {
                 match result {
                     Err(ReplicationError::Stream(StreamError::Superseded)) => {}
+                    Err(ReplicationError::Stream(StreamError::DiskFull(reason))) => {
+                        tracing::warn!(leader = %target.addr, reason = %reason, "disk full: stopped taking the leader's entries until space is freed");
+                        if !wait_for_disk_room(&replica).await {
+                            return;
+                        }
+                        tracing::info!(leader = %target.addr, "disk has room again: resubscribing to the leader");
+                    }
                     Err(ReplicationError::Stream(StreamError::Diverged(reason))) => {
                         // The node stopped following and refuses everything
                         // (a new Follow included) until an operator acts; the

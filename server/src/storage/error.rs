@@ -71,6 +71,26 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether this is the disk (or the user's quota) running out of space:
+    /// a condition that passes when space is freed, unlike a failing disk.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => is_no_space(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `e` says the file system has no room left (ENOSPC, or EDQUOT:
+/// the user's quota, which passes the same way).
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Builds a `map_err` closure that wraps an `io::Error` with `op` and `path`.
 pub(super) fn io_err(
     op: &'static str,

@@ -7,6 +7,7 @@
 mod args;
 mod balancer;
 mod coordinators;
+mod disk_full;
 mod faults;
 mod hostile;
 mod limits;

@@ -99,7 +99,8 @@ pub struct LeaderReport {
     /// report being its followers (role Follower at its epoch): told to
     /// follow it, whether connected or not. Idle (restarted) or stale
     /// replicas do not count: they are first told to follow, and only then
-    /// can their missing stream be held against the leader.
+    /// can their missing stream be held against the leader. Nor do
+    /// followers that report a full disk: leading, they could not write.
     pub healthy_others: usize,
     /// It refuses writes for lack of disk space while one of those
     /// followers has room: it counts as stalled (it commits nothing) and

@@ -168,3 +168,44 @@ fn durability_reports_of_an_older_generation_are_ignored() {
         "a stale report must not vouch for a cut entry"
     );
 }
+
+/// A follower whose disk is full takes no more entries (they would pile up
+/// in memory) but still learns the commit index from heartbeats.
+#[test]
+fn a_follower_with_a_full_disk_refuses_entries_but_not_heartbeats() {
+    let mut n = fresh(2);
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+        .unwrap();
+    let gen = n.role_gen;
+    stream_from(&mut n, gen, 1, 0).unwrap();
+    n.on_entries(
+        gen,
+        Epoch::from_raw(1),
+        LogIndex(0),
+        vec![entry(1, 1, set("a", "1"))],
+        LogIndex(0),
+    )
+    .unwrap();
+    n.on_disk_full("no space".to_string());
+    let refused = n.on_entries(
+        gen,
+        Epoch::from_raw(1),
+        LogIndex(1),
+        vec![entry(2, 1, set("b", "2"))],
+        LogIndex(1),
+    );
+    assert!(
+        matches!(refused, Err(StreamError::DiskFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(n.log.last_index(), LogIndex(1));
+    n.on_entries(
+        gen,
+        Epoch::from_raw(1),
+        LogIndex(1),
+        Vec::new(),
+        LogIndex(1),
+    )
+    .unwrap();
+    assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+}

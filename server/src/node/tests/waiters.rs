@@ -329,3 +329,39 @@ fn with_async_fallback_the_node_commits_what_is_due_and_counts_it() {
     );
     assert_eq!(n.commit_index(), ticket.index);
 }
+
+/// A full disk refuses new writes with `DiskFull` (nothing appended) while
+/// a write already in flight waits for the writer's retry and commits once
+/// it gets through; reads go on throughout; room again lifts the refusal.
+#[test]
+fn a_full_disk_refuses_new_writes_until_the_writer_finds_room() {
+    let mut n = lone_leader();
+    let (index, mut waiter) = propose(&mut n, set("a", "1")).unwrap();
+    flush(&mut n);
+    n.flush_effects();
+    assert_eq!(waiter.try_recv().unwrap(), Ok(index));
+    let (late, mut in_flight) = propose(&mut n, set("b", "2")).unwrap();
+    // The writer took the batch and found no room for it.
+    let (_, generation, last) = n.take_outbox();
+    n.on_disk_full("no space left on device".to_string());
+    let last_before = n.log.last_index();
+    assert!(matches!(
+        propose(&mut n, set("c", "3")).unwrap_err(),
+        ErrorReply::DiskFull { .. }
+    ));
+    assert_eq!(
+        n.log.last_index(),
+        last_before,
+        "a refused write is not appended"
+    );
+    assert_eq!(value(&n, "a"), Some(Bytes::from_static(b"1")));
+    assert!(n.resources().disk_full.is_some());
+    assert!(in_flight.try_recv().is_err(), "still waiting for its disk");
+    // The retry got through.
+    n.on_disk_room();
+    n.on_durable(generation, last);
+    n.flush_effects();
+    assert_eq!(in_flight.try_recv().unwrap(), Ok(late));
+    assert!(n.resources().disk_full.is_none());
+    assert!(propose(&mut n, set("c", "3")).is_ok());
+}

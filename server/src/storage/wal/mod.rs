@@ -19,6 +19,12 @@
 //!
 //! Once a write or fsync fails the log is poisoned: what the page cache holds
 //! is unknown, so every later call fails with [`StorageError::Poisoned`].
+//! One exception: an append whose write finds the disk full (ENOSPC,
+//! EDQUOT) is cut back off the segment, which then holds exactly what it
+//! held before; the log stays usable and the caller may retry the same
+//! records once space is freed. No fsync failed, so nothing already written
+//! is in doubt. (A failed fsync still poisons: after one, Linux may have
+//! dropped the dirty pages while reads still show them.)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -196,7 +202,10 @@ impl Wal {
     /// [`StorageError::OutOfOrder`] if the entries do not continue the log, or
     /// [`StorageError::Unencodable`] if a record is over the limit (nothing is
     /// written, the log stays usable); [`StorageError::Io`] if the write
-    /// fails, which poisons the log; [`StorageError::Poisoned`].
+    /// fails: when it failed for lack of space
+    /// ([`StorageError::is_no_space`]) and the partial write was cut back
+    /// off, nothing was appended and the log stays usable; otherwise the log
+    /// is poisoned. [`StorageError::Poisoned`].
     pub fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let mut next = self.next;
@@ -222,8 +231,31 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.write_buf(next);
-        self.poison_on_err(result)
+        match self.write_buf(next) {
+            Err(e) if e.is_no_space() && !self.poisoned => match self.roll_back_write() {
+                Ok(()) => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "write-ahead log append found the disk full; cut back, nothing appended");
+                    Err(e)
+                }
+                Err(undo) => self.poison_on_err(Err(undo)),
+            },
+            result => self.poison_on_err(result),
+        }
+    }
+
+    /// Cuts whatever a failed append wrote off the active segment (its
+    /// recorded length never counted it) and reopens the append handle, so
+    /// the segment holds exactly what it held before the append.
+    fn roll_back_write(&mut self) -> Result<(), StorageError> {
+        if let Some(seg) = self.segments.last() {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .map_err(io_err("opening", &seg.path))?;
+            file.set_len(seg.len)
+                .map_err(io_err("cutting back a failed append to", &seg.path))?;
+        }
+        self.open_active()
     }
 
     /// Makes everything appended so far durable: fdatasyncs the active
@@ -335,7 +367,12 @@ impl Wal {
     /// covers the active one) and starts a new one named for the next entry.
     fn roll(&mut self) -> Result<(), StorageError> {
         if let (Some(file), Some(seg)) = (self.active.take(), self.segments.last()) {
-            file.sync_data().map_err(io_err("syncing", &seg.path))?;
+            if let Err(e) = file.sync_data() {
+                // A failed fsync, whatever its cause, leaves the segment's
+                // pages in doubt: never retried as a full disk would be.
+                self.poisoned = true;
+                return Err(io_err("syncing", &seg.path)(e));
+            }
         }
         let path = segment_path(&self.dir, self.next);
         let file = OpenOptions::new()

@@ -262,21 +262,42 @@ fn reset_then_append_then_reopen() {
     ));
 }
 
+/// A write that finds the disk full (`/dev/full` answers every write with
+/// ENOSPC, as a full file system does) appends nothing and leaves the log
+/// usable: the same records go in once there is room, and a reopen finds
+/// exactly what was appended.
+#[test]
+fn an_append_that_finds_the_disk_full_is_cut_back_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = reopen(dir.path(), 0, WalOptions::default());
+    wal.append(&entries(1..=3, 1)).unwrap();
+    let len = fs::metadata(&wal.segments[0].path).unwrap().len();
+    let full = OpenOptions::new()
+        .append(true)
+        .open("/dev/full")
+        .expect("this test needs /dev/full (Linux)");
+    wal.active = Some(full);
+    let err = wal.append(&entries(4..=5, 1)).unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    assert!(!wal.is_poisoned());
+    assert_eq!(wal.last_index(), LogIndex(3));
+    assert_eq!(fs::metadata(&wal.segments[0].path).unwrap().len(), len);
+    // Room again (the cut-back reopened the real segment).
+    wal.append(&entries(4..=5, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovered) = reopen(dir.path(), 0, WalOptions::default());
+    assert_eq!(indexes(&recovered), vec![1, 2, 3, 4, 5]);
+}
+
 #[test]
 fn append_failure_poisons_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = reopen(dir.path(), 0, WalOptions::default());
     wal.append(&entries(1..=1, 1)).unwrap();
-    // A real OS failure: /dev/full answers every write with ENOSPC.
-    let full = match OpenOptions::new().append(true).open("/dev/full") {
-        Ok(f) => f,
-        Err(_) => {
-            // Fall back to a read-only handle, which fails with EBADF.
-            let seg = &wal.segments[0].path;
-            File::open(seg).unwrap()
-        }
-    };
-    wal.active = Some(full);
+    // A failure that is not a full disk: a read-only handle fails with EBADF.
+    let seg = &wal.segments[0].path;
+    wal.active = Some(File::open(seg).unwrap());
     let err = wal.append(&entries(2..=2, 1)).unwrap_err();
     assert!(matches!(err, StorageError::Io { .. }), "{err}");
     assert!(wal.is_poisoned());
