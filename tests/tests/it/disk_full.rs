@@ -7,7 +7,8 @@
 //!
 //! Each replica's data directory is a tmpfs of a few MiB that the test
 //! fills and frees. Mounting needs root (the CI runs as root); where it is
-//! impossible the test prints why and skips.
+//! impossible the test prints why and skips, unless `SEMIKV_REQUIRE_TMPFS`
+//! is set, as `.ci/run` does: then it fails.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +51,12 @@ async fn rig() -> Option<Rig> {
     match (cluster, refusal) {
         (Ok(cluster), None) => Some(Rig { disks, cluster }),
         (_, Some(why)) => {
+            // CI runs as root and sets this: there a skip would hide a
+            // broken test, so it fails instead.
+            assert!(
+                std::env::var_os("SEMIKV_REQUIRE_TMPFS").is_none(),
+                "SEMIKV_REQUIRE_TMPFS is set but tmpfs cannot be mounted: {why}"
+            );
             eprintln!("SKIPPED: disk-full tests need tmpfs mounts (run as root): {why}");
             None
         }
