@@ -41,7 +41,22 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
         let persisted =
             tokio::task::spawn_blocking(move || storage::meta::store_epoch(&dir, epoch)).await;
         match persisted {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if replica.with(|n| n.on_no_room(None)) {
+                    tracing::info!(epoch = %epoch, "the disk has room for the epoch again");
+                }
+            }
+            Ok(Err(e)) if e.is_no_space() => {
+                // The balancer asks again every health round: say it once.
+                if replica.with(|n| n.on_no_room(Some(e.to_string()))) {
+                    tracing::error!(error = %e, epoch = %epoch, "could not persist the epoch: disk full; this replica takes no role until space is freed");
+                } else {
+                    tracing::debug!(error = %e, epoch = %epoch, "could not persist the epoch: disk still full");
+                }
+                return Reply::Error(ErrorReply::DiskFull {
+                    reason: e.to_string(),
+                });
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, epoch = %epoch, "could not persist the epoch");
                 return Reply::Error(ErrorReply::Storage {

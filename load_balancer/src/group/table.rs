@@ -60,24 +60,32 @@ struct Inner {
 }
 
 impl Inner {
-    /// Whether reads may go to `slot`: it is healthy, and it is the leader
-    /// or has applied what the leader had committed `CATCH_UP_ROUNDS - 1`
-    /// full rounds ago (any healthy replica until that many rounds were
-    /// seen, at start-up).
+    /// Whether reads may go to `slot`: it is healthy, and it is the leader,
+    /// or a follower that has applied what the leader had committed
+    /// `CATCH_UP_ROUNDS - 1` full rounds ago (any follower until that many
+    /// rounds were seen, at start-up). An idle replica (restarted and not
+    /// yet following: its data may be anything, even wiped) gets no reads.
     fn readable(&self, slot: usize) -> bool {
-        let Some(row) = self.rows.get(slot).filter(|r| r.healthy) else {
+        let Some(status) = self
+            .rows
+            .get(slot)
+            .filter(|r| r.healthy)
+            .and_then(|r| r.status.as_ref())
+        else {
             return false;
         };
         if self.leader.is_some_and(|l| l.slot == slot) {
             return true;
         }
-        let Some(&due) = self.leader_commits.front() else {
-            return true;
-        };
-        if self.leader_commits.len() < CATCH_UP_ROUNDS {
-            return true;
+        if status.role != NodeRole::Follower {
+            return false;
         }
-        row.status.as_ref().is_some_and(|s| s.applied_index >= due)
+        match self.leader_commits.front() {
+            Some(&due) if self.leader_commits.len() >= CATCH_UP_ROUNDS => {
+                status.applied_index >= due
+            }
+            _ => true,
+        }
     }
 }
 
@@ -409,6 +417,11 @@ mod tests {
         assert_eq!(t.next_reader(None), None);
         t.record_ok(0, status(1, NodeRole::Leader, 1, 5));
         t.record_ok(2, status(3, NodeRole::Follower, 1, 5));
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch::from_raw(1),
+        }));
+        t.note_round();
         let picks: Vec<_> = (0..4).map(|_| t.next_reader(None).unwrap()).collect();
         assert_eq!(picks, vec![0, 2, 0, 2]);
         assert_eq!(t.next_reader(Some(0)), Some(2));
@@ -458,6 +471,22 @@ mod tests {
                 .healthy_others,
             1
         );
+    }
+
+    #[test]
+    fn an_idle_replica_gets_no_reads_whatever_it_has_applied() {
+        let t = Table::new(&["a:1".into(), "b:2".into()]);
+        t.set_leader(Some(Leader {
+            slot: 0,
+            epoch: Epoch::from_raw(1),
+        }));
+        round(&t, 100, 100);
+        assert_eq!(readers(&t), vec![0, 1]);
+        // Restarted, not yet told to follow: its data may be anything.
+        let mut idle = status(2, NodeRole::Idle, 1, 100);
+        idle.applied_index = LogIndex(100);
+        t.record_ok(1, idle);
+        assert_eq!(readers(&t), vec![0]);
     }
 
     #[test]
@@ -558,6 +587,7 @@ mod tests {
             slot: 0,
             epoch: Epoch::from_raw(1),
         }));
+        round(&t, 90, 90);
         // Applying within the window: in the rotation, round after round,
         // even when never quite at the leader's newest commit.
         for i in 0..(3 * CATCH_UP_ROUNDS as u64) {
@@ -614,6 +644,7 @@ mod tests {
             slot: 1,
             epoch: Epoch::from_raw(3),
         }));
+        t.record_ok(0, status(1, NodeRole::Follower, 3, 100));
         assert_eq!(readers(&t), vec![0, 1]);
     }
 }

@@ -254,6 +254,10 @@ pub struct Node {
     /// writes are refused with `DiskFull`, reads go on, and the writer
     /// clears it once its retry succeeds.
     disk_full: Option<String>,
+    /// Set while something besides the log found no room on disk (the
+    /// epoch file, the leader's snapshot); reported as a full disk, but
+    /// blocks nothing by itself: what needed the room was refused.
+    no_room: Option<String>,
 }
 
 /// What recovery found on disk.
@@ -299,6 +303,7 @@ impl Node {
             persisted: recovered.epoch,
             diverged: None,
             disk_full: None,
+            no_room: None,
         };
         let commit = recovered.commit.min(last).max(base);
         node.set_commit(commit);
@@ -364,7 +369,7 @@ impl Node {
     /// What this replica's disk and memory allow now.
     pub fn resources(&self) -> Resources {
         Resources {
-            disk_full: self.disk_full.clone(),
+            disk_full: self.disk_full.clone().or(self.no_room.clone()),
             memory_used: 0,
             memory_limit: None,
         }
@@ -547,6 +552,15 @@ impl Node {
     /// accepted again.
     pub fn on_disk_room(&mut self) {
         self.disk_full = None;
+    }
+
+    /// Records whether the disk had room for something besides the log (an
+    /// epoch file, the leader's snapshot; `None`: it had); returns whether
+    /// that changed, so that callers log once per episode.
+    pub fn on_no_room(&mut self, reason: Option<String>) -> bool {
+        let changed = self.no_room.is_some() != reason.is_some();
+        self.no_room = reason;
+        changed
     }
 
     /// Why writes are refused for lack of disk space, while they are.

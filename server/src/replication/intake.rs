@@ -11,7 +11,16 @@ use semikv_protocol::{Epoch, SnapshotChunk, SnapshotOffer};
 use super::ReplicationError;
 use crate::replica::Replica;
 use crate::storage;
-use crate::storage::snapshot::Receiving;
+use crate::storage::snapshot::{ReceiveError, Receiving};
+
+/// A full disk is told apart: the follower waits for room rather than ask
+/// for the snapshot again at once.
+fn receive_error(e: ReceiveError) -> ReplicationError {
+    match e {
+        ReceiveError::NoRoom { .. } => ReplicationError::NoRoom(e.to_string()),
+        e => ReplicationError::Snapshot(e.to_string()),
+    }
+}
 
 /// A snapshot transfer in progress, from the leader's offer to its last
 /// chunk.
@@ -43,7 +52,7 @@ impl Intake {
         }
         let receiving = Receiving::start(data_dir, offer.total_len)
             .await
-            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+            .map_err(receive_error)?;
         self.receiving = Some(receiving);
         self.offer = Some(offer);
         Ok(())
@@ -82,7 +91,7 @@ impl Intake {
         receiving
             .append(offset, &data)
             .await
-            .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+            .map_err(receive_error)?;
         if !done {
             return Ok(None);
         }

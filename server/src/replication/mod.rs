@@ -39,6 +39,10 @@ const BATCH_ENTRIES: usize = 1024;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Bytes of snapshot per chunk.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// How long a follower whose disk had no room for its leader's snapshot
+/// waits before asking again: each attempt has the leader read and start
+/// sending its snapshot, for nothing while the disk stays full.
+const NO_ROOM_RETRY: Duration = Duration::from_secs(2);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -76,6 +80,9 @@ pub enum ReplicationError {
     /// announced, or older than what this replica already committed.
     #[error("snapshot refused: {0}")]
     SnapshotRefused(#[from] storage::snapshot::InstallError),
+    /// The disk has no room for the leader's snapshot (keeping its margin).
+    #[error("no room on disk for the leader's snapshot: {0}")]
+    NoRoom(String),
 }
 
 async fn send(conn: &mut Conn, msg: Message) -> Result<(), ReplicationError> {
@@ -334,6 +341,20 @@ pub async fn follow_loop(replica: Arc<Replica>) {
                         }
                         tracing::info!(leader = %target.addr, "disk has room again: resubscribing to the leader");
                     }
+                    Err(ReplicationError::NoRoom(reason)) => {
+                        // Once per episode: the retries say nothing new.
+                        if replica.with(|n| n.on_no_room(Some(reason.clone()))) {
+                            tracing::warn!(leader = %target.addr, reason = %reason, "no room on disk for the leader's snapshot: this replica gets no reads until it can install one; retrying every 2 s");
+                        } else {
+                            tracing::debug!(leader = %target.addr, reason = %reason, "still no room for the leader's snapshot");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(NO_ROOM_RETRY) => {}
+                            _ = target_rx.changed() => {}
+                            () = replica.shutdown.cancelled() => return,
+                        }
+                        continue;
+                    }
                     Err(ReplicationError::Stream(StreamError::Diverged(reason))) => {
                         // The node stopped following and refuses everything
                         // (a new Follow included) until an operator acts; the
@@ -454,6 +475,9 @@ async fn follow_once(
             Message::Reject(e) => return Err(ReplicationError::Rejected(e.to_string())),
             other => return Err(ReplicationError::Unexpected(other.name().to_string())),
         }
+    }
+    if replica.with(|n| n.on_no_room(None)) {
+        tracing::info!(leader = %target.addr, "found room for the leader's snapshot");
     }
     let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
     let receive = async {

@@ -40,6 +40,10 @@ pub const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 /// round (an election postponed, no epoch left, held back).
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
+/// Least time between two warnings about one replica refusing to follow: a
+/// full disk can last hours, and it is asked again every round.
+const FOLLOW_REFUSED_EVERY: Duration = Duration::from_secs(30);
+
 /// Longest pause between two attempts of a postponed election while no
 /// replica's health changes.
 const POSTPONED_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -142,9 +146,14 @@ struct Throttle(Option<Instant>);
 impl Throttle {
     /// Whether to log at `now` (and then not again for a while).
     fn due(&mut self, now: Instant) -> bool {
+        self.due_every(now, WARN_EVERY)
+    }
+
+    /// Whether to log at `now` (and then not again for `every`).
+    fn due_every(&mut self, now: Instant, every: Duration) -> bool {
         let due = self
             .0
-            .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
+            .is_none_or(|at| now.saturating_duration_since(at) >= every);
         if due {
             self.0 = Some(now);
         }
@@ -238,6 +247,9 @@ pub struct Engine {
     quorum_warned: Throttle,
     exhausted_warned: Throttle,
     elsewhere_warned: Throttle,
+    /// Per slot: a replica that refuses to follow (its disk cannot take
+    /// the epoch, say) is asked again every round; it is said now and then.
+    follow_refused: Vec<Throttle>,
 }
 
 impl Engine {
@@ -273,6 +285,7 @@ impl Engine {
             quorum_warned: Throttle::default(),
             exhausted_warned: Throttle::default(),
             elsewhere_warned: Throttle::default(),
+            follow_refused: (0..replicas).map(|_| Throttle::default()).collect(),
             config,
         }
     }
@@ -320,7 +333,7 @@ impl Engine {
             Event::Promoted { answer } => self.promoted(answer, now),
             Event::Followed { answers } => {
                 for (slot, answer) in answers {
-                    self.record_follow(slot, answer);
+                    self.record_follow(slot, answer, now);
                 }
                 Vec::new()
             }

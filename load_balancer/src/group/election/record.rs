@@ -4,7 +4,9 @@
 use semikv_protocol::{Epoch, ErrorReply, Follow, ReplicaId, Reply};
 use tracing::{debug, error, info, warn};
 
-use super::{Answer, Command, Engine, Step};
+use std::time::Instant;
+
+use super::{Answer, Command, Engine, Step, Throttle};
 use crate::group::failover::StatusSummary;
 use crate::group::link::ConnError;
 
@@ -115,18 +117,31 @@ impl Engine {
         })
     }
 
-    pub(super) fn record_follow(&self, slot: usize, answer: Answer) {
-        let addr = self.addr(slot);
+    pub(super) fn record_follow(&mut self, slot: usize, answer: Answer, now: Instant) {
+        let addr = self.addr(slot).to_string();
         match reported(answer) {
             Ok(Reply::NodeReport(report)) => {
                 info!(replica = %report.status.id, epoch = %report.status.epoch, "replica follows leader");
                 self.table.record_report(slot, *report);
+                if let Some(throttle) = self.follow_refused.get_mut(slot) {
+                    *throttle = Throttle::default();
+                }
             }
             Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
                 warn!(addr = %addr, current = %current, "follow refused: stale epoch");
                 self.table.raise_epoch(current);
             }
-            Ok(Reply::Error(e)) => warn!(addr = %addr, error = %e, "follow refused"),
+            Ok(Reply::Error(e)) => {
+                if self
+                    .follow_refused
+                    .get_mut(slot)
+                    .is_some_and(|t| t.due_every(now, super::FOLLOW_REFUSED_EVERY))
+                {
+                    warn!(addr = %addr, error = %e, "follow refused (asked again every round; said again every 30 s while it lasts)");
+                } else {
+                    debug!(addr = %addr, error = %e, "follow refused again");
+                }
+            }
             Ok(_) => warn!(addr = %addr, "unexpected answer to follow"),
             Err(e) => debug!(slot, error = %e, "follow failed"),
         }
