@@ -10,6 +10,11 @@ use crate::node::LeaderSettings;
 use crate::replica::Replica;
 use crate::storage;
 
+/// Free bytes after which a disk that could not take the epoch file is
+/// taken to have room again: the file is a few dozen bytes, but a file
+/// system gives out whole blocks and its own metadata first.
+pub const EPOCH_ROOM: u64 = 64 * 1024;
+
 /// Carries out one admin op; refusals change nothing (every check runs
 /// before the epoch is persisted).
 pub async fn admin(replica: &Replica, op: Op) -> Reply {
@@ -48,7 +53,7 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
             }
             Ok(Err(e)) if e.is_no_space() => {
                 // The balancer asks again every health round: say it once.
-                if replica.with(|n| n.on_no_room(Some(e.to_string()))) {
+                if replica.with(|n| n.on_no_room(Some((e.to_string(), EPOCH_ROOM)))) {
                     tracing::error!(error = %e, epoch = %epoch, "could not persist the epoch: disk full; this replica takes no role until space is freed");
                 } else {
                     tracing::debug!(error = %e, epoch = %epoch, "could not persist the epoch: disk still full");

@@ -13,6 +13,7 @@ pub mod log;
 pub mod node;
 pub mod replica;
 pub mod replication;
+pub mod room;
 pub mod service;
 pub mod storage;
 pub mod writer;
@@ -111,6 +112,7 @@ pub async fn run(
     tasks.spawn(replication::follow_loop(replica.clone()));
     tasks.spawn(snapshotter(replica.clone()));
     tasks.spawn(expiry::run(replica.clone()));
+    tasks.spawn(room::run(replica.clone()));
 
     if let Some(path) = &config.ready_file {
         write_ready_file(path, &addr.to_string())

@@ -158,10 +158,11 @@ pub enum ErrorReply {
         /// What was found.
         reason: String,
     },
-    /// The replica's disk has no room for the write-ahead log (protocol 3).
-    /// A write refused with it was never appended, so it did not happen;
-    /// reads of committed data keep working, and the replica accepts writes
-    /// again by itself once space is freed.
+    /// The replica's disk has no room for the write-ahead log or the epoch
+    /// file (protocol 3). A write (or admin order) refused with it was never
+    /// appended or acted on, so it did not happen; reads of committed data
+    /// keep working, and the replica accepts writes again by itself once
+    /// space is freed.
     DiskFull {
         /// The failure, naming the file.
         reason: String,
@@ -209,7 +210,7 @@ impl fmt::Display for ErrorReply {
             }
             ErrorReply::DiskFull { reason } => write!(
                 f,
-                "DiskFull: {reason}; the write was not applied, reads still work"
+                "DiskFull: {reason}; nothing was changed, reads still work"
             ),
             ErrorReply::OutOfMemory { used, limit } => write!(
                 f,

@@ -255,9 +255,10 @@ pub struct Node {
     /// clears it once its retry succeeds.
     disk_full: Option<String>,
     /// Set while something besides the log found no room on disk (the
-    /// epoch file, the leader's snapshot); reported as a full disk, but
-    /// blocks nothing by itself: what needed the room was refused.
-    no_room: Option<String>,
+    /// epoch file, the leader's snapshot), with the free bytes it needs;
+    /// reported as a full disk, but blocks nothing by itself: what needed
+    /// the room was refused, and is asked for again.
+    no_room: Option<(String, u64)>,
 }
 
 /// What recovery found on disk.
@@ -369,7 +370,10 @@ impl Node {
     /// What this replica's disk and memory allow now.
     pub fn resources(&self) -> Resources {
         Resources {
-            disk_full: self.disk_full.clone().or(self.no_room.clone()),
+            disk_full: self
+                .disk_full
+                .clone()
+                .or_else(|| self.no_room.as_ref().map(|(reason, _)| reason.clone())),
             memory_used: 0,
             memory_limit: None,
         }
@@ -555,12 +559,19 @@ impl Node {
     }
 
     /// Records whether the disk had room for something besides the log (an
-    /// epoch file, the leader's snapshot; `None`: it had); returns whether
-    /// that changed, so that callers log once per episode.
-    pub fn on_no_room(&mut self, reason: Option<String>) -> bool {
-        let changed = self.no_room.is_some() != reason.is_some();
-        self.no_room = reason;
+    /// epoch file, the leader's snapshot), with why and the free bytes it
+    /// needs (`None`: it had room, or has it now); returns whether that
+    /// changed, so that callers log once per episode.
+    pub fn on_no_room(&mut self, lacking: Option<(String, u64)>) -> bool {
+        let changed = self.no_room.is_some() != lacking.is_some();
+        self.no_room = lacking;
         changed
+    }
+
+    /// The free bytes the last refused non-log write needed, while the disk
+    /// is taken to have no room (see [`crate::room`]).
+    pub fn no_room_needs(&self) -> Option<u64> {
+        self.no_room.as_ref().map(|&(_, needed)| needed)
     }
 
     /// Why writes are refused for lack of disk space, while they are.

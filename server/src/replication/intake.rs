@@ -17,7 +17,10 @@ use crate::storage::snapshot::{ReceiveError, Receiving};
 /// for the snapshot again at once.
 fn receive_error(e: ReceiveError) -> ReplicationError {
     match e {
-        ReceiveError::NoRoom { .. } => ReplicationError::NoRoom(e.to_string()),
+        ReceiveError::NoRoom { needed, .. } => ReplicationError::NoRoom {
+            reason: e.to_string(),
+            needed,
+        },
         e => ReplicationError::Snapshot(e.to_string()),
     }
 }

@@ -81,8 +81,13 @@ pub enum ReplicationError {
     #[error("snapshot refused: {0}")]
     SnapshotRefused(#[from] storage::snapshot::InstallError),
     /// The disk has no room for the leader's snapshot (keeping its margin).
-    #[error("no room on disk for the leader's snapshot: {0}")]
-    NoRoom(String),
+    #[error("no room on disk for the leader's snapshot: {reason}")]
+    NoRoom {
+        /// What was refused.
+        reason: String,
+        /// The free bytes it would take.
+        needed: u64,
+    },
 }
 
 async fn send(conn: &mut Conn, msg: Message) -> Result<(), ReplicationError> {
@@ -341,9 +346,9 @@ pub async fn follow_loop(replica: Arc<Replica>) {
                         }
                         tracing::info!(leader = %target.addr, "disk has room again: resubscribing to the leader");
                     }
-                    Err(ReplicationError::NoRoom(reason)) => {
+                    Err(ReplicationError::NoRoom { reason, needed }) => {
                         // Once per episode: the retries say nothing new.
-                        if replica.with(|n| n.on_no_room(Some(reason.clone()))) {
+                        if replica.with(|n| n.on_no_room(Some((reason.clone(), needed)))) {
                             tracing::warn!(leader = %target.addr, reason = %reason, "no room on disk for the leader's snapshot: this replica gets no reads until it can install one; retrying every 2 s");
                         } else {
                             tracing::debug!(leader = %target.addr, reason = %reason, "still no room for the leader's snapshot");

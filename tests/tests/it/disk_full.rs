@@ -191,9 +191,14 @@ async fn with_every_disk_full_the_cluster_serves_reads_and_recovers_without_a_re
         .unwrap();
         acked.insert(format!("before-{i}"), format!("value-of-before-{i}"));
     }
-    for disk in &rig.disks {
-        disk.fill().unwrap();
+    // The followers' disks first: with a follower that has room, a full
+    // leader would be replaced (the other test).
+    for (i, disk) in rig.disks.iter().enumerate() {
+        if i != leader {
+            disk.fill().unwrap();
+        }
     }
+    rig.disks[leader].fill().unwrap();
     // Writes are refused with DiskFull, not left to time out.
     let deadline = Deadline::new(CONVERGE, "a DiskFull refusal");
     let mut n = 0;
@@ -238,7 +243,9 @@ async fn with_every_disk_full_the_cluster_serves_reads_and_recovers_without_a_re
         freed.elapsed().as_millis()
     );
     for i in 0..3 {
-        wait_disk_state(&mut c, i, false).await.unwrap();
+        if let Err(e) = wait_disk_state(&mut c, i, false).await {
+            panic!("replica {i}: {e:#}\n{}", rig.cluster.logs());
+        }
     }
     rig.cluster.wait_steady(CONVERGE).await.unwrap();
     assert_all_readable(&mut c, &acked).await;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use install::{install, InstallError};
 pub use read::{load_latest, read_latest};
-pub use receive::{ReceiveError, Receiving, FREE_MARGIN};
+pub use receive::{free_bytes, ReceiveError, Receiving, FREE_MARGIN};
 pub use write::write;
 
 /// Identifies a snapshot file.

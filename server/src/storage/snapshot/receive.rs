@@ -34,12 +34,16 @@ pub enum ReceiveError {
     },
     /// Writing it would leave less than the margin ([`FREE_MARGIN`], or a
     /// twentieth of the disk) free.
-    #[error("no room for the snapshot: {received} bytes received, {free} bytes free")]
+    #[error(
+        "no room for the snapshot: {received} bytes received, {free} bytes free, {needed} needed"
+    )]
     NoRoom {
         /// Bytes received so far.
         received: u64,
         /// Free bytes on the disk.
         free: u64,
+        /// Free bytes it would take: what is left to receive plus the margin.
+        needed: u64,
     },
     /// The stream sent more bytes than its leader announced, or ended
     /// short of them.
@@ -69,12 +73,16 @@ pub struct Receiving {
     announced: u64,
 }
 
-/// Bytes free on the file system holding `path`, to an unprivileged user.
+/// Bytes free on the file system holding `path`, to an unprivileged user,
+/// and the margin a snapshot keeps free there: [`FREE_MARGIN`], or a
+/// twentieth of the file system if that is less (a small disk still takes
+/// snapshots).
+///
+/// # Errors
+/// `statvfs` failed on `path`.
 // The field types are u64 on 64-bit Linux but not everywhere.
 #[allow(clippy::useless_conversion)]
-/// And the margin to keep free there: [`FREE_MARGIN`], or a twentieth of
-/// the file system if that is less (a small disk still takes snapshots).
-fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
+pub fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
     let unit = u64::from(stat.fragment_size());
     let free = u64::from(stat.blocks_available()).saturating_mul(unit);
@@ -99,8 +107,13 @@ impl Receiving {
         };
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let (free, margin) = free_bytes(&dir).map_err(io)?;
-        if free < announced.saturating_add(margin) {
-            return Err(ReceiveError::NoRoom { received: 0, free });
+        let needed = announced.saturating_add(margin);
+        if free < needed {
+            return Err(ReceiveError::NoRoom {
+                received: 0,
+                free,
+                needed,
+            });
         }
         let file = tokio::fs::File::create(&path).await.map_err(io)?;
         Ok(Receiving {
@@ -141,10 +154,12 @@ impl Receiving {
             path: self.path.clone(),
             source,
         })?;
+        let needed = (self.announced.saturating_sub(self.received)).saturating_add(margin);
         if free < len.saturating_add(margin) {
             return Err(ReceiveError::NoRoom {
                 received: self.received,
                 free,
+                needed,
             });
         }
         self.file
