@@ -11,7 +11,7 @@ use semikv_protocol::{Epoch, SnapshotChunk, SnapshotOffer};
 use super::ReplicationError;
 use crate::replica::Replica;
 use crate::storage;
-use crate::storage::snapshot::{ReceiveError, Receiving};
+use crate::storage::snapshot::{ReceiveError, Receiving, Staged};
 
 /// A full disk is told apart: the follower waits for room rather than ask
 /// for the snapshot again at once.
@@ -71,7 +71,7 @@ impl Intake {
     pub(super) async fn chunk(
         &mut self,
         chunk: SnapshotChunk,
-    ) -> Result<Option<(Announced, Vec<u8>)>, ReplicationError> {
+    ) -> Result<Option<(Announced, Staged)>, ReplicationError> {
         let (Some(offer), Some(receiving)) = (&self.offer, &mut self.receiving) else {
             return Err(ReplicationError::Unexpected(
                 "snapshot chunk without a SnapshotOffer before it".to_string(),
@@ -105,11 +105,11 @@ impl Intake {
                 "snapshot without an announcement".to_string(),
             ));
         };
-        let bytes = receiving
+        let staged = receiving
             .finish()
             .await
             .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
-        Ok(Some((announced, bytes)))
+        Ok(Some((announced, staged)))
     }
 }
 
@@ -178,14 +178,15 @@ impl Announced {
     }
 }
 
-/// Installs a fully received snapshot, refusing it before anything touches
-/// the data directory unless it is exactly what the leader announced and
-/// does not roll back what this replica already committed.
+/// Installs a fully received snapshot from its staging file, refusing it
+/// before anything touches the data directory unless it is exactly what
+/// the leader announced and does not roll back what this replica already
+/// committed.
 pub(super) async fn install_snapshot(
     replica: &Arc<Replica>,
     role_gen: u64,
     announced: Announced,
-    bytes: Vec<u8>,
+    staged: Staged,
 ) -> Result<(), ReplicationError> {
     // The stream must still be ours at the leader's epoch, and the commit
     // index is the floor. Only this stream advances a follower's commit, so
@@ -198,7 +199,7 @@ pub(super) async fn install_snapshot(
     let dir = replica.config.data_dir.clone();
     let expected = announced.meta;
     let installed = tokio::task::spawn_blocking(move || {
-        storage::snapshot::install(&dir, &bytes, &expected, floor)
+        storage::snapshot::install(&dir, staged.path(), &expected, floor)
     })
     .await
     .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;

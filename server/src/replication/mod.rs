@@ -14,6 +14,7 @@ use semikv_protocol::{
     Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
     SnapshotOffer, StreamFrom, Subscribe, WireError,
 };
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
@@ -261,30 +262,39 @@ async fn send_snapshot(
     follower: ReplicaId,
 ) -> Result<LogIndex, ReplicationError> {
     let dir = replica.config.data_dir.clone();
-    let loaded = tokio::task::spawn_blocking(move || storage::snapshot::read_latest(&dir))
+    let opened = tokio::task::spawn_blocking(move || storage::snapshot::open_latest(&dir))
         .await
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
-    let Some((meta, bytes)) = loaded else {
+    let Some((meta, file, total_len)) = opened else {
         return Err(ReplicationError::Snapshot(
             "follower needs a snapshot but none exists".to_string(),
         ));
     };
-    tracing::info!(follower = %follower, index = %meta.last_index, bytes = bytes.len(), "sending snapshot to follower");
-    let bytes = bytes::Bytes::from(bytes);
+    tracing::info!(follower = %follower, index = %meta.last_index, bytes = total_len, "sending snapshot to follower");
     send(
         conn,
         Message::SnapshotOffer(SnapshotOffer {
             epoch,
             last_index: meta.last_index,
-            total_len: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
+            total_len,
         }),
     )
     .await?;
-    let mut offset = 0usize;
+    // Read a chunk at a time: memory holds one chunk, however large the
+    // snapshot.
+    let mut file = tokio::fs::File::from_std(file);
+    let mut offset = 0u64;
     loop {
-        let end = (offset + SNAPSHOT_CHUNK).min(bytes.len());
-        let done = end == bytes.len();
+        let want = usize::try_from(total_len - offset)
+            .unwrap_or(usize::MAX)
+            .min(SNAPSHOT_CHUNK);
+        let mut data = bytes::BytesMut::zeroed(want);
+        file.read_exact(&mut data)
+            .await
+            .map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?;
+        let next = offset + want as u64;
+        let done = next == total_len;
         send(
             conn,
             Message::Snapshot(SnapshotChunk {
@@ -296,8 +306,8 @@ async fn send_snapshot(
                 } else {
                     Vec::new()
                 },
-                offset: offset as u64,
-                data: bytes.slice(offset..end),
+                offset,
+                data: data.freeze(),
                 done,
             }),
         )
@@ -305,7 +315,7 @@ async fn send_snapshot(
         if done {
             return Ok(meta.last_index);
         }
-        offset = end;
+        offset = next;
     }
 }
 
@@ -470,9 +480,9 @@ async fn follow_once(
                         return Err(e);
                     }
                 };
-                if let Some((announced, bytes)) = received {
+                if let Some((announced, staged)) = received {
                     let index = announced.meta.last_index;
-                    install_snapshot(replica, role_gen, announced, bytes).await?;
+                    install_snapshot(replica, role_gen, announced, staged).await?;
                     tracing::info!(leader = %target.addr, index = %index, "installed snapshot from leader");
                     break;
                 }

@@ -2,17 +2,17 @@
 //! valid, as announced, not stale) is made before anything on disk changes.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::BufReader;
 use std::path::Path;
 
 use semikv_protocol::LogIndex;
 
 use super::directory::{latest, publish};
-use super::read::decode;
+use super::read::decode_from;
 use super::SnapshotMeta;
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::store::Store;
-use crate::storage::{temp_path, SNAPSHOT_DIR};
+use crate::storage::SNAPSHOT_DIR;
 
 /// Why a snapshot received from a leader was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -86,27 +86,30 @@ fn check_announced(announced: &SnapshotMeta, found: &SnapshotMeta) -> Result<(),
     Ok(())
 }
 
-/// Validates a snapshot received from a leader and, only if it passes every
-/// check, durably makes it the current snapshot, then deletes older ones.
-/// Returns what it holds.
+/// Validates a snapshot a leader streamed into the file `staged` and, only
+/// if it passes every check, durably makes that file the current snapshot
+/// (renamed into place: `staged` must be on the data directory's file
+/// system), then deletes older ones. Returns what it holds. Memory holds one
+/// record of the file at a time besides the store it builds.
 ///
 /// The checks, all made before anything in `data_dir` is created, written,
-/// renamed or deleted: `bytes` decode as a whole valid snapshot; it is the
+/// renamed or deleted: the file decodes as a whole valid snapshot; it is the
 /// snapshot `announced` describes (last index, last epoch, history); and its
 /// last index is at least `floor` (the caller's commit index) and at least
 /// the current snapshot's, so committed state is never rolled back.
 ///
-/// On success the new file was fsynced, renamed into place and the directory
+/// On success the file was fsynced, renamed into place and the directory
 /// fsynced before any older snapshot was deleted; the caller may reset its
 /// log only after this returns.
 ///
 /// # Errors
 /// [`InstallError::Invalid`], [`InstallError::Mismatch`] or
-/// [`InstallError::Stale`] if a check fails (nothing on disk was touched);
-/// [`InstallError::Storage`] if listing or writing the directory fails.
+/// [`InstallError::Stale`] if a check fails (nothing in `data_dir` was
+/// touched; `staged` is left to its owner); [`InstallError::Storage`] if
+/// reading `staged` or listing or writing the directory fails.
 pub fn install(
     data_dir: &Path,
-    bytes: &[u8],
+    staged: &Path,
     announced: &SnapshotMeta,
     floor: LogIndex,
 ) -> Result<(SnapshotMeta, Store), InstallError> {
@@ -118,9 +121,14 @@ pub fn install(
             floor,
         });
     }
+    let file = File::open(staged).map_err(io_err("opening", staged))?;
     let mut store = Store::default();
-    let meta = decode(&dir.join("(received)"), bytes, |k, v| store.insert(k, v))
-        .map_err(InstallError::Invalid)?;
+    let meta = decode_from(staged, BufReader::new(&file), |k, v| store.insert(k, v)).map_err(
+        |e| match e {
+            StorageError::Io { .. } => InstallError::Storage(e),
+            e => InstallError::Invalid(e),
+        },
+    )?;
     check_announced(announced, &meta)?;
     // Only reads the directory. The current snapshot is at most the commit
     // index, but this does not rely on the caller's floor being right.
@@ -132,21 +140,14 @@ pub fn install(
             });
         }
     }
+    file.sync_all().map_err(io_err("syncing", staged))?;
+    drop(file);
     fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
-    let tmp = temp_path(&dir, "snap");
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .map_err(io_err("writing", &tmp));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
     // Only older snapshots go: a newer one can appear only if a concurrent
     // writer raced the check above, and it then stays current, matching the
     // log compacted behind it.
-    publish(&dir, &tmp, meta.last_index, |other| other < meta.last_index)?;
+    publish(&dir, staged, meta.last_index, |other| {
+        other < meta.last_index
+    })?;
     Ok((meta, store))
 }

@@ -30,8 +30,8 @@ use semikv_protocol::{Epoch, EpochStart, LogIndex};
 use serde::{Deserialize, Serialize};
 
 pub use install::{install, InstallError};
-pub use read::{load_latest, read_latest};
-pub use receive::{free_bytes, ReceiveError, Receiving, FREE_MARGIN};
+pub use read::{load_latest, open_latest, read_latest};
+pub use receive::{free_bytes, ReceiveError, Receiving, Staged, FREE_MARGIN};
 pub use write::write;
 
 /// Identifies a snapshot file.

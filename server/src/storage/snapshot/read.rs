@@ -1,7 +1,8 @@
 //! Reading the current snapshot back and validating every frame of it: the
 //! header first, pair chunks, an end record whose count matches, nothing after.
 
-use std::fs;
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -9,19 +10,48 @@ use semikv_protocol::frame::{self, Header, HEADER_LEN};
 use semikv_protocol::LogIndex;
 
 use super::directory::latest;
-use super::{SnapshotMeta, SnapshotRecord, MAGIC, VERSION};
+use super::{SnapshotMeta, SnapshotRecord, MAGIC, MAX_SNAPSHOT_FRAME, VERSION};
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::store::Store;
 use crate::storage::SNAPSHOT_DIR;
 
-/// Reads and fully validates the current snapshot, returning its metadata and
-/// raw bytes (to ship to a follower), or `None` if there is none.
+/// Opens the current snapshot after validating all of it (a record at a
+/// time: memory holds one record, never the file), and returns its
+/// metadata, the file rewound to its start, and its length: what a leader
+/// streams to a follower. `None` if there is none. The open file stays
+/// readable if a newer snapshot replaces it meanwhile.
 ///
 /// # Errors
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
+pub fn open_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, File, u64)>, StorageError> {
+    let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
+        return Ok(None);
+    };
+    let mut file = File::open(&path).map_err(io_err("opening", &path))?;
+    let meta = decode_from(&path, BufReader::new(&file), |_, _| {})?;
+    check_name(&path, &meta, index)?;
+    let len = file
+        .seek(SeekFrom::End(0))
+        .and_then(|len| file.seek(SeekFrom::Start(0)).map(|_| len))
+        .map_err(io_err("seeking in", &path))?;
+    Ok(Some((meta, file, len)))
+}
+
+/// The current snapshot whole, validated, with its metadata, or `None` if
+/// there is none. Holds the whole file in memory: for tests and tools; a
+/// leader streams it with [`open_latest`].
+///
+/// # Errors
+/// As [`open_latest`].
 pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    read_current(data_dir, |_, _| {})
+    let Some((meta, mut file, len)) = open_latest(data_dir)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(io_err("reading", data_dir.join(SNAPSHOT_DIR)))?;
+    Ok(Some((meta, bytes)))
 }
 
 /// Loads the current snapshot into a [`Store`], or `None` if there is none.
@@ -30,24 +60,14 @@ pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
 pub fn load_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Store)>, StorageError> {
-    let mut store = Store::default();
-    let current = read_current(data_dir, |k, v| store.insert(k, v))?;
-    Ok(current.map(|(meta, _)| (meta, store)))
-}
-
-/// Reads and validates the current snapshot, handing each pair to
-/// `on_pair`; returns its metadata and raw bytes.
-fn read_current(
-    data_dir: &Path,
-    on_pair: impl FnMut(Bytes, Bytes),
-) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
         return Ok(None);
     };
-    let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-    let meta = decode(&path, &bytes, on_pair)?;
+    let file = File::open(&path).map_err(io_err("opening", &path))?;
+    let mut store = Store::default();
+    let meta = decode_from(&path, BufReader::new(file), |k, v| store.insert(k, v))?;
     check_name(&path, &meta, index)?;
-    Ok(Some((meta, bytes)))
+    Ok(Some((meta, store)))
 }
 
 fn check_name(path: &Path, meta: &SnapshotMeta, index: LogIndex) -> Result<(), StorageError> {
@@ -64,43 +84,80 @@ fn check_name(path: &Path, meta: &SnapshotMeta, index: LogIndex) -> Result<(), S
     Ok(())
 }
 
-/// Validates a whole snapshot, handing each pair to `on_pair`.
-pub(super) fn decode(
+/// Reads into `buf` until it is full or the input ends; how much it read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Validates a whole snapshot read from `reader`, a record at a time,
+/// handing each pair to `on_pair`; `path` names it in errors.
+///
+/// # Errors
+/// [`StorageError::Io`] if reading fails; [`StorageError::Corrupt`] naming
+/// the byte offset of the first record that is not what this code writes
+/// (a record over [`MAX_SNAPSHOT_FRAME`] included: nothing is allocated for
+/// a length before it is checked).
+pub(super) fn decode_from(
     path: &Path,
-    bytes: &[u8],
+    mut reader: impl Read,
     mut on_pair: impl FnMut(Bytes, Bytes),
 ) -> Result<SnapshotMeta, StorageError> {
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+    let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
-        offset: offset as u64,
+        offset,
         reason,
     };
-    let mut offset = 0usize;
+    let read_err = io_err("reading", path);
+    let mut offset = 0u64;
     let mut meta = None;
     let mut count = 0u64;
+    let mut payload = Vec::new();
     loop {
-        let buf = &bytes[offset..];
-        if buf.is_empty() {
+        let mut head = [0u8; HEADER_LEN];
+        let got = read_up_to(&mut reader, &mut head).map_err(|e| io_err("reading", path)(e))?;
+        if got == 0 {
             return Err(corrupt(
                 offset,
                 "snapshot ends without an end record".into(),
             ));
         }
-        let header =
-            Header::parse(buf).ok_or_else(|| corrupt(offset, "truncated record header".into()))?;
-        if header.frame_len() > buf.len() {
+        let header = Header::parse(&head[..got])
+            .ok_or_else(|| corrupt(offset, "truncated record header".into()))?;
+        let len = header.len as usize;
+        if len > MAX_SNAPSHOT_FRAME {
+            return Err(corrupt(
+                offset,
+                format!("record of {len} bytes, over the {MAX_SNAPSHOT_FRAME} byte limit"),
+            ));
+        }
+        // Grows with the bytes that arrive: a corrupt length on a short file
+        // allocates nothing near it.
+        payload.clear();
+        let got = (&mut reader)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| io_err("reading", path)(e))?;
+        if got < len {
             return Err(corrupt(
                 offset,
                 format!(
                     "record of {} bytes but only {} left",
                     header.frame_len(),
-                    buf.len()
+                    HEADER_LEN + got
                 ),
             ));
         }
         let record: SnapshotRecord =
-            frame::decode_payload(header, &buf[HEADER_LEN..header.frame_len()])
-                .map_err(|e| corrupt(offset, e.to_string()))?;
+            frame::decode_payload(header, &payload).map_err(|e| corrupt(offset, e.to_string()))?;
         match (record, &meta) {
             (
                 SnapshotRecord::Header {
@@ -137,16 +194,14 @@ pub(super) fn decode(
                         format!("end record says {pairs} pairs, found {count}"),
                     ));
                 }
-                let end = offset + header.frame_len();
-                if end != bytes.len() {
-                    return Err(corrupt(
-                        end,
-                        format!("{} bytes after the end record", bytes.len() - end),
-                    ));
+                let end = offset + header.frame_len() as u64;
+                let mut extra = [0u8; 1];
+                if read_up_to(&mut reader, &mut extra).map_err(read_err)? != 0 {
+                    return Err(corrupt(end, "bytes after the end record".into()));
                 }
                 return Ok(m.clone());
             }
         }
-        offset += header.frame_len();
+        offset += header.frame_len() as u64;
     }
 }

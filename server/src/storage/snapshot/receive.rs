@@ -1,6 +1,7 @@
 //! A snapshot a leader streams, written to a staging file as it arrives:
 //! memory holds one chunk at a time however long the stream (the finished
-//! file is read back once, to install it), the stream may not send more
+//! file is validated a record at a time and renamed into place by
+//! [`super::install`]), the stream may not send more
 //! than the size its leader announced, and that size is checked against
 //! the free disk (keeping a margin) before the first byte is written, and
 //! again at every chunk (other files grow too).
@@ -67,6 +68,7 @@ pub enum ReceiveError {
 /// A snapshot being received; the staging file is removed when this drops.
 #[derive(Debug)]
 pub struct Receiving {
+    staged: Staged,
     path: PathBuf,
     file: tokio::fs::File,
     received: u64,
@@ -117,6 +119,7 @@ impl Receiving {
         }
         let file = tokio::fs::File::create(&path).await.map_err(io)?;
         Ok(Receiving {
+            staged: Staged { path: path.clone() },
             path,
             file,
             received: 0,
@@ -173,29 +176,41 @@ impl Receiving {
         Ok(())
     }
 
-    /// The whole snapshot, read back for installing (the staging file is
-    /// removed when `self` drops).
+    /// The whole snapshot, flushed, in its staging file, for
+    /// [`super::install`].
     ///
     /// # Errors
-    /// Fewer bytes arrived than announced; flushing or reading the staging
-    /// file failed.
-    pub async fn finish(mut self) -> Result<Vec<u8>, ReceiveError> {
+    /// Fewer bytes arrived than announced; flushing the file failed.
+    pub async fn finish(mut self) -> Result<Staged, ReceiveError> {
         if self.received != self.announced {
             return Err(ReceiveError::Size {
                 announced: self.announced,
                 received: self.received,
             });
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ReceiveError::Io { path, source }
-        };
-        self.file.flush().await.map_err(io(&self.path))?;
-        tokio::fs::read(&self.path).await.map_err(io(&self.path))
+        self.file.flush().await.map_err(|source| ReceiveError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(self.staged)
     }
 }
 
-impl Drop for Receiving {
+/// A received snapshot's staging file: removed when this drops, unless
+/// [`super::install`] renamed it into place first.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+}
+
+impl Staged {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staged {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }

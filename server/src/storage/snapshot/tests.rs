@@ -10,6 +10,21 @@ use super::*;
 use crate::storage::store::Store;
 use crate::storage::{StorageError, SNAPSHOT_DIR};
 
+/// Installs `bytes` as a follower does: staged in a file first (in a temp
+/// dir of its own, on the same file system as the data dir's temp dir, so
+/// the data dir holds nothing of it unless it is installed).
+fn install_bytes(
+    data_dir: &Path,
+    bytes: &[u8],
+    announced: &SnapshotMeta,
+    floor: LogIndex,
+) -> Result<(SnapshotMeta, Store), InstallError> {
+    let staging = tempfile::tempdir().unwrap();
+    let staged = staging.path().join("receiving.tmp");
+    fs::write(&staged, bytes).unwrap();
+    install(data_dir, &staged, announced, floor)
+}
+
 fn meta(index: u64) -> SnapshotMeta {
     SnapshotMeta {
         last_index: LogIndex(index),
@@ -74,7 +89,7 @@ fn write_load_read_install_round_trip() {
     assert!(bytes.len() > 2 * CHUNK_BYTES, "expected several chunks");
 
     let b = tempfile::tempdir().unwrap();
-    let (m, installed) = install(b.path(), &bytes, &meta(10), LogIndex(0)).unwrap();
+    let (m, installed) = install_bytes(b.path(), &bytes, &meta(10), LogIndex(0)).unwrap();
     assert_eq!(m, meta(10));
     assert_eq!(sorted(&installed), sorted(&s));
     let (m, reloaded) = load_latest(b.path()).unwrap().unwrap();
@@ -105,7 +120,7 @@ fn newer_snapshot_replaces_older_ones() {
     let other = tempfile::tempdir().unwrap();
     write(other.path(), &meta(12), store(2).iter()).unwrap();
     let (_, bytes) = read_latest(other.path()).unwrap().unwrap();
-    install(dir.path(), &bytes, &meta(12), LogIndex(12)).unwrap();
+    install_bytes(dir.path(), &bytes, &meta(12), LogIndex(12)).unwrap();
     assert_eq!(
         snap_files(dir.path()),
         vec!["snap-00000000000000000012.bin"]
@@ -169,7 +184,7 @@ fn install_refuses_bad_bytes_without_touching_the_current_snapshot() {
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 1;
     for bad in [good[..good.len() - 1].to_vec(), flipped, Vec::new()] {
-        let err = install(dir.path(), &bad, &meta(20), LogIndex(3)).unwrap_err();
+        let err = install_bytes(dir.path(), &bad, &meta(20), LogIndex(3)).unwrap_err();
         assert!(
             matches!(err, InstallError::Invalid(StorageError::Corrupt { .. })),
             "{err}"
@@ -235,7 +250,7 @@ fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
         ("last epoch", meta(60), snapshot_bytes(&other_epoch, 20)),
     ];
     for (field, announced, bytes) in cases {
-        let err = install(dir.path(), &bytes, &announced, LogIndex(3)).unwrap_err();
+        let err = install_bytes(dir.path(), &bytes, &announced, LogIndex(3)).unwrap_err();
         assert!(
             matches!(err, InstallError::Mismatch { field: f, .. } if f == field),
             "{field}: {err}"
@@ -244,7 +259,7 @@ fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
     }
     // Into an empty data dir, nothing is even created.
     let empty = tempfile::tempdir().unwrap();
-    let err = install(empty.path(), &holds_50, &meta(60), LogIndex(0)).unwrap_err();
+    let err = install_bytes(empty.path(), &holds_50, &meta(60), LogIndex(0)).unwrap_err();
     assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
     assert!(tree(empty.path()).is_empty());
     // The current snapshot still loads as it was.
@@ -260,7 +275,7 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
     let before = tree(dir.path());
     // Below the caller's commit index.
     let bytes = snapshot_bytes(&meta(12), 2);
-    let err = install(dir.path(), &bytes, &meta(12), LogIndex(13)).unwrap_err();
+    let err = install_bytes(dir.path(), &bytes, &meta(12), LogIndex(13)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -274,7 +289,7 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
     assert_eq!(tree(dir.path()), before);
     // Below the snapshot already on disk, even with a lax floor.
     let bytes = snapshot_bytes(&meta(7), 2);
-    let err = install(dir.path(), &bytes, &meta(7), LogIndex(0)).unwrap_err();
+    let err = install_bytes(dir.path(), &bytes, &meta(7), LogIndex(0)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -288,7 +303,7 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
     assert_eq!(tree(dir.path()), before);
     // At exactly the commit index it installs.
     let bytes = snapshot_bytes(&meta(13), 2);
-    install(dir.path(), &bytes, &meta(13), LogIndex(13)).unwrap();
+    install_bytes(dir.path(), &bytes, &meta(13), LogIndex(13)).unwrap();
     assert_eq!(
         snap_files(dir.path()),
         vec!["snap-00000000000000000013.bin"]
