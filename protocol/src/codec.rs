@@ -105,6 +105,22 @@ pub type FrameReader = FramedRead<Chain<Cursor<BytesMut>, OwnedReadHalf>, Messag
 /// The writing half of a framed connection.
 pub type FrameWriter = FramedWrite<OwnedWriteHalf, MessageCodec>;
 
+/// Write-buffer bytes a connection keeps between batches: one that grew past
+/// this for a large frame (an 8 MiB value) gives the memory back once it is
+/// written, so that thousands of quiet connections do not each keep the
+/// largest answer they ever sent.
+pub const KEEP_WRITE_BUFFER: usize = 512 * 1024;
+
+/// After a flush: replaces `writer`'s buffer with an empty one if it is
+/// empty and held more than [`KEEP_WRITE_BUFFER`] bytes at its `peak`
+/// during the batch just written. (Its reported capacity cannot tell: a
+/// drained buffer reports only what is left past its last write.)
+pub fn release_write_buffer(writer: &mut FrameWriter, peak: usize) {
+    if peak > KEEP_WRITE_BUFFER && writer.write_buffer().is_empty() {
+        *writer.write_buffer_mut() = BytesMut::new();
+    }
+}
+
 /// Splits a framed connection (typically after its handshake) into halves
 /// that share no lock, keeping the bytes already read and not yet written:
 /// `Framed::split` shares the connection through a lock that both halves
@@ -198,6 +214,46 @@ impl FrameClock {
 mod tests {
     use super::*;
     use crate::message::{Hello, Role};
+
+    /// A writer that sent a large frame gives its buffer back, and keeps
+    /// writing as before; one that only sent small frames keeps its own.
+    #[tokio::test]
+    async fn a_write_buffer_grown_for_a_large_frame_is_given_back() {
+        use crate::message::{Reply, Response};
+        use crate::RequestId;
+        use futures::{SinkExt, StreamExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_, mut writer) = split(Framed::new(client, MessageCodec::default()));
+        let mut reader = FramedRead::new(server, MessageCodec::default());
+        let value = |len: usize| {
+            Message::Response(Response {
+                id: RequestId(1),
+                reply: Reply::Value(Some(bytes::Bytes::from(vec![7u8; len]))),
+            })
+        };
+        let reading = tokio::spawn(async move {
+            for _ in 0..3 {
+                reader.next().await.unwrap().unwrap();
+            }
+        });
+        writer.feed(value(2 << 20)).await.unwrap();
+        let peak = writer.write_buffer().len();
+        SinkExt::<Message>::flush(&mut writer).await.unwrap();
+        release_write_buffer(&mut writer, peak);
+        assert_eq!(writer.write_buffer().capacity(), 0);
+        writer.feed(value(100)).await.unwrap();
+        let small = writer.write_buffer().len();
+        SinkExt::<Message>::flush(&mut writer).await.unwrap();
+        let kept = writer.write_buffer().capacity();
+        release_write_buffer(&mut writer, small);
+        assert_eq!(writer.write_buffer().capacity(), kept);
+        writer.send(value(10)).await.unwrap();
+        reading.await.unwrap();
+    }
 
     #[tokio::test]
     async fn split_halves_keep_what_was_read_behind_the_handshake() {

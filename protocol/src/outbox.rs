@@ -135,6 +135,7 @@ async fn write_all<T: Outgoing>(
         let batch = async {
             let mut last = first.is_last();
             first.write_into(sink)?;
+            let mut peak = sink.write_buffer().len();
             let mut n = 1;
             while !last && n < MAX_BATCH {
                 if sink.write_buffer().len() >= MAX_UNFLUSHED {
@@ -148,9 +149,11 @@ async fn write_all<T: Outgoing>(
                 let Ok(more) = rx.try_recv() else { break };
                 last = more.is_last();
                 more.write_into(sink)?;
+                peak = peak.max(sink.write_buffer().len());
                 n += 1;
             }
             SinkExt::<Message>::flush(sink).await?;
+            crate::codec::release_write_buffer(sink, peak);
             Ok::<bool, ProtocolError>(last)
         };
         // A cancelled connection stops even while a write is stuck on a

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::RESERVED_HELLO_TIMEOUT;
-use semikv_protocol::codec::FrameClock;
+use semikv_protocol::codec::{release_write_buffer, FrameClock, FrameWriter};
 use semikv_protocol::{
     ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
     WireError, WriteOp, PROTOCOL_VERSION,
@@ -319,15 +319,16 @@ fn answer_now(replica: &Replica, request: Request) -> Handling {
     Handling::Ready(Response { id, reply })
 }
 
-async fn send_batch<S>(sink: &mut S, batch: Vec<Response>) -> Result<(), ()>
-where
-    S: futures::Sink<Message, Error = semikv_protocol::ProtocolError> + Unpin,
-{
+async fn send_batch(sink: &mut FrameWriter, batch: Vec<Response>) -> Result<(), ()> {
     let write = async {
+        let mut peak = 0;
         for response in batch {
             sink.feed(Message::Response(response)).await?;
+            peak = peak.max(sink.write_buffer().len());
         }
-        sink.flush().await
+        SinkExt::<Message>::flush(sink).await?;
+        release_write_buffer(sink, peak);
+        Ok::<(), semikv_protocol::ProtocolError>(())
     };
     match timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
