@@ -18,6 +18,15 @@ use crate::message::Message;
 /// header announcing 16 MiB followed by silence costs 64 KiB, not 16 MiB.
 pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
 
+/// Most capacity a read buffer keeps once the frame it grew for has been
+/// decoded: twice a reserve-ahead step, so ordinary traffic never shrinks
+/// it and grows it back frame after frame.
+pub const MAX_KEPT_CAPACITY: usize = 2 * MAX_RESERVE_AHEAD;
+
+/// Capacity a shrunk buffer starts again with: `tokio_util`'s own initial
+/// read buffer size.
+const FRESH_CAPACITY: usize = 8 * 1024;
+
 /// Frames [`Message`]s with a payload limit in both directions.
 ///
 /// The decoder reserves buffer only after the header's length has passed
@@ -63,7 +72,20 @@ impl Decoder for MessageCodec {
             return Ok(None);
         }
         let result = frame::decode_payload(header, &src[HEADER_LEN..frame_len]);
+        // Measured before the frame is skipped: past it, `capacity` no
+        // longer counts the bytes the frame took.
+        let grown = frame_len > MAX_RESERVE_AHEAD && src.capacity() > MAX_KEPT_CAPACITY;
         src.advance(frame_len);
+        if grown && src.len() <= MAX_RESERVE_AHEAD {
+            // The buffer grew for a large frame, now decoded (into buffers
+            // of its own). Kept, it would hold that memory, resident, for
+            // the connection's life after the read budget took its bytes
+            // back; what is left of it is small to copy. Small frames leave
+            // the buffer alone: pipelined traffic keeps its read size.
+            let mut fresh = BytesMut::with_capacity(src.len().max(FRESH_CAPACITY));
+            fresh.extend_from_slice(src);
+            *src = fresh;
+        }
         result.map(Some)
     }
 
@@ -294,6 +316,43 @@ mod tests {
         assert_eq!(back.next().await.unwrap().unwrap(), hello);
         back.send(ping.clone()).await.unwrap();
         assert_eq!(reader.next().await.unwrap().unwrap(), ping);
+    }
+
+    /// A message whose frame is about `len` bytes, and that frame.
+    fn frame_of(len: usize) -> (Message, BytesMut) {
+        let message = Message::Reject(crate::message::WireError::Undecodable {
+            reason: "x".repeat(len.saturating_sub(16)),
+        });
+        let mut buf = BytesMut::new();
+        MessageCodec::default().encode(&message, &mut buf).unwrap();
+        (message, buf)
+    }
+
+    #[test]
+    fn a_buffer_grown_for_a_large_frame_is_given_back_once_it_is_decoded() {
+        let mut codec = MessageCodec::default();
+        let (big, frame) = frame_of(1024 * 1024);
+        let (small, small_frame) = frame_of(100);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&frame);
+        buf.extend_from_slice(&small_frame[..10]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(big));
+        assert!(
+            buf.capacity() <= MAX_KEPT_CAPACITY,
+            "kept {} bytes of buffer",
+            buf.capacity()
+        );
+        // What followed the frame is still there.
+        buf.extend_from_slice(&small_frame[10..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(small.clone()));
+        // Small frames leave the buffer as it is, however large.
+        let mut buf = BytesMut::with_capacity(4 * MAX_KEPT_CAPACITY);
+        for _ in 0..3 {
+            buf.extend_from_slice(&small_frame);
+        }
+        let before = buf.capacity();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(small));
+        assert_eq!(buf.capacity() + small_frame.len(), before);
     }
 
     #[test]
