@@ -37,6 +37,12 @@ pub struct Config {
     /// Bytes of answers one client connection may leave unread (queued for
     /// it, not yet written to its socket); past it the connection is closed.
     pub max_client_output: usize,
+    /// Bytes of large client frames (over
+    /// [`semikv_protocol::budget::SMALL_FRAME`]) all connections together
+    /// may buffer while they arrive; a client whose next frame does not
+    /// fit stops being read until bytes come back. Never below
+    /// `max_frame_len`.
+    pub max_buffered_input: usize,
     /// How long a client connection may stay idle (nothing in flight,
     /// nothing sent) before it is closed; `None`: never (the default).
     pub idle_timeout: Option<Duration>,
@@ -62,6 +68,7 @@ impl Config {
             max_connections: 10_000,
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
             max_client_output: DEFAULT_MAX_CLIENT_OUTPUT,
+            max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
         };
         config.derive_waits();

@@ -19,6 +19,7 @@ pub mod router;
 use std::sync::Arc;
 use std::time::Duration;
 
+use semikv_protocol::budget::ReadBudget;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,7 +51,9 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, replicas = config.replicas.len(), coordinator = %coordinator, "balancer listening");
     }
-    door::semikv::run(listener, router, config, shutdown, tasks.clone()).await;
+    // One budget for every door: it bounds the process, not a listener.
+    let budget = ReadBudget::covering(config.max_buffered_input, config.max_frame_len);
+    door::semikv::run(listener, router, config, budget, shutdown, tasks.clone()).await;
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
         .await

@@ -1,5 +1,7 @@
 //! A `tokio_util` codec that turns a byte stream into [`Message`]s and back,
-//! one [`crate::frame`] per message.
+//! one [`crate::frame`] per message, and the framed connections the
+//! processes read through it, under a [`ReadBudget`] (see
+//! [`crate::budget`]).
 
 use bytes::{Buf, BytesMut};
 use std::io::Cursor;
@@ -9,6 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, FramedWrite};
 
+use crate::budget::{Budgeted, ReadBudget};
 use crate::error::ProtocolError;
 use crate::frame::{self, Header, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 use crate::message::Message;
@@ -120,9 +123,29 @@ impl Encoder<Message> for MessageCodec {
     }
 }
 
-/// The reading half of a framed connection: the bytes read before the split,
-/// then the socket.
-pub type FrameReader = FramedRead<Chain<Cursor<BytesMut>, OwnedReadHalf>, MessageCodec>;
+/// A connection framed by [`MessageCodec`] whose reads draw on a
+/// [`ReadBudget`]: how every process reads what peers send it (the
+/// balancer's own links to replicas excepted, see [`split_unbudgeted`]).
+pub type BudgetedConn = Framed<Budgeted<TcpStream>, MessageCodec>;
+
+/// Frames `stream` with payloads up to `max_frame_len`, its reads under
+/// `budget`.
+pub fn framed(stream: TcpStream, max_frame_len: usize, budget: &ReadBudget) -> BudgetedConn {
+    Framed::new(
+        Budgeted::new(stream, budget),
+        MessageCodec::new(max_frame_len),
+    )
+}
+
+/// What a split reader reads: the bytes read before the split, then the
+/// socket.
+type SplitRead = Chain<Cursor<BytesMut>, OwnedReadHalf>;
+
+/// The reading half of a [`BudgetedConn`], still under its budget.
+pub type FrameReader = FramedRead<Budgeted<SplitRead>, MessageCodec>;
+
+/// The reading half of a connection read without a budget.
+pub type UnbudgetedReader = FramedRead<SplitRead, MessageCodec>;
 
 /// The writing half of a framed connection.
 pub type FrameWriter = FramedWrite<OwnedWriteHalf, MessageCodec>;
@@ -144,26 +167,49 @@ pub fn release_write_buffer(writer: &mut FrameWriter, peak: usize) {
 }
 
 /// Splits a framed connection (typically after its handshake) into halves
-/// that share no lock, keeping the bytes already read and not yet written:
-/// `Framed::split` shares the connection through a lock that both halves
-/// take on every poll, which a busy connection pays per message.
-pub fn split(framed: Framed<TcpStream, MessageCodec>) -> (FrameReader, FrameWriter) {
+/// that share no lock, keeping the bytes already read and not yet written,
+/// and the reader's share of the budget: `Framed::split` shares the
+/// connection through a lock that both halves take on every poll, which a
+/// busy connection pays per message.
+pub fn split(framed: BudgetedConn) -> (FrameReader, FrameWriter) {
+    let parts = framed.into_parts();
+    let leftover = leftover(&parts.read_buf);
+    let (read, write) = parts.io.rewound(|stream| {
+        let (read, write) = stream.into_split();
+        (AsyncReadExt::chain(Cursor::new(leftover), read), write)
+    });
+    let reader = FramedRead::new(read, parts.codec);
+    let mut writer = FramedWrite::new(write, parts.codec);
+    *writer.write_buffer_mut() = parts.write_buf;
+    (reader, writer)
+}
+
+/// [`split`] for a connection read without a budget: the balancer's links
+/// to its replicas, which carry answers to the requests the balancer sent
+/// (bounded by its requests in flight), and which must not wait behind
+/// clients' large frames.
+pub fn split_unbudgeted(
+    framed: Framed<TcpStream, MessageCodec>,
+) -> (UnbudgetedReader, FrameWriter) {
     let parts = framed.into_parts();
     let (read, write) = parts.io.into_split();
-    // A peer may pipeline messages right behind its handshake. They are read
-    // again before the socket: a reader handed them in its buffer would wait
-    // for more bytes before decoding what it holds.
-    // Copied to their own size: the handshake's buffer may be large (a
-    // follower's after snapshot chunks) and would be kept for the
-    // connection's life.
-    let leftover = BytesMut::from(&parts.read_buf[..]);
     let reader = FramedRead::new(
-        AsyncReadExt::chain(Cursor::new(leftover), read),
+        AsyncReadExt::chain(Cursor::new(leftover(&parts.read_buf)), read),
         parts.codec,
     );
     let mut writer = FramedWrite::new(write, parts.codec);
     *writer.write_buffer_mut() = parts.write_buf;
     (reader, writer)
+}
+
+/// What a framed connection read and did not decode yet, for its split
+/// reader. A peer may pipeline messages right behind its handshake. They
+/// are read again before the socket: a reader handed them in its buffer
+/// would wait for more bytes before decoding what it holds. Copied to
+/// their own size: the handshake's buffer may be large (a follower's after
+/// snapshot chunks) and would be kept for the connection's life.
+fn leftover(read_buf: &BytesMut) -> BytesMut {
+    BytesMut::from(&read_buf[..])
 }
 
 /// Longest a frame may take to arrive whole, from the moment its first
@@ -175,7 +221,8 @@ pub const DEFAULT_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// and stalls: [`FrameClock::tick`] wakes twice per limit (one timer per
 /// connection, nothing per request), and [`FrameClock::check`] then says
 /// whether the unfinished frame in the buffer has waited longer than the
-/// limit. An idle connection (nothing buffered) is never stalled.
+/// limit. An idle connection (nothing buffered) is never stalled, nor is
+/// one waiting for the read budget ([`crate::budget`]).
 #[derive(Debug)]
 pub struct FrameClock {
     limit: std::time::Duration,
@@ -210,7 +257,9 @@ impl FrameClock {
     /// there since a look at least `limit` ago.
     pub fn check(&mut self, reader: &FrameReader) -> Result<(), ProtocolError> {
         let have = reader.read_buffer().len();
-        if have == 0 {
+        // A connection stopped by the read budget is not stalling: its time
+        // starts once it may read on.
+        if have == 0 || reader.get_ref().is_waiting() {
             self.partial_since = None;
             return Ok(());
         }
@@ -249,7 +298,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (_, mut writer) = split(Framed::new(client, MessageCodec::default()));
+        let (_, mut writer) = split_unbudgeted(Framed::new(client, MessageCodec::default()));
         let mut reader = FramedRead::new(server, MessageCodec::default());
         let value = |len: usize| {
             Message::Response(Response {
@@ -297,7 +346,7 @@ mod tests {
             codec.encode(m, &mut bytes).unwrap();
         }
         client.write_all(&bytes).await.unwrap();
-        let mut framed = Framed::new(server, MessageCodec::default());
+        let mut framed = framed(server, DEFAULT_MAX_FRAME_LEN, &ReadBudget::default());
         let first = framed.next().await.unwrap().unwrap();
         assert_eq!(first, hello);
         assert!(
@@ -318,6 +367,17 @@ mod tests {
         assert_eq!(reader.next().await.unwrap().unwrap(), ping);
     }
 
+    /// A connection accepted on a fresh listener, framed under `budget`,
+    /// and the peer's socket.
+    async fn budgeted_pair(budget: &ReadBudget) -> (BudgetedConn, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (framed(server, DEFAULT_MAX_FRAME_LEN, budget), client)
+    }
+
     /// A message whose frame is about `len` bytes, and that frame.
     fn frame_of(len: usize) -> (Message, BytesMut) {
         let message = Message::Reject(crate::message::WireError::Undecodable {
@@ -326,6 +386,37 @@ mod tests {
         let mut buf = BytesMut::new();
         MessageCodec::default().encode(&message, &mut buf).unwrap();
         (message, buf)
+    }
+
+    #[tokio::test]
+    async fn split_keeps_the_grant_of_a_frame_the_handshake_started() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let mib = 1024 * 1024;
+        let budget = ReadBudget::new(mib);
+        let (mut framed, mut client) = budgeted_pair(&budget).await;
+        let hello = Message::Hello(Hello::new(Role::Client, None));
+        let (big, frame) = frame_of(900 * 1024);
+        let mut bytes = BytesMut::new();
+        MessageCodec::default().encode(&hello, &mut bytes).unwrap();
+        bytes.extend_from_slice(&frame[..frame.len() / 2]);
+        client.write_all(&bytes).await.unwrap();
+        assert_eq!(framed.next().await.unwrap().unwrap(), hello);
+        // Read on until the large frame's grant is taken (it cannot
+        // finish: the rest is not sent yet).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while budget.available() == mib {
+            assert!(tokio::time::Instant::now() < deadline, "never granted");
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(20), framed.next()).await;
+            assert!(next.is_err(), "{next:?}");
+        }
+        let held = mib - budget.available();
+        let (mut reader, _writer) = split(framed);
+        assert_eq!(mib - budget.available(), held, "the grant moved along");
+        client.write_all(&frame[frame.len() / 2..]).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap(), big);
+        assert_eq!(budget.available(), mib);
     }
 
     #[test]
@@ -353,6 +444,49 @@ mod tests {
         let before = buf.capacity();
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(small));
         assert_eq!(buf.capacity() + small_frame.len(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waiting_for_the_budget_is_not_stalled() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let budget = ReadBudget::new(1024 * 1024);
+        let (_, frame) = frame_of(900 * 1024);
+        let limit = std::time::Duration::from_secs(30);
+        let wait = std::time::Duration::from_millis(50);
+        // One connection takes most of the budget for a frame it never ends.
+        let (holder, mut holder_peer) = budgeted_pair(&budget).await;
+        let (mut holder, _w) = split(holder);
+        holder_peer.write_all(&frame[..1000]).await.unwrap();
+        while budget.available() == 1024 * 1024 {
+            assert!(tokio::time::timeout(wait, holder.next()).await.is_err());
+        }
+        // The next one must wait for it, for as long as it takes.
+        let (waiter, mut waiter_peer) = budgeted_pair(&budget).await;
+        let (mut waiter, _w) = split(waiter);
+        waiter_peer.write_all(&frame[..1000]).await.unwrap();
+        while !waiter.get_ref().is_waiting() {
+            assert!(tokio::time::timeout(wait, waiter.next()).await.is_err());
+        }
+        let mut clock = FrameClock::new(limit);
+        for _ in 0..20 {
+            clock.tick().await;
+            clock.check(&waiter).unwrap();
+        }
+        // Once it may read, its peer's stall counts.
+        drop(holder);
+        assert!(tokio::time::timeout(wait, waiter.next()).await.is_err());
+        assert!(!waiter.get_ref().is_waiting());
+        let stalled = loop {
+            clock.tick().await;
+            if let Err(e) = clock.check(&waiter) {
+                break e;
+            }
+        };
+        assert!(
+            matches!(stalled, ProtocolError::Stalled { .. }),
+            "{stalled}"
+        );
     }
 
     #[test]
@@ -411,7 +545,11 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (mut reader, _writer) = split(Framed::new(server, MessageCodec::default()));
+        let (mut reader, _writer) = split(framed(
+            server,
+            DEFAULT_MAX_FRAME_LEN,
+            &ReadBudget::default(),
+        ));
         let limit = std::time::Duration::from_secs(30);
         let mut clock = FrameClock::new(limit);
         // Idle for ten limits: never stalled.

@@ -10,8 +10,11 @@
 //! - [`codec`]: a `tokio_util` codec of [`Message`]s over a byte stream.
 //! - [`admission`]: the connection limit every listener applies, refusing
 //!   the extra ones with a frame that says so.
+//! - [`budget`]: the process-wide budget for the bytes of large frames that
+//!   connections are still receiving; past it they stop reading.
 
 pub mod admission;
+pub mod budget;
 pub mod codec;
 pub mod error;
 pub mod frame;

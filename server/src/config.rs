@@ -73,6 +73,12 @@ pub struct Config {
     /// Longest a request frame may take to arrive whole once its first
     /// bytes did; past it the connection is closed.
     pub frame_timeout: Duration,
+    /// Bytes of large frames (over [`semikv_protocol::budget::SMALL_FRAME`])
+    /// the accepted connections together may buffer while they arrive; a
+    /// connection whose next frame does not fit stops reading until bytes
+    /// come back. Never below `max_frame_len`. (The stream from a leader
+    /// reads one frame at a time under a budget of its own.)
+    pub max_buffered_input: usize,
     /// How long a client connection (not a balancer's or a follower's) may
     /// stay idle, nothing in flight and nothing sent, before it is closed;
     /// `None`: never (the default, like Redis's `timeout 0`).
@@ -93,6 +99,7 @@ impl Config {
             ready_file: None,
             max_connections: 10_000,
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
+            max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
         }
     }

@@ -5,6 +5,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use semikv_protocol::budget::ReadBudget;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -23,6 +24,9 @@ pub struct Replica {
     pub admin: tokio::sync::Mutex<()>,
     /// Receivers of the node's signals are cloned from these.
     pub watch: Watches,
+    /// Bytes of large frames the connections accepted may buffer together
+    /// while they arrive (see [`semikv_protocol::budget`]).
+    pub read_budget: ReadBudget,
 }
 
 /// Receivers for the node's signals.
@@ -60,7 +64,9 @@ impl Replica {
     ) -> Replica {
         // What building the node asked for (its durable index) goes out now.
         node.flush_effects();
+        let read_budget = ReadBudget::covering(config.max_buffered_input, config.max_frame_len);
         Replica {
+            read_budget,
             node: Mutex::new(node),
             writer_wake: Condvar::new(),
             config,

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::Admission;
-use semikv_protocol::codec::FrameClock;
+use semikv_protocol::budget::ReadBudget;
+use semikv_protocol::codec::{self, BudgetedConn, FrameClock};
 use semikv_protocol::{
-    Message, MessageCodec, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError,
-    PROTOCOL_VERSION,
+    Message, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -40,11 +39,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves semikv-protocol clients on `listener` until `shutdown`, each
-/// connection on `tasks`, at most `config.max_connections` at once.
+/// connection on `tasks`, at most `config.max_connections` at once, their
+/// frames read under `budget`.
 pub async fn run(
     listener: TcpListener,
     router: Arc<Router>,
     config: Arc<Config>,
+    budget: ReadBudget,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -60,6 +61,7 @@ pub async fn run(
             serve(
                 router.clone(),
                 config.clone(),
+                budget.clone(),
                 stream,
                 peer,
                 shutdown.clone(),
@@ -197,16 +199,19 @@ impl AnswerSink for Answers {
 async fn serve(
     router: Arc<Router>,
     config: Arc<Config>,
+    budget: ReadBudget,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, MessageCodec::new(config.max_frame_len));
+    // Read under the budget from the first byte: a Hello may be as large
+    // as any frame.
+    let mut framed = codec::framed(stream, config.max_frame_len, &budget);
     let Some(role) = handshake(&mut framed).await else {
         return;
     };
-    let (mut stream, sink) = semikv_protocol::codec::split(framed);
+    let (mut stream, sink) = codec::split(framed);
     // One more than the slots: a final Reject needs no slot.
     let (tx, rx) = mpsc::channel::<ToClient>(MAX_IN_FLIGHT + 1);
     let conn_closed = shutdown.child_token();
@@ -329,7 +334,7 @@ fn take(
 /// The server side of the handshake: the client's role once it said a
 /// valid `Hello` and was welcomed; `None` (after a `Reject` saying why,
 /// when there is a reason to give) otherwise.
-async fn handshake(framed: &mut Framed<TcpStream, MessageCodec>) -> Option<Role> {
+async fn handshake(framed: &mut BudgetedConn) -> Option<Role> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
     let refusal = match first {
         Ok(Some(Ok(Message::Hello(hello)))) => match hello.check() {

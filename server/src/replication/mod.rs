@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use semikv_protocol::budget::ReadBudget;
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::{
-    Ack, Entries, Epoch, Hello, LogIndex, Message, MessageCodec, ReplicaId, Role, SnapshotChunk,
-    SnapshotOffer, StreamFrom, Subscribe, WireError,
+    Ack, Entries, Epoch, Hello, LogIndex, Message, ReplicaId, Role, SnapshotChunk, SnapshotOffer,
+    StreamFrom, Subscribe, WireError,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
 
 use crate::node::{FollowTarget, StreamError, StreamPlan};
 use crate::replica::Replica;
@@ -48,7 +48,8 @@ const NO_ROOM_RETRY: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-type Conn = Framed<TcpStream, MessageCodec>;
+/// A replication stream, read under a [`ReadBudget`].
+type Conn = semikv_protocol::codec::BudgetedConn;
 
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +413,11 @@ async fn follow_once(
         .await
         .map_err(|_| ReplicationError::Timeout)??;
     stream.set_nodelay(true)?;
-    let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
+    // A budget of its own, one frame, rather than the replica's: the
+    // stream reads one frame at a time anyway, and behind clients that
+    // stall mid-frame it would miss SILENCE_TIMEOUT and starve replication.
+    let own = ReadBudget::new(replica.config.max_frame_len);
+    let mut conn = semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &own);
     let id = replica.config.id;
     let hello = handshake::hello(&mut conn, Hello::new(Role::Replica, Some(id)));
     match timeout(CONNECT_TIMEOUT, hello).await {

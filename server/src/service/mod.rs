@@ -17,12 +17,11 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::RESERVED_HELLO_TIMEOUT;
 use semikv_protocol::codec::{release_write_buffer, FrameClock, FrameWriter};
 use semikv_protocol::{
-    ErrorReply, Message, MessageCodec, Op, Reply, Request, RequestId, Response, Role, Welcome,
-    WireError, WriteOp, PROTOCOL_VERSION,
+    ErrorReply, Message, Op, Reply, Request, RequestId, Response, Role, Welcome, WireError,
+    WriteOp, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
 
 use crate::replica::Replica;
 use crate::replication;
@@ -39,7 +38,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on writing one response batch to a client that does not read.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Conn = Framed<TcpStream, MessageCodec>;
+type Conn = semikv_protocol::codec::BudgetedConn;
 
 /// Serves one accepted connection to its end. `reserved`: it holds one of
 /// the slots kept for peers, so it must say `Hello` as a balancer or a
@@ -47,7 +46,10 @@ type Conn = Framed<TcpStream, MessageCodec>;
 /// listener were full.
 pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     let _ = stream.set_nodelay(true);
-    let mut conn = Framed::new(stream, MessageCodec::new(replica.config.max_frame_len));
+    // Read under the replica's budget from the first byte: a Hello may be
+    // as large as any frame.
+    let mut conn =
+        semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &replica.read_budget);
     let hello_timeout = if reserved {
         RESERVED_HELLO_TIMEOUT
     } else {

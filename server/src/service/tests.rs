@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::log::MemLog;
 use crate::node::{LeaderSettings, Node, Recovered, Signals};
 use crate::replica::Watches;
+
+/// The test's own end of a connection, a client's: read without a budget.
+type Conn = tokio_util::codec::Framed<TcpStream, semikv_protocol::MessageCodec>;
 use crate::storage::store::Store;
 
 /// Bound on every wait; generous for a loaded 2-core machine.
@@ -129,7 +132,7 @@ async fn connect(addr: SocketAddr, role: Role) -> Conn {
         .await
         .unwrap()
         .unwrap();
-    let mut conn = Framed::new(stream, MessageCodec::default());
+    let mut conn = Conn::new(stream, semikv_protocol::MessageCodec::default());
     let hello = semikv_protocol::handshake::hello(&mut conn, Hello::new(role, None));
     timeout(WAIT, hello).await.unwrap().unwrap();
     conn

@@ -399,7 +399,10 @@ impl ReplicaLink {
         handshake::hello(&mut framed, Hello::new(Role::Balancer, None))
             .await
             .map_err(|e| ConnError::Connect(e.to_string()))?;
-        let (mut stream, sink) = semikv_protocol::codec::split(framed);
+        // Not under the clients' read budget: what a replica sends here
+        // answers requests this link sent, bounded by those in flight, and
+        // must not wait behind clients' large frames.
+        let (mut stream, sink) = semikv_protocol::codec::split_unbudgeted(framed);
         let (tx, rx) = mpsc::channel::<Outbound>(SEND_QUEUE);
         let pending = Arc::new(PendingMap::new());
         let closed = self.shutdown.child_token();
