@@ -56,6 +56,12 @@ pub struct Args {
     #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
     pub max_client_output: Option<u64>,
+    /// Bytes of client frames over 64 KiB that all connections together may
+    /// buffer while they arrive; a client whose next frame does not fit is
+    /// not read until bytes come back (smaller frames are read anyway).
+    /// Raised to the frame limit (16 MiB) if lower [default: 512 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_input: Option<u64>,
     /// Close a client connection idle for this many seconds (nothing in
     /// flight, nothing sent); 0: never.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
@@ -90,6 +96,9 @@ impl Args {
             (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs));
         if let Some(bytes) = self.max_client_output {
             config.max_client_output = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(bytes) = self.max_buffered_input {
+            config.max_buffered_input = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
         config.derive_waits();
         config
@@ -181,6 +190,10 @@ mod tests {
         assert_eq!(c.down_after, 3);
         assert_eq!(c.sync_replicas, 1);
         assert_eq!(c.sync_timeout, Duration::from_millis(2000));
+        assert_eq!(
+            c.max_buffered_input,
+            semikv_protocol::budget::DEFAULT_READ_BUDGET
+        );
     }
 
     #[test]
@@ -199,9 +212,12 @@ mod tests {
             "500",
             "--ready-file",
             "/tmp/x",
+            "--max-buffered-input",
+            "33554432",
         ])
         .unwrap();
         let c = args.config();
+        assert_eq!(c.max_buffered_input, 32 * 1024 * 1024);
         assert_eq!(c.heartbeat, Duration::from_millis(20));
         assert_eq!(c.down_after, 2);
         assert_eq!(c.sync_replicas, 2);

@@ -48,6 +48,12 @@ pub struct Args {
     /// the open-file limit less 128 if that is lower].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Bytes of frames over 64 KiB that all accepted connections together
+    /// (clients, balancers, followers) may buffer while they arrive; a
+    /// connection whose next frame does not fit stops reading until bytes
+    /// come back. Raised to --max-frame if lower [default: 512 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_input: Option<u64>,
     /// Close a client connection idle for this many seconds (nothing in
     /// flight, nothing sent); 0: never. Balancers and followers are never
     /// timed out.
@@ -80,6 +86,9 @@ impl Args {
         config.fsync = self.fsync;
         config.max_frame_len = self.max_frame;
         config.snapshot_bytes = self.snapshot_bytes;
+        if let Some(bytes) = self.max_buffered_input {
+            config.max_buffered_input = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
         config.ready_file = self.ready_file;
         config.idle_timeout = (self.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(self.idle_timeout_secs));
@@ -129,4 +138,28 @@ fn run_main(args: Args) -> anyhow::Result<()> {
         cancel_on_signals(shutdown.clone());
         crate::run(config, listener, shutdown).await.map(|_| ())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_budget_defaults_and_can_be_set() {
+        let (config, _) = Args::try_parse_from(["semikv-server", "1"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            config.max_buffered_input,
+            semikv_protocol::budget::DEFAULT_READ_BUDGET
+        );
+        let (config, _) =
+            Args::try_parse_from(["semikv-server", "1", "--max-buffered-input", "33554432"])
+                .unwrap()
+                .into_config()
+                .unwrap();
+        assert_eq!(config.max_buffered_input, 32 * 1024 * 1024);
+        assert!(Args::try_parse_from(["semikv-server", "1", "--max-buffered-input", "0"]).is_err());
+    }
 }
