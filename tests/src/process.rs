@@ -223,14 +223,29 @@ impl Proc {
     /// The status file cannot be read (the process is gone) or has no such
     /// line.
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// The memory the process holds resident now (`VmRSS` in
+    /// `/proc/PID/status`), in bytes.
+    ///
+    /// # Errors
+    /// As [`Proc::peak_rss_bytes`].
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The `/proc/PID/status` line starting with `key`, a size in KiB, in
+    /// bytes.
+    fn status_bytes(&self, key: &str) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         let kib = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(key))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
-            .with_context(|| format!("no VmHWM line in {path}"))?;
+            .with_context(|| format!("no {key} line in {path}"))?;
         Ok(kib * 1024)
     }
 

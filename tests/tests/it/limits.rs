@@ -313,3 +313,120 @@ async fn a_client_flood_cannot_keep_peers_out_of_a_replica() {
     let mut balancer = Client::connect(replica.addr, Role::Balancer).await.unwrap();
     assert_eq!(balancer.ping().await.unwrap(), Reply::Pong);
 }
+
+/// Clients that each send most of a large frame and stall (issue #16,
+/// buffered request bytes: 1,000 of them half-way through 16 MiB frames
+/// were 16 GB) cost the balancer its `--max-buffered-input` budget, not
+/// their frames: past it, their connections are not read, and their
+/// bytes wait in the kernel's socket buffers and the senders. Small
+/// requests need no budget, so other clients are served meanwhile; once
+/// the stallers go, the budget comes back whole and a large write goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stalled_mid_frame_cost_the_balancer_its_read_budget_not_their_frames() {
+    const MIB: u64 = 1024 * 1024;
+    // The lowest budget the balancer takes: its 16 MiB frame limit.
+    const BUDGET: u64 = 16 * MIB;
+    const STALLERS: usize = 24;
+    // 24 x 6 MiB = 144 MiB if every partial frame were buffered.
+    const VALUE: usize = 6 * 1024 * 1024;
+    let cluster = Cluster::with_balancer(3, &[], &["--max-buffered-input", &BUDGET.to_string()])
+        .await
+        .unwrap();
+    let mut client = cluster.connect_balancer().await.unwrap();
+    let r = client
+        .set_until_acked("before", "stall", crate::CONVERGE)
+        .await;
+    cluster.explain(r).unwrap();
+    let balancer = cluster.balancer().expect("a balancer");
+    let rss_before = balancer.proc.rss_bytes().unwrap();
+    let peak_before = balancer.proc.peak_rss_bytes().unwrap();
+
+    // Each staller says Hello, then sends all of a Set of VALUE bytes but
+    // its last KiB, and holds the connection until released.
+    let big = semikv_protocol::Message::Request(semikv_protocol::Request {
+        id: semikv_protocol::RequestId(1),
+        op: semikv_protocol::Op::Set {
+            key: "stalled".into(),
+            value: vec![b's'; VALUE].into(),
+        },
+    });
+    let frame = semikv_tests::client::encode(&big).unwrap().freeze();
+    let partial = frame.slice(..frame.len() - 1024);
+    let release = tokio_util::sync::CancellationToken::new();
+    let mut stallers = tokio::task::JoinSet::new();
+    for _ in 0..STALLERS {
+        let (addr, partial, release) = (cluster.balancer_addr(), partial.clone(), release.clone());
+        stallers.spawn(async move {
+            let mut conn = semikv_tests::RawConn::connect(addr).await?;
+            conn.handshake(Role::Client).await?;
+            // The send blocks once the balancer stops reading this
+            // connection: that is the point. It ends (and so does the
+            // connection) when released.
+            tokio::select! {
+                _ = conn.send_bytes(&partial) => release.cancelled().await,
+                () = release.cancelled() => {}
+            }
+            anyhow::Ok(())
+        });
+    }
+    // The budget runs out (a third 6 MiB frame does not fit in 16 MiB)...
+    let deadline = semikv_tests::Deadline::new(crate::CONVERGE, "the budget to run out");
+    while balancer.proc.count_logged("read budget exhausted").unwrap() == 0 {
+        deadline.tick().await.unwrap();
+    }
+    // ... once the connections it covers have read their frames, all but
+    // the last KiB: the memory measured below includes them.
+    let deadline = semikv_tests::Deadline::new(crate::CONVERGE, "the covered frames to be read");
+    while balancer.proc.rss_bytes().unwrap() < rss_before + 2 * VALUE as u64 - 2 * MIB {
+        deadline.tick().await.unwrap();
+    }
+    // Small requests of other clients are served meanwhile, at once.
+    let served = std::time::Instant::now();
+    let mut late = cluster.connect_balancer().await.unwrap();
+    for i in 0..20 {
+        let reply = late.set(format!("during{i}"), "stall").await.unwrap();
+        assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
+        let reply = client.get("before").await.unwrap();
+        assert!(matches!(reply, Reply::Value(Some(_))), "{reply:?}");
+    }
+    let served = served.elapsed();
+    let rss_during = balancer.proc.rss_bytes().unwrap();
+    let peak_during = balancer.proc.peak_rss_bytes().unwrap();
+
+    // The stallers go: their grants come back, and a large write is read
+    // whole (in its turn behind the connections still waiting).
+    release.cancel();
+    while let Some(done) = stallers.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let reply = tokio::time::timeout(crate::CONVERGE, late.set("after", vec![b'a'; VALUE]))
+        .await
+        .expect("a large write once the stallers are gone")
+        .unwrap();
+    assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
+    let peak_after = balancer.proc.peak_rss_bytes().unwrap();
+    let rss_after = balancer.proc.rss_bytes().unwrap();
+    eprintln!(
+        "{STALLERS} clients stalled 1 KiB short of the end of {} MiB frames, budget {} MiB: balancer resident {} -> {} (during) -> {} MiB (after), peak {} -> {} (during) -> {} MiB (after); 40 small requests of others took {served:?}",
+        frame.len() >> 20,
+        BUDGET >> 20,
+        rss_before >> 20,
+        rss_during >> 20,
+        rss_after >> 20,
+        peak_before >> 20,
+        peak_during >> 20,
+        peak_after >> 20,
+    );
+    // Without the budget the balancer held all 24 partial frames (144 MiB)
+    // at once. With it: the budget, 64 KiB per waiting connection, and
+    // slack for the allocator and the large write after.
+    let grew = peak_after.saturating_sub(peak_before);
+    assert!(
+        grew < 3 * BUDGET,
+        "the balancer's peak memory grew by {} MiB (budget {} MiB; the partial frames: {} MiB)",
+        grew >> 20,
+        BUDGET >> 20,
+        (STALLERS * partial.len()) >> 20
+    );
+}
