@@ -236,6 +236,19 @@ async fn idle_clients_are_closed_when_asked_and_busy_ones_and_internal_links_are
     let r = busy.set_until_acked("k", "v", crate::CONVERGE).await;
     cluster.explain(r).unwrap();
 
+    // Each follower logs this once per stream it opens to its leader.
+    let streams_opened = |cluster: &Cluster| -> Vec<usize> {
+        (0..cluster.len())
+            .map(|i| {
+                cluster
+                    .replica(i)
+                    .proc
+                    .count_logged("following leader")
+                    .unwrap()
+            })
+            .collect()
+    };
+    let streams_before = streams_opened(&cluster);
     let mut idle_on_balancer = Client::connect(cluster.balancer_addr(), Role::Client)
         .await
         .unwrap();
@@ -262,8 +275,14 @@ async fn idle_clients_are_closed_when_asked_and_busy_ones_and_internal_links_are
         "closed after {on_balancer:?}, before its timeout"
     );
     assert!(on_replica >= Duration::from_millis(900), "{on_replica:?}");
-    // The links and streams stayed up through the quiet: a write commits
-    // on the leader and a follower at once.
+    // The followers' streams stayed up through the quiet (none was opened
+    // again), and a write commits on the leader and a follower at once.
+    assert_eq!(
+        streams_opened(&cluster),
+        streams_before,
+        "{}",
+        cluster.logs()
+    );
     let reply = busy.set("after", "quiet").await.unwrap();
     assert!(matches!(reply, Reply::Written { .. }), "{reply:?}");
 }
