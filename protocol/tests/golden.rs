@@ -485,6 +485,11 @@ fn samples() -> Vec<(&'static str, Message)> {
                         memory_used: 5_000,
                         memory_limit: Some(1 << 20),
                     },
+                    leading: Some(LeaderTerms {
+                        sync_replicas: 1,
+                        sync_timeout_ms: 5_000,
+                        async_fallback: false,
+                    }),
                 })),
             ),
         ),
@@ -694,7 +699,17 @@ impl Coverage {
                 5
             }
             Reply::NodeReport(report) => {
-                let NodeReport { status, resources } = report.as_ref();
+                let NodeReport {
+                    status,
+                    resources,
+                    leading,
+                } = report.as_ref();
+                if let Some(LeaderTerms {
+                    sync_replicas: _,
+                    sync_timeout_ms: _,
+                    async_fallback: _,
+                }) = leading
+                {}
                 self.node_status(status);
                 self.resources(resources);
                 6

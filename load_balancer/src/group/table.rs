@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, Epoch, LogIndex, NodeReport, NodeRole, NodeStatus, ReplicaView,
-    Resources,
+    ClusterReport, ClusterStatus, Epoch, LeaderTerms, LogIndex, NodeReport, NodeRole, NodeStatus,
+    ReplicaView, Resources,
 };
 use tokio::sync::watch;
 
@@ -35,6 +35,8 @@ struct Row {
     status: Option<NodeStatus>,
     /// Its disk and memory, as it last reported them.
     resources: Option<Resources>,
+    /// The terms it leads with, as it last reported them.
+    leading: Option<LeaderTerms>,
     /// Statuses recorded so far: tells a fresh report from one already judged.
     reports: u64,
 }
@@ -108,6 +110,7 @@ impl Table {
                 misses: 0,
                 status: None,
                 resources: None,
+                leading: None,
                 reports: 0,
             })
             .collect();
@@ -150,6 +153,7 @@ impl Table {
             row.misses = 0;
             row.status = Some(report.status);
             row.resources = Some(report.resources);
+            row.leading = report.leading;
             row.reports = row.reports.wrapping_add(1);
         }
     }
@@ -162,6 +166,7 @@ impl Table {
             NodeReport {
                 status,
                 resources: Resources::default(),
+                leading: None,
             },
         );
     }
@@ -260,6 +265,10 @@ impl Table {
             healthy_others: followers.iter().filter(|r| !full(r)).count(),
             // Moving leadership only helps if a follower can write.
             disk_full: full(row) && followers.iter().any(|r| !full(r)),
+            // More followers than the cluster has: it can never commit.
+            unmeetable: row.leading.is_some_and(|t| {
+                usize::try_from(t.sync_replicas).unwrap_or(usize::MAX) >= inner.rows.len()
+            }),
         })
     }
 
@@ -490,6 +499,25 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_needing_more_followers_than_the_cluster_has_is_reported() {
+        let leading = |sync_replicas| NodeReport {
+            status: status(1, NodeRole::Leader, 2, 10),
+            resources: Resources::default(),
+            leading: Some(LeaderTerms {
+                sync_replicas,
+                sync_timeout_ms: 1000,
+                async_fallback: false,
+            }),
+        };
+        let t = table3();
+        let epoch = Epoch::from_raw(2);
+        t.record_report(0, leading(2));
+        assert!(!t.leader_report(0, epoch).unwrap().unmeetable);
+        t.record_report(0, leading(3));
+        assert!(t.leader_report(0, epoch).unwrap().unmeetable);
+    }
+
+    #[test]
     fn a_full_disk_moves_leadership_only_to_a_follower_with_room() {
         let full = |s: NodeStatus| NodeReport {
             status: s,
@@ -497,6 +525,7 @@ mod tests {
                 disk_full: Some("no space".to_string()),
                 ..Resources::default()
             },
+            leading: None,
         };
         let t = table3();
         let epoch = Epoch::from_raw(2);

@@ -29,8 +29,8 @@ pub use replication::{
 };
 pub use request::{validate_key, Op, Reply, Request, Response, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN};
 pub use status::{
-    ClusterReport, ClusterStatus, FollowerProgress, NodeReport, NodeRole, NodeStatus, ReplicaView,
-    Resources,
+    ClusterReport, ClusterStatus, FollowerProgress, LeaderTerms, NodeReport, NodeRole, NodeStatus,
+    ReplicaView, Resources,
 };
 pub use wire_error::{ErrorReply, WireError};
 

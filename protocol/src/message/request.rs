@@ -190,6 +190,7 @@ impl Reply {
             Reply::Node(status) => Ok(NodeReport {
                 status,
                 resources: Resources::default(),
+                leading: None,
             }),
             other => Err(other),
         }

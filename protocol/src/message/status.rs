@@ -117,6 +117,21 @@ pub struct NodeReport {
     pub status: NodeStatus,
     /// Its disk and memory.
     pub resources: Resources,
+    /// When it leads: the terms it was promoted with, so that a balancer can
+    /// tell a leader that can never commit (more followers required than
+    /// the cluster has) from one that merely lost its followers.
+    pub leading: Option<LeaderTerms>,
+}
+
+/// The terms a leader was promoted with (from its `Promote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderTerms {
+    /// Followers whose acknowledgement a commit needs.
+    pub sync_replicas: u32,
+    /// How long a write waits for them, in milliseconds.
+    pub sync_timeout_ms: u64,
+    /// Whether it commits without them after the timeout.
+    pub async_fallback: bool,
 }
 
 /// The balancer's view of the cluster with each replica's resources: what a

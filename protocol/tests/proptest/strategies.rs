@@ -190,6 +190,16 @@ fn cluster_status() -> impl Strategy<Value = ClusterStatus> {
         })
 }
 
+fn leader_terms() -> impl Strategy<Value = LeaderTerms> {
+    (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+        |(sync_replicas, sync_timeout_ms, async_fallback)| LeaderTerms {
+            sync_replicas,
+            sync_timeout_ms,
+            async_fallback,
+        },
+    )
+}
+
 fn resources() -> impl Strategy<Value = Resources> {
     (
         proptest::option::of(text()),
@@ -232,9 +242,18 @@ fn reply() -> impl Strategy<Value = Reply> {
         node_status().prop_map(Reply::Node),
         cluster_status().prop_map(Reply::Cluster),
         error_reply().prop_map(Reply::Error),
-        (node_status(), resources()).prop_map(|(status, resources)| Reply::NodeReport(Box::new(
-            NodeReport { status, resources }
-        ))),
+        (
+            node_status(),
+            resources(),
+            proptest::option::of(leader_terms())
+        )
+            .prop_map(|(status, resources, leading)| Reply::NodeReport(Box::new(
+                NodeReport {
+                    status,
+                    resources,
+                    leading
+                }
+            ))),
         (
             cluster_status(),
             vec(proptest::option::of(resources()), 0..4)

@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::{
-    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LogIndex, NodeReport, NodeRole,
-    NodeStatus, ReplicaId, Reply, RequestId, Resources, WriteOp, MAX_SYNC_REPLICAS,
+    Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LeaderTerms, LogIndex, NodeReport,
+    NodeRole, NodeStatus, ReplicaId, Reply, RequestId, Resources, WriteOp, MAX_SYNC_REPLICAS,
     MAX_SYNC_TIMEOUT_MS,
 };
 
@@ -379,11 +379,21 @@ impl Node {
         }
     }
 
-    /// This replica's status with its resources.
+    /// This replica's status with its resources and, when it leads, its
+    /// terms.
     pub fn report(&self) -> NodeReport {
+        let leading = match &self.role {
+            Role::Leader(l) => Some(LeaderTerms {
+                sync_replicas: l.sync_replicas,
+                sync_timeout_ms: u64::try_from(l.sync_timeout.as_millis()).unwrap_or(u64::MAX),
+                async_fallback: l.async_fallback,
+            }),
+            _ => None,
+        };
         NodeReport {
             status: self.status(),
             resources: self.resources(),
+            leading,
         }
     }
 

@@ -449,3 +449,47 @@ async fn clients_stalled_mid_frame_cost_the_balancer_its_read_budget_not_their_f
         (STALLERS * partial.len()) >> 20
     );
 }
+
+/// The report: a Promote with more sync replicas than the cluster has
+/// made every write answer `Indeterminate` and the balancer never failed
+/// over. A leader now reports the terms it leads with, and the balancer
+/// replaces one that can never commit (here, one promoted by a peer that
+/// plays coordinator) with one promoted on its own terms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_promoted_needing_more_followers_than_exist_is_replaced() {
+    let cluster = Cluster::with_balancer(3, &[], &[]).await.unwrap();
+    let leader = cluster.wait_steady(crate::CONVERGE).await.unwrap();
+    let mut c = cluster.connect_balancer().await.unwrap();
+    let epoch = c.cluster_status().await.unwrap().epoch;
+    // A peer that plays coordinator at the next term: fences everyone,
+    // promotes the leader needing 200 followers, points the others at it.
+    let hostile =
+        semikv_protocol::Epoch::new(epoch.term() + 1, semikv_protocol::CoordinatorId(0xbad)).raw();
+    for i in 0..3 {
+        let mut admin = cluster.connect(i, Role::Balancer).await.unwrap();
+        let fenced = admin.fence(hostile).await.unwrap();
+        assert!(semikv_tests::client::node(&fenced).is_ok(), "{fenced:?}");
+    }
+    let mut admin = cluster.connect(leader, Role::Balancer).await.unwrap();
+    let promoted = admin.promote(hostile, 200, 1000).await.unwrap();
+    assert!(
+        semikv_tests::client::node(&promoted).is_ok(),
+        "{promoted:?}"
+    );
+    let leader_id = u32::try_from(leader + 1).unwrap();
+    for i in (0..3).filter(|&i| i != leader) {
+        let mut admin = cluster.connect(i, Role::Balancer).await.unwrap();
+        let reply = admin
+            .follow(hostile, leader_id, cluster.replica(leader).addr)
+            .await
+            .unwrap();
+        assert!(semikv_tests::client::node(&reply).is_ok(), "{reply:?}");
+    }
+    // Writes flow again, at an epoch above the hostile one.
+    let r = c
+        .set_until_acked("after", "hostile promote", crate::CONVERGE)
+        .await;
+    cluster.explain(r).unwrap();
+    let status = c.cluster_status().await.unwrap();
+    assert!(status.epoch.raw() > hostile, "{status:?}");
+}

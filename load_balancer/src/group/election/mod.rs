@@ -468,6 +468,7 @@ impl Engine {
             return false;
         };
         let disk_full = report.disk_full;
+        let unmeetable = report.unmeetable;
         match self.stall.observe(report, now) {
             StallVerdict::Fine => false,
             StallVerdict::Damped {
@@ -487,6 +488,10 @@ impl Engine {
                     debug!(leader = %self.addr(leader), epoch = %epoch, connected, needed, wait_ms, "stalled leader still kept: failover damped");
                 }
                 false
+            }
+            StallVerdict::Stalled { .. } if unmeetable => {
+                warn!(leader = %self.addr(leader), epoch = %epoch, replicas = self.addrs.len(), "leader was promoted needing more followers than the cluster has: it can never commit; electing a new one");
+                true
             }
             StallVerdict::Stalled { .. } if disk_full => {
                 warn!(leader = %self.addr(leader), epoch = %epoch, "leader refuses writes: its disk is full; failing over to a replica with room");

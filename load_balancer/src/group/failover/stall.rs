@@ -106,6 +106,9 @@ pub struct LeaderReport {
     /// followers has room: it counts as stalled (it commits nothing) and
     /// leadership moves to a replica that can write.
     pub disk_full: bool,
+    /// It was promoted (by some coordinator) needing more followers than
+    /// the cluster has: it commits nothing, ever, and counts as stalled.
+    pub unmeetable: bool,
 }
 
 /// What [`StallWatch::observe`] concludes.
@@ -218,7 +221,7 @@ impl StallWatch {
         }
         self.last_seq = Some(report.seq);
         let needed = self.rule.sync;
-        if report.connected >= needed && !report.disk_full {
+        if report.connected >= needed && !report.disk_full && !report.unmeetable {
             self.short = 0;
             // A flapping link gives a few good reports between stalls; only
             // a leader that keeps its followers for as long as the current

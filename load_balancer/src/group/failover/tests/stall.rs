@@ -25,6 +25,7 @@ fn report(slot: usize, epoch: u64, seq: u64, connected: usize, others: usize) ->
         connected,
         healthy_others: others,
         disk_full: false,
+        unmeetable: false,
     }
 }
 
@@ -91,6 +92,24 @@ fn a_leader_whose_disk_is_full_is_stalled_even_with_its_followers_connected() {
             ..report(0, 1, seq, 2, 2)
         };
         last = w.observe(full, at);
+        at += HB;
+    }
+    assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
+}
+
+#[test]
+fn a_leader_that_needs_more_followers_than_exist_is_stalled() {
+    let mut w = watch(1, 3);
+    let (mut at, mut seq) = (Instant::now(), 0);
+    assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 2), StallVerdict::Fine);
+    let mut last = StallVerdict::Fine;
+    for _ in 0..3 {
+        seq += 1;
+        let hopeless = LeaderReport {
+            unmeetable: true,
+            ..report(0, 1, seq, 2, 2)
+        };
+        last = w.observe(hopeless, at);
         at += HB;
     }
     assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
