@@ -223,11 +223,19 @@ pub const DEFAULT_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// whether the unfinished frame in the buffer has waited longer than the
 /// limit. An idle connection (nothing buffered) is never stalled, nor is
 /// one waiting for the read budget ([`crate::budget`]).
+///
+/// Times are the ticks' scheduled instants, not the moments the task ran:
+/// a frame first seen at one tick is judged exactly `limit` later, two
+/// ticks on, so a stalled frame is closed within `limit` plus half of it
+/// after its first byte (a real clock read a hair late made that the
+/// third tick: up to twice the limit).
 #[derive(Debug)]
 pub struct FrameClock {
     limit: std::time::Duration,
     ticks: tokio::time::Interval,
     partial_since: Option<tokio::time::Instant>,
+    /// The scheduled instant of the last tick.
+    now: tokio::time::Instant,
 }
 
 impl FrameClock {
@@ -242,19 +250,20 @@ impl FrameClock {
             limit,
             ticks,
             partial_since: None,
+            now: tokio::time::Instant::now(),
         }
     }
 
     /// Waits for the next look at the buffer.
     pub async fn tick(&mut self) {
-        self.ticks.tick().await;
+        self.now = self.ticks.tick().await;
     }
 
     /// Looks at `reader`'s buffer.
     ///
     /// # Errors
     /// [`ProtocolError::Stalled`] when bytes of an unfinished frame have sat
-    /// there since a look at least `limit` ago.
+    /// there since a look at least `limit` before the last tick.
     pub fn check(&mut self, reader: &FrameReader) -> Result<(), ProtocolError> {
         let have = reader.read_buffer().len();
         // A connection stopped by the read budget is not stalling: its time
@@ -263,10 +272,9 @@ impl FrameClock {
             self.partial_since = None;
             return Ok(());
         }
-        let since = *self
-            .partial_since
-            .get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() >= self.limit {
+        let now = self.now;
+        let since = *self.partial_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.limit {
             return Err(ProtocolError::Stalled {
                 have: have as u64,
                 after: self.limit,

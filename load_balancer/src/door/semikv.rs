@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
@@ -256,7 +256,7 @@ async fn serve(
             // the buffer, and they are not stalled.
             () = clock.tick(), if slots.available_permits() > 0 => {
                 if let Err(stalled) = clock.check(&stream) {
-                    debug!(error = %stalled, "closing a client that stalled mid-frame");
+                    info!(peer = %peer, error = %stalled, "closing a client that stalled mid-frame");
                     break;
                 }
             }
