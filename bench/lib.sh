@@ -14,6 +14,12 @@
 #                         logs and ready files in DIR; returns once a write
 #                         commits through the balancer. Sets ADDRS (replica
 #                         1-3 addresses), REPLICA_PIDS, LB_PID and LB_ADDR.
+#                         Optional arrays, unset by default: REPLICA_ARGS and
+#                         LB_ARGS (more flags for each replica / the
+#                         balancer), RUN_PREFIX (a command each process is
+#                         started under, e.g. `prlimit --nofile=1024:1024`,
+#                         which must exec it so that its pid is the
+#                         process's).
 # and, once sourced, PIDS=() (every process started in the background goes
 # in it) and traps that on every exit path (normal end, error, SIGINT,
 # SIGTERM) stop everything in PIDS and remove WORK, unless KEEP=1 or the
@@ -100,8 +106,10 @@ start_cluster() {
     ADDRS=()
     REPLICA_PIDS=()
     for id in 1 2 3; do
-        "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$dir/data-$id" \
-            --fsync "$fsync" --ready-file "$dir/replica-$id.addr" 2>"$dir/replica-$id.log" &
+        "${RUN_PREFIX[@]+"${RUN_PREFIX[@]}"}" \
+            "$BIN/semikv-server" "$id" --listen 127.0.0.1:0 --data-dir "$dir/data-$id" \
+            --fsync "$fsync" --ready-file "$dir/replica-$id.addr" \
+            "${REPLICA_ARGS[@]+"${REPLICA_ARGS[@]}"}" 2>"$dir/replica-$id.log" &
         PIDS+=($!)
         REPLICA_PIDS+=($!)
     done
@@ -109,8 +117,9 @@ start_cluster() {
         wait_for_file "$dir/replica-$id.addr" 30
         ADDRS+=("$(tr -d '\n' <"$dir/replica-$id.addr")")
     done
-    "$BIN/semikv-lb" 127.0.0.1:0 "${ADDRS[@]}" --sync-replicas 1 \
-        --ready-file "$dir/lb.addr" 2>"$dir/lb.log" &
+    "${RUN_PREFIX[@]+"${RUN_PREFIX[@]}"}" \
+        "$BIN/semikv-lb" 127.0.0.1:0 "${ADDRS[@]}" --sync-replicas 1 \
+        --ready-file "$dir/lb.addr" "${LB_ARGS[@]+"${LB_ARGS[@]}"}" 2>"$dir/lb.log" &
     PIDS+=($!)
     # shellcheck disable=SC2034 # for the caller (cpu.sh reads its CPU time)
     LB_PID=$!
