@@ -563,7 +563,8 @@ def fmt_client(s):
         return "no requests"
     parts = []
     if "p50_ms" in s:
-        parts.append("p50/p99/max %.2f/%.2f/%.0f ms" % (s["p50_ms"], s["p99_ms"], s["max_ms"]))
+        parts.append("p50/p99/max %.2f/%.2f/%s ms" % (
+            s["p50_ms"], s["p99_ms"], ("%.0f" if s["max_ms"] >= 10 else "%.1f") % s["max_ms"]))
     parts.append("%d/%d ok (%d SET, %d GET)" % (s["ok"], s["requests"], s["sets_ok"], s["gets_ok"]))
     if s["errors"]:
         parts.append("errors: " + ", ".join("%d %s" % (n, k) for k, n in sorted(s["errors"].items())))
