@@ -27,6 +27,8 @@ fn set_delete_noop() {
 #[derive(Debug, Clone)]
 enum Step {
     Set(u8, u8),
+    /// As a snapshot being loaded sets a key.
+    Insert(u8, u8),
     Delete(u8),
     /// A snapshot starts: a clone is kept.
     Snapshot,
@@ -38,6 +40,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0u8..16, any::<u8>()).prop_map(|(k, v)| Step::Set(k, v)),
+        1 => (0u8..16, any::<u8>()).prop_map(|(k, v)| Step::Insert(k, v)),
         2 => (0u8..16).prop_map(Step::Delete),
         1 => Just(Step::Snapshot),
         1 => Just(Step::Finish),
@@ -91,6 +94,11 @@ fn key_of(k: u8) -> Bytes {
     })
 }
 
+/// What [`Store::bytes`] must be for a store holding `model`.
+fn bytes_of(model: &BTreeMap<Bytes, Bytes>) -> usize {
+    model.iter().map(|(k, v)| entry_bytes(k.len(), v.len())).sum()
+}
+
 fn contents(s: &Store) -> BTreeMap<Bytes, Bytes> {
     let mut seen = BTreeMap::new();
     for (k, v) in s.iter() {
@@ -105,7 +113,8 @@ fn contents(s: &Store) -> BTreeMap<Bytes, Bytes> {
 
 proptest! {
     /// The store behaves like a plain map whatever snapshots come and go,
-    /// and every snapshot keeps exactly the contents it was taken with.
+    /// every snapshot keeps exactly the contents it was taken with, and both
+    /// count exactly the bytes of what they hold after every step.
     #[test]
     fn behaves_like_a_map_while_snapshots_share_it(steps in proptest::collection::vec(step(), 1..200)) {
         let mut store = Store::default();
@@ -116,6 +125,11 @@ proptest! {
                 Step::Set(k, v) => {
                     let (k, v) = (key_of(k), value_of(v));
                     store.apply(&WriteOp::Set { key: k.clone(), value: v.clone() });
+                    model.insert(k, v);
+                }
+                Step::Insert(k, v) => {
+                    let (k, v) = (key_of(k), value_of(v));
+                    store.insert(&k, v.clone());
                     model.insert(k, v);
                 }
                 Step::Delete(k) => {
@@ -129,6 +143,7 @@ proptest! {
                         let (snap, at) = snapshots.remove(0);
                         prop_assert_eq!(contents(&snap), at.clone());
                         prop_assert_eq!(snap.len(), at.len());
+                        prop_assert_eq!(snap.bytes(), bytes_of(&at));
                     }
                 }
                 Step::Fold(n) => {
@@ -147,21 +162,53 @@ proptest! {
             // Every overlay key is listed once, ready to fold.
             prop_assert_eq!(store.unfolded.len(), store.delta.len());
             prop_assert_eq!(store.len(), model.len());
+            prop_assert_eq!(store.bytes(), bytes_of(&model));
             for k in 0u8..16 {
                 let k = key_of(k);
                 prop_assert_eq!(store.get(&k), model.get(&k).cloned());
+                prop_assert_eq!(
+                    store.entry_bytes_of(&k),
+                    model.get(&k).map(|v| entry_bytes(k.len(), v.len()))
+                );
             }
         }
         prop_assert_eq!(contents(&store), model.clone());
         for (snap, at) in &snapshots {
             prop_assert_eq!(&contents(snap), at);
+            prop_assert_eq!(snap.bytes(), bytes_of(at));
         }
         // Once every snapshot is gone, folding empties the overlay.
         snapshots.clear();
         prop_assert!(store.fold(usize::MAX));
         prop_assert!(store.delta.is_empty() && store.unfolded.is_empty());
+        prop_assert_eq!(store.bytes(), bytes_of(&model));
         prop_assert_eq!(contents(&store), model);
     }
+}
+
+#[test]
+fn bytes_count_keys_values_and_the_overhead_of_each_key() {
+    let mut s = Store::default();
+    assert_eq!(s.bytes(), 0);
+    s.insert(b"key", Bytes::from(vec![b'v'; 100]));
+    assert_eq!(s.bytes(), 3 + 100 + ENTRY_OVERHEAD);
+    // An overwrite counts the difference, a shorter value less.
+    s.insert(b"key", Bytes::from_static(b"v"));
+    assert_eq!(s.bytes(), 3 + 1 + ENTRY_OVERHEAD);
+    // Deleting an absent key changes nothing, even while a snapshot shares
+    // the map (the overlay then holds a deletion of a key never set).
+    let snap = s.clone();
+    s.apply(&WriteOp::Delete {
+        key: Bytes::from_static(b"absent"),
+    });
+    assert_eq!(s.bytes(), 3 + 1 + ENTRY_OVERHEAD);
+    s.apply(&WriteOp::Delete {
+        key: Bytes::from_static(b"key"),
+    });
+    assert_eq!((s.bytes(), snap.bytes()), (0, 3 + 1 + ENTRY_OVERHEAD));
+    drop(snap);
+    assert!(s.fold(usize::MAX));
+    assert_eq!(s.bytes(), 0);
 }
 
 #[test]
