@@ -7,6 +7,10 @@
 //! range starting at the index where that epoch's leader began writing, in
 //! every replica's log: that is what lets [`MemLog::common_prefix`] find the
 //! point where two logs diverge from their histories alone.
+//!
+//! The log keeps a running total of its entries' sizes ([`entry_size`])
+//! beside them, so the bytes of any suffix, such as the entries not yet
+//! applied, are one subtraction ([`MemLog::bytes_after`]).
 
 use std::collections::VecDeque;
 
@@ -39,14 +43,23 @@ pub struct MemLog {
     base_index: LogIndex,
     base_epoch: Epoch,
     entries: VecDeque<Entry>,
+    /// `ends[i]`: [`entry_size`] summed over every entry appended since the
+    /// log was made or reset, up to and including `entries[i]`. Only ever
+    /// subtracted from one another, so the origin does not matter.
+    ends: VecDeque<usize>,
+    /// The running total at the base: `ends` of the last entry compacted
+    /// away (0 if none).
+    base_end: usize,
     history: Vec<EpochStart>,
-    bytes: usize,
 }
 
-/// Approximate in-memory size of an entry, for snapshot triggers and batching.
+/// What [`entry_size`] adds to an entry's key and value bytes.
+pub const ENTRY_OVERHEAD: usize = 32;
+
+/// Approximate in-memory size of an entry, for snapshot triggers and batching:
+/// its key and value bytes plus [`ENTRY_OVERHEAD`].
 pub fn entry_size(entry: &Entry) -> usize {
-    const OVERHEAD: usize = 32;
-    OVERHEAD
+    ENTRY_OVERHEAD
         + match &entry.op {
             WriteOp::Set { key, value } => key.len() + value.len(),
             WriteOp::Delete { key } => key.len(),
@@ -62,8 +75,9 @@ impl MemLog {
             base_index,
             base_epoch,
             entries: VecDeque::new(),
+            ends: VecDeque::new(),
+            base_end: 0,
             history,
-            bytes: 0,
         }
     }
 
@@ -82,9 +96,28 @@ impl MemLog {
         self.base_index
     }
 
-    /// Bytes held in memory by entries after the base.
+    /// Bytes held in memory by entries after the base ([`entry_size`] summed).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.end() - self.base_end
+    }
+
+    /// [`entry_size`] summed over the entries after `index` (all of them if
+    /// `index` is at or below the base, none past the last), in O(1): what
+    /// the entries not yet applied hold, with `index` the applied one.
+    pub fn bytes_after(&self, index: LogIndex) -> usize {
+        let upto = match index.0.checked_sub(self.base_index.0 + 1) {
+            None => self.base_end,
+            Some(offset) => match usize::try_from(offset).ok().and_then(|o| self.ends.get(o)) {
+                Some(&end) => end,
+                None => return 0,
+            },
+        };
+        self.end() - upto
+    }
+
+    /// The running total after the last entry.
+    fn end(&self) -> usize {
+        self.ends.back().copied().unwrap_or(self.base_end)
     }
 
     /// The epoch history.
@@ -149,7 +182,7 @@ impl MemLog {
                 start: entry.index,
             });
         }
-        self.bytes += entry_size(&entry);
+        self.ends.push_back(self.end() + entry_size(&entry));
         self.entries.push_back(entry);
         Ok(())
     }
@@ -157,9 +190,8 @@ impl MemLog {
     /// Removes every entry after `index` (which must not be below the base).
     pub fn truncate_after(&mut self, index: LogIndex) {
         while self.entries.back().is_some_and(|e| e.index > index) {
-            if let Some(e) = self.entries.pop_back() {
-                self.bytes -= entry_size(&e);
-            }
+            self.entries.pop_back();
+            self.ends.pop_back();
         }
         self.history.retain(|h| h.start <= index);
     }
@@ -175,7 +207,7 @@ impl MemLog {
             if let Some(e) = self.entries.pop_front() {
                 self.base_index = e.index;
                 self.base_epoch = e.epoch;
-                self.bytes -= entry_size(&e);
+                self.base_end = self.ends.pop_front().unwrap_or(self.base_end);
             }
         }
     }
@@ -261,6 +293,7 @@ fn ranges(history: &[EpochStart], last: LogIndex) -> Vec<(Epoch, LogIndex, LogIn
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use proptest::prelude::*;
 
     fn entry(index: u64, epoch: u64) -> Entry {
         Entry {
@@ -343,6 +376,71 @@ mod tests {
             log.entries_from(LogIndex(11), 100, 1 << 20).unwrap().len(),
             0
         );
+    }
+
+    /// `entry_size` summed over the entries after `index`, the slow way.
+    fn sum_after(log: &MemLog, index: LogIndex) -> usize {
+        let first = index.max(log.base_index()).next();
+        (first.0..=log.last_index().0)
+            .filter_map(|i| log.get(LogIndex(i)))
+            .map(entry_size)
+            .sum()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// An entry with a value of this many bytes.
+        Append(usize),
+        /// Truncate after `last - n`, at most down to the base.
+        Truncate(u64),
+        /// Compact up to `base + n`, at most `max` entries.
+        Compact(u64, usize),
+        Reset,
+    }
+
+    proptest! {
+        /// `bytes_after` and `bytes` match the sums over the entries held,
+        /// whatever appends, truncations, compactions and resets come.
+        #[test]
+        fn bytes_after_is_the_sum_of_the_entries_after(
+            steps in proptest::collection::vec(prop_oneof![
+                4 => (0usize..300).prop_map(Step::Append),
+                1 => (0u64..5).prop_map(Step::Truncate),
+                1 => (0u64..5, 1usize..4).prop_map(|(n, max)| Step::Compact(n, max)),
+                1 => Just(Step::Reset),
+            ], 1..100)
+        ) {
+            let mut log = MemLog::default();
+            for step in steps {
+                match step {
+                    Step::Append(len) => {
+                        let index = log.last_index().next();
+                        let mut e = entry(index.0, 1);
+                        e.op = WriteOp::Set {
+                            key: Bytes::from_static(b"k"),
+                            value: Bytes::from(vec![0; len]),
+                        };
+                        log.append(e).unwrap();
+                    }
+                    Step::Truncate(n) => {
+                        let to = LogIndex(log.last_index().0.saturating_sub(n));
+                        log.truncate_after(to.max(log.base_index()));
+                    }
+                    Step::Compact(n, max) => {
+                        log.compact(LogIndex(log.base_index().0 + n), max);
+                    }
+                    Step::Reset => {
+                        let base = log.last_index();
+                        log.reset(base, Epoch::from_raw(1), Vec::new());
+                    }
+                }
+                prop_assert_eq!(log.bytes(), sum_after(&log, LogIndex(0)));
+                for i in 0..=log.last_index().0 + 2 {
+                    let index = LogIndex(i);
+                    prop_assert_eq!(log.bytes_after(index), sum_after(&log, index), "after {}", i);
+                }
+            }
+        }
     }
 
     #[test]

@@ -96,7 +96,10 @@ fn key_of(k: u8) -> Bytes {
 
 /// What [`Store::bytes`] must be for a store holding `model`.
 fn bytes_of(model: &BTreeMap<Bytes, Bytes>) -> usize {
-    model.iter().map(|(k, v)| entry_bytes(k.len(), v.len())).sum()
+    model
+        .iter()
+        .map(|(k, v)| entry_bytes(k.len(), v.len()))
+        .sum()
 }
 
 fn contents(s: &Store) -> BTreeMap<Bytes, Bytes> {
