@@ -171,7 +171,8 @@ pub enum ErrorReply {
     /// (protocol 3). It was never appended, so it did not happen; reads and
     /// writes that shrink the store keep working.
     OutOfMemory {
-        /// Bytes the store holds now.
+        /// Bytes the store holds now, with the writes in flight to it
+        /// counted at the most they can add.
         used: u64,
         /// The limit.
         limit: u64,

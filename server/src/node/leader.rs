@@ -23,7 +23,9 @@ impl Node {
     /// # Errors
     /// `NotLeader` on a non-leader; `Storage` once the disk has failed;
     /// `DiskFull` while the disk has no room ([`Node::on_disk_full`]);
-    /// `Diverged` once diverged.
+    /// `Diverged` once diverged; `OutOfMemory` when a `Set` would grow the
+    /// store past its limit, counting the writes not yet applied (see
+    /// [`Node::set_memory_limit`]).
     pub fn propose(
         &mut self,
         op: WriteOp,
@@ -44,6 +46,7 @@ impl Node {
                 reason: reason.clone(),
             });
         }
+        self.check_memory(&op)?;
         let index = self.append_local(op);
         let mut sync_timeout = Duration::ZERO;
         if let Role::Leader(l) = &mut self.role {

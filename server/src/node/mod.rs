@@ -230,6 +230,9 @@ pub struct Node {
     commit: LogIndex,
     applied: LogIndex,
     store: Store,
+    /// `--max-memory`: the bytes the store may grow to through writes this
+    /// node leads (see `memory.rs`); `None`: no limit.
+    memory_limit: Option<u64>,
     durable: LogIndex,
     generation: u64,
     outbox: Vec<WalCmd>,
@@ -290,6 +293,7 @@ impl Node {
             commit: base,
             applied: base,
             store: recovered.store,
+            memory_limit: None,
             durable: last,
             generation: 0,
             outbox: Vec::new(),
@@ -374,8 +378,8 @@ impl Node {
                 .disk_full
                 .clone()
                 .or_else(|| self.no_room.as_ref().map(|(reason, _)| reason.clone())),
-            memory_used: 0,
-            memory_limit: None,
+            memory_used: self.memory_used(),
+            memory_limit: self.memory_limit,
         }
     }
 
@@ -603,6 +607,7 @@ impl Node {
 mod compaction;
 mod follower;
 mod leader;
+mod memory;
 mod roles;
 
 pub use roles::MAX_TERM;

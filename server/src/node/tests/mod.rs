@@ -122,5 +122,6 @@ fn lone_leader() -> Node {
 mod commit;
 mod epochs;
 mod follower;
+mod memory;
 mod snapshot;
 mod waiters;
