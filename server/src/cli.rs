@@ -11,7 +11,7 @@ use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::ReplicaId;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FsyncPolicy, DEFAULT_SNAPSHOT_BYTES};
+use crate::config::{parse_max_memory, Config, FsyncPolicy, DEFAULT_SNAPSHOT_BYTES};
 
 /// Port of replica 0; replica N listens on `BASE_PORT + N` by default.
 pub const BASE_PORT: u16 = 8080;
@@ -59,6 +59,12 @@ pub struct Args {
     /// timed out.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub idle_timeout_secs: u64,
+    /// Most the store may hold (keys, values and about 100 bytes per key);
+    /// past it, writes that would grow it are refused with OutOfMemory
+    /// while reads and deletes go on [default: no limit]. Bytes, or k/m/g
+    /// (powers of 1000), kb/mb/gb (powers of 1024), as in Redis: 512mb.
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
+    pub max_memory: Option<u64>,
 }
 
 impl Args {
@@ -92,6 +98,7 @@ impl Args {
         config.ready_file = self.ready_file;
         config.idle_timeout = (self.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(self.idle_timeout_secs));
+        config.max_memory = self.max_memory;
         Ok((config, listen))
     }
 }
@@ -161,5 +168,17 @@ mod tests {
                 .unwrap();
         assert_eq!(config.max_buffered_input, 32 * 1024 * 1024);
         assert!(Args::try_parse_from(["semikv-server", "1", "--max-buffered-input", "0"]).is_err());
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let args = Args::try_parse_from(["semikv-server", "1"].iter().chain(args)).unwrap();
+        args.into_config().unwrap().0
+    }
+
+    #[test]
+    fn max_memory_is_off_unless_asked() {
+        assert_eq!(config(&[]).max_memory, None);
+        assert_eq!(config(&["--max-memory", "2mb"]).max_memory, Some(2 << 20));
+        assert!(Args::try_parse_from(["semikv-server", "1", "--max-memory", "0"]).is_err());
     }
 }

@@ -44,6 +44,62 @@ impl FromStr for FsyncPolicy {
     }
 }
 
+/// Smallest `--max-memory` accepted: below it a store holds a few thousand
+/// small keys at most, and a figure that low is more likely a unit left
+/// out (`512` for `512mb`) than a wish.
+pub const MIN_MAX_MEMORY: u64 = 1 << 20;
+
+/// Largest `--max-memory` accepted (1 PiB): more than any machine semikv
+/// runs on, so a larger figure is a typo.
+pub const MAX_MAX_MEMORY: u64 = 1 << 50;
+
+/// Parses a `--max-memory` size: whole bytes, or a number with one of
+/// Redis's units (`k`, `m`, `g`: powers of 1000; `kb`, `mb`, `gb`: powers
+/// of 1024, as in `maxmemory 512mb`; `kib`, `mib`, `gib` too), any case.
+///
+/// # Errors
+/// A message naming what is wrong: not a size, 0, below
+/// [`MIN_MAX_MEMORY`] or above [`MAX_MAX_MEMORY`].
+pub fn parse_max_memory(s: &str) -> Result<u64, String> {
+    let not_a_size = || format!("expected bytes or a size such as 512mb or 2gb, got {s:?}");
+    let too_large = || format!("{s} is above the largest limit accepted, 1 PiB");
+    let lower = s.trim().to_ascii_lowercase();
+    let digits = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits);
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" | "kib" => 1 << 10,
+        "m" => 1000 * 1000,
+        "mb" | "mib" => 1 << 20,
+        "g" => 1000 * 1000 * 1000,
+        "gb" | "gib" => 1 << 30,
+        _ => return Err(not_a_size()),
+    };
+    let number: u64 = match number.parse() {
+        Ok(number) => number,
+        Err(_) if number.is_empty() => return Err(not_a_size()),
+        // Digits only, so too many of them for a u64.
+        Err(_) => return Err(too_large()),
+    };
+    if number == 0 {
+        return Err("0 would refuse every write; leave the flag out for no limit".to_string());
+    }
+    let bytes = number
+        .checked_mul(scale)
+        .filter(|&b| b <= MAX_MAX_MEMORY)
+        .ok_or_else(too_large)?;
+    if bytes < MIN_MAX_MEMORY {
+        return Err(format!(
+            "{s} is {bytes} bytes, below the smallest limit accepted, 1 MiB \
+             ({MIN_MAX_MEMORY} bytes); did you leave out a unit, as in {number}mb?"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Default size of the log since the last snapshot that triggers a new one.
 pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -83,6 +139,11 @@ pub struct Config {
     /// stay idle, nothing in flight and nothing sent, before it is closed;
     /// `None`: never (the default, like Redis's `timeout 0`).
     pub idle_timeout: Option<Duration>,
+    /// `--max-memory`: the bytes the store may grow to through writes this
+    /// replica leads (see [`crate::storage::store::Store::bytes`]); past
+    /// it they are refused with `OutOfMemory`. `None`: no limit (the
+    /// default).
+    pub max_memory: Option<u64>,
 }
 
 impl Config {
@@ -101,6 +162,7 @@ impl Config {
             frame_timeout: semikv_protocol::codec::DEFAULT_FRAME_TIMEOUT,
             max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
+            max_memory: None,
         }
     }
 }
@@ -120,5 +182,40 @@ mod tests {
         assert!("interval:0".parse::<FsyncPolicy>().is_err());
         assert!("interval:x".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn parses_memory_limits_in_bytes_and_redis_units() {
+        assert_eq!(parse_max_memory("2097152"), Ok(2 << 20));
+        assert_eq!(parse_max_memory("512mb"), Ok(512 << 20));
+        assert_eq!(parse_max_memory("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_max_memory("1gb"), Ok(1 << 30));
+        assert_eq!(parse_max_memory("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_max_memory("2000k"), Ok(2_000_000));
+        assert_eq!(parse_max_memory("4096kb"), Ok(4 << 20));
+        assert_eq!(parse_max_memory(" 3m "), Ok(3_000_000));
+        assert_eq!(parse_max_memory("1048576b"), Ok(MIN_MAX_MEMORY));
+    }
+
+    #[test]
+    fn refuses_memory_limits_that_are_no_limit_or_absurd() {
+        for (arg, says) in [
+            ("0", "leave the flag out"),
+            ("0gb", "leave the flag out"),
+            ("", "expected bytes"),
+            ("mb", "expected bytes"),
+            ("12 mb", "expected bytes"),
+            ("1.5gb", "expected bytes"),
+            ("-1", "expected bytes"),
+            ("10tb", "expected bytes"),
+            ("512", "did you leave out a unit, as in 512mb?"),
+            ("1048575", "below the smallest limit"),
+            ("1048577gb", "above the largest limit"),
+            ("99999999999999999999", "above the largest limit"),
+            ("18446744073709551615gb", "above the largest limit"),
+        ] {
+            let err = parse_max_memory(arg).expect_err(arg);
+            assert!(err.contains(says), "{arg:?}: {err}");
+        }
     }
 }

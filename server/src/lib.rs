@@ -78,7 +78,7 @@ pub async fn run(
     );
     let signals = Signals::new();
     let watches = Watches::of(&signals);
-    let node = Node::new(
+    let mut node = Node::new(
         config.id,
         addr.to_string(),
         Recovered {
@@ -89,6 +89,19 @@ pub async fn run(
         },
         signals,
     );
+    node.set_memory_limit(config.max_memory);
+    if let Some(limit) = config.max_memory {
+        let used = node.memory_used();
+        if used > limit {
+            tracing::warn!(
+                used,
+                limit,
+                "recovered store is past --max-memory; writes that grow it are refused"
+            );
+        } else {
+            tracing::info!(used, limit, "store memory limited");
+        }
+    }
     let replica = Arc::new(Replica::new(
         node,
         watches,

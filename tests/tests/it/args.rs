@@ -50,6 +50,23 @@ fn server_with_bad_fsync_policy_exits_2_naming_it() {
 }
 
 #[test]
+fn server_with_a_zero_or_absurd_memory_limit_exits_2_saying_why() {
+    let exe = bin::server().unwrap();
+    for (limit, says) in [
+        ("0", "leave the flag out"),
+        ("512", "did you leave out a unit"),
+        ("2pb", "expected bytes or a size"),
+    ] {
+        let (code, stderr) = run(
+            &exe,
+            &["1", "--listen", "127.0.0.1:0", "--max-memory", limit],
+        );
+        assert_eq!(code, Some(2), "--max-memory {limit}: {stderr}");
+        assert!(stderr.contains(says), "--max-memory {limit}: {stderr}");
+    }
+}
+
+#[test]
 fn server_with_bad_listen_address_exits_2() {
     let exe = bin::server().unwrap();
     let (code, stderr) = run(&exe, &["1", "--listen", "nowhere"]);
