@@ -11,6 +11,7 @@ mod disk_full;
 mod faults;
 mod hostile;
 mod limits;
+mod max_memory;
 mod replication;
 mod single;
 
