@@ -131,7 +131,7 @@ if wanted baseline || wanted flood || wanted slowloris || wanted greedy || wante
             log "slowloris: $SLOW_CONNS partial 16 MiB frames to the $target (up to 60 s)"
             run_bg "${PY[@]}" slowloris "${ARGS[@]}" --target "$target" --conns "$SLOW_CONNS" \
                 --declared $((16 << 20)) --send $((SLOW_SEND_MIB << 20)) --wait 60 \
-                --limit "frame <= 16 MiB (--max-frame on replicas); its buffer grows with the bytes received, reserving at most 64 KiB ahead; a frame must arrive whole within 30 s of its first byte (checked twice a period: closed within 45 s, says the README); no global budget for buffered request bytes yet"
+                --limit "frame <= 16 MiB (--max-frame on replicas); its buffer grows with the bytes received, reserving at most 64 KiB ahead; a frame must arrive whole within 30 s of its first byte (checked twice a period: closed within 45 s); frames over 64 KiB wait for the process-wide read budget (--max-buffered-input, default 512 MiB) before more of them is read"
         done
     fi
     if wanted greedy; then
