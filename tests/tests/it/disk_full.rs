@@ -81,6 +81,15 @@ async fn write(
     }
 }
 
+/// Writes `n` keys `PREFIX-i`, each until acknowledged, into `acked`.
+async fn write_acked(c: &mut Client, prefix: &str, n: usize, acked: &mut BTreeMap<String, String>) {
+    for i in 0..n {
+        let (key, value) = (format!("{prefix}-{i}"), format!("value-of-{prefix}-{i}"));
+        c.set_until_acked(&key, &value, CONVERGE).await.unwrap();
+        acked.insert(key, value);
+    }
+}
+
 /// Every acknowledged key reads back its value through the balancer.
 async fn assert_all_readable(c: &mut Client, acked: &BTreeMap<String, String>) {
     for (key, value) in acked {
@@ -114,16 +123,7 @@ async fn a_leader_whose_disk_fills_is_replaced_and_takes_writes_again_once_space
     let old = rig.cluster.wait_steady(CONVERGE).await.unwrap();
     let mut c = rig.cluster.connect_balancer().await.unwrap();
     let mut acked = BTreeMap::new();
-    for i in 0..20 {
-        c.set_until_acked(
-            &format!("before-{i}"),
-            &format!("value-of-before-{i}"),
-            CONVERGE,
-        )
-        .await
-        .unwrap();
-        acked.insert(format!("before-{i}"), format!("value-of-before-{i}"));
-    }
+    write_acked(&mut c, "before", 20, &mut acked).await;
 
     let took = rig.disks[old].fill().unwrap();
     let filled = std::time::Instant::now();
@@ -158,16 +158,7 @@ async fn a_leader_whose_disk_fills_is_replaced_and_takes_writes_again_once_space
 
     rig.disks[old].free().unwrap();
     wait_disk_state(&mut c, old, false).await.unwrap();
-    for i in 0..20 {
-        c.set_until_acked(
-            &format!("after-{i}"),
-            &format!("value-of-after-{i}"),
-            CONVERGE,
-        )
-        .await
-        .unwrap();
-        acked.insert(format!("after-{i}"), format!("value-of-after-{i}"));
-    }
+    write_acked(&mut c, "after", 20, &mut acked).await;
     // The old leader follows and catches up: a steady cluster again.
     rig.cluster.wait_steady(CONVERGE).await.unwrap();
     assert_all_readable(&mut c, &acked).await;
@@ -181,16 +172,7 @@ async fn with_every_disk_full_the_cluster_serves_reads_and_recovers_without_a_re
     let leader = rig.cluster.wait_steady(CONVERGE).await.unwrap();
     let mut c = rig.cluster.connect_balancer().await.unwrap();
     let mut acked = BTreeMap::new();
-    for i in 0..20 {
-        c.set_until_acked(
-            &format!("before-{i}"),
-            &format!("value-of-before-{i}"),
-            CONVERGE,
-        )
-        .await
-        .unwrap();
-        acked.insert(format!("before-{i}"), format!("value-of-before-{i}"));
-    }
+    write_acked(&mut c, "before", 20, &mut acked).await;
     // The followers' disks first: with a follower that has room, a full
     // leader would be replaced (the other test).
     for (i, disk) in rig.disks.iter().enumerate() {
@@ -228,16 +210,7 @@ async fn with_every_disk_full_the_cluster_serves_reads_and_recovers_without_a_re
         disk.free().unwrap();
     }
     let freed = std::time::Instant::now();
-    for i in 0..20 {
-        c.set_until_acked(
-            &format!("after-{i}"),
-            &format!("value-of-after-{i}"),
-            CONVERGE,
-        )
-        .await
-        .unwrap();
-        acked.insert(format!("after-{i}"), format!("value-of-after-{i}"));
-    }
+    write_acked(&mut c, "after", 20, &mut acked).await;
     eprintln!(
         "20 writes acknowledged {} ms after space was freed",
         freed.elapsed().as_millis()
@@ -266,12 +239,7 @@ async fn a_replica_restarted_empty_on_a_full_disk_gets_no_reads_until_it_catches
     let leader = rig.cluster.wait_steady(CONVERGE).await.unwrap();
     let mut c = rig.cluster.connect_balancer().await.unwrap();
     let mut acked = BTreeMap::new();
-    for i in 0..200 {
-        c.set_until_acked(&format!("key-{i}"), &format!("value-of-key-{i}"), CONVERGE)
-            .await
-            .unwrap();
-        acked.insert(format!("key-{i}"), format!("value-of-key-{i}"));
-    }
+    write_acked(&mut c, "key", 200, &mut acked).await;
     let f = (leader + 1) % 3;
     rig.cluster.kill_replica(f).unwrap();
     let data = rig.disks[f].path().to_path_buf();
