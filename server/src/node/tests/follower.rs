@@ -5,11 +5,7 @@ use super::*;
 
 #[test]
 fn a_follower_applies_only_what_the_leader_committed() {
-    let mut n = fresh(2);
-    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
-        .unwrap();
-    let gen = n.role_gen;
-    stream_from(&mut n, gen, 1, 0).unwrap();
+    let (mut n, gen) = streaming_follower();
     n.on_entries(
         gen,
         Epoch::from_raw(1),
@@ -104,11 +100,7 @@ fn a_deposed_leader_truncates_its_unacknowledged_tail() {
 
 #[test]
 fn a_stream_may_never_cut_committed_entries() {
-    let mut n = fresh(2);
-    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
-        .unwrap();
-    let gen = n.role_gen;
-    stream_from(&mut n, gen, 1, 0).unwrap();
+    let (mut n, gen) = streaming_follower();
     n.on_entries(
         gen,
         Epoch::from_raw(1),
@@ -145,11 +137,7 @@ fn stream_events_of_an_old_role_are_superseded() {
 
 #[test]
 fn durability_reports_of_an_older_generation_are_ignored() {
-    let mut n = fresh(2);
-    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
-        .unwrap();
-    let gen = n.role_gen;
-    stream_from(&mut n, gen, 1, 0).unwrap();
+    let (mut n, gen) = streaming_follower();
     n.on_entries(
         gen,
         Epoch::from_raw(1),
@@ -173,11 +161,7 @@ fn durability_reports_of_an_older_generation_are_ignored() {
 /// in memory) but still learns the commit index from heartbeats.
 #[test]
 fn a_follower_with_a_full_disk_refuses_entries_but_not_heartbeats() {
-    let mut n = fresh(2);
-    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
-        .unwrap();
-    let gen = n.role_gen;
-    stream_from(&mut n, gen, 1, 0).unwrap();
+    let (mut n, gen) = streaming_follower();
     n.on_entries(
         gen,
         Epoch::from_raw(1),

@@ -105,6 +105,17 @@ fn value(node: &Node, key: &str) -> Option<Bytes> {
     node.store.get(key.as_bytes())
 }
 
+/// Replica 2 following replica 1 at epoch 1, its stream open from index 0;
+/// with its role generation.
+fn streaming_follower() -> (Node, u64) {
+    let mut n = fresh(2);
+    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
+        .unwrap();
+    let gen = n.role_gen;
+    stream_from(&mut n, gen, 1, 0).unwrap();
+    (n, gen)
+}
+
 /// A leader at epoch 1 that needs no follower acknowledgement.
 fn lone_leader() -> Node {
     let mut n = fresh(1);

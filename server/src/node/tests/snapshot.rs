@@ -64,11 +64,7 @@ fn a_big_snapshot_is_compacted_in_steps_and_the_next_waits_for_it() {
 
 #[test]
 fn an_installed_snapshot_resets_the_compaction_target() {
-    let mut n = fresh(2);
-    n.persist_and_follow(Epoch::from_raw(1), ReplicaId(1), "l".to_string())
-        .unwrap();
-    let gen = n.role_gen;
-    stream_from(&mut n, gen, 1, 0).unwrap();
+    let (mut n, gen) = streaming_follower();
     let first: Vec<Entry> = (1..=10)
         .map(|i| entry(i, 1, set(&format!("k{i}"), "v")))
         .collect();
