@@ -128,9 +128,9 @@ if wanted baseline || wanted flood || wanted slowloris || wanted greedy || wante
     fi
     if wanted slowloris; then
         for target in lb leader; do
-            log "slowloris: $SLOW_CONNS partial 16 MiB frames to the $target (up to 60 s)"
+            log "slowloris: $SLOW_CONNS partial 16 MiB frames to the $target (up to 200 s: the read budget admits 32 at a time)"
             run_bg "${PY[@]}" slowloris "${ARGS[@]}" --target "$target" --conns "$SLOW_CONNS" \
-                --declared $((16 << 20)) --send $((SLOW_SEND_MIB << 20)) --wait 60 \
+                --declared $((16 << 20)) --send $((SLOW_SEND_MIB << 20)) --wait 200 \
                 --limit "frame <= 16 MiB (--max-frame on replicas); its buffer grows with the bytes received, reserving at most 64 KiB ahead; a frame must arrive whole within 30 s of its first byte (checked twice a period: closed within 45 s); frames over 64 KiB wait for the process-wide read budget (--max-buffered-input, default 512 MiB) before more of them is read"
         done
     fi
