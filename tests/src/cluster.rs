@@ -197,7 +197,7 @@ impl Cluster {
     /// Waits until the balancer sees a steady cluster: every replica
     /// healthy at the balancer's epoch, one leading, the others following,
     /// each having applied what the leader had committed when the wait
-    /// began. Returns the leader's index.
+    /// began (asked of the leader itself). Returns the leader's index.
     ///
     /// # Errors
     /// There is no balancer, it stopped answering, or the cluster was not
@@ -213,7 +213,19 @@ impl Cluster {
                 .as_ref()
                 .and_then(|l| status.replicas.iter().find(|r| &r.addr == l));
             if let Some(leader) = leader {
-                let goal = *goal.get_or_insert(leader.commit_index);
+                let goal = match goal {
+                    Some(goal) => goal,
+                    // The leader's own commit index, not the balancer's last
+                    // report of it, which may predate writes acknowledged
+                    // just before this call.
+                    None => {
+                        let own = match self.index_of(&leader.addr) {
+                            Some(i) => self.connect(i, Role::Client).await?.status().await?,
+                            None => bail!("the balancer's leader {} is not a replica", leader.addr),
+                        };
+                        *goal.insert(own.commit_index.max(leader.commit_index))
+                    }
+                };
                 let steady = leader.role == NodeRole::Leader
                     && status.replicas.iter().all(|r| {
                         r.healthy
