@@ -309,3 +309,32 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
         vec!["snap-00000000000000000013.bin"]
     );
 }
+
+/// Frozen bytes of a whole snapshot file (header, one pairs record, end):
+/// a change here means existing snapshots no longer load, which needs a
+/// snapshot format version bump.
+#[test]
+fn golden_snapshot_bytes() {
+    const GOLDEN: &str = "00000011183255060073656d696b76535301070202010102040000000b3356b79a\
+                          010201610131016b0200ff000000029de111510202";
+    let dir = tempfile::tempdir().unwrap();
+    let pairs: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"k", &[0x00, 0xff])];
+    let path = write(dir.path(), &meta(7), pairs.iter().copied()).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN, "the snapshot format changed");
+    // A file holding the frozen bytes loads back to that snapshot.
+    let frozen: Vec<u8> = (0..GOLDEN.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
+        .collect();
+    let old = tempfile::tempdir().unwrap();
+    let snapshots = old.path().join(SNAPSHOT_DIR);
+    fs::create_dir_all(&snapshots).unwrap();
+    fs::write(snapshots.join(path.file_name().unwrap()), &frozen).unwrap();
+    let (m, s) = load_latest(old.path()).unwrap().unwrap();
+    assert_eq!(m, meta(7));
+    assert_eq!(s.get(b"a"), Some(Bytes::from_static(b"1")));
+    assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
+    assert_eq!(s.len(), 2);
+}
