@@ -4,7 +4,7 @@
 //! `cargo bench -p semikv-server --bench replication [-- --seconds N]`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,12 +2,10 @@
 //! its data directory, a snapshot that is not what the leader announced or
 //! that would roll back what it already committed, and a good one survives a
 //! restart. The test plays the leader on a loopback socket.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 
+use crate::support::{next, Conn, FakeLeader, Peer, Server};
 use bytes::Bytes;
 use futures::SinkExt;
 use semikv_protocol::{
@@ -15,7 +13,6 @@ use semikv_protocol::{
     Reply, Role, SnapshotChunk, SnapshotOffer, WriteOp,
 };
 use semikv_server::storage::{self, meta, snapshot, snapshot::SnapshotMeta, store::Store, wal};
-use support::{next, Conn, FakeLeader, Peer, Server};
 
 /// Id the fake leader claims.
 const LEADER: u32 = 9;

@@ -4,10 +4,8 @@
 //! The test plays the leader on a loopback socket and hands the follower a
 //! stream start whose entry at the common prefix differs from its own (what
 //! two leaders of one epoch would leave behind).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::support::{next, FakeLeader, Peer, Server};
 use bytes::Bytes;
 use futures::SinkExt;
 use semikv_protocol::{
@@ -15,7 +13,6 @@ use semikv_protocol::{
     WriteOp,
 };
 use semikv_server::storage::{self, meta, wal};
-use support::{next, FakeLeader, Peer, Server};
 
 const LEADER: u32 = 9;
 

@@ -1,12 +1,9 @@
 //! Replication, epochs and failover rules of real replicas on loopback
 //! sockets, with the test playing the balancer.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::support::{elect, start_many, Peer, Server};
 use bytes::Bytes;
 use semikv_protocol::{Epoch, ErrorReply, LogIndex, Message, NodeRole, Op, Reply, Role, WireError};
-use support::{elect, start_many, Peer, Server};
 
 fn b(s: &str) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(s.as_bytes()))
@@ -428,7 +425,7 @@ async fn a_follower_behind_the_leaders_snapshot_catches_up_by_snapshot() {
 
 /// Waits until a snapshot file exists under `dir`.
 async fn wait_for_snapshot_file(dir: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
         let found = std::fs::read_dir(dir.join("snapshot"))
             .map(|entries| {

@@ -1,12 +1,9 @@
 //! Admin messages a replica refuses change nothing, on disk included: an
 //! epoch is persisted only for a message the replica will act on.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::support::{Peer, Server};
 use semikv_protocol::{Epoch, ErrorReply, Role, MAX_SYNC_TIMEOUT_MS};
 use semikv_server::storage::meta;
-use support::{Peer, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_promote_leaves_the_persisted_epoch_alone() {

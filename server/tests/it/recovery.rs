@@ -1,12 +1,9 @@
 //! Start-up recovery of a replica from what a crash left on disk.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
+use crate::support::{Peer, Server};
 use bytes::Bytes;
 use semikv_protocol::{Entry, Epoch, EpochStart, LogIndex, Role, WriteOp};
 use semikv_server::storage::{self, snapshot::SnapshotMeta, store::Store, wal};
-use support::{Peer, Server};
 
 fn set(index: u64, epoch: u64, key: &str) -> wal::Record {
     wal::Record::Entry(Entry {

@@ -1,15 +1,12 @@
 //! A client that starts a request frame and stalls holds the bytes it sent
 //! only until the frame timeout: then its connection is closed, while an
 //! idle connection (between frames) stays open as long as it likes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::{Server, WAIT};
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::{Hello, Message, MessageCodec, Role};
-use support::{Server, WAIT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
