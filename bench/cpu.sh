@@ -47,17 +47,6 @@ build_release semikv-server semikv-lb semikv-bench semikv
 log "starting 3 replicas (--fsync $FSYNC) and a balancer (--sync-replicas 1)"
 start_cluster "$WORK" "$FSYNC"
 
-# leader_id: prints the id (1-3) of the replica the balancer calls leader, or 0.
-leader_id() {
-    local addr i
-    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json status |
-        python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader") or "")')
-    for i in 0 1 2; do
-        [[ ${ADDRS[$i]} == "$addr" ]] && { echo $((i + 1)); return; }
-    done
-    echo 0
-}
-
 # snap NAME: NAME=(balancer, replica 1, 2, 3 utime+stime; this shell's
 # cutime+cstime; machine busy ticks; wall clock). Builtins only: no child is
 # forked (and so none reaped) while taking it.

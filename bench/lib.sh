@@ -8,6 +8,8 @@
 #   wait_for_file FILE S  waits up to S seconds for FILE to be non-empty
 #   build_release BIN...  builds those release binaries of the workspace and
 #                         sets BIN to the directory that holds them
+#   leader_id             the id (1-3) of the replica the balancer calls
+#                         leader, or 0 (after start_cluster)
 #   start_cluster DIR FSYNC
 #                         3 replicas (`--fsync FSYNC`) and a balancer
 #                         (`--sync-replicas 1`) on free loopback ports, data,
@@ -133,4 +135,15 @@ start_cluster() {
         ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $dir)"; return 1; }
         sleep 0.2
     done
+}
+
+# leader_id: prints the id (1-3) of the replica the balancer calls leader, or 0.
+leader_id() {
+    local addr i
+    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json status |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader") or "")')
+    for i in 0 1 2; do
+        [[ ${ADDRS[$i]} == "$addr" ]] && { echo $((i + 1)); return; }
+    done
+    echo 0
 }

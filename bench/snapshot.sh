@@ -43,16 +43,6 @@ status_field() {
         python3 -c "import json, sys; print(json.load(sys.stdin)['replicas'][$1 - 1]['$2'])"
 }
 
-leader_id() {
-    local addr i
-    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json status |
-        python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader") or "")')
-    for i in 0 1 2; do
-        [[ ${ADDRS[$i]} == "$addr" ]] && { echo $((i + 1)); return; }
-    done
-    echo 0
-}
-
 # kib PID FIELD: FIELD (VmRSS, VmHWM) of PID in KiB.
 kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 mib() { echo $(($1 / 1024)); }
