@@ -1265,8 +1265,6 @@ def run_fence(args):
         scale = "one Fence at term %s (the highest accepted) to the leader, as a balancer" % (
             "2^62" if int(args.term) == MAX_TERM else args.term)
         sit = "fence at the highest accepted term (separate cluster)"
-    if not args.term == "absurd" and changes and not recovered.startswith("; a leader"):
-        pass
     emit(args, sit, scale, args.limit, leader, m, client, outcome, problems)
     return 0
 

@@ -79,39 +79,36 @@ fn stalled_only_after_down_after_short_reports_in_a_row() {
     );
 }
 
-#[test]
-fn a_leader_whose_disk_is_full_is_stalled_even_with_its_followers_connected() {
+/// After a fine run, three reports of a leader with both followers
+/// connected but marked by `mark`: the last verdict.
+fn verdict_when(mark: impl Fn(LeaderReport) -> LeaderReport) -> StallVerdict {
     let mut w = watch(1, 3);
     let (mut at, mut seq) = (Instant::now(), 0);
     assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 1), StallVerdict::Fine);
     let mut last = StallVerdict::Fine;
     for _ in 0..3 {
         seq += 1;
-        let full = LeaderReport {
-            disk_full: true,
-            ..report(0, 1, seq, 2, 2)
-        };
-        last = w.observe(full, at);
+        last = w.observe(mark(report(0, 1, seq, 2, 2)), at);
         at += HB;
     }
+    last
+}
+
+#[test]
+fn a_leader_whose_disk_is_full_is_stalled_even_with_its_followers_connected() {
+    let last = verdict_when(|r| LeaderReport {
+        disk_full: true,
+        ..r
+    });
     assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
 }
 
 #[test]
 fn a_leader_that_needs_more_followers_than_exist_is_stalled() {
-    let mut w = watch(1, 3);
-    let (mut at, mut seq) = (Instant::now(), 0);
-    assert_eq!(feed(&mut w, &mut at, &mut seq, 15, 2), StallVerdict::Fine);
-    let mut last = StallVerdict::Fine;
-    for _ in 0..3 {
-        seq += 1;
-        let hopeless = LeaderReport {
-            unmeetable: true,
-            ..report(0, 1, seq, 2, 2)
-        };
-        last = w.observe(hopeless, at);
-        at += HB;
-    }
+    let last = verdict_when(|r| LeaderReport {
+        unmeetable: true,
+        ..r
+    });
     assert!(matches!(last, StallVerdict::Stalled { .. }), "{last:?}");
 }
 
