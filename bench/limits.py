@@ -59,7 +59,7 @@ WIRE_NAMES = ["FrameTooLarge", "ChecksumMismatch", "Undecodable", "BadMagic",
 ROLE_NAMES = ["Idle", "Leader", "Follower"]
 
 U64_MAX = (1 << 64) - 1
-MAX_TERM = 1 << 62  # server/src/node/roles.rs
+MAX_TERM = 1 << 62  # protocol/src/ids.rs
 
 
 def varint(n):

@@ -147,7 +147,7 @@ if wanted baseline || wanted flood || wanted slowloris || wanted greedy || wante
     if wanted fence; then
         log "fence: absurd epochs, as a balancer"
         run_bg "${PY[@]}" fence "${ARGS[@]}" --term absurd --watch 5 \
-            --limit "epoch term <= 2^62 (MAX_TERM), else Invalid and nothing persisted"
+            --limit "epoch term <= 2^62 (MAX_TERM), or past it <= 2^32 above the replica's own, else Invalid and nothing persisted"
     fi
     if wanted promote; then
         log "promote: absurd settings, as a balancer"
@@ -162,7 +162,7 @@ if wanted fence-max; then
     cluster fence-max
     log "fence-max: a fence at term 2^62 (accepted) to the leader; watching 20 s"
     run_bg "${PY[@]}" fence "${ARGS[@]}" --term $((1 << 62)) --watch 5 --recover 15 \
-        --limit "epoch term <= 2^62 accepted; the balancer then elects at term 2^62 + 1"
+        --limit "epoch term <= 2^62 accepted (then 2^32 at a time); the balancer passes over a replica pushed there alone and elects among the others"
     stop_all
 fi
 if wanted promote-max; then

@@ -119,7 +119,30 @@ impl Epoch {
     pub fn successor(self, coordinator: CoordinatorId) -> Option<Epoch> {
         Some(Epoch::new(self.term.checked_add(1)?, coordinator))
     }
+
+    /// Whether a replica at `current` may move to `self` (replicas and
+    /// balancers share this rule, so a balancer never mints an epoch the
+    /// replicas it counts on would refuse): `self` is not below `current`,
+    /// and its term is at most [`MAX_TERM`] or at most [`TERM_STEP`] above
+    /// `current`'s.
+    pub fn acceptable_after(self, current: Epoch) -> bool {
+        self >= current
+            && (self.term <= MAX_TERM || self.term <= current.term.saturating_add(TERM_STEP))
+    }
 }
+
+/// The highest term a replica moves to in one step from any lower one: no
+/// cluster holds 2^62 elections (a billion a second for 146 years). Beyond
+/// it a replica only moves [`TERM_STEP`] at a time, so a peer that pushes
+/// replicas to this term leaves coordinators all the epochs they will ever
+/// mint above it, while walking to `u64::MAX` would take it 2^30 fenced
+/// (fsynced) epochs per replica. An absolute bound below, rather than a
+/// bound on every jump: replicas moved by different amounts would then
+/// refuse each other's epochs and no election could gather its answers.
+pub const MAX_TERM: u64 = 1 << 62;
+
+/// How far above its own term a replica already past [`MAX_TERM`] moves.
+pub const TERM_STEP: u64 = 1 << 32;
 
 impl fmt::Display for Epoch {
     /// `term.coordinator`, the coordinator in hex: `12.8f3a9c21d4e0b7f6`.
@@ -186,6 +209,21 @@ mod tests {
         assert!(next > current);
         assert_eq!((next.term(), next.coordinator()), (8, mine));
         assert_eq!(Epoch::new(u64::MAX, theirs).successor(mine), None);
+    }
+
+    #[test]
+    fn past_the_last_term_a_replica_moves_one_step_at_a_time() {
+        let (a, b) = (CoordinatorId(1), CoordinatorId(2));
+        let low = Epoch::new(7, a);
+        assert!(Epoch::new(MAX_TERM, b).acceptable_after(low));
+        assert!(!Epoch::new(MAX_TERM + 1, b).acceptable_after(low));
+        assert!(!Epoch::new(6, b).acceptable_after(low), "never down");
+        let last = Epoch::new(MAX_TERM, a);
+        assert!(Epoch::new(MAX_TERM + 1, b).acceptable_after(last));
+        assert!(Epoch::new(MAX_TERM + TERM_STEP, b).acceptable_after(last));
+        assert!(!Epoch::new(MAX_TERM + TERM_STEP + 1, b).acceptable_after(last));
+        let top = Epoch::new(u64::MAX - 1, a);
+        assert!(Epoch::new(u64::MAX, b).acceptable_after(top), "no overflow");
     }
 
     #[test]

@@ -29,5 +29,5 @@ pub mod sync;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;
-pub use ids::{CoordinatorId, Epoch, LogIndex, ReplicaId, RequestId};
+pub use ids::{CoordinatorId, Epoch, LogIndex, ReplicaId, RequestId, MAX_TERM, TERM_STEP};
 pub use message::*;

@@ -539,7 +539,7 @@ mod memory;
 mod report;
 mod roles;
 
-pub use roles::MAX_TERM;
+pub use roles::{MAX_TERM, TERM_STEP};
 
 #[cfg(test)]
 mod tests;

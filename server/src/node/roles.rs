@@ -3,14 +3,7 @@
 
 use super::*;
 
-/// The highest term a replica accepts: no cluster holds 2^62 elections (a
-/// billion a second for 146 years), and above it 3 x 2^62 terms remain, so
-/// a peer that pushes every replica there still leaves coordinators all the
-/// epochs they will ever mint. An absolute bound rather than a bound on the
-/// jump over the replica's own epoch: replicas moved by different amounts
-/// would then refuse each other's epochs and no election could gather its
-/// answers.
-pub const MAX_TERM: u64 = 1 << 62;
+pub use semikv_protocol::{MAX_TERM, TERM_STEP};
 
 impl Node {
     /// Checks that an admin message at `epoch` may be acted on, without
@@ -18,9 +11,10 @@ impl Node {
     ///
     /// # Errors
     /// `StaleEpoch` if `epoch` is below the current one; `Invalid` if its
-    /// term is above [`MAX_TERM`]: no coordinator gets there by elections,
-    /// and accepting it would persist an epoch coordinators might never go
-    /// above.
+    /// term is above [`MAX_TERM`] and more than [`TERM_STEP`] above the
+    /// current one ([`Epoch::acceptable_after`]): no coordinator gets there
+    /// by elections, and accepting it would persist an epoch coordinators
+    /// might never go above.
     pub fn check_epoch(&self, epoch: Epoch) -> Result<(), ErrorReply> {
         if epoch < self.epoch {
             return Err(ErrorReply::StaleEpoch {
@@ -28,11 +22,13 @@ impl Node {
                 current: self.epoch,
             });
         }
-        if epoch.term() > MAX_TERM {
+        if !epoch.acceptable_after(self.epoch) {
             return Err(ErrorReply::Invalid {
                 reason: format!(
-                    "epoch {epoch} is above the highest term a replica accepts \
-                     ({MAX_TERM}); refused"
+                    "epoch {epoch} is too far above this replica's {}: a \
+                     replica takes terms up to {MAX_TERM}, and beyond it at \
+                     most {TERM_STEP} above its own; refused",
+                    self.epoch
                 ),
             });
         }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_values;
 mod args;
 mod balancer;
 mod coordinators;

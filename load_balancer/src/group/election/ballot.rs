@@ -23,6 +23,7 @@ impl Engine {
     pub(super) fn elect(&mut self, epoch: Epoch, now: Instant) -> Vec<Command> {
         let started = self.lost_at.unwrap_or(now);
         self.ballot = Some(epoch);
+        self.minted = self.minted.max(epoch);
         self.table.raise_epoch(epoch);
         let wait = self.fence_wait();
         // The leader whose loss started this election, if the health checks
@@ -86,6 +87,7 @@ impl Engine {
             return Vec::new();
         };
         self.ballot = Some(epoch);
+        self.minted = self.minted.max(epoch);
         let others: Vec<usize> = (0..self.addrs.len())
             .filter(|&slot| slot != stalled)
             .collect();
@@ -196,9 +198,7 @@ impl Engine {
         epoch: Epoch,
         now: Instant,
     ) -> bool {
-        let replicas = self.addrs.len();
-        let sync = failover::sync_replicas(self.config.sync_replicas, replicas);
-        let needed = failover::election_quorum(replicas, sync);
+        let needed = self.quorum();
         if fenced.len() >= needed {
             self.postponed = None;
             return true;

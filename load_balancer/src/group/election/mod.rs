@@ -233,6 +233,8 @@ pub struct Engine {
     stall: StallWatch,
     /// An epoch this engine minted and fenced with but promoted no one at.
     ballot: Option<Epoch>,
+    /// The highest epoch this engine ever fenced with.
+    minted: Epoch,
     /// The last election that was postponed, while it may go on.
     postponed: Option<Postponed>,
     /// What the table showed at the previous full round.
@@ -277,6 +279,7 @@ impl Engine {
             grace_until: None,
             started: false,
             ballot: None,
+            minted: Epoch::ZERO,
             postponed: None,
             previous: Vec::new(),
             committing_elsewhere: false,
@@ -288,6 +291,14 @@ impl Engine {
             follow_refused: (0..replicas).map(|_| Throttle::default()).collect(),
             config,
         }
+    }
+
+    /// How many fence answers an election needs
+    /// ([`failover::election_quorum`]).
+    fn quorum(&self) -> usize {
+        let replicas = self.addrs.len();
+        let sync = failover::sync_replicas(self.config.sync_replicas, replicas);
+        failover::election_quorum(replicas, sync)
     }
 
     /// The engine's name in the epochs it mints.
@@ -353,6 +364,8 @@ impl Engine {
         let mut current = self.table.current();
         current.coordinator = self.coordinator;
         current.ballot = self.ballot;
+        current.minted = self.minted;
+        current.quorum = self.quorum();
         current
     }
 
@@ -450,7 +463,7 @@ impl Engine {
             Plan::Exhausted { max } => {
                 self.stall.clear();
                 if self.exhausted_warned.due(now) {
-                    error!(max_epoch = %max, "no epoch above the highest one seen can be minted (a replica was moved to the last term); no leader can be elected");
+                    error!(max_epoch = %max, "no epoch above the highest one seen can be minted (peers moved a quorum of replicas to the last term); no leader can be elected");
                 }
                 self.leader_lost(now).into_iter().collect()
             }

@@ -128,7 +128,15 @@ impl Engine {
                 }
             }
             Ok(Reply::Error(ErrorReply::StaleEpoch { current, .. })) => {
-                warn!(addr = %addr, current = %current, "follow refused: stale epoch");
+                // A replica a peer pushed far above the cluster's epoch
+                // refuses every round until the others catch up with it.
+                if self
+                    .follow_refused
+                    .get_mut(slot)
+                    .is_some_and(|t| t.due_every(now, super::FOLLOW_REFUSED_EVERY))
+                {
+                    warn!(addr = %addr, current = %current, "follow refused: the replica is at a newer epoch (asked again every round; said again every 30 s while it lasts)");
+                }
                 self.table.raise_epoch(current);
             }
             Ok(Reply::Error(e)) => {

@@ -75,6 +75,12 @@ pub struct BalancerView {
     /// An epoch this balancer minted and fenced with but promoted no one at
     /// (the election was postponed): it may go on at it.
     pub ballot: Option<Epoch>,
+    /// The highest epoch this balancer ever fenced with: it never mints
+    /// at or below it again (but for `ballot`).
+    pub minted: Epoch,
+    /// How many fence answers an election needs
+    /// ([`election_quorum`]); 0 counts as 1.
+    pub quorum: usize,
 }
 
 /// The decision for one round.
@@ -165,13 +171,15 @@ pub fn plan(observed: &[Observed], current: BalancerView) -> Plan {
 /// seen: the ballot of its own postponed election if that is still the
 /// highest (it promoted no one at it, so going on at it promotes at most
 /// once, and no epoch is burnt per retry), else the next term under its own
-/// id. `None` when the terms are exhausted.
+/// id, and above every epoch it minted before. `None` when the terms are
+/// exhausted.
 pub fn election_epoch(max_seen: Epoch, current: BalancerView) -> Option<Epoch> {
+    let floor = max_seen.max(current.minted);
     match current.ballot {
-        Some(ballot) if ballot == max_seen && ballot.coordinator() == current.coordinator => {
+        Some(ballot) if ballot == floor && ballot.coordinator() == current.coordinator => {
             Some(ballot)
         }
-        _ => max_seen.successor(current.coordinator),
+        _ => floor.successor(current.coordinator),
     }
 }
 
@@ -217,13 +225,38 @@ pub fn leader_refused(observed: &[Observed], epoch: Epoch) -> bool {
     })
 }
 
-/// The highest epoch any replica reported or the balancer remembers; an
-/// election must use one above it.
+/// The highest epoch that counts: elections mint above it, and a leader
+/// must lead at it to be kept. It is the highest epoch any replica reported
+/// or the balancer remembers, passing over any epoch whose successor fewer
+/// than `quorum` of the replicas seen would move to
+/// ([`Epoch::acceptable_after`]).
+///
+/// Passing over matters only when a peer has pushed a minority of replicas
+/// past [`semikv_protocol::MAX_TERM`] (or near it): minting above them
+/// would gather too few fence answers, and the cluster would stay without a
+/// leader for good. The replicas pushed there stay out (they refuse the
+/// lower epoch) until the rest catch up with them; everyone else elects as
+/// before. Among honest coordinators every epoch is far below the last
+/// term, every seen replica would take the successor of the highest, and
+/// this is simply the highest.
 pub fn max_epoch(observed: &[Observed], current: BalancerView) -> Epoch {
-    observed
+    let seen: Vec<Epoch> = observed
         .iter()
         .filter_map(|o| o.seen.map(|s| s.epoch))
-        .fold(current.max_epoch, Epoch::max)
+        .collect();
+    let mut candidates: Vec<Epoch> = seen.iter().copied().chain([current.max_epoch]).collect();
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    let highest = candidates.first().copied().unwrap_or(Epoch::ZERO);
+    let quorum = current.quorum.max(1);
+    let takers = |e: Epoch| {
+        e.successor(current.coordinator).map_or(0, |next| {
+            seen.iter().filter(|&&at| next.acceptable_after(at)).count()
+        })
+    };
+    candidates
+        .into_iter()
+        .find(|&e| takers(e) >= quorum)
+        .unwrap_or(highest)
 }
 
 /// Healthy replicas other than `leader` that are not following at `epoch`:

@@ -368,7 +368,15 @@ fn an_absurd_epoch_or_promote_is_refused_and_changes_nothing() {
     // However far below it, a jump is fine: replicas moved by different
     // amounts still take each other's epochs.
     n.persist_and_fence(Epoch::new(MAX_TERM, B)).unwrap();
-    assert!(Epoch::new(MAX_TERM, B).successor(A).is_some());
+    // And from there coordinators go on electing, a step at a time.
+    let next = Epoch::new(MAX_TERM, B).successor(A).unwrap();
+    n.persist_and_fence(next).unwrap();
+    let leap = Epoch::new(next.term() + TERM_STEP + 1, B);
+    assert!(matches!(
+        n.persist_and_fence(leap),
+        Err(ErrorReply::Invalid { .. })
+    ));
+    assert_eq!(n.epoch(), next);
     // Settings no balancer sends: every write would hang or wait forever.
     let mut fresh = node(2, Epoch::ZERO, MemLog::default());
     for settings in [

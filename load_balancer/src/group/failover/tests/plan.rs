@@ -84,8 +84,117 @@ fn no_election_past_the_last_term() {
         max_epoch: last,
         ..BalancerView::default()
     };
-    let obs = [up(seen(1, Idle, 0, 0, 0))];
+    let obs = [up(seen(1, Idle, u64::MAX, 0, 0))];
     assert_eq!(plan(&obs, current), Plan::Exhausted { max: last });
+}
+
+/// Three replicas, one election answer short of none: `quorum` 2.
+fn three(me: CoordinatorId) -> BalancerView {
+    BalancerView {
+        coordinator: me,
+        quorum: 2,
+        ..BalancerView::default()
+    }
+}
+
+#[test]
+fn a_replica_pushed_to_the_last_term_is_passed_over_not_followed_into_a_stall() {
+    let me = CoordinatorId(0x11);
+    let last = semikv_protocol::MAX_TERM;
+    // A peer fenced replica 1 at the last term (it would take MAX_TERM + 1,
+    // the others would refuse it): elect above the others instead.
+    let mut poisoned = seen(1, Idle, last, 5, 10);
+    poisoned.epoch = Epoch::new(last, CoordinatorId(0xbad));
+    let obs = [
+        up(poisoned),
+        up(seen(2, Follower, 5, 5, 10)),
+        up(seen(3, Follower, 5, 5, 10)),
+    ];
+    let mut current = three(me);
+    // The refused fence reported its epoch: remembered, and passed over too.
+    current.max_epoch = poisoned.epoch;
+    assert_eq!(
+        plan(&obs, current),
+        Plan::Elect {
+            epoch: Epoch::new(6, me)
+        }
+    );
+    // Once the others lead and follow at 6, the leader is kept: the
+    // replica above them is not a reason to elect again and again.
+    let obs = [
+        up(poisoned),
+        up(StatusSummary {
+            epoch: Epoch::new(6, me),
+            ..seen(2, Leader, 5, 5, 10)
+        }),
+        up(StatusSummary {
+            epoch: Epoch::new(6, me),
+            ..seen(3, Follower, 5, 5, 10)
+        }),
+    ];
+    current.minted = Epoch::new(6, me);
+    current.leader = Some(1);
+    assert_eq!(
+        plan(&obs, current),
+        Plan::Steady {
+            leader: 1,
+            epoch: Epoch::new(6, me),
+            follow: vec![0],
+        }
+    );
+    // Even a peer's "leader" up there is not adopted while too few
+    // replicas could follow it.
+    let mut usurper = poisoned;
+    usurper.role = Leader;
+    let obs = [up(usurper), obs[1], obs[2]];
+    assert!(matches!(
+        plan(&obs, current),
+        Plan::Steady { leader: 1, .. }
+    ));
+}
+
+#[test]
+fn replicas_pushed_to_the_last_term_as_a_quorum_are_followed_past_it() {
+    let me = CoordinatorId(0x11);
+    let last = Epoch::new(semikv_protocol::MAX_TERM, CoordinatorId(0xbad));
+    let at_last = |id| StatusSummary {
+        epoch: last,
+        ..seen(id, Idle, 0, 5, 10)
+    };
+    let obs = [
+        up(at_last(1)),
+        up(at_last(2)),
+        up(seen(3, Follower, 5, 5, 10)),
+    ];
+    let next = last.successor(me).unwrap();
+    assert!(next.acceptable_after(last));
+    assert_eq!(plan(&obs, three(me)), Plan::Elect { epoch: next });
+}
+
+#[test]
+fn an_election_never_mints_at_or_below_an_epoch_it_minted_before() {
+    let me = CoordinatorId(0x11);
+    // It fenced at 9 and promoted at 9, and nobody reported 9 yet: 10,
+    // not 9 again.
+    let mut current = BalancerView {
+        minted: Epoch::new(9, me),
+        ..three(me)
+    };
+    let obs = [up(seen(1, Idle, 5, 5, 10)), up(seen(2, Idle, 5, 5, 10))];
+    assert_eq!(
+        plan(&obs, current),
+        Plan::Elect {
+            epoch: Epoch::new(10, me)
+        }
+    );
+    // Had it promoted no one at 9, it goes on at 9.
+    current.ballot = Some(Epoch::new(9, me));
+    assert_eq!(
+        plan(&obs, current),
+        Plan::Elect {
+            epoch: Epoch::new(9, me)
+        }
+    );
 }
 
 #[test]
