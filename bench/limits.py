@@ -1060,7 +1060,15 @@ def run_greedy(args):
     setter.close()
     log_path = args.log_dir + "/" + {"lb": "lb", "r1": "replica-1", "r2": "replica-2",
                                      "r3": "replica-3"}[target] + ".log"
-    logged_before = open(log_path).read().count("past the output limit")
+    # The balancer logs either: past the output limit, or (its window
+    # keeping the client under it) nothing read for the write timeout.
+    cutoff_lines = ("past the output limit", "read none of its answers for the write timeout")
+
+    def cutoffs():
+        text = open(log_path).read()
+        return sum(text.count(line) for line in cutoff_lines)
+
+    logged_before = cutoffs()
     m = Measure(pids, [target])
     pinger = Pinger(args.lb)
     m.start()
@@ -1080,11 +1088,16 @@ def run_greedy(args):
     poller = select.poll()
     poller.register(g.sock, select.POLLERR | select.POLLHUP | select.POLLRDHUP)
     deadline = time.monotonic() + args.hold
-    while time.monotonic() < deadline and logged_at is None and closed_at is None:
-        if open(log_path).read().count("past the output limit") > logged_before:
+    while time.monotonic() < deadline and logged_at is None:
+        if cutoffs() > logged_before:
             logged_at = time.monotonic() - t_sent
-        if poller.poll(100):
+        if closed_at is None and poller.poll(100):
             closed_at = time.monotonic() - t_sent
+        elif closed_at is not None:
+            # The log line follows the close: give it a moment.
+            if time.monotonic() - t_sent > closed_at + 3:
+                break
+            time.sleep(0.1)
     # The answers already on their way from the replicas still arrive and
     # are dropped: the attack's cost includes them, so measure on a while.
     time.sleep(min(args.after, max(0.0, deadline - time.monotonic())))

@@ -138,7 +138,7 @@ if wanted baseline || wanted flood || wanted slowloris || wanted greedy || wante
         log "greedy: $GREEDY_GETS GETs of a $GREEDY_MIB MiB value, never read, to the balancer"
         run_bg "${PY[@]}" greedy "${ARGS[@]}" --target lb --gets "$GREEDY_GETS" \
             --value-size $((GREEDY_MIB << 20)) --hold 20 --log-dir "$DIR" \
-            --limit "--max-client-output default 256 MiB of unread answers per client on the balancer, then disconnect + log line"
+            --limit "a window of 64 MiB of answers in flight per client (twice --max-client-output if lower); a client that reads nothing for the 10 s write timeout, or leaves more than --max-client-output (256 MiB) unread, is disconnected + log line"
         log "greedy: the same, to the leader directly (up to 40 s)"
         run_bg "${PY[@]}" greedy "${ARGS[@]}" --target leader --gets "$GREEDY_GETS" \
             --value-size $((GREEDY_MIB << 20)) --hold 35 --log-dir "$DIR" \

@@ -235,6 +235,20 @@ impl Proc {
         self.status_bytes("VmRSS:")
     }
 
+    /// Bytes the process has passed to `write` and its kin so far, to
+    /// files and sockets alike (`wchar` in `/proc/PID/io`).
+    ///
+    /// # Errors
+    /// As [`Proc::peak_rss_bytes`].
+    pub fn written_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/io", self.pid());
+        let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        io.lines()
+            .find_map(|line| line.strip_prefix("wchar:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .with_context(|| format!("no wchar line in {path}"))
+    }
+
     /// The `/proc/PID/status` line starting with `key`, a size in KiB, in
     /// bytes.
     fn status_bytes(&self, key: &str) -> anyhow::Result<u64> {

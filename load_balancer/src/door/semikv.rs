@@ -18,19 +18,30 @@ use semikv_protocol::{
     Message, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
-use crate::router::{Router, Session};
+use crate::router::{Router, Session, Window};
 use semikv_protocol::outbox::{self, Outgoing, Sink};
 
 /// Requests one client may have in flight before the balancer stops reading
 /// from it.
 const MAX_IN_FLIGHT: usize = 1024;
+
+/// Bytes of answers one client may have forwarded and not yet written to
+/// it: its [`Window`]. What a client that stops reading has in flight
+/// crosses the replica links whether it is wanted or not, and other
+/// clients' answers on those links wait behind it; 64 MiB is tens of
+/// milliseconds of a link, and still a deep pipeline of the largest values
+/// (8 of 8 MiB). With an output limit under half of it, the window is
+/// twice the limit instead, so that a client that stops reading passes
+/// the limit and is cut off; otherwise it is cut off when its socket has
+/// taken nothing for the write timeout.
+const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long a new connection has to send its `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,23 +91,31 @@ enum ToClient {
     Answer(Answer, Charge),
 }
 
-/// Bytes an answer costs while it waits for its client, about: its values
-/// and a little per reply.
-fn answer_bytes(answer: &Answer) -> usize {
-    fn reply_bytes(reply: &Reply) -> usize {
-        const PER_REPLY: usize = 32;
-        match reply {
-            Reply::Value(Some(value)) => value.len() + PER_REPLY,
-            Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
-            Reply::ClusterReport(report) => {
-                report.status.replicas.len().saturating_mul(512) + PER_REPLY
-            }
-            _ => PER_REPLY,
+/// Bytes a reply costs while it waits for its client, about: its value and
+/// a little more.
+fn reply_bytes(reply: &Reply) -> usize {
+    const PER_REPLY: usize = 32;
+    match reply {
+        Reply::Value(Some(value)) => value.len() + PER_REPLY,
+        Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
+        Reply::ClusterReport(report) => {
+            report.status.replicas.len().saturating_mul(512) + PER_REPLY
         }
+        _ => PER_REPLY,
     }
+}
+
+/// An answer's bytes in all, and its largest reply's.
+fn answer_bytes(answer: &Answer) -> (usize, usize) {
     match answer {
-        Answer::One { reply, .. } => reply_bytes(reply),
-        Answer::Run { replies, .. } => replies.iter().map(|(_, r)| reply_bytes(r)).sum(),
+        Answer::One { reply, .. } => {
+            let bytes = reply_bytes(reply);
+            (bytes, bytes)
+        }
+        Answer::Run { replies, .. } => replies.iter().fold((0, 0), |(sum, largest), (_, r)| {
+            let bytes = reply_bytes(r);
+            (sum + bytes, largest.max(bytes))
+        }),
     }
 }
 
@@ -178,18 +197,22 @@ fn response(tag: Tag, reply: semikv_protocol::Reply) -> Message {
 }
 
 /// The connection's answer sink: its writer's queue, with room for every
-/// slot and one closing message, and its output budget.
+/// slot and one closing message, its output budget, and its window (which
+/// learns the answers' sizes).
 #[derive(Debug)]
 struct Answers {
     queue: mpsc::Sender<ToClient>,
     budget: Arc<OutputBudget>,
+    window: Arc<Window>,
 }
 
 impl AnswerSink for Answers {
     fn deliver(&self, answer: Answer) {
+        let (bytes, largest) = answer_bytes(&answer);
+        self.window.observe(largest);
         // A closing connection's writer has dropped its queue: the send
         // fails and the charge goes with the answer.
-        let charge = self.budget.charge(answer_bytes(&answer));
+        let charge = self.budget.charge(bytes);
         let _ = self.queue.try_send(ToClient::Answer(answer, charge));
     }
 }
@@ -216,18 +239,24 @@ async fn serve(
     let (tx, rx) = mpsc::channel::<ToClient>(MAX_IN_FLIGHT + 1);
     let conn_closed = shutdown.child_token();
     let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
+    // At least one frame: a single answer never trips it alone.
+    let limit = config.max_client_output.max(config.max_frame_len);
     let budget = Arc::new(OutputBudget {
         queued: AtomicUsize::new(0),
-        // At least one frame: a single answer never trips it alone.
-        limit: config.max_client_output.max(config.max_frame_len),
+        limit,
         peer,
         closed: conn_closed.clone(),
     });
+    let window = Arc::new(Window::sized(
+        MAX_IN_FLIGHT,
+        limit.saturating_mul(2).min(MAX_WINDOW_BYTES),
+    ));
     let answers = Answers {
         queue: tx.clone(),
         budget,
+        window: window.clone(),
     };
-    let mut session = Session::new(&router, Arc::new(answers), MAX_IN_FLIGHT);
+    let mut session = Session::windowed(&router, Arc::new(answers), window.clone());
     let slots = session.slots().clone();
     // One wait for the whole loop, not a waiter registered per batch.
     let closed = conn_closed.cancelled();
@@ -252,15 +281,15 @@ async fn serve(
                 }
             }
             () = session.progress() => {}
-            // Only while a slot is free: without one, whole frames wait in
+            // Only while there is room: without it, whole frames wait in
             // the buffer, and they are not stalled.
-            () = clock.tick(), if slots.available_permits() > 0 => {
+            () = clock.tick(), if window.has_room() => {
                 if let Err(stalled) = clock.check(&stream) {
                     info!(peer = %peer, error = %stalled, "closing a client that stalled mid-frame");
                     break;
                 }
             }
-            frame = next_frame(&mut stream, &slots) => {
+            frame = next_frame(&mut stream, &window) => {
                 clock.frame_arrived();
                 if let Some(after) = idle_after {
                     idle.as_mut().reset(tokio::time::Instant::now() + after);
@@ -298,7 +327,13 @@ async fn serve(
     drop(stream);
     session.finish().await;
     drop(tx);
-    let _ = writer.await;
+    match writer.await {
+        Ok(Err(blocked @ outbox::WriteFailed::Blocked(_))) => {
+            info!(peer = %peer, error = %blocked, "client read none of its answers for the write timeout; disconnected it");
+        }
+        Ok(Err(failed)) => debug!(peer = %peer, error = %failed, "writing to a client failed"),
+        _ => {}
+    }
 }
 
 /// Takes one frame of a burst into the session.
@@ -361,20 +396,17 @@ async fn handshake(framed: &mut BudgetedConn) -> Option<Role> {
     None
 }
 
-/// The client's next frame, once one of its in-flight slots is free.
+/// The client's next frame, once its window has room.
 ///
-/// Waits on the semaphore itself when every slot is taken: forwarded answers
-/// free their slots from other tasks (the writer, once written), and only a
+/// Waits on the window's semaphore when it has none: forwarded answers free
+/// their slots from other tasks (the writer, once written), and only a
 /// waiter on the semaphore hears of it; a loop that merely stopped polling
 /// the socket at the limit never read from a deep-pipelining client again.
 async fn next_frame<S: futures::Stream + Unpin>(
     stream: &mut S,
-    slots: &Semaphore,
+    window: &Window,
 ) -> Option<S::Item> {
-    if slots.available_permits() == 0 {
-        // Given back at once: `submit` takes its own, and only this task
-        // takes slots, so it is still there. The semaphore is never closed.
-        drop(slots.acquire().await);
-    }
+    // The room is still there once found: only this task takes slots.
+    window.room().await;
     stream.next().await
 }

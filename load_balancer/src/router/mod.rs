@@ -13,6 +13,7 @@
 
 pub mod policy;
 pub mod session;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use crate::group::table::Leader;
 use crate::group::ReplicaGroup;
 pub use policy::ReadPolicy;
 pub use session::Session;
+pub use window::Window;
 
 /// Routes requests to replica groups; shared by every client connection of
 /// every door.

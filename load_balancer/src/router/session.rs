@@ -17,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use semikv_protocol::Op;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::Router;
+use super::{Router, Window};
 use crate::group::link::{ForwardRead, ForwardWrite};
 use crate::group::table::Leader;
 use crate::request::{Answer, AnswerSink, ClientPort, Retry, Slot, Tag};
@@ -84,8 +84,8 @@ pub struct Session<'r> {
     /// the retry queue closes once none is left.
     port: Arc<ClientPort>,
     /// A slot per request until its answer is written: forwarded requests
-    /// and the router's own futures share the bound.
-    slots: Arc<Semaphore>,
+    /// and the router's own futures share the bound, under the window.
+    window: Arc<Window>,
     retries: mpsc::Receiver<Retry>,
     /// Requests on the router's own path; each says whether it was a write.
     own: FuturesUnordered<BoxFuture<'r, (Answer, bool)>>,
@@ -102,10 +102,7 @@ pub struct Session<'r> {
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field(
-                "in_flight",
-                &(self.max_in_flight() - self.slots.available_permits()),
-            )
+            .field("in_flight", &self.window.in_flight())
             .field("own", &self.own.len())
             .field("slow_writes", &self.slow_writes)
             .finish_non_exhaustive()
@@ -117,7 +114,14 @@ impl<'r> Session<'r> {
     /// requests unanswered. The door must make room in its queue for that
     /// many answers (see [`AnswerSink::deliver`]).
     pub fn new(router: &'r Router, answers: Arc<dyn AnswerSink>, max_in_flight: usize) -> Self {
-        let (retry_tx, retries) = mpsc::channel(max_in_flight.max(1));
+        Session::windowed(router, answers, Arc::new(Window::new(max_in_flight)))
+    }
+
+    /// A session whose answers go to `answers`, taking requests only while
+    /// `window` has room. The door must make room in its queue for
+    /// `window.max()` answers, and tell the window each answer's size.
+    pub fn windowed(router: &'r Router, answers: Arc<dyn AnswerSink>, window: Arc<Window>) -> Self {
+        let (retry_tx, retries) = mpsc::channel(window.max());
         let port = Arc::new(ClientPort {
             answers: answers.clone(),
             retry: retry_tx,
@@ -129,7 +133,7 @@ impl<'r> Session<'r> {
             router,
             answers,
             port,
-            slots: Arc::new(Semaphore::new(max_in_flight)),
+            window,
             retries,
             own: FuturesUnordered::new(),
             slow_writes: 0,
@@ -138,19 +142,20 @@ impl<'r> Session<'r> {
         }
     }
 
-    fn max_in_flight(&self) -> usize {
-        self.retries.max_capacity()
-    }
-
     /// The semaphore of the session's slots: a door reads a request only
     /// while one is free (see [`Self::room`]).
     pub fn slots(&self) -> &Arc<Semaphore> {
-        &self.slots
+        self.window.slots()
+    }
+
+    /// The window over the slots.
+    pub fn window(&self) -> &Arc<Window> {
+        &self.window
     }
 
     /// Whether another request can be taken now.
     pub fn has_room(&self) -> bool {
-        self.slots.available_permits() > 0
+        self.window.has_room()
     }
 
     /// Whether the current burst may take another request.
@@ -167,7 +172,12 @@ impl<'r> Session<'r> {
     /// [`NoSlot`] when every slot is taken: the door read a request it had
     /// no room for.
     pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| NoSlot)?;
+        let slot = self
+            .window
+            .slots()
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NoSlot)?;
         self.burst.taken += 1;
         let job = OwnPathRequest {
             tag,
