@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use semikv_protocol::auth::ClusterSecret;
 use semikv_protocol::{MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,15 @@ pub struct Args {
     /// flight, nothing sent); 0: never.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub idle_timeout_secs: u64,
+    /// File holding the cluster secret, the same as the replicas' (at least
+    /// 32 bytes, readable by this user only; `semikv secret FILE` writes
+    /// one): the balancer proves it to every replica and checks their
+    /// proof [default: no secret].
+    #[arg(long, value_name = "FILE", value_parser = semikv_protocol::process::parse_secret_file)]
+    pub cluster_secret_file: Option<ClusterSecret>,
+    /// Listen beyond loopback without a cluster secret.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
@@ -100,13 +110,37 @@ impl Args {
         if let Some(bytes) = self.max_buffered_input {
             config.max_buffered_input = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        config.cluster_secret = self.cluster_secret_file.clone();
         config.derive_waits();
         config
+    }
+
+    /// Protected mode (see [`semikv_protocol::process::protected_mode`]) for
+    /// every address the listen address resolves to.
+    ///
+    /// # Errors
+    /// The refusal to print.
+    pub fn check_protected(&self) -> Result<(), String> {
+        use std::net::ToSocketAddrs;
+        let addrs = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.listen))?;
+        for addr in addrs {
+            semikv_protocol::process::protected_mode(
+                addr,
+                self.cluster_secret_file.is_some(),
+                self.insecure,
+                "--cluster-secret-file",
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// Runs `semikv-lb` with `args` (`args[0]` is the program name) until SIGINT
-/// or SIGTERM. Bad arguments exit with code 2 and clap's message.
+/// or SIGTERM. Bad arguments exit with code 2 and clap's message, as does
+/// an unprotected listener beyond loopback.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
@@ -119,6 +153,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
+    if let Err(refused) = args.check_protected() {
+        eprintln!("semikv-lb: {refused}");
+        return ExitCode::from(2);
+    }
     semikv_protocol::process::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -46,6 +46,9 @@ pub struct Config {
     /// How long a client connection may stay idle (nothing in flight,
     /// nothing sent) before it is closed; `None`: never (the default).
     pub idle_timeout: Option<Duration>,
+    /// `--cluster-secret-file`: proved to every replica in the handshake
+    /// (and their proof checked). `None`: replicas are reached without.
+    pub cluster_secret: Option<semikv_protocol::auth::ClusterSecret>,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -70,6 +73,7 @@ impl Config {
             max_client_output: DEFAULT_MAX_CLIENT_OUTPUT,
             max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
+            cluster_secret: None,
         };
         config.derive_waits();
         config

@@ -8,12 +8,14 @@
 //!   replication, admin). Enums only ever grow at the end; golden vectors in
 //!   `tests/golden.rs` freeze their encoding.
 //! - [`codec`]: a `tokio_util` codec of [`Message`]s over a byte stream.
+//! - [`auth`]: the cluster secret and the challenge-response proving it.
 //! - [`admission`]: the connection limit every listener applies, refusing
 //!   the extra ones with a frame that says so.
 //! - [`budget`]: the process-wide budget for the bytes of large frames that
 //!   connections are still receiving; past it they stop reading.
 
 pub mod admission;
+pub mod auth;
 pub mod budget;
 pub mod codec;
 pub mod error;
@@ -26,6 +28,7 @@ pub mod pending;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod sync;
+pub mod throttle;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;

@@ -206,3 +206,85 @@ mod tests {
         assert_eq!(raise_descriptor_limit().unwrap(), hard);
     }
 }
+
+/// Parses `--cluster-secret-file`: the secret in that file (see
+/// [`crate::auth::ClusterSecret::from_file`]), which no other user may
+/// read, as with SSH keys: a secret the whole machine can read protects
+/// nothing.
+///
+/// # Errors
+/// What is wrong with the file, for the command line's error.
+pub fn parse_secret_file(path: &str) -> Result<crate::auth::ClusterSecret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = Path::new(path);
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("reading the cluster secret file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the cluster secret file {} can be read by other users (mode {mode:03o}); \
+             run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    crate::auth::ClusterSecret::from_file(path).map_err(|e| e.to_string())
+}
+
+/// Protected mode, as Redis has it: a process listening beyond loopback
+/// must be secured (`secured`: a cluster secret, or users on a balancer)
+/// unless the operator says `--insecure`.
+///
+/// # Errors
+/// The refusal to print, naming `flags`, the ones that would secure it.
+pub fn protected_mode(
+    listen: SocketAddr,
+    secured: bool,
+    insecure: bool,
+    flags: &str,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() || secured || insecure {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {listen} unprotected: anyone who can reach it could \
+         take over the cluster. Set {flags}, listen on a loopback address, or pass \
+         --insecure if that is really what you mean"
+    ))
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("semikv-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "x".repeat(40)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = parse_secret_file(file.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(parse_secret_file(file.to_str().unwrap()).is_ok());
+        std::fs::write(&file, "short").unwrap();
+        let err = parse_secret_file(file.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        let err = parse_secret_file(dir.join("absent").to_str().unwrap()).unwrap_err();
+        assert!(err.contains("absent"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_an_unprotected_listener_beyond_loopback_is_refused() {
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        assert!(protected_mode(lo, false, false, "--x").is_ok());
+        assert!(protected_mode(any, true, false, "--x").is_ok());
+        assert!(protected_mode(any, false, true, "--x").is_ok());
+        let err = protected_mode(any, false, false, "--cluster-secret-file").unwrap_err();
+        assert!(err.contains("--cluster-secret-file") && err.contains("--insecure"));
+    }
+}

@@ -530,6 +530,32 @@ fn samples() -> Vec<(&'static str, Message)> {
                 })),
             ),
         ),
+        (
+            "secure_hello",
+            Message::SecureHello(SecureHello {
+                hello: Hello::new(Role::Replica, Some(ReplicaId(2))),
+                nonce: Nonce([0xa5; 32]),
+            }),
+        ),
+        (
+            "challenge",
+            Message::Challenge(Challenge {
+                nonce: Nonce([0x5a; 32]),
+                mac: Mac([0x01; 32]),
+            }),
+        ),
+        (
+            "proof",
+            Message::Proof(Proof {
+                mac: Mac([0xfe; 32]),
+            }),
+        ),
+        (
+            "reject_auth_failed",
+            reject(WireError::AuthFailed {
+                reason: "wrong proof".to_string(),
+            }),
+        ),
     ]
 }
 
@@ -624,6 +650,24 @@ impl Coverage {
                 last_index: _,
                 total_len: _,
             }) => 11,
+            Message::SecureHello(SecureHello {
+                hello:
+                    Hello {
+                        magic: _,
+                        version: _,
+                        role,
+                        node: _,
+                    },
+                nonce: Nonce(_),
+            }) => {
+                self.role(*role);
+                12
+            }
+            Message::Challenge(Challenge {
+                nonce: Nonce(_),
+                mac: Mac(_),
+            }) => 13,
+            Message::Proof(Proof { mac: Mac(_) }) => 14,
         };
         self.mark("Message", index);
     }
@@ -654,6 +698,7 @@ impl Coverage {
             }
             WireError::Unexpected { what: _ } => 7,
             WireError::TooManyConnections { max: _ } => 8,
+            WireError::AuthFailed { reason: _ } => 9,
         };
         self.mark("WireError", index);
     }
@@ -1062,9 +1107,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 3, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 4, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x03, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x04, 0x00, 0x00]
     );
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use semikv_protocol::auth::ClusterSecret;
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+use semikv_protocol::process::parse_secret_file;
 use semikv_protocol::ReplicaId;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,16 @@ pub struct Args {
     /// (powers of 1000), kb/mb/gb (powers of 1024), as in Redis: 512mb.
     #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
     pub max_memory: Option<u64>,
+    /// File holding the cluster secret (at least 32 bytes, readable by this
+    /// user only; `semikv secret FILE` writes one). Balancers and replicas
+    /// must then prove they hold the same secret, and clients are refused
+    /// (they go through the balancer) [default: no secret].
+    #[arg(long, value_name = "FILE", value_parser = parse_secret_file)]
+    pub cluster_secret_file: Option<ClusterSecret>,
+    /// Listen beyond loopback without a cluster secret: anyone who reaches
+    /// the port can then fence, promote or read everything.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl Args {
@@ -99,6 +111,14 @@ impl Args {
         config.idle_timeout = (self.idle_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(self.idle_timeout_secs));
         config.max_memory = self.max_memory;
+        semikv_protocol::process::protected_mode(
+            listen,
+            self.cluster_secret_file.is_some(),
+            self.insecure,
+            "--cluster-secret-file",
+        )
+        .map_err(anyhow::Error::msg)?;
+        config.cluster_secret = self.cluster_secret_file;
         Ok((config, listen))
     }
 }
@@ -107,7 +127,8 @@ pub use semikv_protocol::process::{cancel_on_signals, init_tracing};
 
 /// Runs `semikv-server` with `args` (`args[0]` is the program name).
 /// Exit codes: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
-/// arguments.
+/// arguments (a cluster secret file that cannot be used, or an unprotected
+/// listener beyond loopback, included).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(args) => args,
@@ -116,8 +137,16 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    let asked = args.max_connections;
+    let (config, listen) = match args.into_config() {
+        Ok(described) => described,
+        Err(e) => {
+            eprintln!("semikv-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
-    match run_main(args) {
+    match run_main(config, listen, asked) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "semikv-server failed");
@@ -127,9 +156,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-fn run_main(args: Args) -> anyhow::Result<()> {
-    let asked = args.max_connections;
-    let (mut config, listen) = args.into_config()?;
+fn run_main(mut config: Config, listen: SocketAddr, asked: Option<u64>) -> anyhow::Result<()> {
     // Raises the process's open-file limit: done here, at start-up, not
     // when merely turning arguments into a configuration.
     config.max_connections = semikv_protocol::process::connection_limit(asked);

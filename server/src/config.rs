@@ -144,6 +144,10 @@ pub struct Config {
     /// it they are refused with `OutOfMemory`. `None`: no limit (the
     /// default).
     pub max_memory: Option<u64>,
+    /// `--cluster-secret-file`: when set, balancers and replicas must prove
+    /// they hold it in their handshake, and clients are not served (they go
+    /// through the balancer). `None`: anyone may take any role.
+    pub cluster_secret: Option<semikv_protocol::auth::ClusterSecret>,
 }
 
 impl Config {
@@ -163,6 +167,7 @@ impl Config {
             max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
             max_memory: None,
+            cluster_secret: None,
         }
     }
 }

@@ -50,16 +50,31 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_as(addr: SocketAddr, hello: Hello) -> anyhow::Result<Client> {
+        Client::connect_proving(addr, hello, None).await
+    }
+
+    /// Connects, sends `hello` and proves `secret` when one is given.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], or the peer's proof of the secret was wrong.
+    pub async fn connect_proving(
+        addr: SocketAddr,
+        hello: Hello,
+        secret: Option<&semikv_protocol::auth::ClusterSecret>,
+    ) -> anyhow::Result<Client> {
         let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .with_context(|| format!("connecting to {addr} timed out"))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut framed = Framed::new(stream, MessageCodec::default());
-        let welcome = timeout(IO_TIMEOUT, handshake::hello(&mut framed, hello))
-            .await
-            .with_context(|| format!("handshake with {addr} timed out"))?
-            .with_context(|| format!("handshake with {addr}"))?;
+        let welcome = timeout(
+            IO_TIMEOUT,
+            handshake::hello_proving(&mut framed, hello, secret),
+        )
+        .await
+        .with_context(|| format!("handshake with {addr} timed out"))?
+        .with_context(|| format!("handshake with {addr}"))?;
         Ok(Client {
             framed,
             next_id: 1,

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use semikv_protocol::{ClusterStatus, Epoch, LogIndex, NodeRole, NodeStatus, Role};
+use semikv_protocol::auth::ClusterSecret;
+use semikv_protocol::{ClusterStatus, Epoch, Hello, LogIndex, NodeRole, NodeStatus, Role};
 use tempfile::TempDir;
 
 use crate::client::{node, Client};
@@ -31,6 +32,8 @@ pub struct Cluster {
     replicas: Vec<Replica>,
     balancer: Option<Balancer>,
     replica_args: Vec<OsString>,
+    /// The secret every process was started with, if any.
+    secret: Option<ClusterSecret>,
     dir: TempDir,
 }
 
@@ -54,12 +57,18 @@ impl Cluster {
         replica_args: &[&str],
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("semikv-it-")
-            .tempdir()
-            .context("creating the cluster's temp dir")?;
+        let dir = temp_dir()?;
         prepare(dir.path())?;
         let replica_args: Vec<OsString> = replica_args.iter().map(OsString::from).collect();
+        Cluster::start_replicas(n, replica_args, None, dir).await
+    }
+
+    async fn start_replicas(
+        n: usize,
+        replica_args: Vec<OsString>,
+        secret: Option<ClusterSecret>,
+        dir: TempDir,
+    ) -> anyhow::Result<Cluster> {
         let mut replicas = Vec::with_capacity(n);
         for i in 0..n {
             let id = u32::try_from(i + 1)?;
@@ -70,8 +79,51 @@ impl Cluster {
             replicas,
             balancer: None,
             replica_args,
+            secret,
             dir,
         })
+    }
+
+    /// `n` replicas and a balancer in front, all started with a new cluster
+    /// secret (its file is [`Cluster::secret_file`]); the fixture's own
+    /// connections prove it.
+    ///
+    /// # Errors
+    /// A process failed to start.
+    pub async fn secured(
+        n: usize,
+        replica_args: &[&str],
+        balancer_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let dir = temp_dir()?;
+        let file = dir.path().join(SECRET_FILE);
+        write_secret(&file)?;
+        let secret = ClusterSecret::from_file(&file)?;
+        let flag = [OsString::from("--cluster-secret-file"), file.into()];
+        let with_secret = |args: &[&str]| -> Vec<OsString> {
+            args.iter()
+                .map(OsString::from)
+                .chain(flag.clone())
+                .collect()
+        };
+        let mut cluster =
+            Cluster::start_replicas(n, with_secret(replica_args), Some(secret), dir).await?;
+        let addrs = cluster.replica_addrs();
+        let balancer_args = with_secret(balancer_args);
+        cluster.balancer = Some(start_balancer(cluster.dir.path(), &addrs, &balancer_args).await?);
+        Ok(cluster)
+    }
+
+    /// The cluster secret's file, for a cluster started [`Cluster::secured`].
+    pub fn secret_file(&self) -> Option<std::path::PathBuf> {
+        self.secret
+            .as_ref()
+            .map(|_| self.dir.path().join(SECRET_FILE))
+    }
+
+    /// The cluster secret, for a cluster started [`Cluster::secured`].
+    pub fn secret(&self) -> Option<&ClusterSecret> {
+        self.secret.as_ref()
     }
 
     /// `n` replicas and a balancer in front of them.
@@ -220,7 +272,7 @@ impl Cluster {
                     // just before this call.
                     None => {
                         let own = match self.index_of(&leader.addr) {
-                            Some(i) => self.connect(i, Role::Client).await?.status().await?,
+                            Some(i) => self.observe(i).await?.status().await?,
                             None => bail!("the balancer's leader {} is not a replica", leader.addr),
                         };
                         *goal.insert(own.commit_index.max(leader.commit_index))
@@ -255,8 +307,11 @@ impl Cluster {
         let mut old = self.balancer.take().ok_or_else(|| anyhow!("no balancer"))?;
         old.proc.kill9()?;
         let addrs = self.replica_addrs();
-        self.balancer =
-            Some(start_balancer_at(self.dir.path(), old.addr, &addrs, balancer_args).await?);
+        let mut args: Vec<OsString> = balancer_args.iter().map(OsString::from).collect();
+        if let Some(file) = self.secret_file() {
+            args.extend([OsString::from("--cluster-secret-file"), file.into()]);
+        }
+        self.balancer = Some(start_balancer_at(self.dir.path(), old.addr, &addrs, &args).await?);
         Ok(())
     }
 
@@ -297,8 +352,25 @@ impl Cluster {
     ///
     /// # Errors
     /// As [`Client::connect`].
+    /// Proves the cluster secret, when there is one, for the internal roles.
     pub async fn connect(&self, i: usize, role: Role) -> anyhow::Result<Client> {
-        Client::connect(self.replicas[i].addr, role).await
+        let secret = self.secret.as_ref().filter(|_| role != Role::Client);
+        Client::connect_proving(self.replicas[i].addr, Hello::new(role, None), secret).await
+    }
+
+    /// A connection to replica `i` that may read its status: a client's, or
+    /// a balancer's that proves the secret when the cluster has one (its
+    /// replicas then serve no clients).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn observe(&self, i: usize) -> anyhow::Result<Client> {
+        let role = if self.secret.is_some() {
+            Role::Balancer
+        } else {
+            Role::Client
+        };
+        self.connect(i, role).await
     }
 
     /// A client connection to the balancer.
@@ -326,7 +398,7 @@ impl Cluster {
             if !self.replicas[i].proc.is_running() {
                 continue;
             }
-            let Ok(mut c) = self.connect(i, Role::Client).await else {
+            let Ok(mut c) = self.observe(i).await else {
                 continue;
             };
             let Ok(status) = c.status().await else {
@@ -399,7 +471,7 @@ impl Cluster {
     /// # Errors
     /// It did not within [`CONVERGE_TIMEOUT`], or stopped answering.
     pub async fn wait_applied(&self, i: usize, index: LogIndex) -> anyhow::Result<NodeStatus> {
-        let mut c = self.connect(i, Role::Client).await?;
+        let mut c = self.observe(i).await?;
         let deadline = Deadline::new(CONVERGE_TIMEOUT, "a replica to commit and apply");
         loop {
             let status = c.status().await?;
@@ -424,13 +496,8 @@ impl Cluster {
         above: Epoch,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let target = self
-            .connect(leader, Role::Client)
-            .await?
-            .status()
-            .await?
-            .commit_index;
-        let mut c = self.connect(i, Role::Client).await?;
+        let target = self.observe(leader).await?.status().await?.commit_index;
+        let mut c = self.observe(i).await?;
         let deadline = Deadline::new(timeout, "a replica to rejoin as a caught-up follower");
         loop {
             let s = c.status().await?;
@@ -469,4 +536,26 @@ impl Cluster {
     pub fn explain<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         result.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))
     }
+}
+
+/// The name of a secured cluster's secret file in its temp dir.
+const SECRET_FILE: &str = "cluster.secret";
+
+fn temp_dir() -> anyhow::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("semikv-it-")
+        .tempdir()
+        .context("creating the cluster's temp dir")
+}
+
+/// Writes a new cluster secret to `path`, mode 600.
+///
+/// # Errors
+/// The file could not be written.
+pub fn write_secret(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = ClusterSecret::generate_file_text()?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))
 }

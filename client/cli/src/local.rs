@@ -309,6 +309,11 @@ impl LocalCluster {
     }
 
     async fn boot(&mut self, replicas: u32, leader_timeout: Duration) -> Result<(), LocalError> {
+        let secret = self.secret_file();
+        write_secret_file(&secret).map_err(|error| LocalError::DataDir {
+            path: secret.clone(),
+            error,
+        })?;
         for n in 1..=replicas {
             let id = ReplicaId(n);
             let addr = self.spawn_replica(id, "127.0.0.1:0").await?;
@@ -316,6 +321,12 @@ impl LocalCluster {
         }
         self.spawn_balancer().await?;
         self.wait_for_leader(leader_timeout).await
+    }
+
+    /// The cluster secret its processes share: generated at the first
+    /// start, kept with the data (a kept `--data-dir` restarts with it).
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.join("cluster.secret")
     }
 
     /// The balancer's address: where clients connect.
@@ -396,7 +407,9 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&data)
             .arg("--ready-file")
-            .arg(&ready);
+            .arg(&ready)
+            .arg("--cluster-secret-file")
+            .arg(self.secret_file());
         let child = self.spawn(&what, command, &ready, &log)?;
         lock(&self.children).replicas.insert(id, Some(child));
         self.wait_ready(&what, &ready, &log, |c| {
@@ -413,6 +426,7 @@ impl LocalCluster {
         command.arg(BALANCER_SUBCOMMAND).arg("127.0.0.1:0");
         command.args(self.replica_addrs.values());
         command.arg("--ready-file").arg(&ready);
+        command.arg("--cluster-secret-file").arg(self.secret_file());
         let child = self.spawn(&what, command, &ready, &log)?;
         lock(&self.children).balancer = Some(child);
         self.balancer_addr = self
@@ -528,6 +542,30 @@ impl LocalCluster {
             dir: self.dir.clone(),
         })
     }
+}
+
+/// Writes a new cluster secret to `path`, readable by this user only, unless
+/// the file exists already (it is then kept, as is).
+///
+/// # Errors
+/// The file could not be created or written, or no randomness was had.
+pub fn write_secret_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = semikv_protocol::auth::ClusterSecret::generate_file_text()
+        .map_err(std::io::Error::other)?;
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -321,3 +321,42 @@ async fn bench_reports_json_against_the_fake() {
     assert_eq!(report["seed"], 7);
     assert!(report["latency_us"]["get"]["p99"].as_u64().unwrap() > 0);
 }
+
+/// `semikv secret FILE`, bounded.
+async fn secret(file: &str) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_semikv"))
+        .args(["secret", file])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(RUN_BOUND, child.wait_with_output())
+        .await
+        .expect("semikv did not finish")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn secret_writes_a_private_file_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.secret");
+    let file_arg = file.to_str().unwrap();
+    let out = secret(file_arg).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.trim_end().len(), 64, "{text}");
+    // Never overwritten.
+    let again = secret(file_arg).await;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("never overwritten"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

@@ -60,6 +60,7 @@ impl ReplicaGroup {
                         slot,
                         addr.clone(),
                         config.max_frame_len,
+                        config.cluster_secret.clone(),
                         connect_timeout,
                         broken_tx.clone(),
                         kick.clone(),

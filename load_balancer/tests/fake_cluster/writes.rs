@@ -43,6 +43,7 @@ impl WriteHarness {
             HARNESS_SLOT,
             fake.addr.to_string(),
             1 << 20,
+            None,
             Duration::from_secs(5),
             broken_tx,
             kick.clone(),

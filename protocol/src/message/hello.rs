@@ -24,12 +24,20 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`Reply::NodeReport`] and [`Reply::ClusterReport`] (their status plus
 /// disk and memory).
 ///
+/// Version 4: a peer that holds the cluster secret opens with
+/// [`Message::SecureHello`] and proves it over fresh nonces from both
+/// sides ([`Message::Challenge`], [`Message::Proof`]); [`WireError`] gained
+/// `AuthFailed`.
+///
 /// [`Message::StreamFrom`]: super::Message::StreamFrom
+/// [`Message::SecureHello`]: super::Message::SecureHello
+/// [`Message::Challenge`]: super::Message::Challenge
+/// [`Message::Proof`]: super::Message::Proof
 /// [`Message::SnapshotOffer`]: super::Message::SnapshotOffer
 /// [`Reply::NodeReport`]: super::Reply::NodeReport
 /// [`Reply::ClusterReport`]: super::Reply::ClusterReport
 /// [`ErrorReply`]: super::ErrorReply
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The role a connection declares in its handshake. Admin messages are
 /// accepted only from `Balancer` connections, replication messages only from
@@ -103,4 +111,45 @@ pub struct Welcome {
     pub version: u16,
     /// The accepting side's replica id, or `None` for the balancer.
     pub node: Option<ReplicaId>,
+}
+
+/// 32 bytes drawn fresh from the operating system's randomness for one
+/// handshake: each side's nonce makes the other side's proof good for that
+/// handshake only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nonce(pub [u8; 32]);
+
+/// An HMAC-SHA256 tag proving that its sender holds the cluster secret
+/// (see [`crate::auth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mac(pub [u8; 32]);
+
+/// A [`Hello`] from a peer that holds the cluster secret and offers to
+/// prove it (protocol 4): the accepting side answers with a
+/// [`Challenge`], or rejects with `AuthFailed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureHello {
+    /// What a plain `Hello` says.
+    pub hello: Hello,
+    /// The connecting side's nonce.
+    pub nonce: Nonce,
+}
+
+/// The accepting side's answer to a [`SecureHello`]: its own nonce, and its
+/// proof over both nonces. The connecting side checks the proof before it
+/// proves anything itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The accepting side's nonce.
+    pub nonce: Nonce,
+    /// The accepting side's proof.
+    pub mac: Mac,
+}
+
+/// The connecting side's proof over both nonces, after a [`Challenge`];
+/// the accepting side answers `Welcome` or rejects with `AuthFailed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The connecting side's proof.
+    pub mac: Mac,
 }

@@ -22,7 +22,9 @@ mod wire_error;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{Fence, Follow, Promote, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
-pub use hello::{Hello, Role, Welcome, MAGIC, PROTOCOL_VERSION};
+pub use hello::{
+    Challenge, Hello, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC, PROTOCOL_VERSION,
+};
 pub use replication::{
     Ack, Entries, Entry, EpochStart, SnapshotChunk, SnapshotOffer, StreamFrom, StreamStart,
     Subscribe, WriteOp,
@@ -63,6 +65,13 @@ pub enum Message {
     /// Leader to follower: the size of the snapshot that follows (from
     /// protocol 3, always sent before its first chunk).
     SnapshotOffer(SnapshotOffer),
+    /// First message of a connection that proves it holds the cluster
+    /// secret (from protocol 4; see [`crate::auth`]).
+    SecureHello(SecureHello),
+    /// The accepting side's nonce and proof, answering a [`SecureHello`].
+    Challenge(Challenge),
+    /// The connecting side's proof, answering a [`Challenge`].
+    Proof(Proof),
 }
 
 impl Message {
@@ -82,6 +91,9 @@ impl Message {
             Message::Snapshot(_) => "Snapshot",
             Message::StreamFrom(_) => "StreamFrom",
             Message::SnapshotOffer(_) => "SnapshotOffer",
+            Message::SecureHello(_) => "SecureHello",
+            Message::Challenge(_) => "Challenge",
+            Message::Proof(_) => "Proof",
         }
     }
 }

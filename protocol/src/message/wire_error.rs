@@ -61,6 +61,13 @@ pub enum WireError {
         /// The listener's limit.
         max: u64,
     },
+    /// The connection did not prove what its role requires (the cluster
+    /// secret), proved it wrong, or offered a proof this side cannot check
+    /// (it has no secret). From protocol 4.
+    AuthFailed {
+        /// What was missing or wrong; never the secret or a proof.
+        reason: String,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -88,6 +95,7 @@ impl fmt::Display for WireError {
             WireError::TooManyConnections { max } => {
                 write!(f, "too many connections: this listener allows {max}")
             }
+            WireError::AuthFailed { reason } => write!(f, "authentication failed: {reason}"),
         }
     }
 }

@@ -419,7 +419,11 @@ async fn follow_once(
     let own = ReadBudget::new(replica.config.max_frame_len);
     let mut conn = semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &own);
     let id = replica.config.id;
-    let hello = handshake::hello(&mut conn, Hello::new(Role::Replica, Some(id)));
+    let hello = handshake::hello_proving(
+        &mut conn,
+        Hello::new(Role::Replica, Some(id)),
+        replica.config.cluster_secret.as_ref(),
+    );
     match timeout(CONNECT_TIMEOUT, hello).await {
         Err(_) => return Err(ReplicationError::Timeout),
         Ok(Ok(_)) => {}
@@ -431,6 +435,9 @@ async fn follow_once(
             return Err(ReplicationError::Unexpected(what.to_string()))
         }
         Ok(Err(HandshakeError::Protocol(e))) => return Err(e.into()),
+        Ok(Err(e @ (HandshakeError::PeerNotProved | HandshakeError::Random(_)))) => {
+            return Err(ReplicationError::Rejected(e.to_string()))
+        }
     }
     let (epoch, last_index, last_epoch, history) = replica.lock().subscribe_info();
     if epoch != target.epoch {

@@ -16,6 +16,8 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::RESERVED_HELLO_TIMEOUT;
 use semikv_protocol::codec::{release_write_buffer, FrameClock, FrameWriter};
+use semikv_protocol::handshake;
+use semikv_protocol::throttle::LogThrottle;
 use semikv_protocol::{
     ErrorReply, Message, Op, Reply, Request, RequestId, Response, Role, Welcome, WireError,
     WriteOp, PROTOCOL_VERSION,
@@ -46,6 +48,7 @@ type Conn = semikv_protocol::codec::BudgetedConn;
 /// listener were full.
 pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
     // Read under the replica's budget from the first byte: a Hello may be
     // as large as any frame.
     let mut conn =
@@ -55,13 +58,30 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     } else {
         HANDSHAKE_TIMEOUT
     };
-    let hello = match timeout(hello_timeout, conn.next()).await {
+    let first = match timeout(hello_timeout, conn.next()).await {
         Err(_) | Ok(None) => return,
         Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
-        Ok(Some(Ok(Message::Hello(hello)))) => hello,
-        Ok(Some(Ok(_))) => return reject(&mut conn, WireError::HandshakeRequired).await,
+        Ok(Some(Ok(first))) => first,
     };
-    if let Err(e) = hello.check() {
+    let secret = replica.config.cluster_secret.as_ref();
+    let accepted = timeout(hello_timeout, handshake::accept(&mut conn, first, secret)).await;
+    let hello = match accepted {
+        Err(_) | Ok(Err(None)) => return,
+        Ok(Ok(accepted)) => accepted.hello,
+        Ok(Err(Some(e))) => {
+            if matches!(e, WireError::AuthFailed { .. }) {
+                refused_peer(peer, &e);
+            }
+            return reject(&mut conn, e).await;
+        }
+    };
+    if secret.is_some() && hello.role == Role::Client {
+        let e = WireError::AuthFailed {
+            reason: "this replica has a cluster secret and serves its balancer and \
+                     replicas only; clients connect through the balancer"
+                .into(),
+        };
+        refused_peer(peer, &e);
         return reject(&mut conn, e).await;
     }
     if reserved && hello.role == Role::Client {
@@ -78,6 +98,16 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     match hello.role {
         Role::Replica => replication::serve_follower(replica, conn, hello.node).await,
         Role::Client | Role::Balancer => serve_requests(replica, conn, hello.role).await,
+    }
+}
+
+/// Logs a peer refused for what it could not prove, at most once a second
+/// (a flood of them must not flood the log).
+fn refused_peer(peer: Option<std::net::SocketAddr>, error: &WireError) {
+    static REFUSED: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+    if let Some(held) = REFUSED.admit() {
+        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        tracing::warn!(peer = %peer, error = %error, similar_since_last = held, "refused a connection");
     }
 }
 

@@ -105,3 +105,57 @@ fn balancer_with_bad_listen_address_exits_2() {
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(stderr.contains("nowhere"), "stderr: {stderr}");
 }
+
+#[test]
+fn a_secret_file_others_can_read_or_too_short_exits_2_saying_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let loose = dir.path().join("loose.secret");
+    std::fs::write(&loose, "x".repeat(64)).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let short = dir.path().join("short.secret");
+    std::fs::write(&short, "x".repeat(31)).unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (file, says) in [(&loose, "chmod 600"), (&short, "at least 32")] {
+        let file = file.to_str().unwrap();
+        let server = bin::server().unwrap();
+        let (code, stderr) = run(
+            &server,
+            &[
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-secret-file",
+                file,
+            ],
+        );
+        assert_eq!(code, Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+        let balancer = bin::balancer().unwrap();
+        let (code, stderr) = run(
+            &balancer,
+            &["127.0.0.1:0", "127.0.0.1:1", "--cluster-secret-file", file],
+        );
+        assert_eq!(code, Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+    }
+}
+
+/// Protected mode: beyond loopback, nothing starts unsecured unless told.
+#[test]
+fn listening_beyond_loopback_without_a_secret_exits_2_naming_the_flags() {
+    let server = bin::server().unwrap();
+    let (code, stderr) = run(&server, &["1", "--listen", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    let balancer = bin::balancer().unwrap();
+    let (code, stderr) = run(&balancer, &["0.0.0.0:0", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cluster-secret-file") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,7 @@ mod hostile;
 mod limits;
 mod max_memory;
 mod replication;
+mod secret;
 mod single;
 
 use std::time::Duration;

@@ -28,8 +28,12 @@ const DEFAULT_LOCAL_REPLICAS: u32 = 3;
 /// `semikv set foo=bar`).
 ///
 /// `--local [N]` starts N replicas (default 3) and a balancer on free ports,
-/// waits for a leader and runs against it; everything is stopped on exit. In
-/// local mode the REPL also has `kill ID` and `restart ID`.
+/// with a cluster secret of their own, waits for a leader and runs against
+/// it; everything is stopped on exit. In local mode the REPL also has
+/// `kill ID` and `restart ID`.
+///
+/// `semikv secret FILE` writes a new cluster secret to FILE (mode 600), for
+/// `--cluster-secret-file` on every replica and balancer.
 #[derive(Debug, Parser)]
 #[command(name = "semikv", version)]
 struct Cli {
@@ -64,12 +68,50 @@ fn main() -> ExitCode {
     if let Some(sub) = sub.filter(|s| s == REPLICA_SUBCOMMAND || s == BALANCER_SUBCOMMAND) {
         return run_child(&sub, args);
     }
+    if args.get(1).and_then(|a| a.to_str()) == Some(SECRET_COMMAND) {
+        return write_secret(&args[2..]);
+    }
     let cli = Cli::parse_from(optional_local_count(args));
     semikv_protocol::process::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("semikv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `semikv secret FILE`: writes a new cluster secret to FILE.
+const SECRET_COMMAND: &str = "secret";
+
+/// `semikv secret FILE`: a new cluster secret (32 random bytes as hex) in
+/// FILE, created readable by this user only; an existing FILE is left
+/// alone and is an error.
+fn write_secret(args: &[OsString]) -> ExitCode {
+    let [file] = args else {
+        eprintln!("usage: semikv secret FILE   (writes a new cluster secret to FILE, mode 600)");
+        return ExitCode::from(2);
+    };
+    let path = std::path::Path::new(file);
+    if path.exists() {
+        eprintln!(
+            "semikv: {} exists; a cluster secret is never overwritten (remove it first)",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    match local::write_secret_file(path) {
+        Ok(()) => {
+            println!(
+                "wrote a new cluster secret to {}; give every replica and balancer \
+                 --cluster-secret-file with a copy of it",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("semikv: writing {}: {e}", path.display());
             ExitCode::FAILURE
         }
     }

@@ -31,16 +31,18 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
-use semikv_protocol::handshake;
+use semikv_protocol::auth::ClusterSecret;
+use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::sync::lock;
-use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Response, Role};
+use semikv_protocol::throttle::LogThrottle;
+use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Response, Role, WireError};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
@@ -58,6 +60,9 @@ const SEND_QUEUE: usize = 1024;
 /// Longest one batch of requests may take to write: a replica that stops
 /// reading for this long loses its connection (and is reconnected).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a replica that refuses our cluster secret is said.
+const AUTH_FAILED_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request to a replica got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -139,6 +144,11 @@ pub struct ReplicaLink {
     slot: usize,
     addr: String,
     max_frame_len: usize,
+    /// Proved in every handshake, when the cluster has one.
+    secret: Option<ClusterSecret>,
+    /// A replica that refuses our secret (or ours its) is said at most
+    /// every 10 s, at error: it is a misconfiguration to fix.
+    auth_failed: LogThrottle,
     connect_timeout: Duration,
     /// Client reads and writes.
     data: Channel,
@@ -163,6 +173,7 @@ impl ReplicaLink {
         slot: usize,
         addr: String,
         max_frame_len: usize,
+        secret: Option<ClusterSecret>,
         connect_timeout: Duration,
         broken_tx: mpsc::Sender<usize>,
         kick: Arc<Notify>,
@@ -173,6 +184,8 @@ impl ReplicaLink {
             slot,
             addr,
             max_frame_len,
+            secret,
+            auth_failed: LogThrottle::new(AUTH_FAILED_EVERY),
             connect_timeout,
             data: Channel::default(),
             control: Channel::default(),
@@ -396,9 +409,18 @@ impl ReplicaLink {
         // Latency matters more than packet count for small requests.
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
-        handshake::hello(&mut framed, Hello::new(Role::Balancer, None))
-            .await
-            .map_err(|e| ConnError::Connect(e.to_string()))?;
+        let hello = Hello::new(Role::Balancer, None);
+        if let Err(e) = handshake::hello_proving(&mut framed, hello, self.secret.as_ref()).await {
+            let auth = matches!(
+                e,
+                HandshakeError::PeerNotProved
+                    | HandshakeError::Rejected(WireError::AuthFailed { .. })
+            );
+            if auth && self.auth_failed.admit().is_some() {
+                error!(replica = %self.addr, error = %e, "the replica and this balancer do not share a cluster secret: check --cluster-secret-file on both; it gets no requests until they do");
+            }
+            return Err(ConnError::Connect(e.to_string()));
+        }
         // Not under the clients' read budget: what a replica sends here
         // answers requests this link sent, bounded by those in flight, and
         // must not wait behind clients' large frames.
