@@ -18,6 +18,26 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Largest frame sent or accepted.
     pub max_frame_len: usize,
+    /// The user to log in as, for a balancer started with users; `None`:
+    /// connect without logging in.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and its password. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientConfig {
@@ -27,6 +47,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            credentials: None,
         }
     }
 }

@@ -27,7 +27,7 @@ mod error;
 mod retry;
 
 pub use bytes::Bytes;
-pub use conn::{handshake, Client, ClientConfig, ClientError, Handshaken};
+pub use conn::{handshake, Client, ClientConfig, ClientError, Credentials, Handshaken};
 pub use retry::{NoticeSink, RetryPolicy, RetryingClient};
 pub use semikv_protocol::{
     ClusterStatus, ErrorReply, LogIndex, MessageCodec, NodeStatus, Op, ProtocolError, ReplicaId,

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+
 use semikv_protocol::auth::ClusterSecret;
+
+use crate::users::Users;
 use semikv_protocol::{MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,9 +77,20 @@ pub struct Args {
     /// proof [default: no secret].
     #[arg(long, value_name = "FILE", value_parser = semikv_protocol::process::parse_secret_file)]
     pub cluster_secret_file: Option<ClusterSecret>,
-    /// Listen beyond loopback without a cluster secret.
+    /// File of the users clients log in as, one `NAME:ROLE:HASH` line each
+    /// (`semikv passwd NAME ROLE` writes one); reloaded on SIGHUP. Without
+    /// it, anyone who reaches the balancer may read and write.
+    #[arg(long, value_name = "FILE", value_parser = load_users)]
+    pub users_file: Option<Arc<Users>>,
+    /// Listen beyond loopback without a cluster secret or users.
     #[arg(long)]
     pub insecure: bool,
+}
+
+fn load_users(path: &str) -> Result<Arc<Users>, String> {
+    Users::load(std::path::Path::new(path))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Accepts `HOST:PORT` (an IP address or a name, and a port number), so a
@@ -111,6 +126,7 @@ impl Args {
             config.max_buffered_input = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
         config.cluster_secret = self.cluster_secret_file.clone();
+        config.users = self.users_file.clone();
         config.derive_waits();
         config
     }
@@ -129,9 +145,9 @@ impl Args {
         for addr in addrs {
             semikv_protocol::process::protected_mode(
                 addr,
-                self.cluster_secret_file.is_some(),
+                self.cluster_secret_file.is_some() || self.users_file.is_some(),
                 self.insecure,
-                "--cluster-secret-file",
+                "--cluster-secret-file and --users-file",
             )?;
         }
         Ok(())

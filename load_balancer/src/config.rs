@@ -49,6 +49,10 @@ pub struct Config {
     /// `--cluster-secret-file`: proved to every replica in the handshake
     /// (and their proof checked). `None`: replicas are reached without.
     pub cluster_secret: Option<semikv_protocol::auth::ClusterSecret>,
+    /// `--users-file`: clients must log in as one of these users, and each
+    /// request is checked against the user's role. `None`: anyone who
+    /// reaches the door may read and write.
+    pub users: Option<std::sync::Arc<crate::users::Users>>,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -74,6 +78,7 @@ impl Config {
             max_buffered_input: semikv_protocol::budget::DEFAULT_READ_BUDGET,
             idle_timeout: None,
             cluster_secret: None,
+            users: None,
         };
         config.derive_waits();
         config

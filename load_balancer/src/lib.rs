@@ -15,6 +15,7 @@ pub mod door;
 pub mod group;
 pub mod request;
 pub mod router;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub async fn run(
     anyhow::ensure!(!config.replicas.is_empty(), "no replica configured");
     let config = Arc::new(config);
     let tasks = TaskTracker::new();
+    if let Some(users) = &config.users {
+        tasks.spawn(reload_users_on_sighup(users.clone(), shutdown.clone()));
+    }
     let group = ReplicaGroup::start(config.clone(), &shutdown, &tasks);
     let coordinator = group.coordinator();
     let router = Arc::new(Router::new(vec![group], ReadPolicy::RoundRobin));
@@ -63,4 +67,32 @@ pub async fn run(
     }
     info!("balancer stopped");
     Ok(())
+}
+
+/// Reads the users file again on every SIGHUP until `shutdown`: a file that
+/// parses replaces the users (connections logged in as a removed user are
+/// refused from their next request), one that does not keeps them.
+async fn reload_users_on_sighup(users: Arc<users::Users>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; the users file will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match users.reload() {
+            Ok(count) => {
+                info!(file = %users.path().display(), users = count, "users file reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "users file not reloaded; the users loaded before stay")
+            }
+        }
+    }
 }

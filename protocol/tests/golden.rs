@@ -556,6 +556,20 @@ fn samples() -> Vec<(&'static str, Message)> {
                 reason: "wrong proof".to_string(),
             }),
         ),
+        (
+            "hello_auth",
+            Message::HelloAuth(HelloAuth {
+                hello: Hello::new(Role::Client, None),
+                user: "alice".to_string(),
+                password: "correct horse".to_string(),
+            }),
+        ),
+        (
+            "error_no_permission",
+            error(ErrorReply::NoPermission {
+                reason: "user alice (role read) may not set".to_string(),
+            }),
+        ),
     ]
 }
 
@@ -668,6 +682,20 @@ impl Coverage {
                 mac: Mac(_),
             }) => 13,
             Message::Proof(Proof { mac: Mac(_) }) => 14,
+            Message::HelloAuth(HelloAuth {
+                hello:
+                    Hello {
+                        magic: _,
+                        version: _,
+                        role,
+                        node: _,
+                    },
+                user: _,
+                password: _,
+            }) => {
+                self.role(*role);
+                15
+            }
         };
         self.mark("Message", index);
     }
@@ -844,6 +872,7 @@ impl Coverage {
             ErrorReply::Diverged { reason: _ } => 8,
             ErrorReply::DiskFull { reason: _ } => 9,
             ErrorReply::OutOfMemory { used: _, limit: _ } => 10,
+            ErrorReply::NoPermission { reason: _ } => 11,
         };
         self.mark("ErrorReply", index);
     }

@@ -53,6 +53,36 @@ impl Client {
         Client::connect_proving(addr, hello, None).await
     }
 
+    /// Connects and logs in to a balancer as `user` with `password`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn login(addr: SocketAddr, user: &str, password: &str) -> anyhow::Result<Client> {
+        let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut framed = Framed::new(stream, MessageCodec::default());
+        let hello = semikv_protocol::HelloAuth {
+            hello: Hello::new(Role::Client, None),
+            user: user.to_string(),
+            password: password.to_string(),
+        };
+        let welcome = timeout(IO_TIMEOUT, async {
+            framed.send(Message::HelloAuth(hello)).await?;
+            anyhow::Ok(handshake::welcome(framed.next().await)?)
+        })
+        .await
+        .with_context(|| format!("login at {addr} timed out"))?
+        .with_context(|| format!("login at {addr}"))?;
+        Ok(Client {
+            framed,
+            next_id: 1,
+            welcome,
+        })
+    }
+
     /// Connects, sends `hello` and proves `secret` when one is given.
     ///
     /// # Errors

@@ -34,6 +34,8 @@ pub struct Cluster {
     replica_args: Vec<OsString>,
     /// The secret every process was started with, if any.
     secret: Option<ClusterSecret>,
+    /// The user the fixture's own balancer connections log in as.
+    login: Option<(String, String)>,
     dir: TempDir,
 }
 
@@ -80,6 +82,7 @@ impl Cluster {
             balancer: None,
             replica_args,
             secret,
+            login: None,
             dir,
         })
     }
@@ -383,7 +386,17 @@ impl Cluster {
             .as_ref()
             .context("the cluster has no balancer")?
             .addr;
-        Client::connect(addr, Role::Client).await
+        match &self.login {
+            Some((user, password)) => Client::login(addr, user, password).await,
+            None => Client::connect(addr, Role::Client).await,
+        }
+    }
+
+    /// Makes the fixture's own balancer connections (and
+    /// [`Cluster::connect_balancer`]'s) log in as `user`, for a balancer
+    /// started with `--users-file`.
+    pub fn log_in_as(&mut self, user: &str, password: &str) {
+        self.login = Some((user.to_string(), password.to_string()));
     }
 
     /// The index of the replica that says it leads at the highest epoch, or

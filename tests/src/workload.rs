@@ -409,6 +409,7 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
             ErrorReply::Diverged { .. } => "diverged",
             ErrorReply::DiskFull { .. } => "disk-full",
             ErrorReply::OutOfMemory { .. } => "out-of-memory",
+            ErrorReply::NoPermission { .. } => "no-permission",
         },
     }
 }
@@ -442,7 +443,9 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
             // so does one whose disk or memory is full.
             | ErrorReply::Diverged { .. }
             | ErrorReply::DiskFull { .. }
-            | ErrorReply::OutOfMemory { .. } => Outcome::Failed,
+            | ErrorReply::OutOfMemory { .. }
+            // Refused by the balancer before it was forwarded.
+            | ErrorReply::NoPermission { .. } => Outcome::Failed,
             // In the log, or maybe: may still commit. A storage failure may
             // have left the entry half-written too: not "failed for sure".
             ErrorReply::NotEnoughReplicas { .. }

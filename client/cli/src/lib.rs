@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod command;
+pub mod credentials;
 pub mod local;
 pub mod output;
 pub mod repl;

@@ -16,15 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::error::{ClientConfig, ClientError};
+pub use crate::error::{ClientConfig, ClientError, Credentials};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::outbox;
 use semikv_protocol::pending::PendingMap;
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, Hello, LogIndex, Message, MessageCodec, NodeReport, NodeStatus,
-    Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
+    ClusterReport, ClusterStatus, Hello, HelloAuth, LogIndex, Message, MessageCodec, NodeReport,
+    NodeStatus, Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -121,7 +121,15 @@ pub async fn handshake(addr: &str, config: &ClientConfig) -> Result<Handshaken, 
     let mut reader = FramedRead::new(read, codec);
     let mut writer = FramedWrite::new(write, codec);
     let exchange = async {
-        let hello = Message::Hello(Hello::new(Role::Client, None));
+        let hello = Hello::new(Role::Client, None);
+        let hello = match &config.credentials {
+            None => Message::Hello(hello),
+            Some(c) => Message::HelloAuth(HelloAuth {
+                hello,
+                user: c.user.clone(),
+                password: c.password.clone(),
+            }),
+        };
         writer.send(hello).await.map_err(|e| e.to_string())?;
         match handshake::welcome(reader.next().await) {
             Ok(welcome) => Ok(Ok(welcome)),

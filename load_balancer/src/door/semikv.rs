@@ -15,7 +15,8 @@ use semikv_protocol::admission::Admission;
 use semikv_protocol::budget::ReadBudget;
 use semikv_protocol::codec::{self, BudgetedConn, FrameClock};
 use semikv_protocol::{
-    Message, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError, PROTOCOL_VERSION,
+    ErrorReply, Message, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError,
+    PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,7 +27,9 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
 use crate::router::{Router, Session, Window};
+use crate::users::Users;
 use semikv_protocol::outbox::{self, Outgoing, Sink};
+use semikv_protocol::throttle::LogThrottle;
 
 /// Requests one client may have in flight before the balancer stops reading
 /// from it.
@@ -231,7 +234,7 @@ async fn serve(
     // Read under the budget from the first byte: a Hello may be as large
     // as any frame.
     let mut framed = codec::framed(stream, config.max_frame_len, &budget);
-    let Some(role) = handshake(&mut framed).await else {
+    let Some((role, user)) = handshake(&mut framed, config.users.as_ref(), peer).await else {
         return;
     };
     let (mut stream, sink) = codec::split(framed);
@@ -300,7 +303,7 @@ async fn serve(
                 let mut frame = Some(frame);
                 let mut refused = None;
                 while let Some(one) = frame.take() {
-                    if let Err(reason) = take(&mut session, one, role) {
+                    if let Err(reason) = take(&mut session, one, role, user.as_ref()) {
                         refused = Some(reason);
                         break;
                     }
@@ -346,6 +349,7 @@ fn take(
     session: &mut Session<'_>,
     frame: Option<Result<Message, ProtocolError>>,
     role: Role,
+    user: Option<&LoggedIn>,
 ) -> Result<(), Option<WireError>> {
     let request = match frame {
         Some(Ok(Message::Request(request))) => request,
@@ -361,36 +365,112 @@ fn take(
         return Err(Some(WireError::WrongRole { role, what }));
     }
     // The caller saw a free slot, and only this task takes them.
-    session
-        .submit(Tag(request.id.0), request.op)
-        .map_err(|_| None)
+    let tag = Tag(request.id.0);
+    if let Some(refusal) = user.and_then(|u| u.refuses(&request.op)) {
+        return session.refuse(tag, Reply::Error(refusal)).map_err(|_| None);
+    }
+    session.submit(tag, request.op).map_err(|_| None)
 }
 
-/// The server side of the handshake: the client's role once it said a
-/// valid `Hello` and was welcomed; `None` (after a `Reject` saying why,
-/// when there is a reason to give) otherwise.
-async fn handshake(framed: &mut BudgetedConn) -> Option<Role> {
+/// The user a connection logged in as, checked again on every request: a
+/// user removed from the file (or given a lesser role) since the login is
+/// refused from its next request on.
+#[derive(Debug)]
+struct LoggedIn {
+    name: String,
+    users: Arc<Users>,
+}
+
+impl LoggedIn {
+    /// Why this user may not run `op` now, if it may not.
+    fn refuses(&self, op: &semikv_protocol::Op) -> Option<ErrorReply> {
+        match self.users.role_of(&self.name) {
+            None => Some(ErrorReply::NoPermission {
+                reason: format!("user {} no longer exists; log in again", self.name),
+            }),
+            Some(role) if !role.permits(op) => Some(ErrorReply::NoPermission {
+                reason: format!(
+                    "user {} has role {role}, which may not {}",
+                    self.name,
+                    op.name()
+                ),
+            }),
+            Some(_) => None,
+        }
+    }
+}
+
+/// The server side of the handshake: the client's role (and user, when
+/// the balancer has users) once it said a valid `Hello` (a `HelloAuth` with
+/// a good password, when the balancer has users) and was welcomed; `None`
+/// (after a `Reject` saying why, when there is a reason to give) otherwise.
+async fn handshake(
+    framed: &mut BudgetedConn,
+    users: Option<&Arc<Users>>,
+    peer: SocketAddr,
+) -> Option<(Role, Option<LoggedIn>)> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
-    let refusal = match first {
-        Ok(Some(Ok(Message::Hello(hello)))) => match hello.check() {
-            Err(wire) => wire,
-            Ok(()) if hello.role == Role::Replica => WireError::WrongRole {
-                role: hello.role,
-                what: "connecting to the balancer".into(),
-            },
-            Ok(()) => {
-                let welcome = Message::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    node: None,
-                });
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, framed.send(welcome)).await;
-                return matches!(sent, Ok(Ok(()))).then_some(hello.role);
-            }
-        },
-        Ok(Some(Ok(_))) | Err(_) => WireError::HandshakeRequired,
-        Ok(Some(Err(e))) => e.to_wire()?,
+    let (hello, login) = match first {
+        Ok(Some(Ok(Message::Hello(hello)))) => (hello, None),
+        Ok(Some(Ok(Message::HelloAuth(auth)))) => (auth.hello, Some((auth.user, auth.password))),
+        Ok(Some(Ok(_))) | Err(_) => return refuse(framed, WireError::HandshakeRequired).await,
+        Ok(Some(Err(e))) => return refuse(framed, e.to_wire()?).await,
         Ok(None) => return None,
     };
+    if let Err(wire) = hello.check() {
+        return refuse(framed, wire).await;
+    }
+    if hello.role == Role::Replica {
+        let wire = WireError::WrongRole {
+            role: hello.role,
+            what: "connecting to the balancer".into(),
+        };
+        return refuse(framed, wire).await;
+    }
+    let user = match (users, login) {
+        (None, None) => None,
+        (None, Some((name, _))) => {
+            let reason = format!(
+                "this balancer has no users (it runs without --users-file); \
+                 connect without logging in as {name}"
+            );
+            return refuse(framed, WireError::AuthFailed { reason }).await;
+        }
+        (Some(_), None) => {
+            let reason = "this balancer requires a user: log in with a name and a \
+                          password (semikv --user NAME)"
+                .to_string();
+            return refuse(framed, WireError::AuthFailed { reason }).await;
+        }
+        (Some(users), Some((name, password))) => {
+            match users.login(peer.ip(), &name, &password).await {
+                Ok(_) => Some(LoggedIn {
+                    name,
+                    users: users.clone(),
+                }),
+                Err(e) => {
+                    if let Some(held) = LOGIN_FAILED.admit() {
+                        warn!(peer = %peer, user = %name, error = %e, similar_since_last = held, "client login refused");
+                    }
+                    let reason = e.to_string();
+                    return refuse(framed, WireError::AuthFailed { reason }).await;
+                }
+            }
+        }
+    };
+    let welcome = Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        node: None,
+    });
+    let sent = tokio::time::timeout(WRITE_TIMEOUT, framed.send(welcome)).await;
+    matches!(sent, Ok(Ok(()))).then_some((hello.role, user))
+}
+
+/// Failed logins are said at most 20 times a second (each address is held
+/// back after a few anyway; many addresses must not flood the log).
+static LOGIN_FAILED: LogThrottle = LogThrottle::new(Duration::from_millis(50));
+
+async fn refuse<T>(framed: &mut BudgetedConn, refusal: WireError) -> Option<T> {
     debug!(error = %refusal, "rejecting client connection");
     let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Message::Reject(refusal))).await;
     None

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use semikv_protocol::Op;
+use semikv_protocol::{Op, Reply};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{Router, Window};
@@ -195,6 +195,23 @@ impl<'r> Session<'r> {
         if let Some(job) = unforwarded {
             self.run_own(job);
         }
+        Ok(())
+    }
+
+    /// Answers `tag` with `reply` at once, under a slot like any request
+    /// (a door's own refusal, e.g. of an op the user's role forbids).
+    ///
+    /// # Errors
+    /// [`NoSlot`] when every slot is taken.
+    pub fn refuse(&mut self, tag: Tag, reply: Reply) -> Result<(), NoSlot> {
+        let slot = self
+            .window
+            .slots()
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NoSlot)?;
+        self.burst.taken += 1;
+        self.answers.deliver(Answer::One { tag, reply, slot });
         Ok(())
     }
 

@@ -27,8 +27,10 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// Version 4: a peer that holds the cluster secret opens with
 /// [`Message::SecureHello`] and proves it over fresh nonces from both
 /// sides ([`Message::Challenge`], [`Message::Proof`]); [`WireError`] gained
-/// `AuthFailed`.
+/// `AuthFailed`; a client of a balancer with users logs in with
+/// [`Message::HelloAuth`], and [`ErrorReply`] gained `NoPermission`.
 ///
+/// [`Message::HelloAuth`]: super::Message::HelloAuth
 /// [`Message::StreamFrom`]: super::Message::StreamFrom
 /// [`Message::SecureHello`]: super::Message::SecureHello
 /// [`Message::Challenge`]: super::Message::Challenge
@@ -152,4 +154,27 @@ pub struct Challenge {
 pub struct Proof {
     /// The connecting side's proof.
     pub mac: Mac,
+}
+
+/// A client's [`Hello`] with its credentials (protocol 4), for a balancer
+/// started with users: answered `Welcome` once the password checks out,
+/// otherwise rejected with `AuthFailed`. The password crosses the wire as
+/// it is, as with Redis's `AUTH`: only TLS keeps it from the path.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAuth {
+    /// What a plain `Hello` says.
+    pub hello: Hello,
+    /// The user's name.
+    pub user: String,
+    /// The user's password.
+    pub password: String,
+}
+
+impl fmt::Debug for HelloAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HelloAuth")
+            .field("hello", &self.hello)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::{Fence, Follow, Promote, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 pub use hello::{
-    Challenge, Hello, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC, PROTOCOL_VERSION,
+    Challenge, Hello, HelloAuth, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC,
+    PROTOCOL_VERSION,
 };
 pub use replication::{
     Ack, Entries, Entry, EpochStart, SnapshotChunk, SnapshotOffer, StreamFrom, StreamStart,
@@ -72,6 +73,8 @@ pub enum Message {
     Challenge(Challenge),
     /// The connecting side's proof, answering a [`Challenge`].
     Proof(Proof),
+    /// First message of a client that logs in as a user (from protocol 4).
+    HelloAuth(HelloAuth),
 }
 
 impl Message {
@@ -94,6 +97,7 @@ impl Message {
             Message::SecureHello(_) => "SecureHello",
             Message::Challenge(_) => "Challenge",
             Message::Proof(_) => "Proof",
+            Message::HelloAuth(_) => "HelloAuth",
         }
     }
 }

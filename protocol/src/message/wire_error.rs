@@ -185,6 +185,12 @@ pub enum ErrorReply {
         /// The limit.
         limit: u64,
     },
+    /// The connection's user may not do this (its role does not allow it,
+    /// or it was removed since it logged in); nothing was done (protocol 4).
+    NoPermission {
+        /// What was refused and why; never a password.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ErrorReply {
@@ -226,6 +232,7 @@ impl fmt::Display for ErrorReply {
                 "OutOfMemory: the store holds {used} bytes of its {limit} byte limit; \
                  the write was not applied, reads still work"
             ),
+            ErrorReply::NoPermission { reason } => write!(f, "NoPermission: {reason}"),
         }
     }
 }

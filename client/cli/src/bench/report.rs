@@ -362,6 +362,7 @@ pub(super) fn error_kind(error: &ClientError) -> &'static str {
             ErrorReply::Diverged { .. } => "Diverged",
             ErrorReply::DiskFull { .. } => "DiskFull",
             ErrorReply::OutOfMemory { .. } => "OutOfMemory",
+            ErrorReply::NoPermission { .. } => "NoPermission",
         },
         ClientError::Timeout { .. } => "timeout",
         ClientError::ConnectionLost { .. } => "connection_lost",

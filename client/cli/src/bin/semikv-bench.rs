@@ -65,6 +65,13 @@ struct Cli {
     /// only when stderr is a terminal and without --json).
     #[arg(long)]
     no_progress: bool,
+    /// Log in as this user (a balancer started with --users-file); the
+    /// password comes from SEMIKV_PASSWORD or --password-file.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
 }
 
 /// Columns of the progress line: one short of 80, so that a terminal that
@@ -146,6 +153,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         seed,
         prefill: cli.prefill,
         client: ClientConfig {
+            credentials: semikv_cli::credentials::credentials(
+                cli.user.as_deref(),
+                cli.password_file.as_deref(),
+                |k| std::env::var(k).ok(),
+            )?,
             request_timeout: Duration::from_millis(cli.timeout_ms),
             max_in_flight: usize::try_from(cli.pipeline).unwrap_or(usize::MAX).max(1),
             ..ClientConfig::default()

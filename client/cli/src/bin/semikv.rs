@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use semikv_cli::credentials;
 use semikv_cli::local::{
     self, LocalCluster, LocalOptions, Reaper, BALANCER_SUBCOMMAND, REPLICA_SUBCOMMAND,
 };
@@ -33,7 +34,8 @@ const DEFAULT_LOCAL_REPLICAS: u32 = 3;
 /// `kill ID` and `restart ID`.
 ///
 /// `semikv secret FILE` writes a new cluster secret to FILE (mode 600), for
-/// `--cluster-secret-file` on every replica and balancer.
+/// `--cluster-secret-file` on every replica and balancer. `semikv passwd
+/// NAME ROLE` prints a line for `semikv-lb --users-file`.
 #[derive(Debug, Parser)]
 #[command(name = "semikv", version)]
 struct Cli {
@@ -55,6 +57,13 @@ struct Cli {
     /// With --local: keep data and logs here instead of a temporary directory.
     #[arg(long, value_name = "DIR", requires = "local")]
     data_dir: Option<PathBuf>,
+    /// Log in as this user (a balancer started with --users-file); the
+    /// password comes from SEMIKV_PASSWORD or --password-file.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
     /// The command to run (`get KEY`, `set KEY=VALUE`, ...), each word taken
     /// literally.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -68,8 +77,10 @@ fn main() -> ExitCode {
     if let Some(sub) = sub.filter(|s| s == REPLICA_SUBCOMMAND || s == BALANCER_SUBCOMMAND) {
         return run_child(&sub, args);
     }
-    if args.get(1).and_then(|a| a.to_str()) == Some(SECRET_COMMAND) {
-        return write_secret(&args[2..]);
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(SECRET_COMMAND) => return write_secret(&args[2..]),
+        Some(PASSWD_COMMAND) => return passwd(&args[2..]),
+        _ => {}
     }
     let cli = Cli::parse_from(optional_local_count(args));
     semikv_protocol::process::init_tracing();
@@ -117,6 +128,57 @@ fn write_secret(args: &[OsString]) -> ExitCode {
     }
 }
 
+/// `semikv passwd NAME ROLE [--password-file FILE]`: a users-file line.
+const PASSWD_COMMAND: &str = "passwd";
+
+/// `semikv passwd NAME ROLE [--password-file FILE]`: prints the users-file
+/// line for NAME with ROLE (`read`, `write`, `admin`) and a password from
+/// FILE, `SEMIKV_PASSWORD`, or the first line of stdin; append it to the
+/// file given to `semikv-lb --users-file`.
+fn passwd(args: &[OsString]) -> ExitCode {
+    let usage = "usage: semikv passwd NAME ROLE [--password-file FILE]   \
+                 (ROLE: read, write or admin; the password from FILE, \
+                 SEMIKV_PASSWORD, or stdin)";
+    let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    let (name, role, file) = match words.as_slice() {
+        [name, role] => (*name, *role, None),
+        [name, role, "--password-file", file] => (*name, *role, Some(PathBuf::from(file))),
+        _ => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(role) = semikv_lb::users::UserRole::parse(role) else {
+        eprintln!("semikv: role {role:?}: use read, write or admin\n{usage}");
+        return ExitCode::from(2);
+    };
+    let password = match credentials::password(file.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(Some(password)) => password,
+        Ok(None) => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("semikv: reading the password from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        Err(e) => {
+            eprintln!("semikv: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match semikv_lb::users::line_for(name, role, &password) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("semikv: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run_child(sub: &str, args: Vec<OsString>) -> ExitCode {
     local::die_with_parent();
     let rest = args.into_iter().skip(2);
@@ -145,7 +207,7 @@ fn optional_local_count(mut args: Vec<OsString>) -> Vec<OsString> {
         if arg == "--" || !arg.starts_with('-') {
             break;
         }
-        if arg == "--addr" || arg == "--data-dir" {
+        if matches!(arg, "--addr" | "--data-dir" | "--user" | "--password-file") {
             i += 2;
             continue;
         }
@@ -182,6 +244,14 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         one_line: matches!(mode, Mode::Script),
     };
 
+    let client = ClientConfig {
+        credentials: credentials::credentials(
+            cli.user.as_deref(),
+            cli.password_file.as_deref(),
+            |k| std::env::var(k).ok(),
+        )?,
+        ..ClientConfig::default()
+    };
     let mut session = if let Some(replicas) = cli.local {
         let mut options = LocalOptions::new(replicas).context("cannot find this executable")?;
         options.data_dir = cli.data_dir.clone();
@@ -206,9 +276,9 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                 .join(" "),
             cluster.dir().display()
         );
-        Session::new(cluster.balancer_addr(), ClientConfig::default(), style).with_cluster(cluster)
+        Session::new(cluster.balancer_addr(), client, style).with_cluster(cluster)
     } else {
-        Session::new(cli.addr.clone(), ClientConfig::default(), style)
+        Session::new(cli.addr.clone(), client, style)
     };
 
     let code = match mode {
