@@ -92,6 +92,23 @@ impl Client {
         hello: Hello,
         secret: Option<&semikv_protocol::auth::ClusterSecret>,
     ) -> anyhow::Result<Client> {
+        // Secured mode (see `crate::secured`): log in to balancers, prove
+        // the secret to replicas, whatever the caller asked for.
+        let mut hello = hello;
+        let mut secret = secret;
+        if secret.is_none() && crate::secured::enabled() {
+            if crate::secured::is_balancer(addr) {
+                if hello.role == Role::Client {
+                    return Client::login(addr, crate::secured::USER, crate::secured::PASSWORD)
+                        .await;
+                }
+            } else {
+                secret = crate::secured::secret()?;
+                if hello.role == Role::Client {
+                    hello.role = Role::Balancer;
+                }
+            }
+        }
         let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .with_context(|| format!("connecting to {addr} timed out"))?

@@ -309,12 +309,16 @@ impl Cluster {
     pub async fn restart_balancer(&mut self, balancer_args: &[&str]) -> anyhow::Result<()> {
         let mut old = self.balancer.take().ok_or_else(|| anyhow!("no balancer"))?;
         old.proc.kill9()?;
+        let addr = old.addr;
+        // Gone before its successor takes the address (secured mode keeps
+        // a registry of balancer addresses).
+        drop(old);
         let addrs = self.replica_addrs();
         let mut args: Vec<OsString> = balancer_args.iter().map(OsString::from).collect();
         if let Some(file) = self.secret_file() {
             args.extend([OsString::from("--cluster-secret-file"), file.into()]);
         }
-        self.balancer = Some(start_balancer_at(self.dir.path(), old.addr, &addrs, &args).await?);
+        self.balancer = Some(start_balancer_at(self.dir.path(), addr, &addrs, &args).await?);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use semikv_protocol::{
     Epoch, Fence, Hello, LogIndex, Message, Op, ReplicaId, Reply, Request, RequestId, Response,
-    Role, Subscribe,
+    Role, Subscribe, WireError,
 };
 
 use crate::client::{encode, RawConn};
@@ -100,7 +100,15 @@ impl HostilePeer {
                 conn.send(&Message::Hello(h)).await?;
             }
             HostilePeer::AdminFromClient | HostilePeer::ReplicationFromClient => {
-                conn.handshake(Role::Client).await?;
+                conn.send(&Message::Hello(Hello::new(Role::Client, None)))
+                    .await?;
+                match conn.recv().await? {
+                    Some(Message::Welcome(_)) => {}
+                    // A replica with a cluster secret, or a balancer with
+                    // users, refuses a plain client at once: even better.
+                    Some(Message::Reject(WireError::AuthFailed { .. })) | None => return Ok(()),
+                    other => bail!("{self:?}: the handshake was answered with {other:?}"),
+                }
                 let wedging = Epoch::from_raw(u128::MAX / 2);
                 let message = if self == HostilePeer::AdminFromClient {
                     Message::Request(Request {

@@ -41,6 +41,7 @@ pub mod process;
 pub mod proxy;
 pub mod readback;
 pub mod relayed;
+pub mod secured;
 pub mod timing;
 pub mod tmpfs;
 pub mod torn_tail;

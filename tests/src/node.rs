@@ -5,7 +5,7 @@
 //! `D.stderr` and `D.stdout` (appended to across restarts). A balancer's live
 //! in the directory it is given, as `lb.ready`, `lb.stderr`, `lb.stdout`.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 
 use crate::bin;
 use crate::process::Proc;
+use crate::secured;
 
 /// How long a process gets to write its ready file.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +42,12 @@ pub struct Balancer {
     pub addr: SocketAddr,
     /// The process.
     pub proc: Proc,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        secured::balancer_stopped(self.addr);
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -125,6 +132,8 @@ async fn launch_replica<S: AsRef<OsStr>>(
         .arg("--ready-file")
         .arg(&ready)
         .args(extra_args);
+    let given: Vec<OsString> = extra_args.iter().map(|a| a.as_ref().to_owned()).collect();
+    cmd.args(secured::replica_args(&given)?);
     let name = format!("replica {id}");
     let (proc, addr) = spawn_ready(&name, cmd, &ready, &with_suffix(data_dir, ".stderr")).await?;
     Ok(Replica {
@@ -166,7 +175,10 @@ pub async fn start_balancer_at<S: AsRef<OsStr>>(
         .arg("--ready-file")
         .arg(&ready)
         .args(extra_args);
+    let given: Vec<OsString> = extra_args.iter().map(|a| a.as_ref().to_owned()).collect();
+    cmd.args(secured::balancer_args(&given)?);
     let (proc, addr) = spawn_ready("balancer", cmd, &ready, &dir.join("lb.stderr")).await?;
+    secured::balancer_started(addr);
     Ok(Balancer { addr, proc })
 }
 

@@ -184,7 +184,8 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr, mut faults: watch::Re
 }
 
 /// Reads until the first frame is complete and returns the bytes read and
-/// the role its `Hello` declares (`Client` when it is not a readable Hello).
+/// the role its `Hello` declares, plain, proving the cluster secret or
+/// logging in (`Client` when it is not a readable Hello).
 async fn first_frame(inbound: &mut TcpStream) -> Option<(BytesMut, Role)> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
@@ -196,6 +197,8 @@ async fn first_frame(inbound: &mut TcpStream) -> Option<(BytesMut, Role)> {
             if buf.len() >= 8 + len {
                 let role = match MessageCodec::default().decode(&mut buf.clone()) {
                     Ok(Some(Message::Hello(h))) => h.role,
+                    Ok(Some(Message::SecureHello(h))) => h.hello.role,
+                    Ok(Some(Message::HelloAuth(h))) => h.hello.role,
                     _ => Role::Client,
                 };
                 return Some((buf, role));
