@@ -29,6 +29,7 @@ pub mod pending;
 pub mod process;
 pub mod sync;
 pub mod throttle;
+pub mod transport;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;

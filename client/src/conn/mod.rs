@@ -22,11 +22,11 @@ use futures::{SinkExt, StreamExt};
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::outbox;
 use semikv_protocol::pending::PendingMap;
+use semikv_protocol::transport::{ReadHalf, Stream, WriteHalf};
 use semikv_protocol::{
     ClusterReport, ClusterStatus, Hello, HelloAuth, LogIndex, Message, MessageCodec, NodeReport,
     NodeStatus, Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
 };
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -88,9 +88,9 @@ impl std::fmt::Debug for Client {
 #[derive(Debug)]
 pub struct Handshaken {
     /// The read half, with whatever the peer sent after its Welcome.
-    pub reader: FramedRead<OwnedReadHalf, MessageCodec>,
+    pub reader: FramedRead<ReadHalf, MessageCodec>,
     /// The write half (its buffer is empty: the Hello was flushed).
-    pub writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    pub writer: FramedWrite<WriteHalf, MessageCodec>,
     /// The peer's Welcome.
     pub welcome: Welcome,
 }
@@ -116,7 +116,7 @@ pub async fn handshake(addr: &str, config: &ClientConfig) -> Result<Handshaken, 
         })?;
     // Requests are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let (read, write) = Stream::from(stream).into_split();
     let codec = MessageCodec::new(config.max_frame_len);
     let mut reader = FramedRead::new(read, codec);
     let mut writer = FramedWrite::new(write, codec);
@@ -446,7 +446,7 @@ fn check_encodable(request: &Request, max_frame_len: usize) -> Result<(), Protoc
 /// blocked write ends the connection with its reason, recorded before the
 /// reader sees the shutdown, so callers are told why.
 async fn write_loop(
-    writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    writer: FramedWrite<WriteHalf, MessageCodec>,
     from_callers: mpsc::Receiver<Request>,
     pending: SharedPending,
     shutdown: CancellationToken,
@@ -462,7 +462,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut reader: FramedRead<OwnedReadHalf, MessageCodec>,
+    mut reader: FramedRead<ReadHalf, MessageCodec>,
     pending: SharedPending,
     shutdown: CancellationToken,
 ) {

@@ -6,9 +6,8 @@
 use bytes::{Buf, BytesMut};
 use std::io::Cursor;
 
+use crate::transport::{ReadHalf, Stream, WriteHalf};
 use tokio::io::{AsyncReadExt, Chain};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedRead, FramedWrite};
 
 use crate::budget::{Budgeted, ReadBudget};
@@ -126,20 +125,24 @@ impl Encoder<Message> for MessageCodec {
 /// A connection framed by [`MessageCodec`] whose reads draw on a
 /// [`ReadBudget`]: how every process reads what peers send it (the
 /// balancer's own links to replicas excepted, see [`split_unbudgeted`]).
-pub type BudgetedConn = Framed<Budgeted<TcpStream>, MessageCodec>;
+pub type BudgetedConn = Framed<Budgeted<Stream>, MessageCodec>;
 
 /// Frames `stream` with payloads up to `max_frame_len`, its reads under
 /// `budget`.
-pub fn framed(stream: TcpStream, max_frame_len: usize, budget: &ReadBudget) -> BudgetedConn {
+pub fn framed(
+    stream: impl Into<Stream>,
+    max_frame_len: usize,
+    budget: &ReadBudget,
+) -> BudgetedConn {
     Framed::new(
-        Budgeted::new(stream, budget),
+        Budgeted::new(stream.into(), budget),
         MessageCodec::new(max_frame_len),
     )
 }
 
 /// What a split reader reads: the bytes read before the split, then the
 /// socket.
-type SplitRead = Chain<Cursor<BytesMut>, OwnedReadHalf>;
+type SplitRead = Chain<Cursor<BytesMut>, ReadHalf>;
 
 /// The reading half of a [`BudgetedConn`], still under its budget.
 pub type FrameReader = FramedRead<Budgeted<SplitRead>, MessageCodec>;
@@ -148,7 +151,7 @@ pub type FrameReader = FramedRead<Budgeted<SplitRead>, MessageCodec>;
 pub type UnbudgetedReader = FramedRead<SplitRead, MessageCodec>;
 
 /// The writing half of a framed connection.
-pub type FrameWriter = FramedWrite<OwnedWriteHalf, MessageCodec>;
+pub type FrameWriter = FramedWrite<WriteHalf, MessageCodec>;
 
 /// Write-buffer bytes a connection keeps between batches: one that grew past
 /// this for a large frame (an 8 MiB value) gives the memory back once it is
@@ -188,9 +191,7 @@ pub fn split(framed: BudgetedConn) -> (FrameReader, FrameWriter) {
 /// to its replicas, which carry answers to the requests the balancer sent
 /// (bounded by its requests in flight), and which must not wait behind
 /// clients' large frames.
-pub fn split_unbudgeted(
-    framed: Framed<TcpStream, MessageCodec>,
-) -> (UnbudgetedReader, FrameWriter) {
+pub fn split_unbudgeted(framed: Framed<Stream, MessageCodec>) -> (UnbudgetedReader, FrameWriter) {
     let parts = framed.into_parts();
     let (read, write) = parts.io.into_split();
     let reader = FramedRead::new(

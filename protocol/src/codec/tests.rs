@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::message::{Hello, Role};
+use tokio::net::TcpStream;
 
 /// A writer that sent a large frame gives its buffer back, and keeps
 /// writing as before; one that only sent small frames keeps its own.
@@ -16,7 +17,7 @@ async fn a_write_buffer_grown_for_a_large_frame_is_given_back() {
     let addr = listener.local_addr().unwrap();
     let client = TcpStream::connect(addr).await.unwrap();
     let (server, _) = listener.accept().await.unwrap();
-    let (_, mut writer) = split_unbudgeted(Framed::new(client, MessageCodec::default()));
+    let (_, mut writer) = split_unbudgeted(Framed::new(client.into(), MessageCodec::default()));
     let mut reader = FramedRead::new(server, MessageCodec::default());
     let value = |len: usize| {
         Message::Response(Response {

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
+use semikv_protocol::transport::{ReadHalf, WriteHalf};
 use semikv_protocol::{ErrorReply, Message, MessageCodec, Reply, RequestId};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::FramedRead;
 
@@ -32,8 +33,8 @@ const MAX_DRAIN: usize = 1024;
 
 /// The socket of a driven connection.
 struct Socket {
-    reader: FramedRead<OwnedReadHalf, MessageCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<ReadHalf, MessageCodec>,
+    writer: WriteHalf,
     /// Encoded requests not yet written.
     unwritten: BytesMut,
 }
@@ -243,18 +244,19 @@ impl Driver {
             // Most of the time the socket takes it all at once: no wake-up
             // spent on waiting to be writable.
             if !open.unwritten.is_empty() {
-                match open.writer.try_write(&open.unwritten) {
-                    Ok(n) => {
+                match open.writer.write(&open.unwritten).now_or_never() {
+                    Some(Ok(n)) => {
                         let _ = open.unwritten.split_to(n);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
+                    None => {}
+                    Some(Err(e)) => {
                         self.lose(phase, &lost(format!("write failed: {e}")));
                         *socket = None;
                         continue;
                     }
                 }
             }
+            let mut wrote = 0;
             if let Some(at) = self.wake {
                 if timer.deadline() != at {
                     timer.as_mut().reset(at);
@@ -287,8 +289,14 @@ impl Driver {
                     }
                     ended
                 }
-                writable = open.writer.writable(), if !open.unwritten.is_empty() => {
-                    writable.err().map(|e| format!("write failed: {e}"))
+                written = open.writer.write(&open.unwritten), if !open.unwritten.is_empty() => {
+                    match written {
+                        Ok(n) => {
+                            wrote = n;
+                            None
+                        }
+                        Err(e) => Some(format!("write failed: {e}")),
+                    }
                 }
                 () = timer.as_mut(), if self.wake.is_some() => {
                     let now = Instant::now();
@@ -299,6 +307,7 @@ impl Driver {
                         .then(|| "writes blocked for the request timeout".to_string())
                 }
             };
+            let _ = open.unwritten.split_to(wrote);
             if let Some(reason) = ended {
                 self.lose(phase, &lost(reason));
                 *socket = None;

@@ -35,6 +35,7 @@ use semikv_protocol::auth::ClusterSecret;
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::sync::lock;
 use semikv_protocol::throttle::LogThrottle;
+use semikv_protocol::transport::Stream;
 use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Response, Role, WireError};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -408,7 +409,7 @@ impl ReplicaLink {
         })?;
         // Latency matters more than packet count for small requests.
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
+        let mut framed = Framed::new(Stream::from(stream), MessageCodec::new(self.max_frame_len));
         let hello = Hello::new(Role::Balancer, None);
         if let Err(e) = handshake::hello_proving(&mut framed, hello, self.secret.as_ref()).await {
             let auth = matches!(
