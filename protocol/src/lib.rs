@@ -29,6 +29,7 @@ pub mod pending;
 pub mod process;
 pub mod sync;
 pub mod throttle;
+pub mod tls;
 pub mod transport;
 
 pub use codec::MessageCodec;

@@ -570,6 +570,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 reason: "user alice (role read) may not set".to_string(),
             }),
         ),
+        ("reject_tls_required", reject(WireError::TlsRequired)),
     ]
 }
 
@@ -727,6 +728,7 @@ impl Coverage {
             WireError::Unexpected { what: _ } => 7,
             WireError::TooManyConnections { max: _ } => 8,
             WireError::AuthFailed { reason: _ } => 9,
+            WireError::TlsRequired => 10,
         };
         self.mark("WireError", index);
     }

@@ -68,6 +68,9 @@ pub enum WireError {
         /// What was missing or wrong; never the secret or a proof.
         reason: String,
     },
+    /// The listener speaks TLS and the peer sent plain TCP: sent in plain,
+    /// before the close, so that the peer can say why (protocol 4).
+    TlsRequired,
 }
 
 impl fmt::Display for WireError {
@@ -96,6 +99,9 @@ impl fmt::Display for WireError {
                 write!(f, "too many connections: this listener allows {max}")
             }
             WireError::AuthFailed { reason } => write!(f, "authentication failed: {reason}"),
+            WireError::TlsRequired => {
+                f.write_str("this port speaks TLS: connect with TLS (--tls-ca) or to a plain port")
+            }
         }
     }
 }
