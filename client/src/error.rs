@@ -21,6 +21,9 @@ pub struct ClientConfig {
     /// The user to log in as, for a balancer started with users; `None`:
     /// connect without logging in.
     pub credentials: Option<Credentials>,
+    /// TLS to the balancer, verified with this configuration (see
+    /// [`semikv_protocol::tls::client_config`]); `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<semikv_protocol::tls::TlsClientConfig>>,
 }
 
 /// A user name and its password. `Debug` never shows the password.
@@ -48,6 +51,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             credentials: None,
+            tls: None,
         }
     }
 }

@@ -85,6 +85,17 @@ pub struct Args {
     /// Listen beyond loopback without a cluster secret or users.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve TLS to clients with this certificate chain (PEM); with
+    /// --tls-key. Also presented to replicas when --tls-ca is given.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signs the replicas' certificates (PEM): links to them
+    /// use TLS and verify them with it.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn load_users(path: &str) -> Result<Arc<Users>, String> {
@@ -110,7 +121,21 @@ fn host_port(s: &str) -> Result<String, String> {
 }
 
 impl Args {
-    /// The run-time configuration these arguments describe.
+    /// The TLS these arguments ask for, loaded.
+    ///
+    /// # Errors
+    /// A flag missing its partner, or a file that cannot be used.
+    pub fn tls(&self) -> Result<Option<Arc<semikv_protocol::tls::Tls>>, String> {
+        semikv_protocol::process::tls_from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )
+        .map(|tls| tls.map(Arc::new))
+    }
+
+    /// The run-time configuration these arguments describe (without TLS,
+    /// see [`Args::tls`]).
     pub fn config(&self) -> Config {
         let mut config = Config::new(self.replicas.clone());
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
@@ -173,6 +198,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         eprintln!("semikv-lb: {refused}");
         return ExitCode::from(2);
     }
+    let tls = match args.tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("semikv-lb: {e}");
+            return ExitCode::from(2);
+        }
+    };
     semikv_protocol::process::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -184,7 +216,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "balancer failed");
@@ -194,7 +226,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, tls: Option<Arc<semikv_protocol::tls::Tls>>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -207,6 +239,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     semikv_protocol::process::cancel_on_signals(shutdown.clone());
     let mut config = args.config();
+    config.tls = tls;
     config.max_connections = semikv_protocol::process::connection_limit(args.max_connections);
     crate::run(config, listener, shutdown).await
 }

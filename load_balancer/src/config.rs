@@ -53,6 +53,10 @@ pub struct Config {
     /// request is checked against the user's role. `None`: anyone who
     /// reaches the door may read and write.
     pub users: Option<std::sync::Arc<crate::users::Users>>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: TLS on the client door, and
+    /// with a CA, on the links to replicas (verified by it, this
+    /// balancer's certificate presented). `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<semikv_protocol::tls::Tls>>,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -79,6 +83,7 @@ impl Config {
             idle_timeout: None,
             cluster_secret: None,
             users: None,
+            tls: None,
         };
         config.derive_waits();
         config

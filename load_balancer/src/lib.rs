@@ -46,8 +46,12 @@ pub async fn run(
     anyhow::ensure!(!config.replicas.is_empty(), "no replica configured");
     let config = Arc::new(config);
     let tasks = TaskTracker::new();
-    if let Some(users) = &config.users {
-        tasks.spawn(reload_users_on_sighup(users.clone(), shutdown.clone()));
+    if config.users.is_some() || config.tls.is_some() {
+        let (users, tls) = (config.users.clone(), config.tls.clone());
+        tasks.spawn(semikv_protocol::process::on_sighup(
+            shutdown.clone(),
+            move || reload(users.as_deref(), tls.as_deref()),
+        ));
     }
     let group = ReplicaGroup::start(config.clone(), &shutdown, &tasks);
     let coordinator = group.coordinator();
@@ -69,29 +73,26 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the users file again on every SIGHUP until `shutdown`: a file that
-/// parses replaces the users (connections logged in as a removed user are
-/// refused from their next request), one that does not keeps them.
-async fn reload_users_on_sighup(users: Arc<users::Users>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; the users file will not be reloaded");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            got = hangups.recv() => if got.is_none() { return },
-        }
+/// What a SIGHUP reloads: the users file and the TLS certificates. A
+/// file that parses replaces what was loaded (connections logged in as a
+/// removed user are refused from their next request; open TLS sessions
+/// keep their certificate); one that does not keeps it, with an error.
+fn reload(users: Option<&users::Users>, tls: Option<&semikv_protocol::tls::Tls>) {
+    if let Some(users) = users {
         match users.reload() {
             Ok(count) => {
                 info!(file = %users.path().display(), users = count, "users file reloaded")
             }
             Err(e) => {
                 tracing::error!(error = %e, "users file not reloaded; the users loaded before stay")
+            }
+        }
+    }
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(()) => info!("TLS certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificates not reloaded; the ones loaded before stay in use")
             }
         }
     }

@@ -288,3 +288,50 @@ mod secret_tests {
         assert!(err.contains("--cluster-secret-file") && err.contains("--insecure"));
     }
 }
+
+/// Runs `reload` on every SIGHUP until `shutdown` (what operators send
+/// after editing a users file or rotating certificates). Nothing happens
+/// when SIGHUP cannot be watched, but a warning.
+pub async fn on_sighup(shutdown: CancellationToken, mut reload: impl FnMut() + Send) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; nothing will be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        reload();
+    }
+}
+
+/// Loads `--tls-cert`, `--tls-key` and `--tls-ca` as given: the first two
+/// together or not at all, the CA only with them.
+///
+/// # Errors
+/// What is missing or wrong, naming the flag or the file.
+pub fn tls_from_flags(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    ca: Option<&Path>,
+) -> Result<Option<crate::tls::Tls>, String> {
+    match (cert, key) {
+        (None, None) if ca.is_none() => Ok(None),
+        (None, None) => Err("--tls-ca needs --tls-cert and --tls-key too: this process \
+                             presents its own certificate to the peers it verifies"
+            .into()),
+        (Some(_), None) | (None, Some(_)) => Err("--tls-cert and --tls-key go together".into()),
+        (Some(cert), Some(key)) => crate::tls::Tls::load(crate::tls::TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            ca: ca.map(Path::to_path_buf),
+        })
+        .map(Some)
+        .map_err(|e| e.to_string()),
+    }
+}

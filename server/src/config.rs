@@ -148,6 +148,10 @@ pub struct Config {
     /// they hold it in their handshake, and clients are not served (they go
     /// through the balancer). `None`: anyone may take any role.
     pub cluster_secret: Option<semikv_protocol::auth::ClusterSecret>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: TLS on the listener and, with
+    /// a CA, on the stream from a leader, with balancers and replicas
+    /// required to present a certificate the CA signed. `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<semikv_protocol::tls::Tls>>,
 }
 
 impl Config {
@@ -168,6 +172,7 @@ impl Config {
             idle_timeout: None,
             max_memory: None,
             cluster_secret: None,
+            tls: None,
         }
     }
 }

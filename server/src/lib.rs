@@ -76,6 +76,17 @@ pub async fn run(
         commit = %opened.commit_index,
         "recovered data directory"
     );
+    if let Some(tls) = config.tls.clone() {
+        tokio::spawn(semikv_protocol::process::on_sighup(
+            shutdown.clone(),
+            move || match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificates not reloaded; the ones loaded before stay in use")
+                }
+            },
+        ));
+    }
     let signals = Signals::new();
     let watches = Watches::of(&signals);
     let mut node = Node::new(

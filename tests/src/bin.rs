@@ -59,6 +59,20 @@ pub fn balancer() -> anyhow::Result<PathBuf> {
     cached(&PATH, BALANCER_ENV, BALANCER_PACKAGE, BALANCER)
 }
 
+/// Package of the tools (`semikv`, `semikv-bench`).
+pub const TOOLS_PACKAGE: &str = "semikv-cli";
+/// Binary name of the load generator.
+pub const BENCH: &str = "semikv-bench";
+
+/// Path of the `semikv-bench` binary, building it on first use.
+///
+/// # Errors
+/// As [`server`].
+pub fn bench() -> anyhow::Result<PathBuf> {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    cached(&PATH, "SEMIKV_BENCH_BIN", TOOLS_PACKAGE, BENCH)
+}
+
 fn cached(
     cell: &OnceLock<Result<PathBuf, String>>,
     env: &str,

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::handshake;
+use semikv_protocol::transport::Stream;
 use semikv_protocol::{
     ClusterReport, ClusterStatus, Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message,
     MessageCodec, NodeStatus, Op, Promote, ReplicaId, Reply, Request, RequestId, Response, Role,
@@ -27,10 +28,32 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests [`Client::get_many`] keeps in flight.
 pub const GET_WINDOW: usize = 256;
 
+/// How to reach a peer beyond a plain `Hello`: TLS, the cluster secret, a
+/// login.
+#[derive(Debug, Clone, Default)]
+pub struct Dial {
+    /// TLS with this configuration.
+    pub tls: Option<std::sync::Arc<semikv_protocol::tls::TlsClientConfig>>,
+    /// Prove this cluster secret.
+    pub secret: Option<semikv_protocol::auth::ClusterSecret>,
+    /// Log in as this user, with this password.
+    pub login: Option<(String, String)>,
+}
+
+impl Dial {
+    /// A login as `user` with `password`.
+    pub fn login(user: &str, password: &str) -> Dial {
+        Dial {
+            login: Some((user.to_string(), password.to_string())),
+            ..Dial::default()
+        }
+    }
+}
+
 /// A connection that has completed the handshake.
 #[derive(Debug)]
 pub struct Client {
-    framed: Framed<TcpStream, MessageCodec>,
+    framed: Framed<Stream, MessageCodec>,
     next_id: u64,
     welcome: Welcome,
 }
@@ -58,29 +81,12 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn login(addr: SocketAddr, user: &str, password: &str) -> anyhow::Result<Client> {
-        let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .with_context(|| format!("connecting to {addr} timed out"))?
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let mut framed = Framed::new(stream, MessageCodec::default());
-        let hello = semikv_protocol::HelloAuth {
-            hello: Hello::new(Role::Client, None),
-            user: user.to_string(),
-            password: password.to_string(),
-        };
-        let welcome = timeout(IO_TIMEOUT, async {
-            framed.send(Message::HelloAuth(hello)).await?;
-            anyhow::Ok(handshake::welcome(framed.next().await)?)
-        })
+        Client::dial(
+            addr,
+            Hello::new(Role::Client, None),
+            &Dial::login(user, password),
+        )
         .await
-        .with_context(|| format!("login at {addr} timed out"))?
-        .with_context(|| format!("login at {addr}"))?;
-        Ok(Client {
-            framed,
-            next_id: 1,
-            welcome,
-        })
     }
 
     /// Connects, sends `hello` and proves `secret` when one is given.
@@ -92,18 +98,32 @@ impl Client {
         hello: Hello,
         secret: Option<&semikv_protocol::auth::ClusterSecret>,
     ) -> anyhow::Result<Client> {
-        // Secured mode (see `crate::secured`): log in to balancers, prove
-        // the secret to replicas, whatever the caller asked for.
+        let dial = Dial {
+            secret: secret.cloned(),
+            ..Dial::default()
+        };
+        Client::dial(addr, hello, &dial).await
+    }
+
+    /// Connects to `addr` as `dial` says (TLS, the secret, a login) and
+    /// says `hello`. In secured mode (see `crate::secured`) it logs in to
+    /// balancers and proves the secret to replicas, whatever `dial` says.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], or TLS or the proof of the secret failed.
+    pub async fn dial(addr: SocketAddr, hello: Hello, dial: &Dial) -> anyhow::Result<Client> {
         let mut hello = hello;
-        let mut secret = secret;
-        if secret.is_none() && crate::secured::enabled() {
+        let mut dial = dial.clone();
+        if dial.secret.is_none() && dial.login.is_none() && crate::secured::enabled() {
             if crate::secured::is_balancer(addr) {
                 if hello.role == Role::Client {
-                    return Client::login(addr, crate::secured::USER, crate::secured::PASSWORD)
-                        .await;
+                    dial.login = Some((
+                        crate::secured::USER.to_string(),
+                        crate::secured::PASSWORD.to_string(),
+                    ));
                 }
             } else {
-                secret = crate::secured::secret()?;
+                dial.secret = crate::secured::secret()?.cloned();
                 if hello.role == Role::Client {
                     hello.role = Role::Balancer;
                 }
@@ -114,14 +134,37 @@ impl Client {
             .with_context(|| format!("connecting to {addr} timed out"))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream = match &dial.tls {
+            None => Stream::from(stream),
+            Some(tls) => timeout(
+                IO_TIMEOUT,
+                semikv_protocol::tls::connect_client(tls, stream, &addr.to_string()),
+            )
+            .await
+            .with_context(|| format!("TLS with {addr} timed out"))?
+            .with_context(|| format!("TLS with {addr}"))?,
+        };
         let mut framed = Framed::new(stream, MessageCodec::default());
-        let welcome = timeout(
-            IO_TIMEOUT,
-            handshake::hello_proving(&mut framed, hello, secret),
-        )
-        .await
-        .with_context(|| format!("handshake with {addr} timed out"))?
-        .with_context(|| format!("handshake with {addr}"))?;
+        let exchange = async {
+            match &dial.login {
+                Some((user, password)) => {
+                    let login = semikv_protocol::HelloAuth {
+                        hello,
+                        user: user.clone(),
+                        password: password.clone(),
+                    };
+                    framed.send(Message::HelloAuth(login)).await?;
+                    anyhow::Ok(handshake::welcome(framed.next().await)?)
+                }
+                None => {
+                    Ok(handshake::hello_proving(&mut framed, hello, dial.secret.as_ref()).await?)
+                }
+            }
+        };
+        let welcome = timeout(IO_TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("handshake with {addr} timed out"))?
+            .with_context(|| format!("handshake with {addr}"))?;
         Ok(Client {
             framed,
             next_id: 1,
@@ -375,7 +418,7 @@ impl Client {
 }
 
 async fn next(
-    framed: &mut Framed<TcpStream, MessageCodec>,
+    framed: &mut Framed<Stream, MessageCodec>,
     wait: Duration,
 ) -> anyhow::Result<Option<Message>> {
     // The timeout stays in the error's chain, so [`is_timeout`] can tell it

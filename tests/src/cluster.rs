@@ -9,11 +9,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use std::sync::Arc;
+
 use semikv_protocol::auth::ClusterSecret;
+use semikv_protocol::tls::testing::TestCa;
+use semikv_protocol::tls::TlsClientConfig;
 use semikv_protocol::{ClusterStatus, Epoch, Hello, LogIndex, NodeRole, NodeStatus, Role};
 use tempfile::TempDir;
 
-use crate::client::{node, Client};
+use crate::client::{node, Client, Dial};
 use crate::node::{
     start_balancer, start_balancer_at, start_replica, start_replica_at, Balancer, Replica,
 };
@@ -36,6 +40,9 @@ pub struct Cluster {
     secret: Option<ClusterSecret>,
     /// The user the fixture's own balancer connections log in as.
     login: Option<(String, String)>,
+    /// The CA of a cluster started [`Cluster::with_tls`], and the TLS the
+    /// fixture's connections use (its certificate presented).
+    tls: Option<(TestCa, Arc<TlsClientConfig>)>,
     dir: TempDir,
 }
 
@@ -83,6 +90,7 @@ impl Cluster {
             replica_args,
             secret,
             login: None,
+            tls: None,
             dir,
         })
     }
@@ -318,6 +326,7 @@ impl Cluster {
         if let Some(file) = self.secret_file() {
             args.extend([OsString::from("--cluster-secret-file"), file.into()]);
         }
+        args.extend(self.process_tls_flags("balancer"));
         self.balancer = Some(start_balancer_at(self.dir.path(), addr, &addrs, &args).await?);
         Ok(())
     }
@@ -350,9 +359,23 @@ impl Cluster {
         old.proc.kill9()?;
         let (id, addr, data_dir) = (old.id, old.addr, old.data_dir.clone());
         let mut args = self.replica_args.clone();
+        args.extend(self.process_tls_flags(&format!("replica-{id}")));
         args.extend(extra.iter().map(OsString::from));
         self.replicas[i] = start_replica_at(id, &data_dir, addr, &args).await?;
         Ok(())
+    }
+
+    /// The TLS flags of the process whose certificate files are named
+    /// `name` (none unless the cluster was started [`Cluster::with_tls`]).
+    fn process_tls_flags(&self, name: &str) -> Vec<OsString> {
+        match self.tls_ca() {
+            None => Vec::new(),
+            Some(ca) => tls_flags(&semikv_protocol::tls::TlsFiles {
+                cert: self.dir.path().join(format!("{name}.pem")),
+                key: self.dir.path().join(format!("{name}.key")),
+                ca: Some(ca.ca_file.clone()),
+            }),
+        }
     }
 
     /// A client connection to replica `i` as `role`.
@@ -361,8 +384,12 @@ impl Cluster {
     /// As [`Client::connect`].
     /// Proves the cluster secret, when there is one, for the internal roles.
     pub async fn connect(&self, i: usize, role: Role) -> anyhow::Result<Client> {
-        let secret = self.secret.as_ref().filter(|_| role != Role::Client);
-        Client::connect_proving(self.replicas[i].addr, Hello::new(role, None), secret).await
+        let dial = Dial {
+            tls: self.tls.as_ref().map(|(_, tls)| tls.clone()),
+            secret: self.secret.clone().filter(|_| role != Role::Client),
+            login: None,
+        };
+        Client::dial(self.replicas[i].addr, Hello::new(role, None), &dial).await
     }
 
     /// A connection to replica `i` that may read its status: a client's, or
@@ -372,7 +399,7 @@ impl Cluster {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn observe(&self, i: usize) -> anyhow::Result<Client> {
-        let role = if self.secret.is_some() {
+        let role = if self.secret.is_some() || self.tls.is_some() {
             Role::Balancer
         } else {
             Role::Client
@@ -390,10 +417,83 @@ impl Cluster {
             .as_ref()
             .context("the cluster has no balancer")?
             .addr;
-        match &self.login {
-            Some((user, password)) => Client::login(addr, user, password).await,
-            None => Client::connect(addr, Role::Client).await,
+        let dial = Dial {
+            tls: self.tls.as_ref().map(|(_, tls)| tls.clone()),
+            secret: None,
+            login: self.login.clone(),
+        };
+        Client::dial(addr, Hello::new(Role::Client, None), &dial).await
+    }
+
+    /// `n` replicas and a balancer, every listener and link on TLS: a new
+    /// CA in the cluster's dir signs each process's certificate
+    /// (`replica-ID.pem`, `balancer.pem`, and `harness.pem` for the
+    /// fixture's own connections), and every process verifies its peers
+    /// with it.
+    ///
+    /// # Errors
+    /// Making the certificates or starting a process failed.
+    pub async fn with_tls(
+        n: usize,
+        replica_args: &[&str],
+        balancer_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let dir = temp_dir()?;
+        let ca = TestCa::new(dir.path(), "cluster").map_err(|e| anyhow!("{e}"))?;
+        let mut replicas = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = u32::try_from(i + 1)?;
+            let files = ca
+                .issue(dir.path(), &format!("replica-{id}"))
+                .map_err(|e| anyhow!("{e}"))?;
+            let mut args: Vec<OsString> = replica_args.iter().map(OsString::from).collect();
+            args.extend(tls_flags(&files));
+            let data_dir = dir.path().join(format!("replica-{id}"));
+            replicas.push(start_replica(id, &data_dir, &args).await?);
         }
+        let harness = ca
+            .issue(dir.path(), "harness")
+            .map_err(|e| anyhow!("{e}"))?;
+        let tls =
+            semikv_protocol::tls::client_config(&ca.ca_file, Some((&harness.cert, &harness.key)))?;
+        let files = ca
+            .issue(dir.path(), "balancer")
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut args: Vec<OsString> = balancer_args.iter().map(OsString::from).collect();
+        args.extend(tls_flags(&files));
+        let mut cluster = Cluster {
+            replicas,
+            balancer: None,
+            replica_args: Vec::new(),
+            secret: None,
+            login: None,
+            tls: Some((ca, Arc::new(tls))),
+            dir,
+        };
+        let addrs = cluster.replica_addrs();
+        cluster.balancer = Some(start_balancer(cluster.dir.path(), &addrs, &args).await?);
+        Ok(cluster)
+    }
+
+    /// The CA of a cluster started [`Cluster::with_tls`].
+    pub fn tls_ca(&self) -> Option<&TestCa> {
+        self.tls.as_ref().map(|(ca, _)| ca)
+    }
+
+    /// New certificates, from the same CA, in the files every process of a
+    /// [`Cluster::with_tls`] loaded (processes take them on SIGHUP).
+    ///
+    /// # Errors
+    /// Not a TLS cluster, or making a certificate failed.
+    pub fn reissue_certificates(&self) -> anyhow::Result<()> {
+        let ca = self.tls_ca().context("not a TLS cluster")?;
+        for replica in &self.replicas {
+            ca.issue(self.dir.path(), &format!("replica-{}", replica.id))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        ca.issue(self.dir.path(), "balancer")
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
     }
 
     /// Makes the fixture's own balancer connections (and
@@ -575,4 +675,17 @@ pub fn write_secret(path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))
+}
+
+fn tls_flags(files: &semikv_protocol::tls::TlsFiles) -> Vec<OsString> {
+    let mut flags = vec![
+        OsString::from("--tls-cert"),
+        files.cert.clone().into(),
+        OsString::from("--tls-key"),
+        files.key.clone().into(),
+    ];
+    if let Some(ca) = &files.ca {
+        flags.extend([OsString::from("--tls-ca"), ca.clone().into()]);
+    }
+    flags
 }

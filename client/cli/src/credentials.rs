@@ -1,5 +1,7 @@
-//! Where the tools get a user's password: `SEMIKV_PASSWORD` or a file,
-//! never a command-line flag (which any user of the machine sees in `ps`).
+//! What the tools need to get in: a user's password, from
+//! `SEMIKV_PASSWORD` or a file, never a command-line flag (which any user
+//! of the machine sees in `ps`); and the CA that verifies a balancer
+//! serving TLS.
 
 use std::path::Path;
 
@@ -72,6 +74,21 @@ pub fn credentials(
             password,
         })),
     }
+}
+
+/// TLS to the balancer, verified with the CA in `ca` (`--tls-ca`); `None`
+/// without one.
+///
+/// # Errors
+/// The CA file cannot be used.
+pub fn tls(
+    ca: Option<&Path>,
+) -> Result<
+    Option<std::sync::Arc<semikv_protocol::tls::TlsClientConfig>>,
+    semikv_protocol::tls::TlsError,
+> {
+    ca.map(|ca| semikv_protocol::tls::client_config(ca, None).map(std::sync::Arc::new))
+        .transpose()
 }
 
 #[cfg(test)]

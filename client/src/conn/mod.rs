@@ -116,7 +116,20 @@ pub async fn handshake(addr: &str, config: &ClientConfig) -> Result<Handshaken, 
         })?;
     // Requests are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let (read, write) = Stream::from(stream).into_split();
+    let stream = match &config.tls {
+        None => Stream::from(stream),
+        Some(tls) => timeout_at(
+            deadline,
+            semikv_protocol::tls::connect_client(tls, stream, addr),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| ClientError::Handshake {
+            addr: addr.to_string(),
+            reason: format!("TLS: {e}"),
+        })?,
+    };
+    let (read, write) = stream.into_split();
     let codec = MessageCodec::new(config.max_frame_len);
     let mut reader = FramedRead::new(read, codec);
     let mut writer = FramedWrite::new(write, codec);

@@ -30,6 +30,7 @@ use crate::router::{Router, Session, Window};
 use crate::users::Users;
 use semikv_protocol::outbox::{self, Outgoing, Sink};
 use semikv_protocol::throttle::LogThrottle;
+use semikv_protocol::transport::Stream;
 
 /// Requests one client may have in flight before the balancer stops reading
 /// from it.
@@ -231,6 +232,16 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let stream = match &config.tls {
+        None => Stream::from(stream),
+        Some(tls) => match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(why) => {
+                debug!(peer = %peer, error = %why, "no TLS session");
+                return;
+            }
+        },
+    };
     // Read under the budget from the first byte: a Hello may be as large
     // as any frame.
     let mut framed = codec::framed(stream, config.max_frame_len, &budget);

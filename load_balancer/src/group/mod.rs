@@ -61,6 +61,7 @@ impl ReplicaGroup {
                         addr.clone(),
                         config.max_frame_len,
                         config.cluster_secret.clone(),
+                        config.tls.clone(),
                         connect_timeout,
                         broken_tx.clone(),
                         kick.clone(),

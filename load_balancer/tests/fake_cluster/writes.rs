@@ -44,6 +44,7 @@ impl WriteHarness {
             fake.addr.to_string(),
             1 << 20,
             None,
+            None,
             Duration::from_secs(5),
             broken_tx,
             kick.clone(),

@@ -25,7 +25,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::transport::Stream;
+
 use crate::{Message, WireError};
+/// The client side's configuration, for the client library's users.
+pub use rustls::ClientConfig as TlsClientConfig;
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -293,6 +296,19 @@ pub async fn connect_with(
     })?;
     let tls = connector.connect(name, stream).await?;
     Ok(Stream::from(tokio_rustls::TlsStream::Client(tls)))
+}
+
+/// Connects TLS over `stream` to `addr` (`host:port`) with `config`: what
+/// the client library does for a balancer that serves TLS.
+///
+/// # Errors
+/// The handshake failed or `addr` names no valid host.
+pub async fn connect_client(
+    config: &Arc<ClientConfig>,
+    stream: TcpStream,
+    addr: &str,
+) -> std::io::Result<Stream> {
+    connect_with(&TlsConnector::from(config.clone()), stream, addr).await
 }
 
 /// Whether the peer on `stream` presented a certificate the CA verified

@@ -413,6 +413,12 @@ async fn follow_once(
         .await
         .map_err(|_| ReplicationError::Timeout)??;
     stream.set_nodelay(true)?;
+    let stream = match &replica.config.tls {
+        Some(tls) if tls.connects() => timeout(CONNECT_TIMEOUT, tls.connect(stream, &target.addr))
+            .await
+            .map_err(|_| ReplicationError::Timeout)??,
+        _ => stream.into(),
+    };
     // A budget of its own, one frame, rather than the replica's: the
     // stream reads one frame at a time anyway, and behind clients that
     // stall mid-frame it would miss SILENCE_TIMEOUT and starve replication.

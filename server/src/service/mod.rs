@@ -18,6 +18,7 @@ use semikv_protocol::admission::RESERVED_HELLO_TIMEOUT;
 use semikv_protocol::codec::{release_write_buffer, FrameClock, FrameWriter};
 use semikv_protocol::handshake;
 use semikv_protocol::throttle::LogThrottle;
+use semikv_protocol::transport::Stream;
 use semikv_protocol::{
     ErrorReply, Message, Op, Reply, Request, RequestId, Response, Role, Welcome, WireError,
     WriteOp, PROTOCOL_VERSION,
@@ -49,15 +50,26 @@ type Conn = semikv_protocol::codec::BudgetedConn;
 pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
-    // Read under the replica's budget from the first byte: a Hello may be
-    // as large as any frame.
-    let mut conn =
-        semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &replica.read_budget);
     let hello_timeout = if reserved {
         RESERVED_HELLO_TIMEOUT
     } else {
         HANDSHAKE_TIMEOUT
     };
+    let stream = match &replica.config.tls {
+        None => Stream::from(stream),
+        Some(tls) => match tls.accept(stream, hello_timeout).await {
+            Ok(stream) => stream,
+            Err(why) => {
+                tracing::debug!(peer = ?peer, error = %why, "no TLS session");
+                return;
+            }
+        },
+    };
+    let certified = semikv_protocol::tls::peer_verified(&stream);
+    // Read under the replica's budget from the first byte: a Hello may be
+    // as large as any frame.
+    let mut conn =
+        semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &replica.read_budget);
     let first = match timeout(hello_timeout, conn.next()).await {
         Err(_) | Ok(None) => return,
         Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
@@ -75,6 +87,18 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
             return reject(&mut conn, e).await;
         }
     };
+    let verifies = replica.config.tls.as_ref().is_some_and(|t| t.connects());
+    if verifies && hello.role != Role::Client && !certified {
+        let e = WireError::AuthFailed {
+            reason: format!(
+                "the {} role needs a TLS client certificate signed by this replica's \
+                 --tls-ca",
+                hello.role
+            ),
+        };
+        refused_peer(peer, &e);
+        return reject(&mut conn, e).await;
+    }
     if secret.is_some() && hello.role == Role::Client {
         let e = WireError::AuthFailed {
             reason: "this replica has a cluster secret and serves its balancer and \

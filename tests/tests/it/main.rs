@@ -16,6 +16,7 @@ mod max_memory;
 mod replication;
 mod secret;
 mod single;
+mod tls;
 mod users;
 
 use std::time::Duration;

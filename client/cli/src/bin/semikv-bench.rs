@@ -72,6 +72,9 @@ struct Cli {
     /// Read the password from the first line of FILE.
     #[arg(long, value_name = "FILE")]
     password_file: Option<std::path::PathBuf>,
+    /// Connect to the balancer with TLS, verifying it with this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Columns of the progress line: one short of 80, so that a terminal that
@@ -158,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.password_file.as_deref(),
                 |k| std::env::var(k).ok(),
             )?,
+            tls: semikv_cli::credentials::tls(cli.tls_ca.as_deref())?,
             request_timeout: Duration::from_millis(cli.timeout_ms),
             max_in_flight: usize::try_from(cli.pipeline).unwrap_or(usize::MAX).max(1),
             ..ClientConfig::default()

@@ -64,6 +64,9 @@ struct Cli {
     /// Read the password from the first line of FILE.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Connect to the balancer with TLS, verifying it with this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// The command to run (`get KEY`, `set KEY=VALUE`, ...), each word taken
     /// literally.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -207,7 +210,10 @@ fn optional_local_count(mut args: Vec<OsString>) -> Vec<OsString> {
         if arg == "--" || !arg.starts_with('-') {
             break;
         }
-        if matches!(arg, "--addr" | "--data-dir" | "--user" | "--password-file") {
+        if matches!(
+            arg,
+            "--addr" | "--data-dir" | "--user" | "--password-file" | "--tls-ca"
+        ) {
             i += 2;
             continue;
         }
@@ -250,6 +256,7 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             cli.password_file.as_deref(),
             |k| std::env::var(k).ok(),
         )?,
+        tls: credentials::tls(cli.tls_ca.as_deref())?,
         ..ClientConfig::default()
     };
     let mut session = if let Some(replicas) = cli.local {

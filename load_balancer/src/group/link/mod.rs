@@ -147,6 +147,8 @@ pub struct ReplicaLink {
     max_frame_len: usize,
     /// Proved in every handshake, when the cluster has one.
     secret: Option<ClusterSecret>,
+    /// TLS to the replica, when the balancer has a CA for them.
+    tls: Option<Arc<semikv_protocol::tls::Tls>>,
     /// A replica that refuses our secret (or ours its) is said at most
     /// every 10 s, at error: it is a misconfiguration to fix.
     auth_failed: LogThrottle,
@@ -175,6 +177,7 @@ impl ReplicaLink {
         addr: String,
         max_frame_len: usize,
         secret: Option<ClusterSecret>,
+        tls: Option<Arc<semikv_protocol::tls::Tls>>,
         connect_timeout: Duration,
         broken_tx: mpsc::Sender<usize>,
         kick: Arc<Notify>,
@@ -186,6 +189,7 @@ impl ReplicaLink {
             addr,
             max_frame_len,
             secret,
+            tls: tls.filter(|t| t.connects()),
             auth_failed: LogThrottle::new(AUTH_FAILED_EVERY),
             connect_timeout,
             data: Channel::default(),
@@ -409,7 +413,14 @@ impl ReplicaLink {
         })?;
         // Latency matters more than packet count for small requests.
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(Stream::from(stream), MessageCodec::new(self.max_frame_len));
+        let stream = match &self.tls {
+            Some(tls) => tls
+                .connect(stream, &self.addr)
+                .await
+                .map_err(|e| ConnError::Connect(format!("TLS: {e}")))?,
+            None => Stream::from(stream),
+        };
+        let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
         let hello = Hello::new(Role::Balancer, None);
         if let Err(e) = handshake::hello_proving(&mut framed, hello, self.secret.as_ref()).await {
             let auth = matches!(

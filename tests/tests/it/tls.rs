@@ -1,0 +1,172 @@
+//! TLS on every listener and link (issue #17): a cluster whose replicas and
+//! balancer all serve TLS with certificates of one CA, replicas streaming
+//! to each other and the balancer reaching them over TLS; plain peers and
+//! strangers refused; certificates rotated under load.
+
+use nix::sys::signal::Signal;
+use semikv_protocol::tls::testing::TestCa;
+use semikv_protocol::{Hello, Role};
+use semikv_tests::client::{value, Dial};
+use semikv_tests::{Client, Cluster, Deadline};
+
+use crate::CONVERGE;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_and_link_speaks_tls_through_a_failover() {
+    let mut cluster = Cluster::with_tls(3, &[], &[]).await.unwrap();
+    let leader = cluster.wait_steady(CONVERGE).await.unwrap();
+    let mut c = cluster.connect_balancer().await.unwrap();
+    let r = c.set_until_acked("before", "v1", CONVERGE).await;
+    cluster.explain(r).unwrap();
+    cluster.kill_replica(leader).unwrap();
+    let r = c.set_until_acked("after", "v2", CONVERGE).await;
+    cluster.explain(r).unwrap();
+    // The restarted replica catches up from the new leader over TLS.
+    cluster.restart_replica(leader).await.unwrap();
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    for (key, want) in [("before", "v1"), ("after", "v2")] {
+        let got = value(&c.get(key).await.unwrap()).unwrap();
+        assert_eq!(got.as_deref(), Some(want.as_bytes()), "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_peers_strangers_and_uncertified_roles_are_refused() {
+    let cluster = Cluster::with_tls(3, &[], &[]).await.unwrap();
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    let balancer = cluster.balancer_addr();
+    let replica = cluster.replica(0).addr;
+
+    // Plain TCP on a TLS port: told so in a frame it can read.
+    for addr in [balancer, replica] {
+        let refused = Client::connect(addr, Role::Client).await.unwrap_err();
+        assert!(format!("{refused:#}").contains("speaks TLS"), "{refused:#}");
+    }
+
+    // A client that trusts another CA does not get in.
+    let dir = tempfile::tempdir().unwrap();
+    let other = TestCa::new(dir.path(), "other").unwrap();
+    let stranger = Dial {
+        tls: Some(std::sync::Arc::new(
+            semikv_protocol::tls::client_config(&other.ca_file, None).unwrap(),
+        )),
+        ..Dial::default()
+    };
+    let refused = Client::dial(balancer, Hello::new(Role::Client, None), &stranger)
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("TLS"), "{refused:#}");
+
+    // Trusting the CA but without a certificate of its own: a client of the
+    // balancer is fine, the balancer role at a replica is not.
+    let ca = &cluster.tls_ca().unwrap().ca_file;
+    let anonymous = Dial {
+        tls: Some(std::sync::Arc::new(
+            semikv_protocol::tls::client_config(ca, None).unwrap(),
+        )),
+        ..Dial::default()
+    };
+    let mut client = Client::dial(balancer, Hello::new(Role::Client, None), &anonymous)
+        .await
+        .unwrap();
+    client.ping().await.unwrap();
+    let refused = Client::dial(replica, Hello::new(Role::Balancer, None), &anonymous)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("needs a TLS client certificate"),
+        "{refused:#}"
+    );
+}
+
+/// Runs `semikv-bench` over TLS against `cluster`'s balancer for `secs`
+/// seconds; its JSON report.
+fn bench_over_tls(cluster: &Cluster, secs: u32) -> std::process::Child {
+    let ca = cluster.tls_ca().unwrap().ca_file.clone();
+    std::process::Command::new(semikv_tests::bin::bench().unwrap())
+        .args(["--addr", &cluster.balancer_addr().to_string()])
+        .args(["--clients", "4", "--pipeline", "4", "--value-size", "64"])
+        .args(["--duration", &secs.to_string(), "--json", "--no-progress"])
+        .arg("--tls-ca")
+        .arg(&ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    let mut cluster = Cluster::with_tls(3, &[], &[]).await.unwrap();
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    let bench = bench_over_tls(&cluster, 6);
+    let reloaded = |cluster: &Cluster| -> usize {
+        let mut n = cluster
+            .balancer()
+            .unwrap()
+            .proc
+            .count_logged("TLS certificates reloaded")
+            .unwrap();
+        for i in 0..cluster.len() {
+            n += cluster
+                .replica(i)
+                .proc
+                .count_logged("TLS certificates reloaded")
+                .unwrap();
+        }
+        n
+    };
+    for round in 1..=2 {
+        cluster.reissue_certificates().unwrap();
+        cluster
+            .balancer_mut()
+            .unwrap()
+            .proc
+            .signal(Signal::SIGHUP)
+            .unwrap();
+        for i in 0..cluster.len() {
+            cluster.replica_mut(i).proc.signal(Signal::SIGHUP).unwrap();
+        }
+        let deadline = Deadline::new(CONVERGE, "every process to reload");
+        while reloaded(&cluster) < 4 * round {
+            deadline.tick().await.unwrap();
+        }
+        // New connections take the new certificates.
+        let mut c = cluster.connect_balancer().await.unwrap();
+        c.ping().await.unwrap();
+    }
+    // A broken certificate is refused on reload; the old one stays.
+    let cert = cluster.dir().join("balancer.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let balancer = cluster.balancer_mut().unwrap();
+    balancer.proc.signal(Signal::SIGHUP).unwrap();
+    let deadline = Deadline::new(CONVERGE, "the bad certificate to be refused");
+    while balancer
+        .proc
+        .count_logged("TLS certificates not reloaded")
+        .unwrap()
+        == 0
+    {
+        deadline.tick().await.unwrap();
+    }
+    let mut c = cluster.connect_balancer().await.unwrap();
+    c.ping().await.unwrap();
+
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    let failed = json["failed"].as_u64().unwrap_or(u64::MAX);
+    let kinds = json["errors"].as_object().map_or(usize::MAX, |e| e.len());
+    let ops = json["ops_per_sec"].as_f64().unwrap_or(0.0);
+    eprintln!("tls rotation: {ops:.0} ops/s, {failed} failed");
+    assert_eq!((failed, kinds), (0, 0), "{report}");
+    assert!(ops > 0.0, "{report}");
+}
