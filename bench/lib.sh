@@ -21,7 +21,9 @@
 #                         balancer), RUN_PREFIX (a command each process is
 #                         started under, e.g. `prlimit --nofile=1024:1024`,
 #                         which must exec it so that its pid is the
-#                         process's).
+#                         process's), CLIENT_ARGS (flags for the readiness
+#                         check's semikv-bench and for leader_id's semikv,
+#                         e.g. `--tls-ca FILE` or `--user NAME`).
 # and, once sourced, PIDS=() (every process started in the background goes
 # in it) and traps that on every exit path (normal end, error, SIGINT,
 # SIGTERM) stop everything in PIDS and remove WORK, unless KEEP=1 or the
@@ -130,7 +132,8 @@ start_cluster() {
     # Ready once a leader is elected and a write commits through the balancer.
     local deadline=$((SECONDS + 30))
     until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
-        --value-size "$VALUE_SIZE" --timeout-ms 1000 --json 2>/dev/null |
+        --value-size "$VALUE_SIZE" --timeout-ms 1000 --json \
+        "${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"}" 2>/dev/null |
         python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["failed"] == 0 else 1)' 2>/dev/null; do
         ((SECONDS < deadline)) || { log "no leader after 30 s (logs in $dir)"; return 1; }
         sleep 0.2
@@ -140,7 +143,7 @@ start_cluster() {
 # leader_id: prints the id (1-3) of the replica the balancer calls leader, or 0.
 leader_id() {
     local addr i
-    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json status |
+    addr=$("$BIN/semikv" --addr "$LB_ADDR" --json "${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"}" status |
         python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader") or "")')
     for i in 0 1 2; do
         [[ ${ADDRS[$i]} == "$addr" ]] && { echo $((i + 1)); return; }

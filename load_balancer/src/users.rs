@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -199,6 +200,9 @@ pub enum LoginError {
 pub struct Users {
     path: PathBuf,
     current: RwLock<Arc<HashMap<String, User>>>,
+    /// Bumped by every reload that replaced the users: connections cache
+    /// their user's role until it moves.
+    generation: AtomicU64,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// A hash to check unknown users' passwords against, so they take as
     /// long to refuse as wrong passwords.
@@ -229,6 +233,7 @@ impl Users {
         Ok(Users {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(users)),
+            generation: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
             decoy,
         })
@@ -243,7 +248,14 @@ impl Users {
         let users = read_file(&self.path)?;
         let count = users.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(count)
+    }
+
+    /// How many reloads replaced the users so far: a role read at one
+    /// generation holds until the next.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The file the users come from.

@@ -114,6 +114,9 @@ impl Client {
     pub async fn dial(addr: SocketAddr, hello: Hello, dial: &Dial) -> anyhow::Result<Client> {
         let mut hello = hello;
         let mut dial = dial.clone();
+        if dial.tls.is_none() {
+            dial.tls = crate::secured::tls()?;
+        }
         if dial.secret.is_none() && dial.login.is_none() && crate::secured::enabled() {
             if crate::secured::is_balancer(addr) {
                 if hello.role == Role::Client {

@@ -104,9 +104,13 @@ impl HostilePeer {
                     .await?;
                 match conn.recv().await? {
                     Some(Message::Welcome(_)) => {}
-                    // A replica with a cluster secret, or a balancer with
-                    // users, refuses a plain client at once: even better.
-                    Some(Message::Reject(WireError::AuthFailed { .. })) | None => return Ok(()),
+                    // A replica with a cluster secret, a balancer with
+                    // users, or a TLS port refuses a plain client at once:
+                    // even better.
+                    Some(Message::Reject(
+                        WireError::AuthFailed { .. } | WireError::TlsRequired,
+                    ))
+                    | None => return Ok(()),
                     other => bail!("{self:?}: the handshake was answered with {other:?}"),
                 }
                 let wedging = Epoch::from_raw(u128::MAX / 2);

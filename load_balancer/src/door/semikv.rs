@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
 use crate::router::{Router, Session, Window};
-use crate::users::Users;
+use crate::users::{UserRole, Users};
 use semikv_protocol::outbox::{self, Outgoing, Sink};
 use semikv_protocol::throttle::LogThrottle;
 use semikv_protocol::transport::Stream;
@@ -390,12 +390,39 @@ fn take(
 struct LoggedIn {
     name: String,
     users: Arc<Users>,
+    /// The user's role as of a generation of the users file: read again
+    /// only when a reload moved the generation, so that a request costs one
+    /// atomic load rather than a lock and a lookup.
+    role: std::cell::Cell<(u64, Option<UserRole>)>,
 }
 
 impl LoggedIn {
+    fn new(name: String, users: Arc<Users>) -> LoggedIn {
+        // The generation before the role: a reload in between moves the
+        // generation, and the next request reads the role again.
+        let generation = users.generation();
+        let role = users.role_of(&name);
+        LoggedIn {
+            name,
+            users,
+            role: std::cell::Cell::new((generation, role)),
+        }
+    }
+
+    fn role(&self) -> Option<UserRole> {
+        let generation = self.users.generation();
+        let (seen, role) = self.role.get();
+        if seen == generation {
+            return role;
+        }
+        let role = self.users.role_of(&self.name);
+        self.role.set((generation, role));
+        role
+    }
+
     /// Why this user may not run `op` now, if it may not.
     fn refuses(&self, op: &semikv_protocol::Op) -> Option<ErrorReply> {
-        match self.users.role_of(&self.name) {
+        match self.role() {
             None => Some(ErrorReply::NoPermission {
                 reason: format!("user {} no longer exists; log in again", self.name),
             }),
@@ -455,10 +482,7 @@ async fn handshake(
         }
         (Some(users), Some((name, password))) => {
             match users.login(peer.ip(), &name, &password).await {
-                Ok(_) => Some(LoggedIn {
-                    name,
-                    users: users.clone(),
-                }),
+                Ok(_) => Some(LoggedIn::new(name, users.clone())),
                 Err(e) => {
                     if let Some(held) = LOGIN_FAILED.admit() {
                         warn!(peer = %peer, user = %name, error = %e, similar_since_last = held, "client login refused");

@@ -212,8 +212,12 @@ async fn a_client_that_never_reads_is_disconnected_at_its_output_limit() {
         .await
         .saturating_sub(written_before);
     eprintln!("greedy client: the replicas wrote {} MiB", sent >> 20);
+    // The window (twice the 16 MiB limit) plus what the kernel's socket
+    // buffers take before the balancer's writes block (up to tcp_wmem's
+    // and tcp_rmem's maxima: 4 + 32 MiB on a stock Linux), with slack for
+    // a loaded machine: 36 MiB alone, 64 MiB seen under the whole suite.
     assert!(
-        sent < 64 * 1024 * 1024,
+        sent < 128 * 1024 * 1024,
         "the replicas sent {} MiB of answers for a client cut off at 16 MiB",
         sent >> 20
     );
