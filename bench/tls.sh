@@ -11,11 +11,15 @@
 # For each: SET and GET with CLIENTS clients at pipeline 1 and 16, VALUE_SIZE
 # byte values, DURATION s each (GETs after a --prefill), fsync interval:1000.
 # Prints ops/s, p50 and p99 (microseconds) and the failures of each run, and
-# each set-up's ops/s as a share of plain's.
+# each set-up's mean ops/s as a share of plain's. ROUNDS rounds, each with
+# the set-ups in a rotated order: on a shared machine the cluster started
+# second or third was measured up to 30% slower than the first for no
+# reason of its own, so a fixed order would charge that to one set-up.
 #
 # Usage: bench/tls.sh
 # Knobs (environment): DURATION (10), CLIENTS (50), VALUE_SIZE (16),
-# ONLY="plain tls" (a subset of the set-ups), KEEP=1 keeps the temp dir.
+# ROUNDS (2), ONLY="plain tls" (a subset of the set-ups), KEEP=1 keeps the
+# temp dir.
 # Needs openssl and python3.
 set -euo pipefail
 
@@ -24,6 +28,7 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-16}
 ONLY=${ONLY:-plain users tls}
+ROUNDS=${ROUNDS:-2}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-tls.XXXXXX")
 LOG_PREFIX=tls
@@ -53,12 +58,12 @@ chmod 600 "$WORK/users"
 declare -A OPS
 run() {
     local setup=$1 ratio=$2 pipeline=$3 json
-    json="$WORK/$setup-$ratio-$pipeline.json"
+    json="$WORK/$setup-$ratio-$pipeline-$ROUND.json"
     run_bg "$BIN/semikv-bench" --addr "$LB_ADDR" --clients "$CLIENTS" --pipeline "$pipeline" \
         --ratio "$ratio" --keyspace "$((16 * pipeline))" --value-size "$VALUE_SIZE" --prefill \
         --duration "$DURATION" --json --no-progress "${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"}" \
         >"$json" 2>>"$WORK/bench.log"
-    OPS[$setup/$ratio/$pipeline]=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["ops_per_sec"]))' "$json")
+    OPS[$setup/$ratio/$pipeline]+="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["ops_per_sec"]))' "$json") "
     python3 - "$json" "$setup" "$ratio" "$pipeline" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -71,7 +76,10 @@ PY
 
 echo "| setup | op | pipeline | ops/s | p50 us | p99 us | failed |"
 echo "|---|---|---|---|---|---|---|"
-for setup in $ONLY; do
+read -r -a SETUPS <<<"$ONLY"
+for ((ROUND = 0; ROUND < ROUNDS; ROUND++)); do
+  for ((k = 0; k < ${#SETUPS[@]}; k++)); do
+    setup=${SETUPS[$(((k + ROUND) % ${#SETUPS[@]}))]}
     REPLICA_ARGS=()
     LB_ARGS=()
     CLIENT_ARGS=()
@@ -88,24 +96,28 @@ for setup in $ONLY; do
         ;;
     *) log "unknown set-up $setup"; exit 2 ;;
     esac
-    log "$setup: starting the cluster"
-    start_cluster "$WORK/cluster-$setup" interval:1000
+    log "round $((ROUND + 1)): $setup: starting the cluster"
+    start_cluster "$WORK/cluster-$setup-$ROUND" interval:1000
     for pipeline in 1 16; do
         run "$setup" 1:0 "$pipeline"
         run "$setup" 0:1 "$pipeline"
     done
     stop_all
+  done
 done
 
 if [[ " $ONLY " == *" plain "* ]]; then
     echo
-    echo "ops/s as a share of plain's:"
+    echo "mean ops/s as a share of plain's:"
     for setup in $ONLY; do
         [[ $setup == plain ]] && continue
         line="  $setup:"
         for key in 1:0/1 0:1/1 1:0/16 0:1/16; do
             base=${OPS[plain/$key]}
-            line+=$(python3 -c 'import sys; b,v=float(sys.argv[1]),float(sys.argv[2]); print(" %s %s %.0f%%" % ("SET" if sys.argv[3].startswith("1:0") else "GET", "p" + sys.argv[3].split("/")[1], 100*v/b if b else 0))' "$base" "${OPS[$setup/$key]}" "$key")
+            line+=$(python3 -c 'import sys
+mean = lambda s: sum(map(float, s.split())) / len(s.split())
+b, v = mean(sys.argv[1]), mean(sys.argv[2])
+print(" %s %s %.0f%%" % ("SET" if sys.argv[3].startswith("1:0") else "GET", "p" + sys.argv[3].split("/")[1], 100 * v / b if b else 0))' "$base" "${OPS[$setup/$key]}" "$key")
         done
         echo "$line"
     done
