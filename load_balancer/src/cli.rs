@@ -85,17 +85,9 @@ pub struct Args {
     /// Listen beyond loopback without a cluster secret or users.
     #[arg(long)]
     pub insecure: bool,
-    /// Serve TLS to clients with this certificate chain (PEM); with
-    /// --tls-key. Also presented to replicas when --tls-ca is given.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// The CA that signs the replicas' certificates (PEM): links to them
-    /// use TLS and verify them with it.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
+    /// TLS on the client door and to the replicas.
+    #[command(flatten)]
+    pub tls: semikv_protocol::process::TlsArgs,
 }
 
 fn load_users(path: &str) -> Result<Arc<Users>, String> {
@@ -126,12 +118,7 @@ impl Args {
     /// # Errors
     /// A flag missing its partner, or a file that cannot be used.
     pub fn tls(&self) -> Result<Option<Arc<semikv_protocol::tls::Tls>>, String> {
-        semikv_protocol::process::tls_from_flags(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            self.tls_ca.as_deref(),
-        )
-        .map(|tls| tls.map(Arc::new))
+        self.tls.load()
     }
 
     /// The run-time configuration these arguments describe (without TLS,

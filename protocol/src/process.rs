@@ -310,6 +310,38 @@ pub async fn on_sighup(shutdown: CancellationToken, mut reload: impl FnMut() + S
     }
 }
 
+/// The TLS flags both binaries take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM); with --tls-key.
+    /// Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The CA of every peer's certificate (PEM): connect to peers over TLS
+    /// and verify them with it, presenting --tls-cert; a replica also
+    /// requires balancers and replicas to present a certificate it signed.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS these flags ask for, loaded (see [`tls_from_flags`]).
+    ///
+    /// # Errors
+    /// As [`tls_from_flags`].
+    pub fn load(&self) -> Result<Option<std::sync::Arc<crate::tls::Tls>>, String> {
+        tls_from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )
+        .map(|tls| tls.map(std::sync::Arc::new))
+    }
+}
+
 /// Loads `--tls-cert`, `--tls-key` and `--tls-ca` as given: the first two
 /// together or not at all, the CA only with them.
 ///

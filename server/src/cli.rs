@@ -77,18 +77,9 @@ pub struct Args {
     /// the port can then fence, promote or read everything.
     #[arg(long)]
     pub insecure: bool,
-    /// Serve TLS with this certificate chain (PEM); with --tls-key.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// The CA that signs every peer's certificate (PEM): balancers and
-    /// replicas must present one it signed, and a follower verifies its
-    /// leader with it (and presents its own certificate). Needed for TLS
-    /// between replicas.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
+    /// TLS on the listener and to the leader.
+    #[command(flatten)]
+    pub tls: semikv_protocol::process::TlsArgs,
 }
 
 impl Args {
@@ -131,13 +122,7 @@ impl Args {
         )
         .map_err(anyhow::Error::msg)?;
         config.cluster_secret = self.cluster_secret_file;
-        config.tls = semikv_protocol::process::tls_from_flags(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            self.tls_ca.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?
-        .map(std::sync::Arc::new);
+        config.tls = self.tls.load().map_err(anyhow::Error::msg)?;
         Ok((config, listen))
     }
 }

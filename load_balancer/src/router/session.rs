@@ -172,13 +172,7 @@ impl<'r> Session<'r> {
     /// [`NoSlot`] when every slot is taken: the door read a request it had
     /// no room for.
     pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
-        let slot = self
-            .window
-            .slots()
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| NoSlot)?;
-        self.burst.taken += 1;
+        let slot = self.take_slot()?;
         let job = OwnPathRequest {
             tag,
             op,
@@ -204,6 +198,13 @@ impl<'r> Session<'r> {
     /// # Errors
     /// [`NoSlot`] when every slot is taken.
     pub fn refuse(&mut self, tag: Tag, reply: Reply) -> Result<(), NoSlot> {
+        let slot = self.take_slot()?;
+        self.answers.deliver(Answer::One { tag, reply, slot });
+        Ok(())
+    }
+
+    /// A slot for one request of the current burst.
+    fn take_slot(&mut self) -> Result<Slot, NoSlot> {
         let slot = self
             .window
             .slots()
@@ -211,8 +212,7 @@ impl<'r> Session<'r> {
             .try_acquire_owned()
             .map_err(|_| NoSlot)?;
         self.burst.taken += 1;
-        self.answers.deliver(Answer::One { tag, reply, slot });
-        Ok(())
+        Ok(slot)
     }
 
     /// Ends the current burst: its reads go to their replica together.

@@ -45,3 +45,24 @@ pub async fn promote_single(
     );
     Ok(status)
 }
+
+/// Writes through `cluster`'s balancer, kills its leader, writes again,
+/// restarts the old leader and waits for it to rejoin, then reads both
+/// writes back: a failover and a catch-up over whatever the cluster's links
+/// are made of (a secret, TLS).
+pub async fn fails_over_keeping_writes(cluster: &mut semikv_tests::Cluster) {
+    use semikv_tests::client::value;
+    let leader = cluster.wait_steady(CONVERGE).await.unwrap();
+    let mut c = cluster.connect_balancer().await.unwrap();
+    let r = c.set_until_acked("before", "v1", CONVERGE).await;
+    cluster.explain(r).unwrap();
+    cluster.kill_replica(leader).unwrap();
+    let r = c.set_until_acked("after", "v2", CONVERGE).await;
+    cluster.explain(r).unwrap();
+    cluster.restart_replica(leader).await.unwrap();
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    for (key, want) in [("before", "v1"), ("after", "v2")] {
+        let got = value(&c.get(key).await.unwrap()).unwrap();
+        assert_eq!(got.as_deref(), Some(want.as_bytes()), "{key}");
+    }
+}

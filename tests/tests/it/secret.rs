@@ -9,7 +9,6 @@ use semikv_protocol::auth::{ClusterSecret, Side, Transcript};
 use semikv_protocol::{
     Hello, Message, MessageCodec, Nonce, Proof, ReplicaId, Role, SecureHello, WireError,
 };
-use semikv_tests::client::value;
 use semikv_tests::{start_balancer, Client, Cluster};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -40,21 +39,9 @@ fn auth_failed(m: Option<Message>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secured_cluster_serves_and_fails_over() {
-    let mut cluster = Cluster::secured(3, &[], &[]).await.unwrap();
-    let leader = cluster.wait_steady(CONVERGE).await.unwrap();
-    let mut c = cluster.connect_balancer().await.unwrap();
-    let r = c.set_until_acked("before", "v1", CONVERGE).await;
-    cluster.explain(r).unwrap();
     // A failover runs fences, a promote and follows: all proved.
-    cluster.kill_replica(leader).unwrap();
-    let r = c.set_until_acked("after", "v2", CONVERGE).await;
-    cluster.explain(r).unwrap();
-    cluster.restart_replica(leader).await.unwrap();
-    cluster.wait_steady(CONVERGE).await.unwrap();
-    for (key, want) in [("before", "v1"), ("after", "v2")] {
-        let got = value(&c.get(key).await.unwrap()).unwrap();
-        assert_eq!(got.as_deref(), Some(want.as_bytes()), "{key}");
-    }
+    let mut cluster = Cluster::secured(3, &[], &[]).await.unwrap();
+    crate::fails_over_keeping_writes(&mut cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

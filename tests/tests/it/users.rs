@@ -27,6 +27,17 @@ fn users_file(dir: &std::path::Path, with_alice: bool) -> std::path::PathBuf {
     path
 }
 
+/// Three replicas and a balancer with the users in `file`; the fixture
+/// logs in as root.
+async fn with_users(file: &std::path::Path) -> Cluster {
+    let mut cluster = Cluster::with_balancer(3, &[], &["--users-file", file.to_str().unwrap()])
+        .await
+        .unwrap();
+    cluster.log_in_as("root", "root-pw");
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    cluster
+}
+
 fn refusal(result: anyhow::Result<Client>) -> String {
     format!("{:#}", result.expect_err("the login was refused"))
 }
@@ -45,11 +56,7 @@ async fn sighup_and_wait(cluster: &mut Cluster, says: &str) {
 async fn only_users_get_in_and_each_does_what_its_role_allows() {
     let dir = tempfile::tempdir().unwrap();
     let file = users_file(dir.path(), true);
-    let mut cluster = Cluster::with_balancer(3, &[], &["--users-file", file.to_str().unwrap()])
-        .await
-        .unwrap();
-    cluster.log_in_as("root", "root-pw");
-    cluster.wait_steady(CONVERGE).await.unwrap();
+    let mut cluster = with_users(&file).await;
     let addr = cluster.balancer_addr();
 
     // No credentials, or wrong ones: refused at the handshake.
@@ -109,11 +116,7 @@ async fn only_users_get_in_and_each_does_what_its_role_allows() {
 async fn an_address_that_keeps_failing_is_held_back_and_logged() {
     let dir = tempfile::tempdir().unwrap();
     let file = users_file(dir.path(), true);
-    let mut cluster = Cluster::with_balancer(3, &[], &["--users-file", file.to_str().unwrap()])
-        .await
-        .unwrap();
-    cluster.log_in_as("root", "root-pw");
-    cluster.wait_steady(CONVERGE).await.unwrap();
+    let cluster = with_users(&file).await;
     let addr = cluster.balancer_addr();
     for _ in 0..MAX_FAILURES {
         refusal(Client::login(addr, "alice", "guess").await);
