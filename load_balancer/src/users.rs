@@ -207,6 +207,11 @@ pub struct Users {
     /// A hash to check unknown users' passwords against, so they take as
     /// long to refuse as wrong passwords.
     decoy: String,
+    /// Password checks running at once: one per core. Each costs tens of
+    /// milliseconds of CPU; a flood of logins from many addresses queues
+    /// here (within the handshake timeout) rather than filling the
+    /// blocking pool and starving the event loop's cores.
+    checking: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Users {
@@ -236,6 +241,9 @@ impl Users {
             generation: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
             decoy,
+            checking: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
         })
     }
 
@@ -276,7 +284,8 @@ impl Users {
     }
 
     /// Checks `password` for `name`, from `peer`: its role, or why not. The
-    /// hash is checked on a blocking thread (tens of milliseconds of CPU).
+    /// hash is checked on a blocking thread (tens of milliseconds of CPU),
+    /// at most one per core at a time.
     ///
     /// # Errors
     /// [`LoginError`].
@@ -290,6 +299,10 @@ impl Users {
         let user = self.read().get(name).cloned();
         let hash = user.as_ref().map_or(self.decoy.clone(), |u| u.hash.clone());
         let password = password.to_string();
+        // Never closed: acquiring cannot fail.
+        let Ok(_turn) = self.checking.acquire().await else {
+            return Err(LoginError::Wrong);
+        };
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|parsed| {
                 Argon2::default()
