@@ -211,7 +211,7 @@ pub struct Users {
     /// milliseconds of CPU; a flood of logins from many addresses queues
     /// here (within the handshake timeout) rather than filling the
     /// blocking pool and starving the event loop's cores.
-    checking: tokio::sync::Semaphore,
+    checking: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for Users {
@@ -241,9 +241,9 @@ impl Users {
             generation: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
             decoy,
-            checking: tokio::sync::Semaphore::new(
+            checking: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, usize::from),
-            ),
+            )),
         })
     }
 
@@ -295,15 +295,21 @@ impl Users {
         name: &str,
         password: &str,
     ) -> Result<UserRole, LoginError> {
-        self.held_back(peer)?;
+        let source = source_of(peer);
+        // The attempt counts as a failure from the start: logins racing
+        // from one source cannot get past the limit together.
+        self.reserve(source)?;
         let user = self.read().get(name).cloned();
         let hash = user.as_ref().map_or(self.decoy.clone(), |u| u.hash.clone());
         let password = password.to_string();
-        // Never closed: acquiring cannot fail.
-        let Ok(_turn) = self.checking.acquire().await else {
+        // Never closed: acquiring cannot fail. The turn goes with the
+        // check, so a login given up on (its handshake timed out) holds it
+        // until the check it started is over.
+        let Ok(turn) = self.checking.clone().acquire_owned().await else {
             return Err(LoginError::Wrong);
         };
         let matches = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             PasswordHash::new(&hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
@@ -314,38 +320,59 @@ impl Users {
         .unwrap_or(false);
         match user {
             Some(user) if matches => {
-                semikv_protocol::sync::lock(&self.failures).remove(&peer);
+                // Takes back this attempt's count only: a good login does
+                // not wipe the failures before it (or one valid account
+                // would reset every guess at another).
+                self.release(source);
                 Ok(user.role)
             }
-            _ => {
-                self.failed(peer);
-                Err(LoginError::Wrong)
-            }
+            _ => Err(LoginError::Wrong),
         }
     }
 
-    fn held_back(&self, peer: IpAddr) -> Result<(), LoginError> {
-        let failures = semikv_protocol::sync::lock(&self.failures);
-        match failures.get(&peer) {
-            Some(&(count, since)) if count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
-                Err(LoginError::HeldBack(left.as_secs().max(1)))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn failed(&self, peer: IpAddr) {
+    /// Counts an attempt from `source`, or refuses it when the source has
+    /// [`MAX_FAILURES`] in the current window.
+    fn reserve(&self, source: IpAddr) -> Result<(), LoginError> {
         let mut failures = semikv_protocol::sync::lock(&self.failures);
-        if failures.len() >= MAX_REMEMBERED {
-            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-        }
         let now = Instant::now();
-        let entry = failures.entry(peer).or_insert((0, now));
-        if entry.1.elapsed() >= FAILURE_WINDOW {
+        if failures.len() >= MAX_REMEMBERED {
+            failures.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+            if failures.len() >= MAX_REMEMBERED {
+                // Bounded memory first: the semaphore still bounds the cost
+                // of the sources this forgets.
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= FAILURE_WINDOW {
             *entry = (0, now);
         }
+        if entry.0 >= MAX_FAILURES {
+            let left = FAILURE_WINDOW.saturating_sub(now.duration_since(entry.1));
+            return Err(LoginError::HeldBack(left.as_secs().max(1)));
+        }
         entry.0 += 1;
+        Ok(())
+    }
+
+    fn release(&self, source: IpAddr) {
+        if let Some(entry) = semikv_protocol::sync::lock(&self.failures).get_mut(&source) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+}
+
+/// Where failed logins are counted: the address, or for IPv6 its /64 (one
+/// host usually holds a whole /64, and would otherwise guess unchecked
+/// from each of its addresses).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(octets))
+        }
     }
 }
 
@@ -436,6 +463,59 @@ mod tests {
         ));
         let good: IpAddr = "127.0.0.3".parse().unwrap();
         assert_eq!(users.login(good, "alice", "pw").await, Ok(UserRole::Write));
+    }
+
+    #[tokio::test]
+    async fn a_good_login_does_not_wipe_the_failures_and_racing_logins_count() {
+        let (_dir, path) = file(&[
+            line_for("alice", UserRole::Write, "pw").unwrap(),
+            line_for("mallory", UserRole::Read, "mine").unwrap(),
+        ]);
+        let users = Arc::new(Users::load(&path).unwrap());
+        let peer: IpAddr = "127.0.0.4".parse().unwrap();
+        for _ in 0..MAX_FAILURES - 1 {
+            assert_eq!(
+                users.login(peer, "alice", "guess").await,
+                Err(LoginError::Wrong)
+            );
+        }
+        // Her own good login in between leaves the guesses counted.
+        assert_eq!(
+            users.login(peer, "mallory", "mine").await,
+            Ok(UserRole::Read)
+        );
+        assert_eq!(
+            users.login(peer, "alice", "guess").await,
+            Err(LoginError::Wrong)
+        );
+        assert!(matches!(
+            users.login(peer, "mallory", "mine").await,
+            Err(LoginError::HeldBack(_))
+        ));
+        // Many at once from one fresh source: at most MAX_FAILURES checked.
+        let racing: IpAddr = "127.0.0.5".parse().unwrap();
+        let attempts = (0..20).map(|_| {
+            let users = users.clone();
+            tokio::spawn(async move { users.login(racing, "alice", "guess").await })
+        });
+        let mut wrong = 0;
+        for attempt in attempts {
+            if attempt.await.unwrap() == Err(LoginError::Wrong) {
+                wrong += 1;
+            }
+        }
+        assert_eq!(wrong, MAX_FAILURES);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(source_of(v4), v4);
     }
 
     #[test]

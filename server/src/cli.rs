@@ -122,6 +122,12 @@ impl Args {
         )
         .map_err(anyhow::Error::msg)?;
         config.cluster_secret = self.cluster_secret_file;
+        if self.tls.tls_cert.is_some() && self.tls.tls_ca.is_none() {
+            anyhow::bail!(
+                "--tls-cert on a replica needs --tls-ca too: followers reach their leader \
+                 over TLS and must verify it, and a TLS listener refuses plain peers"
+            );
+        }
         config.tls = self.tls.load().map_err(anyhow::Error::msg)?;
         Ok((config, listen))
     }

@@ -245,7 +245,14 @@ async fn serve(
     // Read under the budget from the first byte: a Hello may be as large
     // as any frame.
     let mut framed = codec::framed(stream, config.max_frame_len, &budget);
-    let Some((role, user)) = handshake(&mut framed, config.users.as_ref(), peer).await else {
+    // One bound for the whole handshake, a login's password check
+    // included (the TLS handshake had its own, just before).
+    let shaken = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut framed, config.users.as_ref(), peer),
+    )
+    .await;
+    let Ok(Some((role, user))) = shaken else {
         return;
     };
     let (mut stream, sink) = codec::split(framed);
@@ -485,7 +492,10 @@ async fn handshake(
                 Ok(_) => Some(LoggedIn::new(name, users.clone())),
                 Err(e) => {
                     if let Some(held) = LOGIN_FAILED.admit() {
-                        warn!(peer = %peer, user = %name, error = %e, similar_since_last = held, "client login refused");
+                        // As the peer sent it, but short and escaped: a name
+                        // is no place for a newline or a forged log line.
+                        let user: String = name.chars().take(64).collect();
+                        warn!(peer = %peer, user = ?user, error = %e, similar_since_last = held, "client login refused");
                     }
                     let reason = e.to_string();
                     return refuse(framed, WireError::AuthFailed { reason }).await;

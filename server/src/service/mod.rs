@@ -55,6 +55,8 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     } else {
         HANDSHAKE_TIMEOUT
     };
+    // One bound for the whole handshake, TLS and proof included.
+    let deadline = tokio::time::Instant::now() + hello_timeout;
     let stream = match &replica.config.tls {
         None => Stream::from(stream),
         Some(tls) => match tls.accept(stream, hello_timeout).await {
@@ -70,13 +72,14 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     // as large as any frame.
     let mut conn =
         semikv_protocol::codec::framed(stream, replica.config.max_frame_len, &replica.read_budget);
-    let first = match timeout(hello_timeout, conn.next()).await {
+    let first = match tokio::time::timeout_at(deadline, conn.next()).await {
         Err(_) | Ok(None) => return,
         Ok(Some(Err(e))) => return reject_protocol(&mut conn, &e).await,
         Ok(Some(Ok(first))) => first,
     };
     let secret = replica.config.cluster_secret.as_ref();
-    let accepted = timeout(hello_timeout, handshake::accept(&mut conn, first, secret)).await;
+    let accepted =
+        tokio::time::timeout_at(deadline, handshake::accept(&mut conn, first, secret)).await;
     let hello = match accepted {
         Err(_) | Ok(Err(None)) => return,
         Ok(Ok(accepted)) => accepted.hello,

@@ -159,3 +159,31 @@ fn listening_beyond_loopback_without_a_secret_exits_2_naming_the_flags() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tls_flags_out_of_their_pairs_exit_2_saying_why() {
+    let server = bin::server().unwrap();
+    for (args, says) in [
+        (
+            vec!["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            "needs --tls-ca",
+        ),
+        (
+            vec!["--tls-cert", "c.pem", "--tls-ca", "ca.pem"],
+            "go together",
+        ),
+    ] {
+        let mut all = vec!["1", "--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let (code, stderr) = run(&server, &all);
+        assert_eq!(code, Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(says), "{all:?}: {stderr}");
+    }
+    let balancer = bin::balancer().unwrap();
+    let (code, stderr) = run(
+        &balancer,
+        &["127.0.0.1:0", "127.0.0.1:1", "--tls-ca", "ca.pem"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("needs --tls-cert"), "{stderr}");
+}
