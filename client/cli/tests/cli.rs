@@ -280,18 +280,7 @@ async fn garbage_input_never_panics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_exit_2() {
-    let child = Command::new(env!("CARGO_BIN_EXE_semikv"))
-        .arg("--bogus")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = bare(&["--bogus"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -324,8 +313,13 @@ async fn bench_reports_json_against_the_fake() {
 
 /// `semikv secret FILE`, bounded.
 async fn secret(file: &str) -> Output {
+    bare(&["secret", file]).await
+}
+
+/// `semikv ARGS` with no `--addr`, bounded.
+async fn bare(args: &[&str]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_semikv"))
-        .args(["secret", file])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
