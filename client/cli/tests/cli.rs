@@ -18,15 +18,20 @@ use tokio::process::Command;
 /// Bound on any one run of the binary.
 const RUN_BOUND: Duration = Duration::from_secs(30);
 
-fn semikv(addr: &str) -> Command {
+/// `semikv`, its output captured, killed if the test drops it.
+fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_semikv"));
     command
-        .arg("--addr")
-        .arg(addr)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    command
+}
+
+fn semikv(addr: &str) -> Command {
+    let mut command = command();
+    command.arg("--addr").arg(addr);
     command
 }
 
@@ -318,14 +323,7 @@ async fn secret(file: &str) -> Output {
 
 /// `semikv ARGS` with no `--addr`, bounded.
 async fn bare(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_semikv"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = command().args(args).spawn().unwrap();
     tokio::time::timeout(RUN_BOUND, child.wait_with_output())
         .await
         .expect("semikv did not finish")
