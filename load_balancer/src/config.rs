@@ -57,6 +57,10 @@ pub struct Config {
     /// with a CA, on the links to replicas (verified by it, this
     /// balancer's certificate presented). `None`: plain TCP.
     pub tls: Option<std::sync::Arc<semikv_protocol::tls::Tls>>,
+    /// The network the links to replicas connect over (the client door's
+    /// listener is given to [`crate::run`] bound): the operating system's
+    /// TCP, or a simulated one.
+    pub net: semikv_protocol::net::Net,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -84,6 +88,7 @@ impl Config {
             cluster_secret: None,
             users: None,
             tls: None,
+            net: semikv_protocol::net::Net::Tokio,
         };
         config.derive_waits();
         config

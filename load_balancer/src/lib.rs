@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use semikv_protocol::budget::ReadBudget;
-use tokio::net::TcpListener;
+use semikv_protocol::net::Listener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -40,9 +40,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// handled (and logged) without stopping the balancer.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let listener = listener.into();
     anyhow::ensure!(!config.replicas.is_empty(), "no replica configured");
     let config = Arc::new(config);
     let tasks = TaskTracker::new();

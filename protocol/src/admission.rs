@@ -7,14 +7,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// tokio's clock: the simulated one under a paused runtime.
+use tokio::time::Instant;
 
 use crate::frame;
 use crate::message::{Message, WireError};
+use crate::transport::Stream;
 
 /// Descriptors kept out of every connection limit: the write-ahead log's
 /// segments and directory, snapshots being written or sent, the replication
@@ -74,7 +76,7 @@ pub struct Admission {
 #[derive(Debug)]
 pub enum Admitted {
     /// Serve it; hold the slot for as long as the connection lives.
-    Yes(TcpStream, Slot),
+    Yes(Stream, Slot),
     /// Refused: the reject frame was written (if the socket took it) and the
     /// connection closed.
     No {
@@ -121,7 +123,7 @@ impl Admission {
     /// Admits `stream` if a slot is free; otherwise writes the reject frame
     /// without waiting (a fresh socket's send buffer always takes a few
     /// bytes) and closes it.
-    pub fn admit(&self, stream: TcpStream) -> Admitted {
+    pub fn admit(&self, stream: Stream) -> Admitted {
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(Slot {
                 _permit: permit,
@@ -169,7 +171,7 @@ impl Admission {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use futures::StreamExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio_util::codec::FramedRead;
 
     use super::*;
@@ -192,7 +194,7 @@ mod tests {
         for _ in 0..2 {
             clients.push(TcpStream::connect(addr).await.unwrap());
             let (stream, _) = listener.accept().await.unwrap();
-            match admission.admit(stream) {
+            match admission.admit(stream.into()) {
                 Admitted::Yes(stream, slot) => held.push((stream, slot)),
                 Admitted::No { .. } => panic!("refused below the limit"),
             }
@@ -201,7 +203,7 @@ mod tests {
         for report in [Some(1), None] {
             let extra = TcpStream::connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
-            match admission.admit(stream) {
+            match admission.admit(stream.into()) {
                 Admitted::No { report: r } => assert_eq!(r, report, "one line per window"),
                 Admitted::Yes(..) => panic!("admitted past the limit"),
             }
@@ -216,7 +218,7 @@ mod tests {
         held.pop();
         let _again = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        assert!(matches!(admission.admit(stream), Admitted::Yes(..)));
+        assert!(matches!(admission.admit(stream.into()), Admitted::Yes(..)));
     }
 
     #[tokio::test]
@@ -229,7 +231,7 @@ mod tests {
         for expect_reserved in [false, false, true, true] {
             clients.push(TcpStream::connect(addr).await.unwrap());
             let (stream, _) = listener.accept().await.unwrap();
-            match admission.admit(stream) {
+            match admission.admit(stream.into()) {
                 Admitted::Yes(stream, slot) => {
                     assert_eq!(slot.is_reserved(), expect_reserved);
                     held.push((stream, slot));
@@ -240,7 +242,10 @@ mod tests {
         assert_eq!(admission.open(), 4);
         clients.push(TcpStream::connect(addr).await.unwrap());
         let (stream, _) = listener.accept().await.unwrap();
-        assert!(matches!(admission.admit(stream), Admitted::No { .. }));
+        assert!(matches!(
+            admission.admit(stream.into()),
+            Admitted::No { .. }
+        ));
         // At most half are reserved, whatever is asked.
         assert_eq!(
             Admission::with_reserved(4, 10).reserved.available_permits(),

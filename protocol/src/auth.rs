@@ -185,13 +185,14 @@ impl Transcript {
 }
 
 impl Nonce {
-    /// A nonce fresh from the operating system's randomness.
+    /// A nonce fresh from the operating system's randomness (through
+    /// [`crate::entropy`], so a simulation replays it).
     ///
     /// # Errors
     /// The system has no randomness to give.
     pub fn fresh() -> std::io::Result<Nonce> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::entropy::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Nonce(bytes))
     }
 }

@@ -18,11 +18,13 @@ pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod codec;
+pub mod entropy;
 pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod ids;
 pub mod message;
+pub mod net;
 pub mod outbox;
 pub mod pending;
 #[cfg(feature = "process")]

@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{default_max_connections, Admission, Admitted, RESERVED_DESCRIPTORS};
+use crate::net::Listener;
+use crate::transport::Stream;
 
 /// How long the accept loop pauses after a failed accept (usually out of
 /// file descriptors) instead of spinning.
@@ -28,14 +29,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// ([`crate::admission::Slot::is_reserved`]). A failed accept is logged and retried after a pause; it never
 /// stops the loop. `what` names the listener in log lines.
 pub async fn accept_loop<F, S>(
-    listener: &TcpListener,
+    listener: &Listener,
     admission: &Admission,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
     what: &str,
     mut serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, bool) -> S,
+    F: FnMut(Stream, SocketAddr, bool) -> S,
     S: Future<Output = ()> + Send + 'static,
 {
     loop {

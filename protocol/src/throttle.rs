@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the simulated one under a paused runtime, std's otherwise.
+use tokio::time::Instant;
 
 /// A shared gate for one kind of log line.
 #[derive(Debug)]

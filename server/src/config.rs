@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+use semikv_protocol::net::Net;
 use semikv_protocol::{ReplicaId, DEFAULT_MAX_VALUE_LEN};
 
 /// When the write-ahead log is fsynced.
@@ -152,6 +153,15 @@ pub struct Config {
     /// a CA, on the stream from a leader, with balancers and replicas
     /// required to present a certificate the CA signed. `None`: plain TCP.
     pub tls: Option<std::sync::Arc<semikv_protocol::tls::Tls>>,
+    /// The network the stream from a leader connects over (the listener
+    /// is given to [`crate::run`] bound): the operating system's TCP, or a
+    /// simulated one.
+    pub net: Net,
+    /// The address balancers and followers reach this replica at, as it
+    /// reports it (the leader's address in its status). `None`: the
+    /// listener's bound address, which is right unless it is the
+    /// unspecified address (`0.0.0.0`) or behind a translation.
+    pub advertise: Option<String>,
 }
 
 impl Config {
@@ -173,6 +183,8 @@ impl Config {
             max_memory: None,
             cluster_secret: None,
             tls: None,
+            net: Net::Tokio,
+            advertise: None,
         }
     }
 }

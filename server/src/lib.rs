@@ -23,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, FsyncPolicy};
 
 use semikv_protocol::admission::Admission;
+use semikv_protocol::net::Listener;
 
 use crate::log::MemLog;
 use crate::node::{Node, Recovered, Signals};
@@ -55,10 +55,12 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// and a write-ahead log failure while running.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
+    let listener = listener.into();
     let addr = listener.local_addr().context("reading the bound address")?;
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let dir = config.data_dir.clone();
     let wal_options = storage::wal::WalOptions {
         segment_bytes: config.segment_bytes,
@@ -91,7 +93,7 @@ pub async fn run(
     let watches = Watches::of(&signals);
     let mut node = Node::new(
         config.id,
-        addr.to_string(),
+        advertised,
         Recovered {
             epoch: opened.epoch,
             log,

@@ -14,11 +14,11 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use semikv_protocol::admission::Admission;
 use semikv_protocol::budget::ReadBudget;
 use semikv_protocol::codec::{self, BudgetedConn, FrameClock};
+use semikv_protocol::net::Listener;
 use semikv_protocol::{
     ErrorReply, Message, ProtocolError, Reply, RequestId, Response, Role, Welcome, WireError,
     PROTOCOL_VERSION,
 };
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,7 +57,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection on `tasks`, at most `config.max_connections` at once, their
 /// frames read under `budget`.
 pub async fn run(
-    listener: TcpListener,
+    listener: Listener,
     router: Arc<Router>,
     config: Arc<Config>,
     budget: ReadBudget,
@@ -227,13 +227,12 @@ async fn serve(
     router: Arc<Router>,
     config: Arc<Config>,
     budget: ReadBudget,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     let stream = match &config.tls {
-        None => Stream::from(stream),
+        None => stream,
         Some(tls) => match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
             Ok(stream) => stream,
             Err(why) => {

@@ -20,7 +20,8 @@ use super::link::{ConnError, ReplicaLink};
 use super::table::Table;
 use crate::config::Config;
 
-/// 64 random bits from the operating system, never 0 (the coordinator of
+/// 64 random bits from the operating system (through
+/// [`semikv_protocol::entropy`], so a simulation replays them), never 0 (the coordinator of
 /// epochs minted before coordinators were named): a fresh id for every
 /// health loop, because the loop is what remembers which epochs it
 /// promoted at; two loops with one id could promote twice at one epoch.
@@ -28,7 +29,7 @@ use crate::config::Config;
 /// process id stands in.
 fn draw_coordinator() -> CoordinatorId {
     use std::hash::{BuildHasher, Hasher};
-    let drawn = getrandom::u64().unwrap_or_else(|_| {
+    let drawn = semikv_protocol::entropy::u64().unwrap_or_else(|_| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         h.write_u128(

@@ -56,18 +56,21 @@ impl ReplicaGroup {
                 .iter()
                 .enumerate()
                 .map(|(slot, addr)| {
-                    Arc::new(ReplicaLink::new(
-                        slot,
-                        addr.clone(),
-                        config.max_frame_len,
-                        config.cluster_secret.clone(),
-                        config.tls.clone(),
-                        connect_timeout,
-                        broken_tx.clone(),
-                        kick.clone(),
-                        shutdown.clone(),
-                        tasks.clone(),
-                    ))
+                    Arc::new(
+                        ReplicaLink::new(
+                            slot,
+                            addr.clone(),
+                            config.max_frame_len,
+                            config.cluster_secret.clone(),
+                            config.tls.clone(),
+                            connect_timeout,
+                            broken_tx.clone(),
+                            kick.clone(),
+                            shutdown.clone(),
+                            tasks.clone(),
+                        )
+                        .over(config.net),
+                    )
                 })
                 .collect(),
         );

@@ -230,7 +230,10 @@ impl Tls {
     ///
     /// # Errors
     /// Why no TLS session was made, for a log line.
-    pub async fn accept(&self, stream: TcpStream, within: Duration) -> Result<Stream, String> {
+    pub async fn accept(&self, stream: Stream, within: Duration) -> Result<Stream, String> {
+        let Stream::Plain(stream) = stream else {
+            return Err(NOT_PLAIN_TCP.to_string());
+        };
         let acceptor = self
             .server
             .read()
@@ -264,18 +267,28 @@ impl Tls {
     ///
     /// # Errors
     /// The TLS handshake failed, or `addr` names no valid host.
-    pub async fn connect(&self, stream: TcpStream, addr: &str) -> std::io::Result<Stream> {
+    pub async fn connect(&self, stream: Stream, addr: &str) -> std::io::Result<Stream> {
         let connector = self
             .client
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let Some(connector) = connector else {
-            return Ok(Stream::from(stream));
+            return Ok(stream);
+        };
+        let Stream::Plain(stream) = stream else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                NOT_PLAIN_TCP,
+            ));
         };
         connect_with(&connector, stream, addr).await
     }
 }
+
+/// Why TLS was not started on a connection: TLS runs over the operating
+/// system's TCP only (not twice, not over the simulated network).
+const NOT_PLAIN_TCP: &str = "TLS runs over plain TCP connections only";
 
 /// Connects TLS with `connector` over `stream` to `addr` (`host:port`).
 ///
@@ -315,12 +328,12 @@ pub async fn connect_client(
 /// (only a TLS server configured with a CA asks for one).
 pub fn peer_verified(stream: &Stream) -> bool {
     match stream {
-        Stream::Plain(_) => false,
         Stream::Tls(tls) => tls
             .get_ref()
             .1
             .peer_certificates()
             .is_some_and(|certs| !certs.is_empty()),
+        _ => false,
     }
 }
 

@@ -23,7 +23,7 @@ fn serve_one(
 ) -> tokio::task::JoinHandle<Result<bool, String>> {
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut stream = server.accept(tcp, WITHIN).await?;
+        let mut stream = server.accept(tcp.into(), WITHIN).await?;
         let verified = peer_verified(&stream);
         let mut buf = [0u8; 5];
         stream
@@ -45,7 +45,7 @@ async fn both_ends_verify_each_other_and_talk() {
     let (listener, addr) = listener().await;
     let served = serve_one(listener, server);
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut stream = client.connect(tcp, &addr).await.unwrap();
+    let mut stream = client.connect(tcp.into(), &addr).await.unwrap();
     assert!(stream.is_tls());
     stream.write_all(b"hello").await.unwrap();
     let mut echo = [0u8; 5];
@@ -92,7 +92,7 @@ async fn a_peer_of_another_ca_is_refused() {
     let served = serve_one(listener, server);
     let tcp = TcpStream::connect(&addr).await.unwrap();
     // It does not trust our certificate: no session.
-    assert!(stranger.connect(tcp, &addr).await.is_err());
+    assert!(stranger.connect(tcp.into(), &addr).await.is_err());
     assert!(served.await.unwrap().is_err());
 }
 
@@ -113,7 +113,7 @@ async fn a_reload_takes_new_files_and_a_bad_one_keeps_the_old() {
     let client = Tls::load(ca.issue(dir.path(), "client").unwrap()).unwrap();
     let served = serve_one(listener, Arc::new(tls));
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut stream = client.connect(tcp, &addr).await.unwrap();
+    let mut stream = client.connect(tcp.into(), &addr).await.unwrap();
     stream.write_all(b"still").await.unwrap();
     let mut echo = [0u8; 5];
     stream.read_exact(&mut echo).await.unwrap();

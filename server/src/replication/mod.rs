@@ -16,7 +16,6 @@ use semikv_protocol::{
     StreamFrom, Subscribe, WireError,
 };
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::node::{FollowTarget, StreamError, StreamPlan};
@@ -409,15 +408,14 @@ async fn follow_once(
     replica: &Arc<Replica>,
     target: &FollowTarget,
 ) -> Result<(), ReplicationError> {
-    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.addr))
+    let stream = timeout(CONNECT_TIMEOUT, replica.config.net.connect(&target.addr))
         .await
         .map_err(|_| ReplicationError::Timeout)??;
-    stream.set_nodelay(true)?;
     let stream = match &replica.config.tls {
         Some(tls) if tls.connects() => timeout(CONNECT_TIMEOUT, tls.connect(stream, &target.addr))
             .await
             .map_err(|_| ReplicationError::Timeout)??,
-        _ => stream.into(),
+        _ => stream,
     };
     // A budget of its own, one frame, rather than the replica's: the
     // stream reads one frame at a time anyway, and behind clients that

@@ -23,7 +23,6 @@ use semikv_protocol::{
     ErrorReply, Message, Op, Reply, Request, RequestId, Response, Role, Welcome, WireError,
     WriteOp, PROTOCOL_VERSION,
 };
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::replica::Replica;
@@ -47,8 +46,7 @@ type Conn = semikv_protocol::codec::BudgetedConn;
 /// the slots kept for peers, so it must say `Hello` as a balancer or a
 /// replica within [`RESERVED_HELLO_TIMEOUT`], or be refused as if the
 /// listener were full.
-pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(replica: Arc<Replica>, stream: Stream, reserved: bool) {
     let peer = stream.peer_addr().ok();
     let hello_timeout = if reserved {
         RESERVED_HELLO_TIMEOUT
@@ -58,7 +56,7 @@ pub async fn serve(replica: Arc<Replica>, stream: TcpStream, reserved: bool) {
     // One bound for the whole handshake, TLS and proof included.
     let deadline = tokio::time::Instant::now() + hello_timeout;
     let stream = match &replica.config.tls {
-        None => Stream::from(stream),
+        None => stream,
         Some(tls) => match tls.accept(stream, hello_timeout).await {
             Ok(stream) => stream,
             Err(why) => {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use semikv_protocol::{Epoch, Fence, Hello, LogIndex, ReplicaId};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -75,7 +75,7 @@ impl Harness {
             let replica = replica.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(replica.clone(), stream, false));
+                    tokio::spawn(serve(replica.clone(), stream.into(), false));
                 }
             });
         }

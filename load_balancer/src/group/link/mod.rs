@@ -33,11 +33,10 @@ use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use semikv_protocol::auth::ClusterSecret;
 use semikv_protocol::handshake::{self, HandshakeError};
+use semikv_protocol::net::Net;
 use semikv_protocol::sync::lock;
 use semikv_protocol::throttle::LogThrottle;
-use semikv_protocol::transport::Stream;
 use semikv_protocol::{Hello, Message, MessageCodec, Op, Reply, Response, Role, WireError};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -149,6 +148,8 @@ pub struct ReplicaLink {
     secret: Option<ClusterSecret>,
     /// TLS to the replica, when the balancer has a CA for them.
     tls: Option<Arc<semikv_protocol::tls::Tls>>,
+    /// The network it connects over.
+    net: Net,
     /// A replica that refuses our secret (or ours its) is said at most
     /// every 10 s, at error: it is a misconfiguration to fix.
     auth_failed: LogThrottle,
@@ -190,6 +191,7 @@ impl ReplicaLink {
             max_frame_len,
             secret,
             tls: tls.filter(|t| t.connects()),
+            net: Net::Tokio,
             auth_failed: LogThrottle::new(AUTH_FAILED_EVERY),
             connect_timeout,
             data: Channel::default(),
@@ -403,22 +405,28 @@ impl ReplicaLink {
         Ok(conn)
     }
 
+    /// The same link, connecting over `net` (the operating system's TCP
+    /// unless told otherwise).
+    #[must_use]
+    pub fn over(mut self, net: Net) -> ReplicaLink {
+        self.net = net;
+        self
+    }
+
     async fn connect(&self) -> Result<Arc<Conn>, ConnError> {
-        let stream = TcpStream::connect(&self.addr).await.map_err(|e| {
+        let stream = self.net.connect(&self.addr).await.map_err(|e| {
             if e.kind() == io::ErrorKind::ConnectionRefused {
                 ConnError::Refused
             } else {
                 ConnError::Connect(e.to_string())
             }
         })?;
-        // Latency matters more than packet count for small requests.
-        let _ = stream.set_nodelay(true);
         let stream = match &self.tls {
             Some(tls) => tls
                 .connect(stream, &self.addr)
                 .await
                 .map_err(|e| ConnError::Connect(format!("TLS: {e}")))?,
-            None => Stream::from(stream),
+            None => stream,
         };
         let mut framed = Framed::new(stream, MessageCodec::new(self.max_frame_len));
         let hello = Hello::new(Role::Balancer, None);
