@@ -13,9 +13,12 @@
 //!   the extra ones with a frame that says so.
 //! - [`budget`]: the process-wide budget for the bytes of large frames that
 //!   connections are still receiving; past it they stop reading.
+//! - [`blocking`]: where blocking work (file I/O, hashing) runs: tokio's
+//!   blocking pool, or inline for a deterministic simulation.
 
 pub mod admission;
 pub mod auth;
+pub mod blocking;
 pub mod budget;
 pub mod codec;
 pub mod entropy;
