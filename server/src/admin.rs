@@ -43,8 +43,11 @@ pub async fn admin(replica: &Replica, op: Op) -> Reply {
     };
     if let Some(epoch) = to_persist {
         let dir = replica.config.data_dir.clone();
-        let persisted =
-            tokio::task::spawn_blocking(move || storage::meta::store_epoch(&dir, epoch)).await;
+        let persisted = replica
+            .config
+            .blocking
+            .run(move || storage::meta::store_epoch(&dir, epoch))
+            .await;
         match persisted {
             Ok(Ok(())) => {
                 if replica.with(|n| n.on_no_room(None)) {

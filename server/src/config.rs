@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use semikv_protocol::blocking::Blocking;
 use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::net::Net;
 use semikv_protocol::{ReplicaId, DEFAULT_MAX_VALUE_LEN};
@@ -162,6 +163,12 @@ pub struct Config {
     /// listener's bound address, which is right unless it is the
     /// unspecified address (`0.0.0.0`) or behind a translation.
     pub advertise: Option<String>,
+    /// Where blocking work runs (recovery, snapshots, epoch files, the
+    /// WAL): [`Blocking::Threads`] for a real process (the default: the
+    /// WAL writer on a thread of its own, the rest on tokio's blocking
+    /// pool), [`Blocking::Inline`] for a deterministic simulation (all of
+    /// it on the runtime's thread, the WAL writer an async task).
+    pub blocking: Blocking,
 }
 
 impl Config {
@@ -185,6 +192,7 @@ impl Config {
             tls: None,
             net: Net::Tokio,
             advertise: None,
+            blocking: Blocking::Threads,
         }
     }
 }

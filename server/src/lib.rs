@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, FsyncPolicy};
+pub use semikv_protocol::blocking::Blocking;
 
 use semikv_protocol::admission::Admission;
 use semikv_protocol::net::Listener;
@@ -66,7 +67,9 @@ pub async fn run(
         segment_bytes: config.segment_bytes,
         max_record_len: config.max_frame_len,
     };
-    let (opened, log) = tokio::task::spawn_blocking(move || recover(&dir, wal_options))
+    let (opened, log) = config
+        .blocking
+        .run(move || recover(&dir, wal_options))
         .await
         .context("recovery task")?
         .with_context(|| format!("recovering {}", config.data_dir.display()))?;
@@ -241,10 +244,11 @@ async fn snapshotter(replica: Arc<Replica>) {
         };
         let dir = replica.config.data_dir.clone();
         let index = job.meta.last_index;
-        let written = tokio::task::spawn_blocking(move || {
-            storage::snapshot::write(&dir, &job.meta, job.store.iter())
-        })
-        .await;
+        let written = replica
+            .config
+            .blocking
+            .run(move || storage::snapshot::write(&dir, &job.meta, job.store.iter()))
+            .await;
         match written {
             Ok(Ok(_)) => {
                 tracing::info!(index = %index, "snapshot written");

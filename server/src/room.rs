@@ -25,7 +25,11 @@ pub async fn run(replica: Arc<Replica>) {
             continue;
         };
         let dir = replica.config.data_dir.clone();
-        let free = tokio::task::spawn_blocking(move || storage::snapshot::free_bytes(&dir)).await;
+        let free = replica
+            .config
+            .blocking
+            .run(move || storage::snapshot::free_bytes(&dir))
+            .await;
         match free {
             Ok(Ok((free, _))) if free >= needed => {
                 if replica.with(|n| n.on_no_room(None)) {

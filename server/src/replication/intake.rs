@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use semikv_protocol::blocking::Blocking;
 use semikv_protocol::{Epoch, SnapshotChunk, SnapshotOffer};
 
 use super::ReplicationError;
@@ -47,13 +48,14 @@ impl Intake {
         &mut self,
         data_dir: &Path,
         offer: SnapshotOffer,
+        blocking: Blocking,
     ) -> Result<(), ReplicationError> {
         if self.in_progress() {
             return Err(ReplicationError::Unexpected(
                 "a second SnapshotOffer before the first snapshot ended".to_string(),
             ));
         }
-        let receiving = Receiving::start(data_dir, offer.total_len)
+        let receiving = Receiving::start(data_dir, offer.total_len, blocking)
             .await
             .map_err(receive_error)?;
         self.receiving = Some(receiving);
@@ -92,7 +94,7 @@ impl Intake {
             Some(first) => first.check_next(&chunk)?,
         }
         receiving
-            .append(offset, &data)
+            .append(offset, data)
             .await
             .map_err(receive_error)?;
         if !done {
@@ -107,7 +109,6 @@ impl Intake {
         };
         let staged = receiving
             .finish()
-            .await
             .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
         Ok(Some((announced, staged)))
     }
@@ -198,11 +199,12 @@ pub(super) async fn install_snapshot(
     };
     let dir = replica.config.data_dir.clone();
     let expected = announced.meta;
-    let installed = tokio::task::spawn_blocking(move || {
-        storage::snapshot::install(&dir, staged.path(), &expected, floor)
-    })
-    .await
-    .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
+    let installed = replica
+        .config
+        .blocking
+        .run(move || storage::snapshot::install(&dir, staged.path(), &expected, floor))
+        .await
+        .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
     let (meta, store) = match installed {
         Ok(done) => done,
         Err(e) => {

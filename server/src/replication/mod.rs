@@ -5,6 +5,7 @@
 //! heartbeats. Followers ack their durable index as it grows and on every
 //! heartbeat tick, which doubles as their liveness signal.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ use semikv_protocol::{
     Ack, Entries, Epoch, Hello, LogIndex, Message, ReplicaId, Role, SnapshotChunk, SnapshotOffer,
     StreamFrom, Subscribe, WireError,
 };
-use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use crate::node::{FollowTarget, StreamError, StreamPlan};
@@ -262,7 +262,10 @@ async fn send_snapshot(
     follower: ReplicaId,
 ) -> Result<LogIndex, ReplicationError> {
     let dir = replica.config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || storage::snapshot::open_latest(&dir))
+    let opened = replica
+        .config
+        .blocking
+        .run(move || storage::snapshot::open_latest(&dir))
         .await
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
@@ -283,15 +286,24 @@ async fn send_snapshot(
     .await?;
     // Read a chunk at a time: memory holds one chunk, however large the
     // snapshot.
-    let mut file = tokio::fs::File::from_std(file);
+    // A std file read through the blocking seam (not `tokio::fs`, which
+    // always uses the blocking pool): inline in a simulation.
+    let file = Arc::new(file);
     let mut offset = 0u64;
     loop {
         let want = usize::try_from(total_len - offset)
             .unwrap_or(usize::MAX)
             .min(SNAPSHOT_CHUNK);
-        let mut data = bytes::BytesMut::zeroed(want);
-        file.read_exact(&mut data)
+        let reading = file.clone();
+        let data = replica
+            .config
+            .blocking
+            .run(move || {
+                let mut data = bytes::BytesMut::zeroed(want);
+                (&*reading).read_exact(&mut data).map(|()| data)
+            })
             .await
+            .map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?
             .map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?;
         let next = offset + want as u64;
         let done = next == total_len;
@@ -376,7 +388,7 @@ pub async fn follow_loop(replica: Arc<Replica>) {
                         // marker keeps it stopped across restarts.
                         tracing::error!(leader = %target.addr, epoch = %target.epoch, reason = %reason, "this replica's log diverged from its leader's; it stopped serving (see the README: wipe its data directory to rejoin with a full copy)");
                         let dir = replica.config.data_dir.clone();
-                        let marked = tokio::task::spawn_blocking(move || {
+                        let marked = replica.config.blocking.run(move || {
                             storage::meta::mark_diverged(&dir, &reason)
                         })
                         .await;
@@ -483,7 +495,10 @@ async fn follow_once(
                 break;
             }
             Message::SnapshotOffer(offer) => {
-                if let Err(e) = intake.offer(&replica.config.data_dir, offer).await {
+                if let Err(e) = intake
+                    .offer(&replica.config.data_dir, offer, replica.config.blocking)
+                    .await
+                {
                     tracing::warn!(leader = %target.addr, error = %e, "refused the leader's snapshot");
                     return Err(e);
                 }

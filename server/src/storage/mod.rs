@@ -8,9 +8,11 @@
 //! <data_dir>/snapshot/snap-<index, 20 digits>.bin    latest snapshot (snapshot)
 //! ```
 //!
-//! All of it is synchronous `std::fs` code, called from the writer thread or
-//! from `spawn_blocking`. Every file is created, renamed or deleted and then
-//! its directory fsynced, so a crash leaves either the old or the new state.
+//! All of it is synchronous `std::fs` code, called from the WAL writer or
+//! through the replica's [`Blocking`](semikv_protocol::blocking::Blocking)
+//! (tokio's blocking pool, or inline in a simulation). Every file is
+//! created, renamed or deleted and then its directory fsynced, so a crash
+//! leaves either the old or the new state.
 
 pub mod error;
 pub mod meta;

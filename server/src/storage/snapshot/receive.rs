@@ -6,10 +6,13 @@
 //! the free disk (keeping a margin) before the first byte is written, and
 //! again at every chunk (other files grow too).
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
+use semikv_protocol::blocking::{Blocking, BlockingError};
 
 use crate::storage::SNAPSHOT_DIR;
 
@@ -63,6 +66,9 @@ pub enum ReceiveError {
         /// What failed.
         source: io::Error,
     },
+    /// The blocking task writing the staging file did not finish.
+    #[error("staging the snapshot: {0}")]
+    Blocking(#[from] BlockingError),
 }
 
 /// A snapshot being received; the staging file is removed when this drops.
@@ -70,9 +76,11 @@ pub enum ReceiveError {
 pub struct Receiving {
     staged: Staged,
     path: PathBuf,
-    file: tokio::fs::File,
+    /// Shared with the blocking task writing each chunk (`&File` writes).
+    file: Arc<File>,
     received: u64,
     announced: u64,
+    blocking: Blocking,
 }
 
 /// Bytes free on the file system holding `path`, to an unprivileged user,
@@ -94,36 +102,47 @@ pub fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
 
 impl Receiving {
     /// Starts receiving a snapshot of `announced` bytes into a fresh
-    /// staging file in `data_dir`'s snapshot directory (created if missing).
+    /// staging file in `data_dir`'s snapshot directory (created if missing);
+    /// its file work runs where `blocking` says.
     ///
     /// # Errors
     /// [`ReceiveError::NoRoom`] if the disk cannot hold `announced` bytes
     /// and keep its margin free (nothing is created then); the directory or
     /// the file cannot be created.
-    pub async fn start(data_dir: &Path, announced: u64) -> Result<Receiving, ReceiveError> {
+    pub async fn start(
+        data_dir: &Path,
+        announced: u64,
+        blocking: Blocking,
+    ) -> Result<Receiving, ReceiveError> {
         let dir = data_dir.join(SNAPSHOT_DIR);
         let path = dir.join(RECEIVING);
-        let io = |source| ReceiveError::Io {
-            path: path.clone(),
-            source,
-        };
-        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-        let (free, margin) = free_bytes(&dir).map_err(io)?;
-        let needed = announced.saturating_add(margin);
-        if free < needed {
-            return Err(ReceiveError::NoRoom {
-                received: 0,
-                free,
-                needed,
-            });
-        }
-        let file = tokio::fs::File::create(&path).await.map_err(io)?;
+        let creating = path.clone();
+        let file = blocking
+            .run(move || {
+                let io = |source| ReceiveError::Io {
+                    path: creating.clone(),
+                    source,
+                };
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                let (free, margin) = free_bytes(&dir).map_err(io)?;
+                let needed = announced.saturating_add(margin);
+                if free < needed {
+                    return Err(ReceiveError::NoRoom {
+                        received: 0,
+                        free,
+                        needed,
+                    });
+                }
+                File::create(&creating).map_err(io)
+            })
+            .await??;
         Ok(Receiving {
             staged: Staged { path: path.clone() },
             path,
-            file,
+            file: Arc::new(file),
             received: 0,
             announced,
+            blocking,
         })
     }
 
@@ -138,7 +157,7 @@ impl Receiving {
     /// The chunk does not continue the stream, goes past the announced size,
     /// the disk would keep less than [`FREE_MARGIN`] free, or the write
     /// failed.
-    pub async fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), ReceiveError> {
+    pub async fn append(&mut self, offset: u64, data: Bytes) -> Result<(), ReceiveError> {
         if offset != self.received {
             return Err(ReceiveError::Offset {
                 expected: self.received,
@@ -153,45 +172,42 @@ impl Receiving {
                 received: after,
             });
         }
-        let (free, margin) = free_bytes(&self.path).map_err(|source| ReceiveError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        let needed = (self.announced.saturating_sub(self.received)).saturating_add(margin);
-        if free < len.saturating_add(margin) {
-            return Err(ReceiveError::NoRoom {
-                received: self.received,
-                free,
-                needed,
-            });
-        }
-        self.file
-            .write_all(data)
-            .await
-            .map_err(|source| ReceiveError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.received = self.received.saturating_add(len);
+        let (file, path) = (self.file.clone(), self.path.clone());
+        let (received, left) = (self.received, self.announced.saturating_sub(self.received));
+        self.blocking
+            .run(move || {
+                let io = |source| ReceiveError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let (free, margin) = free_bytes(&path).map_err(io)?;
+                if free < len.saturating_add(margin) {
+                    return Err(ReceiveError::NoRoom {
+                        received,
+                        free,
+                        needed: left.saturating_add(margin),
+                    });
+                }
+                (&*file).write_all(&data).map_err(io)
+            })
+            .await??;
+        self.received = after;
         Ok(())
     }
 
-    /// The whole snapshot, flushed, in its staging file, for
-    /// [`super::install`].
+    /// The whole snapshot, in its staging file, for [`super::install`]
+    /// (which fsyncs it). Every chunk was written by the time its
+    /// [`Receiving::append`] returned: a std file buffers nothing.
     ///
     /// # Errors
-    /// Fewer bytes arrived than announced; flushing the file failed.
-    pub async fn finish(mut self) -> Result<Staged, ReceiveError> {
+    /// Fewer bytes arrived than announced.
+    pub fn finish(self) -> Result<Staged, ReceiveError> {
         if self.received != self.announced {
             return Err(ReceiveError::Size {
                 announced: self.announced,
                 received: self.received,
             });
         }
-        self.file.flush().await.map_err(|source| ReceiveError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
         Ok(self.staged)
     }
 }
