@@ -35,7 +35,7 @@ use semikv_protocol::net::Listener;
 use crate::log::MemLog;
 use crate::node::{Node, Recovered, Signals};
 use crate::replica::{Replica, Watches};
-use crate::writer::WriterStats;
+use crate::writer::{Writer, WriterError, WriterStats};
 
 /// Connection slots a replica keeps for balancers and followers (at most
 /// half of `--max-connections`): a flood of clients that fills the others
@@ -126,16 +126,8 @@ pub async fn run(
     ));
 
     let stats = Arc::new(WriterStats::default());
-    let writer = {
-        let replica = replica.clone();
-        let stats = stats.clone();
-        let wal = opened.wal;
-        let policy = config.fsync;
-        std::thread::Builder::new()
-            .name(format!("wal-writer-{}", config.id))
-            .spawn(move || writer::run(replica, wal, policy, stats))
-            .context("starting the WAL writer thread")?
-    };
+    let writer = Writer::start(replica.clone(), opened.wal, stats.clone())
+        .context("starting the WAL writer")?;
 
     let tasks = TaskTracker::new();
     tasks.spawn(replication::follow_loop(replica.clone()));
@@ -169,15 +161,15 @@ pub async fn run(
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
     replica.wake_writer();
-    let written = tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .context("joining the WAL writer")?;
+    let written = writer.join().await;
     let fsyncs = stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
     let entries = stats.entries.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(fsyncs, entries, "write-ahead log closed");
     match written {
-        Ok(result) => result.map(|()| Summary { fsyncs, entries }),
-        Err(_) => Err(anyhow::anyhow!("the WAL writer thread panicked")),
+        Ok(()) => Ok(Summary { fsyncs, entries }),
+        // The WAL's error itself, as before (callers may downcast to it).
+        Err(WriterError::Storage(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }
 

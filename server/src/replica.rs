@@ -5,7 +5,9 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use semikv_protocol::blocking::Blocking;
 use semikv_protocol::budget::ReadBudget;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -15,7 +17,7 @@ use crate::node::{Node, Signals};
 #[derive(Debug)]
 pub struct Replica {
     node: Mutex<Node>,
-    writer_wake: Condvar,
+    writer_wake: WriterWake,
     /// The replica's configuration.
     pub config: Config,
     /// Cancelled on shutdown, or when the disk fails.
@@ -68,7 +70,7 @@ impl Replica {
         Replica {
             read_budget,
             node: Mutex::new(node),
-            writer_wake: Condvar::new(),
+            writer_wake: WriterWake::new(config.blocking),
             config,
             shutdown,
             admin: tokio::sync::Mutex::new(()),
@@ -102,21 +104,58 @@ impl Replica {
         f(&mut node)
     }
 
-    /// For the writer: waits on the node lock until woken or `timeout`.
+    /// For the writer thread ([`Blocking::Threads`]): waits on the node
+    /// lock until woken or `timeout`.
     pub fn wait_for_work<'a>(
         &'a self,
         guard: MutexGuard<'a, Node>,
         timeout: std::time::Duration,
     ) -> MutexGuard<'a, Node> {
-        match self.writer_wake.wait_timeout(guard, timeout) {
+        match self.writer_wake.condvar.wait_timeout(guard, timeout) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
         }
     }
 
+    /// For the writer task ([`Blocking::Inline`]): resolves once woken. A
+    /// wake-up while nobody waited is kept for the next wait, so one that
+    /// comes between looking at the outbox and awaiting this is not lost.
+    pub async fn writer_woken(&self) {
+        self.writer_wake.notify.notified().await;
+    }
+
     /// Wakes the writer (at shutdown).
     pub fn wake_writer(&self) {
-        self.writer_wake.notify_all();
+        self.writer_wake.wake();
+    }
+}
+
+/// What wakes the WAL writer: a condition variable its thread waits on
+/// under the node lock ([`Blocking::Threads`]), or a `Notify` its task
+/// awaits ([`Blocking::Inline`]). Only the one in use is signalled.
+#[derive(Debug)]
+struct WriterWake {
+    driver: Blocking,
+    condvar: Condvar,
+    notify: Notify,
+}
+
+impl WriterWake {
+    fn new(driver: Blocking) -> WriterWake {
+        WriterWake {
+            driver,
+            condvar: Condvar::new(),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Wakes the writer (there is one), or, for a task not waiting yet,
+    /// leaves it a permit.
+    fn wake(&self) {
+        match self.driver {
+            Blocking::Threads => self.condvar.notify_one(),
+            Blocking::Inline => self.notify.notify_one(),
+        }
     }
 }
 
@@ -127,7 +166,7 @@ impl Replica {
 #[derive(Debug)]
 pub struct NodeGuard<'a> {
     node: MutexGuard<'a, Node>,
-    writer_wake: &'a Condvar,
+    writer_wake: &'a WriterWake,
 }
 
 impl Deref for NodeGuard<'_> {
@@ -147,7 +186,7 @@ impl DerefMut for NodeGuard<'_> {
 impl Drop for NodeGuard<'_> {
     fn drop(&mut self) {
         if self.node.flush_effects() {
-            self.writer_wake.notify_one();
+            self.writer_wake.wake();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The replica's state machine: role, epoch, log, commit index and map, and
 //! every rule that changes them. No I/O happens here: disk writes are queued
-//! in an outbox that the WAL writer thread drains (one batch per fsync, which
-//! is what makes group commit), and network tasks call in with events.
+//! in an outbox that the WAL writer drains (one batch per fsync, which is
+//! what makes group commit), and network tasks call in with events.
 //!
 //! Invariants:
 //! - only entries up to `commit` are applied to the map, so no read ever sees
@@ -94,7 +94,7 @@ pub struct FollowTarget {
     pub role_gen: u64,
 }
 
-/// Work for the WAL writer thread, in the order it must happen on disk.
+/// Work for the WAL writer, in the order it must happen on disk.
 #[derive(Debug)]
 pub enum WalCmd {
     /// Append records.

@@ -468,6 +468,17 @@ impl Wal {
     }
 }
 
+/// Fault injection for the WAL writer's tests.
+#[cfg(test)]
+impl Wal {
+    /// Puts `file` in the active segment's place: `/dev/full` plays a full
+    /// disk (the failed append's cut-back reopens the real segment), a
+    /// read-only handle a failing one.
+    pub(crate) fn replace_active_for_test(&mut self, file: File) {
+        self.active = Some(file);
+    }
+}
+
 mod replay;
 mod segment;
 #[cfg(test)]
