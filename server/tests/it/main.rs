@@ -6,6 +6,7 @@
 
 mod admin;
 mod divergence;
+mod inline;
 mod recovery;
 mod replication;
 mod snapshot_install;

@@ -1,7 +1,7 @@
 //! Replication, epochs and failover rules of real replicas on loopback
 //! sockets, with the test playing the balancer.
 
-use crate::support::{elect, start_many, Peer, Server};
+use crate::support::{elect, start_many, wait_for_snapshot_file, Peer, Server};
 use bytes::Bytes;
 use semikv_protocol::{Epoch, ErrorReply, LogIndex, Message, NodeRole, Op, Reply, Role, WireError};
 
@@ -429,27 +429,4 @@ async fn a_follower_behind_the_leaders_snapshot_catches_up_by_snapshot() {
     a3.wait_status("stream after snapshot", |s| s.applied_index >= index)
         .await;
     assert_eq!(r3.get("after").await, b("snap"));
-}
-
-/// Waits until a snapshot file exists under `dir`.
-async fn wait_for_snapshot_file(dir: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    loop {
-        let found = std::fs::read_dir(dir.join("snapshot"))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".bin"))
-            })
-            .unwrap_or(false);
-        if found {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no snapshot written under {}",
-            dir.display()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }

@@ -12,7 +12,7 @@ use semikv_protocol::{
     Epoch, ErrorReply, Fence, Follow, Hello, LogIndex, Message, MessageCodec, NodeStatus, Op,
     Promote, ReplicaId, Reply, Request, RequestId, Role, Subscribe, Welcome, PROTOCOL_VERSION,
 };
-use semikv_server::{Config, FsyncPolicy};
+use semikv_server::{Blocking, Config, FsyncPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
@@ -20,6 +20,17 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound on every wait in these tests; generous because CI has 2 cores.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Where the replicas of these tests run blocking work:
+/// `SEMIKV_TEST_BLOCKING=inline` runs every test with the WAL writer as a
+/// task and all file work inline, as a deterministic simulation would;
+/// otherwise as a real process ([`Blocking::Threads`]).
+pub fn default_blocking() -> Blocking {
+    match std::env::var("SEMIKV_TEST_BLOCKING").as_deref() {
+        Ok("inline") => Blocking::Inline,
+        _ => Blocking::Threads,
+    }
+}
 
 /// One replica running in this process.
 pub struct Server {
@@ -48,6 +59,7 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let mut config = Config::new(ReplicaId(id), dir.to_path_buf());
         config.fsync = FsyncPolicy::Always;
+        config.blocking = default_blocking();
         tweak(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(semikv_server::run(config, listener, shutdown.clone()));
@@ -345,4 +357,27 @@ pub async fn elect(
         }
     }
     admins
+}
+
+/// Waits until a snapshot file exists under `dir`.
+pub async fn wait_for_snapshot_file(dir: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir(dir.join("snapshot"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+            })
+            .unwrap_or(false);
+        if found {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot written under {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
