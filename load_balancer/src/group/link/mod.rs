@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use crate::request::ClientPort;
 use encode::{checked_frame, encode_request, request_out};
@@ -60,6 +60,14 @@ const SEND_QUEUE: usize = 1024;
 /// Longest one batch of requests may take to write: a replica that stops
 /// reading for this long loses its connection (and is reconnected).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a connection may stay silent while a request on it is past
+/// its deadline before it is presumed dead and closed. TCP retransmits
+/// for many minutes before it gives up on a connection whose segments a
+/// middlebox black-holes (or whose peer wedged): without this, every
+/// request sent on it would wait out its whole timeout until then. A
+/// replica that is merely slow keeps answering something, and keeps it.
+const SILENT_LINK: Duration = Duration::from_secs(1);
 
 /// How often a replica that refuses our cluster secret is said.
 const AUTH_FAILED_EVERY: Duration = Duration::from_secs(10);
@@ -468,6 +476,7 @@ impl ReplicaLink {
             // client connections insert into the same map from other threads.
             let mut replies: Vec<Response> = Vec::new();
             let mut matched: Vec<(Waiting, Reply)> = Vec::new();
+            let mut last_heard = Instant::now();
             'read: loop {
                 let frame = tokio::select! {
                     _ = &mut closed => break,
@@ -475,13 +484,19 @@ impl ReplicaLink {
                         let now = Instant::now();
                         let late = reader_pending
                             .take_due(|w: &Waiting| w.deadline().is_some_and(|deadline| deadline <= now));
+                        let any_late = !late.is_empty();
                         for waiting in late {
                             waiting.fail(slot, true, &kick);
+                        }
+                        if any_late && now.duration_since(last_heard) >= SILENT_LINK {
+                            info!(slot, silent_ms = now.duration_since(last_heard).as_millis() as u64, "replica connection silent past a request's deadline; closing it");
+                            break 'read;
                         }
                         continue;
                     }
                     frame = stream.next() => frame,
                 };
+                last_heard = Instant::now();
                 let mut frame = Some(frame);
                 let mut ended = false;
                 let mut batch_bytes = 0usize;
