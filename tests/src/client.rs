@@ -175,6 +175,28 @@ impl Client {
         })
     }
 
+    /// Says `hello` over a stream already connected to `peer` (a
+    /// simulated network's, for instance), plainly: no TLS, no secret, no
+    /// login, whatever the secured mode says.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn over(stream: Stream, hello: Hello, peer: &str) -> anyhow::Result<Client> {
+        let mut framed = Framed::new(stream, MessageCodec::default());
+        let welcome = timeout(
+            IO_TIMEOUT,
+            handshake::hello_proving(&mut framed, hello, None),
+        )
+        .await
+        .with_context(|| format!("handshake with {peer} timed out"))?
+        .with_context(|| format!("handshake with {peer}"))?;
+        Ok(Client {
+            framed,
+            next_id: 1,
+            welcome,
+        })
+    }
+
     /// What the peer said in its handshake answer.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome

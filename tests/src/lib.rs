@@ -1,5 +1,6 @@
 //! Harness for semikv's integration tests: builds the real binaries, runs
-//! them as child processes owned by guards, and talks to them over the wire.
+//! them as child processes owned by guards, and talks to them over the wire;
+//! and runs the same code in-process under a deterministic simulation.
 //!
 //! - [`bin`]: `semikv-server` / `semikv-lb` built once per test process into
 //!   the target dir `cargo test` already uses.
@@ -22,6 +23,8 @@
 //! - [`hostile`]: peers that misbehave at the wire level, byte by byte,
 //!   and frames built by hand.
 //! - [`tmpfs`]: small file systems to fill, for disk-full tests.
+//! - [`sim`]: the whole cluster in one deterministic simulation (turmoil),
+//!   seeded fault schedules checked like the fault suite's.
 //!
 //! The failover timing harness (`benches/failover_timing/`) is built from
 //! the same pieces.
@@ -42,6 +45,7 @@ pub mod proxy;
 pub mod readback;
 pub mod relayed;
 pub mod secured;
+pub mod sim;
 pub mod timing;
 pub mod tmpfs;
 pub mod torn_tail;

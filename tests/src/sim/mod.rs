@@ -1,0 +1,433 @@
+//! Deterministic simulation of a whole cluster: the real replicas and
+//! balancers (`semikv_server::run`, `semikv_lb::run`, unmodified) as
+//! turmoil hosts on one thread, with simulated network and time, and
+//! randomness seeded, all from one seed ([`run`]).
+//!
+//! A seed draws a [`Scenario`] (3-5 replicas, 1-2 balancers, 2-4 clients,
+//! and timed faults: crashes and restarts, partitions both ways and one
+//! way, pauses, slow links). Workload clients record a history while the
+//! faults strike; then everything is healed, a write must get through
+//! within [`clients::RECOVERY_BOUND`], every key is read back, and every
+//! replica must converge on the same values. The verdict combines the
+//! history checker (guarantees 1-3, [`crate::checker`]) with invariants
+//! watched along the way: no two replicas promoted at one epoch (from the
+//! replicas' own log lines), no commit index going back within a process
+//! (polled).
+//!
+//! Replay: the same seed gives the same run and the same trace hash
+//! ([`Verdict::trace_hash`]), which tests check; `SEMIKV_SIM_SEED=S`
+//! replays one seed with its log on stderr.
+
+pub mod clients;
+mod links;
+pub mod scenario;
+pub mod trace;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use semikv_protocol::net::Net;
+use semikv_protocol::ReplicaId;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
+
+pub use scenario::{Fault, Host, Scenario, Timed};
+
+use crate::checker;
+use clients::{Clock, Findings, CONVERGENCE_BOUND, RECOVERY_BOUND};
+use trace::Recorder;
+
+/// Port of the balancers' client door.
+const BALANCER_PORT: u16 = 7000;
+/// Simulated time past recovery and convergence before a run is called
+/// stuck (the final check bounds each of its waits; this is a backstop).
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// How to run a seed.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Log every event at `RUST_LOG` (default info) on stderr, for a replay.
+    pub log: bool,
+    /// Keep every traced event's text in [`Verdict::lines`], and trace
+    /// debug events too (info and above otherwise).
+    pub keep_lines: bool,
+}
+
+/// What one seed's run found.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The scenario run.
+    pub scenario: Scenario,
+    /// The history checker's report (empty when the final check did not
+    /// finish).
+    pub report: checker::Report,
+    /// Every invariant broken, in words (history violations are in
+    /// `report`).
+    pub violations: Vec<String>,
+    /// Hash of every event logged at info or above (debug too with
+    /// [`Options::keep_lines`]), with its simulated time and host: the same
+    /// seed must give the same hash.
+    pub trace_hash: u64,
+    /// Events hashed.
+    pub events: u64,
+    /// The events hashed, as text, when [`Options::keep_lines`] asked.
+    pub lines: Option<Vec<String>>,
+    /// Faults applied, by kind (a crash of a host already down is not
+    /// applied, nor a restart of one that is up).
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+    /// Simulated time from the heal to the first write through, if any.
+    pub recovered_after: Option<Duration>,
+    /// Warnings and errors the processes logged, the last ones, for a
+    /// failure's report.
+    pub warnings: Vec<String>,
+    history: Vec<checker::Event>,
+}
+
+impl Verdict {
+    /// Whether every check passed.
+    pub fn is_ok(&self) -> bool {
+        self.report.is_ok() && self.violations.is_empty()
+    }
+
+    /// The verdict in words: the scenario, what broke, and how to replay.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let _ = write!(out, "{}", self.scenario);
+        let _ = writeln!(
+            out,
+            "ran {:.1} s simulated: {} operations, {} writes acknowledged, {} unknown; \
+             faults {:?}; first write {:?} after the heal; {} events, trace hash {:016x}",
+            self.simulated.as_secs_f64(),
+            self.report.ops,
+            self.report.writes_acked,
+            self.report.writes_unknown,
+            self.faults,
+            self.recovered_after,
+            self.events,
+            self.trace_hash
+        );
+        for v in &self.violations {
+            let _ = writeln!(out, "VIOLATION: {v}");
+        }
+        if !self.report.is_ok() {
+            let _ = writeln!(out, "{}", self.report.explain(&self.history));
+        }
+        let _ = writeln!(out, "last warnings logged:");
+        for w in self.warnings.iter().rev().take(40).rev() {
+            let _ = writeln!(out, "  {w}");
+        }
+        let _ = writeln!(
+            out,
+            "replay: SEMIKV_SIM_SEED={} cargo test -p semikv-tests --test sim -- --nocapture replay",
+            self.scenario.seed
+        );
+        out
+    }
+}
+
+/// Runs the scenario of `seed` to its verdict.
+pub fn run(seed: u64, options: &Options) -> Verdict {
+    let scenario = Scenario::from_seed(seed);
+    let recorder = Recorder::new(options.keep_lines);
+    let trace = recorder.trace();
+    let log = options.log.then(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_timer(SimTime)
+            .with_filter(filter)
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(recorder.with_filter(if options.keep_lines {
+            LevelFilter::DEBUG
+        } else {
+            LevelFilter::INFO
+        }))
+        .with(log);
+    let _entropy = semikv_protocol::entropy::Seeded::install(seed);
+    trace::set_driver_time(Duration::ZERO);
+    let (findings, faults, simulated) =
+        tracing::subscriber::with_default(subscriber, || drive(&scenario));
+    let mut trace = semikv_protocol::sync::lock(&trace);
+    let mut findings = Rc::try_unwrap(findings)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|shared| std::mem::take(&mut *shared.borrow_mut()));
+    findings.history.sort_by_key(|e| e.start);
+    let mut violations = std::mem::take(&mut findings.violations);
+    let mut by_epoch: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for p in &trace.promotions {
+        by_epoch.entry(&p.epoch).or_default().insert(&p.host);
+    }
+    for (epoch, hosts) in by_epoch.iter().filter(|(_, hosts)| hosts.len() > 1) {
+        let hosts: Vec<&str> = hosts.iter().copied().collect();
+        violations.push(format!(
+            "replicas {} were all promoted at epoch {epoch}",
+            hosts.join(", ")
+        ));
+    }
+    let report = if findings.checked {
+        checker::check(&findings.history, &findings.final_state)
+    } else {
+        checker::Report::default()
+    };
+    Verdict {
+        scenario,
+        report,
+        violations,
+        trace_hash: trace.hash(),
+        events: trace.events,
+        lines: trace.lines.take(),
+        faults,
+        simulated,
+        recovered_after: findings.recovered_after,
+        warnings: trace.warnings.clone(),
+        history: findings.history,
+    }
+}
+
+type Shared = Rc<RefCell<Findings>>;
+
+/// Log lines stamped with the simulated time, in milliseconds.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let at = turmoil::sim_elapsed().unwrap_or_else(trace::driver_time);
+        write!(w, "{:>8.3}s", at.as_secs_f64())
+    }
+}
+
+/// Builds the simulation, applies the faults on time, heals, and steps
+/// until the final check is done.
+fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration) {
+    let findings: Shared = Rc::new(RefCell::new(Findings {
+        running: scenario.clients,
+        ..Findings::default()
+    }));
+    let mut faults = BTreeMap::new();
+    // In memory where the machine has it: the replicas' fsyncs run on the
+    // simulation's one thread.
+    let base = std::path::Path::new("/dev/shm");
+    let dirs: Vec<tempfile::TempDir> = (0..scenario.replicas)
+        .map(|_| {
+            if base.is_dir() {
+                tempfile::tempdir_in(base)
+            } else {
+                tempfile::tempdir()
+            }
+            .expect("a temp dir for a simulated replica")
+        })
+        .collect();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(scenario.seed)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(scenario.max_latency)
+        .simulation_duration(scenario.window + RECOVERY_BOUND + CONVERGENCE_BOUND + STUCK_AFTER)
+        .build();
+    let replicas: Vec<String> = (1..=scenario.replicas)
+        .map(|n| format!("{}:{}", Host::Replica(n), replica_port(n)))
+        .collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        let n = i + 1;
+        let mut config = semikv_server::Config::new(ReplicaId(n as u32), dir.path().to_path_buf());
+        config.net = Net::Turmoil;
+        config.blocking = semikv_protocol::blocking::Blocking::Inline;
+        config.advertise = Some(replicas[i].clone());
+        // Small, so that snapshots, compaction and segment rolls happen
+        // within a run of a few thousand writes.
+        config.snapshot_bytes = 16 * 1024;
+        config.segment_bytes = 8 * 1024;
+        sim.host(Host::Replica(n).name(), move || {
+            let config = config.clone();
+            async move {
+                let listener = Net::Turmoil
+                    .bind(&format!("0.0.0.0:{}", replica_port(n)))
+                    .await?;
+                // A replica that stops (a failed disk) is a process that
+                // exited: the heal restarts it; it is not a harness error.
+                if let Err(e) = semikv_server::run(config, listener, CancellationToken::new()).await
+                {
+                    tracing::error!(error = %format!("{e:#}"), "replica exited");
+                }
+                Ok(())
+            }
+        });
+    }
+    for n in 1..=scenario.balancers {
+        let mut config = semikv_lb::Config::new(replicas.clone());
+        config.net = Net::Turmoil;
+        sim.host(Host::Balancer(n).name(), move || {
+            let config = config.clone();
+            async move {
+                let listener = Net::Turmoil
+                    .bind(&format!("0.0.0.0:{BALANCER_PORT}"))
+                    .await?;
+                if let Err(e) = semikv_lb::run(config, listener, CancellationToken::new()).await {
+                    tracing::error!(error = %format!("{e:#}"), "balancer exited");
+                }
+                Ok(())
+            }
+        });
+    }
+    let clock = Rc::new(Clock::new());
+    for c in 0..scenario.clients {
+        let balancer = format!(
+            "{}:{BALANCER_PORT}",
+            Host::Balancer(1 + c % scenario.balancers)
+        );
+        sim.client(
+            Host::Client(c).name(),
+            clients::worker(
+                c,
+                balancer,
+                scenario.keys,
+                scenario.seed,
+                scenario.window,
+                clock.clone(),
+                findings.clone(),
+            ),
+        );
+    }
+    {
+        let (replicas, findings) = (replicas.clone(), findings.clone());
+        sim.host("observer", move || {
+            clients::observer(replicas.clone(), findings.clone())
+        });
+    }
+    sim.client(
+        "check",
+        clients::final_check(
+            format!("{}:{BALANCER_PORT}", Host::Balancer(1)),
+            replicas.clone(),
+            scenario.window,
+            findings.clone(),
+        ),
+    );
+
+    let mut links = links::Links::default();
+    let mut next = 0;
+    let mut healed = false;
+    loop {
+        let now = sim.elapsed();
+        trace::set_driver_time(now);
+        while next < scenario.faults.len() && scenario.faults[next].at <= now {
+            let fault = &scenario.faults[next].fault;
+            if let Some(kind) = apply(&mut sim, &mut links, scenario, fault) {
+                *faults.entry(kind).or_insert(0) += 1;
+            }
+            next += 1;
+        }
+        if !healed && now >= scenario.window {
+            heal(&mut sim, &mut links, scenario);
+            healed = true;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                findings
+                    .borrow_mut()
+                    .violations
+                    .push(format!("the simulation stopped: {e}"));
+                break;
+            }
+        }
+    }
+    let simulated = sim.elapsed();
+    drop(sim);
+    (findings, faults, simulated)
+}
+
+fn replica_port(n: usize) -> u16 {
+    8080 + n as u16
+}
+
+/// Applies one fault; its kind when it changed anything.
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    links: &mut links::Links,
+    scenario: &Scenario,
+    fault: &Fault,
+) -> Option<&'static str> {
+    let others =
+        |h: &Host| -> Vec<Host> { scenario.hosts().into_iter().filter(|o| o != h).collect() };
+    match fault {
+        Fault::Crash(h) => {
+            if !sim.is_host_running(h.name()) {
+                return None;
+            }
+            links.crash(sim, *h, &others(h));
+            Some("crash")
+        }
+        Fault::Restart(h) => {
+            if sim.is_host_running(h.name()) {
+                return None;
+            }
+            sim.bounce(h.name());
+            Some("restart")
+        }
+        Fault::Partition(a, b) => {
+            links.partition(sim, *a, *b);
+            Some("partition")
+        }
+        Fault::PartitionOneway { from, to } => {
+            links.partition_oneway(sim, *from, *to);
+            Some("partition-oneway")
+        }
+        Fault::Repair(a, b) => {
+            links.repair(sim, *a, *b);
+            Some("repair")
+        }
+        Fault::RepairOneway { from, to } => {
+            links.repair_oneway(sim, *from, *to);
+            Some("repair-oneway")
+        }
+        Fault::Pause(h) => {
+            for o in others(h) {
+                links.hold(sim, *h, o);
+            }
+            Some("pause")
+        }
+        Fault::Resume(h) => {
+            for o in others(h) {
+                links.release(sim, *h, o);
+            }
+            Some("resume")
+        }
+        Fault::Slow(a, b, d) => {
+            sim.set_link_latency(a.name(), b.name(), *d);
+            Some("slow")
+        }
+        Fault::Unslow(a, b) => {
+            sim.set_link_latency(a.name(), b.name(), Duration::ZERO);
+            sim.set_link_max_message_latency(a.name(), b.name(), scenario.max_latency);
+            Some("unslow")
+        }
+    }
+}
+
+/// Mends every link and restarts every server that is down.
+fn heal(sim: &mut turmoil::Sim<'_>, links: &mut links::Links, scenario: &Scenario) {
+    let hosts = scenario.hosts();
+    for (i, &a) in hosts.iter().enumerate() {
+        for &b in &hosts[i + 1..] {
+            links.release(sim, a, b);
+            links.repair(sim, a, b);
+        }
+    }
+    for h in scenario.servers() {
+        if !sim.is_host_running(h.name()) {
+            sim.bounce(h.name());
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The deterministic simulation's seeds (see `semikv_tests::sim`): a fixed
+//! number in every run, more with `SEMIKV_SIM_SEEDS=N`, one replayed with
+//! its log with `SEMIKV_SIM_SEED=S` (the `replay` test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use semikv_tests::sim::{self, Options, Verdict};
+
+/// Seeds every `cargo test` runs.
+const DEFAULT_SEEDS: u64 = 500;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, got {value:?}")),
+    )
+}
+
+/// Runs `seeds` on every core, each seed on one thread (a simulation is
+/// single-threaded), and fails with the first failing seed's explanation.
+#[test]
+fn seeds_keep_every_guarantee() {
+    let seeds = env_u64("SEMIKV_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let first = env_u64("SEMIKV_SIM_FIRST_SEED").unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let next = Arc::new(AtomicU64::new(first));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let totals: Arc<Mutex<Totals>> = Arc::default();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, failures, totals) = (next.clone(), failures.clone(), totals.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= first + seeds || !failures.lock().unwrap().is_empty() {
+                    return;
+                }
+                let verdict = sim::run(seed, &Options::default());
+                totals.lock().unwrap().add(&verdict);
+                if !verdict.is_ok() {
+                    failures.lock().unwrap().push(verdict.explain());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let totals = totals.lock().unwrap();
+    let wall = started.elapsed();
+    println!(
+        "{} seeds in {:.1} s ({:.0} seeds/min): {:.2} simulated hours, {} operations \
+         ({} writes acknowledged), faults {:?}, slowest recovery {:?}",
+        totals.seeds,
+        wall.as_secs_f64(),
+        totals.seeds as f64 / wall.as_secs_f64() * 60.0,
+        totals.simulated.as_secs_f64() / 3600.0,
+        totals.ops,
+        totals.acked,
+        totals.faults,
+        totals.slowest_recovery,
+    );
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{}", failures[0]);
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    seeds: u64,
+    simulated: Duration,
+    ops: usize,
+    acked: usize,
+    faults: BTreeMap<&'static str, u64>,
+    slowest_recovery: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, v: &Verdict) {
+        self.seeds += 1;
+        self.simulated += v.simulated;
+        self.ops += v.report.ops;
+        self.acked += v.report.writes_acked;
+        for (kind, n) in &v.faults {
+            *self.faults.entry(kind).or_default() += n;
+        }
+        self.slowest_recovery = self
+            .slowest_recovery
+            .max(v.recovered_after.unwrap_or_default());
+    }
+}
+
+/// The same seed twice gives the same trace, event for event.
+#[test]
+fn one_seed_one_trace() {
+    let keep = Options {
+        keep_lines: true,
+        ..Options::default()
+    };
+    for seed in [3, 11] {
+        let a = sim::run(seed, &keep);
+        let b = sim::run(seed, &keep);
+        assert!(
+            a.events > 50,
+            "seed {seed}: only {} events traced",
+            a.events
+        );
+        if a.trace_hash != b.trace_hash {
+            let (a, b) = (a.lines.unwrap(), b.lines.unwrap());
+            let at = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            let context = |lines: &[String]| {
+                lines[at.saturating_sub(2)..(at + 8).min(lines.len())].join("\n")
+            };
+            panic!(
+                "seed {seed} ran differently twice, from event {at}:\nfirst run:\n{}\nsecond run:\n{}",
+                context(&a),
+                context(&b)
+            );
+        }
+    }
+}
+
+/// Replays `SEMIKV_SIM_SEED` (default 1) with its log on stderr.
+#[test]
+fn replay() {
+    let seed = env_u64("SEMIKV_SIM_SEED").unwrap_or(1);
+    let verdict = sim::run(
+        seed,
+        &Options {
+            log: std::env::var_os("SEMIKV_SIM_SEED").is_some(),
+            ..Options::default()
+        },
+    );
+    println!("{}", verdict.explain());
+    assert!(verdict.is_ok(), "{}", verdict.explain());
+}
