@@ -14,6 +14,7 @@
 //! created, renamed or deleted and then its directory fsynced, so a crash
 //! leaves either the old or the new state.
 
+pub mod disk;
 pub mod error;
 pub mod meta;
 pub mod snapshot;
