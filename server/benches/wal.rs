@@ -4,12 +4,14 @@
 //! part every few thousand batches so the benchmark never fills the disk.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use semikv_protocol::{Entry, Epoch, LogIndex, WriteOp};
 use semikv_server::storage::wal::{Record, Wal, WalOptions};
+use semikv_server::storage::OsDisk;
 
 /// Batches appended between two resets (about 20 MB at 64 entries of 16-byte
 /// values).
@@ -53,8 +55,13 @@ fn run(wal: &mut Wal, n: u64, sync: bool, iters: u64) -> Duration {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) =
-        Wal::open(&dir.path().join("wal"), LogIndex(0), WalOptions::default()).unwrap();
+    let (mut wal, _) = Wal::open(
+        Arc::new(OsDisk),
+        &dir.path().join("wal"),
+        LogIndex(0),
+        WalOptions::default(),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("wal_append");
     for n in [1u64, 64] {
         group.throughput(Throughput::Elements(n));

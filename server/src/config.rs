@@ -10,6 +10,8 @@ use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::net::Net;
 use semikv_protocol::{ReplicaId, DEFAULT_MAX_VALUE_LEN};
 
+use crate::storage::DataDir;
+
 /// When the write-ahead log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -110,8 +112,8 @@ pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 pub struct Config {
     /// The replica's id.
     pub id: ReplicaId,
-    /// Where the WAL, snapshots and epoch live.
-    pub data_dir: PathBuf,
+    /// Where the WAL, snapshots and epoch live, and the disk they are on.
+    pub data_dir: DataDir,
     /// Fsync policy of the WAL.
     pub fsync: FsyncPolicy,
     /// Largest frame accepted or sent.
@@ -172,11 +174,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for replica `id` with data in `data_dir`.
+    /// Defaults for replica `id` with data in `data_dir` on the real file
+    /// system (a simulation replaces [`Config::data_dir`]).
     pub fn new(id: ReplicaId, data_dir: PathBuf) -> Config {
         Config {
             id,
-            data_dir,
+            data_dir: DataDir::on_os(data_dir),
             fsync: FsyncPolicy::Always,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_value_len: DEFAULT_MAX_VALUE_LEN,

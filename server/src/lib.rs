@@ -18,7 +18,6 @@ pub mod service;
 pub mod storage;
 pub mod writer;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use semikv_protocol::net::Listener;
 use crate::log::MemLog;
 use crate::node::{Node, Recovered, Signals};
 use crate::replica::{Replica, Watches};
+use crate::storage::DataDir;
 use crate::writer::{Writer, WriterError, WriterStats};
 
 /// Connection slots a replica keeps for balancers and followers (at most
@@ -181,7 +181,7 @@ pub async fn run(
 /// divergent entries behind) is cut if it lies past the recovered commit
 /// index, where it is tentative by definition; inside it, it is corruption.
 fn recover(
-    dir: &Path,
+    dir: &DataDir,
     options: storage::wal::WalOptions,
 ) -> anyhow::Result<(storage::Opened, MemLog)> {
     let mut opened = storage::open(dir, options)?;

@@ -3,7 +3,6 @@
 //! written to a staging file as they arrive, each checked against what was
 //! offered and announced, then the install.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use semikv_protocol::blocking::Blocking;
@@ -13,6 +12,7 @@ use super::ReplicationError;
 use crate::replica::Replica;
 use crate::storage;
 use crate::storage::snapshot::{ReceiveError, Receiving, Staged};
+use crate::storage::DataDir;
 
 /// A full disk is told apart: the follower waits for room rather than ask
 /// for the snapshot again at once.
@@ -46,7 +46,7 @@ impl Intake {
     /// (before a single byte is written).
     pub(super) async fn offer(
         &mut self,
-        data_dir: &Path,
+        data_dir: &DataDir,
         offer: SnapshotOffer,
         blocking: Blocking,
     ) -> Result<(), ReplicationError> {

@@ -269,7 +269,7 @@ async fn send_snapshot(
         .await
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?
         .map_err(|e| ReplicationError::Snapshot(e.to_string()))?;
-    let Some((meta, file, total_len)) = opened else {
+    let Some((meta, mut file, total_len)) = opened else {
         return Err(ReplicationError::Snapshot(
             "follower needs a snapshot but none exists".to_string(),
         ));
@@ -285,26 +285,27 @@ async fn send_snapshot(
     )
     .await?;
     // Read a chunk at a time: memory holds one chunk, however large the
-    // snapshot.
-    // A std file read through the blocking seam (not `tokio::fs`, which
-    // always uses the blocking pool): inline in a simulation.
-    let file = Arc::new(file);
+    // snapshot. The file goes to the blocking seam (inline in a
+    // simulation) and comes back with each chunk.
     let mut offset = 0u64;
     loop {
         let want = usize::try_from(total_len - offset)
             .unwrap_or(usize::MAX)
             .min(SNAPSHOT_CHUNK);
-        let reading = file.clone();
-        let data = replica
+        let (back, read) = replica
             .config
             .blocking
             .run(move || {
+                let mut file = file;
                 let mut data = bytes::BytesMut::zeroed(want);
-                (&*reading).read_exact(&mut data).map(|()| data)
+                let read = file.read_exact(&mut data).map(|()| data);
+                (file, read)
             })
             .await
-            .map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?
             .map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?;
+        file = back;
+        let data =
+            read.map_err(|e| ReplicationError::Snapshot(format!("reading the snapshot: {e}")))?;
         let next = offset + want as u64;
         let done = next == total_len;
         send(

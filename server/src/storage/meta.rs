@@ -7,15 +7,15 @@
 //! Layout of `<data_dir>/epoch`: one frame (`len u32 BE | crc32 u32 BE |
 //! postcard(Epoch)`), nothing after it.
 
-use std::fs;
 use std::io::{ErrorKind, Write};
-use std::path::Path;
 
 use bytes::BytesMut;
 use semikv_protocol::frame::{self, Header, HEADER_LEN};
 use semikv_protocol::Epoch;
 
+use super::disk::Access;
 use super::error::{io_err, StorageError};
+use super::DataDir;
 
 /// File name of the epoch inside the data directory.
 pub const EPOCH_FILE: &str = "epoch";
@@ -29,9 +29,9 @@ const MAX_EPOCH_PAYLOAD: usize = 24;
 /// # Errors
 /// [`StorageError::Io`] if the file exists but cannot be read;
 /// [`StorageError::Corrupt`] if it does not hold exactly one valid frame.
-pub fn load_epoch(data_dir: &Path) -> Result<Epoch, StorageError> {
+pub fn load_epoch(data_dir: &DataDir) -> Result<Epoch, StorageError> {
     let path = data_dir.join(EPOCH_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match data_dir.disk().read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Epoch::from_raw(0)),
         Err(e) => return Err(io_err("reading", &path)(e)),
@@ -61,29 +61,32 @@ pub fn load_epoch(data_dir: &Path) -> Result<Epoch, StorageError> {
 /// # Errors
 /// [`StorageError::Io`] if any step fails; the old epoch is then still in
 /// place (or the new one, if only the final directory fsync failed).
-pub fn store_epoch(data_dir: &Path, epoch: Epoch) -> Result<(), StorageError> {
-    fs::create_dir_all(data_dir).map_err(io_err("creating directory", data_dir))?;
+pub fn store_epoch(data_dir: &DataDir, epoch: Epoch) -> Result<(), StorageError> {
+    let disk = &**data_dir.disk();
+    disk.create_dir_all(data_dir.path())
+        .map_err(io_err("creating directory", data_dir.path()))?;
     let path = data_dir.join(EPOCH_FILE);
-    let tmp = super::temp_path(data_dir, EPOCH_FILE);
+    let tmp = super::temp_path(data_dir.path(), EPOCH_FILE);
     let mut buf = BytesMut::new();
     frame::encode(&epoch, MAX_EPOCH_PAYLOAD, &mut buf).map_err(|e| StorageError::Unencodable {
         reason: e.to_string(),
     })?;
-    let written = fs::File::create(&tmp)
+    let written = disk
+        .open(&tmp, Access::Create)
         .and_then(|mut f| {
             f.write_all(&buf)?;
             f.sync_all()
         })
         .map_err(io_err("writing", &tmp));
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
+        let _ = disk.remove_file(&tmp);
         return Err(e);
     }
-    if let Err(e) = fs::rename(&tmp, &path) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = disk.rename(&tmp, &path) {
+        let _ = disk.remove_file(&tmp);
         return Err(io_err("renaming", &tmp)(e));
     }
-    super::sync_dir(data_dir)
+    super::sync_dir(disk, data_dir.path())
 }
 
 /// File name of the divergence marker inside the data directory.
@@ -94,16 +97,17 @@ pub const DIVERGED_FILE: &str = "DIVERGED";
 ///
 /// # Errors
 /// [`StorageError::Io`] if the marker cannot be written and synced.
-pub fn mark_diverged(data_dir: &Path, reason: &str) -> Result<(), StorageError> {
+pub fn mark_diverged(data_dir: &DataDir, reason: &str) -> Result<(), StorageError> {
+    let disk = &**data_dir.disk();
     let path = data_dir.join(DIVERGED_FILE);
-    fs::File::create(&path)
+    disk.open(&path, Access::Create)
         .and_then(|mut f| {
             f.write_all(reason.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()
         })
         .map_err(io_err("writing", &path))?;
-    super::sync_dir(data_dir)
+    super::sync_dir(disk, data_dir.path())
 }
 
 /// Fails if this data directory holds the divergence marker.
@@ -111,9 +115,9 @@ pub fn mark_diverged(data_dir: &Path, reason: &str) -> Result<(), StorageError> 
 /// # Errors
 /// [`StorageError::Diverged`] with the recorded reason, or
 /// [`StorageError::Io`] if the marker exists but cannot be read.
-pub fn check_not_diverged(data_dir: &Path) -> Result<(), StorageError> {
+pub fn check_not_diverged(data_dir: &DataDir) -> Result<(), StorageError> {
     let path = data_dir.join(DIVERGED_FILE);
-    match fs::read(&path) {
+    match data_dir.disk().read(&path) {
         Ok(bytes) => Err(StorageError::Diverged {
             reason: String::from_utf8_lossy(&bytes).trim().to_string(),
             path,
@@ -127,56 +131,62 @@ pub fn check_not_diverged(data_dir: &Path) -> Result<(), StorageError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::storage::disk::fixture::each_disk;
 
     #[test]
     fn a_diverged_directory_is_refused_with_its_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        check_not_diverged(dir.path()).unwrap();
-        mark_diverged(dir.path(), "at index 9 our entry differs").unwrap();
-        let err = check_not_diverged(dir.path()).unwrap_err();
-        assert!(matches!(err, StorageError::Diverged { .. }), "{err}");
-        let text = err.to_string();
-        assert!(text.contains("at index 9 our entry differs"), "{text}");
-        assert!(text.contains("wipe it"), "{text}");
+        each_disk(|fx| {
+            let dir = fx.data_dir();
+            check_not_diverged(&dir).unwrap();
+            mark_diverged(&dir, "at index 9 our entry differs").unwrap();
+            let err = check_not_diverged(&dir).unwrap_err();
+            assert!(matches!(err, StorageError::Diverged { .. }), "{err}");
+            let text = err.to_string();
+            assert!(text.contains("at index 9 our entry differs"), "{text}");
+            assert!(text.contains("wipe it"), "{text}");
+        });
     }
 
     #[test]
     fn absent_is_zero_and_store_load_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(0));
-        store_epoch(dir.path(), Epoch::from_raw(7)).unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(7));
-        store_epoch(dir.path(), Epoch::from_raw(u128::MAX)).unwrap();
-        assert_eq!(load_epoch(dir.path()).unwrap(), Epoch::from_raw(u128::MAX));
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "temp file left behind");
+        each_disk(|fx| {
+            let dir = fx.data_dir();
+            assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(0));
+            store_epoch(&dir, Epoch::from_raw(7)).unwrap();
+            assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(7));
+            store_epoch(&dir, Epoch::from_raw(u128::MAX)).unwrap();
+            assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(u128::MAX));
+            assert_eq!(fx.files(dir.path()).len(), 1, "temp file left behind");
+        });
     }
 
     #[test]
     fn corrupt_file_is_refused_not_zero() {
-        let dir = tempfile::tempdir().unwrap();
-        store_epoch(dir.path(), Epoch::from_raw(5)).unwrap();
-        let path = dir.path().join(EPOCH_FILE);
-        let good = fs::read(&path).unwrap();
-        let mut cases: Vec<Vec<u8>> = vec![
-            Vec::new(),
-            good[..3].to_vec(),
-            good[..good.len() - 1].to_vec(),
-        ];
-        let mut flipped = good.clone();
-        *flipped.last_mut().unwrap() ^= 0x10;
-        cases.push(flipped);
-        let mut longer = good.clone();
-        longer.push(0);
-        cases.push(longer);
-        for bytes in cases {
-            fs::write(&path, &bytes).unwrap();
-            let err = load_epoch(dir.path()).unwrap_err();
-            assert!(
-                matches!(err, StorageError::Corrupt { .. }),
-                "{bytes:?}: {err}"
-            );
-            assert!(err.to_string().contains("epoch"));
-        }
+        each_disk(|fx| {
+            let dir = fx.data_dir();
+            store_epoch(&dir, Epoch::from_raw(5)).unwrap();
+            let path = dir.join(EPOCH_FILE);
+            let good = fx.read(&path);
+            let mut cases: Vec<Vec<u8>> = vec![
+                Vec::new(),
+                good[..3].to_vec(),
+                good[..good.len() - 1].to_vec(),
+            ];
+            let mut flipped = good.clone();
+            *flipped.last_mut().unwrap() ^= 0x10;
+            cases.push(flipped);
+            let mut longer = good.clone();
+            longer.push(0);
+            cases.push(longer);
+            for bytes in cases {
+                fx.write(&path, &bytes);
+                let err = load_epoch(&dir).unwrap_err();
+                assert!(
+                    matches!(err, StorageError::Corrupt { .. }),
+                    "{bytes:?}: {err}"
+                );
+                assert!(err.to_string().contains("epoch"));
+            }
+        });
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::support::{Peer, Server};
 use semikv_protocol::{Epoch, ErrorReply, Role, MAX_SYNC_TIMEOUT_MS};
-use semikv_server::storage::meta;
+use semikv_server::storage::{meta, DataDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_promote_leaves_the_persisted_epoch_alone() {
@@ -17,10 +17,16 @@ async fn a_refused_promote_leaves_the_persisted_epoch_alone() {
         .unwrap_err();
     assert!(matches!(refused, ErrorReply::Invalid { .. }), "{refused:?}");
     assert_eq!(admin.status().await.epoch, Epoch::ZERO);
-    assert_eq!(meta::load_epoch(&data).unwrap(), Epoch::ZERO);
+    assert_eq!(
+        meta::load_epoch(&DataDir::on_os(&data)).unwrap(),
+        Epoch::ZERO
+    );
     // The same promotion with sane settings goes through and is persisted.
     admin.promote_with(5, 0, 1000).await.unwrap();
-    assert_eq!(meta::load_epoch(&data).unwrap(), Epoch::from_raw(5));
+    assert_eq!(
+        meta::load_epoch(&DataDir::on_os(&data)).unwrap(),
+        Epoch::from_raw(5)
+    );
     drop(admin);
     server.stop().await.unwrap();
 }

@@ -12,7 +12,7 @@ use semikv_protocol::{
     Entry, Epoch, ErrorReply, Follow, LogIndex, Message, Op, ReplicaId, Reply, Role, StreamFrom,
     WriteOp,
 };
-use semikv_server::storage::{self, meta, wal};
+use semikv_server::storage::{self, meta, wal, DataDir};
 
 const LEADER: u32 = 9;
 
@@ -33,8 +33,8 @@ async fn a_follower_that_finds_another_entry_at_the_prefix_stops_for_good() {
     let data = dir.path().join("replica-1");
     // Its log: entries 1..=4 of epoch 1, committed up to 2.
     {
-        let mut opened = storage::open(&data, wal::WalOptions::default()).unwrap();
-        meta::store_epoch(&data, Epoch::from_raw(1)).unwrap();
+        let mut opened = storage::open(&DataDir::on_os(&data), wal::WalOptions::default()).unwrap();
+        meta::store_epoch(&DataDir::on_os(&data), Epoch::from_raw(1)).unwrap();
         let mut records: Vec<wal::Record> = (1..=4)
             .map(|i| wal::Record::Entry(set(i, 1, &format!("ours-{i}"))))
             .collect();
@@ -114,7 +114,7 @@ async fn a_follower_that_finds_another_entry_at_the_prefix_stops_for_good() {
         "{text}"
     );
     std::fs::remove_file(data.join(meta::DIVERGED_FILE)).unwrap();
-    let opened = storage::open(&data, wal::WalOptions::default()).unwrap();
+    let opened = storage::open(&DataDir::on_os(&data), wal::WalOptions::default()).unwrap();
     assert_eq!(
         opened.entries.len(),
         4,

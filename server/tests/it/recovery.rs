@@ -3,7 +3,9 @@
 use crate::support::{Peer, Server};
 use bytes::Bytes;
 use semikv_protocol::{Entry, Epoch, EpochStart, LogIndex, Role, WriteOp};
-use semikv_server::storage::{self, snapshot::SnapshotMeta, store::Store, wal};
+use std::sync::Arc;
+
+use semikv_server::storage::{self, snapshot::SnapshotMeta, store::Store, wal, DataDir, OsDisk};
 
 fn set(index: u64, epoch: u64, key: &str) -> wal::Record {
     wal::Record::Entry(Entry {
@@ -23,8 +25,9 @@ fn set(index: u64, epoch: u64, key: &str) -> wal::Record {
 async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("r1");
-    drop(storage::open(&data, wal::WalOptions::default()).unwrap());
+    drop(storage::open(&DataDir::on_os(&data), wal::WalOptions::default()).unwrap());
     let (mut log, _) = wal::Wal::open(
+        Arc::new(OsDisk),
         &data.join(storage::WAL_DIR),
         LogIndex(0),
         wal::WalOptions::default(),
@@ -52,7 +55,7 @@ async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
             start: LogIndex(1),
         }],
     };
-    storage::snapshot::write(&data, &meta, store.iter()).unwrap();
+    storage::snapshot::write(&DataDir::on_os(&data), &meta, store.iter()).unwrap();
 
     let server = Server::start(1, &data, None).await;
     let mut admin = Peer::connect(server.addr, Role::Balancer).await;
@@ -77,9 +80,15 @@ async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
 async fn mid_log_corruption_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("r1");
-    drop(storage::open(&data, wal::WalOptions::default()).unwrap());
+    drop(storage::open(&DataDir::on_os(&data), wal::WalOptions::default()).unwrap());
     let wal_dir = data.join(storage::WAL_DIR);
-    let (mut log, _) = wal::Wal::open(&wal_dir, LogIndex(0), wal::WalOptions::default()).unwrap();
+    let (mut log, _) = wal::Wal::open(
+        Arc::new(OsDisk),
+        &wal_dir,
+        LogIndex(0),
+        wal::WalOptions::default(),
+    )
+    .unwrap();
     log.append(&[set(1, 1, "a"), set(2, 1, "b"), set(3, 1, "c")])
         .unwrap();
     log.sync().unwrap();

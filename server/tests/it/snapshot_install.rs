@@ -12,7 +12,9 @@ use semikv_protocol::{
     Ack, Entries, Entry, Epoch, EpochStart, Follow, LogIndex, Message, NodeRole, Op, ReplicaId,
     Reply, Role, SnapshotChunk, SnapshotOffer, WriteOp,
 };
-use semikv_server::storage::{self, meta, snapshot, snapshot::SnapshotMeta, store::Store, wal};
+use semikv_server::storage::{
+    self, meta, snapshot, snapshot::SnapshotMeta, store::Store, wal, DataDir,
+};
 
 /// Id the fake leader claims.
 const LEADER: u32 = 9;
@@ -41,6 +43,7 @@ fn set(index: u64, epoch: u128, key: &str, value: &str) -> Entry {
 /// A data dir as a follower leaves it: epoch 1, entries 1..=8 all
 /// committed, a snapshot at 5.
 fn prepare_follower(data: &Path) {
+    let data = &DataDir::on_os(data);
     let mut opened = storage::open(data, wal::WalOptions::default()).unwrap();
     meta::store_epoch(data, Epoch::from_raw(1)).unwrap();
     let mut store = Store::default();
@@ -96,8 +99,9 @@ fn snapshot_bytes(meta: &SnapshotMeta, prefix: &str, pairs: usize) -> Vec<u8> {
             Bytes::from(vec![b'x'; 300]),
         );
     }
-    snapshot::write(dir.path(), meta, store.iter()).unwrap();
-    snapshot::read_latest(dir.path()).unwrap().unwrap().1
+    let dir = DataDir::on_os(dir.path());
+    snapshot::write(&dir, meta, store.iter()).unwrap();
+    snapshot::read_latest(&dir).unwrap().unwrap().1
 }
 
 /// Every file and directory under `dir`, with file contents, sorted.

@@ -15,6 +15,8 @@ mod os;
 mod sim;
 
 #[cfg(test)]
+pub(crate) mod fixture;
+#[cfg(test)]
 mod tests;
 
 use std::ffi::OsString;
@@ -24,6 +26,9 @@ use std::path::Path;
 
 pub use os::OsDisk;
 pub use sim::{SimDisk, UNLIMITED_BYTES};
+
+/// An open file of some disk.
+pub type OpenFile = Box<dyn DiskFile>;
 
 /// How [`Disk::open`] opens a file; each is one `std::fs::OpenOptions`
 /// combination, named for what storage does with it.
@@ -63,7 +68,7 @@ pub trait Disk: Send + Sync + Debug {
     /// `NotFound` if the file (or, creating one, its directory) is missing;
     /// `AlreadyExists` for [`Access::AppendNew`] on an existing file; any
     /// other failure of the file system.
-    fn open(&self, path: &Path, access: Access) -> io::Result<Box<dyn DiskFile>>;
+    fn open(&self, path: &Path, access: Access) -> io::Result<OpenFile>;
 
     /// The whole contents of the file at `path` (`std::fs::read`).
     ///

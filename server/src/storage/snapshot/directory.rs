@@ -1,38 +1,43 @@
 //! The snapshot directory: file names, listing, and publishing a new file
 //! (rename, directory fsync) before pruning the ones it replaces.
 
-use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use semikv_protocol::LogIndex;
 
+use crate::storage::disk::Disk;
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::sync_dir;
 
 /// Renames the fsynced `tmp` into place, fsyncs the directory, then deletes
 /// the snapshots `doomed` picks.
 pub(super) fn publish(
+    disk: &dyn Disk,
     dir: &Path,
     tmp: &Path,
     index: LogIndex,
     doomed: impl Fn(LogIndex) -> bool,
 ) -> Result<PathBuf, StorageError> {
     let path = snapshot_path(dir, index);
-    if let Err(e) = fs::rename(tmp, &path) {
-        let _ = fs::remove_file(tmp);
+    if let Err(e) = disk.rename(tmp, &path) {
+        let _ = disk.remove_file(tmp);
         return Err(io_err("renaming", tmp)(e));
     }
-    sync_dir(dir)?;
-    remove_snapshots(dir, doomed)?;
+    sync_dir(disk, dir)?;
+    remove_snapshots(disk, dir, doomed)?;
     Ok(path)
 }
 
-fn remove_snapshots(dir: &Path, doomed: impl Fn(LogIndex) -> bool) -> Result<(), StorageError> {
+fn remove_snapshots(
+    disk: &dyn Disk,
+    dir: &Path,
+    doomed: impl Fn(LogIndex) -> bool,
+) -> Result<(), StorageError> {
     let mut removed = false;
-    for (path, index) in list(dir)? {
+    for (path, index) in list(disk, dir)? {
         if doomed(index) {
-            match fs::remove_file(&path) {
+            match disk.remove_file(&path) {
                 Ok(()) => removed = true,
                 // A concurrent writer may have removed it already.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -41,7 +46,7 @@ fn remove_snapshots(dir: &Path, doomed: impl Fn(LogIndex) -> bool) -> Result<(),
         }
     }
     if removed {
-        sync_dir(dir)?;
+        sync_dir(disk, dir)?;
     }
     Ok(())
 }
@@ -58,22 +63,24 @@ fn parse_name(name: &str) -> Option<LogIndex> {
     digits.parse().ok().map(LogIndex)
 }
 
-fn list(dir: &Path) -> Result<Vec<(PathBuf, LogIndex)>, StorageError> {
-    let items = match fs::read_dir(dir) {
-        Ok(items) => items,
+fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(PathBuf, LogIndex)>, StorageError> {
+    let names = match disk.read_dir(dir) {
+        Ok(names) => names,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err("listing", dir)(e)),
     };
     let mut found = Vec::new();
-    for item in items {
-        let item = item.map_err(io_err("listing", dir))?;
-        if let Some(index) = item.file_name().to_str().and_then(parse_name) {
-            found.push((item.path(), index));
+    for name in names {
+        if let Some(index) = name.to_str().and_then(parse_name) {
+            found.push((dir.join(name), index));
         }
     }
     Ok(found)
 }
 
-pub(super) fn latest(dir: &Path) -> Result<Option<(PathBuf, LogIndex)>, StorageError> {
-    Ok(list(dir)?.into_iter().max_by_key(|(_, index)| *index))
+pub(super) fn latest(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<Option<(PathBuf, LogIndex)>, StorageError> {
+    Ok(list(disk, dir)?.into_iter().max_by_key(|(_, index)| *index))
 }

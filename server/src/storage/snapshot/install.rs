@@ -1,7 +1,6 @@
 //! Installing a snapshot received from a leader: every check (whole and
 //! valid, as announced, not stale) is made before anything on disk changes.
 
-use std::fs::{self, File};
 use std::io::BufReader;
 use std::path::Path;
 
@@ -10,9 +9,10 @@ use semikv_protocol::LogIndex;
 use super::directory::{latest, publish};
 use super::read::decode_from;
 use super::SnapshotMeta;
+use crate::storage::disk::Access;
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::store::Store;
-use crate::storage::SNAPSHOT_DIR;
+use crate::storage::{DataDir, SNAPSHOT_DIR};
 
 /// Why a snapshot received from a leader was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +88,8 @@ fn check_announced(announced: &SnapshotMeta, found: &SnapshotMeta) -> Result<(),
 
 /// Validates a snapshot a leader streamed into the file `staged` and, only
 /// if it passes every check, durably makes that file the current snapshot
-/// (renamed into place: `staged` must be on the data directory's file
-/// system), then deletes older ones. Returns what it holds. Memory holds one
+/// (renamed into place: `staged` must be on the data directory's disk
+/// and file system), then deletes older ones. Returns what it holds. Memory holds one
 /// record of the file at a time besides the store it builds.
 ///
 /// The checks, all made before anything in `data_dir` is created, written,
@@ -108,11 +108,12 @@ fn check_announced(announced: &SnapshotMeta, found: &SnapshotMeta) -> Result<(),
 /// touched; `staged` is left to its owner); [`InstallError::Storage`] if
 /// reading `staged` or listing or writing the directory fails.
 pub fn install(
-    data_dir: &Path,
+    data_dir: &DataDir,
     staged: &Path,
     announced: &SnapshotMeta,
     floor: LogIndex,
 ) -> Result<(SnapshotMeta, Store), InstallError> {
+    let disk = &**data_dir.disk();
     let dir = data_dir.join(SNAPSHOT_DIR);
     // Cheap checks first: a stale announcement is refused before decoding.
     if announced.last_index < floor {
@@ -121,18 +122,21 @@ pub fn install(
             floor,
         });
     }
-    let file = File::open(staged).map_err(io_err("opening", staged))?;
+    let mut file = disk
+        .open(staged, Access::Read)
+        .map_err(io_err("opening", staged))?;
     let mut store = Store::default();
-    let meta = decode_from(staged, BufReader::new(&file), |k, v| store.insert(k, v)).map_err(
-        |e| match e {
-            StorageError::Io { .. } => InstallError::Storage(e),
-            e => InstallError::Invalid(e),
-        },
-    )?;
+    let meta =
+        decode_from(staged, BufReader::new(&mut file), |k, v| store.insert(k, v)).map_err(|e| {
+            match e {
+                StorageError::Io { .. } => InstallError::Storage(e),
+                e => InstallError::Invalid(e),
+            }
+        })?;
     check_announced(announced, &meta)?;
     // Only reads the directory. The current snapshot is at most the commit
     // index, but this does not rely on the caller's floor being right.
-    if let Some((_, current)) = latest(&dir)? {
+    if let Some((_, current)) = latest(disk, &dir)? {
         if current > meta.last_index {
             return Err(InstallError::Stale {
                 index: meta.last_index,
@@ -142,11 +146,12 @@ pub fn install(
     }
     file.sync_all().map_err(io_err("syncing", staged))?;
     drop(file);
-    fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+    disk.create_dir_all(&dir)
+        .map_err(io_err("creating directory", &dir))?;
     // Only older snapshots go: a newer one can appear only if a concurrent
     // writer raced the check above, and it then stays current, matching the
     // log compacted behind it.
-    publish(&dir, staged, meta.last_index, |other| {
+    publish(disk, &dir, staged, meta.last_index, |other| {
         other < meta.last_index
     })?;
     Ok((meta, store))

@@ -1,7 +1,6 @@
 //! Reading the current snapshot back and validating every frame of it: the
 //! header first, pair chunks, an end record whose count matches, nothing after.
 
-use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -11,9 +10,10 @@ use semikv_protocol::LogIndex;
 
 use super::directory::latest;
 use super::{SnapshotMeta, SnapshotRecord, MAGIC, MAX_SNAPSHOT_FRAME, VERSION};
+use crate::storage::disk::{Access, OpenFile};
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::store::Store;
-use crate::storage::SNAPSHOT_DIR;
+use crate::storage::{DataDir, SNAPSHOT_DIR};
 
 /// Opens the current snapshot after validating all of it (a record at a
 /// time: memory holds one record, never the file), and returns its
@@ -24,12 +24,17 @@ use crate::storage::SNAPSHOT_DIR;
 /// # Errors
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
-pub fn open_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, File, u64)>, StorageError> {
-    let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
+pub fn open_latest(
+    data_dir: &DataDir,
+) -> Result<Option<(SnapshotMeta, OpenFile, u64)>, StorageError> {
+    let disk = &**data_dir.disk();
+    let Some((path, index)) = latest(disk, &data_dir.join(SNAPSHOT_DIR))? else {
         return Ok(None);
     };
-    let mut file = File::open(&path).map_err(io_err("opening", &path))?;
-    let meta = decode_from(&path, BufReader::new(&file), |_, _| {})?;
+    let mut file = disk
+        .open(&path, Access::Read)
+        .map_err(io_err("opening", &path))?;
+    let meta = decode_from(&path, BufReader::new(&mut file), |_, _| {})?;
     check_name(&path, &meta, index)?;
     let len = file
         .seek(SeekFrom::End(0))
@@ -44,7 +49,7 @@ pub fn open_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, File, u64)>,
 ///
 /// # Errors
 /// As [`open_latest`].
-pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+pub fn read_latest(data_dir: &DataDir) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let Some((meta, mut file, len)) = open_latest(data_dir)? else {
         return Ok(None);
     };
@@ -59,11 +64,14 @@ pub fn read_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 /// # Errors
 /// [`StorageError::Io`] if it cannot be read; [`StorageError::Corrupt`] if it
 /// fails validation.
-pub fn load_latest(data_dir: &Path) -> Result<Option<(SnapshotMeta, Store)>, StorageError> {
-    let Some((path, index)) = latest(&data_dir.join(SNAPSHOT_DIR))? else {
+pub fn load_latest(data_dir: &DataDir) -> Result<Option<(SnapshotMeta, Store)>, StorageError> {
+    let disk = &**data_dir.disk();
+    let Some((path, index)) = latest(disk, &data_dir.join(SNAPSHOT_DIR))? else {
         return Ok(None);
     };
-    let file = File::open(&path).map_err(io_err("opening", &path))?;
+    let file = disk
+        .open(&path, Access::Read)
+        .map_err(io_err("opening", &path))?;
     let mut store = Store::default();
     let meta = decode_from(&path, BufReader::new(file), |k, v| store.insert(k, v))?;
     check_name(&path, &meta, index)?;

@@ -6,15 +6,15 @@
 //! the free disk (keeping a margin) before the first byte is written, and
 //! again at every chunk (other files grow too).
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use semikv_protocol::blocking::{Blocking, BlockingError};
 
-use crate::storage::SNAPSHOT_DIR;
+use crate::storage::disk::{Access, Disk, OpenFile};
+use crate::storage::{DataDir, SNAPSHOT_DIR};
 
 /// The staging file, in the snapshot directory (not a snapshot's name, so
 /// nothing mistakes it for one).
@@ -76,28 +76,27 @@ pub enum ReceiveError {
 pub struct Receiving {
     staged: Staged,
     path: PathBuf,
-    /// Shared with the blocking task writing each chunk (`&File` writes).
-    file: Arc<File>,
+    /// Shared with the blocking task writing each chunk.
+    file: Arc<Mutex<OpenFile>>,
     received: u64,
     announced: u64,
     blocking: Blocking,
 }
 
-/// Bytes free on the file system holding `path`, to an unprivileged user,
-/// and the margin a snapshot keeps free there: [`FREE_MARGIN`], or a
+/// Bytes free on the file system holding `data_dir`, to an unprivileged
+/// user, and the margin a snapshot keeps free there: [`FREE_MARGIN`], or a
 /// twentieth of the file system if that is less (a small disk still takes
 /// snapshots).
 ///
 /// # Errors
-/// `statvfs` failed on `path`.
-// The field types are u64 on 64-bit Linux but not everywhere.
-#[allow(clippy::useless_conversion)]
-pub fn free_bytes(path: &Path) -> io::Result<(u64, u64)> {
-    let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
-    let unit = u64::from(stat.fragment_size());
-    let free = u64::from(stat.blocks_available()).saturating_mul(unit);
-    let size = u64::from(stat.blocks()).saturating_mul(unit);
-    Ok((free, FREE_MARGIN.min(size / 20)))
+/// `statvfs` failed on `data_dir`.
+pub fn free_bytes(data_dir: &DataDir) -> io::Result<(u64, u64)> {
+    free_bytes_at(&**data_dir.disk(), data_dir.path())
+}
+
+fn free_bytes_at(disk: &dyn Disk, path: &Path) -> io::Result<(u64, u64)> {
+    let space = disk.space(path)?;
+    Ok((space.free, FREE_MARGIN.min(space.total / 20)))
 }
 
 impl Receiving {
@@ -110,21 +109,23 @@ impl Receiving {
     /// and keep its margin free (nothing is created then); the directory or
     /// the file cannot be created.
     pub async fn start(
-        data_dir: &Path,
+        data_dir: &DataDir,
         announced: u64,
         blocking: Blocking,
     ) -> Result<Receiving, ReceiveError> {
+        let disk = data_dir.disk().clone();
         let dir = data_dir.join(SNAPSHOT_DIR);
         let path = dir.join(RECEIVING);
         let creating = path.clone();
+        let creator = disk.clone();
         let file = blocking
             .run(move || {
                 let io = |source| ReceiveError::Io {
                     path: creating.clone(),
                     source,
                 };
-                std::fs::create_dir_all(&dir).map_err(io)?;
-                let (free, margin) = free_bytes(&dir).map_err(io)?;
+                creator.create_dir_all(&dir).map_err(io)?;
+                let (free, margin) = free_bytes_at(&*creator, &dir).map_err(io)?;
                 let needed = announced.saturating_add(margin);
                 if free < needed {
                     return Err(ReceiveError::NoRoom {
@@ -133,13 +134,16 @@ impl Receiving {
                         needed,
                     });
                 }
-                File::create(&creating).map_err(io)
+                creator.open(&creating, Access::Create).map_err(io)
             })
             .await??;
         Ok(Receiving {
-            staged: Staged { path: path.clone() },
+            staged: Staged {
+                disk,
+                path: path.clone(),
+            },
             path,
-            file: Arc::new(file),
+            file: Arc::new(Mutex::new(file)),
             received: 0,
             announced,
             blocking,
@@ -173,6 +177,7 @@ impl Receiving {
             });
         }
         let (file, path) = (self.file.clone(), self.path.clone());
+        let disk = self.staged.disk.clone();
         let (received, left) = (self.received, self.announced.saturating_sub(self.received));
         self.blocking
             .run(move || {
@@ -180,7 +185,7 @@ impl Receiving {
                     path: path.clone(),
                     source,
                 };
-                let (free, margin) = free_bytes(&path).map_err(io)?;
+                let (free, margin) = free_bytes_at(&*disk, &path).map_err(io)?;
                 if free < len.saturating_add(margin) {
                     return Err(ReceiveError::NoRoom {
                         received,
@@ -188,7 +193,9 @@ impl Receiving {
                         needed: left.saturating_add(margin),
                     });
                 }
-                (&*file).write_all(&data).map_err(io)
+                // Only this task writes it: a poisoned lock still holds it.
+                let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+                file.write_all(&data).map_err(io)
             })
             .await??;
         self.received = after;
@@ -197,7 +204,7 @@ impl Receiving {
 
     /// The whole snapshot, in its staging file, for [`super::install`]
     /// (which fsyncs it). Every chunk was written by the time its
-    /// [`Receiving::append`] returned: a std file buffers nothing.
+    /// [`Receiving::append`] returned: a disk file buffers nothing.
     ///
     /// # Errors
     /// Fewer bytes arrived than announced.
@@ -216,6 +223,7 @@ impl Receiving {
 /// [`super::install`] renamed it into place first.
 #[derive(Debug)]
 pub struct Staged {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
 }
 
@@ -228,6 +236,6 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.disk.remove_file(&self.path);
     }
 }

@@ -1,27 +1,28 @@
 //! The snapshot tests: round trips, replacement of older files, refusal of
-//! damaged files, and every check `install` makes before touching the disk.
+//! damaged files, and every check `install` makes before touching the disk;
+//! each on the real file system and on the simulated disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::storage::disk::fixture::{each_disk, Fixture};
 use crate::storage::store::Store;
-use crate::storage::{StorageError, SNAPSHOT_DIR};
+use crate::storage::{DataDir, StorageError, SNAPSHOT_DIR};
 
-/// Installs `bytes` as a follower does: staged in a file first (in a temp
-/// dir of its own, on the same file system as the data dir's temp dir, so
-/// the data dir holds nothing of it unless it is installed).
+/// Installs `bytes` as a follower does: staged in a file first (in a dir
+/// of its own beside the data dir, on the same disk, so the data dir holds
+/// nothing of it unless it is installed).
 fn install_bytes(
-    data_dir: &Path,
+    fx: &Fixture,
+    data_dir: &DataDir,
     bytes: &[u8],
     announced: &SnapshotMeta,
     floor: LogIndex,
 ) -> Result<(SnapshotMeta, Store), InstallError> {
-    let staging = tempfile::tempdir().unwrap();
-    let staged = staging.path().join("receiving.tmp");
-    fs::write(&staged, bytes).unwrap();
+    let staged = fx.dir().join("receiving.tmp");
+    fx.write(&staged, bytes);
     install(data_dir, &staged, announced, floor)
 }
 
@@ -63,251 +64,247 @@ fn sorted(s: &Store) -> Vec<(Bytes, Bytes)> {
     v
 }
 
-fn snap_files(data: &Path) -> Vec<String> {
-    let mut v: Vec<_> = fs::read_dir(data.join(SNAPSHOT_DIR))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+fn snap_files(fx: &Fixture, data: &DataDir) -> Vec<String> {
+    fx.files(&data.join(SNAPSHOT_DIR))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
 fn write_load_read_install_round_trip() {
-    let a = tempfile::tempdir().unwrap();
-    assert!(load_latest(a.path()).unwrap().is_none());
-    assert!(read_latest(a.path()).unwrap().is_none());
-    let s = store(3000);
-    let path = write(a.path(), &meta(10), s.iter()).unwrap();
-    assert!(path.ends_with("snap-00000000000000000010.bin"));
-    let (m, loaded) = load_latest(a.path()).unwrap().unwrap();
-    assert_eq!(m, meta(10));
-    assert_eq!(sorted(&loaded), sorted(&s));
+    each_disk(|fx| {
+        let a = fx.data_dir();
+        assert!(load_latest(&a).unwrap().is_none());
+        assert!(read_latest(&a).unwrap().is_none());
+        let s = store(3000);
+        let path = write(&a, &meta(10), s.iter()).unwrap();
+        assert!(path.ends_with("snap-00000000000000000010.bin"));
+        let (m, loaded) = load_latest(&a).unwrap().unwrap();
+        assert_eq!(m, meta(10));
+        assert_eq!(sorted(&loaded), sorted(&s));
 
-    let (m, bytes) = read_latest(a.path()).unwrap().unwrap();
-    assert_eq!(m, meta(10));
-    assert!(bytes.len() > 2 * CHUNK_BYTES, "expected several chunks");
+        let (m, bytes) = read_latest(&a).unwrap().unwrap();
+        assert_eq!(m, meta(10));
+        assert!(bytes.len() > 2 * CHUNK_BYTES, "expected several chunks");
 
-    let b = tempfile::tempdir().unwrap();
-    let (m, installed) = install_bytes(b.path(), &bytes, &meta(10), LogIndex(0)).unwrap();
-    assert_eq!(m, meta(10));
-    assert_eq!(sorted(&installed), sorted(&s));
-    let (m, reloaded) = load_latest(b.path()).unwrap().unwrap();
-    assert_eq!(m, meta(10));
-    assert_eq!(sorted(&reloaded), sorted(&s));
+        let b = fx.data_dir();
+        let (m, installed) = install_bytes(fx, &b, &bytes, &meta(10), LogIndex(0)).unwrap();
+        assert_eq!(m, meta(10));
+        assert_eq!(sorted(&installed), sorted(&s));
+        let (m, reloaded) = load_latest(&b).unwrap().unwrap();
+        assert_eq!(m, meta(10));
+        assert_eq!(sorted(&reloaded), sorted(&s));
+    });
 }
 
 #[test]
 fn empty_store_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &meta(0), Store::default().iter()).unwrap();
-    let (m, s) = load_latest(dir.path()).unwrap().unwrap();
-    assert_eq!(m, meta(0));
-    assert!(s.is_empty());
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        write(&dir, &meta(0), Store::default().iter()).unwrap();
+        let (m, s) = load_latest(&dir).unwrap().unwrap();
+        assert_eq!(m, meta(0));
+        assert!(s.is_empty());
+    });
 }
 
 #[test]
 fn newer_snapshot_replaces_older_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &meta(5), store(3).iter()).unwrap();
-    write(dir.path(), &meta(9), store(4).iter()).unwrap();
-    assert_eq!(
-        snap_files(dir.path()),
-        vec!["snap-00000000000000000009.bin"]
-    );
-    assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 4);
-    // A leader's newer snapshot replaces it and prunes it.
-    let other = tempfile::tempdir().unwrap();
-    write(other.path(), &meta(12), store(2).iter()).unwrap();
-    let (_, bytes) = read_latest(other.path()).unwrap().unwrap();
-    install_bytes(dir.path(), &bytes, &meta(12), LogIndex(12)).unwrap();
-    assert_eq!(
-        snap_files(dir.path()),
-        vec!["snap-00000000000000000012.bin"]
-    );
-    assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.len(), 2);
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        write(&dir, &meta(5), store(3).iter()).unwrap();
+        write(&dir, &meta(9), store(4).iter()).unwrap();
+        assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000009.bin"]);
+        assert_eq!(load_latest(&dir).unwrap().unwrap().1.len(), 4);
+        // A leader's newer snapshot replaces it and prunes it.
+        let other = fx.data_dir();
+        write(&other, &meta(12), store(2).iter()).unwrap();
+        let (_, bytes) = read_latest(&other).unwrap().unwrap();
+        install_bytes(fx, &dir, &bytes, &meta(12), LogIndex(12)).unwrap();
+        assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000012.bin"]);
+        assert_eq!(load_latest(&dir).unwrap().unwrap().1.len(), 2);
+    });
 }
 
 #[test]
 fn corrupt_or_truncated_snapshot_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &meta(4), store(40).iter()).unwrap();
-    let good = fs::read(&path).unwrap();
-    let mut damaged = Vec::new();
-    for cut in [0, 1, 7, 8, 9, good.len() / 2, good.len() - 1] {
-        damaged.push(good[..cut].to_vec());
-    }
-    for at in [0, 5, 9, good.len() / 3, good.len() - 1] {
-        let mut b = good.clone();
-        b[at] ^= 0x20;
-        damaged.push(b);
-    }
-    let mut longer = good.clone();
-    longer.extend_from_slice(&good[..20]);
-    damaged.push(longer);
-    for bytes in &damaged {
-        fs::write(&path, bytes).unwrap();
-        let err = load_latest(dir.path()).unwrap_err();
-        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
-        assert!(
-            err.to_string().contains("snap-00000000000000000004.bin"),
-            "{err}"
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        let path = write(&dir, &meta(4), store(40).iter()).unwrap();
+        let good = fx.read(&path);
+        let mut damaged = Vec::new();
+        for cut in [0, 1, 7, 8, 9, good.len() / 2, good.len() - 1] {
+            damaged.push(good[..cut].to_vec());
+        }
+        for at in [0, 5, 9, good.len() / 3, good.len() - 1] {
+            let mut b = good.clone();
+            b[at] ^= 0x20;
+            damaged.push(b);
+        }
+        let mut longer = good.clone();
+        longer.extend_from_slice(&good[..20]);
+        damaged.push(longer);
+        for bytes in &damaged {
+            fx.write(&path, bytes);
+            let err = load_latest(&dir).unwrap_err();
+            assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+            assert!(
+                err.to_string().contains("snap-00000000000000000004.bin"),
+                "{err}"
+            );
+            assert!(matches!(
+                read_latest(&dir),
+                Err(StorageError::Corrupt { .. })
+            ));
+        }
+        // A file renamed to the wrong index is refused too.
+        fx.write(&path, &good);
+        fx.rename(
+            &path,
+            &dir.join(SNAPSHOT_DIR).join("snap-00000000000000000005.bin"),
         );
         assert!(matches!(
-            read_latest(dir.path()),
+            load_latest(&dir),
             Err(StorageError::Corrupt { .. })
         ));
-    }
-    // A file renamed to the wrong index is refused too.
-    fs::write(&path, &good).unwrap();
-    fs::rename(
-        &path,
-        dir.path()
-            .join(SNAPSHOT_DIR)
-            .join("snap-00000000000000000005.bin"),
-    )
-    .unwrap();
-    assert!(matches!(
-        load_latest(dir.path()),
-        Err(StorageError::Corrupt { .. })
-    ));
+    });
 }
 
 #[test]
 fn install_refuses_bad_bytes_without_touching_the_current_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let current = write(dir.path(), &meta(3), store(5).iter()).unwrap();
-    let before = fs::read(&current).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    write(src.path(), &meta(20), store(50).iter()).unwrap();
-    let (_, good) = read_latest(src.path()).unwrap().unwrap();
-    let mut flipped = good.clone();
-    flipped[good.len() / 2] ^= 1;
-    for bad in [good[..good.len() - 1].to_vec(), flipped, Vec::new()] {
-        let err = install_bytes(dir.path(), &bad, &meta(20), LogIndex(3)).unwrap_err();
-        assert!(
-            matches!(err, InstallError::Invalid(StorageError::Corrupt { .. })),
-            "{err}"
-        );
-        assert_eq!(
-            snap_files(dir.path()),
-            vec!["snap-00000000000000000003.bin"]
-        );
-        assert_eq!(fs::read(&current).unwrap(), before);
-    }
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        let current = write(&dir, &meta(3), store(5).iter()).unwrap();
+        let before = fx.read(&current);
+        let src = fx.data_dir();
+        write(&src, &meta(20), store(50).iter()).unwrap();
+        let (_, good) = read_latest(&src).unwrap().unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 1;
+        for bad in [good[..good.len() - 1].to_vec(), flipped, Vec::new()] {
+            let err = install_bytes(fx, &dir, &bad, &meta(20), LogIndex(3)).unwrap_err();
+            assert!(
+                matches!(err, InstallError::Invalid(StorageError::Corrupt { .. })),
+                "{err}"
+            );
+            assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000003.bin"]);
+            assert_eq!(fx.read(&current), before);
+        }
+    });
 }
 
 /// Every file under `dir` with its contents, by relative path.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-        for item in fs::read_dir(dir).unwrap() {
-            let path = item.unwrap().path();
-            if path.is_dir() {
-                out.push((path.strip_prefix(root).unwrap().to_path_buf(), Vec::new()));
-                walk(root, &path, out);
+fn tree(fx: &Fixture, dir: &DataDir) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(fx: &Fixture, root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for path in fx.files(dir) {
+            let relative = path.strip_prefix(root).unwrap().to_path_buf();
+            if fx.is_dir(&path) {
+                out.push((relative, Vec::new()));
+                walk(fx, root, &path, out);
             } else {
-                let bytes = fs::read(&path).unwrap();
-                out.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+                out.push((relative, fx.read(&path)));
             }
         }
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out);
+    walk(fx, dir.path(), dir.path(), &mut out);
     out.sort();
     out
 }
 
 /// Bytes of a valid snapshot of `meta` holding `n` pairs.
-fn snapshot_bytes(meta: &SnapshotMeta, n: usize) -> Vec<u8> {
-    let src = tempfile::tempdir().unwrap();
-    write(src.path(), meta, store(n).iter()).unwrap();
-    read_latest(src.path()).unwrap().unwrap().1
+fn snapshot_bytes(fx: &Fixture, meta: &SnapshotMeta, n: usize) -> Vec<u8> {
+    let src = fx.data_dir();
+    write(&src, meta, store(n).iter()).unwrap();
+    read_latest(&src).unwrap().unwrap().1
 }
 
 #[test]
 fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &meta(3), store(5).iter()).unwrap();
-    let before = tree(dir.path());
-    let holds_50 = snapshot_bytes(&meta(50), 20);
-    let mut other_epoch = meta(60);
-    other_epoch.last_epoch = Epoch::from_raw(7);
-    let mut other_history = meta(60);
-    other_history.history.pop();
-    let cases = [
-        ("last index", meta(60), holds_50.clone()),
-        ("last index", meta(40), holds_50.clone()),
-        (
-            "last epoch",
-            other_epoch.clone(),
-            snapshot_bytes(&meta(60), 20),
-        ),
-        (
-            "epoch history",
-            other_history.clone(),
-            snapshot_bytes(&meta(60), 20),
-        ),
-        ("last epoch", meta(60), snapshot_bytes(&other_epoch, 20)),
-    ];
-    for (field, announced, bytes) in cases {
-        let err = install_bytes(dir.path(), &bytes, &announced, LogIndex(3)).unwrap_err();
-        assert!(
-            matches!(err, InstallError::Mismatch { field: f, .. } if f == field),
-            "{field}: {err}"
-        );
-        assert_eq!(tree(dir.path()), before, "{field}: data dir changed");
-    }
-    // Into an empty data dir, nothing is even created.
-    let empty = tempfile::tempdir().unwrap();
-    let err = install_bytes(empty.path(), &holds_50, &meta(60), LogIndex(0)).unwrap_err();
-    assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
-    assert!(tree(empty.path()).is_empty());
-    // The current snapshot still loads as it was.
-    let (m, s) = load_latest(dir.path()).unwrap().unwrap();
-    assert_eq!(m, meta(3));
-    assert_eq!(sorted(&s), sorted(&store(5)));
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        write(&dir, &meta(3), store(5).iter()).unwrap();
+        let before = tree(fx, &dir);
+        let holds_50 = snapshot_bytes(fx, &meta(50), 20);
+        let mut other_epoch = meta(60);
+        other_epoch.last_epoch = Epoch::from_raw(7);
+        let mut other_history = meta(60);
+        other_history.history.pop();
+        let cases = [
+            ("last index", meta(60), holds_50.clone()),
+            ("last index", meta(40), holds_50.clone()),
+            (
+                "last epoch",
+                other_epoch.clone(),
+                snapshot_bytes(fx, &meta(60), 20),
+            ),
+            (
+                "epoch history",
+                other_history.clone(),
+                snapshot_bytes(fx, &meta(60), 20),
+            ),
+            ("last epoch", meta(60), snapshot_bytes(fx, &other_epoch, 20)),
+        ];
+        for (field, announced, bytes) in cases {
+            let err = install_bytes(fx, &dir, &bytes, &announced, LogIndex(3)).unwrap_err();
+            assert!(
+                matches!(err, InstallError::Mismatch { field: f, .. } if f == field),
+                "{field}: {err}"
+            );
+            assert_eq!(tree(fx, &dir), before, "{field}: data dir changed");
+        }
+        // Into an empty data dir, nothing is even created.
+        let empty = fx.data_dir();
+        let err = install_bytes(fx, &empty, &holds_50, &meta(60), LogIndex(0)).unwrap_err();
+        assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
+        assert!(tree(fx, &empty).is_empty());
+        // The current snapshot still loads as it was.
+        let (m, s) = load_latest(&dir).unwrap().unwrap();
+        assert_eq!(m, meta(3));
+        assert_eq!(sorted(&s), sorted(&store(5)));
+    });
 }
 
 #[test]
 fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &meta(9), store(4).iter()).unwrap();
-    let before = tree(dir.path());
-    // Below the caller's commit index.
-    let bytes = snapshot_bytes(&meta(12), 2);
-    let err = install_bytes(dir.path(), &bytes, &meta(12), LogIndex(13)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            InstallError::Stale {
-                index: LogIndex(12),
-                floor: LogIndex(13)
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(tree(dir.path()), before);
-    // Below the snapshot already on disk, even with a lax floor.
-    let bytes = snapshot_bytes(&meta(7), 2);
-    let err = install_bytes(dir.path(), &bytes, &meta(7), LogIndex(0)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            InstallError::Stale {
-                index: LogIndex(7),
-                floor: LogIndex(9)
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(tree(dir.path()), before);
-    // At exactly the commit index it installs.
-    let bytes = snapshot_bytes(&meta(13), 2);
-    install_bytes(dir.path(), &bytes, &meta(13), LogIndex(13)).unwrap();
-    assert_eq!(
-        snap_files(dir.path()),
-        vec!["snap-00000000000000000013.bin"]
-    );
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        write(&dir, &meta(9), store(4).iter()).unwrap();
+        let before = tree(fx, &dir);
+        // Below the caller's commit index.
+        let bytes = snapshot_bytes(fx, &meta(12), 2);
+        let err = install_bytes(fx, &dir, &bytes, &meta(12), LogIndex(13)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::Stale {
+                    index: LogIndex(12),
+                    floor: LogIndex(13)
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tree(fx, &dir), before);
+        // Below the snapshot already on disk, even with a lax floor.
+        let bytes = snapshot_bytes(fx, &meta(7), 2);
+        let err = install_bytes(fx, &dir, &bytes, &meta(7), LogIndex(0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::Stale {
+                    index: LogIndex(7),
+                    floor: LogIndex(9)
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tree(fx, &dir), before);
+        // At exactly the commit index it installs.
+        let bytes = snapshot_bytes(fx, &meta(13), 2);
+        install_bytes(fx, &dir, &bytes, &meta(13), LogIndex(13)).unwrap();
+        assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000013.bin"]);
+    });
 }
 
 /// Frozen bytes of a whole snapshot file (header, one pairs record, end):
@@ -315,26 +312,28 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
 /// snapshot format version bump.
 #[test]
 fn golden_snapshot_bytes() {
-    const GOLDEN: &str = "00000011183255060073656d696b76535301070202010102040000000b3356b79a\
+    each_disk(|fx| {
+        const GOLDEN: &str = "00000011183255060073656d696b76535301070202010102040000000b3356b79a\
                           010201610131016b0200ff000000029de111510202";
-    let dir = tempfile::tempdir().unwrap();
-    let pairs: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"k", &[0x00, 0xff])];
-    let path = write(dir.path(), &meta(7), pairs.iter().copied()).unwrap();
-    let bytes = fs::read(&path).unwrap();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(hex, GOLDEN, "the snapshot format changed");
-    // A file holding the frozen bytes loads back to that snapshot.
-    let frozen: Vec<u8> = (0..GOLDEN.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
-        .collect();
-    let old = tempfile::tempdir().unwrap();
-    let snapshots = old.path().join(SNAPSHOT_DIR);
-    fs::create_dir_all(&snapshots).unwrap();
-    fs::write(snapshots.join(path.file_name().unwrap()), &frozen).unwrap();
-    let (m, s) = load_latest(old.path()).unwrap().unwrap();
-    assert_eq!(m, meta(7));
-    assert_eq!(s.get(b"a"), Some(Bytes::from_static(b"1")));
-    assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
-    assert_eq!(s.len(), 2);
+        let dir = fx.data_dir();
+        let pairs: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"k", &[0x00, 0xff])];
+        let path = write(&dir, &meta(7), pairs.iter().copied()).unwrap();
+        let bytes = fx.read(&path);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN, "the snapshot format changed");
+        // A file holding the frozen bytes loads back to that snapshot.
+        let frozen: Vec<u8> = (0..GOLDEN.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
+            .collect();
+        let old = fx.data_dir();
+        let snapshots = &old.join(SNAPSHOT_DIR);
+        fx.disk.create_dir_all(snapshots).unwrap();
+        fx.write(&snapshots.join(path.file_name().unwrap()), &frozen);
+        let (m, s) = load_latest(&old).unwrap().unwrap();
+        assert_eq!(m, meta(7));
+        assert_eq!(s.get(b"a"), Some(Bytes::from_static(b"1")));
+        assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
+        assert_eq!(s.len(), 2);
+    });
 }

@@ -1,7 +1,6 @@
 //! Writing a snapshot of the local store: framed in chunks into a temp file,
 //! fsynced, then published in place of the older ones.
 
-use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -10,8 +9,9 @@ use semikv_protocol::frame;
 
 use super::directory::publish;
 use super::{SnapshotMeta, SnapshotRecord, CHUNK_BYTES, MAGIC, MAX_SNAPSHOT_FRAME, VERSION};
+use crate::storage::disk::{Access, Disk, OpenFile};
 use crate::storage::error::{io_err, StorageError};
-use crate::storage::{temp_path, SNAPSHOT_DIR};
+use crate::storage::{temp_path, DataDir, SNAPSHOT_DIR};
 
 /// Durably writes a snapshot of `pairs` at `meta.last_index` and deletes
 /// older snapshots. Returns the new file's path.
@@ -21,29 +21,36 @@ use crate::storage::{temp_path, SNAPSHOT_DIR};
 /// previous snapshot is then still in place unless the rename succeeded);
 /// [`StorageError::Unencodable`] for a pair too large to frame.
 pub fn write<'a>(
-    data_dir: &Path,
+    data_dir: &DataDir,
     meta: &SnapshotMeta,
     pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<PathBuf, StorageError> {
+    let disk = &**data_dir.disk();
     let dir = data_dir.join(SNAPSHOT_DIR);
-    fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+    disk.create_dir_all(&dir)
+        .map_err(io_err("creating directory", &dir))?;
     let tmp = temp_path(&dir, "snap");
-    if let Err(e) = write_temp(&tmp, meta, pairs) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = write_temp(disk, &tmp, meta, pairs) {
+        let _ = disk.remove_file(&tmp);
         return Err(e);
     }
-    publish(&dir, &tmp, meta.last_index, |other| other < meta.last_index)
+    publish(disk, &dir, &tmp, meta.last_index, |other| {
+        other < meta.last_index
+    })
 }
 
 fn write_temp<'a>(
+    disk: &dyn Disk,
     tmp: &Path,
     meta: &SnapshotMeta,
     pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<(), StorageError> {
-    let file = File::create(tmp).map_err(io_err("creating", tmp))?;
+    let file = disk
+        .open(tmp, Access::Create)
+        .map_err(io_err("creating", tmp))?;
     let mut out = BufWriter::new(file);
     let mut buf = BytesMut::new();
-    let mut emit = |record: &SnapshotRecord, out: &mut BufWriter<File>| {
+    let mut emit = |record: &SnapshotRecord, out: &mut BufWriter<OpenFile>| {
         buf.clear();
         frame::encode(record, MAX_SNAPSHOT_FRAME, &mut buf).map_err(|e| {
             StorageError::Unencodable {

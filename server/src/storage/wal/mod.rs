@@ -26,15 +26,16 @@
 //! is in doubt. (A failed fsync still poisons: after one, Linux may have
 //! dropped the dirty pages while reads still show them.)
 
-use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use semikv_protocol::frame::{self, DEFAULT_MAX_FRAME_LEN};
 use semikv_protocol::{Entry, LogIndex};
 use serde::{Deserialize, Serialize};
 
+use super::disk::{Access, Disk, OpenFile};
 use super::error::{io_err, StorageError};
 use replay::{find_entry, replay_segment};
 use segment::{list_segments, segment_path, truncate_file, Segment};
@@ -90,12 +91,13 @@ pub struct Recovered {
 /// The write-ahead log, open for appending after its last entry.
 #[derive(Debug)]
 pub struct Wal {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     opts: WalOptions,
     /// In name order; the last one is the active segment.
     segments: Vec<Segment>,
     /// Append handle on the last segment; `None` iff `segments` is empty.
-    active: Option<File>,
+    active: Option<OpenFile>,
     /// Index the next appended entry must have.
     next: LogIndex,
     /// A segment was created or deleted since the directory was last fsynced.
@@ -105,7 +107,7 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Opens the log in `wal_dir` (created if missing) and replays it. Entries
+    /// Opens the log in `wal_dir` on `disk` (created if missing) and replays it. Entries
     /// at or below `after` (already in the snapshot) are checked but not
     /// returned. A log that ends before `after` is wholly covered by the
     /// snapshot and is deleted; appends then continue at `after + 1`.
@@ -115,12 +117,14 @@ impl Wal {
     /// [`StorageError::Corrupt`] for anything but a torn tail (see the module
     /// docs), naming the file and byte offset.
     pub fn open(
+        disk: Arc<dyn Disk>,
         wal_dir: &Path,
         after: LogIndex,
         opts: WalOptions,
     ) -> Result<(Wal, Recovered), StorageError> {
-        fs::create_dir_all(wal_dir).map_err(io_err("creating directory", wal_dir))?;
-        let mut segments = list_segments(wal_dir)?;
+        disk.create_dir_all(wal_dir)
+            .map_err(io_err("creating directory", wal_dir))?;
+        let mut segments = list_segments(&*disk, wal_dir)?;
         let mut entries = Vec::new();
         let mut max_commit = LogIndex(0);
         let mut truncated_tail = None;
@@ -139,10 +143,10 @@ impl Wal {
                     });
                 }
             }
-            let replayed = replay_segment(seg, after, i + 1 == count, opts, &mut entries)?;
+            let replayed = replay_segment(&*disk, seg, after, i + 1 == count, opts, &mut entries)?;
             max_commit = max_commit.max(replayed.max_commit);
             if let Some(offset) = replayed.torn_at {
-                truncate_file(&seg.path, offset)?;
+                truncate_file(&*disk, &seg.path, offset)?;
                 seg.len = offset;
                 truncated_tail = Some((seg.path.clone(), offset));
             }
@@ -150,6 +154,7 @@ impl Wal {
         }
 
         let mut wal = Wal {
+            disk,
             dir: wal_dir.to_path_buf(),
             opts,
             segments,
@@ -248,9 +253,9 @@ impl Wal {
     /// the segment holds exactly what it held before the append.
     fn roll_back_write(&mut self) -> Result<(), StorageError> {
         if let Some(seg) = self.segments.last() {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&seg.path)
+            let file = self
+                .disk
+                .open(&seg.path, Access::Write)
                 .map_err(io_err("opening", &seg.path))?;
             file.set_len(seg.len)
                 .map_err(io_err("cutting back a failed append to", &seg.path))?;
@@ -375,10 +380,9 @@ impl Wal {
             }
         }
         let path = segment_path(&self.dir, self.next);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .disk
+            .open(&path, Access::AppendNew)
             .map_err(io_err("creating", &path))?;
         self.dir_dirty = true;
         self.segments.push(Segment {
@@ -394,9 +398,8 @@ impl Wal {
         self.active = match self.segments.last() {
             None => None,
             Some(seg) => Some(
-                OpenOptions::new()
-                    .append(true)
-                    .open(&seg.path)
+                self.disk
+                    .open(&seg.path, Access::Append)
                     .map_err(io_err("opening", &seg.path))?,
             ),
         };
@@ -408,7 +411,7 @@ impl Wal {
             file.sync_data().map_err(io_err("syncing", &seg.path))?;
         }
         if self.dir_dirty {
-            super::sync_dir(&self.dir)?;
+            super::sync_dir(&*self.disk, &self.dir)?;
             self.dir_dirty = false;
         }
         Ok(())
@@ -420,8 +423,8 @@ impl Wal {
             self.drop_segments_from(keep)?;
         }
         if let Some(seg) = self.segments.last_mut() {
-            if let Some(offset) = find_entry(seg, index.next(), self.opts)? {
-                truncate_file(&seg.path, offset)?;
+            if let Some(offset) = find_entry(&*self.disk, seg, index.next(), self.opts)? {
+                truncate_file(&*self.disk, &seg.path, offset)?;
                 seg.len = offset;
             }
         }
@@ -440,9 +443,11 @@ impl Wal {
             return Ok(());
         }
         for seg in self.segments.drain(..deletable) {
-            fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
+            self.disk
+                .remove_file(&seg.path)
+                .map_err(io_err("removing", &seg.path))?;
         }
-        super::sync_dir(&self.dir)?;
+        super::sync_dir(&*self.disk, &self.dir)?;
         self.dir_dirty = false;
         Ok(())
     }
@@ -459,10 +464,12 @@ impl Wal {
         self.active = None;
         while self.segments.len() > keep {
             if let Some(seg) = self.segments.pop() {
-                fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
+                self.disk
+                    .remove_file(&seg.path)
+                    .map_err(io_err("removing", &seg.path))?;
             }
         }
-        super::sync_dir(&self.dir)?;
+        super::sync_dir(&*self.disk, &self.dir)?;
         self.dir_dirty = false;
         self.open_active()
     }
@@ -474,8 +481,8 @@ impl Wal {
     /// Puts `file` in the active segment's place: `/dev/full` plays a full
     /// disk (the failed append's cut-back reopens the real segment), a
     /// read-only handle a failing one.
-    pub(crate) fn replace_active_for_test(&mut self, file: File) {
-        self.active = Some(file);
+    pub(crate) fn replace_active_for_test(&mut self, file: impl super::disk::DiskFile + 'static) {
+        self.active = Some(Box::new(file));
     }
 }
 

@@ -1,7 +1,6 @@
 //! Reading segments back: every record checked, a torn tail told from
 //! damage, and an entry found by index.
 
-use std::fs;
 use std::io::ErrorKind;
 
 use semikv_protocol::frame::{self, Header, HEADER_LEN};
@@ -9,6 +8,7 @@ use semikv_protocol::{Entry, LogIndex};
 
 use super::segment::Segment;
 use super::{Record, WalOptions};
+use crate::storage::disk::Disk;
 use crate::storage::error::{io_err, StorageError};
 
 /// What replaying one segment found.
@@ -34,13 +34,14 @@ pub(super) enum Bad {
 /// Replays `seg`, adding its entries after `after` to `entries`; `is_last`:
 /// it is the last segment, whose end alone may be torn.
 pub(super) fn replay_segment(
+    disk: &dyn Disk,
     seg: &mut Segment,
     after: LogIndex,
     is_last: bool,
     opts: WalOptions,
     entries: &mut Vec<Entry>,
 ) -> Result<Replayed, StorageError> {
-    let bytes = fs::read(&seg.path).map_err(io_err("reading", &seg.path))?;
+    let bytes = disk.read(&seg.path).map_err(io_err("reading", &seg.path))?;
     seg.len = bytes.len() as u64;
     let mut next = seg.first;
     let mut max_commit = LogIndex(0);
@@ -166,11 +167,12 @@ pub(super) fn valid_record_after(rest: &[u8], max_len: usize) -> Option<usize> {
 /// replayed at open or written by us since, so anything unreadable is
 /// corruption.
 pub(super) fn find_entry(
+    disk: &dyn Disk,
     seg: &Segment,
     index: LogIndex,
     opts: WalOptions,
 ) -> Result<Option<u64>, StorageError> {
-    let bytes = match fs::read(&seg.path) {
+    let bytes = match disk.read(&seg.path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("reading", &seg.path)(e)),

@@ -1,12 +1,12 @@
 //! Segment files: their names (the index of their first entry), listing
 //! them in order, and cutting one at a byte offset (fsynced).
 
-use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use semikv_protocol::LogIndex;
 
 use super::{NAME_DIGITS, SEGMENT_EXT};
+use crate::storage::disk::{Access, Disk};
 use crate::storage::error::{io_err, StorageError};
 
 /// One segment file: the index of its first entry, its path, its length.
@@ -37,19 +37,18 @@ pub(super) fn parse_segment_name(name: &str) -> Option<LogIndex> {
 
 /// Every segment file in `dir`, by first index (other files are ignored,
 /// with a warning).
-pub(super) fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
+pub(super) fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<Segment>, StorageError> {
     let mut segments = Vec::new();
-    for item in fs::read_dir(dir).map_err(io_err("listing", dir))? {
-        let item = item.map_err(io_err("listing", dir))?;
-        let name = item.file_name();
+    for name in disk.read_dir(dir).map_err(io_err("listing", dir))? {
+        let path = dir.join(&name);
         match name.to_str().and_then(parse_segment_name) {
             Some(first) => segments.push(Segment {
                 first,
-                path: item.path(),
+                path,
                 len: 0,
             }),
             None => {
-                tracing::warn!(file = %item.path().display(), "ignoring unexpected file in the write-ahead log directory")
+                tracing::warn!(file = %path.display(), "ignoring unexpected file in the write-ahead log directory")
             }
         }
     }
@@ -58,10 +57,9 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
 }
 
 /// Cuts `path` to `offset` bytes, durably.
-pub(super) fn truncate_file(path: &Path, offset: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
+pub(super) fn truncate_file(disk: &dyn Disk, path: &Path, offset: u64) -> Result<(), StorageError> {
+    let file = disk
+        .open(path, Access::Write)
         .map_err(io_err("opening", path))?;
     file.set_len(offset)
         .and_then(|()| file.sync_all())

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::log::MemLog;
 use crate::node::{Completion, LeaderSettings, Node, Recovered, Signals, WriteDone};
 use crate::storage::wal::{Wal, WalOptions};
-use crate::storage::{self, WAL_DIR};
+use crate::storage::{self, DataDir, WAL_DIR};
 
 /// Bound on every wait; generous because CI has 2 cores.
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A fresh data directory's node, leading epoch 1 alone (a write commits
 /// once durable), and its WAL. The no-op of the promotion is queued.
 fn lone_leader(dir: &Path, signals: Signals) -> (Node, Wal) {
-    let opened = storage::open(dir, WalOptions::default()).unwrap();
+    let opened = storage::open(&DataDir::on_os(dir), WalOptions::default()).unwrap();
     let mut node = Node::new(
         ReplicaId(1),
         "127.0.0.1:1".to_string(),
@@ -139,7 +139,7 @@ fn failing_disk(data_dir: &Path) -> File {
 /// The keys of the entries a reopen of `data_dir` recovers, in log order
 /// (the promotion's no-op as `-`).
 fn recovered_keys(data_dir: &Path) -> Vec<String> {
-    storage::open(data_dir, WalOptions::default())
+    storage::open(&DataDir::on_os(data_dir), WalOptions::default())
         .unwrap()
         .entries
         .iter()

@@ -1,5 +1,6 @@
 //! The write-ahead log's tests: appending and reopening, damage and torn
-//! tails, and random operations against a `Vec` model.
+//! tails, and random operations against a `Vec` model; each on the real
+//! file system and on the simulated disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,12 +11,12 @@ mod writer;
 use super::replay::read_record;
 use super::segment::parse_segment_name;
 use super::*;
+use crate::storage::disk::fixture::{each_disk, Fixture};
 use bytes::Bytes;
 use semikv_protocol::frame::Header;
 use semikv_protocol::Entry;
 use semikv_protocol::{Epoch, WriteOp};
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(super) fn entry(i: u64, epoch: u64) -> Entry {
     Entry {
@@ -39,26 +40,17 @@ pub(super) fn small() -> WalOptions {
     }
 }
 
-pub(super) fn reopen(dir: &Path, after: u64, opts: WalOptions) -> (Wal, Recovered) {
-    Wal::open(dir, LogIndex(after), opts).unwrap()
+pub(super) fn reopen(fx: &Fixture, dir: &Path, after: u64, opts: WalOptions) -> (Wal, Recovered) {
+    Wal::open(fx.disk.clone(), dir, LogIndex(after), opts).unwrap()
 }
 
 pub(super) fn indexes(r: &Recovered) -> Vec<u64> {
     r.entries.iter().map(|e| e.index.0).collect()
 }
 
-pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
-
 /// Byte offsets where each record of a segment starts.
-pub(super) fn record_offsets(path: &Path) -> Vec<usize> {
-    let bytes = fs::read(path).unwrap();
+pub(super) fn record_offsets(fx: &Fixture, path: &Path) -> Vec<usize> {
+    let bytes = fx.read(path);
     let mut offsets = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
