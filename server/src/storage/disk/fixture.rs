@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,9 +15,11 @@ use crate::storage::DataDir;
 /// One disk under test, with a fresh root directory on it.
 #[derive(Debug)]
 pub(crate) struct Fixture {
-    /// The disk under test.
-    pub(crate) disk: Arc<dyn Disk>,
-    /// The same disk, if it is simulated.
+    /// The disk under test, as the process under test holds it: replaced
+    /// by a fresh handle when the simulated disk crashes.
+    disk: RefCell<Arc<dyn Disk>>,
+    /// The simulated disk, if it is one: the test's own handle, which
+    /// stays live through crashes.
     pub(crate) sim: Option<SimDisk>,
     root: PathBuf,
     made: Cell<u32>,
@@ -39,7 +41,7 @@ impl Fixture {
     pub(crate) fn os() -> Fixture {
         let temp = tempfile::tempdir().unwrap();
         Fixture {
-            disk: Arc::new(OsDisk),
+            disk: RefCell::new(Arc::new(OsDisk)),
             sim: None,
             root: temp.path().to_path_buf(),
             made: Cell::new(0),
@@ -55,7 +57,7 @@ impl Fixture {
         sim.create_dir_all(&root).unwrap();
         sim.sync_dir(Path::new("/")).unwrap();
         Fixture {
-            disk: Arc::new(sim.clone()),
+            disk: RefCell::new(Arc::new(sim.clone())),
             sim: Some(sim),
             root,
             made: Cell::new(0),
@@ -72,6 +74,25 @@ impl Fixture {
         }
     }
 
+    /// The disk under test.
+    pub(crate) fn disk(&self) -> Arc<dyn Disk> {
+        self.disk.borrow().clone()
+    }
+
+    /// Crashes the simulated disk (see [`SimDisk::crash`]): every handle
+    /// [`Fixture::disk`] gave out before is dead, later ones are live.
+    pub(crate) fn crash(&self, seed: u64) {
+        let sim = self.sim_disk();
+        sim.crash(seed);
+        *self.disk.borrow_mut() = Arc::new(sim.clone());
+    }
+
+    /// The simulated disk; panics on the real one (for tests of crashes,
+    /// which only it can do).
+    pub(crate) fn sim_disk(&self) -> &SimDisk {
+        self.sim.as_ref().expect("a simulated disk")
+    }
+
     /// A path under the fixture's root, not created.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -82,8 +103,8 @@ impl Fixture {
         let n = self.made.get() + 1;
         self.made.set(n);
         let dir = self.root.join(format!("d{n}"));
-        self.disk.create_dir_all(&dir).unwrap();
-        self.disk.sync_dir(&self.root).unwrap();
+        self.disk().create_dir_all(&dir).unwrap();
+        self.disk().sync_dir(&self.root).unwrap();
         dir
     }
 
@@ -94,44 +115,48 @@ impl Fixture {
 
     /// `path` on the disk under test, as a data directory.
     pub(crate) fn at(&self, path: impl Into<PathBuf>) -> DataDir {
-        DataDir::new(self.disk.clone(), path)
+        DataDir::new(self.disk().clone(), path)
     }
 
     pub(crate) fn read(&self, path: &Path) -> Vec<u8> {
-        self.disk.read(path).unwrap()
+        self.disk().read(path).unwrap()
     }
 
     /// Replaces the contents of `path` (created if missing), synced.
     pub(crate) fn write(&self, path: &Path, bytes: &[u8]) {
-        let mut file = self.disk.open(path, Access::Create).unwrap();
+        let mut file = self.disk().open(path, Access::Create).unwrap();
         file.write_all(bytes).unwrap();
         file.sync_all().unwrap();
     }
 
     pub(crate) fn len(&self, path: &Path) -> u64 {
-        self.disk.open(path, Access::Read).unwrap().size().unwrap()
+        self.disk()
+            .open(path, Access::Read)
+            .unwrap()
+            .size()
+            .unwrap()
     }
 
     pub(crate) fn exists(&self, path: &Path) -> bool {
-        self.disk.read(path).is_ok() || self.is_dir(path)
+        self.disk().read(path).is_ok() || self.is_dir(path)
     }
 
     pub(crate) fn is_dir(&self, path: &Path) -> bool {
-        self.disk.read_dir(path).is_ok()
+        self.disk().read_dir(path).is_ok()
     }
 
     pub(crate) fn rename(&self, from: &Path, to: &Path) {
-        self.disk.rename(from, to).unwrap();
+        self.disk().rename(from, to).unwrap();
     }
 
     pub(crate) fn remove(&self, path: &Path) {
-        self.disk.remove_file(path).unwrap();
+        self.disk().remove_file(path).unwrap();
     }
 
     /// Every entry of `dir`, as paths, sorted.
     pub(crate) fn files(&self, dir: &Path) -> Vec<PathBuf> {
         let mut files: Vec<_> = self
-            .disk
+            .disk()
             .read_dir(dir)
             .unwrap()
             .into_iter()

@@ -328,7 +328,7 @@ fn golden_snapshot_bytes() {
             .collect();
         let old = fx.data_dir();
         let snapshots = &old.join(SNAPSHOT_DIR);
-        fx.disk.create_dir_all(snapshots).unwrap();
+        fx.disk().create_dir_all(snapshots).unwrap();
         fx.write(&snapshots.join(path.file_name().unwrap()), &frozen);
         let (m, s) = load_latest(&old).unwrap().unwrap();
         assert_eq!(m, meta(7));

@@ -74,8 +74,7 @@ fn flipped_bit_in_a_middle_record_is_refused_naming_file_and_offset() {
             let mut bytes = original.clone();
             bytes[at] ^= 0x04;
             fx.write(&path, &bytes);
-            let err =
-                Wal::open(fx.disk.clone(), &dir, LogIndex(0), WalOptions::default()).unwrap_err();
+            let err = Wal::open(fx.disk(), &dir, LogIndex(0), WalOptions::default()).unwrap_err();
             let StorageError::Corrupt {
                 path: p, offset, ..
             } = &err
@@ -135,7 +134,7 @@ fn damage_in_an_earlier_segment_is_fatal_even_at_its_end() {
         let first = &files[0];
         let bytes = fx.read(first);
         fx.write(first, &bytes[..bytes.len() - 3]);
-        let err = Wal::open(fx.disk.clone(), &dir, LogIndex(0), small()).unwrap_err();
+        let err = Wal::open(fx.disk(), &dir, LogIndex(0), small()).unwrap_err();
         assert!(
             matches!(&err, StorageError::Corrupt { path, .. } if path == first),
             "{err}"
@@ -155,14 +154,14 @@ fn a_missing_segment_is_a_gap() {
         drop(wal);
         let files = fx.files(&dir);
         fx.remove(&files[1]);
-        let err = Wal::open(fx.disk.clone(), &dir, LogIndex(0), small()).unwrap_err();
+        let err = Wal::open(fx.disk(), &dir, LogIndex(0), small()).unwrap_err();
         assert!(
             matches!(&err, StorageError::Corrupt { path, offset: 0, .. } if path == &files[2]),
             "{err}"
         );
         // Without a snapshot, a log that does not start at 1 is missing entries.
         fx.remove(&files[0]);
-        let err = Wal::open(fx.disk.clone(), &dir, LogIndex(0), small()).unwrap_err();
+        let err = Wal::open(fx.disk(), &dir, LogIndex(0), small()).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     });
 }
@@ -177,7 +176,7 @@ fn segment_named_wrongly_is_refused() {
         drop(wal);
         let files = fx.files(&dir);
         fx.rename(&files[0], &segment_path(&dir, LogIndex(0)));
-        let err = Wal::open(fx.disk.clone(), &dir, LogIndex(0), WalOptions::default()).unwrap_err();
+        let err = Wal::open(fx.disk(), &dir, LogIndex(0), WalOptions::default()).unwrap_err();
         assert!(
             matches!(err, StorageError::Corrupt { offset: 0, .. }),
             "{err}"

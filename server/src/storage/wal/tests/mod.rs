@@ -1,9 +1,10 @@
 //! The write-ahead log's tests: appending and reopening, damage and torn
-//! tails, and random operations against a `Vec` model; each on the real
-//! file system and on the simulated disk.
+//! tails, and random operations against a `Vec` model, each on the real
+//! file system and on the simulated disk; crashes on the simulated one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod crash;
 mod damage;
 mod model;
 mod writer;
@@ -41,7 +42,7 @@ pub(super) fn small() -> WalOptions {
 }
 
 pub(super) fn reopen(fx: &Fixture, dir: &Path, after: u64, opts: WalOptions) -> (Wal, Recovered) {
-    Wal::open(fx.disk.clone(), dir, LogIndex(after), opts).unwrap()
+    Wal::open(fx.disk(), dir, LogIndex(after), opts).unwrap()
 }
 
 pub(super) fn indexes(r: &Recovered) -> Vec<u64> {

@@ -251,7 +251,7 @@ fn segment_roll_compact_reopen() {
         assert_eq!(indexes(&rec), (active_first.0 + 1..=20).collect::<Vec<_>>());
         // A snapshot older than the compaction leaves a gap: refused.
         assert!(matches!(
-            Wal::open(fx.disk.clone(), &dir, LogIndex(upto.0), small()),
+            Wal::open(fx.disk(), &dir, LogIndex(upto.0), small()),
             Err(StorageError::Corrupt { .. })
         ));
     });
@@ -277,7 +277,7 @@ fn reset_then_append_then_reopen() {
         assert_eq!(indexes(&rec), vec![101, 102, 103]);
         // Without the snapshot the log's start is a gap.
         assert!(matches!(
-            Wal::open(fx.disk.clone(), &dir, LogIndex(0), small()),
+            Wal::open(fx.disk(), &dir, LogIndex(0), small()),
             Err(StorageError::Corrupt { .. })
         ));
     });
@@ -330,7 +330,7 @@ fn append_failure_poisons_the_log() {
         wal.append(&entries(1..=1, 1)).unwrap();
         // A failure that is not a full disk: a read-only handle fails with EBADF.
         let seg = &wal.segments[0].path;
-        wal.active = Some(fx.disk.open(seg, Access::Read).unwrap());
+        wal.active = Some(fx.disk().open(seg, Access::Read).unwrap());
         let err = wal.append(&entries(2..=2, 1)).unwrap_err();
         assert!(matches!(err, StorageError::Io { .. }), "{err}");
         assert!(wal.is_poisoned());
