@@ -105,10 +105,11 @@ pub struct Opened {
 /// Opens (creating it if missing) and fully recovers `data_dir`: the epoch,
 /// the latest snapshot, and the write-ahead log after it. A torn record at
 /// the very end of the log is truncated with a warning; leftover temporary
-/// files are removed.
+/// files are removed. Everything it returns is durable when it returns.
 ///
 /// # Errors
-/// [`StorageError::Io`] if a file cannot be read, written or created;
+/// [`StorageError::Io`] if a file cannot be read, written, created or
+/// synced;
 /// [`StorageError::Corrupt`] for a corrupt epoch file, snapshot or log
 /// (anything but a torn tail); [`StorageError::Diverged`] if the replica
 /// stopped on a diverged log.
@@ -121,7 +122,11 @@ pub fn open(data_dir: &DataDir, opts: wal::WalOptions) -> Result<Opened, Storage
             .map_err(io_err("creating directory", dir))?;
     }
     meta::check_not_diverged(data_dir)?;
+    // A process that died between a rename and its directory fsync left
+    // the epoch or a snapshot visible but not durable: make them durable
+    // before acting on them.
     sync_dir(disk, data_dir.path())?;
+    sync_dir(disk, &snapshot_dir)?;
     remove_temp_files(disk, data_dir.path())?;
     remove_temp_files(disk, &snapshot_dir)?;
 

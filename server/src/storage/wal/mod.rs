@@ -111,9 +111,11 @@ impl Wal {
     /// at or below `after` (already in the snapshot) are checked but not
     /// returned. A log that ends before `after` is wholly covered by the
     /// snapshot and is deleted; appends then continue at `after + 1`.
+    /// Everything it returns is durable: the last segment and the directory
+    /// are fsynced before it returns.
     ///
     /// # Errors
-    /// [`StorageError::Io`] on a failed read, truncation or deletion;
+    /// [`StorageError::Io`] on a failed read, truncation, deletion or fsync;
     /// [`StorageError::Corrupt`] for anything but a torn tail (see the module
     /// docs), naming the file and byte offset.
     pub fn open(
@@ -160,7 +162,8 @@ impl Wal {
             segments,
             active: None,
             next: after.next(),
-            dir_dirty: false,
+            // Segments a dead process created may not be durable yet.
+            dir_dirty: true,
             poisoned: false,
             buf: BytesMut::new(),
         };
@@ -187,6 +190,10 @@ impl Wal {
                 wal.open_active()?;
             }
         }
+        // The node counts what replay returns as durable (a follower acks
+        // it), but a process that died between a write and its fsync left
+        // those bytes in the page cache only.
+        wal.sync()?;
         let last = wal.next.prev();
         let commit_index = max_commit.min(last).max(after);
         Ok((

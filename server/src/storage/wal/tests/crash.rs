@@ -117,3 +117,27 @@ fn a_failed_fsync_while_rolling_a_segment_poisons_the_log() {
     assert!(matches!(err, StorageError::Io { .. }), "{err}");
     assert!(wal.is_poisoned());
 }
+
+/// A process that dies between a write and its fsync leaves the bytes in
+/// the page cache: the next start replays them and the node counts them as
+/// durable (a follower acks them), so recovery must make them durable, the
+/// segment's name in its directory included, before a power cut can come.
+#[test]
+fn what_a_restart_recovers_survives_a_later_crash() {
+    for seed in 0..SEEDS / 10 {
+        let fx = Fixture::sim();
+        let dir = fx.dir();
+        let (mut wal, _) = reopen(&fx, &dir, 0, tiny());
+        for i in 1..=6 {
+            wal.append(&entries(i..=i, 1)).unwrap();
+        }
+        // The process dies, the machine does not.
+        drop(wal);
+        let (wal, rec) = reopen(&fx, &dir, 0, tiny());
+        assert_eq!(indexes(&rec), (1..=6).collect::<Vec<_>>());
+        fx.crash(seed);
+        drop(wal);
+        let (_, rec) = reopen(&fx, &dir, 0, tiny());
+        assert_eq!(indexes(&rec), (1..=6).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
