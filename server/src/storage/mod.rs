@@ -180,6 +180,8 @@ fn temp_path(dir: &Path, stem: &str) -> std::path::PathBuf {
 }
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
