@@ -131,7 +131,7 @@ pub fn check_not_diverged(data_dir: &DataDir) -> Result<(), StorageError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::storage::disk::fixture::each_disk;
+    use crate::storage::disk::fixture::{each_disk, Fixture};
 
     #[test]
     fn a_diverged_directory_is_refused_with_its_reason() {
@@ -188,5 +188,34 @@ mod tests {
                 assert!(err.to_string().contains("epoch"));
             }
         });
+    }
+
+    #[test]
+    fn a_full_disk_keeps_the_old_epoch_and_no_temp_file() {
+        let fx = Fixture::sim();
+        let sim = fx.sim_disk();
+        let dir = fx.data_dir();
+        store_epoch(&dir, Epoch::from_raw(5)).unwrap();
+        sim.set_capacity(Some(sim.used_bytes()));
+        let err = store_epoch(&dir, Epoch::from_raw(6)).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(5));
+        assert_eq!(fx.files(dir.path()).len(), 1, "temp file left behind");
+        sim.set_capacity(None);
+        store_epoch(&dir, Epoch::from_raw(6)).unwrap();
+        assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(6));
+    }
+
+    #[test]
+    fn a_stored_epoch_survives_any_crash() {
+        for seed in 0..100 {
+            let fx = Fixture::sim();
+            let dir = fx.data_dir();
+            store_epoch(&dir, Epoch::from_raw(5)).unwrap();
+            store_epoch(&dir, Epoch::from_raw(6)).unwrap();
+            fx.crash(seed);
+            let dir = fx.at(dir.path());
+            assert_eq!(load_epoch(&dir).unwrap(), Epoch::from_raw(6), "seed {seed}");
+        }
     }
 }

@@ -9,6 +9,7 @@ mod divergence;
 mod inline;
 mod recovery;
 mod replication;
+mod sim_disk;
 mod snapshot_install;
 mod stalls;
 mod support;

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use semikv_protocol::blocking::Blocking;
+
 use super::*;
 use crate::storage::disk::fixture::{each_disk, Fixture};
 use crate::storage::store::Store;
@@ -336,4 +338,49 @@ fn golden_snapshot_bytes() {
         assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
         assert_eq!(s.len(), 2);
     });
+}
+
+/// A leader's snapshot is refused before a byte is staged when the disk
+/// cannot hold it and keep its margin, and at the chunk that would eat
+/// into the margin; nothing staged is left behind.
+#[tokio::test]
+async fn receiving_on_a_full_simulated_disk_is_refused() {
+    let fx = Fixture::sim();
+    let sim = fx.sim_disk();
+    let data = fx.data_dir();
+    // A 2000-byte disk keeps a margin of a twentieth: 100 bytes.
+    sim.set_capacity(Some(2000));
+    let used = sim.used_bytes();
+    let too_big = 2000 - used - 100 + 1;
+    let err = Receiving::start(&data, too_big, Blocking::Inline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReceiveError::NoRoom { received: 0, .. }),
+        "{err}"
+    );
+    assert!(fx.files(&data.join(SNAPSHOT_DIR)).is_empty());
+
+    let mut receiving = Receiving::start(&data, 1000, Blocking::Inline)
+        .await
+        .unwrap();
+    receiving
+        .append(0, Bytes::from(vec![7; 600]))
+        .await
+        .unwrap();
+    // Another file grows meanwhile: the next chunk no longer fits.
+    fx.write(&fx.path("other"), &[1; 1000]);
+    let err = receiving
+        .append(600, Bytes::from(vec![7; 400]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ReceiveError::NoRoom { received: 600, .. }),
+        "{err}"
+    );
+    drop(receiving);
+    assert!(
+        fx.files(&data.join(SNAPSHOT_DIR)).is_empty(),
+        "staging file left"
+    );
 }
