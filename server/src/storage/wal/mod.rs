@@ -102,6 +102,9 @@ pub struct Wal {
     next: LogIndex,
     /// A segment was created or deleted since the directory was last fsynced.
     dir_dirty: bool,
+    /// The active segment's length at its last successful fsync, when
+    /// known: what a failed fsync cuts it back to.
+    synced_len: Option<u64>,
     poisoned: bool,
     buf: BytesMut,
 }
@@ -164,6 +167,7 @@ impl Wal {
             next: after.next(),
             // Segments a dead process created may not be durable yet.
             dir_dirty: true,
+            synced_len: None,
             poisoned: false,
             buf: BytesMut::new(),
         };
@@ -279,7 +283,45 @@ impl Wal {
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let result = self.sync_inner();
+        match &result {
+            Ok(()) => self.synced_len = self.segments.last().map(|seg| seg.len),
+            Err(_) => self.cut_unsynced(),
+        }
         self.poison_on_err(result)
+    }
+
+    /// After a failed fsync: cuts the active segment back to its length at
+    /// the last fsync that succeeded, best effort.
+    ///
+    /// Why: Linux may drop the dirty pages a failed fsync covered while
+    /// reads still return them from the page cache. A replica restarted
+    /// without a power cut would replay those never-durable entries as
+    /// durable (and acknowledge them as a follower); entries synced after
+    /// them would then survive a later power cut around a hole the next
+    /// start refuses as corruption. None of the cut entries was reported
+    /// durable, so none was acknowledged. (Found by the deterministic
+    /// simulation, seed 120.)
+    fn cut_unsynced(&mut self) {
+        let (Some(len), Some(seg)) = (self.synced_len, self.segments.last_mut()) else {
+            return;
+        };
+        if seg.len <= len {
+            return;
+        }
+        self.active = None;
+        let cut = self
+            .disk
+            .open(&seg.path, Access::Write)
+            .and_then(|file| file.set_len(len));
+        match cut {
+            Ok(()) => {
+                tracing::warn!(path = %seg.path.display(), from = seg.len, to = len, "cut the segment back to what its last successful fsync made durable");
+                seg.len = len;
+            }
+            Err(e) => {
+                tracing::error!(path = %seg.path.display(), error = %e, "could not cut the segment back after a failed fsync; a restart may replay entries that are not durable");
+            }
+        }
     }
 
     /// Durably removes every entry after `index` (and every record after the
@@ -382,8 +424,11 @@ impl Wal {
             if let Err(e) = file.sync_data() {
                 // A failed fsync, whatever its cause, leaves the segment's
                 // pages in doubt: never retried as a full disk would be.
+                let e = io_err("syncing", &seg.path)(e);
+                drop(file);
+                self.cut_unsynced();
                 self.poisoned = true;
-                return Err(io_err("syncing", &seg.path)(e));
+                return Err(e);
             }
         }
         let path = segment_path(&self.dir, self.next);
@@ -398,6 +443,7 @@ impl Wal {
             len: 0,
         });
         self.active = Some(file);
+        self.synced_len = Some(0);
         Ok(())
     }
 
@@ -431,8 +477,10 @@ impl Wal {
         }
         if let Some(seg) = self.segments.last_mut() {
             if let Some(offset) = find_entry(&*self.disk, seg, index.next(), self.opts)? {
+                // The cut is fsynced, and with it everything before it.
                 truncate_file(&*self.disk, &seg.path, offset)?;
                 seg.len = offset;
+                self.synced_len = Some(offset);
             }
         }
         self.next = index.next();
@@ -478,6 +526,8 @@ impl Wal {
         }
         super::sync_dir(&*self.disk, &self.dir)?;
         self.dir_dirty = false;
+        // A survivor was synced when the log rolled past it.
+        self.synced_len = self.segments.last().map(|seg| seg.len);
         self.open_active()
     }
 }
