@@ -29,8 +29,12 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use semikv_protocol::net::Net;
 use semikv_protocol::ReplicaId;
+use semikv_server::storage::{DataDir, Disk, SimDisk};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -39,9 +43,12 @@ use tracing_subscriber::Layer;
 pub use scenario::{Fault, Host, Scenario, Timed};
 
 use crate::checker;
+use crate::workload::Rng;
 use clients::{Clock, Findings, CONVERGENCE_BOUND, RECOVERY_BOUND};
 use trace::Recorder;
 
+/// What a filled disk still takes past what it holds: a few records.
+const DISK_HEADROOM: u64 = 4096;
 /// Port of the balancers' client door.
 const BALANCER_PORT: u16 = 7000;
 /// Simulated time past recovery and convergence before a run is called
@@ -214,18 +221,10 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
         ..Findings::default()
     }));
     let mut faults = BTreeMap::new();
-    // In memory where the machine has it: the replicas' fsyncs run on the
-    // simulation's one thread.
-    let base = std::path::Path::new("/dev/shm");
-    let dirs: Vec<tempfile::TempDir> = (0..scenario.replicas)
-        .map(|_| {
-            if base.is_dir() {
-                tempfile::tempdir_in(base)
-            } else {
-                tempfile::tempdir()
-            }
-            .expect("a temp dir for a simulated replica")
-        })
+    // One disk per replica, kept across its crashes and restarts; each
+    // incarnation gets a handle of the disk's current generation.
+    let disks: Vec<Arc<SimDisk>> = (0..scenario.replicas)
+        .map(|_| Arc::new(SimDisk::new()))
         .collect();
     let mut sim = turmoil::Builder::new()
         .rng_seed(scenario.seed)
@@ -237,9 +236,9 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
     let replicas: Vec<String> = (1..=scenario.replicas)
         .map(|n| format!("{}:{}", Host::Replica(n), replica_port(n)))
         .collect();
-    for (i, dir) in dirs.iter().enumerate() {
+    for (i, disk) in disks.iter().enumerate() {
         let n = i + 1;
-        let mut config = semikv_server::Config::new(ReplicaId(n as u32), dir.path().to_path_buf());
+        let mut config = semikv_server::Config::new(ReplicaId(n as u32), PathBuf::from("/data"));
         config.net = Net::Turmoil;
         config.blocking = semikv_protocol::blocking::Blocking::Inline;
         config.advertise = Some(replicas[i].clone());
@@ -247,8 +246,11 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
         // within a run of a few thousand writes.
         config.snapshot_bytes = 16 * 1024;
         config.segment_bytes = 8 * 1024;
+        let disk = disk.clone();
         sim.host(Host::Replica(n).name(), move || {
-            let config = config.clone();
+            let mut config = config.clone();
+            let handle: Arc<dyn Disk> = Arc::new(SimDisk::clone(&disk));
+            config.data_dir = DataDir::new(handle, "/data");
             async move {
                 let listener = Net::Turmoil
                     .bind(&format!("0.0.0.0:{}", replica_port(n)))
@@ -315,6 +317,10 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
     );
 
     let mut links = links::Links::default();
+    let mut power = Power {
+        disks,
+        rng: Rng::new(scenario.seed ^ 0x9d1c_5e7a_3b2f_4410),
+    };
     let mut next = 0;
     let mut healed = false;
     loop {
@@ -322,13 +328,13 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
         trace::set_driver_time(now);
         while next < scenario.faults.len() && scenario.faults[next].at <= now {
             let fault = &scenario.faults[next].fault;
-            if let Some(kind) = apply(&mut sim, &mut links, scenario, fault) {
+            if let Some(kind) = apply(&mut sim, &mut links, &mut power, scenario, fault) {
                 *faults.entry(kind).or_insert(0) += 1;
             }
             next += 1;
         }
         if !healed && now >= scenario.window {
-            heal(&mut sim, &mut links, scenario);
+            heal(&mut sim, &mut links, &power, scenario);
             healed = true;
         }
         match sim.step() {
@@ -356,6 +362,7 @@ fn replica_port(n: usize) -> u16 {
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     links: &mut links::Links,
+    power: &mut Power,
     scenario: &Scenario,
     fault: &Fault,
 ) -> Option<&'static str> {
@@ -367,6 +374,10 @@ fn apply(
                 return None;
             }
             links.crash(sim, *h, &others(h));
+            if let Host::Replica(n) = h {
+                let seed = power.rng.next_u64();
+                power.disks[n - 1].crash(seed);
+            }
             Some("crash")
         }
         Fault::Restart(h) => {
@@ -413,11 +424,44 @@ fn apply(
             sim.set_link_max_message_latency(a.name(), b.name(), scenario.max_latency);
             Some("unslow")
         }
+        Fault::FillDisk(h) => {
+            let disk = power.disk(*h)?;
+            disk.set_capacity(Some(disk.used_bytes() + DISK_HEADROOM));
+            Some("fill-disk")
+        }
+        Fault::FreeDisk(h) => {
+            power.disk(*h)?.set_capacity(None);
+            Some("free-disk")
+        }
+        Fault::FailSync(h) => {
+            power.disk(*h)?.fail_next_syncs(1);
+            Some("fail-sync")
+        }
     }
 }
 
-/// Mends every link and restarts every server that is down.
-fn heal(sim: &mut turmoil::Sim<'_>, links: &mut links::Links, scenario: &Scenario) {
+/// The replicas' disks, and the generator of what each power cut keeps.
+struct Power {
+    disks: Vec<Arc<SimDisk>>,
+    rng: Rng,
+}
+
+impl Power {
+    fn disk(&self, host: Host) -> Option<&SimDisk> {
+        match host {
+            Host::Replica(n) => self.disks.get(n - 1).map(|d| &**d),
+            _ => None,
+        }
+    }
+}
+
+/// Mends every link, frees every disk and restarts every server that is
+/// down.
+fn heal(sim: &mut turmoil::Sim<'_>, links: &mut links::Links, power: &Power, scenario: &Scenario) {
+    for disk in &power.disks {
+        disk.set_capacity(None);
+        disk.fail_next_syncs(0);
+    }
     let hosts = scenario.hosts();
     for (i, &a) in hosts.iter().enumerate() {
         for &b in &hosts[i + 1..] {

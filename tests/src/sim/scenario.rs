@@ -37,8 +37,9 @@ impl fmt::Display for Host {
 /// One fault, applied between two steps of the simulation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Kill the process as `kill -9` does: its tasks and connections go,
-    /// its disk keeps what it synced.
+    /// Kill the process and cut the power: its tasks and connections go,
+    /// and its disk keeps what it synced and an arbitrary (possibly torn)
+    /// part of the rest.
     Crash(Host),
     /// Start a crashed process again on the same disk.
     Restart(Host),
@@ -69,6 +70,14 @@ pub enum Fault {
     Slow(Host, Host, Duration),
     /// Back to the scenario's latency between two hosts.
     Unslow(Host, Host),
+    /// A replica's disk fills up: writes past what it holds now (plus a
+    /// few KiB) fail with `ENOSPC`.
+    FillDisk(Host),
+    /// Room on a replica's disk again.
+    FreeDisk(Host),
+    /// A replica's next fsync fails (`EIO`): it stops, as a replica whose
+    /// disk fails must; the heal (or a restart) starts it again.
+    FailSync(Host),
 }
 
 impl fmt::Display for Fault {
@@ -84,6 +93,9 @@ impl fmt::Display for Fault {
             Fault::Resume(h) => write!(f, "resume {h}"),
             Fault::Slow(a, b, d) => write!(f, "slow {a} <-> {b} to {}ms", d.as_millis()),
             Fault::Unslow(a, b) => write!(f, "unslow {a} <-> {b}"),
+            Fault::FillDisk(h) => write!(f, "fill {h}'s disk"),
+            Fault::FreeDisk(h) => write!(f, "free {h}'s disk"),
+            Fault::FailSync(h) => write!(f, "fail {h}'s next fsync"),
         }
     }
 }
@@ -182,10 +194,13 @@ impl Scenario {
                     break other;
                 }
             };
+            let replica = Host::Replica(1 + rng.below(self.replicas as u64) as usize);
             let (fault, undo) = match rng.below(100) {
-                0..=29 => (Fault::Crash(host), Fault::Restart(host)),
-                30..=54 => (Fault::Partition(host, other), Fault::Repair(host, other)),
-                55..=69 => (
+                0..=24 => (Fault::Crash(host), Fault::Restart(host)),
+                25..=44 => (Fault::Partition(host, other), Fault::Repair(host, other)),
+                45..=54 => (Fault::FillDisk(replica), Fault::FreeDisk(replica)),
+                55..=59 => (Fault::FailSync(replica), Fault::Restart(replica)),
+                60..=69 => (
                     Fault::PartitionOneway {
                         from: host,
                         to: other,
@@ -258,7 +273,7 @@ mod tests {
             let crashes = s
                 .faults
                 .iter()
-                .filter(|t| matches!(t.fault, Fault::Crash(_)))
+                .filter(|t| matches!(t.fault, Fault::Crash(_) | Fault::FailSync(_)))
                 .count();
             let restarts = s
                 .faults
