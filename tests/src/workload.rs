@@ -266,14 +266,7 @@ impl Worker {
                 }
                 Action::Set(Bytes::from(format!("c{}-{seq}", self.id)))
             };
-            let op = match &action {
-                Action::Get(_) => Op::Get { key: key.clone() },
-                Action::Delete => Op::Delete { key: key.clone() },
-                Action::Set(value) => Op::Set {
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-            };
+            let op = request_for(&key, &action);
             let start = Instant::now();
             let result = client.request(op).await;
             let end = Instant::now();
@@ -290,14 +283,10 @@ impl Worker {
                     (action, outcome, detail, kind)
                 }
                 Err(e) => {
-                    // Whether the request left is unknown: it may have.
                     conn = None;
-                    let outcome = match action {
-                        Action::Get(_) => Outcome::Failed,
-                        _ => Outcome::Unknown,
-                    };
-                    let detail = format!("connection error: {e:#}");
-                    (action, outcome, detail, error_kind(&e))
+                    let kind = error_kind(&e);
+                    let (action, outcome, detail) = unanswered(action, &e);
+                    (action, outcome, detail, kind)
                 }
             };
             if !matches!(action, Action::Get(_)) {
@@ -422,6 +411,29 @@ pub fn error_kind(error: &anyhow::Error) -> &'static str {
     } else {
         "connection"
     }
+}
+
+/// The request that does `action` on `key`.
+pub fn request_for(key: &Bytes, action: &Action) -> Op {
+    match action {
+        Action::Get(_) => Op::Get { key: key.clone() },
+        Action::Delete => Op::Delete { key: key.clone() },
+        Action::Set(value) => Op::Set {
+            key: key.clone(),
+            value: value.clone(),
+        },
+    }
+}
+
+/// The outcome of `action` when its request got no answer (the connection
+/// broke, or a timeout): a read failed; a write may have left, so it may
+/// have happened.
+pub fn unanswered(action: Action, error: &anyhow::Error) -> (Action, Outcome, String) {
+    let outcome = match action {
+        Action::Get(_) => Outcome::Failed,
+        _ => Outcome::Unknown,
+    };
+    (action, outcome, format!("connection error: {error:#}"))
 }
 
 /// The outcome a reply means for `action`, and the action with a read's

@@ -138,7 +138,11 @@ const REGRESSIONS: &[(u64, &str)] = &[(
 fn seeds_that_found_bugs_pass() {
     for &(seed, bug) in REGRESSIONS {
         let verdict = sim::run(seed, &Options::default());
-        assert!(verdict.is_ok(), "seed {seed} ({bug}):\n{}", verdict.explain());
+        assert!(
+            verdict.is_ok(),
+            "seed {seed} ({bug}):\n{}",
+            verdict.explain()
+        );
     }
 }
 

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use semikv_protocol::net::Net;
 use semikv_protocol::{Hello, NodeRole, Op, Reply, Role};
 
-use crate::checker::{Action, Event, Outcome};
+use crate::checker::{Action, Event};
 use crate::client::Client;
-use crate::workload::{classify, Rng};
+use crate::workload::{classify, request_for, unanswered, Rng};
 
 /// Pause before reconnecting after a failed connect or a broken connection.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(20);
@@ -116,14 +116,7 @@ pub async fn worker(
             seq += 1;
             Action::Set(Bytes::from(format!("c{id}-{seq}")))
         };
-        let op = match &action {
-            Action::Get(_) => Op::Get { key: key.clone() },
-            Action::Delete => Op::Delete { key: key.clone() },
-            Action::Set(value) => Op::Set {
-                key: key.clone(),
-                value: value.clone(),
-            },
-        };
+        let op = request_for(&key, &action);
         let start = clock.now();
         let result = client.request(op).await;
         let end = clock.now();
@@ -131,11 +124,7 @@ pub async fn worker(
             Ok(reply) => classify(action, reply),
             Err(e) => {
                 conn = None;
-                let outcome = match action {
-                    Action::Get(_) => Outcome::Failed,
-                    _ => Outcome::Unknown,
-                };
-                (action, outcome, format!("connection error: {e:#}"))
+                unanswered(action, &e)
             }
         };
         findings.borrow_mut().history.push(Event {
