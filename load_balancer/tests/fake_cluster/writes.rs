@@ -435,3 +435,28 @@ async fn pipelined_writes_and_reads_are_answered_with_their_own_replies() {
     }
     lb.stop().await;
 }
+
+/// A data connection that goes silent (a flow a middlebox black-holes, a
+/// wedged replica) while the control connection answers every health
+/// check: once a write on it is past its deadline and nothing has come
+/// back for a second, the link drops it, and the next write goes through a
+/// new one instead of timing out on the dead one too.
+#[tokio::test]
+async fn a_silent_data_connection_is_dropped_and_writes_flow_again() {
+    let (a, _b, lb) = leader_and_follower(|c| c.sync_timeout = Duration::from_millis(200)).await;
+    let mut client = Client::connect(lb.addr).await;
+    set_until_written(&mut client, "k", "v").await;
+    a.s().wedge_on_set = true;
+    let wedged = client.set("k", "v2").await;
+    assert!(
+        matches!(wedged, Reply::Error(ErrorReply::Indeterminate { .. })),
+        "{wedged:?}"
+    );
+    a.s().wedge_on_set = false;
+    let again = client.set("k", "v3").await;
+    assert!(
+        matches!(again, Reply::Written { .. }),
+        "the write went to the silent connection: {again:?}"
+    );
+    lb.stop().await;
+}
