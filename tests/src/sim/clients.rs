@@ -76,6 +76,10 @@ pub struct Findings {
     pub checked: bool,
     /// Workers still running.
     pub running: usize,
+    /// When the final check failed: each replica's own state, read
+    /// directly, or why it could not be read, so that the verdict can say
+    /// which replica misses what.
+    pub replica_states: Vec<(String, Result<State, String>)>,
 }
 
 /// Shared findings.
@@ -221,16 +225,13 @@ pub async fn final_check(
             "no write got through {balancer} within {RECOVERY_BOUND:?} of the heal; \
              the last attempt: {last}"
         ));
+        let states = each_state(&replicas, &history_keys(&findings)).await;
+        findings.borrow_mut().replica_states = states;
         return Ok(());
     }
     findings.borrow_mut().recovered_after =
         Some(turmoil::sim_elapsed().unwrap_or_default() - healed);
-    let keys: BTreeSet<Bytes> = findings
-        .borrow()
-        .history
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
+    let keys = history_keys(&findings);
     let deadline = turmoil::sim_elapsed().unwrap_or_default() + CONVERGENCE_BOUND;
     loop {
         let disagreement = match agreed(&replicas, &keys).await {
@@ -248,6 +249,8 @@ pub async fn final_check(
                 "the replicas did not converge within {CONVERGENCE_BOUND:?} of recovery: \
                  {disagreement}"
             ));
+            let states = each_state(&replicas, &keys).await;
+            findings.borrow_mut().replica_states = states;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -281,7 +284,46 @@ async fn recover(balancer: &str, healed: Duration) -> Result<(), String> {
     Err(last)
 }
 
-type State = BTreeMap<Bytes, Option<Bytes>>;
+/// Each key's value, as one replica or the agreed final state holds it.
+pub type State = BTreeMap<Bytes, Option<Bytes>>;
+
+/// Every key the history names.
+fn history_keys(findings: &Shared) -> BTreeSet<Bytes> {
+    findings
+        .borrow()
+        .history
+        .iter()
+        .map(|e| e.key.clone())
+        .collect()
+}
+
+/// One replica's value of every key in `keys`, read from it directly.
+async fn read_state(addr: &str, keys: &BTreeSet<Bytes>) -> anyhow::Result<State> {
+    let mut conn = connect(addr).await?;
+    let mut state = State::new();
+    for key in keys {
+        match conn.get(key.clone()).await? {
+            Reply::Value(v) => {
+                state.insert(key.clone(), v);
+            }
+            other => anyhow::bail!("{addr} answered a read of {key:?} with {other:?}"),
+        }
+    }
+    Ok(state)
+}
+
+/// Each replica's own state, or why it could not be read.
+async fn each_state(
+    replicas: &[String],
+    keys: &BTreeSet<Bytes>,
+) -> Vec<(String, Result<State, String>)> {
+    let mut out = Vec::new();
+    for addr in replicas {
+        let state = read_state(addr, keys).await.map_err(|e| format!("{e:#}"));
+        out.push((addr.clone(), state));
+    }
+    out
+}
 
 /// Every replica's value of every key, read from each directly: the state
 /// when they all agree, else the first difference.
@@ -291,16 +333,7 @@ async fn agreed(
 ) -> anyhow::Result<Result<State, String>> {
     let mut first: Option<(&str, State)> = None;
     for addr in replicas {
-        let mut conn = connect(addr).await?;
-        let mut state = State::new();
-        for key in keys {
-            match conn.get(key.clone()).await? {
-                Reply::Value(v) => {
-                    state.insert(key.clone(), v);
-                }
-                other => anyhow::bail!("{addr} answered a read of {key:?} with {other:?}"),
-            }
-        }
+        let state = read_state(addr, keys).await?;
         match &first {
             None => first = Some((addr, state)),
             Some((name, agreed)) => {

@@ -65,6 +65,9 @@ pub struct Options {
     pub keep_lines: bool,
 }
 
+/// Lines of each replica's own report a failure shows.
+const PER_REPLICA_LINES: usize = 24;
+
 /// What one seed's run found.
 #[derive(Debug)]
 pub struct Verdict {
@@ -94,6 +97,11 @@ pub struct Verdict {
     /// Warnings and errors the processes logged, the last ones, for a
     /// failure's report.
     pub warnings: Vec<String>,
+    /// When the final check failed (no agreed state to check against):
+    /// the history checked against each replica's own state, or why that
+    /// replica could not be read. It shows which replica misses which
+    /// acknowledged write.
+    pub per_replica: Vec<(String, Result<checker::Report, String>)>,
     history: Vec<checker::Event>,
 }
 
@@ -109,12 +117,18 @@ impl Verdict {
         let _ = write!(out, "{}", self.scenario);
         let _ = writeln!(
             out,
-            "ran {:.1} s simulated: {} operations, {} writes acknowledged, {} unknown; \
+            "ran {:.1} s simulated: {} operations recorded{}; \
              faults {:?}; first write {:?} after the heal; {} events, trace hash {:016x}",
             self.simulated.as_secs_f64(),
-            self.report.ops,
-            self.report.writes_acked,
-            self.report.writes_unknown,
+            self.history.len(),
+            if self.report.ops > 0 {
+                format!(
+                    ", {} writes acknowledged, {} unknown",
+                    self.report.writes_acked, self.report.writes_unknown
+                )
+            } else {
+                String::from(" (the final check did not finish)")
+            },
             self.faults,
             self.recovered_after,
             self.events,
@@ -125,6 +139,35 @@ impl Verdict {
         }
         if !self.report.is_ok() {
             let _ = writeln!(out, "{}", self.report.explain(&self.history));
+        }
+        for (addr, report) in &self.per_replica {
+            match report {
+                Ok(r) if r.is_ok() => {
+                    let _ = writeln!(
+                        out,
+                        "the history against {addr}'s own state: consistent \
+                         ({} writes acknowledged)",
+                        r.writes_acked
+                    );
+                }
+                Ok(r) => {
+                    // The first few say what is wrong; hundreds more would
+                    // bury the rest of the report.
+                    let explained = r.explain(&self.history);
+                    let lines: Vec<&str> = explained.lines().collect();
+                    let _ = writeln!(out, "the history against {addr}'s own state:");
+                    for line in lines.iter().take(PER_REPLICA_LINES) {
+                        let _ = writeln!(out, "  {line}");
+                    }
+                    if lines.len() > PER_REPLICA_LINES {
+                        let _ =
+                            writeln!(out, "  ... {} lines more", lines.len() - PER_REPLICA_LINES);
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "{addr} could not be read: {e}");
+                }
+            }
         }
         let _ = writeln!(out, "last warnings logged:");
         for w in self.warnings.iter().rev().take(40).rev() {
@@ -186,6 +229,13 @@ pub fn run(seed: u64, options: &Options) -> Verdict {
     } else {
         checker::Report::default()
     };
+    let per_replica = std::mem::take(&mut findings.replica_states)
+        .into_iter()
+        .map(|(addr, state)| {
+            let report = state.map(|state| checker::check(&findings.history, &state));
+            (addr, report)
+        })
+        .collect();
     Verdict {
         scenario,
         report,
@@ -197,6 +247,7 @@ pub fn run(seed: u64, options: &Options) -> Verdict {
         simulated,
         recovered_after: findings.recovered_after,
         warnings: trace.warnings.clone(),
+        per_replica,
         history: findings.history,
     }
 }
