@@ -138,6 +138,27 @@ impl ReadBudget {
         self.units.available_permits().saturating_mul(UNIT)
     }
 
+    /// What a message of `len` bytes needs beyond [`SMALL_FRAME`], for a
+    /// reader that follows its own framing (the RESP door, which learns a
+    /// bulk string's length from its header): waits its turn, fairly, when
+    /// the budget cannot cover it now, and holds the bytes until the grant
+    /// drops. `None` when `len` needs nothing. Under the same rule as
+    /// [`Budgeted`]: the caller holds no other grant while it waits, and
+    /// gives this one back once the message is read or the connection
+    /// ends.
+    pub async fn grant(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let units = self.units_for(len as u64);
+        if units == 0 {
+            return None;
+        }
+        if let Ok(grant) = self.units.clone().try_acquire_many_owned(units) {
+            return Some(grant);
+        }
+        self.report_exhausted(units as usize * UNIT);
+        // Never closed: the budget owns the only handle that could close it.
+        self.units.clone().acquire_many_owned(units).await.ok()
+    }
+
     /// Units to grant a frame of `frame_len` bytes (header included): what
     /// it needs beyond [`SMALL_FRAME`], rounded up, at most the whole budget.
     fn units_for(&self, frame_len: u64) -> u32 {

@@ -230,3 +230,29 @@ async fn a_frame_larger_than_the_whole_budget_is_an_error_not_a_hang() {
     let err = read.unwrap().unwrap_err();
     assert!(err.to_string().contains("read budget"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_for_a_self_framed_message_holds_its_bytes_and_waits_its_turn() {
+    let budget = ReadBudget::new(2 * MIB);
+    assert!(
+        budget.grant(SMALL_FRAME).await.is_none(),
+        "a small message needs no budget"
+    );
+    let first = budget.grant(SMALL_FRAME + 2 * MIB).await;
+    assert!(first.is_some());
+    assert_eq!(budget.available(), 0);
+    // The second waits until the first is given back.
+    let waiting = budget.grant(SMALL_FRAME + MIB);
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+            .await
+            .is_err()
+    );
+    drop(first);
+    let second = tokio::time::timeout(STUCK, waiting).await.unwrap();
+    assert!(second.is_some());
+    assert_eq!(budget.available(), MIB);
+    drop(second);
+    assert_eq!(budget.available(), 2 * MIB);
+}
