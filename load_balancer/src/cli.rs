@@ -48,7 +48,13 @@ pub struct Args {
     #[arg(long, default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_SYNC_TIMEOUT_MS))]
     pub sync_timeout_ms: u64,
-    /// Once listening, write the bound address here (atomically).
+    /// Also accept Redis clients (RESP2, RESP3 after HELLO 3) on this
+    /// address, e.g. 127.0.0.1:6379 (port 0: any free port) [default: off].
+    #[arg(long, value_name = "ADDR", value_parser = host_port)]
+    pub resp: Option<String>,
+    /// Once listening, write the bound addresses here (atomically): the
+    /// semikv door's on the first line, then `resp ADDR` when `--resp` is
+    /// given.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
     /// Client connections held open at once; more are refused [default:
@@ -150,10 +156,14 @@ impl Args {
     /// The refusal to print.
     pub fn check_protected(&self) -> Result<(), String> {
         use std::net::ToSocketAddrs;
-        let addrs = self
-            .listen
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.listen))?;
+        let mut addrs = Vec::new();
+        for listen in std::iter::once(&self.listen).chain(self.resp.as_ref()) {
+            addrs.extend(
+                listen
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve {listen}: {e}"))?,
+            );
+        }
         for addr in addrs {
             semikv_protocol::process::protected_mode(
                 addr,
@@ -219,8 +229,21 @@ async fn serve(args: Args, tls: Option<Arc<semikv_protocol::tls::Tls>>) -> anyho
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("no local address")?;
     info!(addr = %addr, "bound");
+    let mut ready = addr.to_string();
+    let resp = match &args.resp {
+        Some(resp_addr) => {
+            let resp = TcpListener::bind(resp_addr)
+                .await
+                .with_context(|| format!("cannot listen for RESP clients on {resp_addr}"))?;
+            let bound = resp.local_addr().context("no local address")?;
+            info!(addr = %bound, "RESP door bound");
+            ready.push_str(&format!("\nresp {bound}"));
+            Some(resp.into())
+        }
+        None => None,
+    };
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, &addr.to_string())
+        write_ready_file(path, &ready)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
     let shutdown = CancellationToken::new();
@@ -228,7 +251,11 @@ async fn serve(args: Args, tls: Option<Arc<semikv_protocol::tls::Tls>>) -> anyho
     let mut config = args.config();
     config.tls = tls;
     config.max_connections = semikv_protocol::process::connection_limit(args.max_connections);
-    crate::run(config, listener, shutdown).await
+    let doors = crate::Doors {
+        semikv: listener.into(),
+        resp,
+    };
+    crate::run_doors(config, doors, shutdown).await
 }
 
 pub use semikv_protocol::process::write_ready_file;

@@ -4,7 +4,8 @@
 //! keeps no state on disk: the replicas hold the epochs.
 //!
 //! Three layers, joined by the transport-neutral types of [`request`]:
-//! [`door`]s speak to clients (the semikv protocol today), the [`router`]
+//! [`door`]s speak to clients (the semikv protocol, and Redis's with
+//! `--resp`), the [`router`]
 //! maps each request to a replica group and a replica, and each
 //! [`group::ReplicaGroup`] holds its replicas' table, links and election.
 //! [`cli`] is the command line.
@@ -33,17 +34,44 @@ use router::{ReadPolicy, Router};
 /// Longest the balancer waits for its tasks after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs the balancer on `listener` until `shutdown` is cancelled.
+/// The bound listeners of the balancer's doors.
+#[derive(Debug)]
+pub struct Doors {
+    /// The semikv protocol's (always open).
+    pub semikv: Listener,
+    /// The Redis protocol's, if asked for (`--resp`).
+    pub resp: Option<Listener>,
+}
+
+/// Runs the balancer on `listener` (the semikv door only) until `shutdown`
+/// is cancelled.
 ///
 /// # Errors
-/// Fails when no replica is configured. Errors of single connections are
-/// handled (and logged) without stopping the balancer.
+/// As [`run_doors`].
 pub async fn run(
     config: Config,
     listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = listener.into();
+    let doors = Doors {
+        semikv: listener.into(),
+        resp: None,
+    };
+    run_doors(config, doors, shutdown).await
+}
+
+/// Runs the balancer with every door in `doors` until `shutdown` is
+/// cancelled.
+///
+/// # Errors
+/// Fails when no replica is configured. Errors of single connections are
+/// handled (and logged) without stopping the balancer.
+pub async fn run_doors(
+    config: Config,
+    doors: Doors,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = doors.semikv;
     anyhow::ensure!(!config.replicas.is_empty(), "no replica configured");
     let config = Arc::new(config);
     let tasks = TaskTracker::new();
@@ -62,6 +90,19 @@ pub async fn run(
     }
     // One budget for every door: it bounds the process, not a listener.
     let budget = ReadBudget::covering(config.max_buffered_input, config.max_frame_len);
+    if let Some(resp) = doors.resp {
+        if let Ok(addr) = resp.local_addr() {
+            info!(addr = %addr, "RESP door listening");
+        }
+        tasks.spawn(door::resp::run(
+            resp,
+            router.clone(),
+            config.clone(),
+            budget.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     door::semikv::run(listener, router, config, budget, shutdown, tasks.clone()).await;
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())

@@ -40,6 +40,8 @@ pub struct Replica {
 pub struct Balancer {
     /// The address it bound.
     pub addr: SocketAddr,
+    /// The RESP door's address, when started with `--resp`.
+    pub resp: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -179,7 +181,8 @@ pub async fn start_balancer_at<S: AsRef<OsStr>>(
     cmd.args(secured::balancer_args(&given)?);
     let (proc, addr) = spawn_ready("balancer", cmd, &ready, &dir.join("lb.stderr")).await?;
     secured::balancer_started(addr);
-    Ok(Balancer { addr, proc })
+    let resp = door_addr(&ready, "resp")?;
+    Ok(Balancer { addr, resp, proc })
 }
 
 /// Spawns `cmd` and waits for it to write `ready`; kills it on failure.
@@ -198,6 +201,28 @@ async fn spawn_ready(
     let mut proc = Proc::spawn(name, cmd, stderr)?;
     let addr = wait_ready(&mut proc, ready).await?;
     Ok((proc, addr))
+}
+
+/// The address of the door `name` in a balancer's ready file (a
+/// `NAME ADDR` line), if it has one.
+///
+/// # Errors
+/// The file cannot be read, or the line does not hold an address.
+pub fn door_addr(ready: &Path, name: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let text =
+        std::fs::read_to_string(ready).with_context(|| format!("reading {}", ready.display()))?;
+    for line in text.lines().skip(1) {
+        if let Some((door, addr)) = line.split_once(' ') {
+            if door == name {
+                return addr
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .with_context(|| format!("{name} line {line:?} in {}", ready.display()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Polls `ready` until it holds an address, failing as soon as the process
@@ -219,7 +244,9 @@ pub async fn wait_ready(proc: &mut Proc, ready: &Path) -> anyhow::Result<SocketA
         // The file is renamed into place, so it is whole when it exists; a
         // read racing the rename just sees NotFound.
         if let Ok(text) = std::fs::read_to_string(ready) {
-            if let Some(line) = text.strip_suffix('\n') {
+            // The first line is the main address; a balancer adds a
+            // `DOOR ADDR` line per other door.
+            if let Some(line) = text.strip_suffix('\n').and_then(|t| t.lines().next()) {
                 return line.trim().parse().with_context(|| {
                     format!("{} wrote {text:?} to {}", proc.name(), ready.display())
                 });

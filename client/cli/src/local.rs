@@ -235,6 +235,7 @@ pub struct LocalCluster {
     ready_timeout: Duration,
     replica_addrs: BTreeMap<ReplicaId, String>,
     balancer_addr: String,
+    resp_addr: Option<String>,
     children: Arc<Mutex<Children>>,
 }
 
@@ -293,6 +294,7 @@ impl LocalCluster {
             ready_timeout: options.ready_timeout,
             replica_addrs: BTreeMap::new(),
             balancer_addr: String::new(),
+            resp_addr: None,
             children,
         };
         match cluster
@@ -332,6 +334,11 @@ impl LocalCluster {
     /// The balancer's address: where clients connect.
     pub fn balancer_addr(&self) -> &str {
         &self.balancer_addr
+    }
+
+    /// The balancer's Redis-protocol door (redis-cli, Redis clients).
+    pub fn resp_addr(&self) -> Option<&str> {
+        self.resp_addr.as_deref()
     }
 
     /// Each replica's address.
@@ -427,11 +434,17 @@ impl LocalCluster {
         command.args(self.replica_addrs.values());
         command.arg("--ready-file").arg(&ready);
         command.arg("--cluster-secret-file").arg(self.secret_file());
+        command.arg("--resp").arg("127.0.0.1:0");
         let child = self.spawn(&what, command, &ready, &log)?;
         lock(&self.children).balancer = Some(child);
         self.balancer_addr = self
             .wait_ready(&what, &ready, &log, |c| c.balancer.as_mut())
             .await?;
+        // The ready file is written whole: its `resp ADDR` line is there.
+        self.resp_addr = std::fs::read_to_string(&ready).ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("resp ").map(|a| a.trim().to_string()))
+        });
         Ok(())
     }
 
@@ -480,7 +493,8 @@ impl LocalCluster {
         let deadline = Instant::now() + self.ready_timeout;
         loop {
             if let Ok(text) = std::fs::read_to_string(ready) {
-                let addr = text.trim();
+                // The first line; a balancer adds one line per other door.
+                let addr = text.lines().next().unwrap_or("").trim();
                 if addr.parse::<std::net::SocketAddr>().is_ok() {
                     return Ok(addr.to_string());
                 }

@@ -4,4 +4,6 @@
 //! [`crate::router::Session`] and the answers back into bytes. Nothing
 //! below a door knows which wire format a client speaks.
 
+pub mod output;
+pub mod resp;
 pub mod semikv;

@@ -6,7 +6,6 @@
 //! closes that connection only.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::output::{answer_bytes, Charge, OutputBudget};
 use crate::config::Config;
 use crate::request::{Answer, AnswerSink, Tag};
 use crate::router::{Router, Session, Window};
@@ -93,77 +93,6 @@ pub async fn run(
 enum ToClient {
     Message(Message),
     Answer(Answer, Charge),
-}
-
-/// Bytes a reply costs while it waits for its client, about: its value and
-/// a little more.
-fn reply_bytes(reply: &Reply) -> usize {
-    const PER_REPLY: usize = 32;
-    match reply {
-        Reply::Value(Some(value)) => value.len() + PER_REPLY,
-        Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
-        Reply::ClusterReport(report) => {
-            report.status.replicas.len().saturating_mul(512) + PER_REPLY
-        }
-        _ => PER_REPLY,
-    }
-}
-
-/// An answer's bytes in all, and its largest reply's.
-fn answer_bytes(answer: &Answer) -> (usize, usize) {
-    match answer {
-        Answer::One { reply, .. } => {
-            let bytes = reply_bytes(reply);
-            (bytes, bytes)
-        }
-        Answer::Run { replies, .. } => replies.iter().fold((0, 0), |(sum, largest), (_, r)| {
-            let bytes = reply_bytes(r);
-            (sum + bytes, largest.max(bytes))
-        }),
-    }
-}
-
-/// The bytes of answers queued for one client and not yet encoded into its
-/// socket's buffer: what a client that stops reading costs the balancer.
-/// Past the limit the connection is closed, with a log line; other clients
-/// see nothing. (The writer's own buffer is bounded apart, see
-/// [`outbox::MAX_UNFLUSHED`].)
-#[derive(Debug)]
-struct OutputBudget {
-    queued: AtomicUsize,
-    limit: usize,
-    peer: SocketAddr,
-    closed: CancellationToken,
-}
-
-impl OutputBudget {
-    /// Charges `bytes` for an answer until the returned charge drops.
-    fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
-        let after = before.saturating_add(bytes);
-        if before <= self.limit && after > self.limit {
-            warn!(peer = %self.peer, unread = after, limit = self.limit, "client leaves its answers unread past the output limit; disconnecting it");
-            self.closed.cancel();
-        }
-        Charge {
-            budget: self.clone(),
-            bytes,
-        }
-    }
-}
-
-/// One answer's share of its client's [`OutputBudget`], given back when
-/// the answer is encoded (or dropped with its connection).
-#[derive(Debug)]
-struct Charge {
-    budget: Arc<OutputBudget>,
-    bytes: usize,
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.queued.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
 }
 
 impl Outgoing for ToClient {
@@ -261,12 +190,7 @@ async fn serve(
     let writer = tokio::spawn(outbox::run(sink, rx, conn_closed.clone(), WRITE_TIMEOUT));
     // At least one frame: a single answer never trips it alone.
     let limit = config.max_client_output.max(config.max_frame_len);
-    let budget = Arc::new(OutputBudget {
-        queued: AtomicUsize::new(0),
-        limit,
-        peer,
-        closed: conn_closed.clone(),
-    });
+    let budget = OutputBudget::new(limit, peer, conn_closed.clone());
     let window = Arc::new(Window::sized(
         MAX_IN_FLIGHT,
         limit.saturating_mul(2).min(MAX_WINDOW_BYTES),

@@ -273,8 +273,12 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             .context("cannot start the local cluster")?;
         runtime.spawn(signals.reap_on_signal(cluster.reaper()));
         eprintln!(
-            "semikv: balancer on {}; replicas {}; data and logs in {}",
+            "semikv: balancer on {}{}; replicas {}; data and logs in {}",
             cluster.balancer_addr(),
+            cluster
+                .resp_addr()
+                .map(|a| format!(" (Redis clients: {a})"))
+                .unwrap_or_default(),
             cluster
                 .replica_addrs()
                 .iter()

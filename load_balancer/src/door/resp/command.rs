@@ -1,0 +1,613 @@
+//! What each Redis command means here: the connection's own state
+//! (protocol, name, user, database) and, per command, either an answer at
+//! once or the semikv ops to forward and how their replies combine into
+//! one RESP answer. Redis's reply shapes and error strings throughout, so
+//! that clients that parse Redis errors behave.
+
+use bytes::Bytes;
+use semikv_protocol::{ErrorReply, Op, Reply};
+
+use super::reply::Resp;
+
+/// A command's name, arity, flags, first key, last key and key step.
+pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+
+/// The commands this door knows, with Redis's arity (negative: at least
+/// that many arguments, name included), flags, and key positions (first,
+/// last, step), for `COMMAND`.
+pub const COMMANDS: &[CommandInfo] = &[
+    ("get", 2, &["readonly", "fast"], 1, 1, 1),
+    ("set", -3, &["write", "denyoom"], 1, 1, 1),
+    ("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    ("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    ("ping", -1, &["fast"], 0, 0, 0),
+    ("echo", 2, &["fast"], 0, 0, 0),
+    ("quit", -1, &["fast"], 0, 0, 0),
+    ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
+    (
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    ("client", -2, &[], 0, 0, 0),
+    (
+        "reset",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    ("command", -1, &["loading", "stale"], 0, 0, 0),
+    ("config", -2, &[], 0, 0, 0),
+    ("info", -1, &["loading", "stale"], 0, 0, 0),
+    ("wait", 3, &[], 0, 0, 0),
+];
+
+/// How the replies of a command's forwarded ops become its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// One `Get`: the value or nil.
+    Value,
+    /// One write: `+OK`.
+    Ok,
+    /// Several `Get`s: an array of values (MGET).
+    Values,
+    /// Several `Get`s: how many found a value (EXISTS).
+    Count,
+    /// One `Status`: INFO's text for these sections (empty: the default),
+    /// with the door's own facts (filled in when the command is taken).
+    Info {
+        /// The sections asked for, lower case.
+        sections: Vec<String>,
+        /// Uptime, clients, port.
+        local: super::info::Local,
+    },
+}
+
+/// What to do with one command.
+#[derive(Debug)]
+pub enum Plan {
+    /// Answer this now.
+    Now(Resp),
+    /// Forward these ops (in order) and combine their replies.
+    Forward {
+        /// The ops, each one request.
+        ops: Vec<Op>,
+        /// How their replies combine.
+        shape: Shape,
+    },
+    /// Check a password, then answer as [`Login::then`] says.
+    Login(Login),
+    /// Answer `+OK`, then close the connection.
+    Quit,
+}
+
+/// A login the connection must check before it answers.
+#[derive(Debug)]
+pub struct Login {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+    /// What the successful login answers: `AUTH`'s `+OK`, or `HELLO`'s
+    /// greeting with the protocol and name it asked for.
+    pub then: AfterLogin,
+}
+
+/// What a successful [`Login`] does.
+#[derive(Debug)]
+pub enum AfterLogin {
+    /// `AUTH`: `+OK`.
+    Ok,
+    /// `HELLO`: switch to this protocol, take this name, greet.
+    Hello {
+        /// 2 or 3.
+        protocol: u8,
+        /// `SETNAME`, if given.
+        name: Option<String>,
+    },
+}
+
+/// Facts about the balancer a command may answer with.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Whether clients must log in (`--users-file`).
+    pub needs_login: bool,
+    /// Followers every acknowledged write reached (`--sync-replicas`,
+    /// capped at the other replicas).
+    pub sync_replicas: i64,
+}
+
+/// One RESP connection's own state.
+#[derive(Debug)]
+pub struct Conn {
+    /// The connection's id (`CLIENT ID`).
+    pub id: u64,
+    /// Its peer, for `CLIENT INFO`.
+    pub peer: std::net::SocketAddr,
+    /// The door's address, for `CLIENT INFO`.
+    pub local: Option<std::net::SocketAddr>,
+    /// Whether answers are RESP3 (after `HELLO 3`).
+    pub resp3: bool,
+    /// `CLIENT SETNAME`.
+    pub name: Option<String>,
+    /// The user logged in as, when the balancer has users.
+    pub user: Option<String>,
+    /// `CLIENT SETINFO lib-name` and `lib-ver`.
+    pub lib: (Option<String>, Option<String>),
+}
+
+/// Lower-case ASCII of a command name, for matching.
+fn lower(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_lowercase()
+}
+
+fn wrong_arity(name: &str) -> Resp {
+    Resp::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+fn text(arg: &Bytes) -> String {
+    String::from_utf8_lossy(arg).into_owned()
+}
+
+/// Redis's answer to a command it does not know, naming the first
+/// arguments as Redis does.
+fn unknown(args: &[Bytes]) -> Resp {
+    let name: String = text(&args[0]).chars().take(128).collect();
+    let mut rest = String::new();
+    for arg in args.iter().skip(1).take(8) {
+        let arg: String = text(arg).chars().take(64).collect();
+        rest.push_str(&format!("'{arg}' "));
+    }
+    Resp::err(format!(
+        "unknown command '{name}', with args beginning with: {rest}"
+    ))
+}
+
+impl Conn {
+    /// A fresh connection: RESP2, no name, not logged in.
+    pub fn new(id: u64, peer: std::net::SocketAddr, local: Option<std::net::SocketAddr>) -> Conn {
+        Conn {
+            id,
+            peer,
+            local,
+            resp3: false,
+            name: None,
+            user: None,
+            lib: (None, None),
+        }
+    }
+
+    /// What to do with `args` (never empty), given `facts`.
+    pub fn plan(&mut self, args: &[Bytes], facts: &Facts) -> Plan {
+        let name = lower(&args[0]);
+        if facts.needs_login
+            && self.user.is_none()
+            && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
+        {
+            return Plan::Now(Resp::coded("NOAUTH", "Authentication required."));
+        }
+        let n = args.len();
+        match name.as_str() {
+            "get" if n == 2 => Plan::Forward {
+                ops: vec![Op::Get {
+                    key: args[1].clone(),
+                }],
+                shape: Shape::Value,
+            },
+            "set" if n == 3 => Plan::Forward {
+                ops: vec![Op::Set {
+                    key: args[1].clone(),
+                    value: args[2].clone(),
+                }],
+                shape: Shape::Ok,
+            },
+            "set" if n > 3 => Plan::Now(Resp::err(
+                "SET options (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL) are not supported by \
+                 this door yet: they need conditional writes and expiry in the store (issue #18)",
+            )),
+            "mget" if n >= 2 => Plan::Forward {
+                ops: args[1..]
+                    .iter()
+                    .map(|key| Op::Get { key: key.clone() })
+                    .collect(),
+                shape: Shape::Values,
+            },
+            "exists" if n >= 2 => Plan::Forward {
+                ops: args[1..]
+                    .iter()
+                    .map(|key| Op::Get { key: key.clone() })
+                    .collect(),
+                shape: Shape::Count,
+            },
+            "ping" if n == 1 => Plan::Now(Resp::Simple("PONG")),
+            "ping" if n == 2 => Plan::Now(Resp::Bulk(args[1].clone())),
+            "echo" if n == 2 => Plan::Now(Resp::Bulk(args[1].clone())),
+            "quit" => Plan::Quit,
+            "select" if n == 2 => Plan::Now(match text(&args[1]).parse::<i64>() {
+                Ok(0) => Resp::OK,
+                Ok(_) => Resp::err("DB index is out of range"),
+                Err(_) => Resp::err("value is not an integer or out of range"),
+            }),
+            "hello" => self.hello(args, facts),
+            "auth" if n == 2 || n == 3 => self.auth(args, facts),
+            "client" => self.client(args),
+            "reset" if n == 1 => {
+                self.resp3 = false;
+                self.name = None;
+                self.user = None;
+                Plan::Now(Resp::Simple("RESET"))
+            }
+            "command" => Plan::Now(command(args)),
+            "config" => Plan::Now(config(args)),
+            "info" => Plan::Forward {
+                ops: vec![Op::Status],
+                shape: Shape::Info {
+                    sections: args[1..].iter().map(|a| lower(a)).collect(),
+                    local: super::info::Local::default(),
+                },
+            },
+            "wait" if n == 3 => Plan::Now(
+                match (text(&args[1]).parse::<i64>(), text(&args[2]).parse::<i64>()) {
+                    (Ok(_), Ok(timeout)) if timeout >= 0 => Resp::Int(facts.sync_replicas),
+                    (Ok(_), Ok(_)) => Resp::err("timeout is negative"),
+                    _ => Resp::err("value is not an integer or out of range"),
+                },
+            ),
+            "multi" | "exec" | "discard" | "watch" | "unwatch" => Plan::Now(Resp::err(format!(
+                "{} is not supported: semikv has no transactions yet",
+                name.to_ascii_uppercase()
+            ))),
+            known if COMMANDS.iter().any(|c| c.0 == known) => Plan::Now(wrong_arity(known)),
+            _ => Plan::Now(unknown(args)),
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    fn hello(&mut self, args: &[Bytes], facts: &Facts) -> Plan {
+        let mut protocol = if self.resp3 { 3 } else { 2 };
+        let mut login = None;
+        let mut name = None;
+        if let Some(v) = args.get(1) {
+            match text(v).parse::<i64>() {
+                Ok(v @ (2 | 3)) => protocol = v as u8,
+                Ok(_) => return Plan::Now(Resp::coded("NOPROTO", "unsupported protocol version")),
+                Err(_) => {
+                    return Plan::Now(Resp::err(
+                        "Protocol version is not an integer or out of range",
+                    ))
+                }
+            }
+        }
+        let mut i = 2;
+        while i < args.len() {
+            match lower(&args[i]).as_str() {
+                "auth" if i + 2 < args.len() => {
+                    login = Some((text(&args[i + 1]), text(&args[i + 2])));
+                    i += 3;
+                }
+                "setname" if i + 1 < args.len() => {
+                    name = Some(text(&args[i + 1]));
+                    i += 2;
+                }
+                other => {
+                    return Plan::Now(Resp::err(format!("Syntax error in HELLO option '{other}'")))
+                }
+            }
+        }
+        if let Some(name) = &name {
+            if let Err(e) = check_name(name) {
+                return Plan::Now(e);
+            }
+        }
+        match login {
+            Some((user, password)) if facts.needs_login => Plan::Login(Login {
+                user,
+                password,
+                then: AfterLogin::Hello { protocol, name },
+            }),
+            Some(_) => Plan::Now(no_password_set()),
+            None if facts.needs_login && self.user.is_none() => {
+                Plan::Now(Resp::coded("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"))
+            }
+            None => Plan::Now(self.greet(protocol, name)),
+        }
+    }
+
+    /// Switches to `protocol`, takes `name`, and answers `HELLO`'s greeting
+    /// (in the new protocol).
+    pub fn greet(&mut self, protocol: u8, name: Option<String>) -> Resp {
+        self.resp3 = protocol == 3;
+        if name.is_some() {
+            self.name = name;
+        }
+        Resp::Map(vec![
+            (Resp::text("server"), Resp::text("semikv")),
+            (Resp::text("version"), Resp::text(env!("CARGO_PKG_VERSION"))),
+            (Resp::text("proto"), Resp::Int(i64::from(protocol))),
+            (Resp::text("id"), Resp::Int(self.id as i64)),
+            (Resp::text("mode"), Resp::text("standalone")),
+            (Resp::text("role"), Resp::text("master")),
+            (Resp::text("modules"), Resp::Array(Vec::new())),
+        ])
+    }
+
+    /// `AUTH [user] password`.
+    fn auth(&mut self, args: &[Bytes], facts: &Facts) -> Plan {
+        if !facts.needs_login {
+            return Plan::Now(no_password_set());
+        }
+        let (user, password) = if args.len() == 3 {
+            (text(&args[1]), text(&args[2]))
+        } else {
+            ("default".to_string(), text(&args[1]))
+        };
+        Plan::Login(Login {
+            user,
+            password,
+            then: AfterLogin::Ok,
+        })
+    }
+
+    /// `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO`.
+    fn client(&mut self, args: &[Bytes]) -> Plan {
+        let Some(sub) = args.get(1) else {
+            return Plan::Now(wrong_arity("client"));
+        };
+        let sub = lower(sub);
+        let n = args.len();
+        Plan::Now(match sub.as_str() {
+            "setname" if n == 3 => {
+                let name = text(&args[2]);
+                match check_name(&name) {
+                    Ok(()) => {
+                        self.name = (!name.is_empty()).then_some(name);
+                        Resp::OK
+                    }
+                    Err(e) => e,
+                }
+            }
+            "getname" if n == 2 => self.name.clone().map_or(Resp::Nil, Resp::text),
+            "id" if n == 2 => Resp::Int(self.id as i64),
+            "setinfo" if n == 4 => match lower(&args[2]).as_str() {
+                "lib-name" => {
+                    self.lib.0 = Some(text(&args[3]));
+                    Resp::OK
+                }
+                "lib-ver" => {
+                    self.lib.1 = Some(text(&args[3]));
+                    Resp::OK
+                }
+                other => Resp::err(format!("Unrecognized option '{other}'")),
+            },
+            "info" if n == 2 => Resp::Verbatim(self.info_line()),
+            "setname" | "getname" | "id" | "setinfo" | "info" => Resp::err(format!(
+                "wrong number of arguments for 'client|{sub}' command"
+            )),
+            _ => Resp::err(format!(
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                text(&args[1])
+            )),
+        })
+    }
+
+    /// This connection as one `CLIENT INFO`/`CLIENT LIST` line.
+    pub fn info_line(&self) -> String {
+        format!(
+            "id={} addr={} laddr={} name={} db=0 user={} resp={} lib-name={} lib-ver={}\n",
+            self.id,
+            self.peer,
+            self.local.map(|a| a.to_string()).unwrap_or_default(),
+            self.name.as_deref().unwrap_or(""),
+            self.user.as_deref().unwrap_or("default"),
+            if self.resp3 { 3 } else { 2 },
+            self.lib.0.as_deref().unwrap_or(""),
+            self.lib.1.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// A client name may not hold spaces or line breaks (Redis's rule).
+fn check_name(name: &str) -> Result<(), Resp> {
+    if name.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
+        return Err(Resp::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(())
+}
+
+fn no_password_set() -> Resp {
+    Resp::err(
+        "AUTH <password> called without any password configured for the default user. \
+         Are you sure your configuration is correct?",
+    )
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS`.
+fn command(args: &[Bytes]) -> Resp {
+    let info = |c: &CommandInfo| {
+        Resp::Array(vec![
+            Resp::text(c.0),
+            Resp::Int(c.1),
+            Resp::Array(c.2.iter().copied().map(Resp::Simple).collect()),
+            Resp::Int(c.3),
+            Resp::Int(c.4),
+            Resp::Int(c.5),
+        ])
+    };
+    match args.get(1).map(|a| lower(a)).as_deref() {
+        None => Resp::Array(COMMANDS.iter().map(info).collect()),
+        Some("count") => Resp::Int(COMMANDS.len() as i64),
+        Some("info") => Resp::Array(
+            args[2..]
+                .iter()
+                .map(|a| {
+                    let a = lower(a);
+                    COMMANDS.iter().find(|c| c.0 == a).map_or(Resp::Nil, info)
+                })
+                .collect(),
+        ),
+        // No documentation to give: an empty answer, not an error, so that
+        // redis-cli's start-up carries on.
+        Some("docs") => Resp::Map(Vec::new()),
+        Some("list") => Resp::Array(COMMANDS.iter().map(|c| Resp::text(c.0)).collect()),
+        Some(other) => Resp::err(format!("unknown subcommand '{other}'. Try COMMAND HELP.")),
+    }
+}
+
+/// The settings `CONFIG GET` knows: what redis-benchmark and clients ask
+/// at start, answered with what semikv does.
+const CONFIG: &[(&str, &str)] = &[
+    // Durability is the WAL's, not RDB snapshots'.
+    ("save", ""),
+    ("appendonly", "yes"),
+    ("databases", "1"),
+    ("maxmemory", "0"),
+    ("timeout", "0"),
+];
+
+/// `CONFIG GET pattern...`; `CONFIG SET` is refused.
+fn config(args: &[Bytes]) -> Resp {
+    match args.get(1).map(|a| lower(a)).as_deref() {
+        Some("get") if args.len() >= 3 => {
+            let mut pairs = Vec::new();
+            for pattern in &args[2..] {
+                for (k, v) in CONFIG {
+                    if glob(&pattern.to_ascii_lowercase(), k.as_bytes())
+                        && !pairs
+                            .iter()
+                            .any(|(name, _): &(Resp, Resp)| *name == Resp::text(*k))
+                    {
+                        pairs.push((Resp::text(*k), Resp::text(*v)));
+                    }
+                }
+            }
+            Resp::Map(pairs)
+        }
+        Some("get") => wrong_arity("config|get"),
+        Some("set") => {
+            Resp::err("CONFIG SET is not supported: semikv is configured by its command line")
+        }
+        Some("resetstat") => Resp::OK,
+        _ => Resp::err(format!(
+            "unknown subcommand '{}'. Try CONFIG HELP.",
+            args.get(1).map(text).unwrap_or_default()
+        )),
+    }
+}
+
+/// Redis's glob matching: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
+pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((b'[', rest)) => {
+            let Some((&c, tail)) = s.split_first() else {
+                return false;
+            };
+            let (negate, mut class) = match rest.split_first() {
+                Some((b'^', r)) => (true, r),
+                _ => (false, rest),
+            };
+            let mut matched = false;
+            loop {
+                match class {
+                    [] => return false,
+                    [b']', r @ ..] => {
+                        class = r;
+                        break;
+                    }
+                    [b'\\', x, r @ ..] => {
+                        matched |= *x == c;
+                        class = r;
+                    }
+                    [a, b'-', b, r @ ..] if *b != b']' => {
+                        let (lo, hi) = if a <= b { (*a, *b) } else { (*b, *a) };
+                        matched |= (lo..=hi).contains(&c);
+                        class = r;
+                    }
+                    [x, r @ ..] => {
+                        matched |= *x == c;
+                        class = r;
+                    }
+                }
+            }
+            matched != negate && glob(class, tail)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            s.first() == Some(&rest[0]) && glob(&rest[1..], &s[1..])
+        }
+        Some((&p, rest)) => s.first() == Some(&p) && glob(rest, &s[1..]),
+    }
+}
+
+/// The RESP error for a semikv error reply, with the Redis code a client
+/// library acts on where one fits.
+pub fn error(e: &ErrorReply) -> Resp {
+    match e {
+        ErrorReply::NotLeader { .. } | ErrorReply::Unavailable { .. } => Resp::coded("TRYAGAIN", e),
+        ErrorReply::NotEnoughReplicas { .. } => Resp::coded("NOREPLICAS", e),
+        ErrorReply::OutOfMemory { .. } => Resp::coded("OOM", e),
+        ErrorReply::DiskFull { .. } => Resp::coded("MISCONF", e),
+        ErrorReply::NoPermission { .. } => Resp::coded("NOPERM", e),
+        ErrorReply::Invalid { reason } => Resp::err(reason),
+        other => Resp::err(other),
+    }
+}
+
+/// The answer of `shape` from its ops' replies, in order.
+pub fn combine(shape: &Shape, replies: Vec<Reply>) -> Resp {
+    if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+        return error(e);
+    }
+    let unexpected = |r: &Reply| Resp::err(format!("unexpected reply {r:?}"));
+    match shape {
+        Shape::Value => match replies.first() {
+            Some(Reply::Value(Some(v))) => Resp::Bulk(v.clone()),
+            Some(Reply::Value(None)) => Resp::Nil,
+            Some(other) => unexpected(other),
+            None => Resp::Nil,
+        },
+        Shape::Ok => match replies.first() {
+            Some(Reply::Written { .. }) => Resp::OK,
+            Some(other) => unexpected(other),
+            None => Resp::OK,
+        },
+        Shape::Values => Resp::Array(
+            replies
+                .into_iter()
+                .map(|r| match r {
+                    Reply::Value(Some(v)) => Resp::Bulk(v),
+                    _ => Resp::Nil,
+                })
+                .collect(),
+        ),
+        Shape::Count => Resp::Int(
+            replies
+                .iter()
+                .filter(|r| matches!(r, Reply::Value(Some(_))))
+                .count() as i64,
+        ),
+        Shape::Info { sections, local } => match replies.first() {
+            Some(r) => super::info::info(r, sections, *local),
+            None => Resp::Verbatim(String::new()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
