@@ -159,11 +159,22 @@ fn one_seed_one_trace() {
 
 /// Seeds that found bugs, each run again (a seed names a scenario of the
 /// generator as it is: these were found with the one in this commit).
-const REGRESSIONS: &[(u64, &str)] = &[(
-    120,
-    "a restart after a failed fsync replayed entries that never became \
-     durable; a later power cut left a hole the next start refused",
-)];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        120,
+        "a restart after a failed fsync replayed entries that never became \
+         durable; a later power cut left a hole the next start refused",
+    ),
+    (
+        508,
+        "(harness) a replica still shutting down from a failed fsync when \
+         the heal looked stayed down for good, and the replicas never converged",
+    ),
+    (
+        747,
+        "(harness) as 508, with the replica the leader when its fsync failed",
+    ),
+];
 
 #[test]
 fn seeds_that_found_bugs_pass() {

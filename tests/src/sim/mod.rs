@@ -387,6 +387,12 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
         if !healed && now >= scenario.window {
             heal(&mut sim, &mut links, &power, scenario);
             healed = true;
+        } else if healed {
+            // After the heal, a supervisor (systemd's Restart=on-failure)
+            // restarts a replica that exits: one that was still shutting
+            // down from a failed fsync when the heal looked was up then,
+            // and stayed down for good after.
+            restart_exited(&mut sim, scenario);
         }
         match sim.step() {
             Ok(true) => break,
@@ -520,6 +526,11 @@ fn heal(sim: &mut turmoil::Sim<'_>, links: &mut links::Links, power: &Power, sce
             links.repair(sim, a, b);
         }
     }
+    restart_exited(sim, scenario);
+}
+
+/// Restarts every server that is down.
+fn restart_exited(sim: &mut turmoil::Sim<'_>, scenario: &Scenario) {
     for h in scenario.servers() {
         if !sim.is_host_running(h.name()) {
             sim.bounce(h.name());
