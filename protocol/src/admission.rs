@@ -70,6 +70,9 @@ pub struct Admission {
     refused: Arc<AtomicU64>,
     /// When refusals were last reported.
     reported: Arc<Mutex<Option<Instant>>>,
+    /// What a refused connection is told, in its listener's wire format;
+    /// `None`: a semikv `Reject(TooManyConnections)` frame.
+    refusal: Option<bytes::Bytes>,
 }
 
 /// What [`Admission::admit`] decided.
@@ -107,7 +110,16 @@ impl Admission {
             max,
             refused: Arc::new(AtomicU64::new(0)),
             reported: Arc::new(Mutex::new(None)),
+            refusal: None,
         }
+    }
+
+    /// The same limit, telling refused connections `refusal` (already in
+    /// their listener's wire format, e.g. a RESP error line) instead of a
+    /// semikv frame.
+    pub fn refusing_with(mut self, refusal: bytes::Bytes) -> Admission {
+        self.refusal = Some(refusal);
+        self
     }
 
     /// The limit.
@@ -154,12 +166,16 @@ impl Admission {
                         None
                     }
                 };
-                let refusal = Message::Reject(WireError::TooManyConnections {
-                    max: u64::try_from(self.max).unwrap_or(u64::MAX),
-                });
-                let mut buf = BytesMut::new();
-                if frame::encode(&refusal, frame::DEFAULT_MAX_FRAME_LEN, &mut buf).is_ok() {
-                    let _ = stream.try_write(&buf);
+                if let Some(refusal) = &self.refusal {
+                    let _ = stream.try_write(refusal);
+                } else {
+                    let refusal = Message::Reject(WireError::TooManyConnections {
+                        max: u64::try_from(self.max).unwrap_or(u64::MAX),
+                    });
+                    let mut buf = BytesMut::new();
+                    if frame::encode(&refusal, frame::DEFAULT_MAX_FRAME_LEN, &mut buf).is_ok() {
+                        let _ = stream.try_write(&buf);
+                    }
                 }
                 Admitted::No { report }
             }
@@ -219,6 +235,31 @@ mod tests {
         let _again = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         assert!(matches!(admission.admit(stream.into()), Admitted::Yes(..)));
+    }
+
+    #[tokio::test]
+    async fn a_listener_of_another_wire_format_tells_refusals_in_its_own() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admission = Admission::new(1).refusing_with(bytes::Bytes::from_static(
+            b"-ERR max number of clients reached\r\n",
+        ));
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let _held = match admission.admit(stream.into()) {
+            Admitted::Yes(stream, slot) => (stream, slot),
+            Admitted::No { .. } => panic!("refused below the limit"),
+        };
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(matches!(
+            admission.admit(stream.into()),
+            Admitted::No { .. }
+        ));
+        let mut told = Vec::new();
+        extra.read_to_end(&mut told).await.unwrap();
+        assert_eq!(told, b"-ERR max number of clients reached\r\n");
     }
 
     #[tokio::test]

@@ -89,7 +89,10 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let admission = Admission::new(config.max_connections);
+    // Redis's own words for a full server.
+    let admission = Admission::new(config.max_connections).refusing_with(
+        bytes::Bytes::from_static(b"-ERR max number of clients reached\r\n"),
+    );
     let others = config.replicas.len().saturating_sub(1);
     let shared = Arc::new(Shared {
         facts: Facts {
