@@ -1,5 +1,6 @@
 //! Newtypes for the numbers that must never be mixed up: epochs (and the
-//! coordinators that mint them), log indexes, replica ids and request ids.
+//! coordinators that mint them), log indexes, replica ids, request ids and
+//! expiry times.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -30,6 +31,12 @@ id_newtype!(
     /// Position of an entry in the replicated log. The first entry has index 1;
     /// index 0 means "before the first entry" (an empty log).
     LogIndex(u64)
+);
+id_newtype!(
+    /// An absolute wall-clock time, in milliseconds since the Unix epoch:
+    /// what a key's expiry is stored and replicated as, so that every
+    /// replica hides it at the same moment (as far as their clocks agree).
+    UnixMillis(u64)
 );
 id_newtype!(
     /// A replica's number, as given on `semikv-server ID`.

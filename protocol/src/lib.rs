@@ -39,5 +39,7 @@ pub mod transport;
 
 pub use codec::MessageCodec;
 pub use error::ProtocolError;
-pub use ids::{CoordinatorId, Epoch, LogIndex, ReplicaId, RequestId, MAX_TERM, TERM_STEP};
+pub use ids::{
+    CoordinatorId, Epoch, LogIndex, ReplicaId, RequestId, UnixMillis, MAX_TERM, TERM_STEP,
+};
 pub use message::*;

@@ -571,6 +571,231 @@ fn samples() -> Vec<(&'static str, Message)> {
             }),
         ),
         ("reject_tls_required", reject(WireError::TlsRequired)),
+        (
+            "request_cmd_set",
+            request(
+                40,
+                Op::Command(Command::Set {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(BINARY),
+                    cond: Cond::IfAbsent,
+                    ttl: TtlChange::AfterMs(10_000),
+                    get_old: true,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_set_xx_keep",
+            request(
+                41,
+                Op::Command(Command::Set {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    cond: Cond::IfPresent,
+                    ttl: TtlChange::Keep,
+                    get_old: false,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_set_persist",
+            request(
+                42,
+                Op::Command(Command::Set {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    cond: Cond::Always,
+                    ttl: TtlChange::Persist,
+                    get_old: false,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_mset",
+            request(
+                43,
+                Op::Command(Command::MSet {
+                    pairs: vec![
+                        (Bytes::from_static(b"a"), Bytes::from_static(b"1")),
+                        (Bytes::from_static(b"b"), Bytes::from_static(BINARY)),
+                    ],
+                    only_if_none_exist: true,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_delete",
+            request(
+                44,
+                Op::Command(Command::Delete {
+                    keys: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                }),
+            ),
+        ),
+        (
+            "request_cmd_incr_by",
+            request(
+                45,
+                Op::Command(Command::IncrBy {
+                    key: Bytes::from_static(b"n"),
+                    by: -3,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_append",
+            request(
+                46,
+                Op::Command(Command::Append {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"tail"),
+                }),
+            ),
+        ),
+        (
+            "request_cmd_get_del",
+            request(
+                47,
+                Op::Command(Command::GetDel {
+                    key: Bytes::from_static(b"k"),
+                }),
+            ),
+        ),
+        (
+            "request_cmd_expire_at_gt",
+            request(
+                48,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::At(UnixMillis(1_700_000_000_000)),
+                    cond: ExpireCond::IfLater,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_expire_nx",
+            request(
+                49,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::AfterMs(5),
+                    cond: ExpireCond::IfNone,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_expire_xx",
+            request(
+                50,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::Persist,
+                    cond: ExpireCond::IfSome,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_expire_lt",
+            request(
+                51,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::AfterMs(1),
+                    cond: ExpireCond::IfEarlier,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_expire",
+            request(
+                52,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::AfterMs(1000),
+                    cond: ExpireCond::Always,
+                }),
+            ),
+        ),
+        (
+            "request_cmd_get_ex",
+            request(
+                53,
+                Op::Command(Command::GetEx {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::Keep,
+                }),
+            ),
+        ),
+        (
+            "request_ttl",
+            request(
+                54,
+                Op::Ttl {
+                    key: Bytes::from_static(b"k"),
+                },
+            ),
+        ),
+        (
+            "response_outcome",
+            response(
+                55,
+                Reply::Outcome(Outcome {
+                    index: LogIndex(77),
+                    applied: true,
+                    value: Some(Bytes::from_static(BINARY)),
+                    int: -42,
+                }),
+            ),
+        ),
+        (
+            "response_ttl_no_key",
+            response(56, Reply::Ttl(KeyTtl::NoKey)),
+        ),
+        (
+            "response_ttl_persistent",
+            response(57, Reply::Ttl(KeyTtl::Persistent)),
+        ),
+        (
+            "response_ttl_expires",
+            response(
+                58,
+                Reply::Ttl(KeyTtl::Expires {
+                    at: UnixMillis(1_700_000_000_000),
+                    remaining_ms: 9_999,
+                }),
+            ),
+        ),
+        ("error_not_an_integer", error(ErrorReply::NotAnInteger)),
+        ("error_overflow", error(ErrorReply::Overflow)),
+        (
+            "entries_batch",
+            Message::Entries(Entries {
+                epoch: Epoch::from_raw(5),
+                prev_index: LogIndex(12),
+                entries: vec![Entry {
+                    index: LogIndex(13),
+                    epoch: Epoch::from_raw(5),
+                    op: WriteOp::Batch(vec![
+                        Mutation {
+                            key: Bytes::from_static(b"a"),
+                            value: Some(Bytes::from_static(BINARY)),
+                            expires_at: Some(UnixMillis(1_700_000_000_000)),
+                        },
+                        Mutation {
+                            key: Bytes::from_static(b"b"),
+                            value: Some(Bytes::from_static(b"2")),
+                            expires_at: None,
+                        },
+                        Mutation {
+                            key: Bytes::from_static(b"c"),
+                            value: None,
+                            expires_at: None,
+                        },
+                    ]),
+                }],
+                commit_index: LogIndex(13),
+            }),
+        ),
     ]
 }
 
@@ -752,6 +977,11 @@ impl Coverage {
                 leader_addr: _,
             }) => 6,
             Op::Fence(Fence { epoch: _ }) => 7,
+            Op::Command(command) => {
+                self.command(command);
+                8
+            }
+            Op::Ttl { key: _ } => 9,
         };
         self.mark("Op", index);
     }
@@ -797,8 +1027,86 @@ impl Coverage {
                 }
                 7
             }
+            Reply::Outcome(Outcome {
+                index: _,
+                applied: _,
+                value: _,
+                int: _,
+            }) => 8,
+            Reply::Ttl(ttl) => {
+                let index = match ttl {
+                    KeyTtl::NoKey => 0,
+                    KeyTtl::Persistent => 1,
+                    KeyTtl::Expires {
+                        at: _,
+                        remaining_ms: _,
+                    } => 2,
+                };
+                self.mark("KeyTtl", index);
+                9
+            }
         };
         self.mark("Reply", index);
+    }
+
+    fn command(&mut self, c: &Command) {
+        let index = match c {
+            Command::Set {
+                key: _,
+                value: _,
+                cond,
+                ttl,
+                get_old: _,
+            } => {
+                self.cond(*cond);
+                self.ttl_change(*ttl);
+                0
+            }
+            Command::MSet {
+                pairs: _,
+                only_if_none_exist: _,
+            } => 1,
+            Command::Delete { keys: _ } => 2,
+            Command::IncrBy { key: _, by: _ } => 3,
+            Command::Append { key: _, value: _ } => 4,
+            Command::GetDel { key: _ } => 5,
+            Command::Expire { key: _, ttl, cond } => {
+                self.ttl_change(*ttl);
+                let index = match cond {
+                    ExpireCond::Always => 0,
+                    ExpireCond::IfNone => 1,
+                    ExpireCond::IfSome => 2,
+                    ExpireCond::IfLater => 3,
+                    ExpireCond::IfEarlier => 4,
+                };
+                self.mark("ExpireCond", index);
+                6
+            }
+            Command::GetEx { key: _, ttl } => {
+                self.ttl_change(*ttl);
+                7
+            }
+        };
+        self.mark("Command", index);
+    }
+
+    fn cond(&mut self, c: Cond) {
+        let index = match c {
+            Cond::Always => 0,
+            Cond::IfAbsent => 1,
+            Cond::IfPresent => 2,
+        };
+        self.mark("Cond", index);
+    }
+
+    fn ttl_change(&mut self, t: TtlChange) {
+        let index = match t {
+            TtlChange::Keep => 0,
+            TtlChange::Persist => 1,
+            TtlChange::At(UnixMillis(_)) => 2,
+            TtlChange::AfterMs(_) => 3,
+        };
+        self.mark("TtlChange", index);
     }
 
     fn resources(&mut self, r: &Resources) {
@@ -875,6 +1183,8 @@ impl Coverage {
             ErrorReply::DiskFull { reason: _ } => 9,
             ErrorReply::OutOfMemory { used: _, limit: _ } => 10,
             ErrorReply::NoPermission { reason: _ } => 11,
+            ErrorReply::NotAnInteger => 12,
+            ErrorReply::Overflow => 13,
         };
         self.mark("ErrorReply", index);
     }
@@ -893,6 +1203,15 @@ impl Coverage {
             WriteOp::Set { key: _, value: _ } => 0,
             WriteOp::Delete { key: _ } => 1,
             WriteOp::Noop => 2,
+            WriteOp::Batch(mutations) => {
+                for Mutation {
+                    key: _,
+                    value: _,
+                    expires_at: _,
+                } in mutations
+                {}
+                3
+            }
         };
         self.mark("WriteOp", index);
     }
@@ -1107,6 +1426,11 @@ fn every_variant_has_a_vector() {
         ("ErrorReply", wire_variant_count::<ErrorReply>()),
         ("NodeRole", wire_variant_count::<NodeRole>()),
         ("WriteOp", wire_variant_count::<WriteOp>()),
+        ("Command", wire_variant_count::<Command>()),
+        ("Cond", wire_variant_count::<Cond>()),
+        ("TtlChange", wire_variant_count::<TtlChange>()),
+        ("ExpireCond", wire_variant_count::<ExpireCond>()),
+        ("KeyTtl", wire_variant_count::<KeyTtl>()),
     ];
     for (name, count) in counts {
         let covered = coverage.0.get(name).cloned().unwrap_or_default();
@@ -1138,9 +1462,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 4, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 5, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x04, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x05, 0x00, 0x00]
     );
 }

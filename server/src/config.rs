@@ -10,6 +10,7 @@ use semikv_protocol::frame::DEFAULT_MAX_FRAME_LEN;
 use semikv_protocol::net::Net;
 use semikv_protocol::{ReplicaId, DEFAULT_MAX_VALUE_LEN};
 
+use crate::clock::Clock;
 use crate::storage::DataDir;
 
 /// When the write-ahead log is fsynced.
@@ -171,6 +172,9 @@ pub struct Config {
     /// pool), [`Blocking::Inline`] for a deterministic simulation (all of
     /// it on the runtime's thread, the WAL writer an async task).
     pub blocking: Blocking,
+    /// The wall clock key expiries are judged by: the system's (the
+    /// default), or one a test or a simulation controls.
+    pub clock: Clock,
 }
 
 impl Config {
@@ -196,6 +200,7 @@ impl Config {
             net: Net::Tokio,
             advertise: None,
             blocking: Blocking::Threads,
+            clock: Clock::system(),
         }
     }
 }

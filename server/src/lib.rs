@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod expiry;
 pub mod log;
@@ -16,6 +17,7 @@ pub mod replication;
 pub mod room;
 pub mod service;
 pub mod storage;
+pub mod sweeper;
 pub mod writer;
 
 use std::sync::Arc;
@@ -106,6 +108,8 @@ pub async fn run(
         signals,
     );
     node.set_memory_limit(config.max_memory);
+    node.set_clock(config.clock.clone());
+    node.set_max_value_len(config.max_value_len);
     if let Some(limit) = config.max_memory {
         let used = node.memory_used();
         if used > limit {
@@ -133,6 +137,7 @@ pub async fn run(
     tasks.spawn(replication::follow_loop(replica.clone()));
     tasks.spawn(snapshotter(replica.clone()));
     tasks.spawn(expiry::run(replica.clone()));
+    tasks.spawn(sweeper::run(replica.clone()));
     tasks.spawn(room::run(replica.clone()));
 
     if let Some(path) = &config.ready_file {
@@ -239,7 +244,7 @@ async fn snapshotter(replica: Arc<Replica>) {
         let written = replica
             .config
             .blocking
-            .run(move || storage::snapshot::write(&dir, &job.meta, job.store.iter()))
+            .run(move || storage::snapshot::write(&dir, &job.meta, &job.store))
             .await;
         match written {
             Ok(Ok(_)) => {

@@ -57,13 +57,21 @@ pub struct MemLog {
 pub const ENTRY_OVERHEAD: usize = 32;
 
 /// Approximate in-memory size of an entry, for snapshot triggers and batching:
-/// its key and value bytes plus [`ENTRY_OVERHEAD`].
+/// its key and value bytes plus [`ENTRY_OVERHEAD`]. A `Batch` counts each
+/// mutation at the most it can add to the store
+/// ([`crate::storage::store::mutation_bytes`], at least its key), which
+/// keeps the leader's memory bound (see `node/memory.rs`) a bound for
+/// entries of many keys.
 pub fn entry_size(entry: &Entry) -> usize {
     ENTRY_OVERHEAD
         + match &entry.op {
             WriteOp::Set { key, value } => key.len() + value.len(),
             WriteOp::Delete { key } => key.len(),
             WriteOp::Noop => 0,
+            WriteOp::Batch(mutations) => mutations
+                .iter()
+                .map(|m| crate::storage::store::mutation_bytes(m).max(m.key.len()))
+                .fold(0, usize::saturating_add),
         }
 }
 

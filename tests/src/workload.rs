@@ -386,6 +386,8 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Pong => "pong",
         Reply::Node(_) | Reply::NodeReport(_) => "node-status",
         Reply::Cluster(_) | Reply::ClusterReport(_) => "cluster-status",
+        Reply::Outcome(_) => "outcome",
+        Reply::Ttl(_) => "ttl",
         Reply::Error(e) => match e {
             ErrorReply::NotLeader { .. } => "not-leader",
             ErrorReply::NotEnoughReplicas { .. } => "not-enough-replicas",
@@ -399,6 +401,8 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
             ErrorReply::DiskFull { .. } => "disk-full",
             ErrorReply::OutOfMemory { .. } => "out-of-memory",
             ErrorReply::NoPermission { .. } => "no-permission",
+            ErrorReply::NotAnInteger => "not-an-integer",
+            ErrorReply::Overflow => "overflow",
         },
     }
 }
@@ -457,7 +461,10 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
             | ErrorReply::DiskFull { .. }
             | ErrorReply::OutOfMemory { .. }
             // Refused by the balancer before it was forwarded.
-            | ErrorReply::NoPermission { .. } => Outcome::Failed,
+            | ErrorReply::NoPermission { .. }
+            // A command's error: evaluated, nothing written.
+            | ErrorReply::NotAnInteger
+            | ErrorReply::Overflow => Outcome::Failed,
             // In the log, or maybe: may still commit. A storage failure may
             // have left the entry half-written too: not "failed for sure".
             ErrorReply::NotEnoughReplicas { .. }

@@ -9,7 +9,9 @@
 
 use std::fmt::Write as _;
 
-use semikv_protocol::{ClusterReport, ClusterStatus, NodeReport, NodeStatus, Reply, Resources};
+use semikv_protocol::{
+    ClusterReport, ClusterStatus, KeyTtl, NodeReport, NodeStatus, Outcome, Reply, Resources,
+};
 use serde_json::{json, Value};
 
 use crate::command::quote_always;
@@ -60,6 +62,26 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
             Ok(report) => (cluster_report(&report, style), true),
             Err(_) => (String::new(), true),
         },
+        Reply::Outcome(outcome) => (self::outcome(outcome), true),
+        Reply::Ttl(ttl) => (self::ttl(*ttl), true),
+    }
+}
+
+/// A command's outcome when the command is not known: its value if it
+/// reports one, else its number.
+pub fn outcome(outcome: &Outcome) -> String {
+    match &outcome.value {
+        Some(v) => value(v),
+        None => format!("(integer) {}", outcome.int),
+    }
+}
+
+/// A key's expiry: `(no such key)`, `(no expiry)` or the time left.
+pub fn ttl(ttl: KeyTtl) -> String {
+    match ttl {
+        KeyTtl::NoKey => "(no such key)".to_string(),
+        KeyTtl::Persistent => "(no expiry)".to_string(),
+        KeyTtl::Expires { remaining_ms, .. } => format!("{remaining_ms} ms"),
     }
 }
 

@@ -226,6 +226,9 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
             Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => Reply::Error(ErrorReply::Invalid {
                 reason: "not on a client connection".to_string(),
             }),
+            Op::Command(_) | Op::Ttl { .. } => Reply::Error(ErrorReply::Invalid {
+                reason: "the fake server does not evaluate commands".to_string(),
+            }),
         };
         let every = state.hang_up_every.load(Ordering::SeqCst);
         if !unavailable

@@ -13,9 +13,9 @@ pub(crate) use semikv_lb::group::link::{ForwardWrite, ReplicaLink};
 pub(crate) use semikv_lb::request::{Answer, AnswerSink, ClientPort, Tag};
 pub(crate) use semikv_lb::Config;
 pub(crate) use semikv_protocol::{
-    CoordinatorId, Epoch, ErrorReply, FollowerProgress, Hello, LogIndex, Message, MessageCodec,
-    NodeRole, NodeStatus, Op, ReplicaId, Reply, Request, RequestId, Response, Role, Welcome,
-    WireError, PROTOCOL_VERSION,
+    CoordinatorId, Epoch, ErrorReply, FollowerProgress, Hello, KeyTtl, LogIndex, Message,
+    MessageCodec, NodeRole, NodeStatus, Op, Outcome, ReplicaId, Reply, Request, RequestId,
+    Response, Role, Welcome, WireError, PROTOCOL_VERSION,
 };
 pub(crate) use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) use tokio::net::{TcpListener, TcpStream};
@@ -171,6 +171,29 @@ impl FakeState {
                     return None;
                 }
                 Reply::Value(self.map.get(&key).cloned())
+            }
+            // Commands are not evaluated here: only where they are routed
+            // matters (to the leader, like any write).
+            Op::Command(_) => {
+                if role != NodeRole::Leader || self.refuse_writes {
+                    return Some(Reply::Error(ErrorReply::NotLeader { leader: None }));
+                }
+                self.last_index += 1;
+                self.last_epoch = self.epoch;
+                Reply::Outcome(Outcome {
+                    index: LogIndex(self.last_index),
+                    applied: true,
+                    value: None,
+                    int: 0,
+                })
+            }
+            Op::Ttl { key } => {
+                self.gets_served += 1;
+                Reply::Ttl(if self.map.contains_key(&key) {
+                    KeyTtl::Persistent
+                } else {
+                    KeyTtl::NoKey
+                })
             }
         })
     }

@@ -30,6 +30,16 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// `AuthFailed`; a client of a balancer with users logs in with
 /// [`Message::HelloAuth`], and [`ErrorReply`] gained `NoPermission`.
 ///
+/// Version 5: writes the leader evaluates, [`Op::Command`] answered
+/// [`Reply::Outcome`], key expiries read with [`Op::Ttl`] (answered
+/// [`Reply::Ttl`]) and logged in [`WriteOp::Batch`] entries, and
+/// [`ErrorReply`] gained `NotAnInteger` and `Overflow`.
+///
+/// [`Op::Command`]: super::Op::Command
+/// [`Op::Ttl`]: super::Op::Ttl
+/// [`Reply::Outcome`]: super::Reply::Outcome
+/// [`Reply::Ttl`]: super::Reply::Ttl
+/// [`WriteOp::Batch`]: super::WriteOp::Batch
 /// [`Message::HelloAuth`]: super::Message::HelloAuth
 /// [`Message::StreamFrom`]: super::Message::StreamFrom
 /// [`Message::SecureHello`]: super::Message::SecureHello
@@ -39,7 +49,7 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`Reply::NodeReport`]: super::Reply::NodeReport
 /// [`Reply::ClusterReport`]: super::Reply::ClusterReport
 /// [`ErrorReply`]: super::ErrorReply
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The role a connection declares in its handshake. Admin messages are
 /// accepted only from `Balancer` connections, replication messages only from

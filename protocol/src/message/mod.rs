@@ -8,11 +8,12 @@
 //! version bump.
 //!
 //! One file per family: `hello` (the handshake), `request` (client ops and
-//! their replies), `admin` (the balancer's orders), `status` (what replicas
+//! their replies), `command` (the writes a leader evaluates), `admin` (the balancer's orders), `status` (what replicas
 //! and the balancer report), `replication` (the log stream between
 //! replicas) and `wire_error` (the typed errors that cross the wire).
 
 mod admin;
+mod command;
 mod hello;
 mod replication;
 mod request;
@@ -22,13 +23,14 @@ mod wire_error;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{Fence, Follow, Promote, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
+pub use command::{Command, Cond, ExpireCond, KeyTtl, Outcome, TtlChange, MAX_COMMAND_KEYS};
 pub use hello::{
     Challenge, Hello, HelloAuth, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC,
     PROTOCOL_VERSION,
 };
 pub use replication::{
-    Ack, Entries, Entry, EpochStart, SnapshotChunk, SnapshotOffer, StreamFrom, StreamStart,
-    Subscribe, WriteOp,
+    Ack, Entries, Entry, EpochStart, Mutation, SnapshotChunk, SnapshotOffer, StreamFrom,
+    StreamStart, Subscribe, WriteOp,
 };
 pub use request::{validate_key, Op, Reply, Request, Response, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN};
 pub use status::{

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, LogIndex, ReplicaId};
+use crate::ids::{Epoch, LogIndex, ReplicaId, UnixMillis};
 
 /// A write in the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,35 @@ pub enum WriteOp {
     /// Changes nothing. A new leader appends one at promotion so that it can
     /// commit the tail it inherited (an entry of its own epoch, as Raft does).
     Noop,
+    /// Several keys set (each with its expiry) or deleted, all by this one
+    /// entry (protocol 5): the result a leader logged for a
+    /// [`Command`](super::Command), or its deletion of expired keys.
+    /// Applied in order (a key named twice ends as the last says); nothing
+    /// is evaluated, so replaying it is idempotent like `Set` and `Delete`.
+    Batch(Vec<Mutation>),
+}
+
+/// One key's new state in a [`WriteOp::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// The key.
+    pub key: Bytes,
+    /// Its new value; `None` deletes it.
+    pub value: Option<Bytes>,
+    /// When it expires (ignored when `value` is `None`); `None`: never.
+    pub expires_at: Option<UnixMillis>,
+}
+
+impl WriteOp {
+    /// The keys it writes, in order (a `Noop` none).
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        let (one, many) = match self {
+            WriteOp::Set { key, .. } | WriteOp::Delete { key } => (Some(key), &[][..]),
+            WriteOp::Noop => (None, &[][..]),
+            WriteOp::Batch(mutations) => (None, &mutations[..]),
+        };
+        one.into_iter().chain(many.iter().map(|m| &m.key))
+    }
 }
 
 /// The first index written in an epoch. A replica's list of these is its

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ClusterReport, ClusterStatus, ErrorReply, Fence, Follow, NodeReport, NodeStatus, Promote,
-    Resources,
+    ClusterReport, ClusterStatus, Command, ErrorReply, Fence, Follow, KeyTtl, NodeReport,
+    NodeStatus, Outcome, Promote, Resources,
 };
 use crate::ids::{LogIndex, RequestId};
 
@@ -59,6 +59,16 @@ pub enum Op {
     /// leader's stream, before the balancer reads the log positions it will
     /// elect from. Answered with the replica's status after the fence.
     Fence(Fence),
+    /// A write the leader evaluates (protocol 5): conditional and
+    /// read-modify-write operations, multi-key sets and deletes, expiries.
+    /// Answered [`Reply::Outcome`].
+    Command(Command),
+    /// Read a key's expiry (protocol 5); answered [`Reply::Ttl`]. A read,
+    /// routed like `Get`.
+    Ttl {
+        /// The key.
+        key: Bytes,
+    },
 }
 
 impl Op {
@@ -73,6 +83,8 @@ impl Op {
             Op::Promote(_) => "promote",
             Op::Follow(_) => "follow",
             Op::Fence(_) => "fence",
+            Op::Command(_) => "command",
+            Op::Ttl { .. } => "ttl",
         }
     }
 
@@ -83,13 +95,17 @@ impl Op {
 
     /// Whether this op changes data (and so must go to the leader).
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Set { .. } | Op::Delete { .. })
+        matches!(self, Op::Set { .. } | Op::Delete { .. } | Op::Command(_))
     }
 
-    /// The key this op reads or writes; `None` for ops about no key.
+    /// The key this op reads or writes (a command's first); `None` for ops
+    /// about no key.
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Op::Get { key } | Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            Op::Get { key } | Op::Set { key, .. } | Op::Delete { key } | Op::Ttl { key } => {
+                Some(key)
+            }
+            Op::Command(command) => command.first_key(),
             _ => None,
         }
     }
@@ -100,7 +116,8 @@ impl Op {
     /// A human-readable reason, to send back as [`ErrorReply::Invalid`].
     pub fn validate(&self, max_value_len: usize) -> Result<(), String> {
         match self {
-            Op::Get { key } | Op::Delete { key } => validate_key(key),
+            Op::Get { key } | Op::Delete { key } | Op::Ttl { key } => validate_key(key),
+            Op::Command(command) => command.validate(max_value_len),
             Op::Set { key, value } => {
                 validate_key(key)?;
                 if value.len() > max_value_len {
@@ -166,6 +183,10 @@ pub enum Reply {
     /// The balancer's view with each replica's resources (protocol 3:
     /// replaces [`Reply::Cluster`] as the balancer's answer to `Status`).
     ClusterReport(Box<ClusterReport>),
+    /// What an [`Op::Command`] did, once it committed (protocol 5).
+    Outcome(Outcome),
+    /// A key's expiry, the answer to [`Op::Ttl`] (protocol 5).
+    Ttl(KeyTtl),
 }
 
 impl Reply {

@@ -197,6 +197,15 @@ pub enum ErrorReply {
         /// What was refused and why; never a password.
         reason: String,
     },
+    /// An `IncrBy` found a value that is not a base-10 `i64` as Redis
+    /// writes one (optional `-`, no `+`, no leading zeros or spaces);
+    /// nothing was written (protocol 5). Redis: `value is not an integer or
+    /// out of range`.
+    NotAnInteger,
+    /// An `IncrBy` would take the value past the `i64` range; nothing was
+    /// written (protocol 5). Redis: `increment or decrement would
+    /// overflow`.
+    Overflow,
 }
 
 impl fmt::Display for ErrorReply {
@@ -239,6 +248,10 @@ impl fmt::Display for ErrorReply {
                  the write was not applied, reads still work"
             ),
             ErrorReply::NoPermission { reason } => write!(f, "NoPermission: {reason}"),
+            ErrorReply::NotAnInteger => {
+                f.write_str("NotAnInteger: value is not an integer or out of range")
+            }
+            ErrorReply::Overflow => f.write_str("Overflow: increment or decrement would overflow"),
         }
     }
 }

@@ -109,6 +109,59 @@ fn op() -> impl Strategy<Value = Op> {
             }
         )),
         epoch().prop_map(|epoch| Op::Fence(Fence { epoch })),
+        command().prop_map(Op::Command),
+        raw_bytes().prop_map(|key| Op::Ttl { key }),
+    ]
+}
+
+fn ttl_change() -> impl Strategy<Value = TtlChange> {
+    prop_oneof![
+        Just(TtlChange::Keep),
+        Just(TtlChange::Persist),
+        any::<u64>().prop_map(|at| TtlChange::At(UnixMillis(at))),
+        any::<u64>().prop_map(TtlChange::AfterMs),
+    ]
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    let cond = prop_oneof![
+        Just(Cond::Always),
+        Just(Cond::IfAbsent),
+        Just(Cond::IfPresent)
+    ];
+    let expire_cond = prop_oneof![
+        Just(ExpireCond::Always),
+        Just(ExpireCond::IfNone),
+        Just(ExpireCond::IfSome),
+        Just(ExpireCond::IfLater),
+        Just(ExpireCond::IfEarlier),
+    ];
+    prop_oneof![
+        (raw_bytes(), raw_bytes(), cond, ttl_change(), any::<bool>()).prop_map(
+            |(key, value, cond, ttl, get_old)| Command::Set {
+                key,
+                value,
+                cond,
+                ttl,
+                get_old
+            }
+        ),
+        (vec((raw_bytes(), raw_bytes()), 0..4), any::<bool>()).prop_map(
+            |(pairs, only_if_none_exist)| Command::MSet {
+                pairs,
+                only_if_none_exist
+            }
+        ),
+        vec(raw_bytes(), 0..4).prop_map(|keys| Command::Delete { keys }),
+        (raw_bytes(), any::<i64>()).prop_map(|(key, by)| Command::IncrBy { key, by }),
+        (raw_bytes(), raw_bytes()).prop_map(|(key, value)| Command::Append { key, value }),
+        raw_bytes().prop_map(|key| Command::GetDel { key }),
+        (raw_bytes(), ttl_change(), expire_cond).prop_map(|(key, ttl, cond)| Command::Expire {
+            key,
+            ttl,
+            cond
+        }),
+        (raw_bytes(), ttl_change()).prop_map(|(key, ttl)| Command::GetEx { key, ttl }),
     ]
 }
 
@@ -231,6 +284,8 @@ fn error_reply() -> impl Strategy<Value = ErrorReply> {
         text().prop_map(|reason| ErrorReply::DiskFull { reason }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(used, limit)| ErrorReply::OutOfMemory { used, limit }),
+        Just(ErrorReply::NotAnInteger),
+        Just(ErrorReply::Overflow),
     ]
 }
 
@@ -261,6 +316,27 @@ fn reply() -> impl Strategy<Value = Reply> {
             .prop_map(|(status, resources)| Reply::ClusterReport(Box::new(
                 ClusterReport { status, resources }
             ))),
+        (
+            index(),
+            any::<bool>(),
+            proptest::option::of(raw_bytes()),
+            any::<i64>()
+        )
+            .prop_map(|(index, applied, value, int)| Reply::Outcome(Outcome {
+                index,
+                applied,
+                value,
+                int
+            })),
+        prop_oneof![
+            Just(KeyTtl::NoKey),
+            Just(KeyTtl::Persistent),
+            (any::<u64>(), any::<u64>()).prop_map(|(at, remaining_ms)| KeyTtl::Expires {
+                at: UnixMillis(at),
+                remaining_ms
+            }),
+        ]
+        .prop_map(Reply::Ttl),
     ]
 }
 
@@ -269,6 +345,24 @@ fn write_op() -> impl Strategy<Value = WriteOp> {
         (raw_bytes(), raw_bytes()).prop_map(|(key, value)| WriteOp::Set { key, value }),
         raw_bytes().prop_map(|key| WriteOp::Delete { key }),
         Just(WriteOp::Noop),
+        vec(
+            (
+                raw_bytes(),
+                proptest::option::of(raw_bytes()),
+                proptest::option::of(any::<u64>())
+            ),
+            0..4
+        )
+        .prop_map(|mutations| WriteOp::Batch(
+            mutations
+                .into_iter()
+                .map(|(key, value, at)| Mutation {
+                    key,
+                    value,
+                    expires_at: at.map(UnixMillis),
+                })
+                .collect()
+        )),
     ]
 }
 

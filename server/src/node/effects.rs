@@ -47,6 +47,22 @@ pub struct WriteDone {
     pub settled: Ticket,
 }
 
+/// A write for the leader to propose: a plain one, or a command it
+/// evaluates first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// Logged as it is; answered `Written`.
+    Write(semikv_protocol::WriteOp),
+    /// Evaluated against the newest state; answered `Outcome`.
+    Command(semikv_protocol::Command),
+}
+
+impl From<semikv_protocol::WriteOp> for Proposal {
+    fn from(op: semikv_protocol::WriteOp) -> Proposal {
+        Proposal::Write(op)
+    }
+}
+
 /// A registered write: what [`Node::propose`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Proposed {

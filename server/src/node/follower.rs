@@ -162,6 +162,7 @@ impl Node {
         // would drop entries streamed next before they are applied.
         self.compact_to = last_index;
         self.store = store;
+        self.rebuild_expiry_index();
         self.commit = last_index;
         self.applied = last_index;
         self.recorded_commit = last_index;

@@ -32,6 +32,16 @@ impl Node {
         completion: Completion,
         now: Instant,
     ) -> Result<Proposed, ErrorReply> {
+        self.check_writable()?;
+        self.check_memory(&op)?;
+        Ok(self.register(op, completion, Answer::Written, now))
+    }
+
+    /// Refuses a write unless this node leads and its disk takes writes.
+    ///
+    /// # Errors
+    /// As [`Node::propose`], less `OutOfMemory`.
+    pub(super) fn check_writable(&self) -> Result<(), ErrorReply> {
         self.check_serving()?;
         if let Some(reason) = &self.failed {
             return Err(ErrorReply::Storage {
@@ -46,11 +56,22 @@ impl Node {
                 reason: reason.clone(),
             });
         }
-        self.check_memory(&op)?;
+        Ok(())
+    }
+
+    /// Appends `op` as leader and registers its waiter, to answer `answer`
+    /// once it commits (see [`Node::propose`]).
+    pub(super) fn register(
+        &mut self,
+        op: WriteOp,
+        completion: Completion,
+        answer: Answer,
+        now: Instant,
+    ) -> Proposed {
         let index = self.append_local(op);
         let mut sync_timeout = Duration::ZERO;
         if let Role::Leader(l) = &mut self.role {
-            l.waiters.insert(index, completion);
+            l.waiters.insert(index, Waiter { completion, answer });
             sync_timeout = l.sync_timeout;
             let deadline = now + sync_timeout;
             match l.deadlines.back() {
@@ -68,30 +89,35 @@ impl Node {
             }
         }
         self.advance_commit();
-        Ok(Proposed {
+        Proposed {
             ticket: Ticket {
                 role_gen: self.role_gen,
                 index,
             },
             sync_timeout,
-        })
+        }
     }
 
-    /// Proposes each write of `writes` as [`Node::propose`] does, telling
-    /// `answer` the outcome under the request's id, and wakes the WAL writer
-    /// and the follower streams once for the whole batch rather than twice
-    /// per write.
+    /// Proposes each write of `writes` as [`Node::propose`] does (each
+    /// command as [`Node::propose_command`]), telling `answer` the outcome
+    /// under the request's id (`Err`: the reply to send at once, nothing
+    /// registered), and wakes the WAL writer and the follower streams once
+    /// for the whole batch rather than twice per write.
     pub fn propose_batch(
         &mut self,
-        writes: impl IntoIterator<Item = (WriteOp, Completion)>,
+        writes: impl IntoIterator<Item = (Proposal, Completion)>,
         now: Instant,
-        mut answer: impl FnMut(RequestId, Result<Proposed, ErrorReply>),
+        mut answer: impl FnMut(RequestId, Result<Proposed, Reply>),
     ) {
         // The wake-ups are effects, sent once at the flush however many
         // writes asked for them.
-        for (op, completion) in writes {
+        for (proposal, completion) in writes {
             let id = completion.id;
-            answer(id, self.propose(op, completion, now));
+            let outcome = match proposal {
+                Proposal::Write(op) => self.propose(op, completion, now).map_err(Reply::Error),
+                Proposal::Command(command) => self.propose_command(&command, completion, now),
+            };
+            answer(id, outcome);
         }
     }
 
@@ -106,6 +132,7 @@ impl Node {
         // is at least the last entry's.
         let appended = self.log.append(entry.clone());
         debug_assert!(appended.is_ok());
+        self.note_pending(index, &entry.op);
         self.push_record(Record::Entry(entry));
         self.signal_progress();
         index
@@ -177,14 +204,14 @@ impl Node {
         }
         let (acked, required) = self.ack_count(ticket.index);
         if let Role::Leader(l) = &mut self.role {
-            if let Some(completion) = l.waiters.remove(&ticket.index) {
+            if let Some(waiter) = l.waiters.remove(&ticket.index) {
                 let reply = Reply::Error(ErrorReply::NotEnoughReplicas { acked, required });
                 // Says nothing about other writes of this generation.
                 let settled = Ticket {
                     role_gen: self.role_gen,
                     index: LogIndex(0),
                 };
-                answer(&mut self.effects, completion, reply, settled);
+                answer(&mut self.effects, waiter.completion, reply, settled);
             }
         }
         Expiry::NotEnoughReplicas

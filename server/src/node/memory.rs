@@ -67,8 +67,8 @@ impl Node {
     }
 
     /// Whether the store has room for `op` as leader: `Ok` without a limit,
-    /// for deletes and no-ops, and for a `Set` that costs no more than what
-    /// it replaces.
+    /// for deletes and no-ops, and for a `Set` (or a `Batch` whose every
+    /// mutation) costs no more than what it replaces.
     ///
     /// # Errors
     /// `OutOfMemory` with what the store holds and what is in flight to it,
@@ -77,16 +77,30 @@ impl Node {
         let Some(limit) = self.memory_limit else {
             return Ok(());
         };
-        let WriteOp::Set { key, value } = op else {
-            return Ok(());
+        let growth = match op {
+            WriteOp::Set { key, value } => {
+                let new = store::entry_bytes(key.len(), value.len());
+                let old = self.store.entry_bytes_of(key).unwrap_or(0);
+                new.saturating_sub(old)
+            }
+            // Each mutation as a `Set` of its own (a `Batch` from the
+            // evaluation names each key once; counted apart, a repeated
+            // key only overestimates).
+            WriteOp::Batch(mutations) => mutations
+                .iter()
+                .map(|m| {
+                    let new = store::mutation_bytes(m);
+                    let old = self.store.entry_bytes_of(&m.key).unwrap_or(0);
+                    new.saturating_sub(old)
+                })
+                .fold(0, usize::saturating_add),
+            WriteOp::Delete { .. } | WriteOp::Noop => 0,
         };
-        let new = store::entry_bytes(key.len(), value.len());
-        let old = self.store.entry_bytes_of(key).unwrap_or(0);
-        if new <= old {
+        if growth == 0 {
             return Ok(());
         }
         let used = self.memory_claimed();
-        if used.saturating_add(to_u64(new - old)) > limit {
+        if used.saturating_add(to_u64(growth)) > limit {
             return Err(ErrorReply::OutOfMemory { used, limit });
         }
         Ok(())

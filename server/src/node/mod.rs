@@ -52,20 +52,21 @@
 //! leader per epoch that log holds every committed entry (Raft's leader
 //! completeness argument), for any number of coordinators.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::{
     Entry, Epoch, EpochStart, ErrorReply, FollowerProgress, LeaderTerms, LogIndex, NodeReport,
-    NodeRole, NodeStatus, ReplicaId, Reply, RequestId, Resources, WriteOp, MAX_SYNC_REPLICAS,
-    MAX_SYNC_TIMEOUT_MS,
+    NodeRole, NodeStatus, Outcome, ReplicaId, Reply, RequestId, Resources, UnixMillis, WriteOp,
+    DEFAULT_MAX_VALUE_LEN, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS,
 };
 
 mod effects;
 use effects::answer;
-pub use effects::{Completion, Effects, Expiry, Proposed, Signals, Ticket, WriteDone};
+pub use effects::{Completion, Effects, Expiry, Proposal, Proposed, Signals, Ticket, WriteDone};
 
+use crate::clock::Clock;
 use crate::log::MemLog;
 use crate::storage::snapshot::SnapshotMeta;
 use crate::storage::store::Store;
@@ -114,11 +115,46 @@ struct LeaderState {
     sync_timeout: Duration,
     async_fallback: bool,
     followers: HashMap<ReplicaId, Progress>,
-    waiters: BTreeMap<LogIndex, Completion>,
+    waiters: BTreeMap<LogIndex, Waiter>,
+    /// Each key written by an entry not yet applied, and the newest such
+    /// entry: the leader's proposed state, which commands are evaluated
+    /// against (see `pending.rs`). Entries at or below the applied index
+    /// are stale and ignored until trimmed.
+    pending: HashMap<Bytes, LogIndex>,
     /// Each waiter's sync deadline, earliest first (in proposal order
     /// while the sync timeout stays the same). Entries of writes answered
     /// otherwise are dropped when a commit passes them, or when due.
     deadlines: VecDeque<(Instant, LogIndex)>,
+}
+
+/// A registered write: where its answer goes and what it answers once its
+/// entry commits.
+#[derive(Debug)]
+struct Waiter {
+    completion: Completion,
+    answer: Answer,
+}
+
+/// What a waiter answers on commit.
+#[derive(Debug)]
+enum Answer {
+    /// `Written` with the index (a plain `Set` or `Delete`).
+    Written,
+    /// A command's outcome, with the index filled in.
+    Outcome(Outcome),
+    /// A command's error that was read from uncommitted state, held back
+    /// until that state committed.
+    Error(ErrorReply),
+}
+
+impl Answer {
+    fn reply(self, index: LogIndex) -> Reply {
+        match self {
+            Answer::Written => Reply::Written { index },
+            Answer::Outcome(outcome) => Reply::Outcome(Outcome { index, ..outcome }),
+            Answer::Error(e) => Reply::Error(e),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -262,6 +298,13 @@ pub struct Node {
     /// reported as a full disk, but blocks nothing by itself: what needed
     /// the room was refused, and is asked for again.
     no_room: Option<(String, u64)>,
+    /// The wall clock expiries are judged by.
+    clock: Clock,
+    /// Longest value a command may create (an `Append`).
+    max_value_len: usize,
+    /// The applied store's keys that expire, by time: what the leader's
+    /// sweep deletes first (see `ttl.rs`).
+    expiring: BTreeSet<(UnixMillis, Bytes)>,
 }
 
 /// What recovery found on disk.
@@ -309,7 +352,11 @@ impl Node {
             diverged: None,
             disk_full: None,
             no_room: None,
+            clock: Clock::system(),
+            max_value_len: DEFAULT_MAX_VALUE_LEN,
+            expiring: BTreeSet::new(),
         };
+        node.rebuild_expiry_index();
         let commit = recovered.commit.min(last).max(base);
         node.set_commit(commit);
         node.effects.durable = Some(last);
@@ -330,13 +377,23 @@ impl Node {
     /// would break read-your-writes through the leader (Raft holds reads for
     /// the same reason). Followers answer at once: their reads may be stale
     /// by design.
+    ///
+    /// A key whose expiry is at or before this replica's clock reads as
+    /// absent, on every replica, whether or not its delete was applied yet.
     pub fn read(&self, key: &[u8]) -> Option<Option<Bytes>> {
-        if matches!(self.role, Role::Leader(_))
-            && self.log.epoch_at(self.commit) != Some(self.epoch)
-        {
+        if !self.reads_ready() {
             return None;
         }
+        if self.store.has_expiries() {
+            return Some(self.store.get_live(key, self.clock.now()));
+        }
         Some(self.store.get(key))
+    }
+
+    /// Whether client reads may be answered: not while leading before an
+    /// entry of this epoch committed (see [`Node::read`]).
+    fn reads_ready(&self) -> bool {
+        !matches!(self.role, Role::Leader(_)) || self.log.epoch_at(self.commit) == Some(self.epoch)
     }
 
     /// The error a non-leader answers writes with.
@@ -434,11 +491,11 @@ impl Node {
             index: LogIndex(u64::MAX),
         };
         if let Role::Leader(l) = &mut self.role {
-            for (_, completion) in std::mem::take(&mut l.waiters) {
+            for (_, waiter) in std::mem::take(&mut l.waiters) {
                 let reply = Reply::Error(ErrorReply::Indeterminate {
                     reason: format!("the leader's disk failed with the write in flight: {reason}"),
                 });
-                answer(&mut self.effects, completion, reply, settled);
+                answer(&mut self.effects, waiter.completion, reply, settled);
             }
         }
         self.failed = Some(reason);
@@ -452,7 +509,7 @@ impl Node {
         while self.applied < self.commit {
             let next = self.applied.next();
             match self.log.get(next) {
-                Some(entry) => self.store.apply(&entry.op),
+                Some(entry) => ttl::apply(&mut self.store, &mut self.expiring, &entry.op),
                 None => break,
             }
             self.applied = next;
@@ -474,11 +531,11 @@ impl Node {
                 if *entry.key() > commit {
                     break;
                 }
-                let (index, completion) = entry.remove_entry();
+                let (index, waiter) = entry.remove_entry();
                 answer(
                     &mut self.effects,
-                    completion,
-                    Reply::Written { index },
+                    waiter.completion,
+                    waiter.answer.reply(index),
                     settled,
                 );
             }
@@ -533,11 +590,14 @@ impl Node {
 }
 
 mod compaction;
+pub mod evaluate;
 mod follower;
 mod leader;
 mod memory;
+mod pending;
 mod report;
 mod roles;
+mod ttl;
 
 pub use roles::{MAX_TERM, TERM_STEP};
 

@@ -41,11 +41,11 @@ impl Node {
                 role_gen: self.role_gen,
                 index: LogIndex(u64::MAX),
             };
-            for (_, completion) in std::mem::take(&mut l.waiters) {
+            for (_, waiter) in std::mem::take(&mut l.waiters) {
                 let reply = Reply::Error(ErrorReply::Indeterminate {
                     reason: format!("leader stepped down: {reason}"),
                 });
-                answer(&mut self.effects, completion, reply, settled);
+                answer(&mut self.effects, waiter.completion, reply, settled);
             }
         }
         self.epoch = epoch;
@@ -107,8 +107,12 @@ impl Node {
             followers: HashMap::new(),
             waiters: BTreeMap::new(),
             deadlines: VecDeque::new(),
+            pending: HashMap::new(),
         };
         self.enter_epoch(epoch, Role::Leader(state), "promoted again");
+        // The inherited tail is this leader's to commit: commands are
+        // evaluated after it.
+        self.rebuild_pending();
         self.append_local(WriteOp::Noop);
         self.advance_commit();
         Ok(())

@@ -25,6 +25,7 @@ use semikv_protocol::{
 };
 use tokio::time::timeout;
 
+use crate::node::{Node, Proposal};
 use crate::replica::Replica;
 use crate::replication;
 use writes::Writes;
@@ -157,7 +158,7 @@ enum Handling {
     /// Answered at once.
     Ready(Response),
     /// A valid write: proposed to the node with the rest of its batch.
-    Write(RequestId, WriteOp),
+    Write(RequestId, Proposal),
     /// A valid read: answered with the rest of its batch under one lock.
     Read(Request),
     /// Has to wait for something else (an admin request, a read held by a
@@ -179,7 +180,7 @@ async fn serve_until_closed(replica: &Arc<Replica>, conn: Conn, role: Role, writ
     // Answers known at once (reads, pings, status), written together.
     let mut ready: Vec<Response> = Vec::new();
     // Writes taken in one wake-up, proposed under one lock.
-    let mut proposals: Vec<(RequestId, WriteOp)> = Vec::new();
+    let mut proposals: Vec<(RequestId, Proposal)> = Vec::new();
     // Reads taken in one wake-up, answered under one lock.
     let mut reads: Vec<Request> = Vec::new();
     let mut closing: Option<WireError> = None;
@@ -341,19 +342,25 @@ fn answer_reads(
         return later;
     }
     for request in reads.drain(..) {
-        let value = match &request.op {
-            Op::Get { key } => node.read(key),
-            _ => None,
-        };
-        match value {
-            Some(value) => ready.push(Response {
+        match read_reply(&node, &request.op) {
+            Some(reply) => ready.push(Response {
                 id: request.id,
-                reply: Reply::Value(value),
+                reply,
             }),
             None => later.push(request),
         }
     }
     later
+}
+
+/// The answer to a read op (`Get`, `Ttl`), or `None` while the node cannot
+/// serve reads yet (a new leader before its first commit).
+fn read_reply(node: &Node, op: &Op) -> Option<Reply> {
+    match op {
+        Op::Get { key } => node.read(key).map(Reply::Value),
+        Op::Ttl { key } => node.read_ttl(key).map(Reply::Ttl),
+        _ => None,
+    }
 }
 
 /// The answer to `request` if it needs no waiting (a ping, a status, or a
@@ -367,9 +374,12 @@ fn answer_now(replica: &Replica, request: Request) -> Handling {
         match request.op {
             Op::Ping => Reply::Pong,
             Op::Status => replica.lock().status_reply(),
-            Op::Get { .. } => return Handling::Read(request),
-            Op::Set { key, value } => return Handling::Write(id, WriteOp::Set { key, value }),
-            Op::Delete { key } => return Handling::Write(id, WriteOp::Delete { key }),
+            Op::Get { .. } | Op::Ttl { .. } => return Handling::Read(request),
+            Op::Set { key, value } => {
+                return Handling::Write(id, WriteOp::Set { key, value }.into())
+            }
+            Op::Delete { key } => return Handling::Write(id, WriteOp::Delete { key }.into()),
+            Op::Command(command) => return Handling::Write(id, Proposal::Command(command)),
             Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => return Handling::Later(request),
         }
     };
@@ -397,7 +407,7 @@ async fn send_batch(sink: &mut FrameWriter, batch: Vec<Response>) -> Result<(), 
 /// a read held by a new leader, or an admin request.
 async fn handle(replica: Arc<Replica>, request: Request) -> Response {
     let reply = match request.op {
-        Op::Get { key } => read(&replica, &key).await,
+        op @ (Op::Get { .. } | Op::Ttl { .. }) => read(&replica, &op).await,
         op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => {
             crate::admin::admin(&replica, op).await
         }
@@ -405,7 +415,7 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
         Op::Status => replica.lock().status_reply(),
         // `accept` proposes writes itself; answer rather than panic if one
         // ever gets here.
-        Op::Set { .. } | Op::Delete { .. } => Reply::Error(ErrorReply::Invalid {
+        Op::Set { .. } | Op::Delete { .. } | Op::Command(_) => Reply::Error(ErrorReply::Invalid {
             reason: "a write reached the deferred path".to_string(),
         }),
     };
@@ -417,7 +427,7 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
 
 /// Answers a read, waiting (bounded) while a new leader commits its first
 /// entry; see [`crate::node::Node::read`].
-async fn read(replica: &Replica, key: &[u8]) -> Reply {
+async fn read(replica: &Replica, op: &Op) -> Reply {
     let mut progress = replica.watch.progress.clone();
     let deadline = tokio::time::Instant::now() + READ_HOLD;
     loop {
@@ -427,8 +437,8 @@ async fn read(replica: &Replica, key: &[u8]) -> Reply {
             if let Err(refused) = node.check_serving() {
                 return Reply::Error(refused);
             }
-            if let Some(value) = node.read(key) {
-                return Reply::Value(value);
+            if let Some(reply) = read_reply(&node, op) {
+                return reply;
             }
         }
         let changed = tokio::time::timeout_at(deadline, progress.changed()).await;

@@ -4,11 +4,11 @@
 
 use std::collections::VecDeque;
 
-use semikv_protocol::{Reply, RequestId, Response, WriteOp};
+use semikv_protocol::{RequestId, Response};
 use tokio::sync::mpsc;
 
 use super::MAX_IN_FLIGHT;
-use crate::node::{Completion, Ticket, WriteDone};
+use crate::node::{Completion, Proposal, Ticket, WriteDone};
 use crate::replica::Replica;
 
 /// One connection's writes registered with the node.
@@ -41,7 +41,7 @@ impl Writes {
     pub(super) fn propose(
         &mut self,
         replica: &Replica,
-        batch: &mut Vec<(RequestId, WriteOp)>,
+        batch: &mut Vec<(RequestId, Proposal)>,
         ready: &mut Vec<Response>,
     ) {
         let now = tokio::time::Instant::now().into_std();
@@ -58,10 +58,7 @@ impl Writes {
                     registered.push_back(proposed.ticket);
                     accepted += 1;
                 }
-                Err(e) => ready.push(Response {
-                    id,
-                    reply: Reply::Error(e),
-                }),
+                Err(reply) => ready.push(Response { id, reply }),
             });
         });
         self.pending += accepted;
@@ -103,7 +100,7 @@ impl Writes {
 
 #[cfg(test)]
 mod tests {
-    use semikv_protocol::LogIndex;
+    use semikv_protocol::{LogIndex, Reply};
 
     use super::*;
 

@@ -96,6 +96,14 @@ fn map_of<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> BTreeMap<Vec<u8>,
                 map.remove(&key[..]);
             }
             WriteOp::Noop => {}
+            WriteOp::Batch(mutations) => {
+                for m in mutations {
+                    match &m.value {
+                        Some(value) => map.insert(m.key.to_vec(), value.to_vec()),
+                        None => map.remove(&m.key[..]),
+                    };
+                }
+            }
         }
     }
     map
@@ -277,7 +285,7 @@ impl Run<'_> {
                 for e in &m.log[..at as usize] {
                     store.apply(&e.op);
                 }
-                if snapshot::write(&self.data(), &meta, store.iter()).is_ok() {
+                if snapshot::write(&self.data(), &meta, &store).is_ok() {
                     self.model.snapshot = at;
                     let compacted = self.wal.as_mut().map(|wal| wal.compact(LogIndex(at)));
                     if matches!(compacted, Some(Err(_))) {

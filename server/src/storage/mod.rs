@@ -243,7 +243,7 @@ mod tests {
                                 start: LogIndex(1),
                             }],
                         };
-                        snapshot::write(data, &meta, model.iter()).unwrap();
+                        snapshot::write(data, &meta, &model).unwrap();
                         opened.wal.compact(LogIndex(20)).unwrap();
                     }
                 }
@@ -289,7 +289,7 @@ mod tests {
                 last_epoch: Epoch::from_raw(2),
                 history: vec![],
             };
-            snapshot::write(data, &meta, std::iter::empty()).unwrap();
+            snapshot::write(data, &meta, &store::Store::default()).unwrap();
             let mut opened = open(data, wal::WalOptions::default()).unwrap();
             assert!(opened.entries.is_empty());
             assert_eq!(opened.commit_index, LogIndex(50));

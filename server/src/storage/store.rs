@@ -1,6 +1,12 @@
 //! The in-memory key-value map that committed entries are applied to, with
-//! O(1) copies for snapshots, and a running count of the bytes it holds
-//! (what `--max-memory` limits).
+//! each key's optional expiry (an absolute Unix time), O(1) copies for
+//! snapshots, and a running count of the bytes it holds (what
+//! `--max-memory` limits).
+//!
+//! The store keeps an expired key until a delete for it is applied: which
+//! keys a read may see is the reader's business ([`Store::get_live`]), so
+//! that every replica holds the same map at the same index whatever its
+//! clock says.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -9,7 +15,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use semikv_protocol::WriteOp;
+use semikv_protocol::{Mutation, UnixMillis, WriteOp};
+
+mod expiries;
+use expiries::Expiries;
 
 /// Delta entries folded back into the map per write once no snapshot
 /// shares it: the delta drains at eight times the write rate, a few hundred
@@ -29,11 +38,37 @@ const FOLD_PER_WRITE: usize = 8;
 /// emptied (the table never shrinks; new keys reuse them).
 pub const ENTRY_OVERHEAD: usize = 104;
 
+/// What an expiry adds to a key's cost, beyond a copy of the key: its
+/// entry in the expiry table (a 33-byte bucket, 52 bytes at the table's
+/// average load as [`ENTRY_OVERHEAD`] reckons) and in the leader's
+/// time-ordered index of expiries (about 60 bytes of B-tree node), rounded
+/// up. An estimate, like [`ENTRY_OVERHEAD`].
+pub const EXPIRY_OVERHEAD: usize = 112;
+
+/// What an expiry on a key of `key_len` bytes adds to the store's count.
+pub const fn expiry_bytes(key_len: usize) -> usize {
+    key_len + EXPIRY_OVERHEAD
+}
+
 /// Bytes one key with a value of `value_len` bytes costs the store:
 /// `key_len + value_len +` [`ENTRY_OVERHEAD`]. [`Store::bytes`] is the sum
 /// of this over the keys it holds.
 pub const fn entry_bytes(key_len: usize, value_len: usize) -> usize {
     key_len + value_len + ENTRY_OVERHEAD
+}
+
+/// The most `mutation` can add to [`Store::bytes`]: its key's
+/// [`entry_bytes`] and, with an expiry, [`expiry_bytes`] (0 for a delete).
+pub fn mutation_bytes(mutation: &Mutation) -> usize {
+    match &mutation.value {
+        None => 0,
+        Some(value) => {
+            let expiry = mutation
+                .expires_at
+                .map_or(0, |_| expiry_bytes(mutation.key.len()));
+            entry_bytes(mutation.key.len(), value.len()) + expiry
+        }
+    }
 }
 
 /// Longest key stored inside the hash table's bucket rather than on the heap:
@@ -203,10 +238,13 @@ pub struct Store {
     unfolded: Vec<Key>,
     /// Number of keys with a value.
     len: usize,
-    /// [`entry_bytes`] summed over the keys with a value, kept as writes
-    /// go: each write learns the size of what it replaces from the same
-    /// hash lookup that replaces it.
+    /// [`entry_bytes`] summed over the keys with a value, plus
+    /// [`expiry_bytes`] over those with an expiry, kept as writes go: each
+    /// write learns the size of what it replaces from the same hash lookup
+    /// that replaces it.
     bytes: usize,
+    /// The keys that expire, and when.
+    expiries: Expiries,
 }
 
 impl Store {
@@ -228,13 +266,95 @@ impl Store {
         self.base.get(key)
     }
 
-    /// Applies one write: `Set` replaces, `Delete` removes (absent is fine),
-    /// `Noop` changes nothing.
+    /// The value stored under `key` unless it expired at or before `now`:
+    /// what a client read sees.
+    pub fn get_live(&self, key: &[u8], now: UnixMillis) -> Option<Bytes> {
+        if self.is_expired(key, now) {
+            return None;
+        }
+        self.get(key)
+    }
+
+    /// Whether `key` has an expiry at or before `now` (its value, still
+    /// stored, is hidden from reads until a delete is applied).
+    pub fn is_expired(&self, key: &[u8], now: UnixMillis) -> bool {
+        !self.expiries.is_empty() && self.expiries.get(key).is_some_and(|at| at <= now.0)
+    }
+
+    /// When `key` expires; `None` if never (or it has no value).
+    pub fn expiry(&self, key: &[u8]) -> Option<UnixMillis> {
+        self.expiries.get(key).map(UnixMillis)
+    }
+
+    /// Whether any key has an expiry.
+    pub fn has_expiries(&self) -> bool {
+        !self.expiries.is_empty()
+    }
+
+    /// Number of keys with an expiry.
+    pub fn expiring_len(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// Applies one write: `Set` replaces (and drops the key's expiry, as a
+    /// plain Redis `SET` does), `Delete` removes (absent is fine), `Batch`
+    /// does each of its mutations in order, `Noop` changes nothing.
     pub fn apply(&mut self, op: &WriteOp) {
         match op {
-            WriteOp::Set { key, value } => self.put(key, Some(Value::new(value))),
-            WriteOp::Delete { key } => self.put(key, None),
+            WriteOp::Set { key, value } => {
+                self.put(key, Some(Value::new(value)));
+                self.set_expiry(key, None);
+            }
+            WriteOp::Delete { key } => {
+                self.put(key, None);
+                self.set_expiry(key, None);
+            }
             WriteOp::Noop => {}
+            WriteOp::Batch(mutations) => {
+                for Mutation {
+                    key,
+                    value,
+                    expires_at,
+                } in mutations
+                {
+                    match value {
+                        Some(value) => {
+                            self.put(key, Some(Value::new(value)));
+                            self.set_expiry(key, expires_at.map(|at| at.0));
+                        }
+                        None => {
+                            self.put(key, None);
+                            self.set_expiry(key, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets `key`'s expiry directly (used when loading a snapshot, after
+    /// its value); `false`, changing nothing, for a key without a value,
+    /// which cannot expire.
+    pub fn set_expiry_at(&mut self, key: &[u8], at: UnixMillis) -> bool {
+        if self.lookup(key).is_none() {
+            return false;
+        }
+        self.set_expiry(key, Some(at.0));
+        true
+    }
+
+    /// Sets or clears `key`'s expiry and counts it. A clear on a store
+    /// with no expiries costs one comparison: the plain write path.
+    fn set_expiry(&mut self, key: &[u8], at: Option<u64>) {
+        if at.is_none() && self.expiries.is_empty() {
+            return;
+        }
+        let old = self.expiries.set(key, at);
+        match (old.is_some(), at.is_some()) {
+            (false, true) => self.bytes += expiry_bytes(key.len()),
+            // `bytes` counts this key's expiry: no underflow.
+            (true, false) => self.bytes -= expiry_bytes(key.len()),
+            _ => {}
         }
     }
 
@@ -295,8 +415,9 @@ impl Store {
     /// Moves up to `budget` overlay entries into the map if no snapshot shares
     /// it any more; `true` when the overlay is empty afterwards.
     pub fn fold(&mut self, budget: usize) -> bool {
+        let expiries_folded = self.expiries.fold(budget);
         if self.delta.is_empty() {
-            return true;
+            return expiries_folded;
         }
         let Some(base) = Arc::get_mut(&mut self.base) else {
             return false;
@@ -321,7 +442,7 @@ impl Store {
             // Give back what a long snapshot made the overlay grow to.
             self.delta = HashMap::new();
             self.unfolded = Vec::new();
-            return true;
+            return expiries_folded;
         }
         false
     }
@@ -344,10 +465,22 @@ impl Store {
         self.bytes
     }
 
-    /// What `key` costs the store now ([`entry_bytes`]), or `None` if it has
-    /// no value: what a write to it would replace.
+    /// What `key` costs the store now ([`entry_bytes`], plus
+    /// [`expiry_bytes`] if it has an expiry), or `None` if it has no value:
+    /// what a write to it would replace.
     pub fn entry_bytes_of(&self, key: &[u8]) -> Option<usize> {
-        self.lookup(key).map(|v| entry_bytes(key.len(), v.len()))
+        let expiry = if self.expiries.get(key).is_some() {
+            expiry_bytes(key.len())
+        } else {
+            0
+        };
+        self.lookup(key)
+            .map(|v| entry_bytes(key.len(), v.len()) + expiry)
+    }
+
+    /// Every key with an expiry and when it expires, in no particular order.
+    pub fn expiries(&self) -> impl Iterator<Item = (&[u8], UnixMillis)> {
+        self.expiries.iter().map(|(k, at)| (k, UnixMillis(at)))
     }
 
     /// Every key and value, in no particular order.

@@ -55,7 +55,7 @@ async fn an_old_tail_behind_an_installed_snapshot_is_dropped() {
             start: LogIndex(1),
         }],
     };
-    storage::snapshot::write(&DataDir::on_os(&data), &meta, store.iter()).unwrap();
+    storage::snapshot::write(&DataDir::on_os(&data), &meta, &store).unwrap();
 
     let server = Server::start(1, &data, None).await;
     let mut admin = Peer::connect(server.addr, Role::Balancer).await;

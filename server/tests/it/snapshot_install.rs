@@ -67,7 +67,7 @@ fn prepare_follower(data: &Path) {
             start: LogIndex(1),
         }],
     };
-    snapshot::write(data, &meta, store.iter()).unwrap();
+    snapshot::write(data, &meta, &store).unwrap();
 }
 
 /// A snapshot's metadata at `index`, epoch 2 from index 7 on.
@@ -100,7 +100,7 @@ fn snapshot_bytes(meta: &SnapshotMeta, prefix: &str, pairs: usize) -> Vec<u8> {
         );
     }
     let dir = DataDir::on_os(dir.path());
-    snapshot::write(&dir, meta, store.iter()).unwrap();
+    snapshot::write(&dir, meta, &store).unwrap();
     snapshot::read_latest(&dir).unwrap().unwrap().1
 }
 

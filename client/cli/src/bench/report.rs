@@ -363,6 +363,8 @@ pub(super) fn error_kind(error: &ClientError) -> &'static str {
             ErrorReply::DiskFull { .. } => "DiskFull",
             ErrorReply::OutOfMemory { .. } => "OutOfMemory",
             ErrorReply::NoPermission { .. } => "NoPermission",
+            ErrorReply::NotAnInteger => "NotAnInteger",
+            ErrorReply::Overflow => "Overflow",
         },
         ClientError::Timeout { .. } => "timeout",
         ClientError::ConnectionLost { .. } => "connection_lost",

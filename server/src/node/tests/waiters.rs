@@ -119,14 +119,14 @@ fn an_expiry_with_async_fallback_commits_and_answers_written_once() {
 }
 
 /// Writes `k0..k{n-1}` answered on `to` under request ids `0..n`.
-fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(WriteOp, Completion)> {
+fn batch(n: u64, to: &mpsc::Sender<WriteDone>) -> Vec<(Proposal, Completion)> {
     (0..n)
         .map(|i| {
             let completion = Completion {
                 to: to.clone(),
                 id: RequestId(i),
             };
-            (set(&format!("k{i}"), "v"), completion)
+            (set(&format!("k{i}"), "v").into(), completion)
         })
         .collect()
 }

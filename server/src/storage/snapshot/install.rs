@@ -127,11 +127,9 @@ pub fn install(
         .map_err(io_err("opening", staged))?;
     let mut store = Store::default();
     let meta =
-        decode_from(staged, BufReader::new(&mut file), |k, v| store.insert(k, v)).map_err(|e| {
-            match e {
-                StorageError::Io { .. } => InstallError::Storage(e),
-                e => InstallError::Invalid(e),
-            }
+        decode_from(staged, BufReader::new(&mut file), Some(&mut store)).map_err(|e| match e {
+            StorageError::Io { .. } => InstallError::Storage(e),
+            e => InstallError::Invalid(e),
         })?;
     check_announced(announced, &meta)?;
     // Only reads the directory. The current snapshot is at most the commit

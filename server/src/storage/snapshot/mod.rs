@@ -4,6 +4,8 @@
 //! <data_dir>/snapshot/snap-<last index, 20 digits>.bin
 //! frame(Header { magic, version, meta })
 //! frame(Pairs([(key, value), ...]))      zero or more, ~1 MiB each
+//! frame(Expiries([(key, unix ms), ...])) zero or more (version 2), after
+//!                                        every pair: the keys that expire
 //! frame(End { pairs })                   total pair count; end of file
 //! frame = len u32 BE | crc32 u32 BE | postcard(SnapshotRecord)
 //! ```
@@ -32,12 +34,15 @@ use serde::{Deserialize, Serialize};
 pub use install::{install, InstallError};
 pub use read::{load_latest, open_latest, read_latest};
 pub use receive::{free_bytes, ReceiveError, Receiving, Staged, FREE_MARGIN};
-pub use write::write;
+pub use write::{write, write_pairs};
 
 /// Identifies a snapshot file.
 const MAGIC: [u8; 8] = *b"semikvSS";
-/// Format version; bumped on any layout change.
-const VERSION: u32 = 1;
+/// Format version; bumped on any layout change. Version 2 added the
+/// `Expiries` records; version 1 files (no expiries) are still read.
+const VERSION: u32 = 2;
+/// The oldest format version still read.
+const OLDEST_VERSION: u32 = 1;
 /// Pairs are flushed into a frame once it holds this many bytes.
 const CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest frame written or read. A single pair can exceed [`CHUNK_BYTES`];
@@ -67,4 +72,7 @@ enum SnapshotRecord {
     End {
         pairs: u64,
     },
+    /// Keys that expire and when (Unix ms); every key named has a pair
+    /// earlier in the file.
+    Expiries(Vec<(Bytes, u64)>),
 }

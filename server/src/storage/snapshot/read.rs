@@ -4,12 +4,11 @@
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use bytes::Bytes;
 use semikv_protocol::frame::{self, Header, HEADER_LEN};
-use semikv_protocol::LogIndex;
+use semikv_protocol::{LogIndex, UnixMillis};
 
 use super::directory::latest;
-use super::{SnapshotMeta, SnapshotRecord, MAGIC, MAX_SNAPSHOT_FRAME, VERSION};
+use super::{SnapshotMeta, SnapshotRecord, MAGIC, MAX_SNAPSHOT_FRAME, OLDEST_VERSION, VERSION};
 use crate::storage::disk::{Access, OpenFile};
 use crate::storage::error::{io_err, StorageError};
 use crate::storage::store::Store;
@@ -34,7 +33,7 @@ pub fn open_latest(
     let mut file = disk
         .open(&path, Access::Read)
         .map_err(io_err("opening", &path))?;
-    let meta = decode_from(&path, BufReader::new(&mut file), |_, _| {})?;
+    let meta = decode_from(&path, BufReader::new(&mut file), None)?;
     check_name(&path, &meta, index)?;
     let len = file
         .seek(SeekFrom::End(0))
@@ -73,7 +72,7 @@ pub fn load_latest(data_dir: &DataDir) -> Result<Option<(SnapshotMeta, Store)>, 
         .open(&path, Access::Read)
         .map_err(io_err("opening", &path))?;
     let mut store = Store::default();
-    let meta = decode_from(&path, BufReader::new(file), |k, v| store.insert(k, v))?;
+    let meta = decode_from(&path, BufReader::new(file), Some(&mut store))?;
     check_name(&path, &meta, index)?;
     Ok(Some((meta, store)))
 }
@@ -107,7 +106,8 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
 }
 
 /// Validates a whole snapshot read from `reader`, a record at a time,
-/// handing each pair to `on_pair`; `path` names it in errors.
+/// loading its pairs and expiries into `store` if given (only checking
+/// them otherwise); `path` names it in errors.
 ///
 /// # Errors
 /// [`StorageError::Io`] if reading fails; [`StorageError::Corrupt`] naming
@@ -117,7 +117,7 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
 pub(super) fn decode_from(
     path: &Path,
     mut reader: impl Read,
-    mut on_pair: impl FnMut(Bytes, Bytes),
+    mut store: Option<&mut Store>,
 ) -> Result<SnapshotMeta, StorageError> {
     let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
@@ -175,8 +175,11 @@ pub(super) fn decode_from(
                 },
                 None,
             ) => {
-                if magic != MAGIC || version != VERSION {
-                    return Err(corrupt(offset, format!("not a version {VERSION} snapshot")));
+                if magic != MAGIC || !(OLDEST_VERSION..=VERSION).contains(&version) {
+                    return Err(corrupt(
+                        offset,
+                        format!("not a snapshot of version {OLDEST_VERSION} to {VERSION}"),
+                    ));
                 }
                 meta = Some(m);
             }
@@ -191,8 +194,23 @@ pub(super) fn decode_from(
             }
             (SnapshotRecord::Pairs(pairs), Some(_)) => {
                 count += pairs.len() as u64;
-                for (k, v) in pairs {
-                    on_pair(k, v);
+                if let Some(store) = store.as_deref_mut() {
+                    for (k, v) in pairs {
+                        store.insert(k, v);
+                    }
+                }
+            }
+            (SnapshotRecord::Expiries(expiries), Some(_)) => {
+                let Some(store) = store.as_deref_mut() else {
+                    continue;
+                };
+                for (k, at) in expiries {
+                    if !store.set_expiry_at(&k, UnixMillis(at)) {
+                        return Err(corrupt(
+                            offset,
+                            "an expiry for a key with no value before it".into(),
+                        ));
+                    }
                 }
             }
             (SnapshotRecord::End { pairs }, Some(m)) => {

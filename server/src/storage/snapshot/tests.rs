@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use semikv_protocol::blocking::Blocking;
+use semikv_protocol::UnixMillis;
 
 use super::*;
 use crate::storage::disk::fixture::{each_disk, Fixture};
@@ -80,7 +81,7 @@ fn write_load_read_install_round_trip() {
         assert!(load_latest(&a).unwrap().is_none());
         assert!(read_latest(&a).unwrap().is_none());
         let s = store(3000);
-        let path = write(&a, &meta(10), s.iter()).unwrap();
+        let path = write(&a, &meta(10), &s).unwrap();
         assert!(path.ends_with("snap-00000000000000000010.bin"));
         let (m, loaded) = load_latest(&a).unwrap().unwrap();
         assert_eq!(m, meta(10));
@@ -104,7 +105,7 @@ fn write_load_read_install_round_trip() {
 fn empty_store_round_trips() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        write(&dir, &meta(0), Store::default().iter()).unwrap();
+        write(&dir, &meta(0), &Store::default()).unwrap();
         let (m, s) = load_latest(&dir).unwrap().unwrap();
         assert_eq!(m, meta(0));
         assert!(s.is_empty());
@@ -115,13 +116,13 @@ fn empty_store_round_trips() {
 fn newer_snapshot_replaces_older_ones() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        write(&dir, &meta(5), store(3).iter()).unwrap();
-        write(&dir, &meta(9), store(4).iter()).unwrap();
+        write(&dir, &meta(5), &store(3)).unwrap();
+        write(&dir, &meta(9), &store(4)).unwrap();
         assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000009.bin"]);
         assert_eq!(load_latest(&dir).unwrap().unwrap().1.len(), 4);
         // A leader's newer snapshot replaces it and prunes it.
         let other = fx.data_dir();
-        write(&other, &meta(12), store(2).iter()).unwrap();
+        write(&other, &meta(12), &store(2)).unwrap();
         let (_, bytes) = read_latest(&other).unwrap().unwrap();
         install_bytes(fx, &dir, &bytes, &meta(12), LogIndex(12)).unwrap();
         assert_eq!(snap_files(fx, &dir), vec!["snap-00000000000000000012.bin"]);
@@ -133,7 +134,7 @@ fn newer_snapshot_replaces_older_ones() {
 fn corrupt_or_truncated_snapshot_is_refused() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        let path = write(&dir, &meta(4), store(40).iter()).unwrap();
+        let path = write(&dir, &meta(4), &store(40)).unwrap();
         let good = fx.read(&path);
         let mut damaged = Vec::new();
         for cut in [0, 1, 7, 8, 9, good.len() / 2, good.len() - 1] {
@@ -177,10 +178,10 @@ fn corrupt_or_truncated_snapshot_is_refused() {
 fn install_refuses_bad_bytes_without_touching_the_current_snapshot() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        let current = write(&dir, &meta(3), store(5).iter()).unwrap();
+        let current = write(&dir, &meta(3), &store(5)).unwrap();
         let before = fx.read(&current);
         let src = fx.data_dir();
-        write(&src, &meta(20), store(50).iter()).unwrap();
+        write(&src, &meta(20), &store(50)).unwrap();
         let (_, good) = read_latest(&src).unwrap().unwrap();
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 1;
@@ -218,7 +219,7 @@ fn tree(fx: &Fixture, dir: &DataDir) -> Vec<(PathBuf, Vec<u8>)> {
 /// Bytes of a valid snapshot of `meta` holding `n` pairs.
 fn snapshot_bytes(fx: &Fixture, meta: &SnapshotMeta, n: usize) -> Vec<u8> {
     let src = fx.data_dir();
-    write(&src, meta, store(n).iter()).unwrap();
+    write(&src, meta, &store(n)).unwrap();
     read_latest(&src).unwrap().unwrap().1
 }
 
@@ -226,7 +227,7 @@ fn snapshot_bytes(fx: &Fixture, meta: &SnapshotMeta, n: usize) -> Vec<u8> {
 fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        write(&dir, &meta(3), store(5).iter()).unwrap();
+        write(&dir, &meta(3), &store(5)).unwrap();
         let before = tree(fx, &dir);
         let holds_50 = snapshot_bytes(fx, &meta(50), 20);
         let mut other_epoch = meta(60);
@@ -272,7 +273,7 @@ fn install_refuses_a_snapshot_unlike_its_announcement_and_touches_nothing() {
 fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
     each_disk(|fx| {
         let dir = fx.data_dir();
-        write(&dir, &meta(9), store(4).iter()).unwrap();
+        write(&dir, &meta(9), &store(4)).unwrap();
         let before = tree(fx, &dir);
         // Below the caller's commit index.
         let bytes = snapshot_bytes(fx, &meta(12), 2);
@@ -309,34 +310,109 @@ fn install_refuses_a_snapshot_below_the_commit_index_or_current_snapshot() {
     });
 }
 
-/// Frozen bytes of a whole snapshot file (header, one pairs record, end):
-/// a change here means existing snapshots no longer load, which needs a
-/// snapshot format version bump.
+/// Loads `hex` as the snapshot file `name` of a fresh data directory.
+fn load_frozen(fx: &Fixture, name: &std::ffi::OsStr, hex: &str) -> (SnapshotMeta, Store) {
+    let frozen: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let old = fx.data_dir();
+    let snapshots = &old.join(SNAPSHOT_DIR);
+    fx.disk().create_dir_all(snapshots).unwrap();
+    fx.write(&snapshots.join(name), &frozen);
+    load_latest(&old).unwrap().unwrap()
+}
+
+/// Frozen bytes of a whole snapshot file (header, one pairs record, one
+/// expiries record, end): a change here means existing snapshots no
+/// longer load, which needs a snapshot format version bump.
 #[test]
 fn golden_snapshot_bytes() {
     each_disk(|fx| {
-        const GOLDEN: &str = "00000011183255060073656d696b76535301070202010102040000000b3356b79a\
-                          010201610131016b0200ff000000029de111510202";
+        const GOLDEN: &str = "0000001196bd52e50073656d696b76535302070202010102040000000b3356b79a\
+                              010201610131016b0200ff0000000ae03070c30301016b80d095ffbc31\
+                              000000029de111510202";
         let dir = fx.data_dir();
         let pairs: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"k", &[0x00, 0xff])];
-        let path = write(&dir, &meta(7), pairs.iter().copied()).unwrap();
+        let expiries: [(&[u8], UnixMillis); 1] = [(b"k", UnixMillis(1_700_000_000_000))];
+        let path = write_pairs(
+            &dir,
+            &meta(7),
+            pairs.iter().copied(),
+            expiries.iter().copied(),
+        )
+        .unwrap();
         let bytes = fx.read(&path);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, GOLDEN, "the snapshot format changed");
         // A file holding the frozen bytes loads back to that snapshot.
-        let frozen: Vec<u8> = (0..GOLDEN.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
-            .collect();
-        let old = fx.data_dir();
-        let snapshots = &old.join(SNAPSHOT_DIR);
-        fx.disk().create_dir_all(snapshots).unwrap();
-        fx.write(&snapshots.join(path.file_name().unwrap()), &frozen);
-        let (m, s) = load_latest(&old).unwrap().unwrap();
+        let (m, s) = load_frozen(fx, path.file_name().unwrap(), GOLDEN);
         assert_eq!(m, meta(7));
         assert_eq!(s.get(b"a"), Some(Bytes::from_static(b"1")));
         assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
+        assert_eq!(s.expiry(b"a"), None);
+        assert_eq!(s.expiry(b"k"), Some(UnixMillis(1_700_000_000_000)));
         assert_eq!(s.len(), 2);
+    });
+}
+
+/// A snapshot of format version 1 (before expiries: header, one pairs
+/// record, end), as written until protocol 5, still loads.
+#[test]
+fn version_1_snapshots_still_load() {
+    each_disk(|fx| {
+        const VERSION_1: &str =
+            "00000011183255060073656d696b76535301070202010102040000000b3356b79a\
+                          010201610131016b0200ff000000029de111510202";
+        let (m, s) = load_frozen(
+            fx,
+            std::ffi::OsStr::new("snap-00000000000000000007.bin"),
+            VERSION_1,
+        );
+        assert_eq!(m, meta(7));
+        assert_eq!(s.get(b"a"), Some(Bytes::from_static(b"1")));
+        assert_eq!(s.get(b"k"), Some(Bytes::from_static(&[0x00, 0xff])));
+        assert!(!s.has_expiries());
+        assert_eq!(s.len(), 2);
+    });
+}
+
+/// Expiries round-trip through a snapshot of a store, and an expiry for a
+/// key the file never gave a value is corruption.
+#[test]
+fn expiries_round_trip_and_orphans_are_refused() {
+    each_disk(|fx| {
+        let dir = fx.data_dir();
+        let mut s = Store::default();
+        s.apply(&semikv_protocol::WriteOp::Batch(vec![
+            semikv_protocol::Mutation {
+                key: Bytes::from_static(b"ttl"),
+                value: Some(Bytes::from_static(b"v")),
+                expires_at: Some(UnixMillis(99)),
+            },
+            semikv_protocol::Mutation {
+                key: Bytes::from_static(b"plain"),
+                value: Some(Bytes::from_static(b"w")),
+                expires_at: None,
+            },
+        ]));
+        write(&dir, &meta(3), &s).unwrap();
+        let (_, back) = load_latest(&dir).unwrap().unwrap();
+        assert_eq!(back.expiry(b"ttl"), Some(UnixMillis(99)));
+        assert_eq!(back.expiry(b"plain"), None);
+        assert_eq!(back.bytes(), s.bytes());
+        let other = fx.data_dir();
+        let pairs: [(&[u8], &[u8]); 1] = [(b"a", b"1")];
+        let expiries: [(&[u8], UnixMillis); 1] = [(b"b", UnixMillis(5))];
+        write_pairs(
+            &other,
+            &meta(4),
+            pairs.iter().copied(),
+            expiries.iter().copied(),
+        )
+        .unwrap();
+        let err = load_latest(&other).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     });
 }
 

@@ -5,32 +5,49 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use semikv_protocol::frame;
+use semikv_protocol::{frame, UnixMillis};
 
 use super::directory::publish;
 use super::{SnapshotMeta, SnapshotRecord, CHUNK_BYTES, MAGIC, MAX_SNAPSHOT_FRAME, VERSION};
 use crate::storage::disk::{Access, Disk, OpenFile};
 use crate::storage::error::{io_err, StorageError};
+use crate::storage::store::Store;
 use crate::storage::{temp_path, DataDir, SNAPSHOT_DIR};
 
-/// Durably writes a snapshot of `pairs` at `meta.last_index` and deletes
-/// older snapshots. Returns the new file's path.
+/// Durably writes a snapshot of `store` (its pairs and expiries) at
+/// `meta.last_index` and deletes older snapshots. Returns the new file's
+/// path.
+///
+/// # Errors
+/// As [`write_pairs`].
+pub fn write(
+    data_dir: &DataDir,
+    meta: &SnapshotMeta,
+    store: &Store,
+) -> Result<PathBuf, StorageError> {
+    write_pairs(data_dir, meta, store.iter(), store.expiries())
+}
+
+/// Durably writes a snapshot of `pairs` and their `expiries` at
+/// `meta.last_index` and deletes older snapshots. Returns the new file's
+/// path. Every key in `expiries` must be among the `pairs`.
 ///
 /// # Errors
 /// [`StorageError::Io`] if any write, fsync, rename or deletion fails (the
 /// previous snapshot is then still in place unless the rename succeeded);
 /// [`StorageError::Unencodable`] for a pair too large to frame.
-pub fn write<'a>(
+pub fn write_pairs<'a>(
     data_dir: &DataDir,
     meta: &SnapshotMeta,
     pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    expiries: impl Iterator<Item = (&'a [u8], UnixMillis)>,
 ) -> Result<PathBuf, StorageError> {
     let disk = &**data_dir.disk();
     let dir = data_dir.join(SNAPSHOT_DIR);
     disk.create_dir_all(&dir)
         .map_err(io_err("creating directory", &dir))?;
     let tmp = temp_path(&dir, "snap");
-    if let Err(e) = write_temp(disk, &tmp, meta, pairs) {
+    if let Err(e) = write_temp(disk, &tmp, meta, pairs, expiries) {
         let _ = disk.remove_file(&tmp);
         return Err(e);
     }
@@ -44,6 +61,7 @@ fn write_temp<'a>(
     tmp: &Path,
     meta: &SnapshotMeta,
     pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    expiries: impl Iterator<Item = (&'a [u8], UnixMillis)>,
 ) -> Result<(), StorageError> {
     let file = disk
         .open(tmp, Access::Create)
@@ -83,6 +101,23 @@ fn write_temp<'a>(
     }
     if !chunk.is_empty() {
         emit(&SnapshotRecord::Pairs(chunk), &mut out)?;
+    }
+    // After every pair, so a reader sets each expiry on a key it holds.
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0usize;
+    for (key, at) in expiries {
+        chunk_bytes += key.len() + 8;
+        chunk.push((Bytes::copy_from_slice(key), at.0));
+        if chunk_bytes >= CHUNK_BYTES {
+            emit(
+                &SnapshotRecord::Expiries(std::mem::take(&mut chunk)),
+                &mut out,
+            )?;
+            chunk_bytes = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        emit(&SnapshotRecord::Expiries(chunk), &mut out)?;
     }
     emit(&SnapshotRecord::End { pairs: count }, &mut out)?;
     let file = out
