@@ -392,3 +392,77 @@ async fn a_connection_closed_with_writes_in_flight_leaves_no_waiters() {
     assert_eq!(r.id, RequestId(1000));
     assert!(matches!(r.reply, Reply::Written { index } if index == LogIndex(202)));
 }
+
+fn request(id: u64, op: Op) -> Message {
+    Message::Request(Request {
+        id: RequestId(id),
+        op,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_evaluated_in_order_and_answered_with_outcomes() {
+    use semikv_protocol::{Command, Cond, KeyTtl, TtlChange};
+    let h = Harness::start().await;
+    h.promote(1, LONE);
+    let mut c = connect(h.addr, Role::Client).await;
+    let key = Bytes::from_static(b"n");
+    let incr = |id| {
+        request(
+            id,
+            Op::Command(Command::IncrBy {
+                key: key.clone(),
+                by: 2,
+            }),
+        )
+    };
+    // Held in flight, so each increment reads the one before uncommitted.
+    h.hold_durability();
+    send_all(&mut c, (0..100).map(incr).collect()).await;
+    h.until_waiting(100).await;
+    h.release_durability();
+    let mut answers = responses(&mut c, 100).await;
+    answers.sort_by_key(|r| r.id);
+    for r in answers {
+        match r.reply {
+            Reply::Outcome(o) => assert_eq!(o.int, 2 * (r.id.0 as i64 + 1), "{:?}", r.id),
+            other => panic!("{:?}: {other:?}", r.id),
+        }
+    }
+    let nx = Op::Command(Command::Set {
+        key: key.clone(),
+        value: Bytes::from_static(b"x"),
+        cond: Cond::IfAbsent,
+        ttl: TtlChange::AfterMs(60_000),
+        get_old: true,
+    });
+    let empty = Op::Command(Command::Delete { keys: Vec::new() });
+    send_all(
+        &mut c,
+        vec![
+            request(200, nx),
+            request(201, Op::Ttl { key: key.clone() }),
+            request(202, empty),
+            request(203, Op::Get { key: key.clone() }),
+        ],
+    )
+    .await;
+    let mut answers = responses(&mut c, 4).await;
+    answers.sort_by_key(|r| r.id);
+    let replies: Vec<Reply> = answers.into_iter().map(|r| r.reply).collect();
+    match &replies[0] {
+        Reply::Outcome(o) => {
+            assert!(!o.applied);
+            assert_eq!(o.value, Some(Bytes::from_static(b"200")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(replies[1], Reply::Ttl(KeyTtl::Persistent));
+    assert!(matches!(
+        replies[2],
+        Reply::Error(ErrorReply::Invalid { .. })
+    ));
+    assert_eq!(replies[3], Reply::Value(Some(Bytes::from_static(b"200"))));
+    ping_is_next(&mut c).await;
+    assert_eq!(h.waiting(), 0);
+}

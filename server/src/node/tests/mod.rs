@@ -130,6 +130,7 @@ fn lone_leader() -> Node {
     n
 }
 
+mod commands;
 mod commit;
 mod epochs;
 mod follower;

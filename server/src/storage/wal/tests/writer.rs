@@ -377,7 +377,7 @@ fn failed_directory_operation_poisons_the_log() {
 /// existing log on disk.
 #[test]
 fn golden_record_bytes() {
-    let cases: [(Record, &[u8]); 4] = [
+    let cases: [(Record, &[u8]); 5] = [
         (
             Record::Entry(Entry {
                 index: LogIndex(1),
@@ -410,6 +410,30 @@ fn golden_record_bytes() {
         (
             Record::Commit(LogIndex(7)),
             &[0, 0, 0, 2, 198, 166, 182, 29, 1, 7],
+        ),
+        // Protocol 5: a leader's evaluated write, a set with an expiry and a
+        // delete in one entry.
+        (
+            Record::Entry(Entry {
+                index: LogIndex(4),
+                epoch: Epoch::from_raw(3),
+                op: WriteOp::Batch(vec![
+                    semikv_protocol::Mutation {
+                        key: Bytes::from_static(b"k"),
+                        value: Some(Bytes::from_static(b"v")),
+                        expires_at: Some(semikv_protocol::UnixMillis(1000)),
+                    },
+                    semikv_protocol::Mutation {
+                        key: Bytes::from_static(b"d"),
+                        value: None,
+                        expires_at: None,
+                    },
+                ]),
+            }),
+            &[
+                0, 0, 0, 17, 115, 106, 183, 120, 0, 4, 3, 3, 2, 1, 107, 1, 1, 118, 1, 232, 7, 1,
+                100, 0, 0,
+            ],
         ),
     ];
     for (record, golden) in cases {
