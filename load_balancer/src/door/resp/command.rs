@@ -18,8 +18,32 @@ pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i6
 pub const COMMANDS: &[CommandInfo] = &[
     ("get", 2, &["readonly", "fast"], 1, 1, 1),
     ("set", -3, &["write", "denyoom"], 1, 1, 1),
+    ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("setex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("psetex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getdel", 2, &["write", "fast"], 1, 1, 1),
+    ("getex", -2, &["write", "fast"], 1, 1, 1),
     ("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    ("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
+    ("del", -2, &["write"], 1, -1, 1),
+    ("unlink", -2, &["write", "fast"], 1, -1, 1),
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("type", 2, &["readonly", "fast"], 1, 1, 1),
+    ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("expire", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpire", -3, &["write", "fast"], 1, 1, 1),
+    ("expireat", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
+    ("persist", 2, &["write", "fast"], 1, 1, 1),
     ("ping", -1, &["fast"], 0, 0, 0),
     ("echo", 2, &["fast"], 0, 0, 0),
     ("quit", -1, &["fast"], 0, 0, 0),
@@ -62,6 +86,26 @@ pub enum Shape {
     Value,
     /// One write: `+OK`.
     Ok,
+    /// A command: `+OK` (MSET, SETEX).
+    Done,
+    /// A `SET` with options: `+OK` if it wrote, nil if its condition
+    /// failed.
+    SetResult,
+    /// A command: 1 if it applied, else 0 (SETNX, MSETNX, EXPIRE).
+    Applied,
+    /// A command: its integer (DEL's count, INCR's value, APPEND's length).
+    Int,
+    /// A command: the value it read (GETSET, GETDEL, GETEX, SET ... GET).
+    OldValue,
+    /// One `Get`: the value's length (STRLEN).
+    Strlen,
+    /// One `Get`: `string`, or `none` without the key (TYPE).
+    Type,
+    /// One `Ttl`: seconds (TTL) or milliseconds (PTTL) left, -1 or -2.
+    Ttl {
+        /// PTTL.
+        millis: bool,
+    },
     /// Several `Get`s: an array of values (MGET).
     Values,
     /// Several `Get`s: how many found a value (EXISTS).
@@ -200,6 +244,9 @@ impl Conn {
             return Plan::Now(Resp::coded("NOAUTH", "Authentication required."));
         }
         let n = args.len();
+        if let Some(plan) = super::keys::plan(&name, args) {
+            return plan;
+        }
         match name.as_str() {
             "get" if n == 2 => Plan::Forward {
                 ops: vec![Op::Get {
@@ -207,17 +254,6 @@ impl Conn {
                 }],
                 shape: Shape::Value,
             },
-            "set" if n == 3 => Plan::Forward {
-                ops: vec![Op::Set {
-                    key: args[1].clone(),
-                    value: args[2].clone(),
-                }],
-                shape: Shape::Ok,
-            },
-            "set" if n > 3 => Plan::Now(Resp::err(
-                "SET options (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL) are not supported by \
-                 this door yet: they need conditional writes and expiry in the store (issue #18)",
-            )),
             "mget" if n >= 2 => Plan::Forward {
                 ops: args[1..]
                     .iter()
@@ -565,6 +601,8 @@ pub fn error(e: &ErrorReply) -> Resp {
         ErrorReply::DiskFull { .. } => Resp::coded("MISCONF", e),
         ErrorReply::NoPermission { .. } => Resp::coded("NOPERM", e),
         ErrorReply::Invalid { reason } => Resp::err(reason),
+        ErrorReply::NotAnInteger => Resp::err("value is not an integer or out of range"),
+        ErrorReply::Overflow => Resp::err("increment or decrement would overflow"),
         other => Resp::err(other),
     }
 }
@@ -606,6 +644,29 @@ pub fn combine(shape: &Shape, replies: Vec<Reply>) -> Resp {
             Some(r) => super::info::info(r, sections, *local),
             None => Resp::Verbatim(String::new()),
         },
+        Shape::Strlen | Shape::Type => match replies.first() {
+            Some(Reply::Value(v)) => match (shape, v) {
+                (Shape::Strlen, v) => Resp::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+                (_, Some(_)) => Resp::Simple("string"),
+                (_, None) => Resp::Simple("none"),
+            },
+            Some(other) => unexpected(other),
+            None => Resp::Nil,
+        },
+        Shape::Ttl { millis } => match replies.first() {
+            Some(Reply::Ttl(t)) => super::keys::ttl(t, *millis),
+            Some(other) => unexpected(other),
+            None => Resp::Nil,
+        },
+        Shape::Done | Shape::SetResult | Shape::Applied | Shape::Int | Shape::OldValue => {
+            match replies.first() {
+                Some(Reply::Outcome(o)) => {
+                    super::keys::outcome(shape, o).unwrap_or_else(|| unexpected(&replies[0]))
+                }
+                Some(other) => unexpected(other),
+                None => Resp::Nil,
+            }
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 //! [`Session`], like the semikv door's; RESP clients match answers by
 //! position, so each request is numbered and the writer puts the answers
 //! back in order, combining those of a command that became several ops
-//! (MGET, EXISTS). Bad input gets a RESP error and closes that connection
+//! (MGET, EXISTS). Conditional, read-modify-write, multi-key and expiry
+//! commands become one `Op::Command` the leader evaluates ([`keys`]). Bad input gets a RESP error and closes that connection
 //! only.
 
 mod command;
 mod info;
+mod keys;
 pub mod parse;
 mod reply;
 
