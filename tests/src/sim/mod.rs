@@ -297,6 +297,13 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
         // within a run of a few thousand writes.
         config.snapshot_bytes = 16 * 1024;
         config.segment_bytes = 8 * 1024;
+        // Expiries are judged by simulated time: one clock for every
+        // replica (their clocks agree, as the README assumes), and no
+        // wall clock to make two runs of a seed differ.
+        config.clock = semikv_server::clock::Clock::from_fn(|| {
+            let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+            semikv_protocol::UnixMillis(SIM_EPOCH_MS + elapsed.as_millis() as u64)
+        });
         let disk = disk.clone();
         sim.host(Host::Replica(n).name(), move || {
             let mut config = config.clone();
@@ -410,6 +417,9 @@ fn drive(scenario: &Scenario) -> (Shared, BTreeMap<&'static str, u64>, Duration)
     drop(sim);
     (findings, faults, simulated)
 }
+
+/// The Unix time, in milliseconds, at which every simulation starts.
+const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 
 fn replica_port(n: usize) -> u16 {
     8080 + n as u16
