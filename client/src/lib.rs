@@ -22,6 +22,7 @@
 //! thiserror, tracing), never the server, the balancer or the tools'
 //! dependencies.
 
+mod commands;
 mod conn;
 mod error;
 mod retry;
@@ -30,8 +31,9 @@ pub use bytes::Bytes;
 pub use conn::{handshake, Client, ClientConfig, ClientError, Credentials, Handshaken};
 pub use retry::{NoticeSink, RetryPolicy, RetryingClient};
 pub use semikv_protocol::{
-    ClusterStatus, ErrorReply, LogIndex, MessageCodec, NodeStatus, Op, ProtocolError, ReplicaId,
-    ReplicaView, Reply, Welcome, WireError,
+    ClusterStatus, Command, Cond, ErrorReply, ExpireCond, KeyTtl, LogIndex, MessageCodec,
+    NodeStatus, Op, Outcome, ProtocolError, ReplicaId, ReplicaView, Reply, TtlChange, UnixMillis,
+    Welcome, WireError,
 };
 
 // The same fake server the integration tests use, so the unit tests of

@@ -13,7 +13,10 @@
 //! the same bytes.
 
 use bytes::Bytes;
-use semikv_protocol::{ReplicaId, MAX_KEY_LEN};
+use semikv_protocol::{Op, ReplicaId, MAX_KEY_LEN};
+
+mod store;
+pub use store::Show;
 
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +50,35 @@ pub enum Command {
     Kill(ReplicaId),
     /// `restart ID`: restart a killed replica of the local cluster.
     Restart(ReplicaId),
+    /// An evaluated write or an expiry read (`set` with options, `incr`,
+    /// `mset`, `del` of several keys, `expire`, `ttl`, ...), and how its
+    /// answer is shown.
+    Eval {
+        /// The request.
+        op: Op,
+        /// How its answer is shown.
+        show: Show,
+    },
 }
 
 /// The argument synopsis of each command, for help and hints.
 pub const SYNOPSES: &[(&str, &str)] = &[
-    ("set", "KEY=VALUE | KEY VALUE"),
+    (
+        "set",
+        "KEY=VALUE | KEY VALUE [nx|xx] [ex SECS|px MS|keepttl] [get]",
+    ),
     ("get", "KEY"),
-    ("del", "KEY"),
+    ("del", "KEY..."),
+    ("mset", "KEY=VALUE..."),
+    ("msetnx", "KEY=VALUE..."),
+    ("incr", "KEY"),
+    ("decr", "KEY"),
+    ("incrby", "KEY N"),
+    ("append", "KEY VALUE"),
+    ("getdel", "KEY"),
+    ("expire", "KEY SECS"),
+    ("persist", "KEY"),
+    ("ttl", "KEY"),
     ("ping", ""),
     ("status", ""),
     ("help", ""),
@@ -116,6 +141,13 @@ pub enum ParseError {
     /// A replica id that is not a number.
     #[error("replica id must be a number, got '{0}'")]
     BadReplicaId(String),
+    /// A count or duration that is not a (positive, for a duration) number.
+    #[error("expected a number, got '{0}'")]
+    BadNumber(String),
+    /// A `set` option that is not one of `nx`, `xx`, `ex`, `px`, `keepttl`,
+    /// `get`.
+    #[error("unknown option '{0}' (set takes nx, xx, ex SECS, px MS, keepttl, get)")]
+    UnknownOption(String),
 }
 
 /// One word of a line: its bytes, and where its first unquoted `=` is.
@@ -168,9 +200,7 @@ pub fn parse_words(words: Vec<Word>) -> Result<Option<Command>, ParseError> {
         "get" => Command::Get {
             key: one_key("get", args)?,
         },
-        "del" => Command::Del {
-            key: one_key("del", args)?,
-        },
+        "del" => store::parse_del(args)?,
         "ping" => no_args("ping", args, Command::Ping)?,
         "status" => no_args("status", args, Command::Status)?,
         "help" => Command::Help,
@@ -178,7 +208,10 @@ pub fn parse_words(words: Vec<Word>) -> Result<Option<Command>, ParseError> {
         "exit" => no_args("exit", args, Command::Quit)?,
         "kill" => Command::Kill(one_id("kill", args)?),
         "restart" => Command::Restart(one_id("restart", args)?),
-        _ => return Err(ParseError::UnknownCommand(name)),
+        other => match store::parse(other, args) {
+            Some(parsed) => parsed?,
+            None => return Err(ParseError::UnknownCommand(name)),
+        },
     };
     Ok(Some(command))
 }
@@ -228,25 +261,41 @@ fn one_id(name: &'static str, args: Vec<Word>) -> Result<ReplicaId, ParseError> 
         .map_err(|_| ParseError::BadReplicaId(text.into_owned()))
 }
 
-fn parse_set(args: Vec<Word>) -> Result<Command, ParseError> {
-    match <[Word; 2]>::try_from(args) {
-        Ok([key, _]) if key.first_unquoted_eq.is_some() => Err(ParseError::AmbiguousSet),
-        Ok([key, value]) => Ok(Command::Set {
-            key: check_key(key.bytes)?,
-            value: Bytes::from(value.bytes),
-        }),
-        Err(args) => {
-            let [word]: [Word; 1] = args.try_into().map_err(|_| arity("set"))?;
-            let eq = word.first_unquoted_eq.ok_or(ParseError::MissingEquals)?;
-            let mut key = word.bytes;
-            let value = key.split_off(eq);
-            Ok(Command::Set {
-                key: check_key(key)?,
-                // `split_off` leaves the `=` at the start of the value.
-                value: Bytes::from(value).slice(1..),
-            })
+/// `set KEY=VALUE [OPTION...]` or `set KEY VALUE [OPTION...]`: a plain
+/// write without options, an evaluated one with them.
+fn parse_set(mut args: Vec<Word>) -> Result<Command, ParseError> {
+    let first = args.first().ok_or_else(|| arity("set"))?;
+    let (key, value, options) = if let Some(eq) = first.first_unquoted_eq {
+        let options = args.split_off(1);
+        let [word]: [Word; 1] = args.try_into().map_err(|_| arity("set"))?;
+        let mut key = word.bytes;
+        // `split_off` leaves the `=` at the start of the value.
+        let value = Bytes::from(key.split_off(eq)).slice(1..);
+        // `set a=b c` with `c` no option: the user may have meant the key
+        // `a=b`; storing under `a` would surprise them.
+        if !options.is_empty()
+            && store::set_with_options(Bytes::new(), Bytes::new(), &options).is_err()
+        {
+            return Err(ParseError::AmbiguousSet);
         }
+        (key, value, options)
+    } else {
+        if args.len() < 2 {
+            return Err(if args.len() == 1 {
+                ParseError::MissingEquals
+            } else {
+                arity("set")
+            });
+        }
+        let options = args.split_off(2);
+        let [key, value]: [Word; 2] = args.try_into().map_err(|_| arity("set"))?;
+        (key.bytes, Bytes::from(value.bytes), options)
+    };
+    let key = check_key(key)?;
+    if options.is_empty() {
+        return Ok(Command::Set { key, value });
     }
+    store::set_with_options(key, value, &options)
 }
 
 /// Splits a line into words, resolving quotes and escapes.
@@ -489,7 +538,10 @@ mod tests {
         ));
         assert!(matches!(parse("get a b"), Err(ParseError::Arity { .. })));
         assert!(matches!(parse("set"), Err(ParseError::Arity { .. })));
-        assert!(matches!(parse("set a b c"), Err(ParseError::Arity { .. })));
+        assert_eq!(
+            parse("set a b c"),
+            Err(ParseError::UnknownOption("c".into()))
+        );
         assert!(matches!(parse("ping x"), Err(ParseError::Arity { .. })));
         assert_eq!(parse("set foo"), Err(ParseError::MissingEquals));
         assert_eq!(

@@ -14,7 +14,7 @@ use semikv_protocol::{
 };
 use serde_json::{json, Value};
 
-use crate::command::quote_always;
+use crate::command::{quote_always, Show};
 
 /// How results are rendered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +65,26 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
         Reply::Outcome(outcome) => (self::outcome(outcome), true),
         Reply::Ttl(ttl) => (self::ttl(*ttl), true),
     }
+}
+
+/// Renders the reply to an evaluated command as `show` says (Redis's
+/// conventions: `OK`, `(nil)`, `(integer) N`); any other reply as
+/// [`reply`] does. The flag is false for [`Reply::Error`].
+pub fn evaluated(reply: &Reply, show: Show, style: Style) -> (String, bool) {
+    let Reply::Outcome(o) = reply else {
+        return self::reply(reply, style);
+    };
+    let text = match show {
+        Show::Applied if o.applied => "OK".to_string(),
+        Show::Applied => "(nil)".to_string(),
+        Show::Value => match &o.value {
+            Some(v) => value(v),
+            None => "(nil)".to_string(),
+        },
+        Show::Int => format!("(integer) {}", o.int),
+        Show::Flag => format!("(integer) {}", i32::from(o.applied)),
+    };
+    (text, true)
 }
 
 /// A command's outcome when the command is not known: its value if it
@@ -378,7 +398,15 @@ fn describe(name: &str) -> &'static str {
     match name {
         "set" => "write a key (splits at the first '=')",
         "get" => "read a key",
-        "del" => "delete a key",
+        "del" => "delete keys (one entry; with several, how many existed)",
+        "mset" => "write several keys in one entry",
+        "msetnx" => "write several keys if none exists",
+        "incr" | "decr" | "incrby" => "add to an integer value",
+        "append" => "append to a value",
+        "getdel" => "read and delete a key",
+        "expire" => "expire a key in SECS seconds",
+        "persist" => "remove a key's expiry",
+        "ttl" => "show a key's time left",
         "ping" => "check the server answers",
         "status" => "show the cluster (or replica) status",
         "help" => "show this help",

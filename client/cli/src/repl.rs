@@ -205,18 +205,22 @@ mod tests {
         let plain = CommandHelper { local: false };
         let local = CommandHelper { local: true };
         assert_eq!(plain.candidates("s"), ["set", "status"]);
-        assert_eq!(plain.candidates("G"), ["get"]);
+        assert_eq!(plain.candidates("G"), ["get", "getdel"]);
         assert!(plain.candidates("k").is_empty());
         assert_eq!(local.candidates("k"), ["kill"]);
-        assert_eq!(plain.candidates("").len(), 8);
+        assert_eq!(plain.candidates("").len(), 18);
     }
 
     #[test]
     fn hints_complete_names_then_show_arguments() {
         let h = CommandHelper { local: false };
-        assert_eq!(h.hint_for("ge").as_deref(), Some("t KEY"));
+        assert_eq!(h.hint_for("getd").as_deref(), Some("el KEY"));
+        assert_eq!(h.hint_for("ge"), None, "get or getdel");
         assert_eq!(h.hint_for("pi").as_deref(), Some("ng"));
-        assert_eq!(h.hint_for("set ").as_deref(), Some("KEY=VALUE | KEY VALUE"));
+        assert_eq!(
+            h.hint_for("set ").as_deref(),
+            Some("KEY=VALUE | KEY VALUE [nx|xx] [ex SECS|px MS|keepttl] [get]")
+        );
         assert_eq!(h.hint_for("s"), None);
         assert_eq!(h.hint_for("ping"), None);
         assert_eq!(h.hint_for("ping "), None);

@@ -117,7 +117,12 @@ impl Session {
 
     /// Runs one command.
     pub async fn execute(&mut self, command: Command) -> Outcome {
+        let mut show = None;
         let op = match command {
+            Command::Eval { op, show: how } => {
+                show = Some(how);
+                op
+            }
             Command::Set { key, value } => Op::Set { key, value },
             Command::Get { key } => Op::Get { key },
             Command::Del { key } => Op::Delete { key },
@@ -155,7 +160,10 @@ impl Session {
         let is_write = op.is_write();
         match self.request(op).await {
             Ok(reply) => {
-                let (text, ok) = output::reply(&reply, self.style);
+                let (text, ok) = match show {
+                    Some(show) => output::evaluated(&reply, show, self.style),
+                    None => output::reply(&reply, self.style),
+                };
                 Outcome::shown(text, ok)
             }
             Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }))

@@ -425,7 +425,7 @@ pub(crate) fn written(op: &'static str, reply: Reply) -> Result<LogIndex, Client
     }
 }
 
-fn unexpected(op: &'static str, reply: Reply) -> ClientError {
+pub(crate) fn unexpected(op: &'static str, reply: Reply) -> ClientError {
     match reply {
         Reply::Error(e) => ClientError::Server(e),
         reply => ClientError::UnexpectedReply {
@@ -441,10 +441,11 @@ fn check_encodable(request: &Request, max_frame_len: usize) -> Result<(), Protoc
     // encode.
     let approx = match &request.op {
         Op::Set { key, value } => key.len() + value.len(),
-        Op::Get { key } | Op::Delete { key } => key.len(),
+        Op::Get { key } | Op::Delete { key } | Op::Ttl { key } => key.len(),
+        Op::Command(command) => command.payload_len(),
         _ => 0,
     };
-    if approx + 64 < max_frame_len {
+    if approx.saturating_add(64) < max_frame_len {
         return Ok(());
     }
     let mut scratch = bytes::BytesMut::new();
