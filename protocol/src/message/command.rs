@@ -146,10 +146,12 @@ pub enum ExpireCond {
 /// command (see each); the others are `false`, `None` and 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// The log position the answer reflects: the entry the command wrote,
-    /// or, when it wrote nothing, the last entry whose effect it read (a
-    /// session token may use it as a `Written` index). Either is committed
-    /// by the time the answer is sent.
+    /// The log position the answer reflects, committed by the time it is
+    /// sent: the entry the command wrote; when it wrote nothing, the no-op
+    /// it waited on (if it read a write not yet committed) or the leader's
+    /// commit index (if it read only committed state). Either is at least
+    /// as new as everything the command read, so a session token may use
+    /// it as a `Written` index.
     pub index: LogIndex,
     /// Whether the command changed anything (see each command).
     pub applied: bool,

@@ -503,7 +503,14 @@ impl ReplicaLink {
                 while let Some(next) = frame.take() {
                     match next {
                         Some(Ok(Message::Response(resp))) => {
-                            if let Reply::Value(Some(value)) = &resp.reply {
+                            // A command's outcome can carry a value too
+                            // (GETDEL, SET ... GET, GETEX).
+                            let value = match &resp.reply {
+                                Reply::Value(Some(value)) => Some(value),
+                                Reply::Outcome(outcome) => outcome.value.as_ref(),
+                                _ => None,
+                            };
+                            if let Some(value) = value {
                                 batch_bytes = batch_bytes.saturating_add(value.len());
                             }
                             replies.push(resp);
