@@ -40,7 +40,7 @@ import zlib
 # declaration order (protocol/src/message/*.rs).
 
 MAGIC = 0x534B5631
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 ROLE_CLIENT, ROLE_BALANCER, ROLE_REPLICA = 0, 1, 2
 
 # Message variants
@@ -272,8 +272,8 @@ def selftest(path):
                   % (name, got.hex(), ln, crc, want.hex()), file=sys.stderr)
             bad += 1
     decoded = {
-        "welcome_replica": {"msg": "Welcome", "version": 4, "node": 2},
-        "welcome_balancer": {"msg": "Welcome", "version": 4, "node": None},
+        "welcome_replica": {"msg": "Welcome", "version": PROTOCOL_VERSION, "node": 2},
+        "welcome_balancer": {"msg": "Welcome", "version": PROTOCOL_VERSION, "node": None},
         "reject_too_many_conns": {"msg": "Reject", "error": "TooManyConnections", "max": 10000},
         "reject_frame_too_large": {"msg": "Reject", "error": "FrameTooLarge",
                                    "len": 0xFFFFFFFF, "max": 16 << 20},
