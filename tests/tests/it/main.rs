@@ -14,6 +14,7 @@ mod hostile;
 mod limits;
 mod max_memory;
 mod replication;
+mod resp;
 mod secret;
 mod single;
 mod tls;
