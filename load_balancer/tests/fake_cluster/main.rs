@@ -9,6 +9,7 @@ mod election;
 mod input;
 mod links;
 mod reads;
+mod resp;
 mod routing;
 mod support;
 mod writes;

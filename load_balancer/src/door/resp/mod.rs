@@ -291,11 +291,14 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
                 if let Some(after) = idle_after {
                     idle.as_mut().reset(tokio::time::Instant::now() + after);
                 }
-                partial_since = None;
+                // Bytes alone do not reset the stall clock: a command
+                // trickling in a byte at a time must still arrive whole
+                // within the frame timeout. A whole command does (below).
                 took = true;
             }
         }
         if took {
+            let mut whole = false;
             let taken = take_commands(
                 &shared,
                 &mut conn,
@@ -306,8 +309,12 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
                 &tx,
                 &mut pending,
                 &mut next_tag,
+                &mut whole,
             )
             .await;
+            if whole {
+                partial_since = None;
+            }
             backlog = false;
             match taken {
                 Taken::More => {}
@@ -370,7 +377,7 @@ enum Taken {
 }
 
 /// Takes every whole command in `buf`: answers what can be answered at
-/// once, queues the ops of the rest.
+/// once, queues the ops of the rest. Sets `whole` if it took any.
 #[allow(clippy::too_many_arguments)]
 async fn take_commands(
     shared: &Shared,
@@ -382,6 +389,7 @@ async fn take_commands(
     tx: &mpsc::Sender<Out>,
     pending: &mut VecDeque<(Tag, Op)>,
     next_tag: &mut u64,
+    whole: &mut bool,
 ) -> Taken {
     loop {
         // Stop at the command bound: the rest stays in the buffer until
@@ -394,6 +402,7 @@ async fn take_commands(
             Ok(None) => return Taken::More,
             Err(e) => return Taken::Refused(e),
         };
+        *whole = true;
         let plan = conn.plan(&args, &shared.facts);
         let resp3 = conn.resp3;
         let out = match plan {
