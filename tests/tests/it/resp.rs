@@ -450,7 +450,8 @@ fn bad_input_costs_only_its_own_connection() {
 /// A slowloris client sends half a command and stalls: the door keeps
 /// serving everyone else meanwhile. The door closes such a client after
 /// the frame timeout, but `semikv-lb` has no flag to shorten it (30 s,
-/// `DEFAULT_FRAME_TIMEOUT`), so that close is not timed here.
+/// `DEFAULT_FRAME_TIMEOUT`): that close is tested in-process, with a short
+/// timeout, in `load_balancer/tests/fake_cluster/resp.rs`.
 #[test]
 fn a_client_stalled_mid_command_holds_up_no_one_else() {
     let door = Door::start(&[], None);
