@@ -7,6 +7,11 @@
 # SET and GET with 50 clients at pipeline 1 and 16 with 16-byte values, and
 # prints one table. Everything it starts is killed on every exit path.
 #
+# MODE=resp drives semikv through its Redis-protocol door with
+# redis-benchmark, the same flags as Redis, next to the semikv door
+# (semikv-bench) and Redis, with `--fsync interval:1000` only: what the RESP
+# door costs, and semikv against Redis with one load generator.
+#
 # Knobs (environment): DURATION (seconds per semikv workload, default 5),
 # REDIS_N1 / REDIS_N16 (redis-benchmark -n at pipeline 1 / 16, defaults
 # 200000 / 1000000), CLIENTS (50), VALUE_SIZE (16), KEEP=1 keeps the temp dir.
@@ -18,6 +23,7 @@ REDIS_N1=${REDIS_N1:-200000}
 REDIS_N16=${REDIS_N16:-1000000}
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-16}
+MODE=${MODE:-door}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-compare.XXXXXX")
 LOG_PREFIX=compare
@@ -59,11 +65,17 @@ print("%.0f" % r["ops_per_sec"])' "$WORK/run.json")
 # Both clusters and Redis run for the whole measurement (idle ones cost
 # only heartbeats), so that the three columns of one row are measured
 # minutes apart at most and a change in the machine's load skews them less.
-declare -A RESULT LB
-for fsync in always interval:1000; do
+declare -A RESULT LB RESP
+FSYNCS=(always interval:1000)
+if [[ $MODE == resp ]]; then
+    FSYNCS=(interval:1000)
+    LB_ARGS=(--resp 127.0.0.1:0)
+fi
+for fsync in "${FSYNCS[@]}"; do
     log "starting semikv with --fsync $fsync"
     start_cluster "$WORK/semikv-${fsync//[:]/-}" "$fsync"
     LB[$fsync]=$LB_ADDR
+    RESP[$fsync]=${RESP_ADDR:-}
 done
 
 log "starting Redis primary + replica, appendonly yes, appendfsync everysec"
@@ -86,14 +98,15 @@ until redis-cli -p "$RR" info replication 2>/dev/null | grep -q 'master_link_sta
     sleep 0.2
 done
 
-# redis_ops TEST PIPELINE: sets OPS to redis-benchmark's requests/s.
+# redis_ops TEST PIPELINE [PORT]: sets OPS to redis-benchmark's requests/s
+# against Redis (or the server on PORT: semikv's RESP door).
 redis_ops() {
-    local n=$REDIS_N1
+    local n=$REDIS_N1 port=${3:-$RP}
     [[ $2 == 16 ]] && n=$REDIS_N16
     # -r: as many distinct keys as semikv-bench uses (16 per lane, a lane per
     # pipeline slot of each client); without it every request hits one key,
     # which stays in the CPU's cache.
-    run_bg redis-benchmark -h 127.0.0.1 -p "$RP" -t "${1,,}" -c "$CLIENTS" -P "$2" -d "$VALUE_SIZE" \
+    run_bg redis-benchmark -h 127.0.0.1 -p "$port" -t "${1,,}" -c "$CLIENTS" -P "$2" -d "$VALUE_SIZE" \
         -r "$((CLIENTS * 16 * $2))" -n "$n" --csv >"$WORK/redis.csv" 2>>"$WORK/redis-bench.log"
     cat "$WORK/redis.csv" >>"$WORK/redis-all.csv"
     OPS=$(python3 -c '
@@ -107,10 +120,15 @@ for p in 1 16; do
     for op in SET GET; do
         ratio=1:0
         [[ $op == GET ]] && ratio=0:1
-        for fsync in always interval:1000; do
+        for fsync in "${FSYNCS[@]}"; do
             semikv_ops "${LB[$fsync]}" "$p" "$ratio"
             RESULT[semikv-$fsync-$op-$p]=$OPS
             log "$op -P $p semikv --fsync $fsync: $OPS ops/s"
+            if [[ $MODE == resp ]]; then
+                redis_ops "$op" "$p" "${RESP[$fsync]##*:}"
+                RESULT[resp-$op-$p]=$OPS
+                log "$op -P $p semikv RESP door --fsync $fsync: $OPS ops/s"
+            fi
         done
         redis_ops "$op" "$p"
         RESULT[redis-$op-$p]=$OPS
@@ -125,9 +143,10 @@ echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; lo
 echo "semikv: 3 replicas + balancer, semi-sync to 1 follower; Redis: primary + 1 replica, AOF everysec"
 echo "$CLIENTS clients, $VALUE_SIZE-byte values, semikv $DURATION s per workload"
 echo
-python3 - "$(for k in "${!RESULT[@]}"; do echo "$k=${RESULT[$k]}"; done)" <<'EOF'
+python3 - "$MODE" "$(for k in "${!RESULT[@]}"; do echo "$k=${RESULT[$k]}"; done)" <<'EOF'
 import sys
-r = dict(line.split("=", 1) for line in sys.argv[1].splitlines() if "=" in line)
+mode = sys.argv[1]
+r = dict(line.split("=", 1) for line in sys.argv[2].splitlines() if "=" in line)
 def num(key):
     try:
         return float(r[key])
@@ -137,15 +156,25 @@ def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 def fmt(x):
     return "%.0f" % x if x is not None else "-"
-head = ["workload", "semikv always", "semikv interval:1000", "redis everysec",
-        "always/redis", "interval/redis"]
 rows = []
-for op in ("SET", "GET"):
-    for p in ("1", "16"):
-        a = num("semikv-always-%s-%s" % (op, p))
-        i = num("semikv-interval:1000-%s-%s" % (op, p))
-        d = num("redis-%s-%s" % (op, p))
-        rows.append(["%s -P %s" % (op, p), fmt(a), fmt(i), fmt(d), ratio(a, d), ratio(i, d)])
+if mode == "resp":
+    head = ["workload", "semikv door (semikv-bench)", "RESP door (redis-benchmark)",
+            "redis everysec", "resp/door", "resp/redis"]
+    for op in ("SET", "GET"):
+        for p in ("1", "16"):
+            i = num("semikv-interval:1000-%s-%s" % (op, p))
+            s = num("resp-%s-%s" % (op, p))
+            d = num("redis-%s-%s" % (op, p))
+            rows.append(["%s -P %s" % (op, p), fmt(i), fmt(s), fmt(d), ratio(s, i), ratio(s, d)])
+else:
+    head = ["workload", "semikv always", "semikv interval:1000", "redis everysec",
+            "always/redis", "interval/redis"]
+    for op in ("SET", "GET"):
+        for p in ("1", "16"):
+            a = num("semikv-always-%s-%s" % (op, p))
+            i = num("semikv-interval:1000-%s-%s" % (op, p))
+            d = num("redis-%s-%s" % (op, p))
+            rows.append(["%s -P %s" % (op, p), fmt(a), fmt(i), fmt(d), ratio(a, d), ratio(i, d)])
 widths = [max(len(x[c]) for x in [head] + rows) for c in range(len(head))]
 print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
 print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -15,7 +15,8 @@
 #                         (`--sync-replicas 1`) on free loopback ports, data,
 #                         logs and ready files in DIR; returns once a write
 #                         commits through the balancer. Sets ADDRS (replica
-#                         1-3 addresses), REPLICA_PIDS, LB_PID and LB_ADDR.
+#                         1-3 addresses), REPLICA_PIDS, LB_PID, LB_ADDR and
+#                         RESP_ADDR (the RESP door, when LB_ARGS has --resp).
 #                         Optional arrays, unset by default: REPLICA_ARGS and
 #                         LB_ARGS (more flags for each replica / the
 #                         balancer), RUN_PREFIX (a command each process is
@@ -128,7 +129,11 @@ start_cluster() {
     # shellcheck disable=SC2034 # for the caller (cpu.sh reads its CPU time)
     LB_PID=$!
     wait_for_file "$dir/lb.addr" 30
-    LB_ADDR=$(tr -d '\n' <"$dir/lb.addr")
+    # The first line is the semikv door; with `--resp`, a `resp ADDR` line
+    # follows.
+    LB_ADDR=$(head -n 1 "$dir/lb.addr")
+    # shellcheck disable=SC2034 # for the caller (compare.sh MODE=resp)
+    RESP_ADDR=$(sed -n 's/^resp //p' "$dir/lb.addr")
     # Ready once a leader is elected and a write commits through the balancer.
     local deadline=$((SECONDS + 30))
     until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \

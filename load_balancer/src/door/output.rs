@@ -19,6 +19,7 @@ pub fn reply_bytes(reply: &Reply) -> usize {
     const PER_REPLY: usize = 32;
     match reply {
         Reply::Value(Some(value)) => value.len() + PER_REPLY,
+        Reply::Outcome(outcome) => outcome.value.as_ref().map_or(0, |v| v.len()) + PER_REPLY,
         Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,
         Reply::ClusterReport(report) => {
             report.status.replicas.len().saturating_mul(512) + PER_REPLY
@@ -92,5 +93,25 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use semikv_protocol::ids::LogIndex;
+    use semikv_protocol::Outcome;
+
+    #[test]
+    fn a_value_carried_by_an_outcome_is_counted() {
+        let value = Bytes::from(vec![0u8; 1 << 20]);
+        let outcome = Reply::Outcome(Outcome {
+            index: LogIndex(1),
+            applied: true,
+            value: Some(value),
+            int: 0,
+        });
+        assert!(reply_bytes(&outcome) > 1 << 20);
     }
 }
