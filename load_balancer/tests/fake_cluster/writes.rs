@@ -374,11 +374,22 @@ async fn writes_the_leader_never_answers_are_indeterminate_after_the_write_timeo
     for i in 0..5 {
         ids.insert(client.send(set_op(&format!("k{i}"), "v")).await);
     }
+    let mut timed_out = 0;
     while !ids.is_empty() {
         let r = client.recv().await;
         assert!(ids.remove(&r.id), "unknown or repeated id");
-        assert!(is_indeterminate(&r.reply, "in time"), "{:?}", r.reply);
+        // The first past its deadline is failed "in time"; the link then
+        // closes the silent connection (SILENT_LINK), and a write sent a
+        // little later, not yet due, is failed as broken with it: both
+        // say the write may or may not have happened, which is the point.
+        assert!(
+            is_indeterminate(&r.reply, "in time") || is_indeterminate(&r.reply, "broke"),
+            "{:?}",
+            r.reply
+        );
+        timed_out += usize::from(is_indeterminate(&r.reply, "in time"));
     }
+    assert!(timed_out >= 1, "none failed by its deadline");
     assert_eq!(a.s().sets_seen, seen + 5);
     assert_eq!(b.s().sets_seen, 0);
     assert!(is_leader_at(&a, 2), "the slow leader was replaced");
