@@ -1,7 +1,8 @@
 //! How many connections one listener holds open: a fixed number of slots,
 //! each held by an accepted connection until it closes. A connection that
-//! finds no free slot is told so with a `TooManyConnections` reject frame
-//! and closed at once, so a flood of connections costs one descriptor each
+//! finds no free slot is told so (a `TooManyConnections` reject frame, or
+//! the listener's own words: the RESP door's Redis error line) and closed
+//! at once, so a flood of connections costs one descriptor each
 //! only for as long as it takes to write that frame, never the descriptors
 //! the process needs for its log, snapshots and replication.
 

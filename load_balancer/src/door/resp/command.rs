@@ -8,76 +8,7 @@ use bytes::Bytes;
 use semikv_protocol::{ErrorReply, Op, Reply};
 
 use super::reply::Resp;
-
-/// A command's name, arity, flags, first key, last key and key step.
-pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
-
-/// The commands this door knows, with Redis's arity (negative: at least
-/// that many arguments, name included), flags, and key positions (first,
-/// last, step), for `COMMAND`.
-pub const COMMANDS: &[CommandInfo] = &[
-    ("get", 2, &["readonly", "fast"], 1, 1, 1),
-    ("set", -3, &["write", "denyoom"], 1, 1, 1),
-    ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("setex", 4, &["write", "denyoom"], 1, 1, 1),
-    ("psetex", 4, &["write", "denyoom"], 1, 1, 1),
-    ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("getdel", 2, &["write", "fast"], 1, 1, 1),
-    ("getex", -2, &["write", "fast"], 1, 1, 1),
-    ("mget", -2, &["readonly", "fast"], 1, -1, 1),
-    ("mset", -3, &["write", "denyoom"], 1, -1, 2),
-    ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
-    ("del", -2, &["write"], 1, -1, 1),
-    ("unlink", -2, &["write", "fast"], 1, -1, 1),
-    ("exists", -2, &["readonly", "fast"], 1, -1, 1),
-    ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
-    ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
-    ("type", 2, &["readonly", "fast"], 1, 1, 1),
-    ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
-    ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
-    ("expire", -3, &["write", "fast"], 1, 1, 1),
-    ("pexpire", -3, &["write", "fast"], 1, 1, 1),
-    ("expireat", -3, &["write", "fast"], 1, 1, 1),
-    ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
-    ("persist", 2, &["write", "fast"], 1, 1, 1),
-    ("ping", -1, &["fast"], 0, 0, 0),
-    ("echo", 2, &["fast"], 0, 0, 0),
-    ("quit", -1, &["fast"], 0, 0, 0),
-    ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
-    (
-        "hello",
-        -1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    (
-        "auth",
-        -2,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    ("client", -2, &[], 0, 0, 0),
-    (
-        "reset",
-        1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    ("command", -1, &["loading", "stale"], 0, 0, 0),
-    ("config", -2, &[], 0, 0, 0),
-    ("info", -1, &["loading", "stale"], 0, 0, 0),
-    ("wait", 3, &[], 0, 0, 0),
-];
+use super::server;
 
 /// How the replies of a command's forwarded ops become its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,15 +125,15 @@ pub struct Conn {
 }
 
 /// Lower-case ASCII of a command name, for matching.
-fn lower(arg: &[u8]) -> String {
+pub(super) fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
-fn wrong_arity(name: &str) -> Resp {
+pub(super) fn wrong_arity(name: &str) -> Resp {
     Resp::err(format!("wrong number of arguments for '{name}' command"))
 }
 
-fn text(arg: &Bytes) -> String {
+pub(super) fn text(arg: &Bytes) -> String {
     String::from_utf8_lossy(arg).into_owned()
 }
 
@@ -286,8 +217,8 @@ impl Conn {
                 self.user = None;
                 Plan::Now(Resp::Simple("RESET"))
             }
-            "command" => Plan::Now(command(args)),
-            "config" => Plan::Now(config(args)),
+            "command" => Plan::Now(server::command(args)),
+            "config" => Plan::Now(server::config(args)),
             "info" => Plan::Forward {
                 ops: vec![Op::Status],
                 shape: Shape::Info {
@@ -306,7 +237,7 @@ impl Conn {
                 "{} is not supported: semikv has no transactions yet",
                 name.to_ascii_uppercase()
             ))),
-            known if COMMANDS.iter().any(|c| c.0 == known) => Plan::Now(wrong_arity(known)),
+            known if server::COMMANDS.iter().any(|c| c.0 == known) => Plan::Now(wrong_arity(known)),
             _ => Plan::Now(unknown(args)),
         }
     }
@@ -354,7 +285,10 @@ impl Conn {
                 password,
                 then: AfterLogin::Hello { protocol, name },
             }),
-            Some(_) => Plan::Now(no_password_set()),
+            // Without users, Redis's `default` user has no password: any
+            // password logs in as it.
+            Some((user, _)) if user == "default" => Plan::Now(self.greet(protocol, name)),
+            Some(_) => Plan::Now(wrong_pass()),
             None if facts.needs_login && self.user.is_none() => {
                 Plan::Now(Resp::coded("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"))
             }
@@ -383,7 +317,13 @@ impl Conn {
     /// `AUTH [user] password`.
     fn auth(&mut self, args: &[Bytes], facts: &Facts) -> Plan {
         if !facts.needs_login {
-            return Plan::Now(no_password_set());
+            return Plan::Now(match args.len() {
+                // As Redis with no password: the one-argument form is a
+                // mistake worth saying; `default` with any password is in.
+                2 => no_password_set(),
+                _ if args[1].as_ref() == b"default" => Resp::OK,
+                _ => wrong_pass(),
+            });
         }
         let (user, password) = if args.len() == 3 {
             (text(&args[1]), text(&args[2]))
@@ -417,17 +357,29 @@ impl Conn {
             }
             "getname" if n == 2 => self.name.clone().map_or(Resp::Nil, Resp::text),
             "id" if n == 2 => Resp::Int(self.id as i64),
-            "setinfo" if n == 4 => match lower(&args[2]).as_str() {
-                "lib-name" => {
-                    self.lib.0 = Some(text(&args[3]));
-                    Resp::OK
+            "setinfo" if n == 4 => {
+                let value = text(&args[3]);
+                let attr = lower(&args[2]);
+                // Shown in CLIENT INFO's one line: no spaces or line breaks
+                // that would forge fields, and no unbounded length.
+                if value.len() > MAX_CLIENT_INFO || check_name(&value).is_err() {
+                    return Plan::Now(Resp::err(format!(
+                        "{attr} cannot contain spaces, newlines or special characters, \
+                         nor be longer than {MAX_CLIENT_INFO} bytes."
+                    )));
                 }
-                "lib-ver" => {
-                    self.lib.1 = Some(text(&args[3]));
-                    Resp::OK
+                match attr.as_str() {
+                    "lib-name" => {
+                        self.lib.0 = Some(value);
+                        Resp::OK
+                    }
+                    "lib-ver" => {
+                        self.lib.1 = Some(value);
+                        Resp::OK
+                    }
+                    other => Resp::err(format!("Unrecognized option '{other}'")),
                 }
-                other => Resp::err(format!("Unrecognized option '{other}'")),
-            },
+            }
             "info" if n == 2 => Resp::Verbatim(self.info_line()),
             "setname" | "getname" | "id" | "setinfo" | "info" => Resp::err(format!(
                 "wrong number of arguments for 'client|{sub}' command"
@@ -455,8 +407,17 @@ impl Conn {
     }
 }
 
-/// A client name may not hold spaces or line breaks (Redis's rule).
+/// Longest `CLIENT SETNAME` or `SETINFO` value.
+const MAX_CLIENT_INFO: usize = 256;
+
+/// A client name may not hold spaces or line breaks (Redis's rule), nor be
+/// longer than [`MAX_CLIENT_INFO`].
 fn check_name(name: &str) -> Result<(), Resp> {
+    if name.len() > MAX_CLIENT_INFO {
+        return Err(Resp::err(format!(
+            "Client names cannot be longer than {MAX_CLIENT_INFO} bytes."
+        )));
+    }
     if name.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
         return Err(Resp::err(
             "Client names cannot contain spaces, newlines or special characters.",
@@ -465,130 +426,19 @@ fn check_name(name: &str) -> Result<(), Resp> {
     Ok(())
 }
 
+/// Redis's answer to a wrong user or password.
+pub fn wrong_pass() -> Resp {
+    Resp::coded(
+        "WRONGPASS",
+        "invalid username-password pair or user is disabled.",
+    )
+}
+
 fn no_password_set() -> Resp {
     Resp::err(
         "AUTH <password> called without any password configured for the default user. \
          Are you sure your configuration is correct?",
     )
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS`.
-fn command(args: &[Bytes]) -> Resp {
-    let info = |c: &CommandInfo| {
-        Resp::Array(vec![
-            Resp::text(c.0),
-            Resp::Int(c.1),
-            Resp::Array(c.2.iter().copied().map(Resp::Simple).collect()),
-            Resp::Int(c.3),
-            Resp::Int(c.4),
-            Resp::Int(c.5),
-        ])
-    };
-    match args.get(1).map(|a| lower(a)).as_deref() {
-        None => Resp::Array(COMMANDS.iter().map(info).collect()),
-        Some("count") => Resp::Int(COMMANDS.len() as i64),
-        Some("info") => Resp::Array(
-            args[2..]
-                .iter()
-                .map(|a| {
-                    let a = lower(a);
-                    COMMANDS.iter().find(|c| c.0 == a).map_or(Resp::Nil, info)
-                })
-                .collect(),
-        ),
-        // No documentation to give: an empty answer, not an error, so that
-        // redis-cli's start-up carries on.
-        Some("docs") => Resp::Map(Vec::new()),
-        Some("list") => Resp::Array(COMMANDS.iter().map(|c| Resp::text(c.0)).collect()),
-        Some(other) => Resp::err(format!("unknown subcommand '{other}'. Try COMMAND HELP.")),
-    }
-}
-
-/// The settings `CONFIG GET` knows: what redis-benchmark and clients ask
-/// at start, answered with what semikv does.
-const CONFIG: &[(&str, &str)] = &[
-    // Durability is the WAL's, not RDB snapshots'.
-    ("save", ""),
-    ("appendonly", "yes"),
-    ("databases", "1"),
-    ("maxmemory", "0"),
-    ("timeout", "0"),
-];
-
-/// `CONFIG GET pattern...`; `CONFIG SET` is refused.
-fn config(args: &[Bytes]) -> Resp {
-    match args.get(1).map(|a| lower(a)).as_deref() {
-        Some("get") if args.len() >= 3 => {
-            let mut pairs = Vec::new();
-            for pattern in &args[2..] {
-                for (k, v) in CONFIG {
-                    if glob(&pattern.to_ascii_lowercase(), k.as_bytes())
-                        && !pairs
-                            .iter()
-                            .any(|(name, _): &(Resp, Resp)| *name == Resp::text(*k))
-                    {
-                        pairs.push((Resp::text(*k), Resp::text(*v)));
-                    }
-                }
-            }
-            Resp::Map(pairs)
-        }
-        Some("get") => wrong_arity("config|get"),
-        Some("set") => {
-            Resp::err("CONFIG SET is not supported: semikv is configured by its command line")
-        }
-        Some("resetstat") => Resp::OK,
-        _ => Resp::err(format!(
-            "unknown subcommand '{}'. Try CONFIG HELP.",
-            args.get(1).map(text).unwrap_or_default()
-        )),
-    }
-}
-
-/// Redis's glob matching: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
-pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = s.split_first() else {
-                return false;
-            };
-            let (negate, mut class) = match rest.split_first() {
-                Some((b'^', r)) => (true, r),
-                _ => (false, rest),
-            };
-            let mut matched = false;
-            loop {
-                match class {
-                    [] => return false,
-                    [b']', r @ ..] => {
-                        class = r;
-                        break;
-                    }
-                    [b'\\', x, r @ ..] => {
-                        matched |= *x == c;
-                        class = r;
-                    }
-                    [a, b'-', b, r @ ..] if *b != b']' => {
-                        let (lo, hi) = if a <= b { (*a, *b) } else { (*b, *a) };
-                        matched |= (lo..=hi).contains(&c);
-                        class = r;
-                    }
-                    [x, r @ ..] => {
-                        matched |= *x == c;
-                        class = r;
-                    }
-                }
-            }
-            matched != negate && glob(class, tail)
-        }
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            s.first() == Some(&rest[0]) && glob(&rest[1..], &s[1..])
-        }
-        Some((&p, rest)) => s.first() == Some(&p) && glob(rest, &s[1..]),
-    }
 }
 
 /// The RESP error for a semikv error reply, with the Redis code a client

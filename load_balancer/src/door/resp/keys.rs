@@ -60,11 +60,24 @@ fn expiry(option: &str, arg: &[u8], command: &str) -> Result<TtlChange, Plan> {
             .ok_or_else(|| invalid_expire(command))
     };
     Ok(match option {
-        "ex" => TtlChange::AfterMs(ms(n)?),
-        "px" => TtlChange::AfterMs(n),
+        "ex" => relative(ms(n)?, command)?,
+        "px" => relative(n, command)?,
         "exat" => TtlChange::At(UnixMillis(ms(n)?)),
         _ => TtlChange::At(UnixMillis(n)),
     })
+}
+
+/// A relative expiry, refused (as Redis refuses it) when now plus it would
+/// pass `i64::MAX` milliseconds: judged by this balancer's clock, which
+/// the leader's roughly matches, and far from any real expiry.
+fn relative(ms: u64, command: &str) -> Result<TtlChange, Plan> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if ms > (i64::MAX as u64).saturating_sub(now) {
+        return Err(invalid_expire(command));
+    }
+    Ok(TtlChange::AfterMs(ms))
 }
 
 /// Plans the key and string commands; `None` for any other name (or a
@@ -204,19 +217,22 @@ fn set(args: &[Bytes]) -> Plan {
         };
     }
     let mut cond = Cond::Always;
-    let mut ttl: Option<TtlChange> = None;
+    // The expiry, and the option that gave it: Redis lets an option be
+    // repeated (the last one counts) but not two different ones combined.
+    let mut ttl: Option<(String, TtlChange)> = None;
     let mut get_old = false;
     let mut i = 3;
     while i < args.len() {
         let option = String::from_utf8_lossy(&args[i]).to_ascii_lowercase();
+        let ttl_free = |o: &str| ttl.as_ref().is_none_or(|(given, _)| given == o);
         match option.as_str() {
-            "nx" if cond == Cond::Always => cond = Cond::IfAbsent,
-            "xx" if cond == Cond::Always => cond = Cond::IfPresent,
+            "nx" if cond != Cond::IfPresent => cond = Cond::IfAbsent,
+            "xx" if cond != Cond::IfAbsent => cond = Cond::IfPresent,
             "get" => get_old = true,
-            "keepttl" if ttl.is_none() => ttl = Some(TtlChange::Keep),
-            "ex" | "px" | "exat" | "pxat" if ttl.is_none() && i + 1 < args.len() => {
+            "keepttl" if ttl_free("keepttl") => ttl = Some((option, TtlChange::Keep)),
+            "ex" | "px" | "exat" | "pxat" if ttl_free(&option) && i + 1 < args.len() => {
                 match expiry(&option, &args[i + 1], "set") {
-                    Ok(t) => ttl = Some(t),
+                    Ok(t) => ttl = Some((option, t)),
                     Err(plan) => return plan,
                 }
                 i += 1;
@@ -225,6 +241,7 @@ fn set(args: &[Bytes]) -> Plan {
         }
         i += 1;
     }
+    let ttl = ttl.map(|(_, t)| t);
     one(
         Command::Set {
             key: args[1].clone(),
@@ -273,23 +290,45 @@ fn expire(name: &str, args: &[Bytes]) -> Plan {
     let Some(n) = int_arg(&args[2]) else {
         return not_an_integer();
     };
-    let mut cond = ExpireCond::Always;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for option in &args[3..] {
-        let option = String::from_utf8_lossy(option).to_ascii_lowercase();
-        let next = match option.as_str() {
-            "nx" => ExpireCond::IfNone,
-            "xx" => ExpireCond::IfSome,
-            "gt" => ExpireCond::IfLater,
-            "lt" => ExpireCond::IfEarlier,
-            _ => return Plan::Now(Resp::err(format!("Unsupported option {option}"))),
-        };
-        if cond != ExpireCond::Always && cond != next {
-            return Plan::Now(Resp::err(
-                "NX and XX, GT or LT options at the same time are not compatible",
-            ));
+        match String::from_utf8_lossy(option)
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "nx" => nx = true,
+            "xx" => xx = true,
+            "gt" => gt = true,
+            "lt" => lt = true,
+            other => return Plan::Now(Resp::err(format!("Unsupported option {other}"))),
         }
-        cond = next;
     }
+    if nx && (xx || gt || lt) {
+        return Plan::Now(Resp::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Plan::Now(Resp::err(
+            "GT and LT options at the same time are not compatible",
+        ));
+    }
+    // A key without an expiry counts as expiring never: GT already fails
+    // on it, so XX GT is GT; XX LT (LT on a key that has an expiry) has no
+    // condition of its own in the store yet.
+    let cond = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCond::IfNone,
+        (_, true, false, true) => {
+            return Plan::Now(Resp::err(
+                "XX and LT together are not supported yet; LT alone also sets an \
+                 expiry on a key that has none",
+            ))
+        }
+        (_, _, true, _) => ExpireCond::IfLater,
+        (_, _, _, true) => ExpireCond::IfEarlier,
+        (_, true, ..) => ExpireCond::IfSome,
+        _ => ExpireCond::Always,
+    };
     let seconds = matches!(name, "expire" | "expireat");
     let Some(ms) = (if seconds {
         n.checked_mul(1000)
@@ -304,7 +343,10 @@ fn expire(name: &str, args: &[Bytes]) -> Plan {
         // Already past: the leader deletes the key.
         TtlChange::At(UnixMillis(0))
     } else {
-        TtlChange::AfterMs(ms as u64)
+        match relative(ms as u64, name) {
+            Ok(ttl) => ttl,
+            Err(plan) => return plan,
+        }
     };
     one(
         Command::Expire {
@@ -337,7 +379,13 @@ pub fn ttl(t: &KeyTtl, millis: bool) -> Resp {
         KeyTtl::Persistent => Resp::Int(-1),
         KeyTtl::Expires { remaining_ms, .. } => {
             let ms = i64::try_from(*remaining_ms).unwrap_or(i64::MAX);
-            Resp::Int(if millis { ms } else { (ms + 500) / 1000 })
+            // Rounded to the nearest second, as Redis does, without the
+            // overflow of (ms + 500) / 1000 near i64::MAX.
+            Resp::Int(if millis {
+                ms
+            } else {
+                ms / 1000 + i64::from(ms % 1000 >= 500)
+            })
         }
     }
 }

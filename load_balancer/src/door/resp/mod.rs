@@ -13,8 +13,10 @@ mod info;
 mod keys;
 pub mod parse;
 mod reply;
+mod server;
+mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,9 +27,9 @@ use semikv_protocol::admission::Admission;
 use semikv_protocol::budget::{ReadBudget, SMALL_FRAME};
 use semikv_protocol::net::Listener;
 use semikv_protocol::throttle::LogThrottle;
-use semikv_protocol::transport::{Stream, WriteHalf};
-use semikv_protocol::{ErrorReply, Op, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use semikv_protocol::transport::Stream;
+use semikv_protocol::{ErrorReply, Op};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,8 +42,7 @@ use crate::router::{Router, Session, Window};
 use crate::users::Users;
 use command::{AfterLogin, Conn, Facts, Plan, Shape};
 use reply::Resp;
-
-pub use command::glob;
+use writer::{write_answers, WriteFailed};
 
 /// Ops one client may have in flight before the door stops submitting.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -58,11 +59,12 @@ const MAX_WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// How long writing to a client may be blocked before it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a TLS handshake may take.
+/// How long a TLS handshake, or checking a login's password, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bytes read from the socket at a time, at most.
-const READ_CHUNK: usize = 64 * 1024;
+/// A wait for a grant of the read budget.
+type Granting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<OwnedSemaphorePermit>> + Send + 'a>>;
 
 /// Numbers the connections for `CLIENT ID`.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -207,14 +209,18 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
     let mut session = Session::windowed(&shared.router, Arc::new(answers), window.clone());
     let commands = Arc::new(Semaphore::new(MAX_COMMANDS));
     let mut conn = Conn::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, shared.local);
-    let mut parser = parse::Parser::new(shared.config.max_frame_len);
+    let max_command = shared.config.max_frame_len;
+    let mut parser = parse::Parser::new(max_command);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     // Ops read and not yet submitted (a command's ops wait for slots).
     let mut pending: VecDeque<(Tag, Op)> = VecDeque::new();
     let mut next_tag = 0u64;
-    // The budget held for the large bulk string being read: its length
-    // and the grant.
+    // The read budget held for the large command being read: the bytes it
+    // covers, and the grant.
     let mut grant: Option<(usize, OwnedSemaphorePermit)> = None;
+    // A grant being waited for, kept from one turn of the loop to the
+    // next so that it keeps its place in the budget's fair queue.
+    let mut granting: Option<(usize, Granting<'_>)> = None;
     // Whole commands left in the buffer for want of a command permit.
     let mut backlog = false;
     let mut quitting = false;
@@ -231,12 +237,26 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
         if quitting && pending.is_empty() {
             break;
         }
-        let bulk = parser.bulk_len().filter(|len| len + 2 > SMALL_FRAME);
-        if grant.as_ref().map(|(len, _)| *len) != bulk {
-            // The large bulk it was for is read (or another began).
+        // A command over SMALL_FRAME takes the read budget for all its
+        // bytes (its arguments stay in memory until it is whole), before
+        // more of it is read; the grant grows by doubling, at most to the
+        // command limit, and is given back once the command is taken.
+        let want = parser.command_len();
+        if want <= SMALL_FRAME {
             grant = None;
+            granting = None;
+        } else {
+            let covered = |c: Option<usize>| c.is_some_and(|c| c >= want);
+            if !covered(grant.as_ref().map(|g| g.0)) && !covered(granting.as_ref().map(|g| g.0)) {
+                let len = want
+                    .max(grant.as_ref().map_or(0, |(c, _)| c.saturating_mul(2)))
+                    .min(max_command);
+                // Nobody holds budget while waiting for budget.
+                grant = None;
+                granting = Some((len, Box::pin(shared.budget.grant(len))));
+            }
         }
-        let needs_grant = bulk.is_some() && grant.is_none();
+        let needs_grant = granting.is_some();
         let can_read = pending.is_empty() && !quitting && !backlog && !needs_grant;
         if can_read && buf.capacity() - buf.len() < 1024 {
             buf.reserve(8 * 1024);
@@ -269,11 +289,15 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
                 }
             }
             () = window.room(), if !pending.is_empty() => {}
-            granted = shared.budget.grant(bulk.unwrap_or(0) + 2), if needs_grant => {
-                if let (Some(len), Some(permit)) = (bulk, granted) {
+            granted = async {
+                match granting.as_mut() {
+                    Some((_, waiting)) => waiting.await,
+                    None => std::future::pending().await,
+                }
+            }, if needs_grant => {
+                if let (Some((len, _)), Some(permit)) = (granting.take(), granted) {
                     grant = Some((len, permit));
                 }
-                partial_since = None;
             }
             permit = commands.clone().acquire_owned(), if backlog && pending.is_empty() && !quitting => {
                 drop(permit);
@@ -341,9 +365,10 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
                 let Some((tag, op)) = pending.pop_front() else {
                     break;
                 };
-                if session.submit(tag, op).is_err() {
-                    break;
-                }
+                // Cannot fail: the loop saw room for it, and only this task
+                // takes slots.
+                let submitted = session.submit(tag, op);
+                debug_assert!(submitted.is_ok(), "no slot though the window had room");
             }
             session.end_burst();
         }
@@ -397,6 +422,9 @@ async fn take_commands(
         let Ok(permit) = commands.clone().try_acquire_owned() else {
             return Taken::Backlog;
         };
+        // Redis's tighter limits until the connection logs in; a login
+        // earlier in this same burst lifts them for what follows it.
+        parser.set_unauthenticated(shared.facts.needs_login && conn.user.is_none());
         let args = match parser.next(buf) {
             Ok(Some(args)) => args,
             Ok(None) => return Taken::More,
@@ -472,7 +500,13 @@ async fn take_commands(
 /// Why the connection's user may not run `ops`, if it may not.
 fn refusal(shared: &Shared, conn: &Conn, ops: &[Op]) -> Option<ErrorReply> {
     let users = shared.config.users.as_ref()?;
-    let name = conn.user.as_deref()?;
+    let Some(name) = conn.user.as_deref() else {
+        // The NOAUTH check comes first; this keeps a gap in it from
+        // becoming a way in.
+        return Some(ErrorReply::NoPermission {
+            reason: "log in first".into(),
+        });
+    };
     let Some(role) = users.role_of(name) else {
         return Some(ErrorReply::NoPermission {
             reason: format!("user {name} no longer exists; log in again"),
@@ -495,7 +529,15 @@ async fn log_in(shared: &Shared, conn: &mut Conn, login: command::Login) -> Resp
     let Some(users) = shared.config.users.as_ref() else {
         return Resp::err("no users configured");
     };
-    match Users::login(users, conn.peer.ip(), &login.user, &login.password).await {
+    let checked = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        Users::login(users, conn.peer.ip(), &login.user, &login.password),
+    )
+    .await;
+    let Ok(checked) = checked else {
+        return Resp::err("the login was not checked in time; try again");
+    };
+    match checked {
         Ok(_) => {
             conn.user = Some(login.user);
             match login.then {
@@ -508,144 +550,7 @@ async fn log_in(shared: &Shared, conn: &mut Conn, login: command::Login) -> Resp
                 let user: String = login.user.chars().take(64).collect();
                 warn!(peer = %conn.peer, user = ?user, error = %e, similar_since_last = held, "RESP login refused");
             }
-            Resp::coded(
-                "WRONGPASS",
-                "invalid username-password pair or user is disabled.",
-            )
+            command::wrong_pass()
         }
     }
-}
-
-/// Why the writer stopped early.
-#[derive(Debug)]
-enum WriteFailed {
-    /// The client read nothing for [`WRITE_TIMEOUT`].
-    Blocked,
-    /// The socket failed.
-    Io(std::io::Error),
-}
-
-/// A command waiting for its replies, in the client's order.
-#[derive(Debug)]
-enum Waiting {
-    /// An answer known at once, charged until it is encoded.
-    Ready {
-        resp: Resp,
-        resp3: bool,
-        _charge: Charge,
-    },
-    Expect {
-        first: u64,
-        count: usize,
-        shape: Shape,
-        resp3: bool,
-    },
-}
-
-/// Writes the answers in the order of the commands until `Close`, the
-/// queue's end, or `closed`.
-async fn write_answers(
-    mut write: WriteHalf,
-    mut rx: mpsc::Receiver<Out>,
-    closed: CancellationToken,
-) -> Result<(), WriteFailed> {
-    let mut order: VecDeque<(Waiting, Option<OwnedSemaphorePermit>)> = VecDeque::new();
-    // Replies that came before the ones ahead of them, with their charges.
-    let mut held: HashMap<u64, (Reply, Option<Charge>)> = HashMap::new();
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut closing = false;
-    loop {
-        let first = tokio::select! {
-            _ = closed.cancelled() => return Ok(()),
-            item = rx.recv() => item,
-        };
-        let Some(first) = first else { break };
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Out::Ready {
-                    resp,
-                    resp3,
-                    _permit,
-                    _charge,
-                } => order.push_back((
-                    Waiting::Ready {
-                        resp,
-                        resp3,
-                        _charge,
-                    },
-                    _permit,
-                )),
-                Out::Expect {
-                    first,
-                    count,
-                    shape,
-                    resp3,
-                    _permit,
-                } => order.push_back((
-                    Waiting::Expect {
-                        first,
-                        count,
-                        shape,
-                        resp3,
-                    },
-                    Some(_permit),
-                )),
-                Out::Answer(Answer::One { tag, reply, slot }, charge) => {
-                    // The slot goes now: the reply waits here, charged.
-                    drop(slot);
-                    held.insert(tag.0, (reply, Some(charge)));
-                }
-                Out::Answer(Answer::Run { replies, slot }, charge) => {
-                    drop(slot);
-                    let mut charge = Some(charge);
-                    for (tag, reply) in replies {
-                        held.insert(tag.0, (reply, charge.take()));
-                    }
-                }
-                Out::Close => closing = true,
-            }
-            if out.len() < READ_CHUNK * 4 {
-                next = rx.try_recv().ok();
-            }
-        }
-        // Encodes every command at the front whose replies are all in.
-        while let Some((front, _)) = order.front() {
-            match front {
-                Waiting::Ready { resp, resp3, .. } => resp.encode(*resp3, &mut out),
-                Waiting::Expect {
-                    first,
-                    count,
-                    shape,
-                    resp3,
-                } => {
-                    if !(*first..*first + *count as u64).all(|t| held.contains_key(&t)) {
-                        break;
-                    }
-                    let replies: Vec<Reply> = (*first..*first + *count as u64)
-                        .filter_map(|t| held.remove(&t).map(|(r, _charge)| r))
-                        .collect();
-                    let resp = command::combine(shape, replies);
-                    resp.encode(*resp3, &mut out);
-                }
-            }
-            order.pop_front();
-        }
-        if !out.is_empty() {
-            match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(WriteFailed::Io(e)),
-                Err(_) => return Err(WriteFailed::Blocked),
-            }
-            out.clear();
-            if out.capacity() > 1024 * 1024 {
-                out = BytesMut::with_capacity(16 * 1024);
-            }
-        }
-        if closing && order.is_empty() {
-            break;
-        }
-    }
-    let _ = write.shutdown().await;
-    Ok(())
 }

@@ -21,6 +21,13 @@ pub const MAX_INLINE: usize = 64 * 1024;
 /// is far past any real command and bounds the argument vector).
 pub const MAX_ARGS: usize = 1024 * 1024;
 
+/// Most arguments a command may have before its connection logged in
+/// (Redis's own limit for unauthenticated clients).
+pub const MAX_ARGS_UNAUTHENTICATED: usize = 10;
+
+/// Longest bulk string before the connection logged in (Redis's limit).
+pub const MAX_BULK_UNAUTHENTICATED: usize = 16 * 1024;
+
 /// Longest `*N` or `$N` header line, digits and sign included.
 const MAX_HEADER: usize = 32;
 
@@ -41,6 +48,15 @@ pub enum ParseError {
     /// An array element that is not a bulk string.
     #[error("Protocol error: expected '$', got '{0}'")]
     ExpectedBulk(char),
+    /// Before a login: more arguments than [`MAX_ARGS_UNAUTHENTICATED`].
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulk,
+    /// Before a login: a bulk string over [`MAX_BULK_UNAUTHENTICATED`].
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulk,
+    /// A command whose arguments add up to more than the limit.
+    #[error("Protocol error: a command of more than {0} bytes")]
+    CommandTooLarge(usize),
     /// A bulk string not followed by CRLF.
     #[error("Protocol error: bulk string not followed by CRLF")]
     MissingCrlf,
@@ -67,22 +83,47 @@ enum State {
         args: Vec<Bytes>,
         left: usize,
         bulk: Option<usize>,
+        /// Bytes of the arguments read so far.
+        total: usize,
     },
 }
 
 /// The incremental request parser of one connection.
 #[derive(Debug)]
 pub struct Parser {
-    max_bulk: usize,
+    /// Longest command: its arguments' bytes added up, and so also the
+    /// longest bulk string.
+    max_command: usize,
+    /// Whether the connection has yet to log in (Redis's tighter limits).
+    unauthenticated: bool,
     state: State,
 }
 
 impl Parser {
-    /// A parser that refuses bulk strings longer than `max_bulk`.
-    pub fn new(max_bulk: usize) -> Parser {
+    /// A parser that refuses commands whose arguments add up to more than
+    /// `max_command` bytes.
+    pub fn new(max_command: usize) -> Parser {
         Parser {
-            max_bulk,
+            max_command,
+            unauthenticated: false,
             state: State::Idle,
+        }
+    }
+
+    /// Applies Redis's limits for a connection that has not logged in
+    /// ([`MAX_ARGS_UNAUTHENTICATED`], [`MAX_BULK_UNAUTHENTICATED`]) to the
+    /// commands read from now on, or lifts them.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
+    }
+
+    /// Bytes the command being read holds or has announced: its arguments
+    /// so far and the whole of the bulk string whose header arrived. What
+    /// the read budget must cover while it arrives.
+    pub fn command_len(&self) -> usize {
+        match self.state {
+            State::Array { total, bulk, .. } => total.saturating_add(bulk.unwrap_or(0)),
+            State::Idle => 0,
         }
     }
 
@@ -129,14 +170,23 @@ impl Parser {
                     if left > MAX_ARGS {
                         return Err(ParseError::MultibulkLength);
                     }
+                    if self.unauthenticated && left > MAX_ARGS_UNAUTHENTICATED {
+                        return Err(ParseError::UnauthenticatedMultibulk);
+                    }
                     self.state = State::Array {
                         // Grown as arguments arrive, not to the count claimed.
                         args: Vec::with_capacity(left.min(16)),
                         left,
                         bulk: None,
+                        total: 0,
                     };
                 }
-                State::Array { args, left, bulk } => {
+                State::Array {
+                    args,
+                    left,
+                    bulk,
+                    total,
+                } => {
                     if *left == 0 {
                         let args = std::mem::take(args);
                         self.state = State::Idle;
@@ -155,8 +205,15 @@ impl Parser {
                                 return Ok(None);
                             };
                             let len = usize::try_from(len).map_err(|_| ParseError::BulkLength)?;
-                            if len > self.max_bulk {
+                            if len > self.max_command {
                                 return Err(ParseError::BulkLength);
+                            }
+                            if self.unauthenticated && len > MAX_BULK_UNAUTHENTICATED {
+                                return Err(ParseError::UnauthenticatedBulk);
+                            }
+                            // Every argument costs a little beyond its bytes.
+                            if total.saturating_add(len).saturating_add(16) > self.max_command {
+                                return Err(ParseError::CommandTooLarge(self.max_command));
                             }
                             *bulk = Some(len);
                             len
@@ -172,6 +229,7 @@ impl Parser {
                     args.push(buf.split_to(len).freeze());
                     buf.advance(2);
                     *bulk = None;
+                    *total += len + 16;
                     *left -= 1;
                 }
             }
@@ -420,6 +478,42 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_bounded_as_a_whole_not_only_per_argument() {
+        let mut parser = Parser::new(130);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"*10\r\n");
+        for _ in 0..2 {
+            buf.extend_from_slice(b"$40\r\n");
+            buf.extend_from_slice(&[b'x'; 40]);
+            buf.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(parser.next(&mut buf), Ok(None));
+        assert!(parser.command_len() >= 80);
+        buf.extend_from_slice(b"$40\r\n");
+        assert_eq!(parser.next(&mut buf), Err(ParseError::CommandTooLarge(130)));
+    }
+
+    #[test]
+    fn before_a_login_the_limits_are_redis_own() {
+        let mut parser = Parser::new(1 << 20);
+        parser.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            parser.next(&mut buf),
+            Err(ParseError::UnauthenticatedMultibulk)
+        );
+        let mut parser = Parser::new(1 << 20);
+        parser.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$16385\r\n"[..]);
+        assert_eq!(parser.next(&mut buf), Err(ParseError::UnauthenticatedBulk));
+        // AUTH itself fits.
+        let mut parser = Parser::new(1 << 20);
+        parser.set_unauthenticated(true);
+        let mut buf = BytesMut::from(&b"*3\r\n$4\r\nAUTH\r\n$1\r\nu\r\n$2\r\npw\r\n"[..]);
+        assert_eq!(parser.next(&mut buf).unwrap().map(|a| a.len()), Some(3));
+    }
+
+    #[test]
     fn empty_commands_are_skipped() {
         let got = parse_all(b"*0\r\n\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap();
         assert_eq!(got, vec![args(&[b"PING"])]);
@@ -431,6 +525,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"*1\r\n$100000\r\nabc"[..]);
         assert_eq!(parser.next(&mut buf).unwrap(), None);
         assert_eq!(parser.bulk_len(), Some(100_000));
+        assert_eq!(parser.command_len(), 100_000);
         // The buffer grew by a bounded step, not to the announced length.
         assert!(buf.capacity() < 100_000);
     }

@@ -93,6 +93,24 @@ fn bad_set_options_are_redis_errors() {
     );
     assert_eq!(error(&["SET", "k", "v", "EX"]), "ERR syntax error");
     assert_eq!(
+        error(&["SET", "k", "v", "KEEPTTL", "EX", "1"]),
+        "ERR syntax error"
+    );
+    // A repeated option is Redis's too: the last one counts.
+    let (c, _) = command(&["SET", "k", "v", "EX", "1", "EX", "2", "NX", "NX"]);
+    assert!(matches!(
+        c,
+        Command::Set {
+            cond: Cond::IfAbsent,
+            ttl: TtlChange::AfterMs(2000),
+            ..
+        }
+    ));
+    assert_eq!(
+        error(&["SET", "k", "v", "PX", "9223372036854775807"]),
+        "ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(
         error(&["SET", "k", "v", "EX", "0"]),
         "ERR invalid expire time in 'set' command"
     );
@@ -187,6 +205,26 @@ fn expire_variants() {
         "ERR NX and XX, GT or LT options at the same time are not compatible"
     );
     assert_eq!(
+        error(&["EXPIRE", "k", "10", "GT", "LT"]),
+        "ERR GT and LT options at the same time are not compatible"
+    );
+    let (c, _) = command(&["EXPIRE", "k", "10", "XX", "GT"]);
+    assert!(matches!(
+        c,
+        Command::Expire {
+            cond: ExpireCond::IfLater,
+            ..
+        }
+    ));
+    let (c, _) = command(&["EXPIRE", "k", "10", "XX"]);
+    assert!(matches!(
+        c,
+        Command::Expire {
+            cond: ExpireCond::IfSome,
+            ..
+        }
+    ));
+    assert_eq!(
         error(&["EXPIRE", "k", "9223372036854775807"]),
         "ERR invalid expire time in 'expire' command"
     );
@@ -237,4 +275,9 @@ fn outcomes_become_redis_answers() {
     };
     assert_eq!(ttl(&t, false), Resp::Int(1));
     assert_eq!(ttl(&t, true), Resp::Int(1499));
+    let far = KeyTtl::Expires {
+        at: UnixMillis(0),
+        remaining_ms: u64::MAX,
+    };
+    assert_eq!(ttl(&far, false), Resp::Int(i64::MAX / 1000 + 1));
 }
