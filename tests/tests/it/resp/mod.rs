@@ -23,6 +23,7 @@ use semikv_tests::{Cluster, Deadline};
 use crate::CONVERGE;
 
 mod client;
+mod commands;
 mod failover;
 mod raw;
 
