@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use semikv_protocol::Reply;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::request::Answer;
+use crate::request::{Answer, AnswerSink};
+use crate::router::Window;
 
 /// Bytes a reply costs while it waits for its client, about: its value and
 /// a little more.
@@ -93,6 +95,43 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A connection's answer sink, whatever its door: each answer is charged
+/// to the connection's [`OutputBudget`] and handed to its writer's queue
+/// as the door's own item (`T: From<(Answer, Charge)>`), and the window
+/// learns its size. The door sizes the queue to make room certain (see
+/// [`AnswerSink::deliver`]).
+#[derive(Debug)]
+pub struct ChargedAnswers<T> {
+    queue: mpsc::Sender<T>,
+    budget: Arc<OutputBudget>,
+    window: Arc<Window>,
+}
+
+impl<T> ChargedAnswers<T> {
+    /// Answers into `queue`, charged to `budget`, observed by `window`.
+    pub fn new(queue: mpsc::Sender<T>, budget: Arc<OutputBudget>, window: Arc<Window>) -> Self {
+        ChargedAnswers {
+            queue,
+            budget,
+            window,
+        }
+    }
+}
+
+impl<T> AnswerSink for ChargedAnswers<T>
+where
+    T: From<(Answer, Charge)> + Send + std::fmt::Debug,
+{
+    fn deliver(&self, answer: Answer) {
+        let (bytes, largest) = answer_bytes(&answer);
+        self.window.observe(largest);
+        // A closing connection's writer has dropped its queue: the send
+        // fails and the charge goes with the answer.
+        let charge = self.budget.charge(bytes);
+        let _ = self.queue.try_send(T::from((answer, charge)));
     }
 }
 

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::output::{answer_bytes, Charge, OutputBudget};
+use super::output::{Charge, ChargedAnswers, OutputBudget};
 use crate::config::Config;
-use crate::request::{Answer, AnswerSink, Tag};
+use crate::request::{Answer, Tag};
 use crate::router::{Router, Session, Window};
 use crate::users::{UserRole, Users};
 use semikv_protocol::outbox::{self, Outgoing, Sink};
@@ -129,24 +129,9 @@ fn response(tag: Tag, reply: semikv_protocol::Reply) -> Message {
     })
 }
 
-/// The connection's answer sink: its writer's queue, with room for every
-/// slot and one closing message, its output budget, and its window (which
-/// learns the answers' sizes).
-#[derive(Debug)]
-struct Answers {
-    queue: mpsc::Sender<ToClient>,
-    budget: Arc<OutputBudget>,
-    window: Arc<Window>,
-}
-
-impl AnswerSink for Answers {
-    fn deliver(&self, answer: Answer) {
-        let (bytes, largest) = answer_bytes(&answer);
-        self.window.observe(largest);
-        // A closing connection's writer has dropped its queue: the send
-        // fails and the charge goes with the answer.
-        let charge = self.budget.charge(bytes);
-        let _ = self.queue.try_send(ToClient::Answer(answer, charge));
+impl From<(Answer, Charge)> for ToClient {
+    fn from((answer, charge): (Answer, Charge)) -> ToClient {
+        ToClient::Answer(answer, charge)
     }
 }
 
@@ -195,11 +180,7 @@ async fn serve(
         MAX_IN_FLIGHT,
         limit.saturating_mul(2).min(MAX_WINDOW_BYTES),
     ));
-    let answers = Answers {
-        queue: tx.clone(),
-        budget,
-        window: window.clone(),
-    };
+    let answers = ChargedAnswers::new(tx.clone(), budget, window.clone());
     let mut session = Session::windowed(&router, Arc::new(answers), window.clone());
     let slots = session.slots().clone();
     // One wait for the whole loop, not a waiter registered per batch.

@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::output::{answer_bytes, Charge, OutputBudget};
+use super::output::{Charge, ChargedAnswers, OutputBudget};
 use crate::config::Config;
-use crate::request::{Answer, AnswerSink, Tag};
+use crate::request::{Answer, Tag};
 use crate::router::{Router, Session, Window};
 use crate::users::Users;
 use command::{AfterLogin, Conn, Facts, Plan, Shape};
@@ -147,21 +147,9 @@ enum Out {
     Close,
 }
 
-/// The connection's answer sink: the writer's queue, with room for every
-/// slot and every command.
-#[derive(Debug)]
-struct Answers {
-    queue: mpsc::Sender<Out>,
-    budget: Arc<OutputBudget>,
-    window: Arc<Window>,
-}
-
-impl AnswerSink for Answers {
-    fn deliver(&self, answer: Answer) {
-        let (bytes, largest) = answer_bytes(&answer);
-        self.window.observe(largest);
-        let charge = self.budget.charge(bytes);
-        let _ = self.queue.try_send(Out::Answer(answer, charge));
+impl From<(Answer, Charge)> for Out {
+    fn from((answer, charge): (Answer, Charge)) -> Out {
+        Out::Answer(answer, charge)
     }
 }
 
@@ -201,11 +189,8 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
         limit.saturating_mul(2).min(MAX_WINDOW_BYTES),
     ));
     let output = OutputBudget::new(limit, peer, conn_closed.clone());
-    let answers = Answers {
-        queue: tx.clone(),
-        budget: output.clone(),
-        window: window.clone(),
-    };
+    // The queue has room for every slot and every command.
+    let answers = ChargedAnswers::new(tx.clone(), output.clone(), window.clone());
     let mut session = Session::windowed(&shared.router, Arc::new(answers), window.clone());
     let commands = Arc::new(Semaphore::new(MAX_COMMANDS));
     let mut conn = Conn::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, shared.local);
