@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::net::Net;
-use semikv_protocol::{Hello, NodeRole, Op, Reply, Role};
+use semikv_protocol::{Command, Cond, Hello, NodeRole, Op, Reply, Role, TtlChange};
 
-use crate::checker::{Action, Event};
+use crate::checker::{Action, Event, Outcome};
 use crate::client::Client;
 use crate::workload::{classify, request_for, unanswered, Rng};
 
@@ -112,6 +112,10 @@ pub async fn worker(
         };
         let key = Bytes::from(format!("k{}", rng.below(keys as u64)));
         let roll = rng.below(100);
+        // Writes the leader evaluates ride along with plain ones: a SET NX
+        // and a DEL as commands, so that its evaluation against writes not
+        // yet committed, and its no-op waits, face the faults too.
+        let evaluated = roll >= 85 || (40..45).contains(&roll);
         let action = if roll < 40 {
             Action::Get(None)
         } else if roll < 50 {
@@ -120,11 +124,25 @@ pub async fn worker(
             seq += 1;
             Action::Set(Bytes::from(format!("c{id}-{seq}")))
         };
-        let op = request_for(&key, &action);
+        let op = if evaluated {
+            evaluated_request(&key, &action)
+        } else {
+            request_for(&key, &action)
+        };
         let start = clock.now();
         let result = client.request(op).await;
         let end = clock.now();
         let (action, outcome, detail) = match result {
+            Ok(Reply::Outcome(o)) if evaluated => {
+                // A SET NX that did not apply wrote nothing, for sure: if
+                // its value is ever read, it was applied after all.
+                let outcome = if o.applied || action == Action::Delete {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                };
+                (action, outcome, format!("{o:?}"))
+            }
             Ok(reply) => classify(action, reply),
             Err(e) => {
                 conn = None;
@@ -146,6 +164,24 @@ pub async fn worker(
     }
     findings.borrow_mut().running -= 1;
     Ok(())
+}
+
+/// The evaluated form of a write: `SET key value NX` for a set, `DEL key`
+/// as a command for a delete.
+fn evaluated_request(key: &Bytes, action: &Action) -> Op {
+    match action {
+        Action::Set(value) => Op::Command(Command::Set {
+            key: key.clone(),
+            value: value.clone(),
+            cond: Cond::IfAbsent,
+            ttl: TtlChange::Persist,
+            get_old: false,
+        }),
+        Action::Delete => Op::Command(Command::Delete {
+            keys: vec![key.clone()],
+        }),
+        Action::Get(_) => request_for(key, action),
+    }
 }
 
 async fn connect(addr: &str) -> anyhow::Result<Client> {
