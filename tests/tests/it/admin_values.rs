@@ -92,9 +92,12 @@ async fn a_replica_pushed_to_the_last_term_is_passed_over() {
     assert_ne!(status.leader, Some(victim_addr), "{status:?}");
     for key in ["before", "beside", "after"] {
         let reply = c.get(key).await.unwrap();
-        assert!(
-            semikv_tests::client::value(&reply).unwrap().is_some(),
-            "{key}: {reply:?}"
-        );
+        let ok = matches!(semikv_tests::client::value(&reply), Ok(Some(_)));
+        if !ok {
+            let status = c.cluster_status().await;
+            cluster
+                .explain::<()>(Err(anyhow::anyhow!("{key}: {reply:?}; {status:?}")))
+                .unwrap();
+        }
     }
 }

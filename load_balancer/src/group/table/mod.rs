@@ -66,7 +66,9 @@ impl Inner {
     /// or a follower that has applied what the leader had committed
     /// `CATCH_UP_ROUNDS - 1` full rounds ago (any follower until that many
     /// rounds were seen, at start-up). An idle replica (restarted and not
-    /// yet following: its data may be anything, even wiped) gets no reads.
+    /// yet following: its data may be anything, even wiped) gets no reads,
+    /// and neither does a follower last seen at another epoch than the
+    /// leader's (the newest epoch known while there is no leader).
     fn readable(&self, slot: usize) -> bool {
         let Some(status) = self
             .rows
@@ -79,7 +81,12 @@ impl Inner {
         if self.leader.is_some_and(|l| l.slot == slot) {
             return true;
         }
-        if status.role != NodeRole::Follower {
+        // A follower last seen at an older epoch than the newest one known
+        // may since have been moved anywhere (a peer may have promoted it on
+        // its own at a higher epoch, where it never commits, or commits
+        // alone): its cached status says nothing about what it serves now.
+        let current = self.leader.map_or(self.max_epoch, |l| l.epoch);
+        if status.role != NodeRole::Follower || status.epoch != current {
             return false;
         }
         match self.leader_commits.front() {

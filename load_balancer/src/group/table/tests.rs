@@ -293,3 +293,26 @@ fn the_rotation_is_judged_after_a_full_window_and_the_bar_outlives_a_leader() {
     t.record_ok(0, status(1, NodeRole::Follower, 3, 100));
     assert_eq!(readers(&t), vec![0, 1]);
 }
+
+#[test]
+fn a_follower_last_seen_at_another_epoch_gets_no_reads() {
+    let t = table3();
+    t.record_ok(0, status(1, NodeRole::Leader, 2, 10));
+    t.record_ok(1, status(2, NodeRole::Follower, 2, 10));
+    // Last seen following the previous leader: a peer may have moved it
+    // since, and the next poll will tell.
+    t.record_ok(2, status(3, NodeRole::Follower, 1, 10));
+    t.set_leader(Some(Leader {
+        slot: 0,
+        epoch: Epoch::from_raw(2),
+    }));
+    t.note_round();
+    assert_eq!(readers(&t), vec![0, 1]);
+    t.record_ok(2, status(3, NodeRole::Follower, 2, 10));
+    assert_eq!(readers(&t), vec![0, 1, 2]);
+    // No leader: followers at the newest epoch known still serve reads,
+    // one last seen below it does not.
+    t.set_leader(None);
+    t.record_ok(1, status(2, NodeRole::Follower, 1, 10));
+    assert_eq!(readers(&t), vec![2]);
+}
