@@ -1,13 +1,16 @@
-//! The writes a leader evaluates and the expiry read (protocol 5), as typed
-//! methods of [`Client`] and [`RetryingClient`]: conditional sets, counters,
-//! appends, multi-key sets and deletes, expiries. Each is one request and,
+//! The writes a leader evaluates and the expiry read (protocol 5), and the
+//! reads about every key (protocol 6), as typed methods of [`Client`] and
+//! [`RetryingClient`]: conditional sets, counters, appends, multi-key sets
+//! and deletes, expiries, scans and key counts. Each is one request and,
 //! for a write, one log entry: all or nothing.
 //!
 //! A [`RetryingClient`] retries them as it retries any write: only when
 //! they certainly were not applied.
 
 use bytes::Bytes;
-use semikv_protocol::{Command, Cond, ExpireCond, KeyTtl, Op, Outcome, Reply, TtlChange};
+use semikv_protocol::{
+    Command, Cond, ExpireCond, KeyCount, KeyPage, KeyTtl, Op, Outcome, Reply, Scan, TtlChange,
+};
 
 use crate::conn::{unexpected, Client, ClientError};
 use crate::retry::RetryingClient;
@@ -26,6 +29,22 @@ fn ttl_of(reply: Reply) -> Result<KeyTtl, ClientError> {
     match reply {
         Reply::Ttl(ttl) => Ok(ttl),
         other => Err(unexpected("ttl", other)),
+    }
+}
+
+/// A `Scan` reply as its page.
+fn page_of(reply: Reply) -> Result<KeyPage, ClientError> {
+    match reply {
+        Reply::Keys(page) => Ok(page),
+        other => Err(unexpected("scan", other)),
+    }
+}
+
+/// A `DbSize` reply as the count.
+fn count_of(reply: Reply) -> Result<KeyCount, ClientError> {
+    match reply {
+        Reply::KeyCount(count) => Ok(count),
+        other => Err(unexpected("dbsize", other)),
     }
 }
 
@@ -151,6 +170,55 @@ macro_rules! command_methods {
                     cond: ExpireCond::Always,
                 };
                 Ok($this.command(command).await?.applied)
+            }
+
+            /// One page of a scan over every key: start with cursor 0 and
+            /// pass each page's `cursor` to the next call until it is 0.
+            /// `count` keys are examined per page (a hint, see [`Scan`]),
+            /// and those `pattern` (a Redis glob) matches are returned.
+            /// Every key that exists from the first page to the last is
+            /// returned, once; a key written or deleted meanwhile may or
+            /// may not be. Pages may come from different replicas, each as
+            /// up to date as a `get` from it.
+            ///
+            /// # Errors
+            /// As `get`; [`ClientError::Server`] with `Invalid` for a count
+            /// of 0 or a pattern over 1 KiB.
+            pub async fn scan(
+                $($borrow)+ $this,
+                cursor: u64,
+                count: u32,
+                pattern: Option<Bytes>,
+            ) -> Result<KeyPage, ClientError> {
+                let scan = Scan { cursor, count, pattern };
+                page_of($this.request(Op::Scan(scan)).await?)
+            }
+
+            /// Every key `pattern` matches (all keys for `None`), by a whole
+            /// scan of pages of 1,000 (see `scan` for what it promises).
+            ///
+            /// # Errors
+            /// As `scan`.
+            pub async fn keys($($borrow)+ $this, pattern: Option<Bytes>) -> Result<Vec<Bytes>, ClientError> {
+                let mut keys = Vec::new();
+                let mut cursor = 0;
+                loop {
+                    let page = $this.scan(cursor, 1000, pattern.clone()).await?;
+                    keys.extend(page.keys);
+                    if page.cursor == 0 {
+                        return Ok(keys);
+                    }
+                    cursor = page.cursor;
+                }
+            }
+
+            /// The number of keys (expired ones not yet deleted included) and
+            /// of those with an expiry, on one replica.
+            ///
+            /// # Errors
+            /// As `get`.
+            pub async fn db_size($($borrow)+ $this) -> Result<KeyCount, ClientError> {
+                count_of($this.request(Op::DbSize).await?)
             }
         }
     };

@@ -24,6 +24,7 @@ pub mod codec;
 pub mod entropy;
 pub mod error;
 pub mod frame;
+pub mod glob;
 pub mod handshake;
 pub mod ids;
 pub mod message;

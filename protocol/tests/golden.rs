@@ -768,6 +768,70 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("error_not_an_integer", error(ErrorReply::NotAnInteger)),
         ("error_overflow", error(ErrorReply::Overflow)),
         (
+            "request_scan",
+            request(
+                59,
+                Op::Scan(Scan {
+                    cursor: 0x8000_0000_0000_0001,
+                    count: 10,
+                    pattern: Some(Bytes::from_static(b"user:*")),
+                }),
+            ),
+        ),
+        (
+            "request_scan_all",
+            request(
+                60,
+                Op::Scan(Scan {
+                    cursor: 0,
+                    count: 1000,
+                    pattern: None,
+                }),
+            ),
+        ),
+        ("request_dbsize", request(61, Op::DbSize)),
+        (
+            "request_cmd_expire_xx_lt",
+            request(
+                65,
+                Op::Command(Command::Expire {
+                    key: Bytes::from_static(b"k"),
+                    ttl: TtlChange::AfterMs(1),
+                    cond: ExpireCond::IfSomeAndEarlier,
+                }),
+            ),
+        ),
+        (
+            "response_keys",
+            response(
+                62,
+                Reply::Keys(KeyPage {
+                    keys: vec![Bytes::from_static(b"a"), Bytes::from_static(BINARY)],
+                    cursor: 0x1234_5678_9abc_def0,
+                }),
+            ),
+        ),
+        (
+            "response_keys_done",
+            response(
+                63,
+                Reply::Keys(KeyPage {
+                    keys: vec![],
+                    cursor: 0,
+                }),
+            ),
+        ),
+        (
+            "response_key_count",
+            response(
+                64,
+                Reply::KeyCount(KeyCount {
+                    keys: 1_000_000,
+                    expiring: 42,
+                }),
+            ),
+        ),
+        (
             "entries_batch",
             Message::Entries(Entries {
                 epoch: Epoch::from_raw(5),
@@ -982,6 +1046,12 @@ impl Coverage {
                 8
             }
             Op::Ttl { key: _ } => 9,
+            Op::Scan(Scan {
+                cursor: _,
+                count: _,
+                pattern: _,
+            }) => 10,
+            Op::DbSize => 11,
         };
         self.mark("Op", index);
     }
@@ -1045,6 +1115,11 @@ impl Coverage {
                 self.mark("KeyTtl", index);
                 9
             }
+            Reply::Keys(KeyPage { keys: _, cursor: _ }) => 10,
+            Reply::KeyCount(KeyCount {
+                keys: _,
+                expiring: _,
+            }) => 11,
         };
         self.mark("Reply", index);
     }
@@ -1078,6 +1153,7 @@ impl Coverage {
                     ExpireCond::IfSome => 2,
                     ExpireCond::IfLater => 3,
                     ExpireCond::IfEarlier => 4,
+                    ExpireCond::IfSomeAndEarlier => 5,
                 };
                 self.mark("ExpireCond", index);
                 6
@@ -1462,9 +1538,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 5, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 6, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x05, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x06, 0x00, 0x00]
     );
 }

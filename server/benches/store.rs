@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of the in-memory store: the copy a snapshot
 //! takes under the node lock (and, for comparison, what the same copy of a
-//! flat `std` hash map costs), and the per-write and per-read costs, on a
-//! big store and on one the size of the SET benchmark's working set.
+//! flat `std` hash map costs), the per-write and per-read costs, and a
+//! scan page's, on a big store and on one the size of the SET benchmark's
+//! working set.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use semikv_protocol::WriteOp;
+use semikv_protocol::{UnixMillis, WriteOp};
 use semikv_server::storage::store::Store;
 
 /// Keys in the big store: about 60 MB of keys and values, what a modest
@@ -67,6 +68,31 @@ fn store(c: &mut Criterion) {
             big.apply(&set(i));
         });
         drop(held);
+    });
+    // A key created and deleted: the writes that touch the scan index
+    // (overwrites above do not).
+    let mut fresh = KEYS;
+    group.bench_function("create_and_delete_a_key", |b| {
+        b.iter(|| {
+            fresh += 1;
+            big.apply(&set(fresh));
+            big.apply(&WriteOp::Delete { key: key(fresh) });
+        })
+    });
+    let mut cursor = 0;
+    group.bench_function("scan_page_of_10", |b| {
+        b.iter(|| {
+            let page = big.scan(cursor, 10, usize::MAX, UnixMillis(0));
+            cursor = page.cursor;
+            black_box(page)
+        })
+    });
+    group.bench_function("scan_page_of_1000", |b| {
+        b.iter(|| {
+            let page = big.scan(cursor, 1000, usize::MAX, UnixMillis(0));
+            cursor = page.cursor;
+            black_box(page)
+        })
     });
     let keys: Vec<Bytes> = (0..1024).map(|i| key(i * 977 % KEYS)).collect();
     group.bench_function("get", |b| {

@@ -388,6 +388,8 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Cluster(_) | Reply::ClusterReport(_) => "cluster-status",
         Reply::Outcome(_) => "outcome",
         Reply::Ttl(_) => "ttl",
+        Reply::Keys(_) => "keys",
+        Reply::KeyCount(_) => "key-count",
         Reply::Error(e) => match e {
             ErrorReply::NotLeader { .. } => "not-leader",
             ErrorReply::NotEnoughReplicas { .. } => "not-enough-replicas",

@@ -50,6 +50,11 @@ pub enum Command {
     Kill(ReplicaId),
     /// `restart ID`: restart a killed replica of the local cluster.
     Restart(ReplicaId),
+    /// `keys [PATTERN]`: every key the pattern matches, by a whole scan.
+    Keys {
+        /// A Redis glob; `None`: every key.
+        pattern: Option<Bytes>,
+    },
     /// An evaluated write or an expiry read (`set` with options, `incr`,
     /// `mset`, `del` of several keys, `expire`, `ttl`, ...), and how its
     /// answer is shown.
@@ -79,6 +84,9 @@ pub const SYNOPSES: &[(&str, &str)] = &[
     ("expire", "KEY SECS"),
     ("persist", "KEY"),
     ("ttl", "KEY"),
+    ("keys", "[PATTERN]"),
+    ("scan", "CURSOR [match PATTERN] [count N]"),
+    ("dbsize", ""),
     ("ping", ""),
     ("status", ""),
     ("help", ""),

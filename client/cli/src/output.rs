@@ -9,8 +9,10 @@
 
 use std::fmt::Write as _;
 
+use bytes::Bytes;
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, KeyTtl, NodeReport, NodeStatus, Outcome, Reply, Resources,
+    ClusterReport, ClusterStatus, KeyPage, KeyTtl, NodeReport, NodeStatus, Outcome, Reply,
+    Resources,
 };
 use serde_json::{json, Value};
 
@@ -64,7 +66,27 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
         },
         Reply::Outcome(outcome) => (self::outcome(outcome), true),
         Reply::Ttl(ttl) => (self::ttl(*ttl), true),
+        Reply::Keys(page) => (self::page(page), true),
+        Reply::KeyCount(count) => (format!("(integer) {}", count.keys), true),
     }
+}
+
+/// Keys as Redis's numbered list: `1) a` per line, or `(empty array)`.
+pub fn keys(keys: &[Bytes]) -> String {
+    if keys.is_empty() {
+        return "(empty array)".to_string();
+    }
+    let lines: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{}) {}", i + 1, value(k)))
+        .collect();
+    lines.join("\n")
+}
+
+/// A scan page: the next cursor (0: done), then its keys.
+pub fn page(page: &KeyPage) -> String {
+    format!("cursor {}\n{}", page.cursor, keys(&page.keys))
 }
 
 /// Renders the reply to an evaluated command as `show` says (Redis's
@@ -407,6 +429,9 @@ fn describe(name: &str) -> &'static str {
         "expire" => "expire a key in SECS seconds",
         "persist" => "remove a key's expiry",
         "ttl" => "show a key's time left",
+        "keys" => "list the keys a glob matches (a whole scan)",
+        "scan" => "one page of keys from CURSOR (0 first; next cursor 0: done)",
+        "dbsize" => "count the keys",
         "ping" => "check the server answers",
         "status" => "show the cluster (or replica) status",
         "help" => "show this help",

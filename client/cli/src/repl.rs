@@ -204,11 +204,11 @@ mod tests {
     fn candidates_filter_by_prefix_and_mode() {
         let plain = CommandHelper { local: false };
         let local = CommandHelper { local: true };
-        assert_eq!(plain.candidates("s"), ["set", "status"]);
+        assert_eq!(plain.candidates("s"), ["set", "scan", "status"]);
         assert_eq!(plain.candidates("G"), ["get", "getdel"]);
-        assert!(plain.candidates("k").is_empty());
-        assert_eq!(local.candidates("k"), ["kill"]);
-        assert_eq!(plain.candidates("").len(), 18);
+        assert_eq!(plain.candidates("k"), ["keys"]);
+        assert_eq!(local.candidates("k"), ["keys", "kill"]);
+        assert_eq!(plain.candidates("").len(), 21);
     }
 
     #[test]

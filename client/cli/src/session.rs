@@ -128,6 +128,12 @@ impl Session {
             Command::Del { key } => Op::Delete { key },
             Command::Ping => Op::Ping,
             Command::Status => Op::Status,
+            Command::Keys { pattern } => {
+                return match self.kv.keys(pattern).await {
+                    Ok(keys) => Outcome::shown(output::keys(&keys), true),
+                    Err(e) => Outcome::failed(e),
+                };
+            }
             Command::Help => {
                 return Outcome::shown(output::help(self.style, self.is_local()), true)
             }
@@ -212,6 +218,42 @@ mod tests {
     async fn text(session: &mut Session, line: &str) -> (String, bool) {
         let outcome = session.run_line(line.as_bytes()).await;
         (outcome.text.unwrap_or_default(), outcome.ok)
+    }
+
+    #[tokio::test]
+    async fn keys_scan_and_dbsize_page_through_the_key_space() {
+        let server = FakeServer::start().await;
+        let (mut s, _) = session(&server.addr());
+        assert_eq!(text(&mut s, "keys").await, ("(empty array)".into(), true));
+        for key in ["a", "b", "c", "user:1", "user:2"] {
+            assert_eq!(text(&mut s, &format!("set {key}=v")).await.0, "OK");
+        }
+        assert_eq!(text(&mut s, "dbsize").await, ("(integer) 5".into(), true));
+        assert_eq!(
+            text(&mut s, "scan 0 count 2").await,
+            ("cursor 2\n1) a\n2) b".into(), true)
+        );
+        assert_eq!(
+            text(&mut s, "scan 4 count 2").await,
+            ("cursor 0\n1) user:2".into(), true)
+        );
+        // `keys` runs the whole scan: more than one page of 1,000 here.
+        for i in 0..1500 {
+            assert_eq!(text(&mut s, &format!("set k{i:04}=v")).await.0, "OK");
+        }
+        let (all, ok) = text(&mut s, "keys").await;
+        assert!(ok);
+        assert_eq!(all.lines().count(), 1505);
+        assert_eq!(
+            text(&mut s, "keys user:*").await,
+            ("1) user:1\n2) user:2".into(), true)
+        );
+        let (out, ok) = text(&mut s, "scan x").await;
+        assert!(!ok && out.contains("x"), "{out}");
+        let (out, ok) = text(&mut s, "scan 0 count 0").await;
+        assert!(!ok, "{out}");
+        let (out, ok) = text(&mut s, "keys a b").await;
+        assert!(!ok && out.contains("usage keys [PATTERN]"), "{out}");
     }
 
     #[tokio::test]

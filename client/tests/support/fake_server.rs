@@ -226,6 +226,33 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
             Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => Reply::Error(ErrorReply::Invalid {
                 reason: "not on a client connection".to_string(),
             }),
+            // Pages by offset in key order: enough to page a client's
+            // `keys` through several answers.
+            Op::Scan(scan) => {
+                let map = state.map.lock().unwrap();
+                let from = usize::try_from(scan.cursor).unwrap();
+                let count = scan.count as usize;
+                let keys = map
+                    .keys()
+                    .skip(from)
+                    .take(count)
+                    .filter(|k| {
+                        scan.pattern
+                            .as_ref()
+                            .is_none_or(|p| semikv_protocol::glob::glob(p, k))
+                    })
+                    .cloned()
+                    .collect();
+                let next = from + count;
+                Reply::Keys(semikv_protocol::KeyPage {
+                    keys,
+                    cursor: if next >= map.len() { 0 } else { next as u64 },
+                })
+            }
+            Op::DbSize => Reply::KeyCount(semikv_protocol::KeyCount {
+                keys: state.map.lock().unwrap().len() as u64,
+                expiring: 0,
+            }),
             Op::Command(_) | Op::Ttl { .. } => Reply::Error(ErrorReply::Invalid {
                 reason: "the fake server does not evaluate commands".to_string(),
             }),

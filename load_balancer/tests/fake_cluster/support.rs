@@ -195,6 +195,30 @@ impl FakeState {
                     KeyTtl::NoKey
                 })
             }
+            // One page holds every key: the door's paging is tested
+            // against real replicas.
+            Op::Scan(scan) => {
+                self.gets_served += 1;
+                let mut keys: Vec<Bytes> = self
+                    .map
+                    .keys()
+                    .filter(|k| {
+                        scan.pattern
+                            .as_ref()
+                            .is_none_or(|p| semikv_protocol::glob::glob(p, k))
+                    })
+                    .cloned()
+                    .collect();
+                keys.sort();
+                Reply::Keys(semikv_protocol::KeyPage { keys, cursor: 0 })
+            }
+            Op::DbSize => {
+                self.gets_served += 1;
+                Reply::KeyCount(semikv_protocol::KeyCount {
+                    keys: self.map.len() as u64,
+                    expiring: 0,
+                })
+            }
         })
     }
 }

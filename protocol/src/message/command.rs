@@ -140,6 +140,9 @@ pub enum ExpireCond {
     IfLater,
     /// Only if the new expiry is earlier than the current one (`LT`).
     IfEarlier,
+    /// Only if the key has an expiry and the new one is earlier (`XX LT`;
+    /// protocol 6).
+    IfSomeAndEarlier,
 }
 
 /// What a [`Command`] did. Which fields mean something depends on the

@@ -35,6 +35,13 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`Reply::Ttl`]) and logged in [`WriteOp::Batch`] entries, and
 /// [`ErrorReply`] gained `NotAnInteger` and `Overflow`.
 ///
+/// Version 6: reads about the whole key space, [`Op::Scan`] answered
+/// [`Reply::Keys`] and [`Op::DbSize`] answered [`Reply::KeyCount`].
+///
+/// [`Op::Scan`]: super::Op::Scan
+/// [`Op::DbSize`]: super::Op::DbSize
+/// [`Reply::Keys`]: super::Reply::Keys
+/// [`Reply::KeyCount`]: super::Reply::KeyCount
 /// [`Op::Command`]: super::Op::Command
 /// [`Op::Ttl`]: super::Op::Ttl
 /// [`Reply::Outcome`]: super::Reply::Outcome
@@ -49,7 +56,7 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`Reply::NodeReport`]: super::Reply::NodeReport
 /// [`Reply::ClusterReport`]: super::Reply::ClusterReport
 /// [`ErrorReply`]: super::ErrorReply
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The role a connection declares in its handshake. Admin messages are
 /// accepted only from `Balancer` connections, replication messages only from

@@ -8,13 +8,15 @@
 //! version bump.
 //!
 //! One file per family: `hello` (the handshake), `request` (client ops and
-//! their replies), `command` (the writes a leader evaluates), `admin` (the balancer's orders), `status` (what replicas
+//! their replies), `command` (the writes a leader evaluates), `keyspace` (reads about
+//! every key), `admin` (the balancer's orders), `status` (what replicas
 //! and the balancer report), `replication` (the log stream between
 //! replicas) and `wire_error` (the typed errors that cross the wire).
 
 mod admin;
 mod command;
 mod hello;
+mod keyspace;
 mod replication;
 mod request;
 mod status;
@@ -28,6 +30,7 @@ pub use hello::{
     Challenge, Hello, HelloAuth, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC,
     PROTOCOL_VERSION,
 };
+pub use keyspace::{KeyCount, KeyPage, Scan, MAX_PATTERN_LEN, MAX_SCAN_COUNT};
 pub use replication::{
     Ack, Entries, Entry, EpochStart, Mutation, SnapshotChunk, SnapshotOffer, StreamFrom,
     StreamStart, Subscribe, WriteOp,

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ClusterReport, ClusterStatus, Command, ErrorReply, Fence, Follow, KeyTtl, NodeReport,
-    NodeStatus, Outcome, Promote, Resources,
+    ClusterReport, ClusterStatus, Command, ErrorReply, Fence, Follow, KeyCount, KeyPage, KeyTtl,
+    NodeReport, NodeStatus, Outcome, Promote, Resources, Scan,
 };
 use crate::ids::{LogIndex, RequestId};
 
@@ -69,6 +69,12 @@ pub enum Op {
         /// The key.
         key: Bytes,
     },
+    /// One page of a scan over every key (protocol 6); answered
+    /// [`Reply::Keys`]. A read, routed like `Get`.
+    Scan(Scan),
+    /// The number of keys (protocol 6); answered [`Reply::KeyCount`]. A
+    /// read, routed like `Get`.
+    DbSize,
 }
 
 impl Op {
@@ -85,6 +91,8 @@ impl Op {
             Op::Fence(_) => "fence",
             Op::Command(_) => "command",
             Op::Ttl { .. } => "ttl",
+            Op::Scan(_) => "scan",
+            Op::DbSize => "dbsize",
         }
     }
 
@@ -118,6 +126,7 @@ impl Op {
         match self {
             Op::Get { key } | Op::Delete { key } | Op::Ttl { key } => validate_key(key),
             Op::Command(command) => command.validate(max_value_len),
+            Op::Scan(scan) => scan.validate(),
             Op::Set { key, value } => {
                 validate_key(key)?;
                 if value.len() > max_value_len {
@@ -128,7 +137,9 @@ impl Op {
                 }
                 Ok(())
             }
-            Op::Ping | Op::Status | Op::Promote(_) | Op::Follow(_) | Op::Fence(_) => Ok(()),
+            Op::Ping | Op::Status | Op::Promote(_) | Op::Follow(_) | Op::Fence(_) | Op::DbSize => {
+                Ok(())
+            }
         }
     }
 }
@@ -187,6 +198,10 @@ pub enum Reply {
     Outcome(Outcome),
     /// A key's expiry, the answer to [`Op::Ttl`] (protocol 5).
     Ttl(KeyTtl),
+    /// A page of keys, the answer to [`Op::Scan`] (protocol 6).
+    Keys(KeyPage),
+    /// The number of keys, the answer to [`Op::DbSize`] (protocol 6).
+    KeyCount(KeyCount),
 }
 
 impl Reply {

@@ -135,6 +135,7 @@ fn command() -> impl Strategy<Value = Command> {
         Just(ExpireCond::IfSome),
         Just(ExpireCond::IfLater),
         Just(ExpireCond::IfEarlier),
+        Just(ExpireCond::IfSomeAndEarlier),
     ];
     prop_oneof![
         (raw_bytes(), raw_bytes(), cond, ttl_change(), any::<bool>()).prop_map(

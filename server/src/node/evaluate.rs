@@ -300,6 +300,9 @@ where
                     ExpireCond::IfSome => c.expires_at.is_some(),
                     ExpireCond::IfLater => later(new, c.expires_at),
                     ExpireCond::IfEarlier => later(c.expires_at, new),
+                    ExpireCond::IfSomeAndEarlier => {
+                        c.expires_at.is_some() && later(c.expires_at, new)
+                    }
                 };
                 // Persisting a key that never expires changes nothing; an
                 // expiry set again to the same time counts, as in Redis.

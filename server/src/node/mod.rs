@@ -592,6 +592,7 @@ impl Node {
 mod compaction;
 pub mod evaluate;
 mod follower;
+pub mod keyspace;
 mod leader;
 mod memory;
 mod pending;

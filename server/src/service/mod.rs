@@ -25,6 +25,7 @@ use semikv_protocol::{
 };
 use tokio::time::timeout;
 
+use crate::node::keyspace::filter_page;
 use crate::node::{Node, Proposal};
 use crate::replica::Replica;
 use crate::replication;
@@ -342,6 +343,11 @@ fn answer_reads(
         return later;
     }
     for request in reads.drain(..) {
+        if matches!(&request.op, Op::Scan(scan) if scan.pattern.is_some()) {
+            // Matches are filtered once the node is let go: see `read`.
+            later.push(request);
+            continue;
+        }
         match read_reply(&node, &request.op) {
             Some(reply) => ready.push(Response {
                 id: request.id,
@@ -353,12 +359,14 @@ fn answer_reads(
     later
 }
 
-/// The answer to a read op (`Get`, `Ttl`), or `None` while the node cannot
+/// The answer to a read op (`Get`, `Ttl`, `Scan` unfiltered, `DbSize`), or `None` while the node cannot
 /// serve reads yet (a new leader before its first commit).
 fn read_reply(node: &Node, op: &Op) -> Option<Reply> {
     match op {
         Op::Get { key } => node.read(key).map(Reply::Value),
         Op::Ttl { key } => node.read_ttl(key).map(Reply::Ttl),
+        Op::Scan(scan) => node.scan_page(scan).map(Reply::Keys),
+        Op::DbSize => node.key_count().map(Reply::KeyCount),
         _ => None,
     }
 }
@@ -374,7 +382,9 @@ fn answer_now(replica: &Replica, request: Request) -> Handling {
         match request.op {
             Op::Ping => Reply::Pong,
             Op::Status => replica.lock().status_reply(),
-            Op::Get { .. } | Op::Ttl { .. } => return Handling::Read(request),
+            Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize => {
+                return Handling::Read(request)
+            }
             Op::Set { key, value } => {
                 return Handling::Write(id, WriteOp::Set { key, value }.into())
             }
@@ -407,7 +417,9 @@ async fn send_batch(sink: &mut FrameWriter, batch: Vec<Response>) -> Result<(), 
 /// a read held by a new leader, or an admin request.
 async fn handle(replica: Arc<Replica>, request: Request) -> Response {
     let reply = match request.op {
-        op @ (Op::Get { .. } | Op::Ttl { .. }) => read(&replica, &op).await,
+        op @ (Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize) => {
+            read(&replica, &op).await
+        }
         op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => {
             crate::admin::admin(&replica, op).await
         }
@@ -432,14 +444,20 @@ async fn read(replica: &Replica, op: &Op) -> Reply {
     let deadline = tokio::time::Instant::now() + READ_HOLD;
     loop {
         progress.borrow_and_update();
-        {
+        let answer = {
             let node = replica.lock();
             if let Err(refused) = node.check_serving() {
                 return Reply::Error(refused);
             }
-            if let Some(reply) = read_reply(&node, op) {
-                return reply;
+            read_reply(&node, op)
+        };
+        if let Some(mut reply) = answer {
+            // Matching may cost more than taking the page: not under the
+            // node's lock, which every write waits for.
+            if let (Reply::Keys(page), Op::Scan(scan)) = (&mut reply, op) {
+                filter_page(page, scan.pattern.as_deref());
             }
+            return reply;
         }
         let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
         if !matches!(changed, Ok(Ok(()))) {

@@ -15,10 +15,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use semikv_protocol::{Mutation, UnixMillis, WriteOp};
+use semikv_protocol::{KeyPage, Mutation, UnixMillis, WriteOp};
 
 mod expiries;
+mod scan_index;
 use expiries::Expiries;
+pub use scan_index::scan_hash;
+use scan_index::{ScanIndex, INDEX_OVERHEAD};
 
 /// Delta entries folded back into the map per write once no snapshot
 /// shares it: the delta drains at eight times the write rate, a few hundred
@@ -26,17 +29,18 @@ use expiries::Expiries;
 const FOLD_PER_WRITE: usize = 8;
 
 /// What one key costs the store beyond its key and value bytes, as
-/// [`Store::bytes`] counts it: an estimate of the hash table's share. A
-/// bucket holds a `Key` (24 bytes) and a `Value` (40 bytes) plus one
-/// control byte, 65 bytes; the table keeps at most 7/8 of its buckets full
-/// and doubles when it gets there, so between 7/16 and 7/8 of them hold a
-/// key: 74 to 149 bytes per key, about 103 averaged over a table's growth
-/// from one doubling to the next (65 x 16/7 x ln 2). Rounded up to a
-/// multiple of 8. Not counted: allocator rounding of long keys and values,
-/// the 24-byte header a long value shares with its log entry, the overlay
-/// a snapshot in progress makes writes copy into, and buckets that deletes
-/// emptied (the table never shrinks; new keys reuse them).
-pub const ENTRY_OVERHEAD: usize = 104;
+/// [`Store::bytes`] counts it: an estimate of the hash table's share plus
+/// the scan index's. A bucket holds a `Key` (24 bytes) and a `Value` (40
+/// bytes) plus one control byte, 65 bytes; the table keeps at most 7/8 of
+/// its buckets full and doubles when it gets there, so between 7/16 and 7/8
+/// of them hold a key: 74 to 149 bytes per key, about 103 averaged over a
+/// table's growth from one doubling to the next (65 x 16/7 x ln 2), rounded
+/// up to 104. The scan index adds 56 (see `scan_index`). Not counted:
+/// allocator rounding of long keys and values, the 24-byte header a long
+/// value shares with its log entry, the overlay a snapshot in progress
+/// makes writes copy into, and buckets that deletes emptied (the table
+/// never shrinks; new keys reuse them).
+pub const ENTRY_OVERHEAD: usize = 104 + INDEX_OVERHEAD;
 
 /// What an expiry adds to a key's cost, beyond a copy of the key: its
 /// entry in the expiry table (a 33-byte bucket, 52 bytes at the table's
@@ -51,10 +55,13 @@ pub const fn expiry_bytes(key_len: usize) -> usize {
 }
 
 /// Bytes one key with a value of `value_len` bytes costs the store:
-/// `key_len + value_len +` [`ENTRY_OVERHEAD`]. [`Store::bytes`] is the sum
-/// of this over the keys it holds.
+/// `key_len + value_len +` [`ENTRY_OVERHEAD`], and `key_len` once more for
+/// a key too long to live in the table's bucket (over 22 bytes), which the
+/// scan index holds a copy of. [`Store::bytes`] is the sum of this over
+/// the keys it holds.
 pub const fn entry_bytes(key_len: usize, value_len: usize) -> usize {
-    key_len + value_len + ENTRY_OVERHEAD
+    let copies = if key_len > INLINE_KEY { 2 } else { 1 };
+    key_len * copies + value_len + ENTRY_OVERHEAD
 }
 
 /// The most `mutation` can add to [`Store::bytes`]: its key's
@@ -139,6 +146,19 @@ impl PartialEq for Key {
 }
 
 impl Eq for Key {}
+
+impl Ord for Key {
+    /// By the key's bytes: the scan index's order after the hash.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Hash for Key {
     /// Hashes exactly as the key's `[u8]` does, which `Borrow<[u8]>` requires
@@ -245,6 +265,8 @@ pub struct Store {
     bytes: usize,
     /// The keys that expire, and when.
     expiries: Expiries,
+    /// Every key with a value, in scan order.
+    scan: ScanIndex,
 }
 
 impl Store {
@@ -370,7 +392,7 @@ impl Store {
             if let Some(base) = Arc::get_mut(&mut self.base) {
                 // One hash of the key per write on this path (the common one).
                 let old = apply_to(base, key, value);
-                self.count(key.len(), old, new);
+                self.count(key, old, new);
                 return;
             }
         }
@@ -390,21 +412,25 @@ impl Store {
                 old
             }
         };
-        self.count(key.len(), old, new);
+        self.count(key, old, new);
         self.fold(FOLD_PER_WRITE);
     }
 
-    /// Counts a write to a key of `key_len` bytes whose value was `old` bytes
-    /// long and is `new` bytes long now (`None`: no value).
-    fn count(&mut self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+    /// Counts a write to `key` whose value was `old` bytes long and is `new`
+    /// bytes long now (`None`: no value), and keeps the scan index to the
+    /// keys with a value.
+    fn count(&mut self, key: &[u8], old: Option<usize>, new: Option<usize>) {
+        let key_len = key.len();
         match (old, new) {
             (None, Some(new)) => {
                 self.len += 1;
                 self.bytes += entry_bytes(key_len, new);
+                self.scan.insert(key);
             }
             (Some(old), None) => {
                 self.len -= 1;
                 self.bytes -= entry_bytes(key_len, old);
+                self.scan.remove(key);
             }
             // `bytes` holds this key's `old` bytes: no underflow.
             (Some(old), Some(new)) => self.bytes = self.bytes - old + new,
@@ -415,7 +441,7 @@ impl Store {
     /// Moves up to `budget` overlay entries into the map if no snapshot shares
     /// it any more; `true` when the overlay is empty afterwards.
     pub fn fold(&mut self, budget: usize) -> bool {
-        let expiries_folded = self.expiries.fold(budget);
+        let expiries_folded = self.expiries.fold(budget) & self.scan.fold(budget);
         if self.delta.is_empty() {
             return expiries_folded;
         }
@@ -481,6 +507,35 @@ impl Store {
     /// Every key with an expiry and when it expires, in no particular order.
     pub fn expiries(&self) -> impl Iterator<Item = (&[u8], UnixMillis)> {
         self.expiries.iter().map(|(k, at)| (k, UnixMillis(at)))
+    }
+
+    /// One page of a scan over the keys, in scan order (see
+    /// [`scan_hash`]) from position `cursor`: examines `count` keys, or
+    /// fewer once their bytes reach `max_bytes` (at least one), then every
+    /// further key at the last position examined, so that the next page
+    /// starts at a new position. Returns the examined keys not expired at
+    /// `now`, and the next page's cursor (0 once no key is left).
+    pub fn scan(&self, cursor: u64, count: usize, max_bytes: usize, now: UnixMillis) -> KeyPage {
+        let mut keys = Vec::new();
+        let (mut examined, mut bytes) = (0usize, 0usize);
+        let mut last: Option<u64> = None;
+        for (position, key) in self.scan.from(cursor) {
+            let full = examined >= count.max(1) || bytes >= max_bytes;
+            if full && last != Some(position) {
+                // `position` is above `last`, which is below u64::MAX.
+                return KeyPage {
+                    keys,
+                    cursor: position,
+                };
+            }
+            examined += 1;
+            bytes += key.len();
+            last = Some(position);
+            if !self.is_expired(key, now) {
+                keys.push(Bytes::copy_from_slice(key));
+            }
+        }
+        KeyPage { keys, cursor: 0 }
     }
 
     /// Every key and value, in no particular order.

@@ -1,10 +1,11 @@
 //! The REPL commands that become an evaluated write or an expiry read
 //! (protocol 5): `set` with options, `incr`, `decr`, `incrby`, `append`,
 //! `getdel`, `mset`, `msetnx`, `del` of several keys, `expire`, `persist`,
-//! `ttl`; and how each one's answer is shown.
+//! `ttl`; the reads about every key (protocol 6): `keys`, `scan`, `dbsize`;
+//! and how each one's answer is shown.
 
 use bytes::Bytes;
-use semikv_protocol::{Command as Eval, Cond, ExpireCond, Op, TtlChange};
+use semikv_protocol::{Command as Eval, Cond, ExpireCond, Op, Scan, TtlChange};
 
 use super::{arity, check_key, one_key, Command, ParseError, Word};
 
@@ -78,6 +79,38 @@ pub(super) fn set_with_options(
     Ok(eval(Op::Command(command), show))
 }
 
+/// `scan CURSOR [match PATTERN] [count N]`: one page, as Redis's SCAN.
+fn scan(args: Vec<Word>) -> Result<Command, ParseError> {
+    let mut words = args.iter();
+    let cursor = words.next().ok_or_else(|| arity("scan"))?;
+    let text = String::from_utf8_lossy(&cursor.bytes);
+    let cursor = text
+        .parse::<u64>()
+        .map_err(|_| ParseError::BadNumber(text.into_owned()))?;
+    let mut scan = Scan {
+        cursor,
+        count: 10,
+        pattern: None,
+    };
+    while let Some(word) = words.next() {
+        let option = String::from_utf8_lossy(&word.bytes).to_ascii_lowercase();
+        let value = words.next().ok_or_else(|| arity("scan"))?;
+        match option.as_str() {
+            "match" => scan.pattern = Some(Bytes::from(value.bytes.clone())),
+            "count" => {
+                let text = String::from_utf8_lossy(&value.bytes);
+                scan.count = text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| ParseError::BadNumber(text.into_owned()))?;
+            }
+            _ => return Err(ParseError::UnknownOption(option)),
+        }
+    }
+    Ok(eval(Op::Scan(scan), Show::Value))
+}
+
 /// `KEY=VALUE` words, as `mset` takes them.
 fn pairs(name: &'static str, args: Vec<Word>) -> Result<Vec<(Bytes, Bytes)>, ParseError> {
     if args.is_empty() {
@@ -121,6 +154,16 @@ pub(super) fn parse(name: &str, args: Vec<Word>) -> Option<Result<Command, Parse
             one_key("getdel", args).map(|key| eval(Op::Command(Eval::GetDel { key }), Show::Value))
         }
         "ttl" => one_key("ttl", args).map(|key| eval(Op::Ttl { key }, Show::Value)),
+        "dbsize" if args.is_empty() => Ok(eval(Op::DbSize, Show::Value)),
+        "dbsize" => Err(arity("dbsize")),
+        "keys" => match <[Word; 1]>::try_from(args) {
+            Ok([pattern]) => Ok(Command::Keys {
+                pattern: Some(Bytes::from(pattern.bytes)),
+            }),
+            Err(args) if args.is_empty() => Ok(Command::Keys { pattern: None }),
+            Err(_) => Err(arity("keys")),
+        },
+        "scan" => scan(args),
         "persist" => one_key("persist", args).map(|key| {
             let command = Eval::Expire {
                 key,

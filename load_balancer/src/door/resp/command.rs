@@ -41,8 +41,13 @@ pub enum Shape {
     Values,
     /// Several `Get`s: how many found a value (EXISTS).
     Count,
-    /// One `Status`: INFO's text for these sections (empty: the default),
-    /// with the door's own facts (filled in when the command is taken).
+    /// One `Scan`: the next cursor and the page's keys (SCAN).
+    Scan,
+    /// One `DbSize`: the number of keys (DBSIZE).
+    DbSize,
+    /// One `Status`, then a `DbSize` if the keyspace section is wanted:
+    /// INFO's text for these sections (empty: the default), with the
+    /// door's own facts (filled in when the command is taken).
     Info {
         /// The sections asked for, lower case.
         sections: Vec<String>,
@@ -65,6 +70,8 @@ pub enum Plan {
     },
     /// Check a password, then answer as [`Login::then`] says.
     Login(Login),
+    /// `KEYS pattern`: a whole scan, run before the next answer.
+    Keys(Bytes),
     /// Answer `+OK`, then close the connection.
     Quit,
 }
@@ -178,6 +185,9 @@ impl Conn {
         if let Some(plan) = super::keys::plan(&name, args) {
             return plan;
         }
+        if let Some(plan) = super::keyspace::plan(&name, args) {
+            return plan;
+        }
         match name.as_str() {
             "get" if n == 2 => Plan::Forward {
                 ops: vec![Op::Get {
@@ -219,13 +229,20 @@ impl Conn {
             }
             "command" => Plan::Now(server::command(args)),
             "config" => Plan::Now(server::config(args)),
-            "info" => Plan::Forward {
-                ops: vec![Op::Status],
-                shape: Shape::Info {
-                    sections: args[1..].iter().map(|a| lower(a)).collect(),
-                    local: super::info::Local::default(),
-                },
-            },
+            "info" => {
+                let sections: Vec<String> = args[1..].iter().map(|a| lower(a)).collect();
+                let mut ops = vec![Op::Status];
+                if super::info::wants_keyspace(&sections) {
+                    ops.push(Op::DbSize);
+                }
+                Plan::Forward {
+                    ops,
+                    shape: Shape::Info {
+                        sections,
+                        local: super::info::Local::default(),
+                    },
+                }
+            }
             "wait" if n == 3 => Plan::Now(
                 match (text(&args[1]).parse::<i64>(), text(&args[2]).parse::<i64>()) {
                     (Ok(_), Ok(timeout)) if timeout >= 0 => Resp::Int(facts.sync_replicas),
@@ -459,6 +476,13 @@ pub fn error(e: &ErrorReply) -> Resp {
 
 /// The answer of `shape` from its ops' replies, in order.
 pub fn combine(shape: &Shape, replies: Vec<Reply>) -> Resp {
+    if let Shape::Info { sections, local } = shape {
+        // A key count that failed leaves its section empty, not INFO.
+        return match replies.first() {
+            Some(r) => super::info::info(r, replies.get(1), sections, *local),
+            None => Resp::Verbatim(String::new()),
+        };
+    }
     if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
         return error(e);
     }
@@ -490,9 +514,16 @@ pub fn combine(shape: &Shape, replies: Vec<Reply>) -> Resp {
                 .filter(|r| matches!(r, Reply::Value(Some(_))))
                 .count() as i64,
         ),
-        Shape::Info { sections, local } => match replies.first() {
-            Some(r) => super::info::info(r, sections, *local),
-            None => Resp::Verbatim(String::new()),
+        Shape::Info { .. } => Resp::Verbatim(String::new()),
+        Shape::Scan => match replies.into_iter().next() {
+            Some(Reply::Keys(page)) => super::keyspace::page(page),
+            Some(other) => unexpected(&other),
+            None => Resp::Nil,
+        },
+        Shape::DbSize => match replies.first() {
+            Some(Reply::KeyCount(count)) => Resp::Int(count.keys as i64),
+            Some(other) => unexpected(other),
+            None => Resp::Int(0),
         },
         Shape::Strlen | Shape::Type => match replies.first() {
             Some(Reply::Value(v)) => match (shape, v) {

@@ -25,8 +25,18 @@ pub struct Local {
 /// The sections INFO prints when asked for none, `default` or `all`.
 const SECTIONS: &[&str] = &["server", "clients", "replication", "keyspace"];
 
-/// INFO's answer for `sections` from `reply` (the balancer's status).
-pub fn info(reply: &Reply, sections: &[String], local: Local) -> Resp {
+/// Whether INFO with `sections` prints the keyspace (and so asks a
+/// replica for its key count).
+pub fn wants_keyspace(sections: &[String]) -> bool {
+    sections.is_empty()
+        || sections
+            .iter()
+            .any(|s| matches!(s.as_str(), "all" | "default" | "everything" | "keyspace"))
+}
+
+/// INFO's answer for `sections` from `reply` (the balancer's status) and
+/// `count` (a replica's answer to `DbSize`, if asked).
+pub fn info(reply: &Reply, count: Option<&Reply>, sections: &[String], local: Local) -> Resp {
     let status = match reply {
         Reply::ClusterReport(report) => &report.status,
         Reply::Cluster(status) => status,
@@ -57,10 +67,20 @@ pub fn info(reply: &Reply, sections: &[String], local: Local) -> Resp {
                 let _ = write!(out, "# Clients\r\nconnected_clients:{}\r\n", local.clients);
             }
             "replication" => replication(&mut out, status),
-            // Key counts are the replicas' and not reported to the
-            // balancer yet: the section is there, empty, as on an empty
-            // Redis.
-            _ => out.push_str("# Keyspace\r\n"),
+            // As Redis: no line for an empty database, and none either
+            // when the count could not be had.
+            _ => {
+                out.push_str("# Keyspace\r\n");
+                if let Some(Reply::KeyCount(c)) = count {
+                    if c.keys > 0 {
+                        let _ = write!(
+                            out,
+                            "db0:keys={},expires={},avg_ttl=0\r\n",
+                            c.keys, c.expiring
+                        );
+                    }
+                }
+            }
         }
     }
     Resp::Verbatim(out)

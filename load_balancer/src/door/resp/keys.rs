@@ -314,16 +314,11 @@ fn expire(name: &str, args: &[Bytes]) -> Plan {
         ));
     }
     // A key without an expiry counts as expiring never: GT already fails
-    // on it, so XX GT is GT; XX LT (LT on a key that has an expiry) has no
-    // condition of its own in the store yet.
+    // on it, so XX GT is GT; LT succeeds on it, so XX LT is a condition of
+    // its own.
     let cond = match (nx, xx, gt, lt) {
         (true, ..) => ExpireCond::IfNone,
-        (_, true, false, true) => {
-            return Plan::Now(Resp::err(
-                "XX and LT together are not supported yet; LT alone also sets an \
-                 expiry on a key that has none",
-            ))
-        }
+        (_, true, false, true) => ExpireCond::IfSomeAndEarlier,
         (_, _, true, _) => ExpireCond::IfLater,
         (_, _, _, true) => ExpireCond::IfEarlier,
         (_, true, ..) => ExpireCond::IfSome,

@@ -11,6 +11,7 @@
 mod command;
 mod info;
 mod keys;
+mod keyspace;
 pub mod parse;
 mod reply;
 mod server;
@@ -433,6 +434,27 @@ async fn take_commands(
                     _permit: Some(permit),
                 });
                 return Taken::Quit;
+            }
+            Plan::Keys(pattern) => {
+                // Refused as the scan it runs would be.
+                let scan = Op::Scan(semikv_protocol::Scan {
+                    cursor: 0,
+                    count: 1,
+                    pattern: None,
+                });
+                let resp = match refusal(shared, conn, &[scan]) {
+                    Some(refusal) => command::error(&refusal),
+                    None => {
+                        let max = shared.config.max_client_output;
+                        keyspace::keys(&shared.router, pattern, max).await
+                    }
+                };
+                Out::Ready {
+                    _charge: output.charge(resp.weight()),
+                    resp,
+                    resp3,
+                    _permit: Some(permit),
+                }
             }
             Plan::Login(login) => {
                 let resp = log_in(shared, conn, login).await;

@@ -304,6 +304,26 @@ fn expire_conditions_follow_redis() {
             .unwrap()
             .applied
     );
+    // XX LT: LT, on a key that has an expiry only.
+    assert!(
+        !eval(expire(later, ExpireCond::IfSomeAndEarlier), &persistent)
+            .answer
+            .unwrap()
+            .applied
+    );
+    let sooner = TtlChange::AfterMs(1);
+    assert!(
+        eval(expire(sooner, ExpireCond::IfSomeAndEarlier), &volatile)
+            .answer
+            .unwrap()
+            .applied
+    );
+    assert!(
+        !eval(expire(later, ExpireCond::IfSomeAndEarlier), &volatile)
+            .answer
+            .unwrap()
+            .applied
+    );
     // PERSIST.
     let e = eval(expire(TtlChange::Persist, ExpireCond::Always), &volatile);
     assert_eq!(e.mutations, [set("k", "v", None)]);

@@ -231,6 +231,15 @@ fn ttls_answer_as_redis_does() {
     door.settle();
     let ttl = int(con, "TTL t");
     assert!((199..=200).contains(&ttl), "TTL {ttl} after GT");
+    // XX LT: earlier, and only on a key that has an expiry.
+    assert_eq!(int(con, "EXPIRE t 300 XX LT"), 0, "later, not earlier");
+    assert_eq!(int(con, "EXPIRE t 150 XX LT"), 1);
+    set(con, "forever", "v").unwrap();
+    assert_eq!(int(con, "EXPIRE forever 10 XX LT"), 0, "XX: no expiry");
+    door.settle();
+    assert_eq!(int(con, "TTL forever"), -1);
+    let ttl = int(con, "TTL t");
+    assert!((149..=150).contains(&ttl), "TTL {ttl} after XX LT");
 
     // A time already past deletes the key.
     assert_eq!(int(con, "EXPIRE t -1"), 1);

@@ -25,6 +25,7 @@ use crate::CONVERGE;
 mod client;
 mod commands;
 mod failover;
+mod keyspace;
 mod raw;
 
 /// Bound on connecting to the door and on each read or write there.
