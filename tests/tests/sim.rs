@@ -174,6 +174,12 @@ const REGRESSIONS: &[(u64, &str)] = &[
         747,
         "(harness) as 508, with the replica the leader when its fsync failed",
     ),
+    (
+        25898,
+        "a stalled leader was replaced by a follower missing an entry the \
+         leader before it had committed with the stalled leader's ack \
+         (found by the soak; the old leader then diverged for good)",
+    ),
 ];
 
 #[test]

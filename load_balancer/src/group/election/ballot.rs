@@ -73,11 +73,18 @@ impl Engine {
     /// index) and the best fit follower is promoted (see
     /// [`failover::choose_successor`] for why no acknowledged write is
     /// lost). Nobody is promoted unless enough replicas answered
-    /// ([`failover::election_quorum`]), its answer counting: the leader's
-    /// commit index bounds what it acknowledged, but not what a leader of a
-    /// newer epoch (another balancer's) may have. Should no follower be fit,
-    /// the election goes on among every fenced replica, which re-promotes
-    /// the old leader at the new epoch.
+    /// ([`failover::election_quorum`]), its answer counting. A follower is
+    /// chosen over it only if it holds what the leader committed (its
+    /// commit index bounds what it acknowledged itself, but not what a
+    /// leader of a newer epoch, another balancer's, may have: the quorum
+    /// covers that) and what an earlier leader may have committed with the
+    /// stalled leader's acknowledgement, which its commit index does not
+    /// show: everything up to where its log stood when this engine promoted
+    /// it; or, when another balancer promoted it, if the followers' answers
+    /// make the quorum alone (then they include a holder of every
+    /// acknowledged write). Should no follower be fit, the election goes on
+    /// among every fenced replica, which re-promotes the old leader at the
+    /// new epoch.
     pub(super) fn elect_away_from(&mut self, stalled: usize, now: Instant) -> Vec<Command> {
         self.stall.failed_over(now);
         let current = self.current();
@@ -91,10 +98,16 @@ impl Engine {
         let others: Vec<usize> = (0..self.addrs.len())
             .filter(|&slot| slot != stalled)
             .collect();
+        let leader = self.table.leader();
+        let base = self
+            .promoted
+            .filter(|(promoted, _)| promoted.slot == stalled && Some(*promoted) == leader)
+            .map(|(_, base)| base);
         self.step = Step::FencingOthers {
             epoch,
             started: now,
             stalled,
+            base,
         };
         vec![Command::Fence {
             slots: others,
@@ -124,6 +137,7 @@ impl Engine {
                 epoch,
                 started,
                 stalled,
+                base,
             } => {
                 if fenced.is_empty() {
                     warn!(leader = %self.addr(stalled), epoch = %epoch, "no other replica answered the fence; keeping the stalled leader");
@@ -152,6 +166,7 @@ impl Engine {
                     epoch,
                     started,
                     stalled,
+                    base,
                     fenced,
                 };
                 commands
@@ -160,19 +175,33 @@ impl Engine {
                 epoch,
                 started,
                 stalled,
+                base,
                 fenced: others,
             } => {
+                // The answers together must make a quorum: the best log
+                // among them holds every acknowledged write, so electing
+                // among all is always safe. A follower may be chosen over
+                // the stalled leader only if it holds what the leader
+                // committed (its commit index, in its answer) and what it
+                // may have acknowledged to an earlier leader, which its
+                // commit index does not show: everything up to `base`, when
+                // this engine promoted it; otherwise the followers' answers
+                // must make the quorum alone, and then include a holder of
+                // every acknowledged write.
+                let others_enough = others.len() >= self.quorum();
                 fenced.extend(others);
-                // With the stalled leader's answer, its commit index tells
-                // choose_successor what it acknowledged; the quorum covers
-                // what any other leader (of another balancer) may have.
                 if !self.enough_answers(&fenced, epoch, now) {
                     return Vec::new();
                 }
-                let winner = match failover::choose_successor(&fenced, stalled) {
+                let successor = if base.is_some() || others_enough {
+                    failover::choose_successor(&fenced, stalled, base)
+                } else {
+                    None
+                };
+                let winner = match successor {
                     Some(winner) => Some(winner),
                     None => {
-                        warn!(leader = %self.addr(stalled), epoch = %epoch, "no follower holds everything the stalled leader committed; electing among all");
+                        warn!(leader = %self.addr(stalled), epoch = %epoch, "no follower is known to hold everything the stalled leader may have acknowledged; electing among all");
                         failover::choose_leader(&fenced)
                     }
                 };
@@ -286,10 +315,15 @@ impl Engine {
         };
         self.ballot = None;
         self.postponed = None;
+        let base = fenced
+            .iter()
+            .find(|&&(slot, _)| slot == winner)
+            .map(|(_, s)| (s.last_epoch, s.last_index));
         self.step = Step::Promoting {
             epoch,
             started,
             winner,
+            base,
             fenced: fenced.iter().map(|&(slot, _)| slot).collect(),
             sync,
         };
@@ -308,6 +342,7 @@ impl Engine {
             epoch,
             started,
             winner,
+            base,
             fenced,
             sync,
         } = std::mem::replace(&mut self.step, Step::Idle)
@@ -319,10 +354,12 @@ impl Engine {
         match super::record::reported(answer) {
             Ok(Reply::NodeReport(report)) => {
                 self.table.record_report(winner, *report);
-                self.table.set_leader(Some(Leader {
+                let leader = Leader {
                     slot: winner,
                     epoch,
-                }));
+                };
+                self.table.set_leader(Some(leader));
+                self.promoted = base.map(|base| (leader, base));
                 let elapsed_ms = u64::try_from(now.saturating_duration_since(started).as_millis())
                     .unwrap_or(u64::MAX);
                 let old = self.lost_leader.take();

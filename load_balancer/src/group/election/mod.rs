@@ -24,7 +24,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use semikv_protocol::{CoordinatorId, Epoch, Follow, Promote, Reply};
+use semikv_protocol::{CoordinatorId, Epoch, Follow, LogIndex, Promote, Reply};
 use tracing::{debug, error, info, warn};
 
 use super::failover::{self, Observed, Plan, StallRule, StallVerdict, StallWatch, StatusSummary};
@@ -182,24 +182,29 @@ enum Step {
     /// Fencing every replica (but a silent lost leader) at `epoch`.
     Fencing { epoch: Epoch, started: Instant },
     /// Fencing every replica but `stalled`, a leader cut off from its
-    /// followers.
+    /// followers; `base` is where its log stood when this engine promoted
+    /// it (see [`Engine::promoted`]), if it did.
     FencingOthers {
         epoch: Epoch,
         started: Instant,
         stalled: usize,
+        base: Option<(Epoch, LogIndex)>,
     },
     /// The others answered (`fenced`); now fencing `stalled` itself.
     FencingStalled {
         epoch: Epoch,
         started: Instant,
         stalled: usize,
+        base: Option<(Epoch, LogIndex)>,
         fenced: Vec<(usize, StatusSummary)>,
     },
-    /// Promoting `winner`; the others in `fenced` follow it next.
+    /// Promoting `winner`, whose log ended at `base` when fenced; the others
+    /// in `fenced` follow it next.
     Promoting {
         epoch: Epoch,
         started: Instant,
         winner: usize,
+        base: Option<(Epoch, LogIndex)>,
         fenced: Vec<usize>,
         sync: u32,
     },
@@ -235,6 +240,12 @@ pub struct Engine {
     ballot: Option<Epoch>,
     /// The highest epoch this engine ever fenced with.
     minted: Epoch,
+    /// The last leader this engine promoted, and the `(last_epoch,
+    /// last_index)` of its log when fenced, before its own epoch's entries:
+    /// entries up to there may have been committed by an earlier leader
+    /// with its acknowledgement, which its own commit index does not show
+    /// (see [`failover::choose_successor`]).
+    promoted: Option<(Leader, (Epoch, LogIndex))>,
     /// The last election that was postponed, while it may go on.
     postponed: Option<Postponed>,
     /// What the table showed at the previous full round.
@@ -280,6 +291,7 @@ impl Engine {
             started: false,
             ballot: None,
             minted: Epoch::ZERO,
+            promoted: None,
             postponed: None,
             previous: Vec::new(),
             committing_elsewhere: false,

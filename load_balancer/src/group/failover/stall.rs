@@ -283,35 +283,51 @@ impl StallWatch {
 ///
 /// The stalled leader is never the winner: it likely has the longest log
 /// and would be promoted again, stalled again, forever. Safety: a write is
-/// acknowledged only once it is on the leader and on at least
-/// `sync_replicas` (>= 1) followers, so the best `(last_epoch, last_index)`
-/// among the fenced followers holds every acknowledged write under the same
-/// condition as guarantee 1 of DESIGN.md "Guarantees" (one follower that
-/// acknowledged it answers the fence), exactly as when a dead leader is
-/// replaced.
+/// acknowledged only once it is on its leader and on at least
+/// `sync_replicas` (>= 1) followers. If the stalled leader acknowledged
+/// it, one of those followers answered the fence (the caller's quorum) and
+/// the best `(last_epoch, last_index)` among the fenced followers holds it.
+/// But an earlier leader may have acknowledged a write with the stalled
+/// leader's own acknowledgement, back when it followed: then the stalled
+/// leader may be the only holder that answered (sim seed 25898: leader A
+/// commits index 108 with B's ack and pauses; B is elected, cannot reach
+/// C, stalls; C, without 108, must not succeed it). So a candidate must
+/// hold:
 ///
-/// When the stalled leader answered the fence (after the followers, so its
-/// commit index can no longer grow: the fenced followers refuse its
-/// stream), a candidate must hold everything it committed: either its log
-/// reaches `(leader's last_epoch, leader's commit_index)`, or its own
-/// commit index is at least the leader's (committed prefixes never
-/// diverge, and a replica holds its committed prefix; this admits a
-/// follower that never saw the leader's uncommitted promotion entry). When
-/// the leader did not answer, nothing here bounds what it acknowledged:
-/// the caller must first have [`election_quorum`] answers, which include a
-/// holder of every acknowledged write. The old leader's extra tail was
-/// never acknowledged; it is truncated when it follows.
-pub fn choose_successor(fenced: &[(usize, StatusSummary)], stalled: usize) -> Option<usize> {
+/// - everything the stalled leader committed, when it answered the fence
+///   (after the followers, so its commit index can no longer grow: the
+///   fenced followers refuse its stream): its log reaches `(leader's
+///   last_epoch, leader's commit_index)`, or its own commit index is at
+///   least the leader's (committed prefixes never diverge, and a replica
+///   holds its committed prefix; this admits a follower that never saw the
+///   leader's uncommitted promotion entry);
+/// - everything the stalled leader held when it was promoted, `base`
+///   (`(last_epoch, last_index)` then), which an earlier leader may have
+///   committed: by the same test. The caller passes `None` only when the
+///   followers' answers alone make its quorum, so that they include a
+///   holder of every acknowledged write.
+///
+/// The old leader's extra tail was never acknowledged; it is truncated
+/// when it follows.
+pub fn choose_successor(
+    fenced: &[(usize, StatusSummary)],
+    stalled: usize,
+    base: Option<(Epoch, LogIndex)>,
+) -> Option<usize> {
     let floor = fenced
         .iter()
         .find(|&&(slot, _)| slot == stalled)
         .map(|(_, s)| (s.last_epoch, s.commit_index));
-    let holds = |s: &StatusSummary, (epoch, commit): (Epoch, LogIndex)| {
-        (s.last_epoch, s.last_index) >= (epoch, commit) || s.commit_index >= commit
+    let holds = |s: &StatusSummary, (epoch, index): (Epoch, LogIndex)| {
+        (s.last_epoch, s.last_index) >= (epoch, index) || s.commit_index >= index
     };
     let fit: Vec<(usize, StatusSummary)> = fenced
         .iter()
-        .filter(|&&(slot, s)| slot != stalled && floor.is_none_or(|f| holds(&s, f)))
+        .filter(|&&(slot, s)| {
+            slot != stalled
+                && floor.is_none_or(|f| holds(&s, f))
+                && base.is_none_or(|b| holds(&s, b))
+        })
         .copied()
         .collect();
     choose_leader(&fit)

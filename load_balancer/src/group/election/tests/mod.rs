@@ -58,6 +58,8 @@ pub(super) struct Model {
     pub(super) leader_addr: Option<String>,
     /// Followers it reports connected while leading; `None`: all others.
     pub(super) connected_followers: Option<usize>,
+    /// The commit index it reports; `None`: its last index.
+    pub(super) commit: Option<u64>,
     pub(super) promotes: Vec<Epoch>,
     pub(super) fences: Vec<Epoch>,
     pub(super) statuses: u64,
@@ -76,6 +78,7 @@ impl Model {
             last_index,
             leader_addr: None,
             connected_followers: None,
+            commit: None,
             promotes: Vec::new(),
             fences: Vec::new(),
             statuses: 0,
@@ -95,8 +98,8 @@ impl Model {
             epoch: self.epoch,
             last_index: LogIndex(self.last_index),
             last_epoch: self.last_epoch,
-            commit_index: LogIndex(self.last_index),
-            applied_index: LogIndex(self.last_index),
+            commit_index: LogIndex(self.commit.unwrap_or(self.last_index)),
+            applied_index: LogIndex(self.commit.unwrap_or(self.last_index)),
             leader: self.leader_addr.clone(),
             followers: (0..followers)
                 .map(|i| FollowerProgress {

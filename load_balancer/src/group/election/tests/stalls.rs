@@ -59,6 +59,31 @@ fn a_stalled_leader_is_re_promoted_when_no_follower_holds_its_commits() {
 }
 
 #[test]
+fn a_successor_must_hold_what_the_stalled_leader_held_when_promoted() {
+    // Sim seed 25898: the leader commits index 108 with slot 1's
+    // acknowledgement and dies before slot 1 learns it committed; slot 2
+    // never got 108. Slot 1 is elected, its stream never reaches slot 2,
+    // and it stalls: slot 2 must not succeed it.
+    let mut models = cluster(vec![leader(1, 108), follower(1, 108), follower(1, 107)]);
+    models[1].commit = Some(107);
+    let mut sim = Sim::new(models, 1);
+    sim.until("slot 0 is the leader", 50, |s| {
+        s.tables[0].leader().map(|l| l.slot) == Some(0)
+    });
+    sim.links[0] = Link::Refused;
+    sim.until("slot 1 leads at term 2", 200, |s| s.leads(1, 2));
+    sim.models[1].connected_followers = Some(0);
+    sim.until("a leader at term 3", 1000, |s| {
+        (0..3).any(|i| s.leads(i, 3))
+    });
+    assert!(
+        sim.models[2].promotes.is_empty(),
+        "slot 2, without index 108, was promoted"
+    );
+    assert!(sim.leads(1, 3), "slot 1 re-promoted");
+}
+
+#[test]
 fn a_stalled_leader_is_kept_when_no_other_replica_answers_the_fence() {
     let mut models = cluster(vec![leader(4, 10), follower(4, 10), follower(4, 10)]);
     models[0].connected_followers = Some(0);

@@ -382,8 +382,8 @@ fn successor_is_never_the_stalled_leader_even_with_the_longest_log() {
         (2, seen_c(3, 4, 16, 15)),
     ];
     assert_eq!(choose_leader(&fenced), Some(0));
-    assert_eq!(choose_successor(&fenced, 0), Some(1));
-    assert_eq!(choose_successor(&fenced, 1), Some(0));
+    assert_eq!(choose_successor(&fenced, 0, None), Some(1));
+    assert_eq!(choose_successor(&fenced, 1, None), Some(0));
 }
 
 #[test]
@@ -394,21 +394,24 @@ fn successor_must_hold_what_the_stalled_leader_committed() {
         (2, seen_c(3, 3, 30, 14)),
     ];
     // Slot 1 lacks index 15; slot 2's longer log ends in an older epoch.
-    assert_eq!(choose_successor(&fenced, 0), None);
+    assert_eq!(choose_successor(&fenced, 0, None), None);
     let fenced = [(0, seen_c(1, 4, 20, 15)), (1, seen_c(2, 4, 15, 14))];
-    assert_eq!(choose_successor(&fenced, 0), Some(1));
+    assert_eq!(choose_successor(&fenced, 0, None), Some(1));
 }
 
 #[test]
 fn successor_without_the_stalled_leaders_answer_is_the_best_follower() {
     let fenced = [(1, seen_c(2, 4, 14, 14)), (2, seen_c(3, 4, 16, 10))];
-    assert_eq!(choose_successor(&fenced, 0), Some(2));
+    assert_eq!(choose_successor(&fenced, 0, None), Some(2));
 }
 
 #[test]
 fn no_successor_when_no_follower_answered() {
-    assert_eq!(choose_successor(&[(0, seen_c(1, 4, 20, 15))], 0), None);
-    assert_eq!(choose_successor(&[], 0), None);
+    assert_eq!(
+        choose_successor(&[(0, seen_c(1, 4, 20, 15))], 0, None),
+        None
+    );
+    assert_eq!(choose_successor(&[], 0, None), None);
 }
 
 #[test]
@@ -479,12 +482,28 @@ fn a_short_recovery_does_not_reset_the_backoff() {
 }
 
 #[test]
+fn successor_must_hold_what_the_stalled_leader_held_when_promoted() {
+    // Sim seed 25898: slot 0 followed a leader that committed index 108
+    // with its acknowledgement, was promoted at epoch 2 (its no-op 109),
+    // and stalled before learning that 108 was committed. Slot 1 lacks it.
+    let fenced = [(0, seen_c(1, 2, 109, 107)), (1, seen_c(2, 1, 107, 107))];
+    assert_eq!(choose_successor(&fenced, 0, None), Some(1), "the old rule");
+    let base = Some((ep(1), LogIndex(108)));
+    assert_eq!(choose_successor(&fenced, 0, base), None);
+    // A follower that holds 108, or knows it committed, is fit.
+    let fenced = [(0, seen_c(1, 2, 109, 107)), (1, seen_c(2, 1, 108, 107))];
+    assert_eq!(choose_successor(&fenced, 0, base), Some(1));
+    let fenced = [(0, seen_c(1, 2, 109, 107)), (1, seen_c(2, 2, 109, 108))];
+    assert_eq!(choose_successor(&fenced, 0, base), Some(1));
+}
+
+#[test]
 fn successor_holding_the_committed_prefix_is_fit_despite_an_older_last_epoch() {
     // The stalled leader's promotion no-op is at epoch 5 and uncommitted;
     // the follower holds everything committed (index 10).
     let fenced = [(0, seen_c(1, 5, 11, 10)), (1, seen_c(2, 4, 10, 10))];
-    assert_eq!(choose_successor(&fenced, 0), Some(1));
+    assert_eq!(choose_successor(&fenced, 0, None), Some(1));
     // Behind the commit index and in an older epoch: still not fit.
     let fenced = [(0, seen_c(1, 5, 11, 10)), (1, seen_c(2, 4, 10, 9))];
-    assert_eq!(choose_successor(&fenced, 0), None);
+    assert_eq!(choose_successor(&fenced, 0, None), None);
 }
