@@ -22,10 +22,17 @@
 # The leader is read from the balancer (`semikv --json status`) before and
 # after each run; a run during which it changed is marked "LEADER CHANGED".
 #
+# DOOR=resp drives the balancer's Redis-protocol door with redis-benchmark
+# instead (the same clients, pipeline, value size and number of distinct
+# keys; REQUESTS per run, default 200000, since redis-benchmark counts
+# requests, not seconds); the "bench" column is then redis-benchmark's CPU.
+# The semikv door's figures against these are what the RESP door costs.
+#
 # Usage: bench/cpu.sh
 # Knobs (environment): DURATION (seconds per run, default 10), ROUNDS (3),
 # PIPELINE (16), CLIENTS (50), VALUE_SIZE (16), FSYNC (interval:1000),
-# KEEP=1 keeps the temp dir (logs, data, every run's JSON).
+# DOOR (semikv or resp), REQUESTS (200000, DOOR=resp only), KEEP=1 keeps the
+# temp dir (logs, data, every run's JSON).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +42,8 @@ PIPELINE=${PIPELINE:-16}
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-16}
 FSYNC=${FSYNC:-interval:1000}
+DOOR=${DOOR:-semikv}
+REQUESTS=${REQUESTS:-200000}
 HZ=$(getconf CLK_TCK)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-cpu.XXXXXX")
@@ -44,6 +53,10 @@ source "$ROOT/bench/lib.sh"
 
 build_release semikv-server semikv-lb semikv-bench semikv
 
+if [[ $DOOR == resp ]]; then
+    command -v redis-benchmark >/dev/null || { log "DOOR=resp needs redis-benchmark (redis-tools)"; exit 1; }
+    LB_ARGS=(--resp 127.0.0.1:0)
+fi
 log "starting 3 replicas (--fsync $FSYNC) and a balancer (--sync-replicas 1)"
 start_cluster "$WORK" "$FSYNC"
 
@@ -69,7 +82,7 @@ snap() {
 
 # ---- runs ----------------------------------------------------------------------
 echo "machine: $(nproc) cores, CLK_TCK $HZ; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "semikv at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'): 3 replicas --fsync $FSYNC + balancer --sync-replicas 1;" \
+echo "semikv at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $DOOR door: 3 replicas --fsync $FSYNC + balancer --sync-replicas 1;" \
     "$CLIENTS clients, pipeline $PIPELINE, $VALUE_SIZE-byte values, $DURATION s per run"
 echo "CPU per request in us (user + system); others = CPU of the rest of the machine, in cores"
 echo
@@ -84,16 +97,33 @@ for round in $(seq 1 "$ROUNDS"); do
         [[ $op == GET ]] && ratio=0:1
         lead=$(leader_id)
         snap A
-        run_bg "$BIN/semikv-bench" --addr "$LB_ADDR" --clients "$CLIENTS" --pipeline "$PIPELINE" \
-            --ratio "$ratio" --keyspace "$((16 * PIPELINE))" --value-size "$VALUE_SIZE" --prefill \
-            --duration "$DURATION" --json >"$WORK/run.json" 2>>"$WORK/bench.log"
+        if [[ $DOOR == resp ]]; then
+            # -r: as many distinct keys as semikv-bench uses (16 per lane).
+            run_bg redis-benchmark -h 127.0.0.1 -p "${RESP_ADDR##*:}" -t "${op,,}" -c "$CLIENTS" \
+                -P "$PIPELINE" -d "$VALUE_SIZE" -r "$((CLIENTS * 16 * PIPELINE))" -n "$REQUESTS" \
+                --csv >"$WORK/run.csv" 2>>"$WORK/bench.log"
+        else
+            run_bg "$BIN/semikv-bench" --addr "$LB_ADDR" --clients "$CLIENTS" --pipeline "$PIPELINE" \
+                --ratio "$ratio" --keyspace "$((16 * PIPELINE))" --value-size "$VALUE_SIZE" --prefill \
+                --duration "$DURATION" --json >"$WORK/run.json" 2>>"$WORK/bench.log"
+        fi
         snap B
-        cat "$WORK/run.json" >>"$WORK/bench.json"
         lead_after=$(leader_id)
-        read -r ok ops bad < <(python3 -c '
+        if [[ $DOOR == resp ]]; then
+            cat "$WORK/run.csv" >>"$WORK/bench.csv"
+            # redis-benchmark stops at the first error; it prints no row then.
+            read -r ok ops bad < <(python3 -c '
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if r and r[0] == sys.argv[2]]
+print(sys.argv[3], "%.0f" % float(rows[0][1]), 0) if rows else print(1, 0, 1)' \
+                "$WORK/run.csv" "$op" "$REQUESTS")
+        else
+            cat "$WORK/run.json" >>"$WORK/bench.json"
+            read -r ok ops bad < <(python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(r["ok"], "%.0f" % r["ops_per_sec"], r["failed"] + r["wrong_values"])' "$WORK/run.json")
+        fi
         note=""
         ((bad == 0)) || note="$bad failed or wrong (see $WORK/bench.json) "
         [[ $lead == "$lead_after" && $lead != 0 ]] || note+="LEADER CHANGED ($lead -> $lead_after)"
