@@ -131,6 +131,34 @@ pub struct Conn {
     pub lib: (Option<String>, Option<String>),
 }
 
+/// A command name lower-cased on the stack: every command is matched by
+/// name, and a `String` per command showed in profiles of pipelined GETs.
+struct Name {
+    bytes: [u8; Name::MAX],
+    len: usize,
+}
+
+impl Name {
+    /// Longer than any command this door knows.
+    const MAX: usize = 24;
+
+    /// `arg` lower-cased, or `None` when it is longer than any command.
+    fn new(arg: &[u8]) -> Option<Name> {
+        let mut bytes = [0u8; Name::MAX];
+        bytes.get_mut(..arg.len())?.copy_from_slice(arg);
+        bytes.make_ascii_lowercase();
+        Some(Name {
+            bytes,
+            len: arg.len(),
+        })
+    }
+
+    /// The name, if it is UTF-8 (every known one is ASCII).
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
 /// Lower-case ASCII of a command name, for matching.
 pub(super) fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
@@ -174,21 +202,26 @@ impl Conn {
 
     /// What to do with `args` (never empty), given `facts`.
     pub fn plan(&mut self, args: &[Bytes], facts: &Facts) -> Plan {
-        let name = lower(&args[0]);
+        // A name too long for any command is matched as an unknown one.
+        let name = Name::new(&args[0]).unwrap_or(Name {
+            bytes: [0; Name::MAX],
+            len: 0,
+        });
+        let name = name.as_str();
         if facts.needs_login
             && self.user.is_none()
-            && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
+            && !matches!(name, "auth" | "hello" | "quit" | "reset")
         {
             return Plan::Now(Resp::coded("NOAUTH", "Authentication required."));
         }
         let n = args.len();
-        if let Some(plan) = super::keys::plan(&name, args) {
+        if let Some(plan) = super::keys::plan(name, args) {
             return plan;
         }
-        if let Some(plan) = super::keyspace::plan(&name, args) {
+        if let Some(plan) = super::keyspace::plan(name, args) {
             return plan;
         }
-        match name.as_str() {
+        match name {
             "get" if n == 2 => Plan::Forward {
                 ops: vec![Op::Get {
                     key: args[1].clone(),
