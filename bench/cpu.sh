@@ -31,8 +31,10 @@
 # Usage: bench/cpu.sh
 # Knobs (environment): DURATION (seconds per run, default 10), ROUNDS (3),
 # PIPELINE (16), CLIENTS (50), VALUE_SIZE (16), FSYNC (interval:1000),
-# DOOR (semikv or resp), REQUESTS (200000, DOOR=resp only), KEEP=1 keeps the
-# temp dir (logs, data, every run's JSON).
+# DOOR (semikv or resp), REQUESTS (200000, DOOR=resp only), KEYSPACE (keys
+# per client, default 16 * PIPELINE, filled before the timed run; a larger
+# one with PREFILL=0 makes most SETs create a key), KEEP=1 keeps the temp
+# dir (logs, data, every run's JSON).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +46,10 @@ VALUE_SIZE=${VALUE_SIZE:-16}
 FSYNC=${FSYNC:-interval:1000}
 DOOR=${DOOR:-semikv}
 REQUESTS=${REQUESTS:-200000}
+KEYSPACE=${KEYSPACE:-$((16 * PIPELINE))}
+PREFILL=${PREFILL:-1}
+PREFILL_FLAG=()
+[[ $PREFILL == 1 ]] && PREFILL_FLAG=(--prefill)
 HZ=$(getconf CLK_TCK)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/semikv-cpu.XXXXXX")
@@ -100,11 +106,11 @@ for round in $(seq 1 "$ROUNDS"); do
         if [[ $DOOR == resp ]]; then
             # -r: as many distinct keys as semikv-bench uses (16 per lane).
             run_bg redis-benchmark -h 127.0.0.1 -p "${RESP_ADDR##*:}" -t "${op,,}" -c "$CLIENTS" \
-                -P "$PIPELINE" -d "$VALUE_SIZE" -r "$((CLIENTS * 16 * PIPELINE))" -n "$REQUESTS" \
+                -P "$PIPELINE" -d "$VALUE_SIZE" -r "$((CLIENTS * KEYSPACE))" -n "$REQUESTS" \
                 --csv >"$WORK/run.csv" 2>>"$WORK/bench.log"
         else
             run_bg "$BIN/semikv-bench" --addr "$LB_ADDR" --clients "$CLIENTS" --pipeline "$PIPELINE" \
-                --ratio "$ratio" --keyspace "$((16 * PIPELINE))" --value-size "$VALUE_SIZE" --prefill \
+                --ratio "$ratio" --keyspace "$KEYSPACE" --value-size "$VALUE_SIZE" "${PREFILL_FLAG[@]}" \
                 --duration "$DURATION" --json >"$WORK/run.json" 2>>"$WORK/bench.log"
         fi
         snap B

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Most keys a replica examines for one page, whatever `count` asks: bounds
 /// the time one page holds the replica's state.
-pub const MAX_SCAN_COUNT: u32 = 10_000;
+pub const MAX_SCAN_COUNT: u32 = 1_000;
 
 /// Longest pattern a scan may filter by: matching costs up to the pattern's
 /// length times the key's, for every key examined.

@@ -35,7 +35,7 @@ const FOLD_PER_WRITE: usize = 8;
 /// its buckets full and doubles when it gets there, so between 7/16 and 7/8
 /// of them hold a key: 74 to 149 bytes per key, about 103 averaged over a
 /// table's growth from one doubling to the next (65 x 16/7 x ln 2), rounded
-/// up to 104. The scan index adds 56 (see `scan_index`). Not counted:
+/// up to 104. The scan index adds 48 (see `scan_index`). Not counted:
 /// allocator rounding of long keys and values, the 24-byte header a long
 /// value shares with its log entry, the overlay a snapshot in progress
 /// makes writes copy into, and buckets that deletes emptied (the table

@@ -425,3 +425,35 @@ fn long_keys_round_trip_through_a_snapshot_copy() {
     assert_eq!(s.get(&long), Some(Bytes::from_static(b"b")));
     assert_eq!(s.iter().collect::<Vec<_>>(), [(&long[..], &b"b"[..])]);
 }
+
+#[test]
+fn the_scan_index_keeps_hash_order_as_it_grows_and_shrinks() {
+    use scan_index::ScanIndex;
+    let mut index = ScanIndex::default();
+    let key = |i: u32| format!("k{i}").into_bytes();
+    for i in 0..10_000 {
+        index.insert(&key(i));
+    }
+    // Removing a key that is not there changes nothing.
+    index.remove(b"absent");
+    for i in (0..10_000).step_by(2) {
+        index.remove(&key(i));
+    }
+    let mut expected: Vec<(u64, Vec<u8>)> = (0..10_000)
+        .filter(|i| i % 2 == 1)
+        .map(|i| (scan_hash(&key(i)), key(i)))
+        .collect();
+    expected.sort();
+    let all: Vec<(u64, Vec<u8>)> = index.from(0).map(|(h, k)| (h, k.to_vec())).collect();
+    assert_eq!(all, expected);
+    // From any position: exactly the keys at or after it.
+    for cursor in [1, u64::MAX / 3, u64::MAX / 2 + 12_345, u64::MAX - 1] {
+        let tail: Vec<(u64, Vec<u8>)> = index.from(cursor).map(|(h, k)| (h, k.to_vec())).collect();
+        let want: Vec<(u64, Vec<u8>)> = expected
+            .iter()
+            .filter(|(h, _)| *h >= cursor)
+            .cloned()
+            .collect();
+        assert_eq!(tail, want, "from {cursor}");
+    }
+}
