@@ -514,19 +514,26 @@ impl Store {
     /// fewer once their bytes reach `max_bytes` (at least one), then every
     /// further key at the last position examined, so that the next page
     /// starts at a new position. Returns the examined keys not expired at
-    /// `now`, and the next page's cursor (0 once no key is left).
+    /// `now`, and the next page's cursor: the position after the last one
+    /// examined (0 once no key is left).
     pub fn scan(&self, cursor: u64, count: usize, max_bytes: usize, now: UnixMillis) -> KeyPage {
         let mut keys = Vec::new();
         let (mut examined, mut bytes) = (0usize, 0usize);
         let mut last: Option<u64> = None;
         for (position, key) in self.scan.from(cursor) {
             let full = examined >= count.max(1) || bytes >= max_bytes;
-            if full && last != Some(position) {
-                // `position` is above `last`, which is below u64::MAX.
-                return KeyPage {
-                    keys,
-                    cursor: position,
-                };
+            match last {
+                // The next page starts right after the last position
+                // examined, not at this key's: another replica may hold
+                // keys in between that this one has not applied yet.
+                // `last` is below `position`, so it is below u64::MAX.
+                Some(last) if full && last != position => {
+                    return KeyPage {
+                        keys,
+                        cursor: last + 1,
+                    };
+                }
+                _ => {}
             }
             examined += 1;
             bytes += key.len();

@@ -303,9 +303,18 @@ impl StallWatch {
 ///   leader's uncommitted promotion entry);
 /// - everything the stalled leader held when it was promoted, `base`
 ///   (`(last_epoch, last_index)` then), which an earlier leader may have
-///   committed: by the same test. The caller passes `None` only when the
-///   followers' answers alone make its quorum, so that they include a
-///   holder of every acknowledged write.
+///   committed: by the same test. Every follower that passes both holds
+///   every acknowledged write, and the best of them is chosen.
+///
+/// Without `base` (another balancer promoted it, or this one restarted)
+/// the caller must have a quorum of the followers' answers alone: then the
+/// best of *them*, by `(last_epoch, last_index)`, holds every acknowledged
+/// write, and it is chosen if it also holds what the stalled leader
+/// committed; no other follower is, since filtering first could drop the
+/// holder and keep one that lacks a write (5 replicas, 2 sync: C holds
+/// 108 with commit 106, D only 107 with commit 107, the stalled leader's
+/// commit is 107: D passes the commit test, C does not, and 108 was
+/// acknowledged).
 ///
 /// The old leader's extra tail was never acknowledged; it is truncated
 /// when it follows.
@@ -321,14 +330,20 @@ pub fn choose_successor(
     let holds = |s: &StatusSummary, (epoch, index): (Epoch, LogIndex)| {
         (s.last_epoch, s.last_index) >= (epoch, index) || s.commit_index >= index
     };
-    let fit: Vec<(usize, StatusSummary)> = fenced
-        .iter()
-        .filter(|&&(slot, s)| {
-            slot != stalled
-                && floor.is_none_or(|f| holds(&s, f))
-                && base.is_none_or(|b| holds(&s, b))
-        })
-        .copied()
-        .collect();
-    choose_leader(&fit)
+    let followers = fenced.iter().filter(|&&(slot, _)| slot != stalled);
+    match base {
+        Some(base) => {
+            let fit: Vec<(usize, StatusSummary)> = followers
+                .filter(|(_, s)| floor.is_none_or(|f| holds(s, f)) && holds(s, base))
+                .copied()
+                .collect();
+            choose_leader(&fit)
+        }
+        None => {
+            let followers: Vec<(usize, StatusSummary)> = followers.copied().collect();
+            let best = choose_leader(&followers)?;
+            let (_, s) = followers.iter().find(|&&(slot, _)| slot == best)?;
+            floor.is_none_or(|f| holds(s, f)).then_some(best)
+        }
+    }
 }

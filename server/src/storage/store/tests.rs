@@ -457,3 +457,29 @@ fn the_scan_index_keeps_hash_order_as_it_grows_and_shrinks() {
         assert_eq!(tail, want, "from {cursor}");
     }
 }
+
+#[test]
+fn a_page_from_a_lagging_replica_leaves_no_gap_before_the_next() {
+    // Replica `a` lags: it lacks a key `b` holds, whose position falls
+    // after the last key of `a`'s page and before `a`'s next key. The next
+    // page, answered by `b`, must start early enough to return it.
+    let mut a = Store::default();
+    for i in 0..100u32 {
+        set(&mut a, format!("key:{i}").as_bytes());
+    }
+    let page = a.scan(0, 10, usize::MAX, UnixMillis(0));
+    let last = page.keys.iter().map(|k| scan_hash(k)).max().unwrap();
+    let next_in_a = a.scan(page.cursor, 1, usize::MAX, UnixMillis(0)).keys[0].clone();
+    let gap_end = scan_hash(&next_in_a);
+    let late = (0..100_000u32)
+        .map(|i| format!("late:{i}").into_bytes())
+        .find(|k| (last + 1..gap_end).contains(&scan_hash(k)))
+        .expect("a key in the gap");
+    let mut b = a.clone();
+    set(&mut b, &late);
+    let from_b = b.scan(page.cursor, 10, usize::MAX, UnixMillis(0));
+    assert!(
+        from_b.keys.iter().any(|k| k[..] == late[..]),
+        "the key between the pages was skipped"
+    );
+}

@@ -498,6 +498,28 @@ fn successor_must_hold_what_the_stalled_leader_held_when_promoted() {
 }
 
 #[test]
+fn without_a_base_only_the_best_follower_may_succeed() {
+    // 5 replicas, 2 sync: A (gone) committed 108 with B's and C's acks; C
+    // missed the commit heartbeat, D missed 108. B, promoted by another
+    // balancer at epoch 2, stalled with commit 107. Filtering by B's commit
+    // first would drop C and keep D, which lacks 108.
+    let fenced = [
+        (1, seen_c(2, 2, 109, 107)),
+        (2, seen_c(3, 1, 108, 106)),
+        (3, seen_c(4, 1, 107, 107)),
+        (4, seen_c(5, 1, 100, 100)),
+    ];
+    assert_eq!(choose_successor(&fenced, 1, None), None);
+    // Knowing where B stood when promoted, (1, 108): C and D both fail it.
+    let base = Some((ep(1), LogIndex(108)));
+    assert_eq!(choose_successor(&fenced, 1, base), None);
+    // C had learned 107 committed: the best follower, and fit.
+    let mut fenced = fenced;
+    fenced[1].1.commit_index = LogIndex(107);
+    assert_eq!(choose_successor(&fenced, 1, None), Some(2));
+}
+
+#[test]
 fn successor_holding_the_committed_prefix_is_fit_despite_an_older_last_epoch() {
     // The stalled leader's promotion no-op is at epoch 5 and uncommitted;
     // the follower holds everything committed (index 10).
