@@ -28,22 +28,12 @@ const SECTIONS: &[&str] = &["server", "clients", "replication", "keyspace"];
 /// Whether INFO with `sections` prints the keyspace (and so asks a
 /// replica for its key count).
 pub fn wants_keyspace(sections: &[String]) -> bool {
-    sections.is_empty()
-        || sections
-            .iter()
-            .any(|s| matches!(s.as_str(), "all" | "default" | "everything" | "keyspace"))
+    wanted(sections).contains(&"keyspace")
 }
 
-/// INFO's answer for `sections` from `reply` (the balancer's status) and
-/// `count` (a replica's answer to `DbSize`, if asked).
-pub fn info(reply: &Reply, count: Option<&Reply>, sections: &[String], local: Local) -> Resp {
-    let status = match reply {
-        Reply::ClusterReport(report) => &report.status,
-        Reply::Cluster(status) => status,
-        Reply::Error(e) => return error(e),
-        other => return Resp::err(format!("unexpected status reply {other:?}")),
-    };
-    let wanted: Vec<&str> = if sections.is_empty()
+/// The sections INFO prints for `sections` (lower case), in their order.
+fn wanted(sections: &[String]) -> Vec<&'static str> {
+    if sections.is_empty()
         || sections
             .iter()
             .any(|s| matches!(s.as_str(), "all" | "default" | "everything"))
@@ -55,9 +45,20 @@ pub fn info(reply: &Reply, count: Option<&Reply>, sections: &[String], local: Lo
             .copied()
             .filter(|s| sections.iter().any(|w| w == s))
             .collect()
+    }
+}
+
+/// INFO's answer for `sections` from `reply` (the balancer's status) and
+/// `count` (a replica's answer to `DbSize`, if asked).
+pub fn info(reply: &Reply, count: Option<&Reply>, sections: &[String], local: Local) -> Resp {
+    let status = match reply {
+        Reply::ClusterReport(report) => &report.status,
+        Reply::Cluster(status) => status,
+        Reply::Error(e) => return error(e),
+        other => return Resp::err(format!("unexpected status reply {other:?}")),
     };
     let mut out = String::new();
-    for section in wanted {
+    for section in wanted(sections) {
         if !out.is_empty() {
             out.push_str("\r\n");
         }
