@@ -40,7 +40,7 @@ import zlib
 # declaration order (protocol/src/message/*.rs).
 
 MAGIC = 0x534B5631
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 ROLE_CLIENT, ROLE_BALANCER, ROLE_REPLICA = 0, 1, 2
 
 # Message variants

@@ -860,6 +860,115 @@ fn samples() -> Vec<(&'static str, Message)> {
                 commit_index: LogIndex(13),
             }),
         ),
+        (
+            "request_read_default",
+            request(
+                66,
+                Op::Read(Read {
+                    op: Box::new(Op::Get {
+                        key: Bytes::from_static(BINARY),
+                    }),
+                    level: None,
+                    after: LogIndex(0),
+                }),
+            ),
+        ),
+        (
+            "request_read_stale",
+            request(
+                67,
+                Op::Read(Read {
+                    op: Box::new(Op::Get {
+                        key: Bytes::from_static(b"k"),
+                    }),
+                    level: Some(Consistency::Stale),
+                    after: LogIndex(0),
+                }),
+            ),
+        ),
+        (
+            "request_read_session",
+            request(
+                68,
+                Op::Read(Read {
+                    op: Box::new(Op::Ttl {
+                        key: Bytes::from_static(b"k"),
+                    }),
+                    level: Some(Consistency::Session),
+                    after: LogIndex(1_000_000),
+                }),
+            ),
+        ),
+        (
+            "request_read_linear",
+            request(
+                69,
+                Op::Read(Read {
+                    op: Box::new(Op::DbSize),
+                    level: Some(Consistency::Linearizable),
+                    after: LogIndex(7),
+                }),
+            ),
+        ),
+        (
+            "request_read_bounded",
+            request(
+                70,
+                Op::Read(Read {
+                    op: Box::new(Op::Scan(Scan {
+                        cursor: 5,
+                        count: 10,
+                        pattern: Some(Bytes::from_static(b"user:*")),
+                    })),
+                    level: Some(Consistency::Bounded { max_lag_ms: 250 }),
+                    after: LogIndex(300),
+                }),
+            ),
+        ),
+        (
+            "response_read_value",
+            response(
+                66,
+                Reply::Read(ReadAnswer {
+                    reply: Box::new(Reply::Value(Some(Bytes::from_static(BINARY)))),
+                    index: LogIndex(301),
+                }),
+            ),
+        ),
+        (
+            "response_read_behind",
+            response(
+                68,
+                Reply::Read(ReadAnswer {
+                    reply: Box::new(Reply::Error(ErrorReply::Behind {
+                        applied: LogIndex(999_990),
+                        wanted: LogIndex(1_000_000),
+                    })),
+                    index: LogIndex(999_990),
+                }),
+            ),
+        ),
+        (
+            "error_behind",
+            error(ErrorReply::Behind {
+                applied: LogIndex(3),
+                wanted: LogIndex(4),
+            }),
+        ),
+        (
+            "lead_check",
+            Message::LeadCheck(LeadCheck {
+                epoch: Epoch::from_raw(5),
+                round: 42,
+            }),
+        ),
+        (
+            "lead_confirm",
+            Message::LeadConfirm(LeadCheck {
+                epoch: Epoch::from_raw(5),
+                round: u64::MAX,
+            }),
+        ),
     ]
 }
 
@@ -986,6 +1095,8 @@ impl Coverage {
                 self.role(*role);
                 15
             }
+            Message::LeadCheck(LeadCheck { epoch: _, round: _ }) => 16,
+            Message::LeadConfirm(LeadCheck { epoch: _, round: _ }) => 17,
         };
         self.mark("Message", index);
     }
@@ -1052,6 +1163,17 @@ impl Coverage {
                 pattern: _,
             }) => 10,
             Op::DbSize => 11,
+            Op::Read(Read {
+                op,
+                level,
+                after: _,
+            }) => {
+                self.op(op);
+                if let Some(level) = level {
+                    self.consistency(*level);
+                }
+                12
+            }
         };
         self.mark("Op", index);
     }
@@ -1120,6 +1242,10 @@ impl Coverage {
                 keys: _,
                 expiring: _,
             }) => 11,
+            Reply::Read(ReadAnswer { reply, index: _ }) => {
+                self.reply(reply);
+                12
+            }
         };
         self.mark("Reply", index);
     }
@@ -1261,8 +1387,22 @@ impl Coverage {
             ErrorReply::NoPermission { reason: _ } => 11,
             ErrorReply::NotAnInteger => 12,
             ErrorReply::Overflow => 13,
+            ErrorReply::Behind {
+                applied: _,
+                wanted: _,
+            } => 14,
         };
         self.mark("ErrorReply", index);
+    }
+
+    fn consistency(&mut self, c: Consistency) {
+        let index = match c {
+            Consistency::Stale => 0,
+            Consistency::Session => 1,
+            Consistency::Linearizable => 2,
+            Consistency::Bounded { max_lag_ms: _ } => 3,
+        };
+        self.mark("Consistency", index);
     }
 
     fn node_role(&mut self, r: NodeRole) {
@@ -1507,6 +1647,7 @@ fn every_variant_has_a_vector() {
         ("TtlChange", wire_variant_count::<TtlChange>()),
         ("ExpireCond", wire_variant_count::<ExpireCond>()),
         ("KeyTtl", wire_variant_count::<KeyTtl>()),
+        ("Consistency", wire_variant_count::<Consistency>()),
     ];
     for (name, count) in counts {
         let covered = coverage.0.get(name).cloned().unwrap_or_default();
@@ -1538,9 +1679,9 @@ fn coverage_indexes_match_the_wire() {
 fn hello_starts_with_variant_zero_and_the_magic_as_a_varint() {
     let bytes = encode(&Message::Hello(Hello::new(Role::Client, None)));
     let payload = &bytes[HEADER_LEN..];
-    // Variant 0, MAGIC 0x534b5631 as LEB128, version 6, role 0, node None.
+    // Variant 0, MAGIC 0x534b5631 as LEB128, version 7, role 0, node None.
     assert_eq!(
         payload,
-        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x06, 0x00, 0x00]
+        [0x00, 0xb1, 0xac, 0xad, 0x9a, 0x05, 0x07, 0x00, 0x00]
     );
 }

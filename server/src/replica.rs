@@ -42,6 +42,10 @@ pub struct Watches {
     pub target: tokio::sync::watch::Receiver<Option<crate::node::FollowTarget>>,
     /// An earlier sync deadline appeared.
     pub deadline: tokio::sync::watch::Receiver<u64>,
+    /// The last round of leadership confirmation asked for.
+    pub lead_check: tokio::sync::watch::Receiver<u64>,
+    /// Followers confirmed a newer round.
+    pub confirmed: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Watches {
@@ -52,6 +56,8 @@ impl Watches {
             durable: signals.durable.subscribe(),
             target: signals.target.subscribe(),
             deadline: signals.deadline.subscribe(),
+            lead_check: signals.lead_check.subscribe(),
+            confirmed: signals.confirmed.subscribe(),
         }
     }
 }

@@ -390,6 +390,7 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Ttl(_) => "ttl",
         Reply::Keys(_) => "keys",
         Reply::KeyCount(_) => "key-count",
+        Reply::Read(answer) => reply_kind(&answer.reply),
         Reply::Error(e) => match e {
             ErrorReply::NotLeader { .. } => "not-leader",
             ErrorReply::NotEnoughReplicas { .. } => "not-enough-replicas",
@@ -405,6 +406,7 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
             ErrorReply::NoPermission { .. } => "no-permission",
             ErrorReply::NotAnInteger => "not-an-integer",
             ErrorReply::Overflow => "overflow",
+            ErrorReply::Behind { .. } => "behind",
         },
     }
 }
@@ -446,6 +448,11 @@ pub fn unanswered(action: Action, error: &anyhow::Error) -> (Action, Outcome, St
 /// value filled in.
 pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
     let detail = format!("{reply:?}");
+    // A read at a consistency level: what it answered, whatever its position.
+    let reply = match (&action, reply) {
+        (Action::Get(_), Reply::Read(answer)) => *answer.reply,
+        (_, reply) => reply,
+    };
     let outcome = match (&action, &reply) {
         (Action::Get(_), Reply::Value(_)) => Outcome::Ok,
         (Action::Get(_), _) => Outcome::Failed,
@@ -466,7 +473,9 @@ pub fn classify(action: Action, reply: Reply) -> (Action, Outcome, String) {
             | ErrorReply::NoPermission { .. }
             // A command's error: evaluated, nothing written.
             | ErrorReply::NotAnInteger
-            | ErrorReply::Overflow => Outcome::Failed,
+            | ErrorReply::Overflow
+            // A read's refusal: never a write's answer.
+            | ErrorReply::Behind { .. } => Outcome::Failed,
             // In the log, or maybe: may still commit. A storage failure may
             // have left the entry half-written too: not "failed for sure".
             ErrorReply::NotEnoughReplicas { .. }

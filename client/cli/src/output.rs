@@ -68,6 +68,7 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
         Reply::Ttl(ttl) => (self::ttl(*ttl), true),
         Reply::Keys(page) => (self::page(page), true),
         Reply::KeyCount(count) => (format!("(integer) {}", count.keys), true),
+        Reply::Read(answer) => self::reply(&answer.reply, style),
     }
 }
 

@@ -46,6 +46,8 @@ struct State {
     unavailable_for: AtomicU64,
     /// Never answer anything.
     swallow: AtomicBool,
+    /// The level and position of the last consistent read received.
+    last_read: Mutex<Option<(Option<semikv_protocol::Consistency>, LogIndex)>>,
 }
 
 /// A running fake server; it stops when dropped.
@@ -123,6 +125,12 @@ impl FakeServer {
     /// Makes the fake read every request and answer none.
     pub fn swallow(&self) {
         self.state.swallow.store(true, Ordering::SeqCst);
+    }
+
+    /// The level and position of the last consistent read received.
+    #[allow(dead_code)] // Not every test binary that includes this reads it.
+    pub fn last_read(&self) -> Option<(Option<semikv_protocol::Consistency>, LogIndex)> {
+        *self.state.last_read.lock().unwrap()
     }
 
     /// Requests received so far, on every connection.
@@ -253,6 +261,20 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
                 keys: state.map.lock().unwrap().len() as u64,
                 expiring: 0,
             }),
+            // A consistent get: answered at the fake's last index, which
+            // is past every position it handed out.
+            Op::Read(read) => {
+                *state.last_read.lock().unwrap() = Some((read.level, read.after));
+                match &*read.op {
+                    Op::Get { key } => Reply::Read(semikv_protocol::ReadAnswer {
+                        reply: Box::new(Reply::Value(state.map.lock().unwrap().get(key).cloned())),
+                        index: LogIndex(state.index.load(Ordering::SeqCst)),
+                    }),
+                    _ => Reply::Error(ErrorReply::Invalid {
+                        reason: "the fake server reads only gets at a level".to_string(),
+                    }),
+                }
+            }
             Op::Command(_) | Op::Ttl { .. } => Reply::Error(ErrorReply::Invalid {
                 reason: "the fake server does not evaluate commands".to_string(),
             }),

@@ -219,6 +219,22 @@ impl FakeState {
                     expiring: 0,
                 })
             }
+            // A fake has applied everything it holds: it answers at its
+            // last index, or says it is behind a later position.
+            Op::Read(read) => {
+                let index = LogIndex(self.last_index);
+                if read.after > index {
+                    return Some(Reply::Error(ErrorReply::Behind {
+                        applied: index,
+                        wanted: read.after,
+                    }));
+                }
+                let reply = self.apply(*read.op)?;
+                Reply::Read(semikv_protocol::ReadAnswer {
+                    reply: Box::new(reply),
+                    index,
+                })
+            }
         })
     }
 }

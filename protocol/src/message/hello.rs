@@ -38,6 +38,12 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// Version 6: reads about the whole key space, [`Op::Scan`] answered
 /// [`Reply::Keys`] and [`Op::DbSize`] answered [`Reply::KeyCount`].
 ///
+/// Version 7: reads at a consistency level, [`Op::Read`] answered
+/// [`Reply::Read`] with the position the answer reflects; [`ErrorReply`]
+/// gained `Behind`; a leader confirms it still leads with
+/// [`Message::LeadCheck`] rounds its followers answer with
+/// [`Message::LeadConfirm`].
+///
 /// [`Op::Scan`]: super::Op::Scan
 /// [`Op::DbSize`]: super::Op::DbSize
 /// [`Reply::Keys`]: super::Reply::Keys
@@ -56,7 +62,11 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`Reply::NodeReport`]: super::Reply::NodeReport
 /// [`Reply::ClusterReport`]: super::Reply::ClusterReport
 /// [`ErrorReply`]: super::ErrorReply
-pub const PROTOCOL_VERSION: u16 = 6;
+/// [`Op::Read`]: super::Op::Read
+/// [`Reply::Read`]: super::Reply::Read
+/// [`Message::LeadCheck`]: super::Message::LeadCheck
+/// [`Message::LeadConfirm`]: super::Message::LeadConfirm
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The role a connection declares in its handshake. Admin messages are
 /// accepted only from `Balancer` connections, replication messages only from

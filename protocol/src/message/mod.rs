@@ -8,13 +8,15 @@
 //! version bump.
 //!
 //! One file per family: `hello` (the handshake), `request` (client ops and
-//! their replies), `command` (the writes a leader evaluates), `keyspace` (reads about
+//! their replies), `command` (the writes a leader evaluates), `consistency`
+//! (reads at a consistency level), `keyspace` (reads about
 //! every key), `admin` (the balancer's orders), `status` (what replicas
 //! and the balancer report), `replication` (the log stream between
 //! replicas) and `wire_error` (the typed errors that cross the wire).
 
 mod admin;
 mod command;
+mod consistency;
 mod hello;
 mod keyspace;
 mod replication;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::{Fence, Follow, Promote, MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
 pub use command::{Command, Cond, ExpireCond, KeyTtl, Outcome, TtlChange, MAX_COMMAND_KEYS};
+pub use consistency::{Consistency, LeadCheck, Read, ReadAnswer};
 pub use hello::{
     Challenge, Hello, HelloAuth, Mac, Nonce, Proof, Role, SecureHello, Welcome, MAGIC,
     PROTOCOL_VERSION,
@@ -80,6 +83,12 @@ pub enum Message {
     Proof(Proof),
     /// First message of a client that logs in as a user (from protocol 4).
     HelloAuth(HelloAuth),
+    /// Leader to follower: confirm that you still follow my epoch (from
+    /// protocol 7; see [`LeadCheck`]).
+    LeadCheck(LeadCheck),
+    /// Follower to leader: the answer to a [`Message::LeadCheck`], sent
+    /// only while still following its epoch (from protocol 7).
+    LeadConfirm(LeadCheck),
 }
 
 impl Message {
@@ -103,6 +112,8 @@ impl Message {
             Message::Challenge(_) => "Challenge",
             Message::Proof(_) => "Proof",
             Message::HelloAuth(_) => "HelloAuth",
+            Message::LeadCheck(_) => "LeadCheck",
+            Message::LeadConfirm(_) => "LeadConfirm",
         }
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ClusterReport, ClusterStatus, Command, ErrorReply, Fence, Follow, KeyCount, KeyPage, KeyTtl,
-    NodeReport, NodeStatus, Outcome, Promote, Resources, Scan,
+    NodeReport, NodeStatus, Outcome, Promote, Read, ReadAnswer, Resources, Scan,
 };
 use crate::ids::{LogIndex, RequestId};
 
@@ -75,6 +75,9 @@ pub enum Op {
     /// The number of keys (protocol 6); answered [`Reply::KeyCount`]. A
     /// read, routed like `Get`.
     DbSize,
+    /// A read at a consistency level (protocol 7); answered
+    /// [`Reply::Read`]. See [`Read`].
+    Read(Read),
 }
 
 impl Op {
@@ -93,6 +96,7 @@ impl Op {
             Op::Ttl { .. } => "ttl",
             Op::Scan(_) => "scan",
             Op::DbSize => "dbsize",
+            Op::Read(_) => "read",
         }
     }
 
@@ -114,6 +118,7 @@ impl Op {
                 Some(key)
             }
             Op::Command(command) => command.first_key(),
+            Op::Read(read) => read.op.key(),
             _ => None,
         }
     }
@@ -127,6 +132,7 @@ impl Op {
             Op::Get { key } | Op::Delete { key } | Op::Ttl { key } => validate_key(key),
             Op::Command(command) => command.validate(max_value_len),
             Op::Scan(scan) => scan.validate(),
+            Op::Read(read) => read.validate(max_value_len),
             Op::Set { key, value } => {
                 validate_key(key)?;
                 if value.len() > max_value_len {
@@ -202,6 +208,9 @@ pub enum Reply {
     Keys(KeyPage),
     /// The number of keys, the answer to [`Op::DbSize`] (protocol 6).
     KeyCount(KeyCount),
+    /// The answer to [`Op::Read`], with the position it reflects
+    /// (protocol 7).
+    Read(ReadAnswer),
 }
 
 impl Reply {

@@ -206,6 +206,15 @@ pub enum ErrorReply {
     /// written (protocol 5). Redis: `increment or decrement would
     /// overflow`.
     Overflow,
+    /// A read's replica had not applied the position the read asked for
+    /// within its wait (protocol 7): nothing is wrong, the read goes
+    /// elsewhere (the leader has applied every acknowledged position).
+    Behind {
+        /// What the replica had applied.
+        applied: crate::ids::LogIndex,
+        /// What the read asked for.
+        wanted: crate::ids::LogIndex,
+    },
 }
 
 impl fmt::Display for ErrorReply {
@@ -252,6 +261,10 @@ impl fmt::Display for ErrorReply {
                 f.write_str("NotAnInteger: value is not an integer or out of range")
             }
             ErrorReply::Overflow => f.write_str("Overflow: increment or decrement would overflow"),
+            ErrorReply::Behind { applied, wanted } => write!(
+                f,
+                "Behind: this replica applied up to {applied}, the read needs {wanted}; read elsewhere"
+            ),
         }
     }
 }

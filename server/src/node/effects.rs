@@ -107,6 +107,11 @@ pub struct Effects {
     /// The earliest sync deadline moved earlier (or appeared): the expiry
     /// timer must re-arm ([`Node::next_deadline`]).
     pub deadline: bool,
+    /// A new round of leadership confirmation was asked for: the follower
+    /// streams send it.
+    pub lead_check: Option<u64>,
+    /// A follower confirmed a newer round: wake the reads waiting on it.
+    pub confirmed: bool,
 }
 
 impl Effects {
@@ -118,6 +123,8 @@ impl Effects {
             && self.durable.is_none()
             && self.target.is_none()
             && !self.deadline
+            && self.lead_check.is_none()
+            && !self.confirmed
     }
 
     /// Carries them out on `signals`: each answer pushed to its
@@ -147,6 +154,12 @@ impl Effects {
         if self.deadline {
             signals.deadline.send_modify(|d| *d += 1);
         }
+        if let Some(round) = self.lead_check {
+            signals.lead_check.send_replace(round);
+        }
+        if self.confirmed {
+            signals.confirmed.send_modify(|c| *c += 1);
+        }
     }
 }
 
@@ -175,6 +188,10 @@ pub struct Signals {
     pub outbox: watch::Sender<u64>,
     /// Bumped when the earliest sync deadline moved earlier.
     pub deadline: watch::Sender<u64>,
+    /// The last round of leadership confirmation asked for.
+    pub lead_check: watch::Sender<u64>,
+    /// Bumped when a follower confirmed a newer round.
+    pub confirmed: watch::Sender<u64>,
 }
 
 impl Signals {
@@ -186,6 +203,8 @@ impl Signals {
             target: watch::Sender::new(None),
             outbox: watch::Sender::new(0),
             deadline: watch::Sender::new(0),
+            lead_check: watch::Sender::new(0),
+            confirmed: watch::Sender::new(0),
         }
     }
 }

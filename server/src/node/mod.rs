@@ -63,8 +63,10 @@ use semikv_protocol::{
 };
 
 mod effects;
+mod reads;
 use effects::answer;
 pub use effects::{Completion, Effects, Expiry, Proposal, Proposed, Signals, Ticket, WriteDone};
+pub use reads::ReadIndex;
 
 use crate::clock::Clock;
 use crate::log::MemLog;
@@ -161,6 +163,8 @@ impl Answer {
 struct Progress {
     match_index: LogIndex,
     streams: u32,
+    /// The highest leadership-confirmation round it answered (see `reads`).
+    confirmed: u64,
 }
 
 #[derive(Debug)]
@@ -305,6 +309,9 @@ pub struct Node {
     /// The applied store's keys that expire, by time: what the leader's
     /// sweep deletes first (see `ttl.rs`).
     expiring: BTreeSet<(UnixMillis, Bytes)>,
+    /// The last round of leadership confirmation asked for (see `reads`):
+    /// only grows, across leaderships too.
+    lead_rounds: u64,
 }
 
 /// What recovery found on disk.
@@ -355,6 +362,7 @@ impl Node {
             clock: Clock::system(),
             max_value_len: DEFAULT_MAX_VALUE_LEN,
             expiring: BTreeSet::new(),
+            lead_rounds: 0,
         };
         node.rebuild_expiry_index();
         let commit = recovered.commit.min(last).max(base);

@@ -13,8 +13,8 @@ use futures::{SinkExt, StreamExt};
 use semikv_protocol::budget::ReadBudget;
 use semikv_protocol::handshake::{self, HandshakeError};
 use semikv_protocol::{
-    Ack, Entries, Epoch, Hello, LogIndex, Message, ReplicaId, Role, SnapshotChunk, SnapshotOffer,
-    StreamFrom, Subscribe, WireError,
+    Ack, Entries, Epoch, Hello, LeadCheck, LogIndex, Message, ReplicaId, Role, SnapshotChunk,
+    SnapshotOffer, StreamFrom, Subscribe, WireError,
 };
 use tokio::time::timeout;
 
@@ -192,11 +192,18 @@ async fn stream_to(
                 Message::Ack(Ack { epoch, match_index }) => {
                     replica.with(|n| n.on_ack(follower, epoch, match_index));
                 }
+                Message::LeadConfirm(LeadCheck { epoch, round }) => {
+                    replica.with(|n| n.on_lead_confirm(follower, epoch, round));
+                }
                 other => return ReplicationError::Unexpected(other.name().to_string()),
             }
         }
     };
     let mut progress = replica.watch.progress.clone();
+    // A round asked for before this stream started is sent at once: a read
+    // may be waiting for it, and this follower may be the one it needs.
+    let mut lead_check = replica.watch.lead_check.clone();
+    lead_check.mark_changed();
     let ship = async {
         let mut sent_commit = LogIndex(0);
         loop {
@@ -244,6 +251,19 @@ async fn stream_to(
                 () = tokio::time::sleep(HEARTBEAT) => {
                     // Force a heartbeat on the next round.
                     sent_commit = LogIndex(u64::MAX);
+                }
+                changed = lead_check.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    // After the entries queued so far: the follower confirms
+                    // in stream order, once it has read them.
+                    let round = *lead_check.borrow_and_update();
+                    if round > 0 {
+                        timeout(SEND_TIMEOUT, sink.send(Message::LeadCheck(LeadCheck { epoch, round })))
+                            .await
+                            .map_err(|_| ReplicationError::Timeout)??;
+                    }
                 }
                 () = replica.shutdown.cancelled() => return Ok(()),
             }
@@ -527,6 +547,8 @@ async fn follow_once(
         tracing::info!(leader = %target.addr, "found room for the leader's snapshot");
     }
     let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
+    // The last leadership check confirmed here, for the ack loop to send.
+    let (confirm_tx, mut confirm_rx) = tokio::sync::watch::channel(0u64);
     let receive = async {
         loop {
             let msg = match recv(&mut stream).await {
@@ -541,6 +563,18 @@ async fn follow_once(
                     commit_index,
                 }) => replica
                     .with(|n| n.on_entries(role_gen, epoch, prev_index, entries, commit_index)),
+                Message::LeadCheck(LeadCheck { epoch, round }) => {
+                    // Checked now, as the check is read: a fence after this
+                    // point comes after the leader sent it, which is all a
+                    // confirmation claims (see `node::reads`).
+                    replica.lock().confirmable(role_gen, epoch).map(|()| {
+                        confirm_tx.send_if_modified(|last| {
+                            let newer = round > *last;
+                            *last = (*last).max(round);
+                            newer
+                        });
+                    })
+                }
                 Message::Reject(e) => return ReplicationError::Rejected(e.to_string()),
                 other => return ReplicationError::Unexpected(other.name().to_string()),
             };
@@ -560,9 +594,20 @@ async fn follow_once(
             )
             .await
             .map_err(|_| ReplicationError::Timeout)??;
-            tokio::select! {
-                changed = durable.changed() => if changed.is_err() { return Ok::<(), ReplicationError>(()) },
-                () = tokio::time::sleep(HEARTBEAT) => {}
+            loop {
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return Ok::<(), ReplicationError>(()) } else { break },
+                    () = tokio::time::sleep(HEARTBEAT) => break,
+                    changed = confirm_rx.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        let round = *confirm_rx.borrow_and_update();
+                        timeout(SEND_TIMEOUT, sink.send(Message::LeadConfirm(LeadCheck { epoch, round })))
+                            .await
+                            .map_err(|_| ReplicationError::Timeout)??;
+                    }
+                }
             }
         }
     };

@@ -20,8 +20,8 @@ use semikv_protocol::handshake;
 use semikv_protocol::throttle::LogThrottle;
 use semikv_protocol::transport::Stream;
 use semikv_protocol::{
-    ErrorReply, Message, Op, Reply, Request, RequestId, Response, Role, Welcome, WireError,
-    WriteOp, PROTOCOL_VERSION,
+    Consistency, ErrorReply, Message, Op, ReadAnswer, Reply, Request, RequestId, Response, Role,
+    Welcome, WireError, WriteOp, PROTOCOL_VERSION,
 };
 use tokio::time::timeout;
 
@@ -37,6 +37,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Longest a read waits for a new leader to commit its first entry.
 const READ_HOLD: Duration = Duration::from_secs(2);
+/// Longest a read waits for this replica to apply its session's position
+/// before it is refused `Behind` (and goes to the leader): a follower that
+/// keeps up applies a write within a round trip of its commit.
+pub const SESSION_WAIT: Duration = Duration::from_millis(50);
+/// Longest a linearizable read waits for its leader's confirmation round.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// How long in-flight requests get to finish when a connection closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on writing one response batch to a client that does not read.
@@ -343,7 +349,7 @@ fn answer_reads(
         return later;
     }
     for request in reads.drain(..) {
-        if matches!(&request.op, Op::Scan(scan) if scan.pattern.is_some()) {
+        if pattern_of(&request.op).is_some() {
             // Matches are filtered once the node is let go: see `read`.
             later.push(request);
             continue;
@@ -359,14 +365,40 @@ fn answer_reads(
     later
 }
 
-/// The answer to a read op (`Get`, `Ttl`, `Scan` unfiltered, `DbSize`), or `None` while the node cannot
-/// serve reads yet (a new leader before its first commit).
+/// The answer to a read op (`Get`, `Ttl`, `Scan` unfiltered, `DbSize`, and
+/// a `Read` of one of them that needs no more than what is applied), or
+/// `None` while the node cannot serve it yet (a new leader before its first
+/// commit, a session position not applied yet, a linearizable read).
 fn read_reply(node: &Node, op: &Op) -> Option<Reply> {
     match op {
         Op::Get { key } => node.read(key).map(Reply::Value),
         Op::Ttl { key } => node.read_ttl(key).map(Reply::Ttl),
         Op::Scan(scan) => node.scan_page(scan).map(Reply::Keys),
         Op::DbSize => node.key_count().map(Reply::KeyCount),
+        Op::Read(read) => {
+            if read.level == Some(Consistency::Linearizable) || node.applied_index() < read.after {
+                return None;
+            }
+            positioned(node, &read.op)
+        }
+        _ => None,
+    }
+}
+
+/// The answer to `op` with the position it reflects.
+fn positioned(node: &Node, op: &Op) -> Option<Reply> {
+    let reply = read_reply(node, op)?;
+    Some(Reply::Read(ReadAnswer {
+        reply: Box::new(reply),
+        index: node.applied_index(),
+    }))
+}
+
+/// The pattern a scan (wrapped in a `Read` or not) filters by, if any.
+fn pattern_of(op: &Op) -> Option<&[u8]> {
+    match op {
+        Op::Scan(scan) => scan.pattern.as_deref(),
+        Op::Read(read) => pattern_of(&read.op),
         _ => None,
     }
 }
@@ -382,7 +414,7 @@ fn answer_now(replica: &Replica, request: Request) -> Handling {
         match request.op {
             Op::Ping => Reply::Pong,
             Op::Status => replica.lock().status_reply(),
-            Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize => {
+            Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize | Op::Read(_) => {
                 return Handling::Read(request)
             }
             Op::Set { key, value } => {
@@ -417,8 +449,11 @@ async fn send_batch(sink: &mut FrameWriter, batch: Vec<Response>) -> Result<(), 
 /// a read held by a new leader, or an admin request.
 async fn handle(replica: Arc<Replica>, request: Request) -> Response {
     let reply = match request.op {
-        op @ (Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize) => {
-            read(&replica, &op).await
+        Op::Read(read) if read.level == Some(Consistency::Linearizable) => {
+            confirmed_read(&replica, &read.op).await
+        }
+        op @ (Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize | Op::Read(_)) => {
+            self::read(&replica, &op).await
         }
         op @ (Op::Promote(_) | Op::Follow(_) | Op::Fence(_)) => {
             crate::admin::admin(&replica, op).await
@@ -438,32 +473,127 @@ async fn handle(replica: Arc<Replica>, request: Request) -> Response {
 }
 
 /// Answers a read, waiting (bounded) while a new leader commits its first
-/// entry; see [`crate::node::Node::read`].
+/// entry (see [`crate::node::Node::read`]) and, for a `Read`, while this
+/// replica has not applied its session's position: past [`SESSION_WAIT`]
+/// that is `Behind`.
 async fn read(replica: &Replica, op: &Op) -> Reply {
     let mut progress = replica.watch.progress.clone();
-    let deadline = tokio::time::Instant::now() + READ_HOLD;
+    let now = tokio::time::Instant::now();
+    let deadline = now + READ_HOLD;
+    let position_deadline = now + SESSION_WAIT;
     loop {
         progress.borrow_and_update();
+        // Until when to wait for progress if the read cannot be answered.
+        let mut wait_until = deadline;
         let answer = {
             let node = replica.lock();
             if let Err(refused) = node.check_serving() {
                 return Reply::Error(refused);
             }
+            if let Op::Read(read) = op {
+                let applied = node.applied_index();
+                if applied < read.after {
+                    if tokio::time::Instant::now() >= position_deadline {
+                        return Reply::Error(ErrorReply::Behind {
+                            applied,
+                            wanted: read.after,
+                        });
+                    }
+                    wait_until = position_deadline;
+                }
+            }
             read_reply(&node, op)
         };
-        if let Some(mut reply) = answer {
-            // Matching may cost more than taking the page: not under the
-            // node's lock, which every write waits for.
-            if let (Reply::Keys(page), Op::Scan(scan)) = (&mut reply, op) {
-                filter_page(page, scan.pattern.as_deref());
-            }
-            return reply;
+        if let Some(reply) = answer {
+            return filtered(reply, op);
         }
-        let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
-        if !matches!(changed, Ok(Ok(()))) {
+        match tokio::time::timeout_at(wait_until, progress.changed()).await {
+            Ok(Ok(())) => {}
+            // The position's wait is over: the next turn says `Behind`.
+            Err(_) if wait_until < deadline => {}
+            _ => {
+                return Reply::Error(ErrorReply::Unavailable {
+                    retry_after_ms: 100,
+                    reason: "new leader has not committed its first entry yet".to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// A scan's page filtered by its pattern, wherever it sits in `reply`.
+/// Matching may cost more than taking the page: it is done here, not under
+/// the node's lock, which every write waits for.
+fn filtered(mut reply: Reply, op: &Op) -> Reply {
+    let pattern = pattern_of(op);
+    let page = match &mut reply {
+        Reply::Keys(page) => Some(page),
+        Reply::Read(answer) => match answer.reply.as_mut() {
+            Reply::Keys(page) => Some(page),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(page) = page {
+        filter_page(page, pattern);
+    }
+    reply
+}
+
+/// Answers a linearizable read (`op`, the read a `Read` wraps) on the
+/// leader, once a round of leadership confirmation that started after it
+/// arrived is confirmed and the commit index of its arrival is applied (see
+/// `node::reads`); a replica that does not lead, or stops leading, answers
+/// `NotLeader`.
+async fn confirmed_read(replica: &Replica, op: &Op) -> Reply {
+    let mut progress = replica.watch.progress.clone();
+    let mut confirmed = replica.watch.confirmed.clone();
+    let deadline = tokio::time::Instant::now() + CONFIRM_WAIT;
+    let at = loop {
+        progress.borrow_and_update();
+        match replica.lock().begin_read_index() {
+            Err(refused) => return Reply::Error(refused),
+            Ok(Some(at)) => break at,
+            Ok(None) => {}
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, progress.changed()).await,
+            Ok(Ok(()))
+        ) {
             return Reply::Error(ErrorReply::Unavailable {
                 retry_after_ms: 100,
                 reason: "new leader has not committed its first entry yet".to_string(),
+            });
+        }
+    };
+    loop {
+        progress.borrow_and_update();
+        confirmed.borrow_and_update();
+        let answer = {
+            let node = replica.lock();
+            match node.read_index_ready(&at) {
+                Err(refused) => return Reply::Error(refused),
+                Ok(false) => None,
+                Ok(true) => positioned(&node, op),
+            }
+        };
+        if let Some(reply) = answer {
+            return filtered(reply, op);
+        }
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                changed = progress.changed() => changed,
+                changed = confirmed.changed() => changed,
+            }
+        })
+        .await;
+        if !matches!(woken, Ok(Ok(()))) {
+            return Reply::Error(ErrorReply::Unavailable {
+                retry_after_ms: 100,
+                reason: format!(
+                    "the leader could not confirm its leadership with its followers within {} ms",
+                    CONFIRM_WAIT.as_millis()
+                ),
             });
         }
     }

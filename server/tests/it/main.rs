@@ -7,6 +7,7 @@
 mod admin;
 mod divergence;
 mod inline;
+mod reads;
 mod recovery;
 mod replication;
 mod sim_disk;

@@ -365,6 +365,7 @@ pub(super) fn error_kind(error: &ClientError) -> &'static str {
             ErrorReply::NoPermission { .. } => "NoPermission",
             ErrorReply::NotAnInteger => "NotAnInteger",
             ErrorReply::Overflow => "Overflow",
+            ErrorReply::Behind { .. } => "Behind",
         },
         ClientError::Timeout { .. } => "timeout",
         ClientError::ConnectionLost { .. } => "connection_lost",

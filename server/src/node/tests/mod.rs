@@ -135,5 +135,6 @@ mod commit;
 mod epochs;
 mod follower;
 mod memory;
+mod reads;
 mod snapshot;
 mod waiters;
