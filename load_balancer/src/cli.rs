@@ -48,6 +48,13 @@ pub struct Args {
     #[arg(long, default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_SYNC_TIMEOUT_MS))]
     pub sync_timeout_ms: u64,
+    /// The consistency of reads that name none: `stale` (any replica),
+    /// `session` (read-your-writes, monotonic), `linearizable` (the leader,
+    /// after it confirms it leads) or `bounded:MS` (a replica known to lag
+    /// less than MS milliseconds, else the leader). A client may choose its
+    /// own per request or per connection.
+    #[arg(long, value_name = "LEVEL", default_value = "session")]
+    pub read_consistency: semikv_protocol::Consistency,
     /// Also accept Redis clients (RESP2, RESP3 after HELLO 3) on this
     /// address, e.g. 127.0.0.1:6379 (port 0: any free port) [default: off].
     #[arg(long, value_name = "ADDR", value_parser = host_port)]
@@ -135,6 +142,7 @@ impl Args {
         config.down_after = self.down_after;
         config.sync_replicas = self.sync_replicas;
         config.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
+        config.read_consistency = self.read_consistency;
         config.idle_timeout =
             (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs));
         if let Some(bytes) = self.max_client_output {

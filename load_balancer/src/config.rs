@@ -61,6 +61,9 @@ pub struct Config {
     /// listener is given to [`crate::run`] bound): the operating system's
     /// TCP, or a simulated one.
     pub net: semikv_protocol::net::Net,
+    /// `--read-consistency`: the level of reads that name none (a client
+    /// connection may choose its own).
+    pub read_consistency: semikv_protocol::Consistency,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -69,7 +72,7 @@ pub const DEFAULT_MAX_CLIENT_OUTPUT: usize = 256 * 1024 * 1024;
 
 impl Config {
     /// The defaults of `semikv-lb` for these replicas: heartbeat 100 ms, down
-    /// after 3 misses, 1 sync replica, 2 s sync timeout.
+    /// after 3 misses, 1 sync replica, 2 s sync timeout, `session` reads.
     pub fn new(replicas: Vec<String>) -> Config {
         let mut config = Config {
             replicas,
@@ -89,6 +92,7 @@ impl Config {
             users: None,
             tls: None,
             net: semikv_protocol::net::Net::Tokio,
+            read_consistency: semikv_protocol::Consistency::Session,
         };
         config.derive_waits();
         config

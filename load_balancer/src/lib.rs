@@ -84,7 +84,11 @@ pub async fn run_doors(
     }
     let group = ReplicaGroup::start(config.clone(), &shutdown, &tasks);
     let coordinator = group.coordinator();
-    let router = Arc::new(Router::new(vec![group], ReadPolicy::RoundRobin));
+    let router = Arc::new(Router::new(
+        vec![group],
+        ReadPolicy::RoundRobin,
+        config.read_consistency,
+    ));
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, replicas = config.replicas.len(), coordinator = %coordinator, "balancer listening");
     }

@@ -4,9 +4,10 @@
 //! the router and the replica groups see neither.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use semikv_protocol::{Op, Reply};
+use semikv_protocol::{LogIndex, Op, Reply};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// A door's own id for one request of one client connection: the answer
@@ -54,17 +55,37 @@ pub trait AnswerSink: Send + Sync + fmt::Debug {
 }
 
 /// A read a replica did not answer (its connection broke, or its deadline
-/// passed): the client's session tries it once more on another replica.
+/// passed), or answered that it is behind the session's position: the
+/// client's session tries it once more, on another replica or the leader.
 #[derive(Debug)]
 pub struct Retry {
     /// The request's tag.
     pub tag: Tag,
-    /// The read.
+    /// The read, as sent to the replica.
     pub op: Op,
-    /// The replica (slot in its group) that failed it.
-    pub failed_on: usize,
+    /// The replica (slot in its group) that failed it, not to be tried
+    /// again; `None` when it answered but another must (it was behind).
+    pub failed_on: Option<usize>,
     /// The request's slot.
     pub slot: Slot,
+    /// Whether the client asked with a plain read (its answer is unwrapped
+    /// from the [`Reply::Read`] the replica gives).
+    pub plain: bool,
+    /// The replicas that may answer it now: the leader once a replica was
+    /// behind the session's position.
+    pub target: Target,
+}
+
+/// The replicas a read may go to, by its consistency level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Any replica of the read rotation.
+    Rotation,
+    /// The leader only.
+    Leader,
+    /// Any replica known to lag the leader's commits by less than this,
+    /// else the leader.
+    Fresh(std::time::Duration),
 }
 
 /// Where the answers to one client connection's requests go, and its reads
@@ -78,9 +99,46 @@ pub struct ClientPort {
     pub answers: Arc<dyn AnswerSink>,
     /// Its session's retry queue, with room for every slot.
     pub retry: mpsc::Sender<Retry>,
+    /// The highest log position the connection has seen in an answer.
+    pub seen: Arc<Position>,
+}
+
+/// The highest log position a client connection has seen in an answer (a
+/// write's index, a read's position): its `session` reads reflect at least
+/// this much. Shared by whatever answers the connection.
+#[derive(Debug, Default)]
+pub struct Position(AtomicU64);
+
+impl Position {
+    /// The highest position seen so far.
+    pub fn get(&self) -> LogIndex {
+        LogIndex(self.0.load(Ordering::Acquire))
+    }
+
+    /// Notes the position `reply` carries (a write's index, a positioned
+    /// read's), if any.
+    pub fn note(&self, reply: &Reply) {
+        let index = match reply {
+            Reply::Written { index } => *index,
+            Reply::Outcome(outcome) => outcome.index,
+            Reply::Read(answer) => answer.index,
+            _ => return,
+        };
+        self.0.fetch_max(index.0, Ordering::AcqRel);
+    }
 }
 
 impl ClientPort {
+    /// A port delivering to `answers` and retrying through `retry`, having
+    /// seen nothing yet.
+    pub fn new(answers: Arc<dyn AnswerSink>, retry: mpsc::Sender<Retry>) -> ClientPort {
+        ClientPort {
+            answers,
+            retry,
+            seen: Arc::default(),
+        }
+    }
+
     /// Answers one request (see [`AnswerSink::deliver`]).
     pub fn answer(&self, tag: Tag, reply: Reply, slot: Slot) {
         self.answers.deliver(Answer::One { tag, reply, slot });

@@ -11,15 +11,18 @@
 //! could not be handed over (no leader yet, a link not connected, a read to
 //! retry), and for everything that is not a plain read or write.
 
+pub mod consistency;
 pub mod policy;
 pub mod session;
 pub mod window;
 
 use std::sync::Arc;
 
-use semikv_protocol::{ErrorReply, Op, Reply};
+use semikv_protocol::{Consistency, ErrorReply, LogIndex, Op, Reply};
 use tokio::time::Instant;
 use tracing::debug;
+
+use crate::request::Target;
 
 use crate::group::link::ConnError;
 use crate::group::replies::{too_large, unavailable, write_reply};
@@ -36,16 +39,28 @@ pub struct Router {
     /// At least one; see [`Router::group_for`].
     groups: Vec<Arc<ReplicaGroup>>,
     policy: ReadPolicy,
+    /// The level of reads that name none (`--read-consistency`).
+    default: Consistency,
 }
 
 impl Router {
-    /// A router over `groups`, reading by `policy`.
+    /// A router over `groups`, reading by `policy`, at `default` for reads
+    /// that name no level.
     ///
     /// # Panics
     /// When `groups` is empty (a balancer always has a group).
-    pub fn new(groups: Vec<Arc<ReplicaGroup>>, policy: ReadPolicy) -> Router {
+    pub fn new(groups: Vec<Arc<ReplicaGroup>>, policy: ReadPolicy, default: Consistency) -> Router {
         assert!(!groups.is_empty(), "a router needs a replica group");
-        Router { groups, policy }
+        Router {
+            groups,
+            policy,
+            default,
+        }
+    }
+
+    /// The level of reads that name none.
+    pub fn default_consistency(&self) -> Consistency {
+        self.default
     }
 
     /// The group that holds `key` (by index in [`Self::group`]); ops about
@@ -67,8 +82,15 @@ impl Router {
     }
 
     /// Routes one operation and returns its reply, waiting out a failover
-    /// for a bounded time.
+    /// for a bounded time; a read at its own level or the default one, with
+    /// no session position.
     pub async fn handle(&self, op: Op) -> Reply {
+        self.handle_at(op, self.default, LogIndex(0)).await
+    }
+
+    /// [`Self::handle`] for a session: reads that name no level are read at
+    /// `level`, and reflect at least `seen` when their level asks for it.
+    pub async fn handle_at(&self, op: Op, level: Consistency, seen: LogIndex) -> Reply {
         match &op {
             Op::Ping => return Reply::Pong,
             Op::Status => {
@@ -81,32 +103,51 @@ impl Router {
         }
         let group = self.group(self.group_for(op.key().map(|k| &k[..])));
         if op.is_write() {
-            write(group, op).await
-        } else {
-            self.read_from(group, op, None, None, 2).await
+            return write(group, op).await;
         }
+        if !consistency::is_read(&op) {
+            return Reply::Error(ErrorReply::Invalid {
+                reason: format!("{} is not a client operation", op.name()),
+            });
+        }
+        let plan = consistency::plan(op, level, seen);
+        let reply = self
+            .read_from(group, plan.op, plan.target, None, None, 2)
+            .await;
+        consistency::told(reply, plan.plain)
     }
 
-    /// Reads on up to `attempts` replicas of `group`: `first` if given, then
-    /// ones the policy picks other than `tried`.
+    /// Reads `op` (as sent to replicas) on up to `attempts` replicas of
+    /// `group` that `target` allows: `first` if given, then ones the policy
+    /// picks other than `tried`. A replica behind the read's position sends
+    /// it to the leader, and a replica that no longer leads sends a
+    /// leader-only read to the next leader, each once more than `attempts`.
     pub async fn read_from(
         &self,
         group: &ReplicaGroup,
         op: Op,
+        mut target: Target,
         mut first: Option<usize>,
         mut tried: Option<usize>,
         attempts: usize,
     ) -> Reply {
         let timeout = group.config().request_timeout();
-        for _ in 0..attempts {
-            let next = first.take().or_else(|| self.policy.pick(group, tried));
+        let mut left = attempts;
+        let mut redirected = false;
+        while left > 0 {
+            left -= 1;
+            let next = first
+                .take()
+                .or_else(|| self.policy.pick_for(target, group, tried));
             let slot = match next {
                 Some(slot) => slot,
-                None if tried.is_none() => {
-                    // Nothing healthy yet (start-up or failover): wait a bounded
-                    // time for a leader, which is healthy by definition.
+                None if tried.is_none() || target == Target::Leader => {
+                    // Nothing qualifies yet (start-up or failover): wait a
+                    // bounded time for a leader, which is healthy by
+                    // definition (not the one that just failed this read).
                     let deadline = Instant::now() + group.config().write_wait;
-                    match wait_leader(group, deadline, None).await {
+                    let skip = group.table().leader().filter(|l| Some(l.slot) == tried);
+                    match wait_leader(group, deadline, skip).await {
                         Some(leader) => leader.slot,
                         None => return unavailable("no healthy replica"),
                     }
@@ -117,6 +158,20 @@ impl Router {
                 break;
             };
             match link.request(op.clone(), timeout).await {
+                Ok(reply) if !redirected && consistency::to_leader(&reply) => {
+                    target = Target::Leader;
+                    tried = None;
+                    redirected = true;
+                    left += 1;
+                }
+                Ok(Reply::Error(ErrorReply::NotLeader { .. }))
+                    if !redirected && target == Target::Leader =>
+                {
+                    group.kick();
+                    tried = Some(slot);
+                    redirected = true;
+                    left += 1;
+                }
                 Ok(reply) => return reply,
                 Err(ConnError::TooLarge(reason)) => return too_large(reason),
                 Err(e) => {

@@ -14,13 +14,14 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use semikv_protocol::{Op, Reply};
+use semikv_protocol::{Consistency, LogIndex, Op, Reply};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::consistency::{self, ReadPlan};
 use super::{Router, Window};
 use crate::group::link::{ForwardRead, ForwardWrite};
 use crate::group::table::Leader;
-use crate::request::{Answer, AnswerSink, ClientPort, Retry, Slot, Tag};
+use crate::request::{Answer, AnswerSink, ClientPort, Position, Retry, Slot, Tag, Target};
 
 /// Requests taken in one burst (their reads going to one replica) before
 /// the connection's other work gets a turn.
@@ -33,17 +34,24 @@ enum Route {
     New,
     /// A read that could not be forwarded to this replica: read there first.
     ReadAt(usize),
-    /// A forwarded read this replica failed: one more try elsewhere.
-    RetryAfter(usize),
+    /// A forwarded read this replica failed (if any): one more try
+    /// elsewhere.
+    RetryAfter(Option<usize>),
 }
 
 /// A request the router's own path answers.
 #[derive(Debug)]
 struct OwnPathRequest {
     tag: Tag,
+    /// A read as planned (what the replica is sent); anything else as the
+    /// client sent it.
     op: Op,
     slot: Slot,
     route: Route,
+    /// A read: whether the client sent it plain (see [`ReadPlan::plain`]).
+    plain: bool,
+    /// A read: the replicas that may answer it.
+    target: Target,
 }
 
 impl From<Retry> for OwnPathRequest {
@@ -53,6 +61,8 @@ impl From<Retry> for OwnPathRequest {
             op: retry.op,
             slot: retry.slot,
             route: Route::RetryAfter(retry.failed_on),
+            plain: retry.plain,
+            target: retry.target,
         }
     }
 }
@@ -60,9 +70,10 @@ impl From<Retry> for OwnPathRequest {
 /// The requests of one client taken in one go.
 #[derive(Debug, Default)]
 struct Burst {
-    /// The group its reads go to, and the replica there, chosen at the
-    /// first read (the rotation advances once per burst, not per read).
-    reader: Option<(usize, usize)>,
+    /// The group its reads go to, what they allow, and the replica there,
+    /// chosen at the first read (the rotation advances once per burst, not
+    /// per read).
+    reader: Option<(usize, Target, usize)>,
     /// Requests taken so far.
     taken: usize,
     /// Its valid reads, sent to `reader` together when the burst ends.
@@ -97,6 +108,8 @@ pub struct Session<'r> {
     /// Each group's leader, as it changes (by group index).
     leaders: Vec<watch::Receiver<Option<Leader>>>,
     burst: Burst,
+    /// The level of this client's reads that name none.
+    level: Consistency,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -122,10 +135,7 @@ impl<'r> Session<'r> {
     /// `window.max()` answers, and tell the window each answer's size.
     pub fn windowed(router: &'r Router, answers: Arc<dyn AnswerSink>, window: Arc<Window>) -> Self {
         let (retry_tx, retries) = mpsc::channel(window.max());
-        let port = Arc::new(ClientPort {
-            answers: answers.clone(),
-            retry: retry_tx,
-        });
+        let port = Arc::new(ClientPort::new(answers.clone(), retry_tx));
         let leaders = (0..router.groups.len())
             .map(|i| router.group(i).watch_leader())
             .collect();
@@ -139,7 +149,25 @@ impl<'r> Session<'r> {
             slow_writes: 0,
             leaders,
             burst: Burst::default(),
+            level: router.default_consistency(),
         }
+    }
+
+    /// The level of this client's reads that name none: the balancer's
+    /// default until a door changes it (e.g. RESP's `CLIENT CONSISTENCY`).
+    pub fn consistency(&self) -> Consistency {
+        self.level
+    }
+
+    /// Sets the level of this client's later reads that name none.
+    pub fn set_consistency(&mut self, level: Consistency) {
+        self.level = level;
+    }
+
+    /// The highest log position this client has seen in an answer: what
+    /// its `session` reads reflect at least.
+    pub fn seen(&self) -> LogIndex {
+        self.port.seen.get()
     }
 
     /// The semaphore of the session's slots: a door reads a request only
@@ -173,15 +201,24 @@ impl<'r> Session<'r> {
     /// no room for.
     pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
         let slot = self.take_slot()?;
+        let read = consistency::is_read(&op) && op.validate(usize::MAX).is_ok();
+        let (op, plain, target) = if read {
+            let ReadPlan { target, op, plain } = consistency::plan(op, self.level, self.seen());
+            (op, plain, target)
+        } else {
+            (op, true, Target::Rotation)
+        };
         let job = OwnPathRequest {
             tag,
             op,
             slot,
             route: Route::New,
+            plain,
+            target,
         };
-        let unforwarded = if !job.op.is_write() {
+        let unforwarded = if read {
             self.take_read(job)
-        } else if self.slow_writes > 0 {
+        } else if !job.op.is_write() || self.slow_writes > 0 {
             Some(job)
         } else {
             self.forward_write(job)
@@ -249,6 +286,7 @@ impl<'r> Session<'r> {
     pub async fn finish(mut self) {
         self.end_burst();
         // The retry queue closes once no forwarded request holds the port.
+        let seen = self.port.seen.clone();
         drop(self.port);
         loop {
             tokio::select! {
@@ -258,7 +296,7 @@ impl<'r> Session<'r> {
                 retry = self.retries.recv() => match retry {
                     Some(retry) => {
                         let job = OwnPathRequest::from(retry);
-                        self.own.push(answer(self.router, job));
+                        self.own.push(answer(self.router, job, seen.clone()));
                     }
                     None => break,
                 },
@@ -271,31 +309,41 @@ impl<'r> Session<'r> {
 
     fn run_own(&mut self, job: OwnPathRequest) {
         self.slow_writes += usize::from(job.op.is_write());
-        self.own.push(answer(self.router, job));
+        self.own
+            .push(answer(self.router, job, self.port.seen.clone()));
     }
 
-    /// Adds a valid read to the burst's reads, for the replica the burst
-    /// reads from in the read's group (picked by the router's policy at
-    /// the burst's first read); gives the request back when it is not a
-    /// valid read or no replica qualifies.
+    /// Adds a planned get to the burst's reads, for the replica the burst
+    /// reads from in the read's group with the read's target (picked by the
+    /// router's policy at the burst's first such read); gives the request
+    /// back when it is not a get or no replica qualifies.
     fn take_read(&mut self, job: OwnPathRequest) -> Option<OwnPathRequest> {
-        let Op::Get { key } = &job.op else {
-            return Some(job);
+        let key = match &job.op {
+            Op::Get { key } => key,
+            Op::Read(read) => match &*read.op {
+                Op::Get { key } => key,
+                _ => return Some(job),
+            },
+            _ => return Some(job),
         };
-        if job.op.validate(usize::MAX).is_err() {
-            return Some(job);
-        }
         let group = self.router.group_for(Some(key));
-        if self.burst.reader.is_some_and(|(g, _)| g != group) {
+        if self
+            .burst
+            .reader
+            .is_some_and(|(g, target, _)| g != group || target != job.target)
+        {
             // A burst's reads go to one replica of one group.
             self.flush_reads();
             self.burst.reader = None;
         }
         if self.burst.reader.is_none() {
-            let replica = self.router.policy.pick(self.router.group(group), None);
-            self.burst.reader = replica.map(|replica| (group, replica));
+            let replica = self
+                .router
+                .policy
+                .pick_for(job.target, self.router.group(group), None);
+            self.burst.reader = replica.map(|replica| (group, job.target, replica));
         }
-        let Some((_, replica)) = self.burst.reader else {
+        let Some((_, _, replica)) = self.burst.reader else {
             return Some(job);
         };
         if self.router.group(group).link(replica).is_none() {
@@ -305,6 +353,8 @@ impl<'r> Session<'r> {
             tag: job.tag,
             op: job.op,
             slot: job.slot,
+            plain: job.plain,
+            target: job.target,
         });
         None
     }
@@ -315,7 +365,7 @@ impl<'r> Session<'r> {
     /// connection may just not be open yet: the own path opens it, so the
     /// rotation still reaches every replica).
     fn flush_reads(&mut self) {
-        let Some((group, replica)) = self.burst.reader else {
+        let Some((group, _, replica)) = self.burst.reader else {
             return;
         };
         if let Some(link) = self.router.group(group).link(replica) {
@@ -334,6 +384,8 @@ impl<'r> Session<'r> {
                 op: read.op,
                 slot: read.slot,
                 route: Route::ReadAt(replica),
+                plain: read.plain,
+                target: read.target,
             });
         }
     }
@@ -367,27 +419,46 @@ impl<'r> Session<'r> {
                 op: write.op,
                 slot: write.slot,
                 route: Route::New,
+                plain: true,
+                target: Target::Rotation,
             })
     }
 }
 
 /// Answers one request on the router's own path, routed as its `route`
-/// says; also says whether it was a write.
-fn answer(router: &Router, job: OwnPathRequest) -> BoxFuture<'_, (Answer, bool)> {
+/// says; notes the position its answer carries in `seen`; also says whether
+/// it was a write.
+fn answer(
+    router: &Router,
+    job: OwnPathRequest,
+    seen: Arc<Position>,
+) -> BoxFuture<'_, (Answer, bool)> {
     async move {
         let OwnPathRequest {
             tag,
             op,
             slot,
             route,
+            plain,
+            target,
         } = job;
         let write = op.is_write();
         let group = router.group(router.group_for(op.key().map(|k| &k[..])));
         let reply = match route {
+            // Reads were planned when taken: only routing is left.
+            Route::New if consistency::is_read(&op) && op.validate(usize::MAX).is_ok() => {
+                router.read_from(group, op, target, None, None, 2).await
+            }
             Route::New => router.handle(op).await,
-            Route::ReadAt(replica) => router.read_from(group, op, Some(replica), None, 2).await,
-            Route::RetryAfter(failed) => router.read_from(group, op, None, Some(failed), 1).await,
+            Route::ReadAt(replica) => {
+                router
+                    .read_from(group, op, target, Some(replica), None, 2)
+                    .await
+            }
+            Route::RetryAfter(failed) => router.read_from(group, op, target, None, failed, 1).await,
         };
+        seen.note(&reply);
+        let reply = consistency::told(reply, plain);
         (Answer::One { tag, reply, slot }, write)
     }
     .boxed()

@@ -104,6 +104,7 @@ async fn killing_the_leader_fails_over_to_the_best_follower() {
 #[tokio::test]
 async fn two_replica_groups_in_one_balancer_elect_and_fail_over_independently() {
     use semikv_lb::group::ReplicaGroup;
+    use semikv_lb::request::Target;
     use semikv_lb::router::{ReadPolicy, Router};
     let a1 = Fake::start(1, NodeRole::Idle, 2, 9).await;
     let b1 = Fake::start(2, NodeRole::Idle, 2, 5).await;
@@ -118,7 +119,11 @@ async fn two_replica_groups_in_one_balancer_elect_and_fail_over_independently() 
         is_leader_at(&a1, 3) && follows(&b1, &a1, 3) && is_leader_at(&b2, 8) && follows(&a2, &b2, 8)
     })
     .await;
-    let router = Router::new(vec![one.clone(), two.clone()], ReadPolicy::RoundRobin);
+    let router = Router::new(
+        vec![one.clone(), two.clone()],
+        ReadPolicy::RoundRobin,
+        semikv_protocol::Consistency::Stale,
+    );
     a2.s().map.insert(Bytes::from("k"), Bytes::from("two"));
     b2.s().map.insert(Bytes::from("k"), Bytes::from("two"));
     let get = Op::Get {
@@ -126,12 +131,21 @@ async fn two_replica_groups_in_one_balancer_elect_and_fail_over_independently() 
     };
     assert_eq!(
         router
-            .read_from(router.group(1), get.clone(), None, None, 2)
+            .read_from(
+                router.group(1),
+                get.clone(),
+                Target::Rotation,
+                None,
+                None,
+                2
+            )
             .await,
         Reply::Value(Some(Bytes::from("two")))
     );
     assert_eq!(
-        router.read_from(router.group(0), get, None, None, 2).await,
+        router
+            .read_from(router.group(0), get, Target::Rotation, None, None, 2)
+            .await,
         Reply::Value(None),
         "a read of one group reached the other"
     );

@@ -7,6 +7,7 @@
 
 mod election;
 mod input;
+mod levels;
 mod links;
 mod reads;
 mod resp;

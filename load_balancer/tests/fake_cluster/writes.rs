@@ -56,10 +56,7 @@ impl WriteHarness {
         WriteHarness {
             link,
             broken_rx,
-            port: Arc::new(ClientPort {
-                answers: Arc::new(QueuedAnswers(answers_tx)),
-                retry,
-            }),
+            port: Arc::new(ClientPort::new(Arc::new(QueuedAnswers(answers_tx)), retry)),
             answers,
             slots: Arc::new(tokio::sync::Semaphore::new(SLOTS)),
             kick,

@@ -33,9 +33,12 @@
 //!
 //! The module is split by concept: [`Event`] and its parts (the history a
 //! run records) in `history`, [`Violation`] and [`Report`] (the verdict) in
-//! `report`, and the check itself here.
+//! `report`, and the check itself here. `linear` holds a separate, stricter
+//! check: whether each key's history is linearizable as a register,
+//! staleness included ([`linear::check_linearizable`]).
 
 mod history;
+pub mod linear;
 mod report;
 #[cfg(test)]
 mod tests;

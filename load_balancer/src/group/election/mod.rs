@@ -234,6 +234,9 @@ pub struct Engine {
     /// (`None` once over); set by the first event.
     grace_until: Option<Instant>,
     started: bool,
+    /// When the last full round of checks was asked for: the leader's
+    /// commit index it reports was reached by then at the latest.
+    round_asked: Option<Instant>,
     /// Judges whether the leader is cut off from its followers.
     stall: StallWatch,
     /// An epoch this engine minted and fenced with but promoted no one at.
@@ -289,6 +292,7 @@ impl Engine {
             lost_leader: None,
             grace_until: None,
             started: false,
+            round_asked: None,
             ballot: None,
             minted: Epoch::ZERO,
             promoted: None,
@@ -326,7 +330,10 @@ impl Engine {
             self.grace_until = Some(now + self.config.election_wait);
         }
         match event {
-            Event::Tick => vec![self.check((0..self.addrs.len()).collect(), true)],
+            Event::Tick => {
+                self.round_asked = Some(now);
+                vec![self.check((0..self.addrs.len()).collect(), true)]
+            }
             Event::Broken(mut slots) => {
                 // Fast path: a crashed process closes its sockets at once;
                 // one probe tells a crash (refused) from a hiccup.
@@ -344,7 +351,7 @@ impl Engine {
                     .collect();
                 if full {
                     // Who keeps up with the leader, for the read rotation.
-                    self.table.note_round();
+                    self.table.note_round(self.round_asked.unwrap_or(now));
                 }
                 commands.extend(self.act(full, now));
                 commands

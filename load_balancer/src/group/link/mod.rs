@@ -528,7 +528,7 @@ impl ReplicaLink {
                     replies.drain(..).map(|resp| (resp.id.0, resp.reply)),
                     &mut matched,
                 );
-                answer_all(&mut matched, &kick);
+                answer_all(&mut matched, &kick, slot);
                 if ended {
                     break 'read;
                 }

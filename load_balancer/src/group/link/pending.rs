@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use semikv_protocol::{Op, Reply};
+use semikv_protocol::{ErrorReply, Op, Reply};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::ConnError;
 use crate::group::replies::write_reply;
-use crate::request::{Answer, ClientPort, Retry, Slot, Tag};
+use crate::request::{Answer, ClientPort, Retry, Slot, Tag, Target};
+use crate::router::consistency;
 
 /// Replies a connection's reader takes from its buffer before matching them
 /// all under one lock of the pending map.
@@ -30,10 +31,15 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 pub struct ForwardRead {
     /// The request's tag.
     pub tag: Tag,
-    /// The read, kept to retry it elsewhere.
+    /// The read as sent to the replica, kept to retry it elsewhere.
     pub op: Op,
     /// The request's slot, held until the answer is written.
     pub slot: Slot,
+    /// Whether the client sent it plain: its answer is unwrapped from the
+    /// replica's `Reply::Read` (see [`consistency::told`]).
+    pub plain: bool,
+    /// The replicas that may answer it.
+    pub target: Target,
 }
 
 /// A client's read forwarded without a future of its own: the replica's
@@ -73,12 +79,25 @@ pub(super) struct WriteInFlight {
 
 impl Forward {
     fn retry(self, failed_on: usize) {
-        let ForwardRead { tag, op, slot } = self.read;
+        let target = self.read.target;
+        self.retry_at(Some(failed_on), target);
+    }
+
+    fn retry_at(self, failed_on: Option<usize>, target: Target) {
+        let ForwardRead {
+            tag,
+            op,
+            slot,
+            plain,
+            ..
+        } = self.read;
         self.port.retry(Retry {
             tag,
             op,
             failed_on,
             slot,
+            plain,
+            target,
         });
     }
 }
@@ -88,6 +107,7 @@ impl WriteInFlight {
     /// says the leader looks wrong.
     pub(super) fn settle(self, outcome: Result<Reply, ConnError>, kick: &Notify) {
         let reply = write_reply(outcome, kick);
+        self.port.seen.note(&reply);
         self.port.answer(self.tag, reply, self.slot);
     }
 }
@@ -133,12 +153,15 @@ impl Waiting {
     }
 }
 
-/// Answers the replies matched in one go (drained): each run of forwarded
-/// reads of one client goes to its port as one [`Answer::Run`], freeing all
-/// their slots once written; the rest one by one. A burst's reads went to
-/// one replica together, so their replies mostly come back together too:
-/// one queue entry and one wake-up for the run, not one per read.
-pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify) {
+/// Answers the replies matched in one go (drained) from replica `from`:
+/// each run of forwarded reads of one client goes to its port as one
+/// [`Answer::Run`], freeing all their slots once written; the rest one by
+/// one. A burst's reads went to one replica together, so their replies
+/// mostly come back together too: one queue entry and one wake-up for the
+/// run, not one per read. A read the replica was behind for goes back to
+/// its session for the leader, and a leader-only read the replica no longer
+/// leads for, for the next leader.
+pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify, from: usize) {
     let mut run: Option<ReadRun> = None;
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
@@ -152,6 +175,21 @@ pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify) {
                 continue;
             }
         };
+        if consistency::to_leader(&reply) {
+            // The replica is fine, only behind: it may be the leader, which
+            // then answers the retry once it has applied the position.
+            forward.retry_at(None, Target::Leader);
+            continue;
+        }
+        if forward.read.target == Target::Leader
+            && matches!(reply, Reply::Error(ErrorReply::NotLeader { .. }))
+        {
+            kick.notify_one();
+            forward.retry(from);
+            continue;
+        }
+        forward.port.seen.note(&reply);
+        let reply = consistency::told(reply, forward.read.plain);
         match &mut run {
             Some(same) if Arc::ptr_eq(&same.port, &forward.port) => same.add(forward.read, reply),
             _ => {

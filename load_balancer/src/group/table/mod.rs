@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use semikv_protocol::{
     ClusterReport, ClusterStatus, Epoch, LeaderTerms, LogIndex, NodeReport, NodeRole, NodeStatus,
@@ -49,6 +50,11 @@ struct Row {
 /// that keeps growing.
 pub const CATCH_UP_ROUNDS: usize = 10;
 
+/// Full rounds whose leader commit index is kept with its time, to tell how
+/// far (in time) each follower lags: 25 s at the default heartbeat. A
+/// follower behind all of them has no known lag.
+pub const LAG_ROUNDS: usize = 256;
+
 #[derive(Debug)]
 struct Inner {
     rows: Vec<Row>,
@@ -59,9 +65,34 @@ struct Inner {
     /// leader, oldest first (at most [`CATCH_UP_ROUNDS`]); kept across
     /// leader changes (see [`Table::note_round`]).
     leader_commits: VecDeque<LogIndex>,
+    /// When each of the last [`LAG_ROUNDS`] full rounds with a leader was
+    /// asked for, and the leader's commit index it reported (reached by
+    /// then at the latest), oldest first.
+    commit_times: VecDeque<(Instant, LogIndex)>,
 }
 
 impl Inner {
+    /// How long ago `slot` was last known to hold every write the leader
+    /// had committed: 0 for the leader; for a readable follower, the age of
+    /// the newest round whose leader commit index it has applied. `None`
+    /// when unknown (not readable, or behind every round kept).
+    fn lag(&self, slot: usize, now: Instant) -> Option<Duration> {
+        if !self.readable(slot) {
+            return None;
+        }
+        if self.leader.is_some_and(|l| l.slot == slot) {
+            return Some(Duration::ZERO);
+        }
+        let applied = self.rows.get(slot)?.status.as_ref()?.applied_index;
+        // Writes committed before `asked` have indexes up to `commit`; the
+        // follower has applied them all.
+        self.commit_times
+            .iter()
+            .rev()
+            .find(|&&(_, commit)| commit <= applied)
+            .map(|&(asked, _)| now.saturating_duration_since(asked))
+    }
+
     /// Whether reads may go to `slot`: it is healthy, and it is the leader,
     /// or a follower that has applied what the leader had committed
     /// `CATCH_UP_ROUNDS - 1` full rounds ago (any follower until that many
@@ -128,6 +159,7 @@ impl Table {
                 max_epoch: Epoch::ZERO,
                 next_read: 0,
                 leader_commits: VecDeque::new(),
+                commit_times: VecDeque::new(),
             }),
             leader_tx: watch::channel(None).0,
         }
@@ -301,10 +333,11 @@ impl Table {
         self.leader_tx.subscribe()
     }
 
-    /// Ends a full health round: notes the leader's commit index, which a
-    /// follower must have applied within [`CATCH_UP_ROUNDS`] rounds to stay
-    /// in the read rotation.
-    pub fn note_round(&self) {
+    /// Ends a full health round asked for at `asked`: notes the leader's
+    /// commit index, which a follower must have applied within
+    /// [`CATCH_UP_ROUNDS`] rounds to stay in the read rotation, and which
+    /// tells how far behind in time a follower that applied it is.
+    pub fn note_round(&self, asked: Instant) {
         let mut inner = self.lock();
         let commit = inner
             .leader
@@ -320,7 +353,50 @@ impl Table {
             while inner.leader_commits.len() > CATCH_UP_ROUNDS {
                 inner.leader_commits.pop_front();
             }
+            inner.commit_times.push_back((asked, commit));
+            while inner.commit_times.len() > LAG_ROUNDS {
+                inner.commit_times.pop_front();
+            }
         }
+    }
+
+    /// How far `slot` is known to lag the leader's commits at `now` (see
+    /// [`LAG_ROUNDS`]): zero for the leader, `None` when unknown or when it
+    /// gets no reads.
+    pub fn lag_ms(&self, slot: usize, now: Instant) -> Option<u64> {
+        self.lock()
+            .lag(slot, now)
+            .map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The next replica for a read that accepts at most `bound` of
+    /// staleness at `now`: round-robin over the readable replicas known to
+    /// lag less (the leader always qualifies), skipping `exclude`.
+    pub fn next_fresh_reader(
+        &self,
+        bound: Duration,
+        now: Instant,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
+        let mut inner = self.lock();
+        let n = inner.rows.len();
+        for step in 0..n {
+            let slot = (inner.next_read + step) % n;
+            if Some(slot) != exclude && inner.lag(slot, now).is_some_and(|lag| lag < bound) {
+                inner.next_read = (slot + 1) % n;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// The leader's slot if it may take reads now.
+    pub fn leader_reader(&self, exclude: Option<usize>) -> Option<usize> {
+        let inner = self.lock();
+        inner
+            .leader
+            .map(|l| l.slot)
+            .filter(|&slot| Some(slot) != exclude && inner.readable(slot))
     }
 
     /// Whether reads may go to `slot` now (see [`CATCH_UP_ROUNDS`]).

@@ -47,7 +47,7 @@ fn reads_rotate_over_healthy_replicas_only() {
         slot: 0,
         epoch: Epoch::from_raw(1),
     }));
-    t.note_round();
+    t.note_round(std::time::Instant::now());
     let picks: Vec<_> = (0..4).map(|_| t.next_reader(None).unwrap()).collect();
     assert_eq!(picks, vec![0, 2, 0, 2]);
     assert_eq!(t.next_reader(Some(0)), Some(2));
@@ -216,7 +216,7 @@ fn round(t: &Table, commit: u64, applied: u64) {
     let mut follower = status(2, NodeRole::Follower, 1, commit);
     follower.applied_index = LogIndex(applied);
     t.record_ok(1, follower);
-    t.note_round();
+    t.note_round(std::time::Instant::now());
 }
 
 fn readers(t: &Table) -> Vec<usize> {
@@ -273,7 +273,7 @@ fn the_rotation_is_judged_after_a_full_window_and_the_bar_outlives_a_leader() {
     // No leader for a while (an election): the bar stays.
     t.set_leader(None);
     for _ in 0..CATCH_UP_ROUNDS {
-        t.note_round();
+        t.note_round(std::time::Instant::now());
     }
     t.set_leader(Some(Leader {
         slot: 0,
@@ -306,7 +306,7 @@ fn a_follower_last_seen_at_another_epoch_gets_no_reads() {
         slot: 0,
         epoch: Epoch::from_raw(2),
     }));
-    t.note_round();
+    t.note_round(std::time::Instant::now());
     assert_eq!(readers(&t), vec![0, 1]);
     t.record_ok(2, status(3, NodeRole::Follower, 2, 10));
     assert_eq!(readers(&t), vec![0, 1, 2]);
