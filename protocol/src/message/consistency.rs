@@ -37,14 +37,6 @@ pub enum Consistency {
     },
 }
 
-impl Consistency {
-    /// Whether an answer must come from a replica that applied at least the
-    /// session's position.
-    pub fn tracks_session(self) -> bool {
-        !matches!(self, Consistency::Stale)
-    }
-}
-
 impl fmt::Display for Consistency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
