@@ -24,6 +24,9 @@ pub struct ClientConfig {
     /// TLS to the balancer, verified with this configuration (see
     /// [`semikv_protocol::tls::client_config`]); `None`: plain TCP.
     pub tls: Option<std::sync::Arc<semikv_protocol::tls::TlsClientConfig>>,
+    /// The consistency level of reads (`None`: the balancer's default,
+    /// `session` unless it was started otherwise).
+    pub consistency: Option<semikv_protocol::Consistency>,
 }
 
 /// A user name and its password. `Debug` never shows the password.
@@ -52,6 +55,7 @@ impl Default for ClientConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             credentials: None,
             tls: None,
+            consistency: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The semikv client library: [`Client`], a pipelined connection to a
 //! semikv balancer (or a replica) that carries many requests at once, and
 //! [`RetryingClient`], which reconnects and retries what is safe to retry
-//! (never a write whose outcome is unknown).
+//! (never a write whose outcome is unknown). Reads are read-your-writes by
+//! default, and may ask for another consistency level (see [`Token`]).
 //!
 //! ```no_run
 //! use semikv_client::{Client, ClientConfig};
@@ -26,15 +27,17 @@ mod commands;
 mod conn;
 mod error;
 mod retry;
+mod session;
 
 pub use bytes::Bytes;
 pub use conn::{handshake, Client, ClientConfig, ClientError, Credentials, Handshaken};
 pub use retry::{NoticeSink, RetryPolicy, RetryingClient};
 pub use semikv_protocol::{
-    ClusterStatus, Command, Cond, ErrorReply, ExpireCond, KeyTtl, LogIndex, MessageCodec,
-    NodeStatus, Op, Outcome, ProtocolError, ReplicaId, ReplicaView, Reply, TtlChange, UnixMillis,
-    Welcome, WireError,
+    ClusterStatus, Command, Cond, Consistency, ErrorReply, ExpireCond, KeyTtl, LogIndex,
+    MessageCodec, NodeStatus, Op, Outcome, ProtocolError, ReplicaId, ReplicaView, Reply, TtlChange,
+    UnixMillis, Welcome, WireError,
 };
+pub use session::Token;
 
 // The same fake server the integration tests use, so the unit tests of
 // `conn` exercise the real codec and handshake.

@@ -18,12 +18,14 @@
 //! would only make the caller wait that long again per try. Every retry is
 //! announced to the notice sink, if one is set.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use semikv_protocol::{ErrorReply, LogIndex, Op, Reply, WireError};
+use semikv_protocol::{Consistency, ErrorReply, LogIndex, Op, Reply, WireError};
 
 use crate::conn::{value_of, written, Client, ClientConfig, ClientError};
+use crate::session::Token;
 
 /// How a [`RetryingClient`] retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,8 @@ pub struct RetryingClient {
     policy: RetryPolicy,
     client: Option<Client>,
     notice: Option<NoticeSink>,
+    /// The session's highest position seen, kept across reconnections.
+    token: Arc<Token>,
 }
 
 impl std::fmt::Debug for RetryingClient {
@@ -92,6 +96,36 @@ impl RetryingClient {
             policy: RetryPolicy::default(),
             client: None,
             notice: None,
+            token: Arc::default(),
+        }
+    }
+
+    /// The session's token: the highest log position seen, across every
+    /// connection this client made (see [`Token`]).
+    pub fn token(&self) -> LogIndex {
+        self.token.get()
+    }
+
+    /// Raises the session's token to `index` (handed over from another
+    /// session): later reads reflect at least it.
+    pub fn observe(&self, index: LogIndex) {
+        self.token.observe(index);
+    }
+
+    /// The consistency level reads ask for (`None`: the balancer's
+    /// default).
+    pub fn consistency(&self) -> Option<Consistency> {
+        self.config.consistency
+    }
+
+    /// Sets the consistency level of later reads (`None`: the balancer's
+    /// default). The session's token is kept.
+    pub fn set_consistency(&mut self, level: Option<Consistency>) {
+        if self.config.consistency != level {
+            self.config.consistency = level;
+            // The level is a connection's setting: the next request dials
+            // one with it.
+            self.client = None;
         }
     }
 
@@ -201,7 +235,8 @@ impl RetryingClient {
             self.notify(&notice);
             self.client = None;
         }
-        let client = Client::connect(&self.addr, &self.config).await?;
+        let client =
+            Client::connect_with_token(&self.addr, &self.config, self.token.clone()).await?;
         self.client = Some(client.clone());
         Ok(client)
     }

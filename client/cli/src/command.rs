@@ -55,6 +55,10 @@ pub enum Command {
         /// A Redis glob; `None`: every key.
         pattern: Option<Bytes>,
     },
+    /// `consistency [LEVEL]`: show the level reads ask for, or set it.
+    Consistency(Option<semikv_protocol::Consistency>),
+    /// `token`: show the session's token (the highest position seen).
+    Token,
     /// An evaluated write or an expiry read (`set` with options, `incr`,
     /// `mset`, `del` of several keys, `expire`, `ttl`, ...), and how its
     /// answer is shown.
@@ -89,6 +93,8 @@ pub const SYNOPSES: &[(&str, &str)] = &[
     ("dbsize", ""),
     ("ping", ""),
     ("status", ""),
+    ("consistency", "[stale|session|linearizable|bounded:MS]"),
+    ("token", ""),
     ("help", ""),
     ("quit", ""),
     ("exit", ""),
@@ -156,6 +162,9 @@ pub enum ParseError {
     /// `get`.
     #[error("unknown option '{0}' (set takes nx, xx, ex SECS, px MS, keepttl, get)")]
     UnknownOption(String),
+    /// A consistency level that is not one of the four.
+    #[error("{0}")]
+    BadLevel(String),
 }
 
 /// One word of a line: its bytes, and where its first unquoted `=` is.
@@ -211,6 +220,16 @@ pub fn parse_words(words: Vec<Word>) -> Result<Option<Command>, ParseError> {
         "del" => store::parse_del(args)?,
         "ping" => no_args("ping", args, Command::Ping)?,
         "status" => no_args("status", args, Command::Status)?,
+        "token" => no_args("token", args, Command::Token)?,
+        "consistency" => match <[Word; 1]>::try_from(args) {
+            Ok([word]) => Command::Consistency(Some(
+                String::from_utf8_lossy(&word.bytes)
+                    .parse()
+                    .map_err(ParseError::BadLevel)?,
+            )),
+            Err(args) if args.is_empty() => Command::Consistency(None),
+            Err(_) => return Err(arity("consistency")),
+        },
         "help" => Command::Help,
         "quit" => no_args("quit", args, Command::Quit)?,
         "exit" => no_args("exit", args, Command::Quit)?,
@@ -551,6 +570,25 @@ mod tests {
             Err(ParseError::UnknownOption("c".into()))
         );
         assert!(matches!(parse("ping x"), Err(ParseError::Arity { .. })));
+        assert_eq!(parse("token").unwrap(), Some(Command::Token));
+        assert_eq!(
+            parse("consistency").unwrap(),
+            Some(Command::Consistency(None))
+        );
+        assert_eq!(
+            parse("consistency bounded:250").unwrap(),
+            Some(Command::Consistency(Some(
+                semikv_protocol::Consistency::Bounded { max_lag_ms: 250 }
+            )))
+        );
+        assert!(matches!(
+            parse("consistency strong"),
+            Err(ParseError::BadLevel(_))
+        ));
+        assert!(matches!(
+            parse("consistency stale session"),
+            Err(ParseError::Arity { .. })
+        ));
         assert_eq!(parse("set foo"), Err(ParseError::MissingEquals));
         assert_eq!(
             parse("frobnicate x"),

@@ -208,7 +208,8 @@ mod tests {
         assert_eq!(plain.candidates("G"), ["get", "getdel"]);
         assert_eq!(plain.candidates("k"), ["keys"]);
         assert_eq!(local.candidates("k"), ["keys", "kill"]);
-        assert_eq!(plain.candidates("").len(), 21);
+        assert_eq!(plain.candidates("").len(), 23);
+        assert_eq!(plain.candidates("t"), ["ttl", "token"]);
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl Session {
         self
     }
 
+    /// Raises the session's token (see `semikv_client::Token`): later
+    /// reads reflect at least `index`.
+    pub fn observe(&self, index: semikv_client::LogIndex) {
+        self.kv.observe(index);
+    }
+
     /// The address commands go to.
     pub fn addr(&self) -> &str {
         self.kv.addr()
@@ -133,6 +139,18 @@ impl Session {
                     Ok(keys) => Outcome::shown(output::keys(&keys), true),
                     Err(e) => Outcome::failed(e),
                 };
+            }
+            Command::Token => return Outcome::shown(format!("(token) {}", self.kv.token()), true),
+            Command::Consistency(None) => {
+                let level = self
+                    .kv
+                    .consistency()
+                    .map_or_else(|| "the balancer's default".to_string(), |l| l.to_string());
+                return Outcome::shown(format!("reads are {level}"), true);
+            }
+            Command::Consistency(Some(level)) => {
+                self.kv.set_consistency(Some(level));
+                return Outcome::shown(format!("OK (reads are {level})"), true);
             }
             Command::Help => {
                 return Outcome::shown(output::help(self.style, self.is_local()), true)
@@ -195,6 +213,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::testing::FakeServer;
+    use semikv_client::LogIndex;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -218,6 +237,40 @@ mod tests {
     async fn text(session: &mut Session, line: &str) -> (String, bool) {
         let outcome = session.run_line(line.as_bytes()).await;
         (outcome.text.unwrap_or_default(), outcome.ok)
+    }
+
+    #[tokio::test]
+    async fn reads_carry_the_session_token_at_the_chosen_level() {
+        let server = FakeServer::start().await;
+        let (mut s, _) = session(&server.addr());
+        assert_eq!(text(&mut s, "token").await, ("(token) 0".into(), true));
+        assert_eq!(text(&mut s, "set a=1").await.0, "OK");
+        assert_eq!(text(&mut s, "set b=2").await.0, "OK");
+        assert_eq!(text(&mut s, "token").await, ("(token) 2".into(), true));
+        assert_eq!(text(&mut s, "get a").await, ("1".into(), true));
+        assert_eq!(server.last_read(), Some((None, LogIndex(2))));
+        assert_eq!(
+            text(&mut s, "consistency").await,
+            ("reads are the balancer's default".into(), true)
+        );
+        assert_eq!(
+            text(&mut s, "consistency linearizable").await,
+            ("OK (reads are linearizable)".into(), true)
+        );
+        assert_eq!(text(&mut s, "get b").await, ("2".into(), true));
+        assert_eq!(
+            server.last_read(),
+            Some((
+                Some(semikv_protocol::Consistency::Linearizable),
+                LogIndex(2)
+            )),
+            "the token survives the new connection the level takes"
+        );
+        let (error, ok) = text(&mut s, "consistency strong").await;
+        assert!(
+            !ok && error.contains("unknown consistency level"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

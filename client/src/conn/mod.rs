@@ -34,6 +34,8 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::session::{self, Token};
+
 /// Waiters by request id, and why the connection ended once it has (the
 /// map every semikv connection shares).
 type SharedPending = Arc<PendingMap<oneshot::Sender<Reply>>>;
@@ -62,6 +64,8 @@ struct Inner {
     permits: Semaphore,
     shutdown: CancellationToken,
     tasks: [JoinHandle<()>; 2],
+    /// The session's highest position seen.
+    token: Arc<Token>,
 }
 
 impl Drop for Inner {
@@ -187,6 +191,21 @@ impl Client {
     /// [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
     /// [`ClientError::Rejected`] or [`ClientError::Handshake`].
     pub async fn connect(addr: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        Client::connect_with_token(addr, config, Arc::default()).await
+    }
+
+    /// [`Client::connect`], continuing the session of `token` (another
+    /// connection's, or one made with [`Token::at`] from a number another
+    /// process handed over): its reads reflect at least what that session
+    /// saw, and what this connection sees raises it too.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with_token(
+        addr: &str,
+        config: &ClientConfig,
+        token: Arc<Token>,
+    ) -> Result<Client, ClientError> {
         let Handshaken {
             reader,
             writer,
@@ -216,8 +235,28 @@ impl Client {
                 permits: Semaphore::new(max_in_flight),
                 shutdown,
                 tasks: [write_task, read_task],
+                token,
             }),
         })
+    }
+
+    /// The session's token: the highest log position this connection (and
+    /// any sharing its token) has seen. Hand its number to another
+    /// connection to read your writes there too.
+    pub fn token(&self) -> LogIndex {
+        self.inner.token.get()
+    }
+
+    /// The session's token itself, to share with another connection
+    /// ([`Client::connect_with_token`]).
+    pub fn shared_token(&self) -> Arc<Token> {
+        self.inner.token.clone()
+    }
+
+    /// Raises the session's token to `index` (a position another session
+    /// handed over): later reads reflect at least it.
+    pub fn observe(&self, index: LogIndex) {
+        self.inner.token.observe(index);
     }
 
     /// The address this client dialled.
@@ -236,7 +275,11 @@ impl Client {
         self.inner.pending.closed().is_some()
     }
 
-    /// Sends `op` under a fresh request id and waits for its reply.
+    /// Sends `op` under a fresh request id and waits for its reply. A plain
+    /// read (get, ttl, scan, dbsize) goes as a consistent read at the
+    /// configured level after the session's token, and its answer comes
+    /// back unwrapped; every answer's position raises the token (see
+    /// [`Token`]).
     ///
     /// Error replies from the server are `Ok(Reply::Error(..))`.
     ///
@@ -254,6 +297,7 @@ impl Client {
             .map_err(|_| ClientError::NotConnected {
                 reason: "client shut down".to_string(),
             })?;
+        let (op, wrapped) = session::wrap(op, inner.config.consistency, inner.token.get());
         let request = Request {
             id: RequestId(inner.next_id.fetch_add(1, Ordering::Relaxed)),
             op,
@@ -283,7 +327,10 @@ impl Client {
             Ok(Err(_)) => Err(ClientError::ConnectionLost {
                 reason: self.close_reason(),
             }),
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => {
+                inner.token.note(&reply);
+                Ok(session::unwrap(reply, wrapped))
+            }
         }
     }
 

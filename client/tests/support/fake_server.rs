@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use semikv_protocol::{
     ClusterStatus, CoordinatorId, Epoch, ErrorReply, LogIndex, Message, MessageCodec, NodeRole, Op,
-    ReplicaId, ReplicaView, Reply, Response, Welcome, WireError, PROTOCOL_VERSION,
+    ReplicaId, ReplicaView, Reply, Request, Response, Welcome, WireError, PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -182,6 +182,16 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
             continue;
         }
         let unavailable = number <= state.unavailable_for.load(Ordering::SeqCst);
+        // A consistent read is answered as the read it wraps, at the fake's
+        // last index, which is past every position it handed out.
+        let (op, consistent) = match request.op {
+            Op::Read(read) => {
+                *state.last_read.lock().unwrap() = Some((read.level, read.after));
+                (*read.op, true)
+            }
+            op => (op, false),
+        };
+        let request = Request { id: request.id, op };
         let reply = match &request.op {
             _ if unavailable => Reply::Error(ErrorReply::Unavailable {
                 retry_after_ms: 100,
@@ -261,23 +271,20 @@ async fn serve(stream: TcpStream, state: Arc<State>, reject: bool) {
                 keys: state.map.lock().unwrap().len() as u64,
                 expiring: 0,
             }),
-            // A consistent get: answered at the fake's last index, which
-            // is past every position it handed out.
-            Op::Read(read) => {
-                *state.last_read.lock().unwrap() = Some((read.level, read.after));
-                match &*read.op {
-                    Op::Get { key } => Reply::Read(semikv_protocol::ReadAnswer {
-                        reply: Box::new(Reply::Value(state.map.lock().unwrap().get(key).cloned())),
-                        index: LogIndex(state.index.load(Ordering::SeqCst)),
-                    }),
-                    _ => Reply::Error(ErrorReply::Invalid {
-                        reason: "the fake server reads only gets at a level".to_string(),
-                    }),
-                }
-            }
+            Op::Read(_) => Reply::Error(ErrorReply::Invalid {
+                reason: "a consistent read wraps a read, not another one".to_string(),
+            }),
             Op::Command(_) | Op::Ttl { .. } => Reply::Error(ErrorReply::Invalid {
                 reason: "the fake server does not evaluate commands".to_string(),
             }),
+        };
+        let reply = match reply {
+            Reply::Error(_) => reply,
+            reply if consistent => Reply::Read(semikv_protocol::ReadAnswer {
+                reply: Box::new(reply),
+                index: LogIndex(state.index.load(Ordering::SeqCst)),
+            }),
+            reply => reply,
         };
         let every = state.hang_up_every.load(Ordering::SeqCst);
         if !unavailable

@@ -67,6 +67,15 @@ struct Cli {
     /// Connect to the balancer with TLS, verifying it with this CA (PEM).
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// Read at this consistency level: stale, session, linearizable or
+    /// bounded:MS [default: the balancer's, session unless it says
+    /// otherwise]. The REPL's `consistency` command changes it.
+    #[arg(long, value_name = "LEVEL")]
+    consistency: Option<semikv_client::Consistency>,
+    /// Continue a session: read at least what the session that printed
+    /// this token (the REPL's `token` command) had seen.
+    #[arg(long, value_name = "N")]
+    token: Option<u64>,
     /// The command to run (`get KEY`, `set KEY=VALUE`, ...), each word taken
     /// literally.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -257,6 +266,7 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             |k| std::env::var(k).ok(),
         )?,
         tls: credentials::tls(cli.tls_ca.as_deref())?,
+        consistency: cli.consistency,
         ..ClientConfig::default()
     };
     let mut session = if let Some(replicas) = cli.local {
@@ -291,6 +301,9 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         Session::new(cli.addr.clone(), client, style)
     };
+    if let Some(token) = cli.token {
+        session.observe(semikv_client::LogIndex(token));
+    }
 
     let code = match mode {
         Mode::OneShot(words) => {
