@@ -33,9 +33,9 @@ pub use bytes::Bytes;
 pub use conn::{handshake, Client, ClientConfig, ClientError, Credentials, Handshaken};
 pub use retry::{NoticeSink, RetryPolicy, RetryingClient};
 pub use semikv_protocol::{
-    ClusterStatus, Command, Cond, Consistency, ErrorReply, ExpireCond, KeyTtl, LogIndex,
-    MessageCodec, NodeStatus, Op, Outcome, ProtocolError, ReplicaId, ReplicaView, Reply, TtlChange,
-    UnixMillis, Welcome, WireError,
+    ClusterReport, ClusterStatus, ClusterView, Command, Cond, Consistency, ErrorReply, ExpireCond,
+    KeyTtl, LogIndex, MessageCodec, NodeStatus, Op, Outcome, ProtocolError, ReplicaId, ReplicaView,
+    Reply, TtlChange, UnixMillis, Welcome, WireError,
 };
 pub use session::Token;
 

@@ -969,6 +969,46 @@ fn samples() -> Vec<(&'static str, Message)> {
                 round: u64::MAX,
             }),
         ),
+        (
+            "response_cluster_view",
+            response(
+                71,
+                Reply::ClusterView(Box::new(ClusterView {
+                    report: ClusterReport {
+                        status: ClusterStatus {
+                            leader: Some("127.0.0.1:8081".to_string()),
+                            epoch: Epoch::from_raw(7),
+                            replicas: vec![
+                                ReplicaView {
+                                    id: Some(ReplicaId(1)),
+                                    addr: "127.0.0.1:8081".to_string(),
+                                    role: NodeRole::Leader,
+                                    healthy: true,
+                                    epoch: Epoch::from_raw(7),
+                                    last_index: LogIndex(300),
+                                    commit_index: LogIndex(300),
+                                    applied_index: LogIndex(300),
+                                    lag: 0,
+                                },
+                                ReplicaView {
+                                    id: Some(ReplicaId(2)),
+                                    addr: "127.0.0.1:8082".to_string(),
+                                    role: NodeRole::Follower,
+                                    healthy: true,
+                                    epoch: Epoch::from_raw(7),
+                                    last_index: LogIndex(299),
+                                    commit_index: LogIndex(298),
+                                    applied_index: LogIndex(298),
+                                    lag: 1,
+                                },
+                            ],
+                        },
+                        resources: vec![Some(Resources::default()), None],
+                    },
+                    lag_ms: vec![Some(0), None],
+                })),
+            ),
+        ),
     ]
 }
 
@@ -1245,6 +1285,15 @@ impl Coverage {
             Reply::Read(ReadAnswer { reply, index: _ }) => {
                 self.reply(reply);
                 12
+            }
+            Reply::ClusterView(view) => {
+                let ClusterView { report, lag_ms: _ } = view.as_ref();
+                let ClusterReport { status, resources } = report;
+                self.cluster_status(status);
+                for r in resources.iter().flatten() {
+                    self.resources(r);
+                }
+                13
             }
         };
         self.mark("Reply", index);

@@ -385,7 +385,7 @@ pub fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Value(_) => "value",
         Reply::Pong => "pong",
         Reply::Node(_) | Reply::NodeReport(_) => "node-status",
-        Reply::Cluster(_) | Reply::ClusterReport(_) => "cluster-status",
+        Reply::Cluster(_) | Reply::ClusterReport(_) | Reply::ClusterView(_) => "cluster-status",
         Reply::Outcome(_) => "outcome",
         Reply::Ttl(_) => "ttl",
         Reply::Keys(_) => "keys",

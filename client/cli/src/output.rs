@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, KeyPage, KeyTtl, NodeReport, NodeStatus, Outcome, Reply,
-    Resources,
+    ClusterReport, ClusterStatus, ClusterView, KeyPage, KeyTtl, NodeReport, NodeStatus, Outcome,
+    Reply, Resources,
 };
 use serde_json::{json, Value};
 
@@ -69,6 +69,7 @@ pub fn reply(reply: &Reply, style: Style) -> (String, bool) {
         Reply::Keys(page) => (self::page(page), true),
         Reply::KeyCount(count) => (format!("(integer) {}", count.keys), true),
         Reply::Read(answer) => self::reply(&answer.reply, style),
+        Reply::ClusterView(view) => (cluster_view(view, style), true),
     }
 }
 
@@ -183,7 +184,30 @@ pub fn cluster_report(report: &ClusterReport, style: Style) -> String {
     if style.json || style.one_line {
         return render_json(&cluster_report_json(report), style);
     }
-    cluster_table(&report.status, Some(&report.resources))
+    cluster_table(&report.status, Some(&report.resources), None)
+}
+
+/// The balancer's view: [`cluster_report`] with each replica's read lag
+/// (`read lag` column; `read_lag_ms` in JSON, `null` when the replica gets
+/// no reads or its lag is unknown).
+pub fn cluster_view(view: &ClusterView, style: Style) -> String {
+    if style.json || style.one_line {
+        let mut value = cluster_report_json(&view.report);
+        if let Some(Value::Array(rows)) = value.get_mut("replicas") {
+            for (i, row) in rows.iter_mut().enumerate() {
+                if let Value::Object(fields) = row {
+                    let lag = view.lag_ms.get(i).copied().flatten();
+                    fields.insert("read_lag_ms".to_string(), json!(lag));
+                }
+            }
+        }
+        return render_json(&value, style);
+    }
+    cluster_table(
+        &view.report.status,
+        Some(&view.report.resources),
+        Some(&view.lag_ms),
+    )
 }
 
 /// [`cluster_status_json`] with each replica's [`resources_json`] fields.
@@ -292,12 +316,16 @@ pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
     if style.json || style.one_line {
         return render_json(&cluster_status_json(status), style);
     }
-    cluster_table(status, None)
+    cluster_table(status, None, None)
 }
 
 /// The table; with `resources` (a report), a last column shows each
 /// replica's disk and memory.
-fn cluster_table(status: &ClusterStatus, resources: Option<&[Option<Resources>]>) -> String {
+fn cluster_table(
+    status: &ClusterStatus,
+    resources: Option<&[Option<Resources>]>,
+    lag_ms: Option<&[Option<u64>]>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -319,6 +347,13 @@ fn cluster_table(status: &ClusterStatus, resources: Option<&[Option<Resources>]>
                 r.last_index.to_string(),
                 r.lag.to_string(),
             ];
+            if let Some(lag_ms) = lag_ms {
+                row.push(r.applied_index.to_string());
+                row.push(match lag_ms.get(i).copied().flatten() {
+                    Some(ms) => format!("{ms} ms"),
+                    None => "-".to_string(),
+                });
+            }
             if let Some(resources) = resources {
                 row.push(resources_cell(resources.get(i).and_then(Option::as_ref)));
             }
@@ -334,6 +369,10 @@ fn cluster_table(status: &ClusterStatus, resources: Option<&[Option<Resources>]>
         "last index",
         "lag",
     ];
+    if lag_ms.is_some() {
+        header.push("applied");
+        header.push("read lag");
+    }
     if resources.is_some() {
         header.push("resources");
     }

@@ -24,8 +24,8 @@ use semikv_protocol::outbox;
 use semikv_protocol::pending::PendingMap;
 use semikv_protocol::transport::{ReadHalf, Stream, WriteHalf};
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, Hello, HelloAuth, LogIndex, Message, MessageCodec, NodeReport,
-    NodeStatus, Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
+    ClusterReport, ClusterStatus, ClusterView, Hello, HelloAuth, LogIndex, Message, MessageCodec,
+    NodeReport, NodeStatus, Op, ProtocolError, ReplicaId, Reply, Request, RequestId, Role, Welcome,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -431,6 +431,19 @@ impl Client {
         self.request(Op::Status)
             .await?
             .into_cluster_report()
+            .map_err(|other| unexpected("status", other))
+    }
+
+    /// The cluster status through a balancer, with each replica's disk and
+    /// memory and its read lag in milliseconds, as the balancer's router
+    /// judges `bounded` reads by.
+    ///
+    /// # Errors
+    /// As [`Client::cluster_status`].
+    pub async fn cluster_view(&self) -> Result<ClusterView, ClientError> {
+        self.request(Op::Status)
+            .await?
+            .into_cluster_view()
             .map_err(|other| unexpected("status", other))
     }
 

@@ -26,6 +26,9 @@ pub fn reply_bytes(reply: &Reply) -> usize {
         Reply::ClusterReport(report) => {
             report.status.replicas.len().saturating_mul(512) + PER_REPLY
         }
+        Reply::ClusterView(view) => {
+            view.report.status.replicas.len().saturating_mul(544) + PER_REPLY
+        }
         _ => PER_REPLY,
     }
 }

@@ -94,7 +94,8 @@ impl Router {
         match &op {
             Op::Ping => return Reply::Pong,
             Op::Status => {
-                return Reply::ClusterReport(Box::new(self.group(0).table().cluster_report()))
+                let now = Instant::now().into_std();
+                return Reply::ClusterView(Box::new(self.group(0).table().cluster_view(now)));
             }
             _ => {}
         }

@@ -40,7 +40,8 @@ pub const MAGIC: u32 = 0x534b_5631;
 ///
 /// Version 7: reads at a consistency level, [`Op::Read`] answered
 /// [`Reply::Read`] with the position the answer reflects; [`ErrorReply`]
-/// gained `Behind`; a leader confirms it still leads with
+/// gained `Behind`; the balancer answers `Status` with
+/// [`Reply::ClusterView`] (its report plus each replica's read lag); a leader confirms it still leads with
 /// [`Message::LeadCheck`] rounds its followers answer with
 /// [`Message::LeadConfirm`].
 ///
@@ -64,6 +65,7 @@ pub const MAGIC: u32 = 0x534b_5631;
 /// [`ErrorReply`]: super::ErrorReply
 /// [`Op::Read`]: super::Op::Read
 /// [`Reply::Read`]: super::Reply::Read
+/// [`Reply::ClusterView`]: super::Reply::ClusterView
 /// [`Message::LeadCheck`]: super::Message::LeadCheck
 /// [`Message::LeadConfirm`]: super::Message::LeadConfirm
 pub const PROTOCOL_VERSION: u16 = 7;

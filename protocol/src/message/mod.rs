@@ -40,8 +40,8 @@ pub use replication::{
 };
 pub use request::{validate_key, Op, Reply, Request, Response, DEFAULT_MAX_VALUE_LEN, MAX_KEY_LEN};
 pub use status::{
-    ClusterReport, ClusterStatus, FollowerProgress, LeaderTerms, NodeReport, NodeRole, NodeStatus,
-    ReplicaView, Resources,
+    ClusterReport, ClusterStatus, ClusterView, FollowerProgress, LeaderTerms, NodeReport, NodeRole,
+    NodeStatus, ReplicaView, Resources,
 };
 pub use wire_error::{ErrorReply, WireError};
 

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ClusterReport, ClusterStatus, Command, ErrorReply, Fence, Follow, KeyCount, KeyPage, KeyTtl,
-    NodeReport, NodeStatus, Outcome, Promote, Read, ReadAnswer, Resources, Scan,
+    ClusterReport, ClusterStatus, ClusterView, Command, ErrorReply, Fence, Follow, KeyCount,
+    KeyPage, KeyTtl, NodeReport, NodeStatus, Outcome, Promote, Read, ReadAnswer, Resources, Scan,
 };
 use crate::ids::{LogIndex, RequestId};
 
@@ -211,6 +211,10 @@ pub enum Reply {
     /// The answer to [`Op::Read`], with the position it reflects
     /// (protocol 7).
     Read(ReadAnswer),
+    /// The balancer's view with each replica's resources and read lag
+    /// (protocol 7: replaces [`Reply::ClusterReport`] as the balancer's
+    /// answer to `Status`).
+    ClusterView(Box<ClusterView>),
 }
 
 impl Reply {
@@ -241,19 +245,36 @@ impl Reply {
         }
     }
 
-    /// The balancer's report, from [`Reply::ClusterReport`] or (with no
-    /// resources known) [`Reply::Cluster`]; any other reply is given back.
+    /// The balancer's report, from [`Reply::ClusterView`],
+    /// [`Reply::ClusterReport`] or (with no resources known)
+    /// [`Reply::Cluster`]; any other reply is given back.
     ///
     /// # Errors
     /// The reply, when it carries no cluster status.
     pub fn into_cluster_report(self) -> Result<ClusterReport, Reply> {
         match self {
+            Reply::ClusterView(view) => Ok(view.report),
             Reply::ClusterReport(report) => Ok(*report),
             Reply::Cluster(status) => Ok(ClusterReport {
                 resources: vec![None; status.replicas.len()],
                 status,
             }),
             other => Err(other),
+        }
+    }
+
+    /// The balancer's view, from [`Reply::ClusterView`] or (with no lag
+    /// known) any reply [`Reply::into_cluster_report`] takes.
+    ///
+    /// # Errors
+    /// The reply, when it carries no cluster status.
+    pub fn into_cluster_view(self) -> Result<ClusterView, Reply> {
+        match self {
+            Reply::ClusterView(view) => Ok(*view),
+            other => other.into_cluster_report().map(|report| ClusterView {
+                lag_ms: vec![None; report.status.replicas.len()],
+                report,
+            }),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What replicas and the balancer report: a replica's [`NodeStatus`], the
-//! balancer's [`ClusterStatus`], the rows they are made of, and (from
+//! balancer's [`ClusterStatus`], the rows they are made of, (from
 //! protocol 3) the [`Resources`] that [`NodeReport`] and [`ClusterReport`]
-//! add to them.
+//! add to them, and (from protocol 7) the read lag [`ClusterView`] adds.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -143,4 +143,18 @@ pub struct ClusterReport {
     /// One entry per row of `status.replicas`, in the same order: the
     /// replica's last reported resources, `None` before its first report.
     pub resources: Vec<Option<Resources>>,
+}
+
+/// The balancer's report with what its router reads by (protocol 7): what
+/// a balancer of protocol 7 answers `Status` with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Leader, epoch, one row per replica (applied index included), and
+    /// resources.
+    pub report: ClusterReport,
+    /// One entry per row of `report.status.replicas`, in the same order:
+    /// how far behind the leader's commits the replica is known to be, in
+    /// milliseconds (0 for the leader), as `bounded` reads judge it; `None`
+    /// when it gets no reads or its lag is unknown.
+    pub lag_ms: Vec<Option<u64>>,
 }

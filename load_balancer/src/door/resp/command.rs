@@ -5,7 +5,7 @@
 //! that clients that parse Redis errors behave.
 
 use bytes::Bytes;
-use semikv_protocol::{ErrorReply, Op, Reply};
+use semikv_protocol::{Consistency, ErrorReply, Op, Reply};
 
 use super::reply::Resp;
 use super::server;
@@ -129,6 +129,9 @@ pub struct Conn {
     pub user: Option<String>,
     /// `CLIENT SETINFO lib-name` and `lib-ver`.
     pub lib: (Option<String>, Option<String>),
+    /// `CLIENT CONSISTENCY`: the level of this connection's reads; `None`:
+    /// the balancer's default.
+    pub consistency: Option<Consistency>,
 }
 
 /// A command name lower-cased on the stack: every command is matched by
@@ -197,6 +200,7 @@ impl Conn {
             name: None,
             user: None,
             lib: (None, None),
+            consistency: None,
         }
     }
 
@@ -387,7 +391,7 @@ impl Conn {
         })
     }
 
-    /// `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO`.
+    /// `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|CONSISTENCY`.
     fn client(&mut self, args: &[Bytes]) -> Plan {
         let Some(sub) = args.get(1) else {
             return Plan::Now(wrong_arity("client"));
@@ -431,9 +435,26 @@ impl Conn {
                 }
             }
             "info" if n == 2 => Resp::Verbatim(self.info_line()),
-            "setname" | "getname" | "id" | "setinfo" | "info" => Resp::err(format!(
-                "wrong number of arguments for 'client|{sub}' command"
-            )),
+            // semikv's own: the consistency level of this connection's
+            // reads (see the README), shown or set.
+            "consistency" if n == 2 => Resp::text(
+                self.consistency
+                    .map_or_else(|| "default".to_string(), |l| l.to_string()),
+            ),
+            "consistency" if n == 3 => match text(&args[2]).parse::<Consistency>() {
+                Ok(level) => {
+                    self.consistency = Some(level);
+                    Resp::OK
+                }
+                Err(_) if lower(&args[2]) == "default" => {
+                    self.consistency = None;
+                    Resp::OK
+                }
+                Err(why) => Resp::err(why),
+            },
+            "setname" | "getname" | "id" | "setinfo" | "info" | "consistency" => Resp::err(
+                format!("wrong number of arguments for 'client|{sub}' command"),
+            ),
             _ => Resp::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
                 text(&args[1])
@@ -507,8 +528,15 @@ pub fn error(e: &ErrorReply) -> Resp {
     }
 }
 
-/// The answer of `shape` from its ops' replies, in order.
-pub fn combine(shape: &Shape, replies: Vec<Reply>) -> Resp {
+/// The answer of `shape` from its ops' replies, in order (a read at the
+/// connection's level answered as the read it wraps).
+pub fn combine(shape: &Shape, mut replies: Vec<Reply>) -> Resp {
+    for reply in &mut replies {
+        if let Reply::Read(answer) = reply {
+            let inner = std::mem::replace(answer.reply.as_mut(), Reply::Pong);
+            *reply = inner;
+        }
+    }
     if let Shape::Info { sections, local } = shape {
         // A key count that failed leaves its section empty, not INFO.
         return match replies.first() {

@@ -52,6 +52,7 @@ fn wanted(sections: &[String]) -> Vec<&'static str> {
 /// `count` (a replica's answer to `DbSize`, if asked).
 pub fn info(reply: &Reply, count: Option<&Reply>, sections: &[String], local: Local) -> Resp {
     let status = match reply {
+        Reply::ClusterView(view) => &view.report.status,
         Reply::ClusterReport(report) => &report.status,
         Reply::Cluster(status) => status,
         Reply::Error(e) => return error(e),

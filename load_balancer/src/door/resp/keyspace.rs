@@ -95,7 +95,13 @@ pub fn page(page: KeyPage) -> Resp {
 /// Runs `KEYS pattern`: scans every page through `router` and answers the
 /// matching keys, or an error, without holding more than `max_bytes` of
 /// keys (past that, `SCAN` is the way).
-pub async fn keys(router: &Router, pattern: Bytes, max_bytes: usize) -> Resp {
+pub async fn keys(
+    router: &Router,
+    pattern: Bytes,
+    max_bytes: usize,
+    level: Option<semikv_protocol::Consistency>,
+) -> Resp {
+    let level = level.unwrap_or(router.default_consistency());
     let pattern = if pattern.as_ref() == b"*" {
         None
     } else {
@@ -113,7 +119,10 @@ pub async fn keys(router: &Router, pattern: Bytes, max_bytes: usize) -> Resp {
         if let Err(reason) = scan.validate() {
             return Resp::err(reason);
         }
-        let page = match router.handle(Op::Scan(scan)).await {
+        let page = match router
+            .handle_at(Op::Scan(scan), level, semikv_protocol::LogIndex(0))
+            .await
+        {
             Reply::Keys(page) => page,
             Reply::Error(e) => return error(&e),
             other => return Resp::err(format!("unexpected reply {other:?}")),

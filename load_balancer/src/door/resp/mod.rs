@@ -446,7 +446,7 @@ async fn take_commands(
                     Some(refusal) => command::error(&refusal),
                     None => {
                         let max = shared.config.max_client_output;
-                        keyspace::keys(&shared.router, pattern, max).await
+                        keyspace::keys(&shared.router, pattern, max, conn.consistency).await
                     }
                 };
                 Out::Ready {
@@ -485,6 +485,7 @@ async fn take_commands(
                     let first = *next_tag;
                     let count = ops.len();
                     for op in ops {
+                        let op = at_level(op, conn.consistency);
                         pending.push_back((Tag(*next_tag), op));
                         *next_tag += 1;
                     }
@@ -501,6 +502,22 @@ async fn take_commands(
         // Room is certain: every queued item holds a command permit or a
         // slot, and the queue has a place for each.
         let _ = tx.try_send(out);
+    }
+}
+
+/// `op` at the connection's consistency level: a read wrapped in an
+/// [`Op::Read`] when the connection chose one (`CLIENT CONSISTENCY`), so
+/// that a level set later does not reach reads already taken.
+fn at_level(op: Op, level: Option<semikv_protocol::Consistency>) -> Op {
+    match (level, op) {
+        (Some(level), op @ (Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize)) => {
+            Op::Read(semikv_protocol::Read {
+                op: Box::new(op),
+                level: Some(level),
+                after: semikv_protocol::LogIndex(0),
+            })
+        }
+        (_, op) => op,
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use semikv_protocol::{
-    ClusterReport, ClusterStatus, Epoch, LeaderTerms, LogIndex, NodeReport, NodeRole, NodeStatus,
-    ReplicaView, Resources,
+    ClusterReport, ClusterStatus, ClusterView, Epoch, LeaderTerms, LogIndex, NodeReport, NodeRole,
+    NodeStatus, ReplicaView, Resources,
 };
 use tokio::sync::watch;
 
@@ -430,6 +430,16 @@ impl Table {
             .map(|r| r.resources.clone())
             .collect();
         ClusterReport { status, resources }
+    }
+
+    /// The cluster view with resources and each replica's read lag at
+    /// `now` (see [`Table::lag_ms`]): what a client's `Status` is answered.
+    pub fn cluster_view(&self, now: Instant) -> ClusterView {
+        let report = self.cluster_report();
+        let lag_ms = (0..report.status.replicas.len())
+            .map(|slot| self.lag_ms(slot, now))
+            .collect();
+        ClusterView { report, lag_ms }
     }
 
     /// The cluster view answered to a client's `Status`.

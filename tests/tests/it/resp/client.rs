@@ -278,3 +278,65 @@ fn users_log_in_and_keep_to_their_role() {
     door.settle();
     assert_eq!(get(&mut bob, "k").as_deref(), Some(&b"from alice"[..]));
 }
+
+#[test]
+fn reads_see_the_connections_own_writes_and_a_level_is_chosen_per_connection() {
+    let door = Door::start(&[], None);
+    let mut con = door.connect();
+    set_until_ok(&mut con, "warm", "up");
+    // No settle: a session read never comes from a replica that has not
+    // applied the connection's last write.
+    for i in 0..100 {
+        let value = format!("v{i}");
+        set(&mut con, "mine", &value).unwrap();
+        assert_eq!(get(&mut con, "mine"), Some(value.into_bytes()), "write {i}");
+    }
+    let level: String = redis::cmd("CLIENT")
+        .arg("CONSISTENCY")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(level, "default");
+    for level in ["linearizable", "bounded:500", "stale", "session", "default"] {
+        let () = redis::cmd("CLIENT")
+            .arg(&["CONSISTENCY", level])
+            .query(&mut con)
+            .unwrap();
+        let now: String = redis::cmd("CLIENT")
+            .arg("CONSISTENCY")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(now, level);
+        assert_eq!(
+            get(&mut con, "warm").as_deref(),
+            Some(&b"up"[..]),
+            "{level}"
+        );
+    }
+    let () = redis::cmd("CLIENT")
+        .arg(&["CONSISTENCY", "linearizable"])
+        .query(&mut con)
+        .unwrap();
+    for i in 0..20 {
+        let value = format!("l{i}");
+        set(&mut con, "mine", &value).unwrap();
+        assert_eq!(get(&mut con, "mine"), Some(value.into_bytes()));
+    }
+    let e = redis::cmd("CLIENT")
+        .arg(&["CONSISTENCY", "strong"])
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(
+        said(&e).contains("unknown consistency level"),
+        "{}",
+        said(&e)
+    );
+    let e = redis::cmd("CLIENT")
+        .arg(&["CONSISTENCY", "stale", "extra"])
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(
+        said(&e).contains("wrong number of arguments"),
+        "{}",
+        said(&e)
+    );
+}
