@@ -45,6 +45,11 @@ struct Faults {
     blackholed: [bool; 3],
     /// Added before forwarding each chunk, both directions.
     delay: Duration,
+    /// Per role (client, balancer, replica): added to `delay`.
+    role_delay: [Duration; 3],
+    /// Replica ids whose replica-role connections (a follower's stream from
+    /// this proxy's leader) are held as a blackhole holds them.
+    held: Vec<u32>,
     /// Bumped by [`Proxy::cut`]: connections older than it close.
     cuts: u64,
 }
@@ -119,6 +124,30 @@ impl Proxy {
         self.faults.send_modify(|f| f.delay = delay);
     }
 
+    /// Delays every forwarded chunk of `roles`' connections by `delay`, on
+    /// top of [`Proxy::set_delay`]'s (zero: none): e.g. only the followers'
+    /// streams from a leader, not the balancer's requests.
+    pub fn set_role_delay(&self, roles: &[Role], delay: Duration) {
+        self.faults.send_modify(|f| {
+            for &r in roles {
+                f.role_delay[slot(r)] = delay;
+            }
+        });
+    }
+
+    /// Stops forwarding the replica-role connections of replica `id` (as
+    /// its `Hello` names it), keeping them open: when this proxy fronts the
+    /// leader, that one follower's stream stalls while the others flow.
+    pub fn hold_replica(&self, id: u32) {
+        self.faults.send_modify(|f| f.held.push(id));
+    }
+
+    /// Forwards every replica's connections again (see
+    /// [`Proxy::hold_replica`]).
+    pub fn release_replicas(&self) {
+        self.faults.send_modify(|f| f.held.clear());
+    }
+
     /// Closes every connection through the proxy now; new ones are relayed
     /// as usual.
     pub fn cut(&self) {
@@ -160,8 +189,9 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr, mut faults: watch::Re
     let born = faults.borrow().cuts;
     let mut cut = faults.clone();
     let work = async {
-        let (first, role) = first_frame(&mut inbound).await?;
-        wait_open(&mut faults, role).await?;
+        let (first, role, node) = first_frame(&mut inbound).await?;
+        let who = Who { role, node };
+        wait_open(&mut faults, who).await?;
         let outbound = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target))
             .await
             .ok()?
@@ -172,8 +202,8 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr, mut faults: watch::Re
         let (out_read, mut out_write) = outbound.into_split();
         out_write.write_all(&first).await.ok()?;
         tokio::join!(
-            pump(in_read, out_write, role, faults.clone()),
-            pump(out_read, in_write, role, faults.clone()),
+            pump(in_read, out_write, who, faults.clone()),
+            pump(out_read, in_write, who, faults.clone()),
         );
         Some(())
     };
@@ -183,25 +213,36 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr, mut faults: watch::Re
     }
 }
 
-/// Reads until the first frame is complete and returns the bytes read and
-/// the role its `Hello` declares, plain, proving the cluster secret or
-/// logging in (`Client` when it is not a readable Hello).
-async fn first_frame(inbound: &mut TcpStream) -> Option<(BytesMut, Role)> {
+/// Whose connection one relayed connection is, as its first frame says.
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    role: Role,
+    /// The replica id a `Hello` names, if any.
+    node: Option<u32>,
+}
+
+/// Reads until the first frame is complete and returns the bytes read, the
+/// role its `Hello` declares (plain, proving the cluster secret or logging
+/// in; `Client` when it is not a readable Hello) and the replica id it
+/// names.
+async fn first_frame(inbound: &mut TcpStream) -> Option<(BytesMut, Role, Option<u32>)> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         if buf.len() >= 8 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len > MAX_HELLO {
-                return Some((buf, Role::Client));
+                return Some((buf, Role::Client, None));
             }
             if buf.len() >= 8 + len {
-                let role = match MessageCodec::default().decode(&mut buf.clone()) {
-                    Ok(Some(Message::Hello(h))) => h.role,
-                    Ok(Some(Message::SecureHello(h))) => h.hello.role,
-                    Ok(Some(Message::HelloAuth(h))) => h.hello.role,
-                    _ => Role::Client,
+                let hello = match MessageCodec::default().decode(&mut buf.clone()) {
+                    Ok(Some(Message::Hello(h))) => Some(h),
+                    Ok(Some(Message::SecureHello(h))) => Some(h.hello),
+                    Ok(Some(Message::HelloAuth(h))) => Some(h.hello),
+                    _ => None,
                 };
-                return Some((buf, role));
+                let role = hello.as_ref().map_or(Role::Client, |h| h.role);
+                let node = hello.and_then(|h| h.node).map(|id| id.0);
+                return Some((buf, role, node));
             }
         }
         if inbound.read_buf(&mut buf).await.ok()? == 0 {
@@ -209,16 +250,19 @@ async fn first_frame(inbound: &mut TcpStream) -> Option<(BytesMut, Role)> {
             return if buf.is_empty() {
                 None
             } else {
-                Some((buf, Role::Client))
+                Some((buf, Role::Client, None))
             };
         }
     }
 }
 
-/// Waits while `role` is blackholed. `None` if the proxy is gone.
-async fn wait_open(faults: &mut watch::Receiver<Faults>, role: Role) -> Option<()> {
+/// Waits while `who` is blackholed or held. `None` if the proxy is gone.
+async fn wait_open(faults: &mut watch::Receiver<Faults>, who: Who) -> Option<()> {
     faults
-        .wait_for(|f| !f.blackholed[slot(role)])
+        .wait_for(|f| {
+            let held = who.role == Role::Replica && who.node.is_some_and(|n| f.held.contains(&n));
+            !f.blackholed[slot(who.role)] && !held
+        })
         .await
         .ok()
         .map(|_| ())
@@ -227,12 +271,12 @@ async fn wait_open(faults: &mut watch::Receiver<Faults>, role: Role) -> Option<(
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    role: Role,
+    who: Who,
     mut faults: watch::Receiver<Faults>,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        if wait_open(&mut faults, role).await.is_none() {
+        if wait_open(&mut faults, who).await.is_none() {
             return;
         }
         let n = match from.read(&mut buf).await {
@@ -240,10 +284,13 @@ async fn pump(
             Ok(n) => n,
         };
         // Read before the blackhole began: hold it until the heal.
-        if wait_open(&mut faults, role).await.is_none() {
+        if wait_open(&mut faults, who).await.is_none() {
             return;
         }
-        let delay = faults.borrow().delay;
+        let delay = {
+            let f = faults.borrow();
+            f.delay + f.role_delay[slot(who.role)]
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -324,6 +371,29 @@ mod tests {
         // New connections still work after a cut.
         let (mut again, n) = hello_conn(proxy.addr(), Role::Balancer).await;
         assert!(read_n(&mut again, n, IO_TIMEOUT).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn one_replicas_connections_are_held_while_the_others_flow() {
+        let proxy = Proxy::start(echo().await).await.unwrap();
+        proxy.hold_replica(7);
+        let addr = proxy.addr();
+        let connect = |id| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let hello = encode(&Message::Hello(Hello::new(
+                Role::Replica,
+                Some(semikv_protocol::ReplicaId(id)),
+            )))
+            .unwrap();
+            s.write_all(&hello).await.unwrap();
+            (s, hello.len())
+        };
+        let (mut held, n) = connect(7).await;
+        let (mut free, m) = connect(8).await;
+        assert!(read_n(&mut free, m, IO_TIMEOUT).await.is_some());
+        assert_eq!(read_n(&mut held, n, Duration::from_millis(200)).await, None);
+        proxy.release_replicas();
+        assert!(read_n(&mut held, n, IO_TIMEOUT).await.is_some());
     }
 
     #[tokio::test]

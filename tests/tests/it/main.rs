@@ -7,6 +7,7 @@
 mod admin_values;
 mod args;
 mod balancer;
+mod consistency;
 mod coordinators;
 mod disk_full;
 mod faults;
