@@ -75,6 +75,10 @@ struct Cli {
     /// Connect to the balancer with TLS, verifying it with this CA (PEM).
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Read at this consistency level: stale, session, linearizable or
+    /// bounded:MS [default: the balancer's].
+    #[arg(long, value_name = "LEVEL")]
+    consistency: Option<semikv_client::Consistency>,
 }
 
 /// Columns of the progress line: one short of 80, so that a terminal that
@@ -164,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls: semikv_cli::credentials::tls(cli.tls_ca.as_deref())?,
             request_timeout: Duration::from_millis(cli.timeout_ms),
             max_in_flight: usize::try_from(cli.pipeline).unwrap_or(usize::MAX).max(1),
+            consistency: cli.consistency,
             ..ClientConfig::default()
         },
     };
@@ -185,12 +190,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         runtime.block_on(bench::run(config))?
     };
+    let level = cli
+        .consistency
+        .map_or_else(|| "default".to_string(), |l| l.to_string());
     let text = if cli.json {
-        serde_json::to_string_pretty(&report.to_json()).context("cannot render JSON")?
+        let mut json = report.to_json();
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("consistency".to_string(), serde_json::json!(level));
+        }
+        serde_json::to_string_pretty(&json).context("cannot render JSON")?
     } else if cli.failover {
         format!("{}\n{}", report.availability(), report.to_text())
     } else {
-        report.to_text()
+        format!("{}\nreads: {level}", report.to_text())
     };
     // Not println!: it panics when stdout is a pipe whose reader has gone
     // (`semikv-bench ... | head -1`).
