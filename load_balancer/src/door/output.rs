@@ -20,6 +20,7 @@ use crate::router::Window;
 pub fn reply_bytes(reply: &Reply) -> usize {
     const PER_REPLY: usize = 32;
     match reply {
+        Reply::Read(answer) => reply_bytes(&answer.reply) + 8,
         Reply::Value(Some(value)) => value.len() + PER_REPLY,
         Reply::Outcome(outcome) => outcome.value.as_ref().map_or(0, |v| v.len()) + PER_REPLY,
         Reply::Cluster(status) => status.replicas.len().saturating_mul(256) + PER_REPLY,

@@ -135,6 +135,7 @@ impl Router {
         let timeout = group.config().request_timeout();
         let mut left = attempts;
         let mut redirected = false;
+        let mut leader_retried = false;
         while left > 0 {
             left -= 1;
             let next = first
@@ -175,6 +176,17 @@ impl Router {
                 }
                 Ok(reply) => return reply,
                 Err(ConnError::TooLarge(reason)) => return too_large(reason),
+                Err(e) if target == Target::Leader && !leader_retried => {
+                    // A leader-only read has nowhere else to go: a link that
+                    // broke or was slow says little (try the leader again);
+                    // one the leader refused says it is gone (wait for the
+                    // next, not this one).
+                    debug!(slot, error = %e, "leader-only read failed; trying the leader again");
+                    group.kick();
+                    leader_retried = true;
+                    tried = e.never_sent().then_some(slot);
+                    left += 1;
+                }
                 Err(e) => {
                     debug!(slot, error = %e, "read failed; retrying elsewhere");
                     group.kick();

@@ -455,6 +455,12 @@ fn answer(
                     .read_from(group, op, target, Some(replica), None, 2)
                     .await
             }
+            // A leader-only read is tried at the leader again: a link that
+            // failed says little, and `read_from` skips a leader that is
+            // gone or no longer leads.
+            Route::RetryAfter(_) if target == Target::Leader => {
+                router.read_from(group, op, target, None, None, 1).await
+            }
             Route::RetryAfter(failed) => router.read_from(group, op, target, None, failed, 1).await,
         };
         seen.note(&reply);

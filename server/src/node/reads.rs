@@ -51,6 +51,14 @@ impl Node {
         self.applied
     }
 
+    /// Whether this replica leads now: it has applied every position it
+    /// acknowledged, so a read of a session's position waits for it (its
+    /// first commit after a promotion) rather than sending the read
+    /// elsewhere.
+    pub fn leads(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
     /// Starts a linearizable read on the leader: takes the commit index as
     /// the read index and asks the follower streams for a new round of
     /// confirmation. `Ok(None)` while a new leader has not yet committed an

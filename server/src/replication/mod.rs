@@ -206,6 +206,9 @@ async fn stream_to(
     lead_check.mark_changed();
     let ship = async {
         let mut sent_commit = LogIndex(0);
+        // When an idle stream gets its heartbeat: HEARTBEAT after the last
+        // batch, whatever else (a leadership check) was sent since.
+        let mut heartbeat_at = tokio::time::Instant::now() + HEARTBEAT;
         loop {
             progress.borrow_and_update();
             loop {
@@ -235,6 +238,7 @@ async fn stream_to(
                 )
                 .await
                 .map_err(|_| ReplicationError::Timeout)??;
+                heartbeat_at = tokio::time::Instant::now() + HEARTBEAT;
                 if last_batch {
                     break;
                 }
@@ -248,7 +252,7 @@ async fn stream_to(
                         return Ok(());
                     }
                 }
-                () = tokio::time::sleep(HEARTBEAT) => {
+                () = tokio::time::sleep_until(heartbeat_at) => {
                     // Force a heartbeat on the next round.
                     sent_commit = LogIndex(u64::MAX);
                 }
@@ -594,10 +598,14 @@ async fn follow_once(
             )
             .await
             .map_err(|_| ReplicationError::Timeout)??;
+            // The next ack goes HEARTBEAT after this one at the latest,
+            // whatever confirmations go in between.
+            let heartbeat = tokio::time::sleep(HEARTBEAT);
+            tokio::pin!(heartbeat);
             loop {
                 tokio::select! {
                     changed = durable.changed() => if changed.is_err() { return Ok::<(), ReplicationError>(()) } else { break },
-                    () = tokio::time::sleep(HEARTBEAT) => break,
+                    () = &mut heartbeat => break,
                     changed = confirm_rx.changed() => {
                         if changed.is_err() {
                             return Ok(());

@@ -483,8 +483,10 @@ async fn read(replica: &Replica, op: &Op) -> Reply {
     let position_deadline = now + SESSION_WAIT;
     loop {
         progress.borrow_and_update();
-        // Until when to wait for progress if the read cannot be answered.
+        // Until when to wait for progress if the read cannot be answered,
+        // and whether it waits for its position (then `Behind` once over).
         let mut wait_until = deadline;
+        let mut behind = false;
         let answer = {
             let node = replica.lock();
             if let Err(refused) = node.check_serving() {
@@ -492,14 +494,25 @@ async fn read(replica: &Replica, op: &Op) -> Reply {
             }
             if let Op::Read(read) = op {
                 let applied = node.applied_index();
+                // A leader has applied every position it acknowledged, or
+                // will once its promotion commits: it waits as for any read
+                // (a position still ahead after that was never
+                // acknowledged by this cluster). A follower waits briefly,
+                // then sends the read to the leader.
+                let limit = if node.leads() {
+                    deadline
+                } else {
+                    position_deadline
+                };
                 if applied < read.after {
-                    if tokio::time::Instant::now() >= position_deadline {
+                    if tokio::time::Instant::now() >= limit {
                         return Reply::Error(ErrorReply::Behind {
                             applied,
                             wanted: read.after,
                         });
                     }
-                    wait_until = position_deadline;
+                    wait_until = limit;
+                    behind = true;
                 }
             }
             read_reply(&node, op)
@@ -510,7 +523,7 @@ async fn read(replica: &Replica, op: &Op) -> Reply {
         match tokio::time::timeout_at(wait_until, progress.changed()).await {
             Ok(Ok(())) => {}
             // The position's wait is over: the next turn says `Behind`.
-            Err(_) if wait_until < deadline => {}
+            Err(_) if behind => {}
             _ => {
                 return Reply::Error(ErrorReply::Unavailable {
                     retry_after_ms: 100,

@@ -466,3 +466,32 @@ async fn pipelined_commands_are_evaluated_in_order_and_answered_with_outcomes() 
     ping_is_next(&mut c).await;
     assert_eq!(h.waiting(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_holds_a_session_read_until_its_first_commit() {
+    let h = Harness::start().await;
+    h.hold_durability();
+    h.promote(1, LONE);
+    let mut c = connect(h.addr, Role::Client).await;
+    let read = Op::Read(semikv_protocol::Read {
+        op: Box::new(Op::Get {
+            key: Bytes::from_static(b"k"),
+        }),
+        level: Some(semikv_protocol::Consistency::Session),
+        after: LogIndex(1),
+    });
+    send_all(&mut c, vec![request(1, read)]).await;
+    // Well past what a follower waits for a position before it says
+    // `Behind`: a leader has applied every position it acknowledged, or
+    // will once its promotion commits, so it holds the read instead.
+    tokio::time::sleep(SESSION_WAIT * 3).await;
+    h.release_durability();
+    let reply = responses(&mut c, 1).await.remove(0).reply;
+    assert_eq!(
+        reply,
+        Reply::Read(semikv_protocol::ReadAnswer {
+            reply: Box::new(Reply::Value(None)),
+            index: LogIndex(1),
+        })
+    );
+}

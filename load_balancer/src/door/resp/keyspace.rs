@@ -94,12 +94,14 @@ pub fn page(page: KeyPage) -> Resp {
 
 /// Runs `KEYS pattern`: scans every page through `router` and answers the
 /// matching keys, or an error, without holding more than `max_bytes` of
-/// keys (past that, `SCAN` is the way).
+/// keys (past that, `SCAN` is the way). Every page is read at `level` (the
+/// balancer's default if `None`) after the connection's position `seen`.
 pub async fn keys(
     router: &Router,
     pattern: Bytes,
     max_bytes: usize,
     level: Option<semikv_protocol::Consistency>,
+    seen: semikv_protocol::LogIndex,
 ) -> Resp {
     let level = level.unwrap_or(router.default_consistency());
     let pattern = if pattern.as_ref() == b"*" {
@@ -119,10 +121,7 @@ pub async fn keys(
         if let Err(reason) = scan.validate() {
             return Resp::err(reason);
         }
-        let page = match router
-            .handle_at(Op::Scan(scan), level, semikv_protocol::LogIndex(0))
-            .await
-        {
+        let page = match router.handle_at(Op::Scan(scan), level, seen).await {
             Reply::Keys(page) => page,
             Reply::Error(e) => return error(&e),
             other => return Resp::err(format!("unexpected reply {other:?}")),

@@ -320,6 +320,7 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
                 &mut pending,
                 &mut next_tag,
                 &mut whole,
+                session.seen(),
             )
             .await;
             if whole {
@@ -401,6 +402,7 @@ async fn take_commands(
     pending: &mut VecDeque<(Tag, Op)>,
     next_tag: &mut u64,
     whole: &mut bool,
+    seen: semikv_protocol::LogIndex,
 ) -> Taken {
     loop {
         // Stop at the command bound: the rest stays in the buffer until
@@ -446,7 +448,7 @@ async fn take_commands(
                     Some(refusal) => command::error(&refusal),
                     None => {
                         let max = shared.config.max_client_output;
-                        keyspace::keys(&shared.router, pattern, max, conn.consistency).await
+                        keyspace::keys(&shared.router, pattern, max, conn.consistency, seen).await
                     }
                 };
                 Out::Ready {

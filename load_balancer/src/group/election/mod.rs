@@ -345,12 +345,21 @@ impl Engine {
                 vec![self.check(slots, false)]
             }
             Event::Checked { answers, full } => {
+                // Whether the leader's status is from this round: only then
+                // was its commit index reached by the round's ask.
+                let leader_answered = self.table.leader().is_some_and(|l| {
+                    answers.iter().any(|(slot, answer)| {
+                        *slot == l.slot
+                            && matches!(answer, Ok(Reply::Node(_) | Reply::NodeReport(_)))
+                    })
+                });
                 let mut commands: Vec<Command> = answers
                     .into_iter()
                     .filter_map(|(slot, answer)| self.record_check(slot, answer))
                     .collect();
-                if full {
-                    // Who keeps up with the leader, for the read rotation.
+                if full && leader_answered {
+                    // Who keeps up with the leader, for the read rotation,
+                    // and how far behind in time.
                     self.table.note_round(self.round_asked.unwrap_or(now));
                 }
                 commands.extend(self.act(full, now));

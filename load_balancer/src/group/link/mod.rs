@@ -504,8 +504,13 @@ impl ReplicaLink {
                     match next {
                         Some(Ok(Message::Response(resp))) => {
                             // A command's outcome can carry a value too
-                            // (GETDEL, SET ... GET, GETEX).
-                            let value = match &resp.reply {
+                            // (GETDEL, SET ... GET, GETEX), and a read at a
+                            // level carries its reply inside.
+                            let reply = match &resp.reply {
+                                Reply::Read(answer) => answer.reply.as_ref(),
+                                reply => reply,
+                            };
+                            let value = match reply {
                                 Reply::Value(Some(value)) => Some(value),
                                 Reply::Outcome(outcome) => outcome.value.as_ref(),
                                 _ => None,

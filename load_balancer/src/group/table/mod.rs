@@ -353,7 +353,14 @@ impl Table {
             while inner.leader_commits.len() > CATCH_UP_ROUNDS {
                 inner.leader_commits.pop_front();
             }
-            inner.commit_times.push_back((asked, commit));
+            // A new leader may report less than its predecessor did (its
+            // recovered commit index lags until its first commit): what
+            // was committed stays committed, so the bar never goes down.
+            let bar = inner
+                .commit_times
+                .back()
+                .map_or(commit, |&(_, last)| last.max(commit));
+            inner.commit_times.push_back((asked, bar));
             while inner.commit_times.len() > LAG_ROUNDS {
                 inner.commit_times.pop_front();
             }

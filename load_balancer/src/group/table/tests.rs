@@ -316,3 +316,42 @@ fn a_follower_last_seen_at_another_epoch_gets_no_reads() {
     t.record_ok(1, status(2, NodeRole::Follower, 1, 10));
     assert_eq!(readers(&t), vec![2]);
 }
+
+#[test]
+fn a_followers_lag_is_the_age_of_the_newest_round_it_has_applied() {
+    let t = table3();
+    let t0 = std::time::Instant::now();
+    let ms = Duration::from_millis;
+    let lead = |t: &Table, slot: usize, id: u32, epoch: u64, commit: u64| {
+        t.record_ok(slot, status(id, NodeRole::Leader, epoch, commit));
+        t.set_leader(Some(Leader {
+            slot,
+            epoch: Epoch::from_raw(epoch.into()),
+        }));
+    };
+    lead(&t, 0, 1, 1, 10);
+    t.record_ok(1, status(2, NodeRole::Follower, 1, 10));
+    t.note_round(t0);
+    assert_eq!(t.lag_ms(0, t0 + ms(50)), Some(0), "the leader");
+    assert_eq!(t.lag_ms(1, t0 + ms(50)), Some(50));
+    assert_eq!(t.lag_ms(2, t0 + ms(50)), None, "never reported");
+
+    // The leader moves on; the follower does not.
+    lead(&t, 0, 1, 1, 20);
+    t.note_round(t0 + ms(100));
+    assert_eq!(t.lag_ms(1, t0 + ms(150)), Some(150));
+    assert_eq!(
+        t.next_fresh_reader(ms(120), t0 + ms(150), Some(0)),
+        None,
+        "too far behind for a 120 ms bound"
+    );
+    assert_eq!(t.next_fresh_reader(ms(200), t0 + ms(150), Some(0)), Some(1));
+
+    // A new leader reports less than its predecessor had committed: the
+    // follower that holds 15 is no fresher for it.
+    lead(&t, 2, 3, 2, 15);
+    t.record_ok(1, status(2, NodeRole::Follower, 2, 15));
+    t.note_round(t0 + ms(200));
+    assert_eq!(t.lag_ms(1, t0 + ms(250)), Some(250));
+    assert_eq!(t.lag_ms(2, t0 + ms(250)), Some(0));
+}
