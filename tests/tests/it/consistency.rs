@@ -96,6 +96,24 @@ struct Seen {
     reads: usize,
 }
 
+/// Sends `op` (which does `action` on `key`) through `c` as client `w`, and
+/// records it as a history event.
+async fn timed(c: &mut Client, w: usize, key: &Bytes, op: Op, action: Action) -> Event {
+    let start = Instant::now();
+    let reply = c.request(op).await.unwrap();
+    let end = Instant::now();
+    let (action, outcome, detail) = classify(action, reply);
+    Event {
+        client: w,
+        key: key.clone(),
+        action,
+        start,
+        end,
+        outcome,
+        detail,
+    }
+}
+
 /// `WRITERS` connections to `addr`, each writing its own key `ROUNDS` times
 /// and reading it back right after each acknowledgement, at `level` (`None`:
 /// a plain get, at the balancer's default).
@@ -108,45 +126,28 @@ async fn write_then_read(addr: SocketAddr, prefix: &str, level: Option<Consisten
             let mut seen = Seen::default();
             for n in 0..ROUNDS {
                 let value = Bytes::from(format!("{w}-{n}"));
-                let start = Instant::now();
-                let reply = c.set(key.clone(), value.clone()).await.unwrap();
-                let end = Instant::now();
-                let (action, outcome, detail) = classify(Action::Set(value.clone()), reply);
-                seen.history.push(Event {
-                    client: w,
+                let set = Op::Set {
                     key: key.clone(),
-                    action,
-                    start,
-                    end,
-                    outcome,
-                    detail,
-                });
-                if outcome != Outcome::Ok {
+                    value: value.clone(),
+                };
+                let written = timed(&mut c, w, &key, set, Action::Set(value.clone())).await;
+                let acked = written.outcome == Outcome::Ok;
+                seen.history.push(written);
+                if !acked {
                     continue;
                 }
                 let op = match level {
                     Some(level) => read(&key, level, LogIndex(0)),
                     None => Op::Get { key: key.clone() },
                 };
-                let start = Instant::now();
-                let reply = c.request(op).await.unwrap();
-                let end = Instant::now();
-                let (action, outcome, detail) = classify(Action::Get(None), reply);
-                if let (Outcome::Ok, Action::Get(got)) = (outcome, &action) {
+                let got = timed(&mut c, w, &key, op, Action::Get(None)).await;
+                if let (Outcome::Ok, Action::Get(got)) = (got.outcome, &got.action) {
                     seen.reads += 1;
                     if got.as_ref() != Some(&value) {
                         seen.older += 1;
                     }
                 }
-                seen.history.push(Event {
-                    client: w,
-                    key: key.clone(),
-                    action,
-                    start,
-                    end,
-                    outcome,
-                    detail,
-                });
+                seen.history.push(got);
             }
             seen
         }));
