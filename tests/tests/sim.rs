@@ -57,14 +57,18 @@ fn seeds_keep_every_guarantee() {
                 if soak {
                     println!(
                         "seed {seed} {} replicas={} balancers={} simulated_s={:.3} wall_s={:.1} \
-                         acked={} violations={}",
+                         acked={} linear_reads={} violations={}",
                         if verdict.is_ok() { "ok" } else { "FAIL" },
                         verdict.scenario.replicas,
                         verdict.scenario.balancers,
                         verdict.simulated.as_secs_f64(),
                         seed_started.elapsed().as_secs_f64(),
                         verdict.report.writes_acked,
-                        verdict.violations.len() + verdict.report.violations.len(),
+                        verdict.linear_reads,
+                        verdict.violations.len()
+                            + verdict.report.violations.len()
+                            + verdict.linear.violations.len()
+                            + verdict.linear.undecided.len(),
                     );
                 }
                 if !verdict.is_ok() {
@@ -86,13 +90,15 @@ fn seeds_keep_every_guarantee() {
     failures.sort_by_key(|(seed, _)| *seed);
     println!(
         "{} seeds in {:.1} s ({:.0} seeds/min): {:.2} simulated hours, {} operations \
-         ({} writes acknowledged), faults {:?}, slowest recovery {:?}, failing seeds {:?}",
+         ({} writes acknowledged, {} linearizable reads checked), faults {:?}, slowest \
+         recovery {:?}, failing seeds {:?}",
         totals.seeds,
         wall.as_secs_f64(),
         totals.seeds as f64 / wall.as_secs_f64() * 60.0,
         totals.simulated.as_secs_f64() / 3600.0,
         totals.ops,
         totals.acked,
+        totals.linear_reads,
         totals.faults,
         totals.slowest_recovery,
         failures.iter().map(|(seed, _)| *seed).collect::<Vec<_>>(),
@@ -108,6 +114,7 @@ struct Totals {
     simulated: Duration,
     ops: usize,
     acked: usize,
+    linear_reads: usize,
     faults: BTreeMap<&'static str, u64>,
     slowest_recovery: Duration,
 }
@@ -118,6 +125,7 @@ impl Totals {
         self.simulated += v.simulated;
         self.ops += v.report.ops;
         self.acked += v.report.writes_acked;
+        self.linear_reads += v.linear_reads;
         for (kind, n) in &v.faults {
             *self.faults.entry(kind).or_default() += n;
         }

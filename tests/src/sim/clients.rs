@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use semikv_protocol::net::Net;
-use semikv_protocol::{Command, Cond, Hello, NodeRole, Op, Reply, Role, TtlChange};
+use semikv_protocol::{
+    Command, Cond, Consistency, Hello, LogIndex, NodeRole, Op, Read, Reply, Role, TtlChange,
+};
 
 use crate::checker::{Action, Event, Outcome};
 use crate::client::Client;
@@ -86,7 +88,8 @@ pub struct Findings {
 pub type Shared = Rc<RefCell<Findings>>;
 
 /// A workload worker: gets, sets of unique values, deletes through
-/// `balancer` until `until` (simulated time since the start).
+/// `balancer` until `until` (simulated time since the start). Odd workers
+/// read `linearizable`, even ones at the balancer's default (`session`).
 pub async fn worker(
     id: usize,
     balancer: String,
@@ -126,6 +129,12 @@ pub async fn worker(
         };
         let op = if evaluated {
             evaluated_request(&key, &action)
+        } else if linearizable_reader(id) && matches!(action, Action::Get(_)) {
+            Op::Read(Read {
+                op: Box::new(request_for(&key, &action)),
+                level: Some(Consistency::Linearizable),
+                after: LogIndex(0),
+            })
         } else {
             request_for(&key, &action)
         };
@@ -164,6 +173,21 @@ pub async fn worker(
     }
     findings.borrow_mut().running -= 1;
     Ok(())
+}
+
+/// Whether worker `id` reads `linearizable`.
+fn linearizable_reader(id: usize) -> bool {
+    id % 2 == 1
+}
+
+/// The part of `history` that must be linearizable: every write, and the
+/// reads of the workers that read `linearizable`.
+pub fn linearizable_part(history: &[Event]) -> Vec<Event> {
+    history
+        .iter()
+        .filter(|e| !matches!(e.action, Action::Get(_)) || linearizable_reader(e.client))
+        .cloned()
+        .collect()
 }
 
 /// The evaluated form of a write: `SET key value NX` for a set, `DEL key`

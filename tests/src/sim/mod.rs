@@ -76,6 +76,11 @@ pub struct Verdict {
     /// The history checker's report (empty when the final check did not
     /// finish).
     pub report: checker::Report,
+    /// The linearizability check of the linearizable reads (the odd
+    /// workers') against every write.
+    pub linear: checker::linear::LinearReport,
+    /// Linearizable reads answered with a value (checked by `linear`).
+    pub linear_reads: usize,
     /// Every invariant broken, in words (history violations are in
     /// `report`).
     pub violations: Vec<String>,
@@ -108,7 +113,7 @@ pub struct Verdict {
 impl Verdict {
     /// Whether every check passed.
     pub fn is_ok(&self) -> bool {
-        self.report.is_ok() && self.violations.is_empty()
+        self.report.is_ok() && self.linear.is_ok() && self.violations.is_empty()
     }
 
     /// The verdict in words: the scenario, what broke, and how to replay.
@@ -139,6 +144,10 @@ impl Verdict {
         }
         if !self.report.is_ok() {
             let _ = writeln!(out, "{}", self.report.explain(&self.history));
+        }
+        if !self.linear.is_ok() {
+            let linearizable = clients::linearizable_part(&self.history);
+            let _ = writeln!(out, "{}", self.linear.explain(&linearizable));
         }
         for (addr, report) in &self.per_replica {
             match report {
@@ -224,6 +233,14 @@ pub fn run(seed: u64, options: &Options) -> Verdict {
             hosts.join(", ")
         ));
     }
+    let linearizable = clients::linearizable_part(&findings.history);
+    let linear = checker::linear::check_linearizable(&linearizable);
+    let linear_reads = linearizable
+        .iter()
+        .filter(|e| {
+            matches!(e.action, checker::Action::Get(_)) && e.outcome == checker::Outcome::Ok
+        })
+        .count();
     let report = if findings.checked {
         checker::check(&findings.history, &findings.final_state)
     } else {
@@ -239,6 +256,8 @@ pub fn run(seed: u64, options: &Options) -> Verdict {
     Verdict {
         scenario,
         report,
+        linear,
+        linear_reads,
         violations,
         trace_hash: trace.hash(),
         events: trace.events,
