@@ -53,17 +53,15 @@ impl Token {
 /// `level` (`None`: the balancer's default) after `token`, anything else as
 /// it is; and whether it was wrapped.
 pub(crate) fn wrap(op: Op, level: Option<Consistency>, token: LogIndex) -> (Op, bool) {
-    match op {
-        Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize => (
-            Op::Read(Read {
-                op: Box::new(op),
-                level,
-                after: token,
-            }),
-            true,
-        ),
-        op => (op, false),
+    if !op.is_read() {
+        return (op, false);
     }
+    let read = Read {
+        op: Box::new(op),
+        level,
+        after: token,
+    };
+    (Op::Read(read), true)
 }
 
 /// The reply to a read the session wrapped, unwrapped; any other as it is.

@@ -32,10 +32,7 @@ pub struct ReadPlan {
 
 /// Whether `op` is a read the router plans (a consistent `Read` included).
 pub fn is_read(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize | Op::Read(_)
-    )
+    op.is_read() || matches!(op, Op::Read(_))
 }
 
 /// Plans the read `op` (see [`is_read`]): a plain one at `default`, a

@@ -99,9 +99,7 @@ impl Read {
     /// A human-readable reason, to send back as `Invalid`.
     pub fn validate(&self, max_value_len: usize) -> Result<(), String> {
         match &*self.op {
-            Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize => {
-                self.op.validate(max_value_len)
-            }
+            op if op.is_read() => op.validate(max_value_len),
             other => Err(format!(
                 "a consistent read wraps get, ttl, scan or dbsize, not {}",
                 other.name()

@@ -105,6 +105,15 @@ impl Op {
         matches!(self, Op::Promote(_) | Op::Follow(_) | Op::Fence(_))
     }
 
+    /// Whether this op is a plain read (get, ttl, scan, dbsize): what a
+    /// [`Op::Read`] may wrap.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize
+        )
+    }
+
     /// Whether this op changes data (and so must go to the leader).
     pub fn is_write(&self) -> bool {
         matches!(self, Op::Set { .. } | Op::Delete { .. } | Op::Command(_))

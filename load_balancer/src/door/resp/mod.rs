@@ -511,15 +511,13 @@ async fn take_commands(
 /// [`Op::Read`] when the connection chose one (`CLIENT CONSISTENCY`), so
 /// that a level set later does not reach reads already taken.
 fn at_level(op: Op, level: Option<semikv_protocol::Consistency>) -> Op {
-    match (level, op) {
-        (Some(level), op @ (Op::Get { .. } | Op::Ttl { .. } | Op::Scan(_) | Op::DbSize)) => {
-            Op::Read(semikv_protocol::Read {
-                op: Box::new(op),
-                level: Some(level),
-                after: semikv_protocol::LogIndex(0),
-            })
-        }
-        (_, op) => op,
+    match level {
+        Some(level) if op.is_read() => Op::Read(semikv_protocol::Read {
+            op: Box::new(op),
+            level: Some(level),
+            after: semikv_protocol::LogIndex(0),
+        }),
+        _ => op,
     }
 }
 
