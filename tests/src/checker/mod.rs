@@ -42,6 +42,8 @@ pub mod linear;
 mod report;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;

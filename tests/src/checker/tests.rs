@@ -1,48 +1,16 @@
 //! The checker on hand-built histories: one test per violation it must
 //! catch, and the histories it must accept.
 
-use std::time::Duration;
-
 use super::*;
 
-/// Builds histories on a millisecond timeline.
-struct H {
-    t0: Instant,
-    events: Vec<Event>,
+use super::timeline::{b, Timeline as H};
+
+/// The checker's verdict on a history under construction.
+trait Verdict {
+    fn check(&self, fin: &[(&str, Option<&str>)]) -> Report;
 }
 
-impl H {
-    fn new() -> H {
-        H {
-            t0: Instant::now(),
-            events: Vec::new(),
-        }
-    }
-
-    fn op(&mut self, key: &str, action: Action, start: u64, end: u64, outcome: Outcome) {
-        self.events.push(Event {
-            client: 0,
-            key: Bytes::from(key.to_string()),
-            action,
-            start: self.t0 + Duration::from_millis(start),
-            end: self.t0 + Duration::from_millis(end),
-            outcome,
-            detail: String::new(),
-        });
-    }
-
-    fn set(&mut self, key: &str, v: &str, start: u64, end: u64, outcome: Outcome) {
-        self.op(key, Action::Set(b(v)), start, end, outcome);
-    }
-
-    fn del(&mut self, key: &str, start: u64, end: u64, outcome: Outcome) {
-        self.op(key, Action::Delete, start, end, outcome);
-    }
-
-    fn get(&mut self, key: &str, v: Option<&str>, start: u64, end: u64) {
-        self.op(key, Action::Get(v.map(b)), start, end, Outcome::Ok);
-    }
-
+impl Verdict for H {
     fn check(&self, fin: &[(&str, Option<&str>)]) -> Report {
         let fin = fin
             .iter()
@@ -50,10 +18,6 @@ impl H {
             .collect::<BTreeMap<_, _>>();
         check(&self.events, &fin)
     }
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::from(s.to_string())
 }
 
 use Outcome::{Failed, Ok as Acked, Unknown};

@@ -3,52 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use super::*;
 
 use Outcome::{Failed, Ok as Acked, Unknown};
 
-/// Builds histories on a millisecond timeline.
-struct H {
-    t0: Instant,
-    events: Vec<Event>,
+use crate::checker::timeline::{b, Timeline as H};
+
+/// The linearizability verdicts of a history under construction.
+trait Verdicts {
+    fn check(&self) -> LinearReport;
+    fn assert_blames(&self, op: usize) -> LinearReport;
+    fn assert_ok(&self) -> LinearReport;
 }
 
-impl H {
-    fn new() -> H {
-        H {
-            t0: Instant::now(),
-            events: Vec::new(),
-        }
-    }
-
-    /// Adds an operation and returns its index.
-    fn op(&mut self, key: &str, action: Action, start: u64, end: u64, outcome: Outcome) -> usize {
-        self.events.push(Event {
-            client: self.events.len(),
-            key: b(key),
-            action,
-            start: self.t0 + Duration::from_millis(start),
-            end: self.t0 + Duration::from_millis(end),
-            outcome,
-            detail: String::new(),
-        });
-        self.events.len() - 1
-    }
-
-    fn set(&mut self, key: &str, v: &str, start: u64, end: u64, outcome: Outcome) -> usize {
-        self.op(key, Action::Set(b(v)), start, end, outcome)
-    }
-
-    fn del(&mut self, key: &str, start: u64, end: u64, outcome: Outcome) -> usize {
-        self.op(key, Action::Delete, start, end, outcome)
-    }
-
-    fn get(&mut self, key: &str, v: Option<&str>, start: u64, end: u64) -> usize {
-        self.op(key, Action::Get(v.map(b)), start, end, Acked)
-    }
-
+impl Verdicts for H {
     fn check(&self) -> LinearReport {
         check_linearizable(&self.events)
     }
@@ -70,10 +38,6 @@ impl H {
         assert!(r.is_ok(), "{}", r.explain(&self.events));
         r
     }
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::from(s.to_string())
 }
 
 /// A 64-bit linear congruential generator (Knuth's MMIX constants):
