@@ -34,7 +34,8 @@ async fn with_users(file: &std::path::Path) -> Cluster {
         .await
         .unwrap();
     cluster.log_in_as("root", "root-pw");
-    cluster.wait_steady(CONVERGE).await.unwrap();
+    let r = cluster.wait_steady(CONVERGE).await;
+    cluster.explain(r).unwrap();
     cluster
 }
 
@@ -71,6 +72,8 @@ async fn only_users_get_in_and_each_does_what_its_role_allows() {
     let mut alice = Client::login(addr, "alice", "alice-pw").await.unwrap();
     let r = alice.set_until_acked("k", "v", CONVERGE).await;
     cluster.explain(r).unwrap();
+    let r = cluster.wait_steady(CONVERGE).await;
+    cluster.explain(r).unwrap();
     let mut bob = Client::login(addr, "bob", "bob-pw").await.unwrap();
     assert_eq!(
         value(&bob.get("k").await.unwrap()).unwrap().as_deref(),
@@ -89,6 +92,9 @@ async fn only_users_get_in_and_each_does_what_its_role_allows() {
     let mut root = Client::login(addr, "root", "root-pw").await.unwrap();
     let r = root.set_until_acked("k", "root", CONVERGE).await;
     cluster.explain(r).unwrap();
+    // Reads are per connection (`session`) by default: bob, on his own,
+    // sees root's write once every replica has it.
+    cluster.wait_steady(CONVERGE).await.unwrap();
     assert_eq!(
         value(&bob.get("k").await.unwrap()).unwrap().as_deref(),
         Some(&b"root"[..])
