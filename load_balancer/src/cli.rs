@@ -11,6 +11,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use semikv_protocol::auth::ClusterSecret;
+use semikv_protocol::process::LogFormat;
 
 use crate::users::Users;
 use semikv_protocol::{MAX_SYNC_REPLICAS, MAX_SYNC_TIMEOUT_MS};
@@ -59,9 +60,17 @@ pub struct Args {
     /// address, e.g. 127.0.0.1:6379 (port 0: any free port) [default: off].
     #[arg(long, value_name = "ADDR", value_parser = host_port)]
     pub resp: Option<String>,
+    /// Also serve HTTP on this address: the key-value API (`/v1/kv/KEY`),
+    /// `/v1/status`, `/healthz`, `/readyz` and Prometheus `/metrics`
+    /// (port 0: any free port) [default: off].
+    #[arg(long, value_name = "ADDR", value_parser = host_port)]
+    pub http: Option<String>,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Once listening, write the bound addresses here (atomically): the
     /// semikv door's on the first line, then `resp ADDR` when `--resp` is
-    /// given.
+    /// given and `http ADDR` when `--http` is.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
     /// Client connections held open at once; more are refused [default:
@@ -165,7 +174,10 @@ impl Args {
     pub fn check_protected(&self) -> Result<(), String> {
         use std::net::ToSocketAddrs;
         let mut addrs = Vec::new();
-        for listen in std::iter::once(&self.listen).chain(self.resp.as_ref()) {
+        let doors = std::iter::once(&self.listen)
+            .chain(self.resp.as_ref())
+            .chain(self.http.as_ref());
+        for listen in doors {
             addrs.extend(
                 listen
                     .to_socket_addrs()
@@ -210,7 +222,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    semikv_protocol::process::init_tracing();
+    semikv_protocol::process::init_tracing_as(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -250,6 +262,18 @@ async fn serve(args: Args, tls: Option<Arc<semikv_protocol::tls::Tls>>) -> anyho
         }
         None => None,
     };
+    let http = match &args.http {
+        Some(http_addr) => {
+            let http = TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP clients on {http_addr}"))?;
+            let bound = http.local_addr().context("no local address")?;
+            info!(addr = %bound, "HTTP door bound");
+            ready.push_str(&format!("\nhttp {bound}"));
+            Some(http.into())
+        }
+        None => None,
+    };
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &ready)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
@@ -262,6 +286,7 @@ async fn serve(args: Args, tls: Option<Arc<semikv_protocol::tls::Tls>>) -> anyho
     let doors = crate::Doors {
         semikv: listener.into(),
         resp,
+        http,
     };
     crate::run_doors(config, doors, shutdown).await
 }

@@ -64,6 +64,9 @@ pub struct Config {
     /// `--read-consistency`: the level of reads that name none (a client
     /// connection may choose its own).
     pub read_consistency: semikv_protocol::Consistency,
+    /// What the balancer counts (`/metrics` with `--http`): shared by
+    /// everything that holds this configuration.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Default [`Config::max_client_output`]: room for a pipeline of 32 reads
@@ -93,6 +96,7 @@ impl Config {
             tls: None,
             net: semikv_protocol::net::Net::Tokio,
             read_consistency: semikv_protocol::Consistency::Session,
+            metrics: std::sync::Arc::default(),
         };
         config.derive_waits();
         config

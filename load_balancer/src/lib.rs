@@ -4,8 +4,8 @@
 //! keeps no state on disk: the replicas hold the epochs.
 //!
 //! Three layers, joined by the transport-neutral types of [`request`]:
-//! [`door`]s speak to clients (the semikv protocol, and Redis's with
-//! `--resp`), the [`router`]
+//! [`door`]s speak to clients (the semikv protocol, Redis's with `--resp`,
+//! HTTP with `--http`), the [`router`]
 //! maps each request to a replica group and a replica, and each
 //! [`group::ReplicaGroup`] holds its replicas' table, links and election.
 //! [`cli`] is the command line.
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod door;
 pub mod group;
+pub mod metrics;
 pub mod request;
 pub mod router;
 pub mod users;
@@ -41,6 +42,9 @@ pub struct Doors {
     pub semikv: Listener,
     /// The Redis protocol's, if asked for (`--resp`).
     pub resp: Option<Listener>,
+    /// HTTP's (the key-value API, status, health, metrics), if asked for
+    /// (`--http`).
+    pub http: Option<Listener>,
 }
 
 /// Runs the balancer on `listener` (the semikv door only) until `shutdown`
@@ -56,6 +60,7 @@ pub async fn run(
     let doors = Doors {
         semikv: listener.into(),
         resp: None,
+        http: None,
     };
     run_doors(config, doors, shutdown).await
 }
@@ -103,6 +108,18 @@ pub async fn run_doors(
             router.clone(),
             config.clone(),
             budget.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+    if let Some(http) = doors.http {
+        if let Ok(addr) = http.local_addr() {
+            info!(addr = %addr, "HTTP door listening");
+        }
+        tasks.spawn(door::http::run(
+            http,
+            router.clone(),
+            config.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use semikv_protocol::{LogIndex, Op, Reply};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::metrics::Meter;
+
 /// A door's own id for one request of one client connection: the answer
 /// comes back under it. Doors whose clients match answers by position
 /// rather than by id (RESP, HTTP/1.1) number their requests in order and
@@ -74,6 +76,8 @@ pub struct Retry {
     /// The replicas that may answer it now: the leader once a replica was
     /// behind the session's position.
     pub target: Target,
+    /// When it was first sent: its latency counts from there.
+    pub since: tokio::time::Instant,
 }
 
 /// The replicas a read may go to, by its consistency level.
@@ -101,6 +105,8 @@ pub struct ClientPort {
     pub retry: mpsc::Sender<Retry>,
     /// The highest log position the connection has seen in an answer.
     pub seen: Arc<Position>,
+    /// Where its answers are counted.
+    pub meter: Meter,
 }
 
 /// The highest log position a client connection has seen in an answer (a
@@ -129,13 +135,18 @@ impl Position {
 }
 
 impl ClientPort {
-    /// A port delivering to `answers` and retrying through `retry`, having
-    /// seen nothing yet.
-    pub fn new(answers: Arc<dyn AnswerSink>, retry: mpsc::Sender<Retry>) -> ClientPort {
+    /// A port delivering to `answers`, retrying through `retry` and
+    /// counting under `meter`, having seen nothing yet.
+    pub fn new(
+        answers: Arc<dyn AnswerSink>,
+        retry: mpsc::Sender<Retry>,
+        meter: Meter,
+    ) -> ClientPort {
         ClientPort {
             answers,
             retry,
             seen: Arc::default(),
+            meter,
         }
     }
 

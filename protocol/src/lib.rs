@@ -26,7 +26,11 @@ pub mod error;
 pub mod frame;
 pub mod glob;
 pub mod handshake;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod ids;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod message;
 pub mod net;
 pub mod outbox;

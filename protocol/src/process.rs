@@ -67,16 +67,40 @@ pub async fn accept_loop<F, S>(
     }
 }
 
+/// How a process writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and
+    /// fields), for log shippers.
+    Json,
+}
+
 /// Sets up logging to stderr: level info, `RUST_LOG` overrides; colours
 /// only on a terminal. Stdout stays for program output.
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::Text);
+}
+
+/// [`init_tracing`] in `format`.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM (logged). Needs a tokio

@@ -37,7 +37,8 @@ pub struct Args {
     /// WAL fsync policy: always, interval:MS or never.
     #[arg(long, default_value = "always", value_name = "POLICY")]
     pub fsync: FsyncPolicy,
-    /// Write the bound address to FILE once serving.
+    /// Write the bound address to FILE once serving (then `http ADDR` on a
+    /// second line with --http).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// Largest frame accepted, in bytes.
@@ -80,6 +81,14 @@ pub struct Args {
     /// TLS on the listener and to the leader.
     #[command(flatten)]
     pub tls: semikv_protocol::process::TlsArgs,
+    /// Also serve HTTP on this address: `/healthz`, `/readyz`, `/v1/status`
+    /// and Prometheus `/metrics` (no data, no control; port 0: any free
+    /// port) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = semikv_protocol::process::LogFormat::Text)]
+    pub log_format: semikv_protocol::process::LogFormat,
 }
 
 impl Args {
@@ -148,6 +157,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     let asked = args.max_connections;
+    let (http, log_format) = (args.http, args.log_format);
     let (config, listen) = match args.into_config() {
         Ok(described) => described,
         Err(e) => {
@@ -155,8 +165,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
-    match run_main(config, listen, asked) {
+    semikv_protocol::process::init_tracing_as(log_format);
+    match run_main(config, listen, http, asked) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "semikv-server failed");
@@ -166,7 +176,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-fn run_main(mut config: Config, listen: SocketAddr, asked: Option<u64>) -> anyhow::Result<()> {
+fn run_main(
+    mut config: Config,
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    asked: Option<u64>,
+) -> anyhow::Result<()> {
     // Raises the process's open-file limit: done here, at start-up, not
     // when merely turning arguments into a configuration.
     config.max_connections = semikv_protocol::process::connection_limit(asked);
@@ -178,9 +193,20 @@ fn run_main(mut config: Config, listen: SocketAddr, asked: Option<u64>) -> anyho
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let http = match http {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {addr}"))?
+                    .into(),
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         cancel_on_signals(shutdown.clone());
-        crate::run(config, listener, shutdown).await.map(|_| ())
+        crate::run_with_http(config, listener, http, shutdown)
+            .await
+            .map(|_| ())
     })
 }
 

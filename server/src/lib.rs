@@ -10,7 +10,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod expiry;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod replica;
 pub mod replication;
@@ -59,6 +61,20 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(
     config: Config,
     listener: impl Into<Listener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    run_with_http(config, listener, None, shutdown).await
+}
+
+/// [`run`], serving `/healthz`, `/readyz`, `/v1/status` and `/metrics` on
+/// `http` too when given (see [`http`]).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_http(
+    config: Config,
+    listener: impl Into<Listener>,
+    http: Option<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let listener = listener.into();
@@ -129,7 +145,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let stats = Arc::new(WriterStats::default());
+    let stats: Arc<WriterStats> = replica.metrics.writer.clone();
     let writer = Writer::start(replica.clone(), opened.wal, stats.clone())
         .context("starting the WAL writer")?;
 
@@ -140,8 +156,21 @@ pub async fn run(
     tasks.spawn(sweeper::run(replica.clone()));
     tasks.spawn(room::run(replica.clone()));
 
+    let mut ready = addr.to_string();
+    if let Some(http) = http {
+        if let Ok(bound) = http.local_addr() {
+            tracing::info!(addr = %bound, "HTTP listening (health, status, metrics)");
+            ready.push_str(&format!("\nhttp {bound}"));
+        }
+        tasks.spawn(http::run(
+            http,
+            replica.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, &addr.to_string())
+        write_ready_file(path, &ready)
             .with_context(|| format!("writing ready file {}", path.display()))?;
     }
     tracing::info!(replica = %config.id, addr = %addr, "serving");
@@ -153,7 +182,14 @@ pub async fn run(
         &shutdown,
         &tasks,
         "replica",
-        |stream, _peer, reserved| service::serve(replica.clone(), stream, reserved),
+        |stream, _peer, reserved| {
+            let counted = replica.metrics.connection();
+            let serving = service::serve(replica.clone(), stream, reserved);
+            async move {
+                serving.await;
+                drop(counted);
+            }
+        },
     )
     .await;
     drop(listener);
@@ -241,22 +277,32 @@ async fn snapshotter(replica: Arc<Replica>) {
         };
         let dir = replica.config.data_dir.clone();
         let index = job.meta.last_index;
+        let started = tokio::time::Instant::now();
         let written = replica
             .config
             .blocking
-            .run(move || storage::snapshot::write(&dir, &job.meta, &job.store))
+            .run(move || {
+                let path = storage::snapshot::write(&dir, &job.meta, &job.store)?;
+                // Its size for the metrics; unknown is not a failure.
+                Ok::<u64, storage::error::StorageError>(
+                    std::fs::metadata(&path).map_or(0, |m| m.len()),
+                )
+            })
             .await;
         match written {
-            Ok(Ok(_)) => {
-                tracing::info!(index = %index, "snapshot written");
+            Ok(Ok(bytes)) => {
+                tracing::info!(index = %index, bytes, "snapshot written");
+                replica.metrics.snapshot_written(bytes, started.elapsed());
                 replica.with(|n| n.snapshot_done(Some(index)));
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+                replica.metrics.snapshot_failed();
                 replica.with(|n| n.snapshot_done(None));
             }
             Err(e) => {
                 tracing::error!(error = %e, "snapshot task failed");
+                replica.metrics.snapshot_failed();
                 replica.with(|n| n.snapshot_done(None));
             }
         }

@@ -29,6 +29,8 @@ pub struct Replica {
     /// Bytes of large frames the connections accepted may buffer together
     /// while they arrive (see [`semikv_protocol::budget`]).
     pub read_budget: ReadBudget,
+    /// What it counts for `/metrics`.
+    pub metrics: std::sync::Arc<crate::metrics::ReplicaMetrics>,
 }
 
 /// Receivers for the node's signals.
@@ -81,6 +83,7 @@ impl Replica {
             shutdown,
             admin: tokio::sync::Mutex::new(()),
             watch,
+            metrics: std::sync::Arc::default(),
         }
     }
 

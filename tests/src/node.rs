@@ -31,6 +31,8 @@ pub struct Replica {
     pub addr: SocketAddr,
     /// Its `--data-dir`.
     pub data_dir: PathBuf,
+    /// Its HTTP listener's address, when started with `--http`.
+    pub http: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -42,6 +44,8 @@ pub struct Balancer {
     pub addr: SocketAddr,
     /// The RESP door's address, when started with `--resp`.
     pub resp: Option<SocketAddr>,
+    /// The HTTP door's address, when started with `--http`.
+    pub http: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -138,10 +142,12 @@ async fn launch_replica<S: AsRef<OsStr>>(
     cmd.args(secured::replica_args(&given)?);
     let name = format!("replica {id}");
     let (proc, addr) = spawn_ready(&name, cmd, &ready, &with_suffix(data_dir, ".stderr")).await?;
+    let http = door_addr(&ready, "http")?;
     Ok(Replica {
         id,
         addr,
         data_dir: data_dir.to_path_buf(),
+        http,
         proc,
     })
 }
@@ -182,7 +188,13 @@ pub async fn start_balancer_at<S: AsRef<OsStr>>(
     let (proc, addr) = spawn_ready("balancer", cmd, &ready, &dir.join("lb.stderr")).await?;
     secured::balancer_started(addr);
     let resp = door_addr(&ready, "resp")?;
-    Ok(Balancer { addr, resp, proc })
+    let http = door_addr(&ready, "http")?;
+    Ok(Balancer {
+        addr,
+        resp,
+        http,
+        proc,
+    })
 }
 
 /// Spawns `cmd` and waits for it to write `ready`; kills it on failure.

@@ -10,11 +10,12 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use semikv_protocol::json;
 use semikv_protocol::{
     ClusterReport, ClusterStatus, ClusterView, KeyPage, KeyTtl, NodeReport, NodeStatus, Outcome,
     Reply, Resources,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::command::{quote_always, Show};
 
@@ -129,23 +130,6 @@ pub fn ttl(ttl: KeyTtl) -> String {
     }
 }
 
-/// A replica's resources as JSON fields: `disk_full` (the reason, or null),
-/// `memory_used` and `memory_limit` (bytes, or null without a limit); all
-/// null when the replica has not reported them.
-fn resources_json(resources: Option<&Resources>) -> [(&'static str, Value); 3] {
-    [
-        (
-            "disk_full",
-            json!(resources.and_then(|r| r.disk_full.clone())),
-        ),
-        ("memory_used", json!(resources.map(|r| r.memory_used))),
-        (
-            "memory_limit",
-            json!(resources.and_then(|r| r.memory_limit)),
-        ),
-    ]
-}
-
 /// A replica's resources in a table cell: `disk full` while it refuses
 /// writes for lack of disk, then the store's size and limit.
 fn resources_cell(resources: Option<&Resources>) -> String {
@@ -182,7 +166,7 @@ fn bytes(n: u64) -> String {
 /// memory.
 pub fn cluster_report(report: &ClusterReport, style: Style) -> String {
     if style.json || style.one_line {
-        return render_json(&cluster_report_json(report), style);
+        return render_json(&json::cluster_report(report), style);
     }
     cluster_table(&report.status, Some(&report.resources), None)
 }
@@ -192,16 +176,7 @@ pub fn cluster_report(report: &ClusterReport, style: Style) -> String {
 /// no reads or its lag is unknown).
 pub fn cluster_view(view: &ClusterView, style: Style) -> String {
     if style.json || style.one_line {
-        let mut value = cluster_report_json(&view.report);
-        if let Some(Value::Array(rows)) = value.get_mut("replicas") {
-            for (i, row) in rows.iter_mut().enumerate() {
-                if let Value::Object(fields) = row {
-                    let lag = view.lag_ms.get(i).copied().flatten();
-                    fields.insert("read_lag_ms".to_string(), json!(lag));
-                }
-            }
-        }
-        return render_json(&value, style);
+        return render_json(&json::cluster_view(view), style);
     }
     cluster_table(
         &view.report.status,
@@ -210,95 +185,12 @@ pub fn cluster_view(view: &ClusterView, style: Style) -> String {
     )
 }
 
-/// [`cluster_status_json`] with each replica's [`resources_json`] fields.
-pub fn cluster_report_json(report: &ClusterReport) -> Value {
-    let mut value = cluster_status_json(&report.status);
-    if let Some(Value::Array(rows)) = value.get_mut("replicas") {
-        for (i, row) in rows.iter_mut().enumerate() {
-            let resources = report.resources.get(i).and_then(Option::as_ref);
-            if let Value::Object(fields) = row {
-                for (name, v) in resources_json(resources) {
-                    fields.insert(name.to_string(), v);
-                }
-            }
-        }
-    }
-    value
-}
-
 /// A replica's own report: [`node_status`] with its disk and memory.
 pub fn node_report(report: &NodeReport, style: Style) -> String {
     if style.json || style.one_line {
-        let mut value = node_status_json(&report.status);
-        if let Value::Object(fields) = &mut value {
-            for (name, v) in resources_json(Some(&report.resources)) {
-                fields.insert(name.to_string(), v);
-            }
-        }
-        return render_json(&value, style);
+        return render_json(&json::node_report(report), style);
     }
     node_table(&report.status, Some(&report.resources))
-}
-
-/// The cluster status as JSON:
-/// `{"leader": ADDR|null, "epoch": "TERM.COORDINATOR", "term": N, "replicas":
-/// [{"id", "addr", "role", "healthy", "epoch", "term", "last_index",
-/// "commit_index", "applied_index", "lag"}]}`. An epoch is a string because
-/// it is a 128-bit number (term and coordinator, see the README), more than
-/// a JSON number holds exactly; its term is also given as a number.
-pub fn cluster_status_json(status: &ClusterStatus) -> Value {
-    let replicas: Vec<Value> = status
-        .replicas
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id.map(|id| id.0),
-                "addr": r.addr,
-                "role": r.role.to_string(),
-                "healthy": r.healthy,
-                "epoch": r.epoch.to_string(),
-                "term": r.epoch.term(),
-                "last_index": r.last_index.0,
-                "commit_index": r.commit_index.0,
-                "applied_index": r.applied_index.0,
-                "lag": r.lag,
-            })
-        })
-        .collect();
-    json!({
-        "leader": status.leader,
-        "epoch": status.epoch.to_string(),
-        "term": status.epoch.term(),
-        "replicas": replicas,
-    })
-}
-
-/// One replica's own status as JSON (when connected to a replica directly),
-/// epochs as strings as in [`cluster_status_json`].
-pub fn node_status_json(status: &NodeStatus) -> Value {
-    let followers: Vec<Value> = status
-        .followers
-        .iter()
-        .map(|f| {
-            json!({
-                "id": f.id.0,
-                "match_index": f.match_index.0,
-                "connected": f.connected,
-            })
-        })
-        .collect();
-    json!({
-        "id": status.id.0,
-        "role": status.role.to_string(),
-        "epoch": status.epoch.to_string(),
-        "term": status.epoch.term(),
-        "last_index": status.last_index.0,
-        "last_epoch": status.last_epoch.to_string(),
-        "commit_index": status.commit_index.0,
-        "applied_index": status.applied_index.0,
-        "leader": status.leader,
-        "followers": followers,
-    })
 }
 
 fn render_json(value: &Value, style: Style) -> String {
@@ -314,7 +206,7 @@ fn render_json(value: &Value, style: Style) -> String {
 /// The cluster status: a table, or JSON with `style.json` or `style.one_line`.
 pub fn cluster_status(status: &ClusterStatus, style: Style) -> String {
     if style.json || style.one_line {
-        return render_json(&cluster_status_json(status), style);
+        return render_json(&json::cluster_status(status), style);
     }
     cluster_table(status, None, None)
 }
@@ -383,7 +275,7 @@ fn cluster_table(
 /// A replica's own status: a small table, or JSON.
 pub fn node_status(status: &NodeStatus, style: Style) -> String {
     if style.json || style.one_line {
-        return render_json(&node_status_json(status), style);
+        return render_json(&json::node_status(status), style);
     }
     node_table(status, None)
 }
@@ -575,7 +467,7 @@ mod tests {
         assert!(lines[1].ends_with("resources"), "{text}");
         assert!(lines[2].ends_with("DISK FULL, 3.0 MiB/1.0 GiB"), "{text}");
         assert!(lines[3].ends_with('-'), "{text}");
-        let v = cluster_report_json(&sample_report());
+        let v = json::cluster_report(&sample_report());
         let r = &v["replicas"];
         assert_eq!(r[0]["disk_full"], "no space left");
         assert_eq!(r[0]["memory_used"], 3 << 20);

@@ -4,6 +4,7 @@
 //! [`crate::router::Session`] and the answers back into bytes. Nothing
 //! below a door knows which wire format a client speaks.
 
+pub mod http;
 pub mod output;
 pub mod resp;
 pub mod semikv;

@@ -145,6 +145,7 @@ async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let _counted = config.metrics.connection(crate::metrics::Door::Semikv);
     let stream = match &config.tls {
         None => stream,
         Some(tls) => match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
@@ -289,7 +290,10 @@ fn take(
     // The caller saw a free slot, and only this task takes them.
     let tag = Tag(request.id.0);
     if let Some(refusal) = user.and_then(|u| u.refuses(&request.op)) {
-        return session.refuse(tag, Reply::Error(refusal)).map_err(|_| None);
+        let kind = crate::metrics::OpKind::of(&request.op);
+        return session
+            .refuse(tag, kind, Reply::Error(refusal))
+            .map_err(|_| None);
     }
     session.submit(tag, request.op).map_err(|_| None)
 }

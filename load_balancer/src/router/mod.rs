@@ -76,6 +76,11 @@ impl Router {
         self.groups.get(index).unwrap_or(&self.groups[0])
     }
 
+    /// What the balancer counts (its first group's configuration holds it).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.group(0).config().metrics
+    }
+
     /// The policy reads are routed by.
     pub fn policy(&self) -> ReadPolicy {
         self.policy

@@ -21,7 +21,9 @@ use super::consistency::{self, ReadPlan};
 use super::{Router, Window};
 use crate::group::link::{ForwardRead, ForwardWrite};
 use crate::group::table::Leader;
+use crate::metrics::{Door, Meter, OpKind};
 use crate::request::{Answer, AnswerSink, ClientPort, Position, Retry, Slot, Tag, Target};
+use tokio::time::Instant;
 
 /// Requests taken in one burst (their reads going to one replica) before
 /// the connection's other work gets a turn.
@@ -52,6 +54,9 @@ struct OwnPathRequest {
     plain: bool,
     /// A read: the replicas that may answer it.
     target: Target,
+    /// When the request was taken (or first sent): its latency counts
+    /// from there.
+    since: Instant,
 }
 
 impl From<Retry> for OwnPathRequest {
@@ -63,6 +68,7 @@ impl From<Retry> for OwnPathRequest {
             route: Route::RetryAfter(retry.failed_on),
             plain: retry.plain,
             target: retry.target,
+            since: retry.since,
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct Session<'r> {
     burst: Burst,
     /// The level of this client's reads that name none.
     level: Consistency,
+    /// Where its requests are counted.
+    meter: Meter,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -134,8 +142,20 @@ impl<'r> Session<'r> {
     /// `window` has room. The door must make room in its queue for
     /// `window.max()` answers, and tell the window each answer's size.
     pub fn windowed(router: &'r Router, answers: Arc<dyn AnswerSink>, window: Arc<Window>) -> Self {
+        Session::at_door(router, Door::Semikv, answers, window)
+    }
+
+    /// [`Self::windowed`] for a client of `door`: its requests are counted
+    /// under it.
+    pub fn at_door(
+        router: &'r Router,
+        door: Door,
+        answers: Arc<dyn AnswerSink>,
+        window: Arc<Window>,
+    ) -> Self {
         let (retry_tx, retries) = mpsc::channel(window.max());
-        let port = Arc::new(ClientPort::new(answers.clone(), retry_tx));
+        let meter = Meter::new(router.metrics().clone(), door);
+        let port = Arc::new(ClientPort::new(answers.clone(), retry_tx, meter.clone()));
         let leaders = (0..router.groups.len())
             .map(|i| router.group(i).watch_leader())
             .collect();
@@ -150,6 +170,7 @@ impl<'r> Session<'r> {
             leaders,
             burst: Burst::default(),
             level: router.default_consistency(),
+            meter,
         }
     }
 
@@ -201,6 +222,7 @@ impl<'r> Session<'r> {
     /// no room for.
     pub fn submit(&mut self, tag: Tag, op: Op) -> Result<(), NoSlot> {
         let slot = self.take_slot()?;
+        self.meter.taken();
         let read = consistency::is_read(&op) && op.validate(usize::MAX).is_ok();
         let (op, plain, target) = if read {
             let ReadPlan { target, op, plain } = consistency::plan(op, self.level, self.seen());
@@ -215,6 +237,7 @@ impl<'r> Session<'r> {
             route: Route::New,
             plain,
             target,
+            since: Instant::now(),
         };
         let unforwarded = if read {
             self.take_read(job)
@@ -229,13 +252,16 @@ impl<'r> Session<'r> {
         Ok(())
     }
 
-    /// Answers `tag` with `reply` at once, under a slot like any request
-    /// (a door's own refusal, e.g. of an op the user's role forbids).
+    /// Answers `tag`, an `op` request, with `reply` at once, under a slot
+    /// like any request (a door's own refusal, e.g. of an op the user's
+    /// role forbids).
     ///
     /// # Errors
     /// [`NoSlot`] when every slot is taken.
-    pub fn refuse(&mut self, tag: Tag, reply: Reply) -> Result<(), NoSlot> {
+    pub fn refuse(&mut self, tag: Tag, op: OpKind, reply: Reply) -> Result<(), NoSlot> {
         let slot = self.take_slot()?;
+        self.meter.taken();
+        self.meter.answered(op, &reply, Instant::now());
         self.answers.deliver(Answer::One { tag, reply, slot });
         Ok(())
     }
@@ -296,7 +322,7 @@ impl<'r> Session<'r> {
                 retry = self.retries.recv() => match retry {
                     Some(retry) => {
                         let job = OwnPathRequest::from(retry);
-                        self.own.push(answer(self.router, job, seen.clone()));
+                        self.own.push(answer(self.router, job, seen.clone(), self.meter.clone()));
                     }
                     None => break,
                 },
@@ -309,8 +335,12 @@ impl<'r> Session<'r> {
 
     fn run_own(&mut self, job: OwnPathRequest) {
         self.slow_writes += usize::from(job.op.is_write());
-        self.own
-            .push(answer(self.router, job, self.port.seen.clone()));
+        self.own.push(answer(
+            self.router,
+            job,
+            self.port.seen.clone(),
+            self.meter.clone(),
+        ));
     }
 
     /// Adds a planned get to the burst's reads, for the replica the burst
@@ -355,6 +385,7 @@ impl<'r> Session<'r> {
             slot: job.slot,
             plain: job.plain,
             target: job.target,
+            since: job.since,
         });
         None
     }
@@ -386,6 +417,7 @@ impl<'r> Session<'r> {
                 route: Route::ReadAt(replica),
                 plain: read.plain,
                 target: read.target,
+                since: read.since,
             });
         }
     }
@@ -406,6 +438,7 @@ impl<'r> Session<'r> {
         let Some(link) = leader.and_then(|leader| group.link(leader.slot)) else {
             return Some(job);
         };
+        let job_since = job.since;
         let write = ForwardWrite {
             port: self.port.clone(),
             tag: job.tag,
@@ -421,6 +454,7 @@ impl<'r> Session<'r> {
                 route: Route::New,
                 plain: true,
                 target: Target::Rotation,
+                since: job_since,
             })
     }
 }
@@ -432,6 +466,7 @@ fn answer(
     router: &Router,
     job: OwnPathRequest,
     seen: Arc<Position>,
+    meter: Meter,
 ) -> BoxFuture<'_, (Answer, bool)> {
     async move {
         let OwnPathRequest {
@@ -441,8 +476,10 @@ fn answer(
             route,
             plain,
             target,
+            since,
         } = job;
         let write = op.is_write();
+        let kind = OpKind::of(&op);
         let group = router.group(router.group_for(op.key().map(|k| &k[..])));
         let reply = match route {
             // Reads were planned when taken: only routing is left.
@@ -464,6 +501,7 @@ fn answer(
             Route::RetryAfter(failed) => router.read_from(group, op, target, None, failed, 1).await,
         };
         seen.note(&reply);
+        meter.answered(kind, &reply, since);
         let reply = consistency::told(reply, plain);
         (Answer::One { tag, reply, slot }, write)
     }

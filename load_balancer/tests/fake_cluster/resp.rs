@@ -19,6 +19,7 @@ async fn with_resp_door(a: &Fake) -> (Balancer, SocketAddr) {
     let doors = semikv_lb::Doors {
         semikv: semikv.into(),
         resp: Some(resp.into()),
+        http: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(semikv_lb::run_doors(cfg, doors, shutdown.clone()));

@@ -56,7 +56,11 @@ impl WriteHarness {
         WriteHarness {
             link,
             broken_rx,
-            port: Arc::new(ClientPort::new(Arc::new(QueuedAnswers(answers_tx)), retry)),
+            port: Arc::new(ClientPort::new(
+                Arc::new(QueuedAnswers(answers_tx)),
+                retry,
+                semikv_lb::metrics::Meter::new(Arc::default(), semikv_lb::metrics::Door::Semikv),
+            )),
             answers,
             slots: Arc::new(tokio::sync::Semaphore::new(SLOTS)),
             kick,

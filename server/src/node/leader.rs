@@ -71,6 +71,7 @@ impl Node {
         let index = self.append_local(op);
         let mut sync_timeout = Duration::ZERO;
         if let Role::Leader(l) = &mut self.role {
+            l.note_appended(index, now);
             l.waiters.insert(index, Waiter { completion, answer });
             sync_timeout = l.sync_timeout;
             let deadline = now + sync_timeout;
@@ -149,6 +150,33 @@ impl Node {
             p.match_index = p.match_index.max(match_index.min(last));
         }
         self.advance_commit();
+    }
+
+    /// Each follower's stream lag at `now`, when this node leads.
+    pub fn stream_lags(&self, now: Instant) -> Vec<StreamLag> {
+        let Role::Leader(l) = &self.role else {
+            return Vec::new();
+        };
+        let last = self.log.last_index();
+        let mut lags: Vec<StreamLag> = l
+            .followers
+            .iter()
+            .map(|(id, p)| {
+                let entries = last.0.saturating_sub(p.match_index.0);
+                StreamLag {
+                    follower: *id,
+                    entries,
+                    behind_for: if entries == 0 {
+                        Some(Duration::ZERO)
+                    } else {
+                        l.missing_for(p.match_index, now)
+                    },
+                    connected: p.streams > 0,
+                }
+            })
+            .collect();
+        lags.sort_by_key(|lag| lag.follower);
+        lags
     }
 
     /// A follower's stream opened (`+1`) or closed (`-1`).

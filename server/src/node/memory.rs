@@ -49,6 +49,11 @@ impl Node {
         self.memory_limit = limit;
     }
 
+    /// Keys in the store (expired ones not yet swept included).
+    pub fn key_total(&self) -> usize {
+        self.store.len()
+    }
+
     /// Bytes the store holds ([`Store::bytes`]): keys, values and each key's
     /// overhead, exactly as counted, an estimate of the memory they take.
     pub fn memory_used(&self) -> u64 {

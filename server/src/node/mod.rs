@@ -127,6 +127,73 @@ struct LeaderState {
     /// while the sync timeout stays the same). Entries of writes answered
     /// otherwise are dropped when a commit passes them, or when due.
     deadlines: VecDeque<(Instant, LogIndex)>,
+    /// When entries were appended: the first index proposed at each
+    /// instant, at most one per [`APPEND_TIME_STEP`], for how long each
+    /// follower has lacked its oldest missing entry (`/metrics`).
+    appended: VecDeque<(Instant, LogIndex)>,
+}
+
+/// The resolution of [`LeaderState::appended`].
+const APPEND_TIME_STEP: Duration = Duration::from_millis(1);
+
+/// Times kept in [`LeaderState::appended`] before those every follower has
+/// passed are dropped (and never more than twice this).
+const MAX_APPEND_TIMES: usize = 1024;
+
+impl LeaderState {
+    fn note_appended(&mut self, index: LogIndex, now: Instant) {
+        if self
+            .appended
+            .back()
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) < APPEND_TIME_STEP)
+        {
+            return;
+        }
+        self.appended.push_back((now, index));
+        if self.appended.len() > MAX_APPEND_TIMES {
+            let slowest = self
+                .followers
+                .values()
+                .map(|p| p.match_index)
+                .min()
+                .unwrap_or(index);
+            // Keep the newest time at or before the slowest follower's
+            // first missing entry.
+            while self
+                .appended
+                .get(1)
+                .is_some_and(|&(_, i)| i <= slowest.next())
+            {
+                self.appended.pop_front();
+            }
+            while self.appended.len() > 2 * MAX_APPEND_TIMES {
+                self.appended.pop_front();
+            }
+        }
+    }
+
+    /// How long ago the entry after `matched` was appended, as far as the
+    /// times kept tell (at least the oldest's age when it is older).
+    fn missing_for(&self, matched: LogIndex, now: Instant) -> Option<Duration> {
+        let first_missing = matched.next();
+        let at = self.appended.partition_point(|&(_, i)| i <= first_missing);
+        let (appended, _) = self.appended.get(at.saturating_sub(1))?;
+        Some(now.saturating_duration_since(*appended))
+    }
+}
+
+/// How far one follower's stream is behind, as its leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLag {
+    /// The follower.
+    pub follower: ReplicaId,
+    /// Entries of the leader's log it has not acknowledged.
+    pub entries: u64,
+    /// How long ago the oldest of them was appended (zero when none;
+    /// `None` when no time is known for it).
+    pub behind_for: Option<Duration>,
+    /// Whether its stream is connected.
+    pub connected: bool,
 }
 
 /// A registered write: where its answer goes and what it answers once its

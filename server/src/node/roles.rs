@@ -108,6 +108,7 @@ impl Node {
             waiters: BTreeMap::new(),
             deadlines: VecDeque::new(),
             pending: HashMap::new(),
+            appended: VecDeque::new(),
         };
         self.enter_epoch(epoch, Role::Leader(state), "promoted again");
         // The inherited tail is this leader's to commit: commands are

@@ -550,6 +550,7 @@ async fn follow_once(
     if replica.with(|n| n.on_no_room(None)) {
         tracing::info!(leader = %target.addr, "found room for the leader's snapshot");
     }
+    let _following = replica.metrics.following();
     let (mut stream, mut sink) = semikv_protocol::codec::split(conn);
     // The last leadership check confirmed here, for the ack loop to send.
     let (confirm_tx, mut confirm_rx) = tokio::sync::watch::channel(0u64);

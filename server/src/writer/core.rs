@@ -9,7 +9,6 @@
 //! simulation.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,14 +250,14 @@ impl Core {
         while let Some(cmd) = cmds.front() {
             match cmd {
                 WalCmd::Append(records) => {
+                    let started = (self.clock)();
                     self.wal.append(records)?;
+                    let took = (self.clock)().saturating_duration_since(started);
                     let entries = records
                         .iter()
                         .filter(|r| matches!(r, Record::Entry(_)))
                         .count();
-                    self.stats
-                        .entries
-                        .fetch_add(entries as u64, Ordering::Relaxed);
+                    self.stats.appended(entries as u64, took);
                 }
                 WalCmd::TruncateAfter(index) => self.wal.truncate_after(*index)?,
                 WalCmd::Compact(index) => self.wal.compact(*index)?,
@@ -271,9 +270,11 @@ impl Core {
 
     /// Makes everything written durable, counts it, and notes when.
     fn sync(&mut self) -> Result<(), StorageError> {
+        let started = (self.clock)();
         self.wal.sync()?;
-        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.last_sync = (self.clock)();
+        let now = (self.clock)();
+        self.stats.synced(now.saturating_duration_since(started));
+        self.last_sync = now;
         self.unsynced = false;
         Ok(())
     }

@@ -17,11 +17,12 @@
 //!   and the WAL work inline; a deterministic simulation. Dropping the
 //!   runtime (a simulated crash) drops the task: nothing of it survives.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use semikv_protocol::blocking::{Blocking, BlockingError};
+use semikv_protocol::http::metrics::Histogram;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::replica::Replica;
@@ -42,13 +43,52 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// writes again within this long of space being freed.
 pub const DISK_FULL_RETRY: Duration = Duration::from_millis(250);
 
-/// Counters for the group-commit figures.
-#[derive(Debug, Default)]
+/// Counters for the group-commit figures, and the WAL's latencies for
+/// `/metrics`.
+#[derive(Debug)]
 pub struct WriterStats {
     /// fsync calls made.
     pub fsyncs: AtomicU64,
     /// Entries written.
     pub entries: AtomicU64,
+    /// How long each batch took to write (without its fsync).
+    pub append_seconds: Histogram,
+    /// How long each fsync took.
+    pub fsync_seconds: Histogram,
+    /// Entries made durable by each fsync: the group-commit factor.
+    pub entries_per_fsync: Histogram,
+    /// Entries written since the last fsync.
+    unsynced_entries: AtomicU64,
+}
+
+impl Default for WriterStats {
+    fn default() -> WriterStats {
+        WriterStats {
+            fsyncs: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            append_seconds: Histogram::latency(),
+            fsync_seconds: Histogram::latency(),
+            entries_per_fsync: Histogram::new(semikv_protocol::http::metrics::COUNT_BUCKETS),
+            unsynced_entries: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WriterStats {
+    /// Counts `entries` written in `took`.
+    pub(crate) fn appended(&self, entries: u64, took: Duration) {
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.unsynced_entries.fetch_add(entries, Ordering::Relaxed);
+        self.append_seconds.observe_duration(took);
+    }
+
+    /// Counts an fsync that took `took`.
+    pub(crate) fn synced(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_seconds.observe_duration(took);
+        let entries = self.unsynced_entries.swap(0, Ordering::Relaxed);
+        self.entries_per_fsync.observe(entries as f64);
+    }
 }
 
 /// Why the writer stopped with an error.

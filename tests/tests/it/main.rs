@@ -12,6 +12,7 @@ mod coordinators;
 mod disk_full;
 mod faults;
 mod hostile;
+mod http;
 mod limits;
 mod max_memory;
 mod replication;

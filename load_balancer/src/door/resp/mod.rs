@@ -165,6 +165,7 @@ impl Drop for Counted<'_> {
 
 /// Serves one RESP connection until it closes, errs, quits or `shutdown`.
 async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: CancellationToken) {
+    let _counted_door = shared.config.metrics.connection(crate::metrics::Door::Resp);
     let stream = match &shared.config.tls {
         None => stream,
         Some(tls) => match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
@@ -192,7 +193,12 @@ async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, shutdown: 
     let output = OutputBudget::new(limit, peer, conn_closed.clone());
     // The queue has room for every slot and every command.
     let answers = ChargedAnswers::new(tx.clone(), output.clone(), window.clone());
-    let mut session = Session::windowed(&shared.router, Arc::new(answers), window.clone());
+    let mut session = Session::at_door(
+        &shared.router,
+        crate::metrics::Door::Resp,
+        Arc::new(answers),
+        window.clone(),
+    );
     let commands = Arc::new(Semaphore::new(MAX_COMMANDS));
     let mut conn = Conn::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, shared.local);
     let max_command = shared.config.max_frame_len;

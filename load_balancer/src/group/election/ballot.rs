@@ -22,6 +22,7 @@ impl Engine {
     /// `election_wait`.
     pub(super) fn elect(&mut self, epoch: Epoch, now: Instant) -> Vec<Command> {
         let started = self.lost_at.unwrap_or(now);
+        self.config.metrics.election_started();
         self.ballot = Some(epoch);
         self.minted = self.minted.max(epoch);
         self.table.raise_epoch(epoch);
@@ -363,6 +364,9 @@ impl Engine {
                 let elapsed_ms = u64::try_from(now.saturating_duration_since(started).as_millis())
                     .unwrap_or(u64::MAX);
                 let old = self.lost_leader.take();
+                self.config
+                    .metrics
+                    .promoted(now.saturating_duration_since(started), old.is_some());
                 info!(
                     leader = %addr,
                     old_leader = %old.map_or("none", |l| self.addr(l.slot)),

@@ -358,13 +358,16 @@ impl ReplicaLink {
                 op,
                 slot,
             } = write;
+            let sent = Instant::now();
             let in_flight = WriteInFlight {
                 port,
                 tag,
                 slot,
                 timeout,
+                kind: crate::metrics::OpKind::of(&op),
+                sent,
             };
-            let deadline = Instant::now() + timeout;
+            let deadline = sent + timeout;
             pending.insert(id, Waiting::Write(in_flight, deadline));
             op
         };

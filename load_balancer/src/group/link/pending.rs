@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::ConnError;
 use crate::group::replies::write_reply;
+use crate::metrics::OpKind;
 use crate::request::{Answer, ClientPort, Retry, Slot, Tag, Target};
 use crate::router::consistency;
 
@@ -40,6 +41,8 @@ pub struct ForwardRead {
     pub plain: bool,
     /// The replicas that may answer it.
     pub target: Target,
+    /// When it was taken: its latency counts from there.
+    pub since: Instant,
 }
 
 /// A client's read forwarded without a future of its own: the replica's
@@ -75,6 +78,10 @@ pub(super) struct WriteInFlight {
     pub(super) tag: Tag,
     pub(super) slot: Slot,
     pub(super) timeout: Duration,
+    /// What it was, for the metrics.
+    pub(super) kind: OpKind,
+    /// When it was sent.
+    pub(super) sent: Instant,
 }
 
 impl Forward {
@@ -98,6 +105,7 @@ impl Forward {
             slot,
             plain,
             target,
+            since: self.read.since,
         });
     }
 }
@@ -107,6 +115,7 @@ impl WriteInFlight {
     /// says the leader looks wrong.
     pub(super) fn settle(self, outcome: Result<Reply, ConnError>, kick: &Notify) {
         let reply = write_reply(outcome, kick);
+        self.port.meter.answered(self.kind, &reply, self.sent);
         self.port.seen.note(&reply);
         self.port.answer(self.tag, reply, self.slot);
     }
@@ -163,6 +172,8 @@ impl Waiting {
 /// leads for, for the next leader.
 pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify, from: usize) {
     let mut run: Option<ReadRun> = None;
+    // One clock reading for the lot: they arrived together.
+    let mut now: Option<Instant> = None;
     for (waiting, reply) in matched.drain(..) {
         let forward = match waiting {
             Waiting::ForwardRead(forward, _) => forward,
@@ -189,6 +200,11 @@ pub(super) fn answer_all(matched: &mut Vec<(Waiting, Reply)>, kick: &Notify, fro
             continue;
         }
         forward.port.seen.note(&reply);
+        let at = *now.get_or_insert_with(Instant::now);
+        forward
+            .port
+            .meter
+            .answered_at(OpKind::Get, &reply, forward.read.since, at);
         let reply = consistency::told(reply, forward.read.plain);
         match &mut run {
             Some(same) if Arc::ptr_eq(&same.port, &forward.port) => same.add(forward.read, reply),

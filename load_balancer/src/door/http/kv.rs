@@ -1,0 +1,411 @@
+//! The key-value routes: `/v1/kv/KEY` (GET, PUT, DELETE), `/v1/kv` (POST of
+//! several keys, one atomic write), and the seeds' shapes: `POST /key`
+//! with `{"k": "v"}`, `GET /key/KEY` answering `{"KEY": "value"}`, and
+//! `DELETE /key/KEY`.
+//!
+//! A key is the rest of the path, percent-decoded to bytes (`%FF` is the
+//! byte 0xFF, `%2F` a slash). Reads take `?consistency=LEVEL` (as
+//! `--read-consistency` spells it), `?after=N` (a position from an earlier
+//! answer's `x-semikv-index`) and `?raw` (or `Accept:
+//! application/octet-stream`) for the value's bytes as the body.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use semikv_protocol::{Command, Consistency, LogIndex, Op, Read, Reply, DEFAULT_MAX_VALUE_LEN};
+use serde_json::{json, Map, Value};
+
+use super::answer::{self, bad_request, put_bytes, with_index};
+use super::{Peer, Shared};
+use crate::metrics::OpKind;
+
+/// The routes, for [`super::app`].
+pub fn routes() -> axum::Router<Shared> {
+    axum::Router::new()
+        .route("/v1/kv", post(post_v1))
+        .route("/v1/kv/", post(post_v1).get(empty_key))
+        .route("/v1/kv/{*key}", get(get_v1).put(put_v1).delete(delete_v1))
+        .route("/key", post(post_seed))
+        .route("/key/{*key}", get(get_seed).delete(delete_seed))
+}
+
+async fn empty_key() -> Response {
+    bad_request("the key is empty: the path is /v1/kv/KEY")
+}
+
+/// A read's query parameters.
+#[derive(Debug, Default)]
+struct ReadParams {
+    raw: bool,
+    level: Option<Consistency>,
+    after: LogIndex,
+}
+
+impl ReadParams {
+    fn parse(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Self, String> {
+        let mut params = ReadParams::default();
+        for (name, value) in query {
+            match name.as_str() {
+                "raw" => params.raw = value.is_empty() || value == "true" || value == "1",
+                "consistency" => {
+                    params.level = Some(
+                        Consistency::from_str(value)
+                            .map_err(|e| format!("consistency={value}: {e}"))?,
+                    )
+                }
+                "after" => {
+                    params.after = LogIndex(value.parse().map_err(|_| {
+                        format!("after={value}: expected a log position (a whole number)")
+                    })?)
+                }
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?} (known: raw, consistency, after)"
+                    ))
+                }
+            }
+        }
+        let wants_bytes = headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("application/octet-stream"));
+        params.raw |= wants_bytes;
+        Ok(params)
+    }
+}
+
+/// The key in `uri`'s path after `prefix`.
+fn key_of(uri: &Uri, prefix: &str) -> Result<Bytes, Response> {
+    let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
+    let key = answer::percent_decode(rest).map_err(|e| bad_request(&e))?;
+    if key.is_empty() {
+        return Err(bad_request("the key is empty: the path is /v1/kv/KEY"));
+    }
+    Ok(Bytes::from(key))
+}
+
+/// Reads `key`: its value (if any) and the position the answer reflects.
+async fn read(
+    door: &Shared,
+    peer: &Peer,
+    headers: &HeaderMap,
+    key: Bytes,
+    params: &ReadParams,
+) -> Result<(Option<Bytes>, LogIndex), Response> {
+    let op = Op::Read(Read {
+        op: Box::new(Op::Get { key }),
+        level: params.level,
+        after: params.after,
+    });
+    door.authorize(peer.0, headers, &op)
+        .await
+        .map_err(|denied| *denied)?;
+    let (reply, index) = door.route(op, params.after).await;
+    match reply {
+        Reply::Read(read) => match *read.reply {
+            Reply::Value(value) => Ok((value, index.max(read.index))),
+            Reply::Error(e) => Err(answer::error(&e)),
+            other => Err(unexpected(&other)),
+        },
+        Reply::Value(value) => Ok((value, index)),
+        Reply::Error(e) => Err(answer::error(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(reply: &Reply) -> Response {
+    answer::json_error(
+        StatusCode::BAD_GATEWAY,
+        &format!("unexpected answer from the cluster: {reply:?}"),
+        None,
+    )
+}
+
+/// `GET /v1/kv/KEY`.
+async fn get_v1(
+    State(door): State<Shared>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let key = match key_of(&uri, "/v1/kv/") {
+        Ok(key) => key,
+        Err(bad) => return bad,
+    };
+    let params = match ReadParams::parse(&query, &headers) {
+        Ok(params) => params,
+        Err(e) => return bad_request(&e),
+    };
+    let (value, index) = match read(&door, &peer, &headers, key.clone(), &params).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let response = match (value, params.raw) {
+        (Some(value), true) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
+        (Some(value), false) => {
+            let mut body = Map::new();
+            put_bytes(&mut body, "key", &key);
+            put_bytes(&mut body, "value", &value);
+            axum::Json(Value::Object(body)).into_response()
+        }
+        (None, _) => {
+            let mut extra = Map::new();
+            put_bytes(&mut extra, "key", &key);
+            answer::json_error(
+                StatusCode::NOT_FOUND,
+                "no such key",
+                Some(Value::Object(extra)),
+            )
+        }
+    };
+    with_index(response, index)
+}
+
+/// `GET /key/KEY`, as the seeds answer it: `{"KEY": "value"}`.
+async fn get_seed(
+    State(door): State<Shared>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let key = match key_of(&uri, "/key/") {
+        Ok(key) => key,
+        Err(bad) => return bad,
+    };
+    let params = match ReadParams::parse(&query, &headers) {
+        Ok(params) => params,
+        Err(e) => return bad_request(&e),
+    };
+    let (value, index) = match read(&door, &peer, &headers, key.clone(), &params).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let Some(value) = value else {
+        let mut extra = Map::new();
+        put_bytes(&mut extra, "key", &key);
+        let response = answer::json_error(
+            StatusCode::NOT_FOUND,
+            "no such key",
+            Some(Value::Object(extra)),
+        );
+        return with_index(response, index);
+    };
+    let body = match (std::str::from_utf8(&key), std::str::from_utf8(&value)) {
+        (Ok(k), Ok(v)) => json!({ k: v }),
+        _ => {
+            let mut body = Map::new();
+            put_bytes(&mut body, "key", &key);
+            put_bytes(&mut body, "value", &value);
+            Value::Object(body)
+        }
+    };
+    with_index(axum::Json(body).into_response(), index)
+}
+
+/// Reads a request body of at most `limit` bytes: 413 past it (told by
+/// `Content-Length` before a byte is read, when the client sends one).
+async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(announced) = announced.filter(|n| *n > limit as u64) {
+        // A body not much over the limit is read and dropped first, so that
+        // a client that sends it whole (no `Expect: 100-continue`) reads
+        // the 413 rather than a broken pipe; a larger one is refused before
+        // a byte of it is read.
+        if announced <= 2 * limit as u64 {
+            let _ = axum::body::to_bytes(body, 2 * limit).await;
+        }
+        return Err(answer::too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        if source.contains("length limit") || e.to_string().contains("length limit") {
+            answer::too_large(limit)
+        } else {
+            bad_request(&format!("the body could not be read: {e}"))
+        }
+    })
+}
+
+/// Sends a write; its answer as JSON (`ok` gives the fields of the
+/// outcome), with the position header.
+async fn write(
+    door: &Shared,
+    peer: &Peer,
+    headers: &HeaderMap,
+    op: Op,
+    ok: impl FnOnce(&Reply) -> Value,
+) -> Response {
+    if let Err(denied) = door.authorize(peer.0, headers, &op).await {
+        return *denied;
+    }
+    let (reply, index) = door.route(op, LogIndex(0)).await;
+    let response = match &reply {
+        Reply::Error(e) => return answer::error(e),
+        Reply::Written { .. } | Reply::Outcome(_) => axum::Json(ok(&reply)).into_response(),
+        other => unexpected(other),
+    };
+    with_index(response, index)
+}
+
+fn index_of(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Written { index } => index.0,
+        Reply::Outcome(outcome) => outcome.index.0,
+        _ => 0,
+    }
+}
+
+/// `PUT /v1/kv/KEY`: the body is the value, as it is.
+async fn put_v1(
+    State(door): State<Shared>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let key = match key_of(&uri, "/v1/kv/") {
+        Ok(key) => key,
+        Err(bad) => return bad,
+    };
+    let value = match body_bytes(&headers, body, DEFAULT_MAX_VALUE_LEN).await {
+        Ok(value) => value,
+        Err(response) => {
+            door.refused(OpKind::Set, &invalid("body"));
+            return response;
+        }
+    };
+    let op = Op::Set {
+        key: key.clone(),
+        value,
+    };
+    write(&door, &peer, &headers, op, |reply| {
+        let mut body = Map::new();
+        put_bytes(&mut body, "key", &key);
+        body.insert("index".into(), json!(index_of(reply)));
+        Value::Object(body)
+    })
+    .await
+}
+
+fn invalid(what: &str) -> Reply {
+    Reply::Error(semikv_protocol::ErrorReply::Invalid {
+        reason: what.to_string(),
+    })
+}
+
+/// `DELETE /v1/kv/KEY` and `DELETE /key/KEY`: `{"deleted": true}` when the
+/// key existed.
+async fn delete(door: Shared, peer: Peer, uri: Uri, headers: HeaderMap, prefix: &str) -> Response {
+    let key = match key_of(&uri, prefix) {
+        Ok(key) => key,
+        Err(bad) => return bad,
+    };
+    let op = Op::Command(Command::Delete {
+        keys: vec![key.clone()],
+    });
+    write(&door, &peer, &headers, op, |reply| {
+        let mut body = Map::new();
+        put_bytes(&mut body, "key", &key);
+        let deleted = matches!(reply, Reply::Outcome(o) if o.int > 0);
+        body.insert("deleted".into(), json!(deleted));
+        body.insert("index".into(), json!(index_of(reply)));
+        Value::Object(body)
+    })
+    .await
+}
+
+async fn delete_v1(
+    State(door): State<Shared>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    delete(door, peer, uri, headers, "/v1/kv/").await
+}
+
+async fn delete_seed(
+    State(door): State<Shared>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    delete(door, peer, uri, headers, "/key/").await
+}
+
+/// `POST /v1/kv` and `POST /key`: a JSON object of keys and values (a
+/// string, or `{"base64": "..."}`), written by one log entry: all of them
+/// or none.
+async fn post_many(door: Shared, peer: Peer, headers: HeaderMap, body: Body) -> Response {
+    let limit = door.config.max_frame_len;
+    let bytes = match body_bytes(&headers, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(response) => {
+            door.refused(OpKind::MSet, &invalid("body"));
+            return response;
+        }
+    };
+    let object: Map<String, Value> = match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => return bad_request("the body must be a JSON object of keys and values"),
+        Err(e) => return bad_request(&format!("the body is not JSON: {e}")),
+    };
+    if object.is_empty() {
+        return bad_request("the body names no key");
+    }
+    let mut pairs = Vec::with_capacity(object.len());
+    for (key, value) in &object {
+        if key.is_empty() {
+            return bad_request("a key is empty");
+        }
+        match answer::value_bytes(key, value) {
+            Ok(bytes) => pairs.push((Bytes::from(key.clone()), Bytes::from(bytes))),
+            Err(e) => return bad_request(&e),
+        }
+    }
+    let count = pairs.len();
+    let op = Op::Command(Command::MSet {
+        pairs,
+        only_if_none_exist: false,
+    });
+    write(
+        &door,
+        &peer,
+        &headers,
+        op,
+        |reply| json!({"written": count, "index": index_of(reply)}),
+    )
+    .await
+}
+
+async fn post_v1(
+    State(door): State<Shared>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post_many(door, peer, headers, body).await
+}
+
+async fn post_seed(
+    State(door): State<Shared>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post_many(door, peer, headers, body).await
+}
