@@ -236,6 +236,8 @@ pub struct LocalCluster {
     replica_addrs: BTreeMap<ReplicaId, String>,
     balancer_addr: String,
     resp_addr: Option<String>,
+    /// The balancer's HTTP door, then each replica's HTTP listener.
+    http_addrs: BTreeMap<String, String>,
     children: Arc<Mutex<Children>>,
 }
 
@@ -295,6 +297,7 @@ impl LocalCluster {
             replica_addrs: BTreeMap::new(),
             balancer_addr: String::new(),
             resp_addr: None,
+            http_addrs: BTreeMap::new(),
             children,
         };
         match cluster
@@ -339,6 +342,13 @@ impl LocalCluster {
     /// The balancer's Redis-protocol door (redis-cli, Redis clients).
     pub fn resp_addr(&self) -> Option<&str> {
         self.resp_addr.as_deref()
+    }
+
+    /// The HTTP listeners (`--http`), by who serves them: `balancer` (the
+    /// key-value API, status, health, metrics) and `replica-N` (health,
+    /// status, metrics).
+    pub fn http_addrs(&self) -> &BTreeMap<String, String> {
+        &self.http_addrs
     }
 
     /// Each replica's address.
@@ -416,13 +426,20 @@ impl LocalCluster {
             .arg("--ready-file")
             .arg(&ready)
             .arg("--cluster-secret-file")
-            .arg(self.secret_file());
+            .arg(self.secret_file())
+            .arg("--http")
+            .arg("127.0.0.1:0");
         let child = self.spawn(&what, command, &ready, &log)?;
         lock(&self.children).replicas.insert(id, Some(child));
-        self.wait_ready(&what, &ready, &log, |c| {
-            c.replicas.get_mut(&id).and_then(Option::as_mut)
-        })
-        .await
+        let addr = self
+            .wait_ready(&what, &ready, &log, |c| {
+                c.replicas.get_mut(&id).and_then(Option::as_mut)
+            })
+            .await?;
+        if let Some(http) = door_line(&ready, "http") {
+            self.http_addrs.insert(format!("replica-{id}"), http);
+        }
+        Ok(addr)
     }
 
     async fn spawn_balancer(&mut self) -> Result<(), LocalError> {
@@ -435,16 +452,17 @@ impl LocalCluster {
         command.arg("--ready-file").arg(&ready);
         command.arg("--cluster-secret-file").arg(self.secret_file());
         command.arg("--resp").arg("127.0.0.1:0");
+        command.arg("--http").arg("127.0.0.1:0");
         let child = self.spawn(&what, command, &ready, &log)?;
         lock(&self.children).balancer = Some(child);
         self.balancer_addr = self
             .wait_ready(&what, &ready, &log, |c| c.balancer.as_mut())
             .await?;
-        // The ready file is written whole: its `resp ADDR` line is there.
-        self.resp_addr = std::fs::read_to_string(&ready).ok().and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("resp ").map(|a| a.trim().to_string()))
-        });
+        // The ready file is written whole: its door lines are there.
+        self.resp_addr = door_line(&ready, "resp");
+        if let Some(http) = door_line(&ready, "http") {
+            self.http_addrs.insert("balancer".to_string(), http);
+        }
         Ok(())
     }
 
@@ -580,6 +598,14 @@ pub fn write_secret_file(path: &Path) -> std::io::Result<()> {
     };
     file.write_all(text.as_bytes())?;
     file.sync_all()
+}
+
+/// The address on the `NAME ADDR` line of a ready file, if it has one.
+fn door_line(ready: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(ready).ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(|a| a.trim().to_string()))
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ struct Cli {
     /// bounded:MS [default: the balancer's].
     #[arg(long, value_name = "LEVEL")]
     consistency: Option<semikv_client::Consistency>,
+    /// Log lines (on stderr) as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = semikv_protocol::process::LogFormat::Text)]
+    log_format: semikv_protocol::process::LogFormat,
 }
 
 /// Columns of the progress line: one short of 80, so that a terminal that
@@ -121,7 +124,7 @@ fn parse_ratio(text: &str) -> Result<(u32, u32), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    semikv_protocol::process::init_tracing();
+    semikv_protocol::process::init_tracing_as(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

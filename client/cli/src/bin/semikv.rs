@@ -76,6 +76,9 @@ struct Cli {
     /// this token (the REPL's `token` command) had seen.
     #[arg(long, value_name = "N")]
     token: Option<u64>,
+    /// Log lines (on stderr) as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = semikv_protocol::process::LogFormat::Text)]
+    log_format: semikv_protocol::process::LogFormat,
     /// The command to run (`get KEY`, `set KEY=VALUE`, ...), each word taken
     /// literally.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse_from(optional_local_count(args));
-    semikv_protocol::process::init_tracing();
+    semikv_protocol::process::init_tracing_as(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -297,6 +300,17 @@ fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                 .join(" "),
             cluster.dir().display()
         );
+        if !cluster.http_addrs().is_empty() {
+            eprintln!(
+                "semikv: HTTP (curl, /metrics): {}",
+                cluster
+                    .http_addrs()
+                    .iter()
+                    .map(|(who, addr)| format!("{who}=http://{addr}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         Session::new(cluster.balancer_addr(), client, style).with_cluster(cluster)
     } else {
         Session::new(cli.addr.clone(), client, style)

@@ -206,6 +206,47 @@ mod tests {
     }
 
     #[test]
+    fn each_error_has_its_status_and_unknown_outcomes_say_so() {
+        let status = |e: ErrorReply| error(&e).status().as_u16();
+        let unavailable = ErrorReply::Unavailable {
+            retry_after_ms: 1500,
+            reason: "no leader".into(),
+        };
+        let response = error(&unavailable);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(status(ErrorReply::Invalid { reason: "x".into() }), 400);
+        assert_eq!(status(ErrorReply::NotAnInteger), 400);
+        assert_eq!(status(ErrorReply::NoPermission { reason: "x".into() }), 403);
+        assert_eq!(status(ErrorReply::DiskFull { reason: "x".into() }), 507);
+        assert_eq!(status(ErrorReply::OutOfMemory { used: 1, limit: 1 }), 507);
+        assert_eq!(status(ErrorReply::Storage { reason: "x".into() }), 500);
+        for unknown in [
+            ErrorReply::Indeterminate {
+                reason: "broke".into(),
+            },
+            ErrorReply::NotEnoughReplicas {
+                acked: 0,
+                required: 1,
+            },
+        ] {
+            let response = error(&unknown);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = futures_body(response);
+            assert_eq!(body["outcome"], "unknown", "{body}");
+            assert!(body["detail"].as_str().unwrap().contains("may or may not"));
+        }
+    }
+
+    /// A response's JSON body.
+    fn futures_body(response: Response) -> Value {
+        let bytes =
+            futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+                .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
     fn basic_credentials_parse() {
         let mut headers = HeaderMap::new();
         headers.insert(

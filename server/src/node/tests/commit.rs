@@ -225,3 +225,45 @@ fn a_fenced_leader_steps_down_and_pending_writes_become_indeterminate() {
     n.on_ack(ReplicaId(2), Epoch::from_raw(1), LogIndex(2));
     assert_eq!(n.commit_index(), LogIndex(0));
 }
+
+#[test]
+fn a_followers_stream_lag_is_its_missing_entries_and_how_long_it_lacked_the_first() {
+    let mut n = fresh(1);
+    n.persist_and_promote(Epoch::from_raw(1), SETTINGS).unwrap();
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let propose_at = |n: &mut Node, key: &str, now: Instant| {
+        let (to, _rx) = mpsc::channel(1);
+        n.propose(
+            set(key, "v"),
+            Completion {
+                to,
+                id: RequestId(1),
+            },
+            now,
+        )
+        .unwrap()
+        .ticket
+        .index
+    };
+    let first = propose_at(&mut n, "a", at(0));
+    propose_at(&mut n, "b", at(10));
+    let third = propose_at(&mut n, "c", at(20));
+    n.on_follower_stream(ReplicaId(2), true);
+    n.on_ack(ReplicaId(2), Epoch::from_raw(1), third);
+    n.on_ack(ReplicaId(3), Epoch::from_raw(1), first);
+    let lags = n.stream_lags(at(50));
+    assert_eq!(lags.len(), 2);
+    assert_eq!(lags[0].follower, ReplicaId(2));
+    assert_eq!(lags[0].entries, 0);
+    assert_eq!(lags[0].behind_for, Some(Duration::ZERO));
+    assert!(lags[0].connected);
+    // Replica 3 lacks "b" (appended at 10 ms) and after: 40 ms behind.
+    assert_eq!(lags[1].entries, 2);
+    assert_eq!(lags[1].behind_for, Some(Duration::from_millis(40)));
+    assert!(!lags[1].connected);
+    assert!(
+        fresh(2).stream_lags(at(50)).is_empty(),
+        "only a leader has them"
+    );
+}
