@@ -16,7 +16,8 @@
 #                         logs and ready files in DIR; returns once a write
 #                         commits through the balancer. Sets ADDRS (replica
 #                         1-3 addresses), REPLICA_PIDS, LB_PID, LB_ADDR and
-#                         RESP_ADDR (the RESP door, when LB_ARGS has --resp).
+#                         RESP_ADDR (the RESP door, when LB_ARGS has --resp)
+#                         and HTTP_ADDR (the HTTP door, with --http).
 #                         Optional arrays, unset by default: REPLICA_ARGS and
 #                         LB_ARGS (more flags for each replica / the
 #                         balancer), RUN_PREFIX (a command each process is
@@ -120,7 +121,8 @@ start_cluster() {
     done
     for id in 1 2 3; do
         wait_for_file "$dir/replica-$id.addr" 30
-        ADDRS+=("$(tr -d '\n' <"$dir/replica-$id.addr")")
+        # The first line; `http ADDR` follows with --http.
+        ADDRS+=("$(head -n 1 "$dir/replica-$id.addr")")
     done
     "${RUN_PREFIX[@]+"${RUN_PREFIX[@]}"}" \
         "$BIN/semikv-lb" 127.0.0.1:0 "${ADDRS[@]}" --sync-replicas 1 \
@@ -134,6 +136,8 @@ start_cluster() {
     LB_ADDR=$(head -n 1 "$dir/lb.addr")
     # shellcheck disable=SC2034 # for the caller (compare.sh MODE=resp)
     RESP_ADDR=$(sed -n 's/^resp //p' "$dir/lb.addr")
+    # shellcheck disable=SC2034 # for the caller (http.sh)
+    HTTP_ADDR=$(sed -n 's/^http //p' "$dir/lb.addr")
     # Ready once a leader is elected and a write commits through the balancer.
     local deadline=$((SECONDS + 30))
     until "$BIN/semikv-bench" --addr "$LB_ADDR" --clients 1 --requests 5 --ratio 1:0 \
