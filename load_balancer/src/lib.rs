@@ -120,6 +120,7 @@ pub async fn run_doors(
             http,
             router.clone(),
             config.clone(),
+            budget.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));

@@ -132,9 +132,12 @@ pub enum Outcome {
     NoRoom,
     /// Any other error.
     Error,
+    /// The client left before its answer (an HTTP request whose connection
+    /// closed): a write may still have happened.
+    Cancelled,
 }
 
-const OUTCOMES: usize = Outcome::Error as usize + 1;
+const OUTCOMES: usize = Outcome::Cancelled as usize + 1;
 const OUTCOME_NAMES: [&str; OUTCOMES] = [
     "ok",
     "invalid",
@@ -144,6 +147,7 @@ const OUTCOME_NAMES: [&str; OUTCOMES] = [
     "not_enough_replicas",
     "no_room",
     "error",
+    "cancelled",
 ];
 
 impl Outcome {
@@ -207,14 +211,24 @@ impl Metrics {
 
     /// Counts a request's answer, and its latency when it is known.
     pub fn answered(&self, door: Door, op: OpKind, reply: &Reply, elapsed: Option<Duration>) {
-        let outcome = Outcome::of(reply) as usize;
-        let at = (door as usize * OPS + op as usize) * OUTCOMES + outcome;
+        self.ended(door, op, Outcome::of(reply), elapsed);
+    }
+
+    fn ended(&self, door: Door, op: OpKind, outcome: Outcome, elapsed: Option<Duration>) {
+        let at = (door as usize * OPS + op as usize) * OUTCOMES + outcome as usize;
         if let Some(count) = self.answered.get(at) {
             count.fetch_add(1, Ordering::Relaxed);
         }
         if let (Some(elapsed), Some(histogram)) = (elapsed, self.latency.get(op as usize)) {
             histogram.observe_duration(elapsed);
         }
+    }
+
+    /// Counts a request through `door` refused before it was routed (taken
+    /// and answered at once).
+    pub fn refused(&self, door: Door, op: OpKind, reply: &Reply) {
+        self.taken(door);
+        self.answered(door, op, reply, None);
     }
 
     /// Counts a client connection through `door` until the guard drops.
@@ -518,6 +532,16 @@ impl Meter {
     pub fn answered(&self, op: OpKind, reply: &Reply, since: tokio::time::Instant) {
         let elapsed = since.elapsed();
         self.metrics.answered(self.door, op, reply, Some(elapsed));
+    }
+
+    /// Counts an `op` request refused before it was routed.
+    pub fn refused(&self, op: OpKind, reply: &Reply) {
+        self.metrics.refused(self.door, op, reply);
+    }
+
+    /// Counts an `op` request whose client left before its answer.
+    pub fn cancelled(&self, op: OpKind) {
+        self.metrics.ended(self.door, op, Outcome::Cancelled, None);
     }
 
     /// Counts an answer to an `op` request taken at `since`, the time now

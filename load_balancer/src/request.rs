@@ -132,6 +132,12 @@ impl Position {
         };
         self.0.fetch_max(index.0, Ordering::AcqRel);
     }
+
+    /// Lowers the position to `index` if it is above: for a position that
+    /// turned out to be ahead of every replica (see the HTTP door).
+    pub fn lower_to(&self, index: LogIndex) {
+        self.0.fetch_min(index.0, Ordering::AcqRel);
+    }
 }
 
 impl ClientPort {

@@ -3,7 +3,6 @@
 //! Prometheus `/metrics`. It serves no data: clients go through a balancer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -51,7 +50,6 @@ pub async fn run(
     let limits = HttpLimits {
         // Operators and scrapers, not clients: a few are plenty.
         max_connections: 64,
-        idle_timeout: Duration::from_secs(120),
         ..HttpLimits::default()
     };
     semikv_protocol::http::serve(

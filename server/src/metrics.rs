@@ -36,7 +36,7 @@ impl Default for ReplicaMetrics {
             snapshots: AtomicU64::new(0),
             snapshot_failures: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
-            snapshot_seconds: Histogram::new(&[
+            snapshot_seconds: Histogram::seconds(&[
                 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
             connections: AtomicI64::new(0),
@@ -110,7 +110,8 @@ fn labels(pairs: &[(&'static str, String)]) -> Labels<'static> {
 /// # Errors
 /// The encoder's.
 pub fn write(page: &mut Page<'_, '_>, replica: &Replica) -> std::fmt::Result {
-    let now = std::time::Instant::now();
+    // The clock writes are proposed by (tokio's: virtual in a simulation).
+    let now = tokio::time::Instant::now().into_std();
     let (report, lags, keys) = {
         let node = replica.lock();
         (node.report(), node.stream_lags(now), node.key_total())

@@ -260,8 +260,7 @@ impl<'r> Session<'r> {
     /// [`NoSlot`] when every slot is taken.
     pub fn refuse(&mut self, tag: Tag, op: OpKind, reply: Reply) -> Result<(), NoSlot> {
         let slot = self.take_slot()?;
-        self.meter.taken();
-        self.meter.answered(op, &reply, Instant::now());
+        self.meter.refused(op, &reply);
         self.answers.deliver(Answer::One { tag, reply, slot });
         Ok(())
     }

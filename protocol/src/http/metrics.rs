@@ -38,7 +38,10 @@ pub const COUNT_BUCKETS: &[f64] = &[
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
-    /// Each bound in ticks (1e-9 of the bound's unit), for the search.
+    /// Ticks per unit of the bounds: 1e9 for seconds (nanoseconds), 1 for
+    /// counts, so that the sum of a count histogram does not wrap.
+    scale: f64,
+    /// Each bound in ticks, for the search.
     ticks: Box<[u64]>,
     /// Observations per bucket; the last is past every bound (`+Inf`).
     buckets: Box<[AtomicU64]>,
@@ -46,14 +49,23 @@ pub struct Histogram {
     sum: AtomicU64,
 }
 
-const TICKS_PER_UNIT: f64 = 1e9;
-
 impl Histogram {
-    /// An empty histogram over `bounds` (ascending).
-    pub fn new(bounds: &'static [f64]) -> Histogram {
+    /// An empty histogram of seconds over `bounds` (ascending), summed in
+    /// nanoseconds (584 years before the sum wraps).
+    pub fn seconds(bounds: &'static [f64]) -> Histogram {
+        Histogram::scaled(bounds, 1e9)
+    }
+
+    /// An empty histogram of whole counts over `bounds` (ascending).
+    pub fn counts(bounds: &'static [f64]) -> Histogram {
+        Histogram::scaled(bounds, 1.0)
+    }
+
+    fn scaled(bounds: &'static [f64], scale: f64) -> Histogram {
         Histogram {
             bounds,
-            ticks: bounds.iter().map(|b| to_ticks(*b)).collect(),
+            scale,
+            ticks: bounds.iter().map(|b| to_ticks(*b, scale)).collect(),
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
         }
@@ -61,17 +73,17 @@ impl Histogram {
 
     /// A latency histogram ([`LATENCY_BUCKETS`]).
     pub fn latency() -> Histogram {
-        Histogram::new(LATENCY_BUCKETS)
+        Histogram::seconds(LATENCY_BUCKETS)
     }
 
-    /// Observes a duration (the bounds in seconds).
+    /// Observes a duration (a histogram of seconds).
     pub fn observe_duration(&self, elapsed: Duration) {
-        self.observe_ticks(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        self.observe(elapsed.as_secs_f64());
     }
 
     /// Observes a value in the bounds' unit.
     pub fn observe(&self, value: f64) {
-        self.observe_ticks(to_ticks(value));
+        self.observe_ticks(to_ticks(value, self.scale));
     }
 
     fn observe_ticks(&self, ticks: u64) {
@@ -99,14 +111,14 @@ impl Histogram {
             let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
             out.push((bound, count));
         }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 / TICKS_PER_UNIT;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
         (sum, total, out)
     }
 }
 
-fn to_ticks(value: f64) -> u64 {
+fn to_ticks(value: f64, scale: f64) -> u64 {
     // `as` saturates: negative is 0, too large is u64::MAX.
-    (value * TICKS_PER_UNIT) as u64
+    (value * scale).round() as u64
 }
 
 /// One metric family's samples as a collector writes them.
@@ -267,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_page_has_suffixes_labels_and_types() {
-        let h = std::sync::Arc::new(Histogram::new(COUNT_BUCKETS));
+        let h = std::sync::Arc::new(Histogram::counts(COUNT_BUCKETS));
         h.observe(3.0);
         let seen = h.clone();
         let registry = registry(move |page| {

@@ -1,33 +1,46 @@
 //! The HTTP/1.1 serving loop: hyper's connection driver under our accept
 //! loop, so an HTTP listener gets the same connection limit as the others,
-//! and each connection a bound on its header bytes and on how long its
-//! headers may take (a slowloris holds one connection, for seconds).
+//! and each connection bounds on what a hostile client can hold: its head's
+//! bytes, how long the head may take (hyper's header timeout, which also
+//! closes a keep-alive connection idle for that long), and how long an
+//! answer may sit unread (a client that stops reading is cut off).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::net::Listener;
+use crate::transport::Stream;
 
 /// What one HTTP connection may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// Connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
-    /// How long a request's headers may take to arrive, from its first
-    /// byte; the connection closes after it (hyper answers 408 when it can).
+    /// How long a request's head may take to arrive; also how long a
+    /// keep-alive connection may wait for its next request. Past it the
+    /// connection closes (hyper answers 408 to a head begun).
     pub header_timeout: Duration,
-    /// Bytes a connection buffers while it reads a request's head: headers
-    /// beyond it get 431 and the connection closes.
+    /// Bytes a connection buffers while it reads a request's head: a head
+    /// beyond it gets 431 and the connection closes.
     pub max_head_bytes: usize,
-    /// How long a connection may sit with no request at all.
-    pub idle_timeout: Duration,
+    /// How long an answer may wait for the client to take any of its
+    /// bytes; past it the connection closes.
+    pub write_timeout: Duration,
+    /// How long a connection gets to finish its request in progress once
+    /// the process shuts down.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpLimits {
@@ -36,7 +49,8 @@ impl Default for HttpLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
-            idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -45,11 +59,15 @@ impl Default for HttpLimits {
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n";
 
+/// How often a connection's watchdog looks at its writes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 /// Serves `app` on `listener` until `shutdown`, each connection on `tasks`
 /// within `limits`, holding what `counted` returns while it is open (a
 /// metrics guard); `what` names the listener in logs. Handlers find the
 /// peer's address as `ConnectInfo<SocketAddr>`. Open connections finish
-/// their request in progress and close once `shutdown` fires.
+/// their request in progress (for at most `limits.shutdown_grace`) and
+/// close once `shutdown` fires.
 pub async fn serve<G: Send + 'static>(
     listener: Listener,
     app: axum::Router,
@@ -83,24 +101,35 @@ pub async fn serve<G: Send + 'static>(
 }
 
 /// Drives one connection until the client closes it, it breaks a limit, or
-/// `shutdown` (then after the request in progress).
+/// `shutdown` (then after the request in progress, within the grace).
 async fn connection(
-    stream: crate::transport::Stream,
+    stream: Stream,
     peer: SocketAddr,
     app: axum::Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let idle = IdleClock::new(limits.idle_timeout);
-    let service = TowerToHyperService::new(idle.touching(app));
+    let started = tokio::time::Instant::now();
+    let blocked = Arc::new(AtomicU64::new(NOT_BLOCKED));
+    let io = Watched {
+        inner: stream,
+        started,
+        blocked: blocked.clone(),
+    };
+    let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Armed at shutdown; until then, far away.
+    let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(grace);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -113,68 +142,97 @@ async fn connection(
             () = shutdown.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + limits.shutdown_grace);
             }
-            () = idle.expired(), if !closing => {
-                tracing::debug!(peer = %peer, "closing an idle HTTP connection");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-        }
-    }
-}
-
-/// When a connection last started a request: past `after` with none in
-/// progress, it is idle.
-#[derive(Debug, Clone)]
-struct IdleClock {
-    after: Duration,
-    state: std::sync::Arc<std::sync::Mutex<(tokio::time::Instant, usize)>>,
-}
-
-impl IdleClock {
-    fn new(after: Duration) -> IdleClock {
-        IdleClock {
-            after,
-            state: std::sync::Arc::new(std::sync::Mutex::new((tokio::time::Instant::now(), 0))),
-        }
-    }
-
-    /// `app`, noting each request's start and end on this clock.
-    fn touching(&self, app: axum::Router) -> axum::Router {
-        let clock = self.clone();
-        app.layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let clock = clock.clone();
-                async move {
-                    clock.begin();
-                    let response = next.run(request).await;
-                    clock.end();
-                    response
-                }
-            },
-        ))
-    }
-
-    fn begin(&self) {
-        let mut state = crate::sync::lock(&self.state);
-        state.1 += 1;
-    }
-
-    fn end(&self) {
-        let mut state = crate::sync::lock(&self.state);
-        state.0 = tokio::time::Instant::now();
-        state.1 = state.1.saturating_sub(1);
-    }
-
-    /// Resolves once the connection has been idle for `after`.
-    async fn expired(&self) {
-        loop {
-            let (last, busy) = *crate::sync::lock(&self.state);
-            let due = last + self.after;
-            if busy == 0 && tokio::time::Instant::now() >= due {
+            () = &mut grace, if closing => {
+                tracing::debug!(peer = %peer, "HTTP connection still busy after the shutdown grace; closed");
                 return;
             }
-            tokio::time::sleep_until(due.max(tokio::time::Instant::now() + self.after / 4)).await;
+            _ = watch.tick() => {
+                let since = blocked.load(Ordering::Relaxed);
+                if since != NOT_BLOCKED {
+                    let stuck = started.elapsed().saturating_sub(Duration::from_millis(since));
+                    if stuck >= limits.write_timeout {
+                        tracing::info!(peer = %peer, stuck_ms = u64::try_from(stuck.as_millis()).unwrap_or(u64::MAX), "HTTP client took none of its answer for the write timeout; disconnected it");
+                        return;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// [`Watched::blocked`] when no write waits.
+const NOT_BLOCKED: u64 = u64::MAX;
+
+/// A connection's stream that notes since when a write has waited for the
+/// client to take bytes (milliseconds after `started`).
+struct Watched {
+    inner: Stream,
+    started: tokio::time::Instant,
+    blocked: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn note<T>(&self, polled: &Poll<std::io::Result<T>>) {
+        match polled {
+            Poll::Pending => {
+                let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                // The first wait counts; a later one does not reset it.
+                let _ = self.blocked.compare_exchange(
+                    NOT_BLOCKED,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(_) => self.blocked.store(NOT_BLOCKED, Ordering::Relaxed),
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&polled);
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

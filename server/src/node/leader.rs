@@ -68,10 +68,9 @@ impl Node {
         answer: Answer,
         now: Instant,
     ) -> Proposed {
-        let index = self.append_local(op);
+        let index = self.append_local_at(op, now);
         let mut sync_timeout = Duration::ZERO;
         if let Role::Leader(l) = &mut self.role {
-            l.note_appended(index, now);
             l.waiters.insert(index, Waiter { completion, answer });
             sync_timeout = l.sync_timeout;
             let deadline = now + sync_timeout;
@@ -122,7 +121,24 @@ impl Node {
         }
     }
 
+    /// Appends `op` as leader now, by the clock writes are proposed by
+    /// (tokio's, as the service reads it): entries no client proposed (the
+    /// promotion's no-op, expiry sweeps) are timed too, for the followers'
+    /// lag.
     pub(super) fn append_local(&mut self, op: WriteOp) -> LogIndex {
+        self.append_local_at(op, tokio::time::Instant::now().into_std())
+    }
+
+    /// Appends `op` as leader at `now`.
+    pub(super) fn append_local_at(&mut self, op: WriteOp, now: Instant) -> LogIndex {
+        let index = self.append_entry(op);
+        if let Role::Leader(l) = &mut self.role {
+            l.note_appended(index, now);
+        }
+        index
+    }
+
+    fn append_entry(&mut self, op: WriteOp) -> LogIndex {
         let entry = Entry {
             index: self.log.last_index().next(),
             epoch: self.epoch,

@@ -68,7 +68,7 @@ impl Default for WriterStats {
             entries: AtomicU64::new(0),
             append_seconds: Histogram::latency(),
             fsync_seconds: Histogram::latency(),
-            entries_per_fsync: Histogram::new(semikv_protocol::http::metrics::COUNT_BUCKETS),
+            entries_per_fsync: Histogram::counts(semikv_protocol::http::metrics::COUNT_BUCKETS),
             unsynced_entries: AtomicU64::new(0),
         }
     }
@@ -86,8 +86,11 @@ impl WriterStats {
     pub(crate) fn synced(&self, took: Duration) {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.fsync_seconds.observe_duration(took);
+        // An fsync of epoch or truncation records only is no commit batch.
         let entries = self.unsynced_entries.swap(0, Ordering::Relaxed);
-        self.entries_per_fsync.observe(entries as f64);
+        if entries > 0 {
+            self.entries_per_fsync.observe(entries as f64);
+        }
     }
 }
 

@@ -342,6 +342,14 @@ fn users_need_basic_credentials_and_their_role_is_enforced() {
     );
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["value"], "v");
+    // The user is checked before a byte of the body is awaited: a client
+    // without credentials announcing 8 MB it never sends is told at once.
+    let mut s = raw(&lb);
+    s.write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
 }
 
 /// The metrics the issue lists, by the name they are exposed under.
@@ -520,11 +528,15 @@ fn metrics_are_listed_move_with_traffic_and_count_one_failover_per_kill() {
     assert!(leader_page.sum("semikv_replica_wal_entries_total", &[]) >= 30.0);
     assert!(leader_page.sum("semikv_replica_keys", &[]) >= 30.0);
 
-    // A kill -9 of the leader: /readyz goes 503, then 200 again, and the
-    // failover counter moves by exactly one.
+    // A kill -9 of the leader, and of a follower so that the failover
+    // waits (an election needs 2 of 3 answers) and its window can be seen
+    // however fast failover is: /readyz says 503 until the follower is
+    // back, then 200 again, and the failover counter moves by exactly one.
     let failovers = after.sum("semikv_lb_failovers_total", &[]);
+    let follower = (leader + 1) % 3;
     let mut h = h;
     h.cluster.kill_replica(leader).unwrap();
+    h.cluster.kill_replica(follower).unwrap();
     let deadline = Deadline::new(CONVERGE, "/readyz to say 503 after the kill");
     loop {
         let ready = h.get("/readyz");
@@ -534,8 +546,10 @@ fn metrics_are_listed_move_with_traffic_and_count_one_failover_per_kill() {
             break;
         }
         assert!(!deadline.expired(), "still ready: {}", ready.text());
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(POLL);
     }
+    let r = h.rt.block_on(h.cluster.restart_replica(follower));
+    h.cluster.explain(r).unwrap();
     let deadline = Deadline::new(CONVERGE, "/readyz to say 200 after the failover");
     loop {
         let ready = h.get("/readyz");
@@ -803,6 +817,15 @@ fn hostile_http_costs_one_connection() {
         said.is_empty() || said.starts_with("HTTP/1.1 431"),
         "{said}"
     );
+    // A client that pipelines reads of a 4 MiB value and takes none of the
+    // answers: cut off once an answer has waited for the write timeout,
+    // long before the 80 MiB it asked for.
+    let big = vec![b'v'; 4 << 20];
+    assert_eq!(h.put("/v1/kv/four", &big).status, 200);
+    let mut greedy = raw(&h.lb);
+    let asks = "GET /v1/kv/four?raw HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20);
+    greedy.write_all(asks.as_bytes()).unwrap();
+    let greedy_since = Instant::now();
     // Garbage.
     let mut junk = raw(&h.lb);
     junk.write_all(b"\x16\x03\x01\x00\xff\xff garbage\r\n\r\n")
@@ -834,6 +857,20 @@ fn hostile_http_costs_one_connection() {
         "{:?}",
         started.elapsed()
     );
+    // The greedy reader was cut off: what it gets is what sat in the
+    // sockets' buffers, not its 80 MiB. Not reading for longer than the
+    // write timeout (10 s, and the 1 s watch) is the very behaviour under
+    // test, so this wait is the stimulus, not a synchronisation.
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(greedy_since.elapsed()));
+    let mut taken = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match greedy.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => taken += n,
+        }
+    }
+    assert!(taken < 40 << 20, "the greedy client got {taken} bytes");
     // The door still serves.
     assert_eq!(h.get("/v1/kv/k").status, 200);
 }

@@ -111,6 +111,19 @@ pub fn unauthorized(reason: &str) -> Response {
     response
 }
 
+/// A 429: too many failed logins from this address lately.
+pub fn held_back(secs: u64) -> Response {
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("too many failed logins from this address; try again in {secs} s"),
+        None,
+    );
+    if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// The answer to a request the cluster refused with `error`.
 pub fn error(error: &ErrorReply) -> Response {
     let message = error.to_string();

@@ -212,47 +212,82 @@ async fn get_seed(
     with_index(axum::Json(body).into_response(), index)
 }
 
-/// Reads a request body of at most `limit` bytes: 413 past it (told by
-/// `Content-Length` before a byte is read, when the client sends one).
-async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+/// Reads a request body of at most `limit` bytes under the balancer's read
+/// budget, within the frame timeout: 413 past the limit (told by
+/// `Content-Length` before a byte is read, when the client sends one), 408
+/// when it does not arrive in time.
+async fn body_bytes(
+    door: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Response> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let timeout = door.config.frame_timeout;
     if let Some(announced) = announced.filter(|n| *n > limit as u64) {
         // A body not much over the limit is read and dropped first, so that
         // a client that sends it whole (no `Expect: 100-continue`) reads
         // the 413 rather than a broken pipe; a larger one is refused before
         // a byte of it is read.
-        if announced <= 2 * limit as u64 {
-            let _ = axum::body::to_bytes(body, 2 * limit).await;
+        if announced <= (limit as u64).saturating_mul(2) {
+            drain(body, limit.saturating_mul(2), timeout).await;
         }
         return Err(answer::too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let source = std::error::Error::source(&e)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        if source.contains("length limit") || e.to_string().contains("length limit") {
-            answer::too_large(limit)
-        } else {
-            bad_request(&format!("the body could not be read: {e}"))
-        }
-    })
+    let need = announced.map_or(limit, |n| usize::try_from(n).unwrap_or(limit));
+    let read = async {
+        // Waits its turn when every door's connections together hold the
+        // budget's bytes; given back once the body is read.
+        let _grant = door.budget.grant(need).await;
+        axum::body::to_bytes(body, limit).await
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(answer::json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {} s", timeout.as_secs()),
+            None,
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if over_limit(&e) => Err(answer::too_large(limit)),
+        Ok(Err(e)) => Err(bad_request(&format!("the body could not be read: {e}"))),
+    }
 }
 
-/// Sends a write; its answer as JSON (`ok` gives the fields of the
-/// outcome), with the position header.
-async fn write(
-    door: &Shared,
-    peer: &Peer,
-    headers: &HeaderMap,
-    op: Op,
-    ok: impl FnOnce(&Reply) -> Value,
-) -> Response {
-    if let Err(denied) = door.authorize(peer.0, headers, &op).await {
-        return *denied;
+/// Whether reading a body failed for its length (no `Content-Length`, and
+/// more bytes than the limit).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if err.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        cause = err.source();
     }
+    false
+}
+
+/// Reads and drops up to `max` bytes of `body`, for at most `timeout`.
+async fn drain(body: Body, max: usize, timeout: std::time::Duration) {
+    use futures::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            seen = seen.saturating_add(chunk.len());
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends a write the client may make; its answer as JSON (`ok` gives the
+/// fields of the outcome), with the position header.
+async fn write(door: &Shared, op: Op, ok: impl FnOnce(&Reply) -> Value) -> Response {
     let (reply, index) = door.route(op, LogIndex(0)).await;
     let response = match &reply {
         Reply::Error(e) => return answer::error(e),
@@ -282,7 +317,15 @@ async fn put_v1(
         Ok(key) => key,
         Err(bad) => return bad,
     };
-    let value = match body_bytes(&headers, body, DEFAULT_MAX_VALUE_LEN).await {
+    // The user first: no body is read for a client that may not write.
+    let may = Op::Set {
+        key: key.clone(),
+        value: Bytes::new(),
+    };
+    if let Err(denied) = door.authorize(peer.0, &headers, &may).await {
+        return *denied;
+    }
+    let value = match body_bytes(&door, &headers, body, DEFAULT_MAX_VALUE_LEN).await {
         Ok(value) => value,
         Err(response) => {
             door.refused(OpKind::Set, &invalid("body"));
@@ -293,7 +336,7 @@ async fn put_v1(
         key: key.clone(),
         value,
     };
-    write(&door, &peer, &headers, op, |reply| {
+    write(&door, op, |reply| {
         let mut body = Map::new();
         put_bytes(&mut body, "key", &key);
         body.insert("index".into(), json!(index_of(reply)));
@@ -318,7 +361,10 @@ async fn delete(door: Shared, peer: Peer, uri: Uri, headers: HeaderMap, prefix: 
     let op = Op::Command(Command::Delete {
         keys: vec![key.clone()],
     });
-    write(&door, &peer, &headers, op, |reply| {
+    if let Err(denied) = door.authorize(peer.0, &headers, &op).await {
+        return *denied;
+    }
+    write(&door, op, |reply| {
         let mut body = Map::new();
         put_bytes(&mut body, "key", &key);
         let deleted = matches!(reply, Reply::Outcome(o) if o.int > 0);
@@ -351,8 +397,15 @@ async fn delete_seed(
 /// string, or `{"base64": "..."}`), written by one log entry: all of them
 /// or none.
 async fn post_many(door: Shared, peer: Peer, headers: HeaderMap, body: Body) -> Response {
+    let may = Op::Command(Command::MSet {
+        pairs: Vec::new(),
+        only_if_none_exist: false,
+    });
+    if let Err(denied) = door.authorize(peer.0, &headers, &may).await {
+        return *denied;
+    }
     let limit = door.config.max_frame_len;
-    let bytes = match body_bytes(&headers, body, limit).await {
+    let bytes = match body_bytes(&door, &headers, body, limit).await {
         Ok(bytes) => bytes,
         Err(response) => {
             door.refused(OpKind::MSet, &invalid("body"));
@@ -384,8 +437,6 @@ async fn post_many(door: Shared, peer: Peer, headers: HeaderMap, body: Body) -> 
     });
     write(
         &door,
-        &peer,
-        &headers,
         op,
         |reply| json!({"written": count, "index": index_of(reply)}),
     )

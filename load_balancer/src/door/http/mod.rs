@@ -10,6 +10,7 @@
 //! of an earlier answer, from any door).
 
 pub mod answer;
+pub mod auth;
 pub mod kv;
 
 use std::net::SocketAddr;
@@ -33,6 +34,10 @@ use crate::request::Position;
 use crate::router::Router;
 use crate::users::UserRole;
 
+/// How long a request's head may take, and a keep-alive connection may
+/// wait for its next request (lower with `--idle-timeout-secs`).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every request of the door shares.
 #[derive(Debug)]
 pub struct HttpDoor {
@@ -42,19 +47,30 @@ pub struct HttpDoor {
     /// The highest position any answer of this door carried.
     seen: Position,
     registry: prometheus_client::registry::Registry,
+    /// Bytes of request bodies all connections of every door may buffer
+    /// at once (the balancer's one read budget).
+    budget: semikv_protocol::budget::ReadBudget,
+    logins: auth::Logins,
 }
 
 /// The state handlers get.
 pub type Shared = Arc<HttpDoor>;
 
 impl HttpDoor {
-    /// The door over `router`, configured by `config`.
-    pub fn new(router: Arc<Router>, config: Arc<Config>) -> HttpDoor {
+    /// The door over `router`, configured by `config`, its bodies read
+    /// under `budget`.
+    pub fn new(
+        router: Arc<Router>,
+        config: Arc<Config>,
+        budget: semikv_protocol::budget::ReadBudget,
+    ) -> HttpDoor {
         let groups = (0..1).map(|i| router.group(i).clone()).collect();
         HttpDoor {
             registry: crate::metrics::registry(config.metrics.clone(), groups),
             meter: Meter::new(config.metrics.clone(), Door::Http),
             seen: Position::default(),
+            budget,
+            logins: auth::Logins::new(),
             router,
             config,
         }
@@ -63,23 +79,29 @@ impl HttpDoor {
     /// Routes `op` for a client that has seen `after`, counting it; the
     /// reply and the position to tell the client.
     pub async fn route(&self, op: Op, after: LogIndex) -> (Reply, LogIndex) {
-        let since = tokio::time::Instant::now();
         let kind = OpKind::of(&op);
-        self.meter.taken();
+        let counted = Counted::new(&self.meter, kind);
         let seen = self.seen.get().max(after);
         let reply = self
             .router
             .handle_at(op, self.router.default_consistency(), seen)
             .await;
         self.seen.note(&reply);
-        self.meter.answered(kind, &reply, since);
+        if let Reply::Error(ErrorReply::Behind { applied, .. }) = &reply {
+            // Even the leader has not applied the door's position: a
+            // position from a write the new leader never had (acknowledged
+            // by a deposed leader under async fallback). The door's own
+            // position promises nothing to anyone; the client's `after`
+            // still holds.
+            self.seen.lower_to((*applied).max(after));
+        }
+        counted.answered(&reply);
         (reply, self.seen.get().max(after))
     }
 
     /// Counts a request refused before it was routed.
     pub fn refused(&self, op: OpKind, reply: &Reply) {
-        self.meter.taken();
-        self.meter.answered(op, reply, tokio::time::Instant::now());
+        self.meter.refused(op, reply);
     }
 
     /// The user's role when the balancer has users: from the request's
@@ -101,8 +123,11 @@ impl HttpDoor {
                 "this balancer requires a user: send HTTP Basic credentials",
             )));
         };
-        let role: UserRole = match users.login(peer.ip(), &name, &password).await {
+        let role: UserRole = match self.logins.login(users, peer.ip(), &name, &password).await {
             Ok(role) => role,
+            Err(crate::users::LoginError::HeldBack(secs)) => {
+                return Err(Box::new(answer::held_back(secs)))
+            }
             Err(e) => return Err(Box::new(answer::unauthorized(&e.to_string()))),
         };
         if !role.permits(op) {
@@ -113,6 +138,41 @@ impl HttpDoor {
             return Err(Box::new(answer::error(&reply_error(reply))));
         }
         Ok(())
+    }
+}
+
+/// A request counted taken, and answered exactly once: with its reply, or,
+/// when the client left first (hyper drops the handler's future), as
+/// cancelled.
+struct Counted<'m> {
+    meter: &'m Meter,
+    kind: OpKind,
+    since: tokio::time::Instant,
+    done: bool,
+}
+
+impl<'m> Counted<'m> {
+    fn new(meter: &'m Meter, kind: OpKind) -> Self {
+        meter.taken();
+        Counted {
+            meter,
+            kind,
+            since: tokio::time::Instant::now(),
+            done: false,
+        }
+    }
+
+    fn answered(mut self, reply: &Reply) {
+        self.meter.answered(self.kind, reply, self.since);
+        self.done = true;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.meter.cancelled(self.kind);
+        }
     }
 }
 
@@ -143,16 +203,20 @@ pub async fn run(
     listener: Listener,
     router: Arc<Router>,
     config: Arc<Config>,
+    budget: semikv_protocol::budget::ReadBudget,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let limits = HttpLimits {
         max_connections: config.max_connections,
-        idle_timeout: config.idle_timeout.unwrap_or(Duration::from_secs(120)),
+        // A keep-alive connection waits at most this for its next request.
+        header_timeout: config
+            .idle_timeout
+            .map_or(HEADER_TIMEOUT, |idle| idle.min(HEADER_TIMEOUT)),
         ..HttpLimits::default()
     };
     let metrics = config.metrics.clone();
-    let door = Arc::new(HttpDoor::new(router, config));
+    let door = Arc::new(HttpDoor::new(router, config, budget));
     semikv_protocol::http::serve(
         listener,
         app(door),

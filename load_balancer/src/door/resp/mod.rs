@@ -482,6 +482,16 @@ async fn take_commands(
                     };
                 }
                 if let Some(refusal) = refusal(shared, conn, &ops) {
+                    // Counted as the other doors count a refusal: taken and
+                    // answered at once, per op.
+                    let refused = semikv_protocol::Reply::Error(refusal.clone());
+                    for op in &ops {
+                        shared.config.metrics.refused(
+                            crate::metrics::Door::Resp,
+                            crate::metrics::OpKind::of(op),
+                            &refused,
+                        );
+                    }
                     let resp = command::error(&refusal);
                     Out::Ready {
                         _charge: output.charge(resp.weight()),

@@ -1,0 +1,105 @@
+//! HTTP Basic logins, cached: each request carries its credentials, and a
+//! password check costs tens of milliseconds of Argon2 (and counts against
+//! the address's failed-login limit while it runs), so a checked pair is
+//! remembered for a while, keyed by a salted digest of the pair, never the
+//! password itself. A reload of the users file forgets them all.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::users::{LoginError, UserRole, Users};
+
+/// How long a checked pair is trusted without checking it again.
+const TRUST_FOR: Duration = Duration::from_secs(60);
+
+/// Pairs remembered at most; past it the cache starts afresh.
+const MAX_REMEMBERED: usize = 4096;
+
+/// The door's remembered logins.
+#[derive(Debug)]
+pub struct Logins {
+    /// Random per process: a digest taken from memory matches nothing else.
+    salt: [u8; 32],
+    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    generation: u64,
+    role: UserRole,
+    until: Instant,
+}
+
+impl Default for Logins {
+    fn default() -> Logins {
+        Logins::new()
+    }
+}
+
+impl Logins {
+    /// An empty cache.
+    pub fn new() -> Logins {
+        let mut salt = [0u8; 32];
+        // Without the OS's randomness the salt is all zeroes: the digests
+        // are still one-way, only not unique to this process.
+        let _ = getrandom::fill(&mut salt);
+        Logins {
+            salt,
+            remembered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.salt);
+        digest.update((name.len() as u64).to_be_bytes());
+        digest.update(name.as_bytes());
+        digest.update(password.as_bytes());
+        digest.finalize().into()
+    }
+
+    /// `name`'s role if `password` is theirs: from the cache while the
+    /// users file is the same generation and the pair was checked within
+    /// [`TRUST_FOR`], otherwise checked by `users` (from `peer`, under its
+    /// failed-login limit).
+    ///
+    /// # Errors
+    /// As [`Users::login`].
+    pub async fn login(
+        &self,
+        users: &Users,
+        peer: IpAddr,
+        name: &str,
+        password: &str,
+    ) -> Result<UserRole, LoginError> {
+        let key = self.key(name, password);
+        let generation = users.generation();
+        let now = Instant::now();
+        let hit = semikv_protocol::sync::lock(&self.remembered)
+            .get(&key)
+            .copied()
+            .filter(|r| r.generation == generation && now < r.until);
+        if let Some(hit) = hit {
+            // A role changed by a reload moved the generation: checked above.
+            return Ok(hit.role);
+        }
+        let role = users.login(peer, name, password).await?;
+        let mut remembered = semikv_protocol::sync::lock(&self.remembered);
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(
+            key,
+            Remembered {
+                generation,
+                role,
+                until: now + TRUST_FOR,
+            },
+        );
+        Ok(role)
+    }
+}
