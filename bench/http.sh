@@ -5,8 +5,12 @@
 #    semikv-bench runs at pipeline 16 (50 clients) through the semikv door,
 #    in two modes interleaved round by round: "quiet" (metrics counted,
 #    never scraped) and "scraped" (a Prometheus-style scrape of the
-#    balancer's and every replica's /metrics each second, by curl). Prints
-#    one row per run and the median of each mode.
+#    balancer's and every replica's /metrics each second, by one Python
+#    process on keep-alive connections, as a Prometheus server would: a
+#    curl per target per second costs the shared 2 cores more in fork and
+#    exec than the scrape itself). Prints one row per run and the median of
+#    each mode; then what one scrape costs each process (1,000 scrapes back
+#    to back, timed).
 # 2. The HTTP door under a keep-alive load tool (wrk, installed from the
 #    distribution if missing): GET /v1/kv/KEY and PUT /v1/kv/KEY at 50
 #    connections for DURATION s, beside semikv-bench through the semikv door
@@ -20,7 +24,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-16}
 FSYNC=${FSYNC:-interval:1000}
@@ -46,14 +50,43 @@ for id in 1 2 3; do
     SCRAPE_URLS+=("http://$(sed -n 's/^http //p' "$WORK/replica-$id.addr")/metrics")
 done
 
-# scraper: every second, every target, until killed.
+# scraper [COUNT]: every second, every target, until killed; with COUNT,
+# COUNT scrapes of each target back to back, printing the time per scrape.
+cat >"$WORK/scrape.py" <<'PY'
+import http.client, sys, time, urllib.parse
+count = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 0
+urls = [a for a in sys.argv[1:] if not a.isdigit()]
+conns = {}
+def scrape(url):
+    u = urllib.parse.urlsplit(url)
+    for _ in range(2):
+        c = conns.get(url) or http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conns[url] = c
+        try:
+            c.request("GET", u.path)
+            r = c.getresponse()
+            body = r.read()
+            return len(body)
+        except Exception:
+            c.close()
+            conns.pop(url, None)
+    return 0
+if count:
+    for url in urls:
+        scrape(url)
+        t = time.perf_counter()
+        size = sum(scrape(url) for _ in range(count))
+        per = (time.perf_counter() - t) / count
+        print(f"scrape {url}: {per * 1e6:.0f} us each, {size // count} bytes")
+else:
+    while True:
+        t = time.monotonic()
+        for url in urls:
+            scrape(url)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+PY
 scraper() {
-    while true; do
-        for url in "${SCRAPE_URLS[@]}"; do
-            curl -sS -o /dev/null "$url" || true
-        done
-        sleep 1
-    done
+    exec python3 "$WORK/scrape.py" "${SCRAPE_URLS[@]}"
 }
 
 bench_run() { # MODE OP ROUND
@@ -99,6 +132,7 @@ for op in ("get", "set"):
     s = statistics.median(float(r[2]) for r in rows if r[0] == "scraped" and r[1] == op)
     print(f"median {op}: quiet {q:.0f} ops/s, scraped {s:.0f} ops/s, difference {100 * (s - q) / q:+.1f}%")
 PY
+python3 "$WORK/scrape.py" 1000 "${SCRAPE_URLS[@]}"
 
 log "2. the HTTP door: wrk, $CLIENTS keep-alive connections, $DURATION s"
 curl -sS -f -XPUT "http://$HTTP_ADDR/v1/kv/bench" --data-binary "$(head -c "$VALUE_SIZE" /dev/zero | tr '\0' x)" >/dev/null

@@ -874,3 +874,38 @@ fn hostile_http_costs_one_connection() {
     // The door still serves.
     assert_eq!(h.get("/v1/kv/k").status, 200);
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let json = ["--log-format", "json"];
+    let cluster = rt
+        .block_on(Cluster::with_balancer(3, &json, &json))
+        .unwrap();
+    let r = rt.block_on(cluster.wait_steady(CONVERGE));
+    cluster.explain(r).unwrap();
+    let mut files = vec![cluster.dir().join("lb.stderr")];
+    for i in 0..3 {
+        let data = &cluster.replica(i).data_dir;
+        let mut name = data.file_name().unwrap().to_os_string();
+        name.push(".stderr");
+        files.push(data.with_file_name(name));
+    }
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // The harness's own marker line first.
+        let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
+        assert!(!lines.is_empty(), "{}: no log line", file.display());
+        for line in lines {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", file.display()));
+            for field in ["timestamp", "level", "message", "target"] {
+                assert!(event.get(field).is_some(), "{field} in {line}");
+            }
+        }
+    }
+}
