@@ -48,6 +48,8 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let limits = HttpLimits {
+        // HTTPS when the replica serves TLS: every listener does.
+        tls: replica.config.tls.clone(),
         // Operators and scrapers, not clients: a few are plenty.
         max_connections: 64,
         ..HttpLimits::default()

@@ -21,11 +21,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::net::Listener;
+use crate::tls::Tls;
 use crate::transport::Stream;
 
-/// What one HTTP connection may cost.
-#[derive(Debug, Clone, Copy)]
+/// What one HTTP connection may cost, and how it is secured.
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
+    /// With TLS material, every connection is HTTPS: the handshake must
+    /// end within `header_timeout`, and a plain-HTTP client is answered a
+    /// plain 400 that says so.
+    pub tls: Option<Arc<Tls>>,
     /// Connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
     /// How long a request's head may take to arrive; also how long a
@@ -46,6 +51,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
         HttpLimits {
+            tls: None,
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
@@ -91,8 +97,19 @@ pub async fn serve<G: Send + 'static>(
                 .clone()
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let shutdown = shutdown.clone();
+            let limits = limits.clone();
             async move {
-                connection(stream, peer, app, limits, shutdown).await;
+                let stream = match &limits.tls {
+                    None => stream,
+                    Some(tls) => match tls.accept_https(stream, limits.header_timeout).await {
+                        Ok(stream) => stream,
+                        Err(why) => {
+                            tracing::debug!(peer = %peer, error = %why, "no TLS session");
+                            return;
+                        }
+                    },
+                };
+                connection(stream, peer, app, &limits, shutdown).await;
                 drop(guard);
             }
         },
@@ -106,7 +123,7 @@ async fn connection(
     stream: Stream,
     peer: SocketAddr,
     app: axum::Router,
-    limits: HttpLimits,
+    limits: &HttpLimits,
     shutdown: CancellationToken,
 ) {
     let started = tokio::time::Instant::now();

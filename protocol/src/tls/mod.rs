@@ -231,6 +231,27 @@ impl Tls {
     /// # Errors
     /// Why no TLS session was made, for a log line.
     pub async fn accept(&self, stream: Stream, within: Duration) -> Result<Stream, String> {
+        self.accept_telling(stream, within, reject_frame).await
+    }
+
+    /// [`Tls::accept`] for an HTTPS listener: a plain-HTTP client gets a
+    /// plain `400` that says to use `https://`, not a frame.
+    ///
+    /// # Errors
+    /// Why no TLS session was made, for a log line.
+    pub async fn accept_https(&self, stream: Stream, within: Duration) -> Result<Stream, String> {
+        self.accept_telling(stream, within, || bytes::Bytes::from_static(HTTPS_REQUIRED))
+            .await
+    }
+
+    /// Accepts TLS on `stream` within `within`; a plain-TCP peer is sent
+    /// what `refusal` makes, in words it can read, and closed.
+    async fn accept_telling(
+        &self,
+        stream: Stream,
+        within: Duration,
+        refusal: fn() -> bytes::Bytes,
+    ) -> Result<Stream, String> {
         let Stream::Plain(stream) = stream else {
             return Err(NOT_PLAIN_TCP.to_string());
         };
@@ -245,7 +266,7 @@ impl Tls {
             match stream.peek(&mut first).await {
                 Ok(0) => return Err("closed before a byte".to_string()),
                 Ok(_) if first[0] != TLS_HANDSHAKE => {
-                    refuse_plain(&mut stream).await;
+                    refuse_plain(&mut stream, &refusal()).await;
                     return Err("a plain-TCP peer on a TLS port; told so".to_string());
                 }
                 Ok(_) => {}
@@ -337,13 +358,26 @@ pub fn peer_verified(stream: &Stream) -> bool {
     }
 }
 
-/// Tells a plain-TCP peer, in a frame it can read, that this port speaks
-/// TLS; best effort, bounded.
-async fn refuse_plain(stream: &mut TcpStream) {
+/// What a plain-HTTP client of an HTTPS listener is told.
+const HTTPS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+content-length: 44\r\nconnection: close\r\n\r\nthis port speaks HTTPS: use an https:// URL\n";
+
+/// The frame that tells a plain-TCP peer of a semikv listener that the
+/// port speaks TLS (empty if it could not be encoded: the peer is then
+/// only closed).
+fn reject_frame() -> bytes::Bytes {
     let mut buf = bytes::BytesMut::new();
     let reject = Message::Reject(WireError::TlsRequired);
-    if crate::frame::encode(&reject, crate::frame::DEFAULT_MAX_FRAME_LEN, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    match crate::frame::encode(&reject, crate::frame::DEFAULT_MAX_FRAME_LEN, &mut buf) {
+        Ok(()) => buf.freeze(),
+        Err(_) => bytes::Bytes::new(),
+    }
+}
+
+/// Sends `refusal` to a plain-TCP peer and closes; best effort, bounded.
+async fn refuse_plain(stream: &mut TcpStream, refusal: &[u8]) {
+    if !refusal.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(refusal)).await;
     }
     let _ = stream.shutdown().await;
 }

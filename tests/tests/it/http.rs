@@ -342,6 +342,26 @@ fn users_need_basic_credentials_and_their_role_is_enforced() {
     );
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["value"], "v");
+    // The cluster's layout is for users too; the probes stay open but name
+    // no replica.
+    for path in ["/v1/status", "/metrics"] {
+        let anonymous = answer(agent.get(format!("{lb}{path}")).call());
+        assert_eq!(anonymous.status, 401, "{path}");
+        let seen = answer(
+            agent
+                .get(format!("{lb}{path}"))
+                .header("Authorization", &basic("reader", "r-pw"))
+                .call(),
+        );
+        assert_eq!(seen.status, 200, "{path}: {}", seen.text());
+    }
+    let ready = answer(agent.get(format!("{lb}/readyz")).call());
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(ready.json().get("leader").is_none(), "{}", ready.text());
+    assert_eq!(
+        answer(agent.get(format!("{lb}/healthz")).call()).status,
+        200
+    );
     // The user is checked before a byte of the body is awaited: a client
     // without credentials announcing 8 MB it never sends is told at once.
     let mut s = raw(&lb);

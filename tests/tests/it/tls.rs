@@ -158,3 +158,65 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     assert_eq!((failed, kinds), (0, 0), "{report}");
     assert!(ops > 0.0, "{report}");
 }
+
+/// Sends `request` over `stream` and reads the answer to its end (the
+/// request asks the server to close).
+async fn exchange<S>(mut stream: S, request: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // A TLS peer may end without close_notify once it has answered.
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), io)
+        .await
+        .expect("an HTTP answer in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listeners_speak_https_and_tell_plain_clients_so() {
+    let http = ["--http", "127.0.0.1:0"];
+    let cluster = Cluster::with_tls(3, &http, &http).await.unwrap();
+    cluster.wait_steady(CONVERGE).await.unwrap();
+    let door = cluster.balancer().and_then(|b| b.http).unwrap();
+    let replica = cluster.replica(0).http.unwrap();
+    let ca = &cluster.tls_ca().unwrap().ca_file;
+    let config = std::sync::Arc::new(semikv_protocol::tls::client_config(ca, None).unwrap());
+    let https = |addr: std::net::SocketAddr| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            semikv_protocol::tls::connect_client(&config, tcp, &addr.to_string())
+                .await
+                .unwrap()
+        }
+    };
+
+    // Plain HTTP on an HTTPS port: a 400 it can read, nothing served.
+    for addr in [door, replica] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(tcp, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("https://"), "{answer}");
+    }
+
+    // Over TLS, the door writes and reads, the replica serves its metrics.
+    let put =
+        "PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nv1";
+    let answer = exchange(https(door).await, put).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let get =
+        "GET /v1/kv/k?consistency=linearizable HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = exchange(https(door).await, get).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""value":"v1""#), "{answer}");
+    let scrape = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = exchange(https(replica).await, scrape).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("semikv_replica_commit_index"), "{answer}");
+}

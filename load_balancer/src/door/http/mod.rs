@@ -208,6 +208,8 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let limits = HttpLimits {
+        // HTTPS with the TLS material of the other doors.
+        tls: config.tls.clone(),
         max_connections: config.max_connections,
         // A keep-alive connection waits at most this for its next request.
         header_timeout: config
@@ -250,8 +252,12 @@ async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Respon
     )
 }
 
-/// `GET /v1/status`: the JSON of `semikv status --json`.
-async fn status(State(door): State<Shared>) -> Response {
+/// `GET /v1/status`: the JSON of `semikv status --json`; with users, for
+/// any of them (as `semikv status` logs in first).
+async fn status(State(door): State<Shared>, peer: Peer, headers: HeaderMap) -> Response {
+    if let Err(denied) = door.authorize(peer.0, &headers, &Op::Status).await {
+        return *denied;
+    }
     let now = tokio::time::Instant::now().into_std();
     let view = door.router.group(0).table().cluster_view(now);
     axum::Json(semikv_protocol::json::cluster_view(&view)).into_response()
@@ -263,7 +269,8 @@ async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 while a leader is known and writable (healthy, with
-/// room on its disk), 503 otherwise, with the reason.
+/// room on its disk), 503 otherwise, with the reason. Open to all, for
+/// orchestrators' probes; with users it names no replica's address.
 async fn readyz(State(door): State<Shared>) -> Response {
     let now = tokio::time::Instant::now().into_std();
     let view = door.router.group(0).table().cluster_view(now);
@@ -287,23 +294,38 @@ async fn readyz(State(door): State<Shared>) -> Response {
             .and_then(|res| res.disk_full.as_ref())
             .map(|why| format!("the leader {} refuses writes: {why}", r.addr)),
     };
+    let open = door.config.users.is_none();
     match reason {
-        None => axum::Json(json!({
+        None if open => axum::Json(json!({
             "ready": true,
             "leader": status.leader,
             "epoch": status.epoch.to_string(),
         }))
         .into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "reason": reason})),
-        )
-            .into_response(),
+        None => {
+            axum::Json(json!({"ready": true, "epoch": status.epoch.to_string()})).into_response()
+        }
+        Some(reason) => {
+            let reason = if open {
+                reason
+            } else {
+                "no writable leader".to_string()
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"ready": false, "reason": reason})),
+            )
+                .into_response()
+        }
     }
 }
 
-/// `GET /metrics`: the Prometheus page.
-async fn metrics_page(State(door): State<Shared>) -> Response {
+/// `GET /metrics`: the Prometheus page; with users, for any of them
+/// (Prometheus's `basic_auth`): it names the replicas.
+async fn metrics_page(State(door): State<Shared>, peer: Peer, headers: HeaderMap) -> Response {
+    if let Err(denied) = door.authorize(peer.0, &headers, &Op::Status).await {
+        return *denied;
+    }
     let page = metrics::render(&door.registry);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], page).into_response()
 }
