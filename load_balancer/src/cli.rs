@@ -61,8 +61,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = host_port)]
     pub resp: Option<String>,
     /// Also serve HTTP on this address: the key-value API (`/v1/kv/KEY`),
-    /// `/v1/status`, `/healthz`, `/readyz` and Prometheus `/metrics`
-    /// (port 0: any free port) [default: off].
+    /// `/v1/status`, `/healthz`, `/readyz` and Prometheus `/metrics`;
+    /// HTTPS with --tls-cert (port 0: any free port) [default: off].
     #[arg(long, value_name = "ADDR", value_parser = host_port)]
     pub http: Option<String>,
     /// Log lines as text, or as one JSON object per line.

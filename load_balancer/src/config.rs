@@ -53,7 +53,8 @@ pub struct Config {
     /// request is checked against the user's role. `None`: anyone who
     /// reaches the door may read and write.
     pub users: Option<std::sync::Arc<crate::users::Users>>,
-    /// `--tls-cert`, `--tls-key`, `--tls-ca`: TLS on the client door, and
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: TLS on every door (HTTPS on
+    /// the HTTP door), and
     /// with a CA, on the links to replicas (verified by it, this
     /// balancer's certificate presented). `None`: plain TCP.
     pub tls: Option<std::sync::Arc<semikv_protocol::tls::Tls>>,

@@ -31,6 +31,9 @@ pub enum UserRole {
     Write,
     /// Everything a client may do, and the admin commands to come.
     Admin,
+    /// Status, ping and the key count, never a key or a value: what a
+    /// metrics scraper or a dashboard needs.
+    Monitor,
 }
 
 impl UserRole {
@@ -41,15 +44,21 @@ impl UserRole {
             UserRole::Admin => true,
             UserRole::Write => !op.is_admin(),
             UserRole::Read => !op.is_admin() && !op.is_write(),
+            UserRole::Monitor => match op {
+                Op::Ping | Op::Status | Op::DbSize => true,
+                Op::Read(read) => matches!(*read.op, Op::DbSize),
+                _ => false,
+            },
         }
     }
 
-    /// The role named `name` (`read`, `write`, `admin`).
+    /// The role named `name` (`read`, `write`, `admin`, `monitor`).
     pub fn parse(name: &str) -> Option<UserRole> {
         match name {
             "read" => Some(UserRole::Read),
             "write" => Some(UserRole::Write),
             "admin" => Some(UserRole::Admin),
+            "monitor" => Some(UserRole::Monitor),
             _ => None,
         }
     }
@@ -61,6 +70,7 @@ impl fmt::Display for UserRole {
             UserRole::Read => "read",
             UserRole::Write => "write",
             UserRole::Admin => "admin",
+            UserRole::Monitor => "monitor",
         })
     }
 }
@@ -416,6 +426,27 @@ mod tests {
             assert_eq!(role.permits(&set), writes);
             assert_eq!(role.permits(&Op::Delete { key: "k".into() }), writes);
         }
+        let monitor = UserRole::Monitor;
+        assert!(monitor.permits(&Op::Status) && monitor.permits(&Op::Ping));
+        assert!(monitor.permits(&Op::DbSize));
+        assert!(!monitor.permits(&get) && !monitor.permits(&set));
+        let wrapped = |op: Op| {
+            Op::Read(semikv_protocol::Read {
+                op: Box::new(op),
+                level: None,
+                after: semikv_protocol::LogIndex(0),
+            })
+        };
+        assert!(monitor.permits(&wrapped(Op::DbSize)));
+        assert!(!monitor.permits(&wrapped(get.clone())));
+        let scan = Op::Scan(semikv_protocol::Scan {
+            cursor: 0,
+            count: 10,
+            pattern: None,
+        });
+        assert!(!monitor.permits(&scan));
+        assert_eq!(UserRole::parse("monitor"), Some(monitor));
+        assert_eq!(monitor.to_string(), "monitor");
     }
 
     #[tokio::test]

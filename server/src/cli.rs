@@ -82,8 +82,8 @@ pub struct Args {
     #[command(flatten)]
     pub tls: semikv_protocol::process::TlsArgs,
     /// Also serve HTTP on this address: `/healthz`, `/readyz`, `/v1/status`
-    /// and Prometheus `/metrics` (no data, no control; port 0: any free
-    /// port) [default: off].
+    /// and Prometheus `/metrics` (no data, no control); HTTPS with
+    /// --tls-cert (port 0: any free port) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// Log lines as text, or as one JSON object per line.

@@ -83,8 +83,12 @@ pub async fn serve<G: Send + 'static>(
     tasks: TaskTracker,
     what: &'static str,
 ) {
-    let admission =
-        Admission::new(limits.max_connections).refusing_with(Bytes::from_static(TOO_MANY));
+    let admission = Admission::new(limits.max_connections);
+    // A TLS client could not read a plain answer: it is only closed.
+    let admission = match limits.tls {
+        None => admission.refusing_with(Bytes::from_static(TOO_MANY)),
+        Some(_) => admission,
+    };
     crate::process::accept_loop(
         &listener,
         &admission,

@@ -375,11 +375,27 @@ fn reject_frame() -> bytes::Bytes {
 }
 
 /// Sends `refusal` to a plain-TCP peer and closes; best effort, bounded.
+/// What the peer sent is read and dropped first (up to 64 KiB, for at most
+/// a second): closing a socket with unread bytes resets the connection,
+/// and a reset can reach the peer before the refusal it should read.
 async fn refuse_plain(stream: &mut TcpStream, refusal: &[u8]) {
-    if !refusal.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(refusal)).await;
-    }
-    let _ = stream.shutdown().await;
+    let bounded = async {
+        if !refusal.is_empty() {
+            stream.write_all(refusal).await?;
+        }
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            let n = tokio::io::AsyncReadExt::read(stream, &mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), bounded).await;
 }
 
 #[cfg(any(test, feature = "test-certs"))]

@@ -282,6 +282,7 @@ fn users_need_basic_credentials_and_their_role_is_enforced() {
     let lines = [
         semikv_lb::users::line_for("writer", semikv_lb::users::UserRole::Write, "w-pw").unwrap(),
         semikv_lb::users::line_for("reader", semikv_lb::users::UserRole::Read, "r-pw").unwrap(),
+        semikv_lb::users::line_for("scraper", semikv_lb::users::UserRole::Monitor, "m-pw").unwrap(),
     ];
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let path = file.to_str().unwrap().to_string();
@@ -344,20 +345,44 @@ fn users_need_basic_credentials_and_their_role_is_enforced() {
     assert_eq!(read.json()["value"], "v");
     // The cluster's layout is for users too; the probes stay open but name
     // no replica.
+    let get_as = |path: &str, auth: Option<&str>| {
+        let request = agent.get(format!("{lb}{path}"));
+        answer(match auth {
+            Some(auth) => request.header("Authorization", auth).call(),
+            None => request.call(),
+        })
+    };
+    let addrs: Vec<String> = cluster
+        .replica_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     for path in ["/v1/status", "/metrics"] {
-        let anonymous = answer(agent.get(format!("{lb}{path}")).call());
+        let anonymous = get_as(path, None);
         assert_eq!(anonymous.status, 401, "{path}");
-        let seen = answer(
-            agent
-                .get(format!("{lb}{path}"))
-                .header("Authorization", &basic("reader", "r-pw"))
-                .call(),
+        assert!(
+            addrs.iter().all(|a| !anonymous.text().contains(a.as_str())),
+            "{path} told a stranger: {}",
+            anonymous.text()
         );
-        assert_eq!(seen.status, 200, "{path}: {}", seen.text());
+        let wrong = get_as(path, Some(&basic("scraper", "nope")));
+        assert_eq!(wrong.status, 401, "{path}");
+        for user in [("reader", "r-pw"), ("scraper", "m-pw")] {
+            let seen = get_as(path, Some(&basic(user.0, user.1)));
+            assert_eq!(seen.status, 200, "{path} as {}: {}", user.0, seen.text());
+            assert!(seen.text().contains(&addrs[0]), "{path}: {}", seen.text());
+        }
     }
-    let ready = answer(agent.get(format!("{lb}/readyz")).call());
+    // The monitor role scrapes; it reads no key and writes none.
+    let peek = get_as("/v1/kv/k", Some(&basic("scraper", "m-pw")));
+    assert_eq!(peek.status, 403, "{}", peek.text());
+    let ready = get_as("/readyz", None);
     assert_eq!(ready.status, 200, "{}", ready.text());
-    assert!(ready.json().get("leader").is_none(), "{}", ready.text());
+    assert!(
+        addrs.iter().all(|a| !ready.text().contains(a.as_str())),
+        "{}",
+        ready.text()
+    );
     assert_eq!(
         answer(agent.get(format!("{lb}/healthz")).call()).status,
         200

@@ -152,7 +152,7 @@ const PASSWD_COMMAND: &str = "passwd";
 /// file given to `semikv-lb --users-file`.
 fn passwd(args: &[OsString]) -> ExitCode {
     let usage = "usage: semikv passwd NAME ROLE [--password-file FILE]   \
-                 (ROLE: read, write or admin; the password from FILE, \
+                 (ROLE: read, write, admin or monitor; the password from FILE, \
                  SEMIKV_PASSWORD, or stdin)";
     let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
     let (name, role, file) = match words.as_slice() {
@@ -164,7 +164,7 @@ fn passwd(args: &[OsString]) -> ExitCode {
         }
     };
     let Some(role) = semikv_lb::users::UserRole::parse(role) else {
-        eprintln!("semikv: role {role:?}: use read, write or admin\n{usage}");
+        eprintln!("semikv: role {role:?}: use read, write, admin or monitor\n{usage}");
         return ExitCode::from(2);
     };
     let password = match credentials::password(file.as_deref(), |k| std::env::var(k).ok()) {

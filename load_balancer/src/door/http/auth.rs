@@ -1,20 +1,19 @@
 //! HTTP Basic logins, cached: each request carries its credentials, and a
 //! password check costs tens of milliseconds of Argon2 (and counts against
 //! the address's failed-login limit while it runs), so a checked pair is
-//! remembered for a while, keyed by a salted digest of the pair, never the
-//! password itself. A reload of the users file forgets them all.
+//! remembered, keyed by a salted digest of the pair, never the password
+//! itself, until the users file is reloaded (the only way a password or a
+//! role changes). Remembering them for good, not for a while, keeps a
+//! scraper that logged in once out of reach of anyone who fails logins
+//! from its address (a shared NAT, a proxy) and holds it back.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::users::{LoginError, UserRole, Users};
-
-/// How long a checked pair is trusted without checking it again.
-const TRUST_FOR: Duration = Duration::from_secs(60);
 
 /// Pairs remembered at most; past it the cache starts afresh.
 const MAX_REMEMBERED: usize = 4096;
@@ -31,7 +30,6 @@ pub struct Logins {
 struct Remembered {
     generation: u64,
     role: UserRole,
-    until: Instant,
 }
 
 impl Default for Logins {
@@ -63,9 +61,8 @@ impl Logins {
     }
 
     /// `name`'s role if `password` is theirs: from the cache while the
-    /// users file is the same generation and the pair was checked within
-    /// [`TRUST_FOR`], otherwise checked by `users` (from `peer`, under its
-    /// failed-login limit).
+    /// users file is the generation the pair was checked against, otherwise
+    /// checked by `users` (from `peer`, under its failed-login limit).
     ///
     /// # Errors
     /// As [`Users::login`].
@@ -78,11 +75,10 @@ impl Logins {
     ) -> Result<UserRole, LoginError> {
         let key = self.key(name, password);
         let generation = users.generation();
-        let now = Instant::now();
         let hit = semikv_protocol::sync::lock(&self.remembered)
             .get(&key)
             .copied()
-            .filter(|r| r.generation == generation && now < r.until);
+            .filter(|r| r.generation == generation);
         if let Some(hit) = hit {
             // A role changed by a reload moved the generation: checked above.
             return Ok(hit.role);
@@ -92,14 +88,7 @@ impl Logins {
         if remembered.len() >= MAX_REMEMBERED {
             remembered.clear();
         }
-        remembered.insert(
-            key,
-            Remembered {
-                generation,
-                role,
-                until: now + TRUST_FOR,
-            },
-        );
+        remembered.insert(key, Remembered { generation, role });
         Ok(role)
     }
 }
