@@ -31,7 +31,8 @@ pub struct HttpLimits {
     /// end within `header_timeout`, and a plain-HTTP client is answered a
     /// plain 400 that says so.
     pub tls: Option<Arc<Tls>>,
-    /// Connections open at once; more are answered 503 and closed.
+    /// Connections open at once; more are answered 503 and closed (only
+    /// closed over TLS: the client could not read a plain answer).
     pub max_connections: usize,
     /// How long a request's head may take to arrive; also how long a
     /// keep-alive connection may wait for its next request. Past it the

@@ -375,9 +375,9 @@ fn reject_frame() -> bytes::Bytes {
 }
 
 /// Sends `refusal` to a plain-TCP peer and closes; best effort, bounded.
-/// What the peer sent is read and dropped first (up to 64 KiB, for at most
-/// a second): closing a socket with unread bytes resets the connection,
-/// and a reset can reach the peer before the refusal it should read.
+/// After the refusal, what the peer sent is read and dropped (up to 64 KiB,
+/// within a second for the whole): closing a socket with unread bytes
+/// resets the connection, and a reset can overtake the refusal.
 async fn refuse_plain(stream: &mut TcpStream, refusal: &[u8]) {
     let bounded = async {
         if !refusal.is_empty() {

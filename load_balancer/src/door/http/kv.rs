@@ -90,16 +90,28 @@ fn key_of(uri: &Uri, prefix: &str) -> Result<Bytes, Response> {
     Ok(Bytes::from(key))
 }
 
-/// Reads `key`: its value (if any) and the position the answer reflects.
+/// What a GET found: the key its path names, the value (if any), the
+/// position the answer reflects, and whether the client wants raw bytes.
+struct Found {
+    key: Bytes,
+    value: Option<Bytes>,
+    index: LogIndex,
+    raw: bool,
+}
+
+/// Reads the key `uri` names after `prefix`, as `query` and `headers` ask.
 async fn read(
     door: &Shared,
     peer: &Peer,
+    uri: &Uri,
+    prefix: &str,
     headers: &HeaderMap,
-    key: Bytes,
-    params: &ReadParams,
-) -> Result<(Option<Bytes>, LogIndex), Response> {
+    query: &HashMap<String, String>,
+) -> Result<Found, Response> {
+    let key = key_of(uri, prefix)?;
+    let params = ReadParams::parse(query, headers).map_err(|e| bad_request(&e))?;
     let op = Op::Read(Read {
-        op: Box::new(Op::Get { key }),
+        op: Box::new(Op::Get { key: key.clone() }),
         level: params.level,
         after: params.after,
     });
@@ -107,16 +119,22 @@ async fn read(
         .await
         .map_err(|denied| *denied)?;
     let (reply, index) = door.route(op, params.after).await;
-    match reply {
+    let (value, index) = match reply {
         Reply::Read(read) => match *read.reply {
-            Reply::Value(value) => Ok((value, index.max(read.index))),
-            Reply::Error(e) => Err(answer::error(&e)),
-            other => Err(unexpected(&other)),
+            Reply::Value(value) => (value, index.max(read.index)),
+            Reply::Error(e) => return Err(answer::error(&e)),
+            other => return Err(unexpected(&other)),
         },
-        Reply::Value(value) => Ok((value, index)),
-        Reply::Error(e) => Err(answer::error(&e)),
-        other => Err(unexpected(&other)),
-    }
+        Reply::Value(value) => (value, index),
+        Reply::Error(e) => return Err(answer::error(&e)),
+        other => return Err(unexpected(&other)),
+    };
+    Ok(Found {
+        key,
+        value,
+        index,
+        raw: params.raw,
+    })
 }
 
 fn unexpected(reply: &Reply) -> Response {
@@ -124,6 +142,17 @@ fn unexpected(reply: &Reply) -> Response {
         StatusCode::BAD_GATEWAY,
         &format!("unexpected answer from the cluster: {reply:?}"),
         None,
+    )
+}
+
+/// The 404 of a key that holds nothing.
+fn no_such_key(key: &Bytes) -> Response {
+    let mut extra = Map::new();
+    put_bytes(&mut extra, "key", key);
+    answer::json_error(
+        StatusCode::NOT_FOUND,
+        "no such key",
+        Some(Value::Object(extra)),
     )
 }
 
@@ -135,39 +164,25 @@ async fn get_v1(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let key = match key_of(&uri, "/v1/kv/") {
-        Ok(key) => key,
-        Err(bad) => return bad,
-    };
-    let params = match ReadParams::parse(&query, &headers) {
-        Ok(params) => params,
-        Err(e) => return bad_request(&e),
-    };
-    let (value, index) = match read(&door, &peer, &headers, key.clone(), &params).await {
+    let found = match read(&door, &peer, &uri, "/v1/kv/", &headers, &query).await {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let response = match (value, params.raw) {
-        (Some(value), true) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
-        }
+    let response = match (&found.value, found.raw) {
+        (Some(value), true) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            value.clone(),
+        )
+            .into_response(),
         (Some(value), false) => {
             let mut body = Map::new();
-            put_bytes(&mut body, "key", &key);
-            put_bytes(&mut body, "value", &value);
+            put_bytes(&mut body, "key", &found.key);
+            put_bytes(&mut body, "value", value);
             axum::Json(Value::Object(body)).into_response()
         }
-        (None, _) => {
-            let mut extra = Map::new();
-            put_bytes(&mut extra, "key", &key);
-            answer::json_error(
-                StatusCode::NOT_FOUND,
-                "no such key",
-                Some(Value::Object(extra)),
-            )
-        }
+        (None, _) => no_such_key(&found.key),
     };
-    with_index(response, index)
+    with_index(response, found.index)
 }
 
 /// `GET /key/KEY`, as the seeds answer it: `{"KEY": "value"}`.
@@ -178,38 +193,23 @@ async fn get_seed(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let key = match key_of(&uri, "/key/") {
-        Ok(key) => key,
-        Err(bad) => return bad,
-    };
-    let params = match ReadParams::parse(&query, &headers) {
-        Ok(params) => params,
-        Err(e) => return bad_request(&e),
-    };
-    let (value, index) = match read(&door, &peer, &headers, key.clone(), &params).await {
+    let found = match read(&door, &peer, &uri, "/key/", &headers, &query).await {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(value) = value else {
-        let mut extra = Map::new();
-        put_bytes(&mut extra, "key", &key);
-        let response = answer::json_error(
-            StatusCode::NOT_FOUND,
-            "no such key",
-            Some(Value::Object(extra)),
-        );
-        return with_index(response, index);
+    let Some(value) = &found.value else {
+        return with_index(no_such_key(&found.key), found.index);
     };
-    let body = match (std::str::from_utf8(&key), std::str::from_utf8(&value)) {
+    let body = match (std::str::from_utf8(&found.key), std::str::from_utf8(value)) {
         (Ok(k), Ok(v)) => json!({ k: v }),
         _ => {
             let mut body = Map::new();
-            put_bytes(&mut body, "key", &key);
-            put_bytes(&mut body, "value", &value);
+            put_bytes(&mut body, "key", &found.key);
+            put_bytes(&mut body, "value", value);
             Value::Object(body)
         }
     };
-    with_index(axum::Json(body).into_response(), index)
+    with_index(axum::Json(body).into_response(), found.index)
 }
 
 /// Reads a request body of at most `limit` bytes under the balancer's read
